@@ -1,0 +1,56 @@
+# DermaOps developer commands. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export DERMAOPS_HOME ?= $(CURDIR)/.dermaops
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv demo demo-data ui test test-fast validate endpoint-status endpoint-stop bench clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	ln -sf ../dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+demo-data: venv
+	$(BIN)/dermaops demo-data
+
+# The whole graph on the embedded local default: raw images -> live endpoint (auto-approved for the demo).
+demo: venv demo-data $(DAGSTER_HOME)/dagster.yaml
+	DERMAOPS_AUTO_APPROVE=true $(BIN)/dagster asset materialize -m dermaops_assets --select '*'
+	$(BIN)/dermaops endpoint status
+
+ui: venv $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+validate: venv
+	$(BIN)/dagster definitions validate -m dermaops_assets
+
+test: venv
+	$(BIN)/pytest -q -rs
+
+test-fast: venv
+	$(BIN)/pytest -q -rs -m "not slow"
+
+endpoint-status: venv
+	$(BIN)/dermaops endpoint status
+
+endpoint-stop: venv
+	$(BIN)/dermaops endpoint stop
+
+bench: venv
+	$(BIN)/python benchmarks/landing_sensor_tick.py
+	$(BIN)/python benchmarks/ham10000_quality.py
+
+clean:
+	-$(BIN)/dermaops endpoint stop
+	rm -rf .dermaops .dagster_home/history .dagster_home/storage .dagster_home/schedules .dagster_home/logs

@@ -1,0 +1,86 @@
+"""Conditional registration: the model enters the registry only if it clears the quality gates."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from pydantic import Field
+
+from dermaops_resources.handles import EvaluationHandle, RegisteredPackageHandle, TrainedModelHandle
+from dermaops_resources.metrics import MetricsPublisher
+from dermaops_resources.notifier import Notifier
+from dermaops_resources.registry import ModelRegistry
+from dermaops_resources.settings import Settings
+
+
+def _auto_approve_default() -> bool:
+    return os.environ.get("DERMAOPS_AUTO_APPROVE", "false").strip().lower() in ("1", "true", "yes")
+
+
+class RegistrationConfig(dg.Config):
+    min_balanced_accuracy: float = Field(default=0.5, description="gate: test balanced accuracy at least this")
+    max_regression: float = Field(default=0.0, description="gate: may be at most this much below the Approved model")
+    auto_approve: bool = Field(default_factory=_auto_approve_default,
+                               description="register as Approved (demo); default PendingManualApproval")
+
+
+def registration_gates(metrics: dict[str, float], config: RegistrationConfig,
+                       approved_metrics: dict[str, float] | None) -> list[str]:
+    """Reasons the model must not be registered (empty list = clears every gate)."""
+    failures = []
+    ba = metrics.get("balanced_accuracy", 0.0)
+    if ba < config.min_balanced_accuracy:
+        failures.append(f"balanced accuracy {ba:.3f} is below the threshold {config.min_balanced_accuracy:.3f}")
+    if approved_metrics and "balanced_accuracy" in approved_metrics:
+        floor = approved_metrics["balanced_accuracy"] - config.max_regression
+        if ba < floor:
+            failures.append(f"balanced accuracy {ba:.3f} is worse than the approved model's "
+                            f"{approved_metrics['balanced_accuracy']:.3f}")
+    return failures
+
+
+@dg.asset(
+    group_name="registry",
+    kinds={"sagemaker"},
+    description="Registers the evaluated model as a new model package version (PendingManualApproval, or "
+    "Approved when auto_approve) only if it clears the gates; otherwise says why and notifies the team.",
+)
+def registered_model_package(context: dg.AssetExecutionContext, config: RegistrationConfig,
+                             trained_model: TrainedModelHandle, evaluation_report: EvaluationHandle,
+                             registry: ModelRegistry, notifier: Notifier,
+                             metrics: MetricsPublisher) -> dg.Output[RegisteredPackageHandle]:
+    group = Settings.from_env().model_package_group
+    approved = registry.latest(group, status="Approved")
+    failures = registration_gates(evaluation_report.metrics, config, approved.metrics if approved else None)
+    for name in ("balanced_accuracy", "accuracy", "macro_auc"):
+        if name in evaluation_report.metrics:
+            metrics.put(f"Evaluation_{name}", evaluation_report.metrics[name], dimensions={"ModelPackageGroup": group})
+    if failures:
+        reason = "; ".join(failures)
+        context.log.warning(f"registration skipped: {reason}")
+        notifier.notify("DermaOps: model not registered", f"Model {trained_model.model_hash[:12]} was not "
+                        f"registered in {group}: {reason}.", severity="warning",
+                        attributes={"model_hash": trained_model.model_hash[:12]})
+        handle = RegisteredPackageHandle(registered=False, reason=reason, group=group,
+                                         metrics=evaluation_report.metrics)
+        return dg.Output(handle, metadata={"registered": False, "reason": reason})
+    status = "Approved" if config.auto_approve else "PendingManualApproval"
+    package = registry.register(
+        group=group, model_uri=trained_model.model_uri, model_hash=trained_model.model_hash,
+        metrics=evaluation_report.metrics, evaluation_uri=evaluation_report.evaluation_uri,
+        lineage={"data_version": trained_model.data_version, "code_version": trained_model.code_version,
+                 "dagster_run_id": context.run_id, "training_job": trained_model.job_name},
+        status=status,
+    )
+    reason = "cleared every gate" + (" (auto-approved)" if config.auto_approve else
+                                     "; approve with `dermaops registry approve`")
+    context.log.info(f"registered {group} v{package.version} as {package.status}")
+    handle = RegisteredPackageHandle(registered=True, reason=reason, group=group, version=package.version,
+                                     package_arn=package.arn, status=package.status, model_uri=package.model_uri,
+                                     metrics=evaluation_report.metrics)
+    return dg.Output(handle, metadata={
+        "registered": True, "version": package.version, "status": package.status, "package_arn": package.arn,
+        "balanced_accuracy": float(evaluation_report.metrics.get("balanced_accuracy", 0.0)),
+        "previous_approved_version": approved.version if approved else 0,
+    })

@@ -1,0 +1,60 @@
+"""Helpers that turn job outputs into Dagster UI metadata (tables, small images, versions)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import dagster as dg
+
+ML_CODE = Path(__file__).resolve().parent.parent / "ml_code"
+MAX_INLINE_IMAGE_BYTES = 400_000
+
+
+def code_version(*modules: str) -> str:
+    """Hash of the ml_code modules a stage runs: changing them marks the asset stale in the UI."""
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        path = ML_CODE / f"{name}.py"
+        h.update(name.encode())
+        h.update(path.read_bytes() if path.exists() else b"missing")
+    return h.hexdigest()[:12]
+
+
+def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
+    if len(png) > MAX_INLINE_IMAGE_BYTES:
+        return dg.MetadataValue.text(f"{alt}: image of {len(png)} bytes kept in the store (too large to inline)")
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def table_markdown(rows: Sequence[Mapping[str, object]], columns: Iterable[str] | None = None,
+                   digits: int = 3) -> dg.MetadataValue:
+    rows = list(rows)
+    if not rows:
+        return dg.MetadataValue.md("_(empty)_")
+    cols = list(columns or rows[0].keys())
+
+    def fmt(v: object) -> str:
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def job_callbacks(context: dg.AssetExecutionContext, label: str):
+    """(on_log, on_metric) that stream a job's output into the Dagster run log as it happens."""
+    records: list[dict] = []
+
+    def on_log(line: str) -> None:
+        if line.strip():
+            context.log.debug(f"[{label}] {line}")
+
+    def on_metric(record: dict) -> None:
+        records.append(record)
+        shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        context.log.info(f"[{label}] {shown}")
+
+    return on_log, on_metric, records

@@ -1,0 +1,54 @@
+"""The one place where the backend is chosen: ``DERMAOPS_BACKEND`` = ``local`` | ``aws``.
+
+Both branches return the same resource keys, so every asset, sensor and CLI command
+is written once against the interfaces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .endpoint import LocalEndpointDeployer
+from .io_manager import HandleIOManager
+from .jobs import LocalJobRunner
+from .metrics import LocalMetricsStore
+from .notifier import LocalNotifier
+from .object_store import LocalObjectStore
+from .registry import SqliteModelRegistry
+from .settings import Settings
+
+RESOURCE_KEYS = ("store", "jobs", "registry", "endpoint", "notifier", "metrics")
+
+
+def build_local_resources(settings: Settings) -> dict[str, Any]:
+    home = settings.home
+    store = LocalObjectStore(root=str(home / "store"))
+    return {
+        "store": store,
+        "jobs": LocalJobRunner(work_root=str(home / "jobs")),
+        "registry": SqliteModelRegistry(db_path=str(home / "registry.db")),
+        "endpoint": LocalEndpointDeployer(
+            state_dir=str(home / "endpoint"),
+            capture_uri=store.uri("logs", "datacapture"),
+            endpoint_name=settings.endpoint_name,
+            port=int(__import__("os").environ.get("DERMAOPS_ENDPOINT_PORT", "0") or 0),
+        ),
+        "notifier": LocalNotifier(alerts_path=str(home / "alerts.jsonl"), webhook_url=settings.webhook_url),
+        "metrics": LocalMetricsStore(db_path=str(home / "metrics.db")),
+    }
+
+
+def build_resources(settings: Settings | None = None) -> dict[str, Any]:
+    """Resources for the configured backend, plus the handle IO manager on the same store."""
+    settings = settings or Settings.from_env()
+    if settings.backend == "aws":
+        from .aws.factory import build_aws_resources
+
+        resources = build_aws_resources(settings)
+    else:
+        resources = build_local_resources(settings)
+    missing = set(RESOURCE_KEYS) - set(resources)
+    if missing:
+        raise RuntimeError(f"backend {settings.backend!r} lacks resources {sorted(missing)}")
+    resources["io_manager"] = HandleIOManager(store=resources["store"])
+    return resources

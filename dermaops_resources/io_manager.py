@@ -1,0 +1,48 @@
+"""IO manager for asset handles: small pydantic records stored as JSON in the object store.
+
+Models, images and shards never pass through here; only the handle pointing at them.
+JSON (not pickle) keeps handles readable by people and safe to load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import dagster as dg
+from pydantic import BaseModel
+
+from .object_store import ObjectStore
+
+
+class HandleIOManager(dg.ConfigurableIOManager):
+    store: dg.ResourceDependency[ObjectStore]
+
+    def _key(self, asset_key: dg.AssetKey) -> str:
+        return "handles/" + "/".join(asset_key.path) + ".json"
+
+    def handle_output(self, context: dg.OutputContext, obj: BaseModel | None) -> None:
+        if obj is None:
+            return
+        if not isinstance(obj, BaseModel):
+            raise TypeError(
+                f"Asset {context.asset_key.to_user_string()} returned {type(obj).__name__}; DermaOps assets "
+                "return a pydantic handle (dermaops_resources.handles) and keep bytes in the object store."
+            )
+        cls = type(obj)
+        payload = {"type": f"{cls.__module__}:{cls.__qualname__}", "handle": json.loads(obj.model_dump_json())}
+        self.store.put_json("models", self._key(context.asset_key), payload)
+
+    def load_input(self, context: dg.InputContext) -> BaseModel:
+        key = context.upstream_output.asset_key if context.upstream_output else context.asset_key
+        uri = self.store.uri("models", self._key(key))
+        try:
+            payload = self.store.get_json(uri)
+        except FileNotFoundError as exc:
+            raise dg.Failure(
+                f"Upstream asset {key.to_user_string()} has no stored handle at {uri}; materialize it first "
+                f"(dagster asset materialize -m dermaops_assets --select {key.to_user_string()})."
+            ) from exc
+        module, _, qualname = payload["type"].partition(":")
+        cls = getattr(importlib.import_module(module), qualname)
+        return cls.model_validate(payload["handle"])

@@ -1,0 +1,111 @@
+"""Metrics publisher: pipeline and monitoring metrics, and alarms over them.
+
+``LocalMetricsStore`` keeps a SQLite time series under ``DERMAOPS_HOME``;
+``CloudWatchMetrics`` (``dermaops_resources.aws.cloudwatch``) calls PutMetricData and
+creates the architecture document's alarms as CloudWatch alarms.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+NAMESPACE = "DermaOps"
+
+
+@dataclass(frozen=True)
+class AlarmSpec:
+    """One alarm of the architecture document's 'Alerting Thresholds'."""
+
+    name: str
+    metric: str
+    threshold: float
+    comparison: str  # "GreaterThanThreshold" | "GreaterThanOrEqualToThreshold"
+    statistic: str  # "Sum" | "Maximum" | "p95"
+    period_seconds: int
+    severity: str  # "warning" | "critical"
+    description: str
+
+
+ALARMS: tuple[AlarmSpec, ...] = (
+    AlarmSpec("dermaops-endpoint-errors", "EndpointErrors", 10, "GreaterThanThreshold", "Sum", 3600,
+              "critical", "Endpoint errors > 10/hour"),
+    AlarmSpec("dermaops-latency-p95", "EndpointLatencyMs", 1000, "GreaterThanThreshold", "p95", 300,
+              "warning", "Latency P95 > 1000 ms"),
+    AlarmSpec("dermaops-data-drift", "DriftDetected", 0, "GreaterThanThreshold", "Maximum", 3600,
+              "warning", "Data drift detected"),
+    AlarmSpec("dermaops-accuracy-drop", "AccuracyDropPoints", 5, "GreaterThanThreshold", "Maximum", 3600,
+              "critical", "Model accuracy drop > 5 points"),
+    AlarmSpec("dermaops-monthly-cost", "EstimatedMonthlyCostUSD", 500, "GreaterThanThreshold", "Maximum", 86400,
+              "warning", "Monthly cost > $500"),
+)
+
+
+def breached(spec: AlarmSpec, value: float) -> bool:
+    if spec.comparison == "GreaterThanOrEqualToThreshold":
+        return value >= spec.threshold
+    return value > spec.threshold
+
+
+class MetricsPublisher(dg.ConfigurableResource, ABC):
+    @abstractmethod
+    def put(self, name: str, value: float, unit: str = "None", dimensions: dict[str, str] | None = None) -> None: ...
+
+    @abstractmethod
+    def ensure_alarms(self) -> list[str]:
+        """Create (idempotently) the alarms of ``ALARMS``; returns their names."""
+
+
+class LocalMetricsStore(MetricsPublisher):
+    db_path: str
+
+    @contextmanager
+    def _conn(self):
+        Path(self.db_path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS metrics (name TEXT, value REAL, unit TEXT, "
+                         "dimensions TEXT, at REAL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS alarms (name TEXT PRIMARY KEY, metric TEXT, threshold REAL, "
+                         "comparison TEXT, severity TEXT, state TEXT DEFAULT 'INSUFFICIENT_DATA')")
+            yield conn
+            conn.commit()
+        finally:
+            conn.close()
+
+    def put(self, name, value, unit="None", dimensions=None) -> None:
+        import json
+
+        with self._conn() as conn:
+            conn.execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
+                         (name, float(value), unit, json.dumps(dimensions or {}, sort_keys=True), time.time()))
+
+    def series(self, name: str, since: float = 0.0) -> list[tuple[float, float]]:
+        with self._conn() as conn:
+            return [(r[0], r[1]) for r in conn.execute(
+                "SELECT at, value FROM metrics WHERE name = ? AND at >= ? ORDER BY at", (name, since))]
+
+    def ensure_alarms(self) -> list[str]:
+        with self._conn() as conn:
+            for spec in ALARMS:
+                conn.execute("INSERT OR IGNORE INTO alarms(name, metric, threshold, comparison, severity) "
+                             "VALUES (?, ?, ?, ?, ?)", (spec.name, spec.metric, spec.threshold, spec.comparison,
+                                                         spec.severity))
+        return [spec.name for spec in ALARMS]
+
+    def set_alarm_state(self, name: str, state: str) -> str:
+        """Record an alarm's state; returns the previous one (so callers notify on change only)."""
+        with self._conn() as conn:
+            row = conn.execute("SELECT state FROM alarms WHERE name = ?", (name,)).fetchone()
+            conn.execute("UPDATE alarms SET state = ? WHERE name = ?", (state, name))
+        return row[0] if row else "INSUFFICIENT_DATA"
+
+    def alarm_states(self) -> dict[str, str]:
+        with self._conn() as conn:
+            return dict(conn.execute("SELECT name, state FROM alarms").fetchall())

@@ -1,0 +1,221 @@
+"""Object store: where every byte of DermaOps lives (images, shards, models, captures).
+
+One interface, two implementations: ``LocalObjectStore`` (a folder per bucket under
+``DERMAOPS_HOME/store``) and ``S3ObjectStore`` (``dermaops_resources.aws.s3``).
+Writes are atomic in both: bytes go to a temporary key first and are published
+under the final key only when complete, so a crash never leaves a half object
+behind a name that readers trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+Bucket = str  # one of settings.BUCKETS
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    uri: str
+    key: str
+    size: int
+    modified: float
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def join_uri(prefix: str, *parts: str) -> str:
+    out = prefix.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+class ObjectStore(dg.ConfigurableResource, ABC):
+    """Bucketed blob storage addressed by URIs (``file://`` locally, ``s3://`` on AWS)."""
+
+    @abstractmethod
+    def uri(self, bucket: Bucket, key: str) -> str: ...
+
+    @abstractmethod
+    def put_bytes(self, bucket: Bucket, key: str, data: bytes) -> str:
+        """Atomically publish ``data`` under bucket/key; returns its URI."""
+
+    @abstractmethod
+    def put_file(self, bucket: Bucket, key: str, path: str | os.PathLike) -> str: ...
+
+    @abstractmethod
+    def get_bytes(self, uri: str) -> bytes: ...
+
+    @abstractmethod
+    def download_file(self, uri: str, dest: str | os.PathLike) -> Path: ...
+
+    @abstractmethod
+    def exists(self, uri: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix_uri: str, start_after: str | None = None) -> Iterator[StoredObject]:
+        """Objects under a prefix in key order, strictly after ``start_after`` (a key) if given."""
+
+    @abstractmethod
+    def delete(self, uri: str) -> None: ...
+
+    def local_path(self, uri: str) -> Path | None:
+        """A filesystem path for ``uri`` when the bytes are already local (no copy), else None."""
+        return None
+
+    # -- helpers shared by both backends -------------------------------------------------
+    def split_uri(self, uri: str) -> tuple[Bucket, str]:
+        """(logical bucket, key) of a URI written by this store."""
+        from .settings import BUCKETS
+
+        for bucket in BUCKETS:
+            base = self.uri(bucket, "").rstrip("/")
+            if uri.rstrip("/") == base or uri.startswith(base + "/"):
+                return bucket, uri[len(base) + 1:].rstrip("/")
+        raise ValueError(f"{uri!r} is not in any DermaOps bucket of this store")
+
+    def upload_dir(self, bucket: Bucket, prefix: str, local_dir: str | os.PathLike) -> str:
+        """Upload every file under ``local_dir`` to bucket/prefix/...; returns the prefix URI."""
+        root = Path(local_dir)
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            self.put_file(bucket, f"{prefix.rstrip('/')}/{path.relative_to(root).as_posix()}", path)
+        return self.uri(bucket, prefix.rstrip("/"))
+
+    def download_dir(self, prefix_uri: str, dest: str | os.PathLike) -> Path:
+        dest = Path(dest)
+        base = prefix_uri.rstrip("/") + "/"
+        for obj in self.list(prefix_uri):
+            rel = obj.uri[len(base):] if obj.uri.startswith(base) else Path(obj.key).name
+            self.download_file(obj.uri, dest / rel)
+        return dest
+
+    def materialize_dir(self, prefix_uri: str, scratch: str | os.PathLike) -> Path:
+        """A local directory with the prefix's content: the store's own folder when local."""
+        return self.local_path(prefix_uri) or self.download_dir(prefix_uri, scratch)
+
+    def put_json(self, bucket: Bucket, key: str, payload: object) -> str:
+        import json
+
+        return self.put_bytes(bucket, key, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+
+    def get_json(self, uri: str):
+        import json
+
+        return json.loads(self.get_bytes(uri))
+
+
+def file_uri_to_path(uri: str) -> Path:
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("file", ""):
+        raise ValueError(f"{uri!r} is not a local file URI")
+    return Path(unquote(parsed.path)) if parsed.scheme else Path(uri)
+
+
+class LocalObjectStore(ObjectStore):
+    """Buckets are folders under ``root``; publish is write-to-temp + ``os.replace``."""
+
+    root: str
+
+    _made: set = PrivateAttr(default_factory=set)
+
+    def _bucket_dir(self, bucket: Bucket) -> Path:
+        path = Path(self.root) / bucket
+        if bucket not in self._made:
+            path.mkdir(parents=True, exist_ok=True)
+            self._made.add(bucket)
+        return path
+
+    def uri(self, bucket: Bucket, key: str) -> str:
+        return (self._bucket_dir(bucket) / key.lstrip("/")).as_uri()
+
+    def _path(self, uri: str) -> Path:
+        path = file_uri_to_path(uri).resolve()
+        root = Path(self.root).resolve()
+        if root not in path.parents and path != root:
+            raise ValueError(f"{uri!r} is outside the local object store at {root}")
+        return path
+
+    def _publish(self, bucket: Bucket, key: str, write) -> str:
+        final = self._bucket_dir(bucket) / key.lstrip("/")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".{uuid.uuid4().hex[:6]}.tmp", dir=final.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return final.as_uri()
+
+    def put_bytes(self, bucket: Bucket, key: str, data: bytes) -> str:
+        return self._publish(bucket, key, lambda fh: fh.write(data))
+
+    def put_file(self, bucket: Bucket, key: str, path: str | os.PathLike) -> str:
+        def copy(fh):
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, fh, 1 << 20)
+
+        return self._publish(bucket, key, copy)
+
+    def get_bytes(self, uri: str) -> bytes:
+        path = self._path(uri)
+        if not path.is_file():
+            raise FileNotFoundError(f"No object at {uri}")
+        return path.read_bytes()
+
+    def download_file(self, uri: str, dest: str | os.PathLike) -> Path:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._path(uri), dest)
+        return dest
+
+    def exists(self, uri: str) -> bool:
+        return self._path(uri).is_file()
+
+    def list(self, prefix_uri: str, start_after: str | None = None) -> Iterator[StoredObject]:
+        base = self._path(prefix_uri)
+        root = Path(self.root).resolve()
+        if not base.exists():
+            return
+        paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for path in paths:
+            if path.name.startswith(".") and path.name.endswith(".tmp"):
+                continue  # an unpublished write
+            key = path.relative_to(root).as_posix().split("/", 1)[1]
+            if start_after is not None and key <= start_after:
+                continue
+            stat = path.stat()
+            yield StoredObject(uri=path.as_uri(), key=key, size=stat.st_size, modified=stat.st_mtime)
+
+    def delete(self, uri: str) -> None:
+        self._path(uri).unlink(missing_ok=True)
+
+    def local_path(self, uri: str) -> Path | None:
+        path = self._path(uri)
+        return path if path.exists() else None

@@ -1,0 +1,164 @@
+"""The SageMaker container contract, read in one place.
+
+Training jobs: channels at ``SM_CHANNEL_<NAME>`` (default ``/opt/ml/input/data/<name>``),
+model dir ``SM_MODEL_DIR`` (``/opt/ml/model``), output data ``SM_OUTPUT_DATA_DIR``,
+hyperparameters from ``SM_HPS`` (JSON) overlaid by ``--key value`` arguments,
+checkpoints in ``/opt/ml/checkpoints`` (synced to S3 by managed spot training).
+
+Processing jobs: ``/opt/ml/processing/input/<name>`` and ``/opt/ml/processing/output/<name>``.
+The local backend sets ``SM_PROCESSING_INPUT_<NAME>`` / ``SM_PROCESSING_OUTPUT_<NAME>`` to
+point at its own folders; inside a real container those are unset and the standard
+paths apply, so the scripts are the same in both places.
+
+Metrics are printed as ``[dermaops-metric] {json}`` lines: the local runner streams
+them into the Dagster log, and SageMaker ``MetricDefinitions`` regexes read the same lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRIC_PREFIX = "[dermaops-metric] "
+OPT_ML = Path("/opt/ml")
+
+
+def _env_path(var: str, default: Path) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else default
+
+
+def _coerce(value: str) -> Any:
+    """SageMaker passes every hyperparameter as a string; recover JSON types when possible."""
+    if not isinstance(value, str):
+        return value
+    low = value.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, ValueError):
+        return value
+
+
+def parse_hyperparameters(argv: list[str] | None = None) -> dict[str, Any]:
+    hps: dict[str, Any] = {}
+    raw = os.environ.get("SM_HPS")
+    if raw:
+        hps.update({k: _coerce(v) if isinstance(v, str) else v for k, v in json.loads(raw).items()})
+    args = list(sys.argv[1:] if argv is None else argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key = arg[2:].replace("-", "_")
+            if "=" in key:
+                key, val = key.split("=", 1)
+                hps[key] = _coerce(val)
+                i += 1
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                hps[key] = _coerce(args[i + 1])
+                i += 2
+            else:
+                hps[key] = True
+                i += 1
+        else:
+            i += 1
+    return hps
+
+
+@dataclass
+class TrainingEnv:
+    channels: dict[str, Path]
+    model_dir: Path
+    output_data_dir: Path
+    output_dir: Path
+    checkpoint_dir: Path
+    hyperparameters: dict[str, Any]
+    num_gpus: int
+    hosts: list[str] = field(default_factory=lambda: ["algo-1"])
+    current_host: str = "algo-1"
+
+    def channel(self, name: str) -> Path:
+        if name not in self.channels:
+            raise KeyError(
+                f"Training channel {name!r} is missing; the job was given {sorted(self.channels)}. "
+                f"Pass it as an input named {name!r} (SM_CHANNEL_{name.upper()})."
+            )
+        return self.channels[name]
+
+
+def training_env(argv: list[str] | None = None) -> TrainingEnv:
+    channels: dict[str, Path] = {}
+    names = json.loads(os.environ.get("SM_CHANNELS", "[]"))
+    for key, value in os.environ.items():
+        if key.startswith("SM_CHANNEL_") and key != "SM_CHANNELS":
+            channels[key[len("SM_CHANNEL_"):].lower()] = Path(value)
+    for name in names:
+        channels.setdefault(name, OPT_ML / "input" / "data" / name)
+    data_root = OPT_ML / "input" / "data"
+    if not channels and data_root.is_dir():
+        channels = {p.name: p for p in data_root.iterdir() if p.is_dir()}
+    return TrainingEnv(
+        channels=channels,
+        model_dir=_env_path("SM_MODEL_DIR", OPT_ML / "model"),
+        output_data_dir=_env_path("SM_OUTPUT_DATA_DIR", OPT_ML / "output" / "data"),
+        output_dir=_env_path("SM_OUTPUT_DIR", OPT_ML / "output"),
+        checkpoint_dir=_env_path("SM_CHECKPOINT_DIR", OPT_ML / "checkpoints"),
+        hyperparameters=parse_hyperparameters(argv),
+        num_gpus=int(os.environ.get("SM_NUM_GPUS", "0") or 0),
+        hosts=json.loads(os.environ.get("SM_HOSTS", '["algo-1"]')),
+        current_host=os.environ.get("SM_CURRENT_HOST", "algo-1"),
+    )
+
+
+def processing_input(name: str) -> Path:
+    return _env_path(f"SM_PROCESSING_INPUT_{name.upper()}", OPT_ML / "processing" / "input" / name)
+
+
+def processing_output(name: str) -> Path:
+    path = _env_path(f"SM_PROCESSING_OUTPUT_{name.upper()}", OPT_ML / "processing" / "output" / name)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def emit_metric(**values: Any) -> None:
+    """Print one metric record where both the local runner and SageMaker can read it."""
+    print(METRIC_PREFIX + json.dumps(values, default=float, sort_keys=True), flush=True)
+
+
+def parse_metric_line(line: str) -> dict[str, Any] | None:
+    if not line.startswith(METRIC_PREFIX):
+        return None
+    try:
+        return json.loads(line[len(METRIC_PREFIX):])
+    except json.JSONDecodeError:
+        return None
+
+
+def write_failure(reason: str) -> None:
+    """Record why the job failed: SageMaker surfaces this file as FailureReason."""
+    out = _env_path("SM_OUTPUT_DIR", OPT_ML / "output")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "failure").write_text(reason[:1024])
+    except OSError:
+        pass
+    print(f"FAILURE: {reason}", file=sys.stderr, flush=True)
+
+
+def run_entry_point(main) -> None:
+    """Run ``main()``; on error write the failure file and exit non-zero (SageMaker's convention)."""
+    try:
+        main()
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the container must always report why
+        write_failure(f"{type(exc).__name__}: {exc}")
+        raise
