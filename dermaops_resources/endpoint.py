@@ -7,15 +7,31 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from .handles import EndpointHandle
-from .object_store import ObjectStore
+from .object_store import ObjectStore, file_uri_to_path, join_uri, sha256_file
 from .registry import ModelPackage
+from .settings import REPO_ROOT
 
 
 class DeploymentFailed(RuntimeError):
@@ -36,3 +52,335 @@ class EndpointDeployer(dg.ConfigurableResource, ABC):
     @abstractmethod
     def stop(self) -> bool:
         """Stop the endpoint; True if one was running."""
+
+
+# ------------------------------------------------------------------------------------------
+# Local backend: ml_code.serve as a detached process on 127.0.0.1
+# ------------------------------------------------------------------------------------------
+SERVER_MODULE = "ml_code.serve"
+ADMIN_TOKEN_HEADER = "X-Admin-Token"  # must match ml_code.serve.ADMIN_TOKEN_HEADER
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie child of ours is reaped and counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: fine, ask the kernel below
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie someone else has not reaped yet is dead for our purposes
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _is_our_server(pid: int) -> bool:
+    """Guard against pid reuse: only signal a process that runs ml_code.serve."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return _pid_alive(pid)  # no /proc (macOS): trust the state file
+    return SERVER_MODULE.encode() in cmdline
+
+
+def _http_json(url: str, *, method: str = "GET", payload: Any = None, headers: dict[str, str] | None = None,
+               timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of one request; HTTP errors are returned, connection errors raised."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        **({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    try:
+        parsed = json.loads(body) if body else {}
+    except json.JSONDecodeError:
+        parsed = {"raw": body[:500].decode("utf-8", "replace")}
+    return status, parsed if isinstance(parsed, dict) else {"value": parsed}
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+class LocalEndpointDeployer(EndpointDeployer):
+    """Serves packages with ``python -m ml_code.serve`` running detached on ``host``.
+
+    The server outlives the Dagster run that deployed it (its own session, its own log
+    file), exactly as a SageMaker endpoint outlives the pipeline execution. Redeploys do
+    not restart it: they ask it to load, check and swap the new package (``/admin/swap``),
+    so requests never fail during a rollout and a broken package never goes live.
+    Everything about the running server lives in ``state_dir``: ``server.json`` (written by
+    the server once healthy), ``admin.token`` (0600, new per start), ``serve.log``,
+    ``packages/v<N>/model.tar.gz`` and ``port`` (kept so a restarted server reuses it).
+    """
+
+    state_dir: str
+    capture_uri: str = Field(description="file:// prefix of the logs bucket's datacapture folder")
+    endpoint_name: str = "dermaops-lesion-endpoint"
+    port: int = 0
+    host: str = "127.0.0.1"
+    startup_timeout_seconds: float = 120
+
+    # -- paths ------------------------------------------------------------------------
+    @property
+    def _dir(self) -> Path:
+        return Path(self.state_dir).expanduser().resolve()
+
+    @property
+    def _state_file(self) -> Path:
+        return self._dir / "server.json"
+
+    @property
+    def _token_file(self) -> Path:
+        return self._dir / "admin.token"
+
+    @property
+    def _log_file(self) -> Path:
+        return self._dir / "serve.log"
+
+    @property
+    def _port_file(self) -> Path:
+        return self._dir / "port"
+
+    def _capture_dir(self) -> Path:
+        return file_uri_to_path(self.capture_uri)
+
+    def endpoint_capture_uri(self) -> str:
+        """Where this endpoint's capture files land: ``<capture_uri>/<endpoint>/AllTraffic``."""
+        return join_uri(self.capture_uri, self.endpoint_name, "AllTraffic")
+
+    # -- server discovery ---------------------------------------------------------------
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            state = json.loads(self._state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return state if isinstance(state, dict) and "pid" in state and "url" in state else None
+
+    def _ping(self, url: str, timeout: float = 3.0) -> dict[str, Any] | None:
+        try:
+            status, body = _http_json(f"{url}/ping", timeout=timeout)
+        except (OSError, urllib.error.URLError):
+            return None
+        return body if status == 200 else None
+
+    def _running(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(state file, ping body) of a live healthy server, else None."""
+        state = self._read_state()
+        if state is None or not _pid_alive(int(state["pid"])):
+            return None
+        ping = self._ping(state["url"])
+        return (state, ping) if ping is not None else None
+
+    # -- fetching -----------------------------------------------------------------------
+    def _fetch_package(self, package: ModelPackage, store: ObjectStore, log: Callable[[str], None]) -> Path:
+        dest = self._dir / "packages" / f"v{package.version}" / "model.tar.gz"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".model.tar.gz.{uuid.uuid4().hex[:6]}.tmp")
+        try:
+            local = store.local_path(package.model_uri)
+            if local is not None:
+                shutil.copyfile(local, tmp)
+            else:
+                store.download_file(package.model_uri, tmp)
+        except (OSError, ValueError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise DeploymentFailed(f"cannot fetch model package v{package.version} from {package.model_uri}: "
+                                   f"{exc}. Check the registry entry's model_uri.") from exc
+        digest = sha256_file(tmp)
+        os.replace(tmp, dest)
+        log(f"fetched package v{package.version} ({dest.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}) "
+            f"to {dest}")
+        return dest
+
+    def _prune_packages(self, keep: set[int]) -> None:
+        """Keep the serving package and the one before it (for rollback); drop older copies."""
+        root = self._dir / "packages"
+        for folder in root.glob("v*"):
+            try:
+                version = int(folder.name[1:])
+            except ValueError:
+                continue
+            if version not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # -- starting / stopping ------------------------------------------------------------
+    def _log_tail(self, offset: int, limit: int = 4000) -> str:
+        try:
+            with open(self._log_file, "rb") as fh:
+                fh.seek(offset)
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no server log)"
+        return text[-limit:].strip() or "(server log is empty)"
+
+    def _choose_port(self) -> int:
+        if self.port:
+            return self.port
+        try:
+            previous = int(self._port_file.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+        with socket.socket() as sock:  # reuse the last port if nobody took it meanwhile
+            # the server binds with SO_REUSEADDR (http.server does), so TIME_WAIT is no obstacle
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.host, previous))
+            except OSError:
+                return 0
+        return previous
+
+    def _start_server(self, model_tar: Path, version: int, log: Callable[[str], None]) -> dict[str, Any]:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._state_file.unlink(missing_ok=True)
+        _atomic_write(self._token_file, secrets.token_urlsafe(32), mode=0o600)
+        port = self._choose_port()
+        capture_dir = self._capture_dir()
+        capture_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", SERVER_MODULE, "--model-tar", str(model_tar), "--host", self.host,
+               "--port", str(port), "--capture-dir", str(capture_dir), "--endpoint-name", self.endpoint_name,
+               "--package-version", str(version), "--state-file", str(self._state_file),
+               "--admin-token-file", str(self._token_file)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self._log_file, "ab") as logfh:
+            offset = logfh.tell()
+            logfh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting package v{version} ===\n".encode())
+            logfh.flush()
+            proc = subprocess.Popen(cmd, cwd=str(self._dir), env=env, stdin=subprocess.DEVNULL, stdout=logfh,
+                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        log(f"started {SERVER_MODULE} (pid {proc.pid}) for package v{version}; log: {self._log_file}")
+        deadline = time.monotonic() + self.startup_timeout_seconds
+        while time.monotonic() < deadline:
+            code = proc.poll()
+            if code is not None:
+                self._token_file.unlink(missing_ok=True)
+                raise DeploymentFailed(f"endpoint server for package v{version} exited with code {code} before "
+                                       f"becoming healthy. Server log:\n{self._log_tail(offset)}")
+            state = self._read_state()
+            if state is not None and int(state["pid"]) == proc.pid and self._ping(state["url"], 2.0) is not None:
+                self._port_file.write_text(str(state["port"]))
+                log(f"endpoint {self.endpoint_name} healthy at {state['url']} serving v{version}")
+                return state
+            time.sleep(0.2)
+        self._kill(proc.pid, grace=5.0)
+        self._token_file.unlink(missing_ok=True)
+        self._state_file.unlink(missing_ok=True)
+        raise DeploymentFailed(f"endpoint server for package v{version} was not healthy within "
+                               f"{self.startup_timeout_seconds:.0f}s (raise startup_timeout_seconds if the model "
+                               f"is slow to load). Server log:\n{self._log_tail(offset)}")
+
+    @staticmethod
+    def _kill(pid: int, grace: float) -> None:
+        """SIGTERM (graceful: flushes captures), then SIGKILL after ``grace`` seconds."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _pid_alive(pid):
+                    return
+                time.sleep(0.05)
+
+    def _swap(self, state: dict[str, Any], model_tar: Path, version: int, log: Callable[[str], None]) -> None:
+        try:
+            token = self._token_file.read_text().strip()
+        except OSError as exc:
+            raise DeploymentFailed(f"cannot read the admin token {self._token_file} of the running server: {exc}; "
+                                   f"stop the endpoint and deploy again.") from exc
+        log(f"asking the running server (pid {state['pid']}, v{state.get('package_version')}) to swap in "
+            f"v{version}")
+        try:
+            status, body = _http_json(f"{state['url']}/admin/swap", method="POST",
+                                      payload={"model_tar": str(model_tar), "package_version": version},
+                                      headers={ADMIN_TOKEN_HEADER: token},
+                                      timeout=self.startup_timeout_seconds + 30)
+        except (OSError, urllib.error.URLError) as exc:
+            raise DeploymentFailed(f"swap request to {state['url']} failed: {exc}") from exc
+        if status == 409:
+            raise DeploymentFailed(f"package v{version} rejected by the health check; v{body.get('serving_version')} "
+                                   f"keeps serving. Reason: {body.get('error')}")
+        if status != 200:
+            raise DeploymentFailed(f"swap to package v{version} failed with HTTP {status}: {body.get('error', body)}")
+        log(f"endpoint {self.endpoint_name} now serves v{version} at {state['url']}")
+
+    # -- the interface ------------------------------------------------------------------
+    def deploy(self, package: ModelPackage, store: ObjectStore,
+               on_log: Callable[[str], None] | None = None) -> EndpointHandle:
+        log = on_log or (lambda _msg: None)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        with open(self._dir / "deploy.lock", "a+") as lockfh:
+            fcntl.flock(lockfh, fcntl.LOCK_EX)  # one rollout at a time, across processes
+            model_tar = self._fetch_package(package, store, log)
+            running = self._running()
+            previous = None
+            if running is None:
+                stale = self._read_state()
+                if stale is not None and _pid_alive(int(stale["pid"])) and _is_our_server(int(stale["pid"])):
+                    log(f"server pid {stale['pid']} does not answer /ping; restarting it")
+                    self._kill(int(stale["pid"]), grace=5.0)
+                state = self._start_server(model_tar, package.version, log)
+            else:
+                state, ping = running
+                previous = ping.get("package_version")
+                self._swap(state, model_tar, package.version, log)
+            self._prune_packages({package.version, *([int(previous)] if previous is not None else [])})
+        return EndpointHandle(
+            name=self.endpoint_name, url=state["url"], package_version=package.version,
+            package_arn=package.arn or None, model_uri=package.model_uri,
+            capture_uri=self.endpoint_capture_uri(),
+        )
+
+    def status(self) -> dict[str, Any] | None:
+        state = self._read_state()
+        if state is None or not _pid_alive(int(state["pid"])):
+            return None
+        out: dict[str, Any] = {
+            "endpoint_name": self.endpoint_name, "url": state["url"], "pid": int(state["pid"]),
+            "package_version": state.get("package_version"), "healthy": False,
+            "capture_uri": self.endpoint_capture_uri(), "started_at": state.get("started_at"),
+            "log_file": str(self._log_file),
+        }
+        try:
+            code, body = _http_json(f"{state['url']}/admin/status", timeout=3.0)
+        except (OSError, urllib.error.URLError):
+            return out
+        if code == 200:
+            out.update(healthy=bool(body.get("healthy")), package_version=body.get("package_version"),
+                       model_loaded_at=body.get("model_loaded_at"), requests_served=body.get("requests_served"),
+                       errors=body.get("errors"), swaps=body.get("swaps"), failed_swaps=body.get("failed_swaps"),
+                       last_swap_error=body.get("last_swap_error"))
+        return out
+
+    def stop(self) -> bool:
+        state = self._read_state()
+        was_running = False
+        if state is not None:
+            pid = int(state["pid"])
+            if _pid_alive(pid) and _is_our_server(pid):
+                self._kill(pid, grace=15.0)
+                was_running = True
+        self._state_file.unlink(missing_ok=True)
+        self._token_file.unlink(missing_ok=True)
+        return was_running

@@ -121,7 +121,8 @@ def _import_handlers(code_dir: Path, version: int) -> types.ModuleType:
             sys.path.remove(str(code_dir))
         except ValueError:
             pass
-    missing = [fn for fn in ("model_fn", "input_fn", "predict_fn", "output_fn") if not callable(getattr(module, fn, None))]
+    handlers = ("model_fn", "input_fn", "predict_fn", "output_fn")
+    missing = [fn for fn in handlers if not callable(getattr(module, fn, None))]
     if missing:
         sys.modules.pop(name, None)
         raise PackageError(f"code/inference.py lacks handler(s) {missing}; it must define "
@@ -270,6 +271,7 @@ class CaptureWriter:
         self.files_written = 0
         self.records_written = 0
         self.write_errors = 0
+        self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
 
     def start(self) -> None:
@@ -301,6 +303,10 @@ class CaptureWriter:
                 LOG.error("data capture write failed (%d records kept for retry): %s", len(records), exc)
                 with self._lock:
                     self._buffer[:0] = records
+                    overflow = len(self._buffer) - self.max_buffer * 10
+                    if overflow > 0:  # bounded memory when the disk stays unwritable
+                        del self._buffer[:overflow]
+                        self.dropped += overflow
                 return None
 
     def _publish(self, records: list[dict[str, Any]]) -> Path:
@@ -357,6 +363,8 @@ class EndpointState:
     counters: Counters = field(default_factory=Counters)
     last_swap_error: str | None = None
     shutting_down: bool = False
+    state_file: Path | None = None
+    state_info: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -402,8 +410,18 @@ class EndpointState:
             with self._lock:
                 self.counters.swaps += 1
                 self.last_swap_error = None
+            self.publish_state()
             LOG.info("swapped model package v%s -> v%s", old.version if old else None, version)
             return new
+
+    def publish_state(self) -> None:
+        """Rewrite the state file so it always names the package being served."""
+        model = self.active
+        if self.state_file is None or model is None or self.shutting_down:
+            return
+        self.state_info.update(package_version=model.version, model_tar=str(Path(model.model_tar).resolve()),
+                               model_loaded_at=_iso(model.loaded_at))
+        write_state_file(self.state_file, self.state_info)
 
     def count(self, status: int) -> None:
         with self._lock:
@@ -439,6 +457,7 @@ class EndpointState:
                     "files_written": self.capture.files_written,
                     "records_written": self.capture.records_written,
                     "write_errors": self.capture.write_errors,
+                    "dropped_records": self.capture.dropped,
                 },
             }
 
@@ -544,7 +563,10 @@ class EndpointHandler(BaseHTTPRequestHandler):
             headers = {"X-Inference-Id": inference_id}
             if version is not None:
                 headers["X-Model-Version"] = str(version)
-            self._send_json(status, payload, headers)
+            try:
+                self._send_json(status, payload, headers)
+            except OSError as exc:  # the client went away; the request still counts and is captured
+                LOG.info("invocation %s: client disconnected before the response: %s", inference_id, exc)
         finally:
             if model is not None:
                 self.state.release(model)
@@ -553,8 +575,9 @@ class EndpointHandler(BaseHTTPRequestHandler):
             body=body, content_type=content_type or "application/octet-stream", response_text=payload,
             event_id=event_id, inference_id=inference_id, inference_time=started,
             package_version=version if version is not None else -1))
-        LOG.info("invocation id=%s status=%d version=%s bytes=%d ms=%.1f",
-                 inference_id, status, version, len(body), (time.time() - started) * 1000)
+        LOG.log(logging.DEBUG if status < 400 else logging.INFO,
+                "invocation id=%s status=%d version=%s bytes=%d ms=%.1f",
+                inference_id, status, version, len(body), (time.time() - started) * 1000)
 
     def _swap(self) -> None:
         token = self.state.admin_token
@@ -661,12 +684,13 @@ def main(argv: list[str] | None = None) -> int:
     serving.start()
     state_file = Path(args.state_file)
     url = f"http://{args.host}:{port}"
-    write_state_file(state_file, {
+    state.state_file = state_file
+    state.state_info = {
         "pid": os.getpid(), "url": url, "host": args.host, "port": port,
-        "package_version": args.package_version, "model_tar": str(Path(args.model_tar).resolve()),
         "endpoint_name": args.endpoint_name, "capture_dir": str(capture.base),
         "started_at": _iso(state.started_at),
-    })
+    }
+    state.publish_state()
     LOG.info("serving endpoint %s at %s", args.endpoint_name, url)
     try:
         while not stop.wait(0.5):

@@ -1,0 +1,40 @@
+"""Jobs: the Step Functions state machines of the architecture document, as asset selections.
+
+- ``ingest_job``: validate and store newly landed raw data (``raw_images``).
+- ``retrain_job``: the whole training chain from raw data to a registered package, plus the
+  new model's monitoring baseline; never deploys (deployment waits for approval).
+- ``deploy_job``: put the newest Approved package behind the endpoint.
+- ``monitoring_job``: read new captures, then drift and model-quality reports.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+RETRAIN_JOB = "retrain_job"
+RETRAIN_REASON_TAG = "dermaops/retrain_reason"
+RETRAIN_REASONS = ("drift", "quality-drop", "scheduled", "manual")
+
+ingest_job = dg.define_asset_job(
+    "ingest_job", selection=dg.AssetSelection.assets("raw_images"),
+    description="Validate and store newly landed raw images (raw_images).")
+
+retrain_job = dg.define_asset_job(
+    RETRAIN_JOB,
+    selection=(dg.AssetSelection.assets("raw_images").downstream()
+               - dg.AssetSelection.groups("monitoring") - dg.AssetSelection.assets("live_endpoint").downstream())
+    | dg.AssetSelection.assets("model_baseline"),
+    description="Retrain: ingest -> preprocess -> train -> evaluate -> conditional registration, and the new "
+    "model's monitoring baseline. Tag runs with dermaops/retrain_reason (drift|quality-drop|scheduled|manual).",
+    tags={RETRAIN_REASON_TAG: "manual"},
+)
+
+deploy_job = dg.define_asset_job(
+    "deploy_job", selection=dg.AssetSelection.assets("live_endpoint"),
+    description="Deploy the newest Approved model package.")
+
+monitoring_job = dg.define_asset_job(
+    "monitoring_job", selection=dg.AssetSelection.assets("inference_log", "drift_report", "model_quality_report"),
+    description="Read new data capture, then drift and model-quality reports (metrics + alarms).")
+
+all_jobs = [ingest_job, retrain_job, deploy_job, monitoring_job]

@@ -1,0 +1,220 @@
+"""Sensors: the EventBridge rules and Lambda triggers of the architecture document.
+
+- ``raw_landing_sensor``: new raw files in the landing location -> ``ingest_job``. Lists only
+  keys after the cursor (S3 ``StartAfter`` / a pruned sorted walk locally), so a tick costs
+  O(new files), not O(all files); a burst of uploads is coalesced into one run by waiting
+  for ``quiet_seconds`` without new files (or ``max_batch`` files).
+- ``drift_sensor`` / ``model_quality_sensor``: the latest drift / quality report's metadata
+  -> ``retrain_job`` tagged with the reason.
+- ``approval_sensor``: a newly Approved model package -> ``deploy_job``.
+
+Every retraining request carries ``dermaops/retrain_reason`` and is skipped while a
+retrain run is already queued or running.
+"""
+
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+
+from dermaops_resources.notifier import Notifier
+from dermaops_resources.object_store import ObjectStore
+from dermaops_resources.registry import ModelRegistry
+from dermaops_resources.settings import Settings
+
+from .jobs import RETRAIN_JOB, RETRAIN_REASON_TAG, deploy_job, ingest_job, retrain_job
+
+IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+               dg.DagsterRunStatus.STARTED]
+QUIET_SECONDS = float(os.environ.get("DERMAOPS_LANDING_QUIET_SECONDS", "60"))
+MAX_BATCH = int(os.environ.get("DERMAOPS_LANDING_MAX_BATCH", "5000"))
+DRIFT_SCORE_THRESHOLD = 0.5  # drift_verdict scores >= 0.5 exactly when drift is detected
+ACCURACY_DROP_POINTS = 5.0
+
+
+def retrain_in_progress(instance: dg.DagsterInstance) -> bool:
+    """True when a retrain_job run is queued, starting or running."""
+    return bool(instance.get_run_records(dg.RunsFilter(job_name=RETRAIN_JOB, statuses=IN_PROGRESS), limit=1))
+
+
+# -- landing listing --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LandedFile:
+    key: str
+    modified: float
+
+
+def _parts(key: str) -> list[str]:
+    return [p for p in key.split("/") if p]
+
+
+def iter_local_after(root: str, start_after: str | None = None) -> Iterator[LandedFile]:
+    """Files under ``root`` in path-component order, strictly after ``start_after``.
+
+    Directories wholly before the cursor are never opened, so the cost is the depth of the
+    cursor path plus the new files, not the whole tree. Hidden names (``.x``: temporary files
+    of atomic writes) are skipped.
+    """
+    after = _parts(start_after) if start_after else []
+
+    def walk(folder: str, rel: list[str], on_path: bool) -> Iterator[LandedFile]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        depth = len(rel)
+        for entry in entries:
+            here_on_path = False
+            if on_path and depth < len(after):
+                if entry.name < after[depth]:
+                    continue
+                here_on_path = entry.name == after[depth]
+            if entry.is_dir(follow_symlinks=False):
+                yield from walk(entry.path, rel + [entry.name], here_on_path)
+            elif entry.is_file(follow_symlinks=False):
+                if here_on_path and depth == len(after) - 1:
+                    continue  # the cursor file itself
+                yield LandedFile("/".join(rel + [entry.name]), entry.stat().st_mtime)
+
+    yield from walk(root, [], bool(after))
+
+
+def list_landing(store: ObjectStore, landing_uri: str, start_after: str | None,
+                 limit: int) -> list[LandedFile]:
+    """Up to ``limit`` landed files after the cursor, from the store (s3://, file://) or a folder."""
+    if landing_uri.startswith(("s3://", "file://")):
+        out = []
+        for obj in store.list(landing_uri, start_after=start_after):
+            if not obj.key.rsplit("/", 1)[-1].startswith("."):
+                out.append(LandedFile(obj.key, obj.modified))
+            if len(out) >= limit:
+                break
+        return out
+    out = []
+    for landed in iter_local_after(landing_uri, start_after):
+        out.append(landed)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landing_uri: str,
+                 quiet_seconds: float = QUIET_SECONDS, max_batch: int = MAX_BATCH,
+                 now: float | None = None) -> dg.SensorResult | dg.SkipReason:
+    """One evaluation of the landing sensor (separate from the decorator so it is testable)."""
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    last_key = cursor.get("last_key")
+    new = list_landing(store, landing_uri, last_key, max_batch + 1)
+    if not new:
+        return dg.SkipReason(f"No new files in {landing_uri} after {last_key or 'the start'}.")
+    now = time.time() if now is None else now
+    newest_mtime = max(f.modified for f in new)
+    if len(new) <= max_batch and now - newest_mtime < quiet_seconds:
+        return dg.SkipReason(f"{len(new)} new file(s) in {landing_uri}; last arrived {now - newest_mtime:.0f}s ago, "
+                             f"waiting for {quiet_seconds:.0f}s of quiet so the upload burst becomes one run.")
+    batch = new[:max_batch]
+    newest = batch[-1].key
+    request = dg.RunRequest(
+        run_key=f"raw-landing:{newest}",
+        job_name=ingest_job.name,
+        tags={"reason": "new-data", "dermaops/trigger": "raw-landing", "dermaops/landing_files": str(len(batch)),
+              "dermaops/landing_last_key": newest[-200:]},
+    )
+    return dg.SensorResult(run_requests=[request], cursor=json.dumps({"last_key": newest}))
+
+
+@dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="New raw files in the landing location (DERMAOPS_LANDING_URI) -> ingest_job, one run per "
+           "upload burst; lists only keys after the cursor.")
+def raw_landing_sensor(context: dg.SensorEvaluationContext, store: ObjectStore):
+    return landing_tick(context, store, Settings.from_env().landing_uri)
+
+
+# -- report-driven retraining -----------------------------------------------------------
+
+def _latest_report(context: dg.SensorEvaluationContext, asset: str) -> tuple[int, dict] | None:
+    """(storage id, metadata values) of the asset's newest materialization, if newer than the cursor."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        return None
+    storage_id = int(getattr(event, "storage_id", 0) or 0) or int(event.timestamp * 1000)
+    if context.cursor and storage_id <= int(context.cursor):
+        return None
+    metadata = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+    return storage_id, metadata
+
+
+def _retrain_request(reason: str, run_key: str, extra: dict[str, str]) -> dg.RunRequest:
+    return dg.RunRequest(run_key=run_key, job_name=retrain_job.name,
+                         tags={RETRAIN_REASON_TAG: reason, "dermaops/trigger": f"{reason}-sensor", **extra})
+
+
+@dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Retrain when the newest drift_report says drift_detected (or drift_score >= 0.5).")
+def drift_sensor(context: dg.SensorEvaluationContext):
+    latest = _latest_report(context, "drift_report")
+    if latest is None:
+        return dg.SkipReason("No new drift_report materialization.")
+    storage_id, md = latest
+    score = float(md.get("drift_score", 0.0) or 0.0)
+    if not (bool(md.get("drift_detected")) or score >= DRIFT_SCORE_THRESHOLD):
+        return dg.SensorResult(skip_reason=f"drift_report {storage_id}: no drift (score {score:.2f}).",
+                               cursor=str(storage_id))
+    if retrain_in_progress(context.instance):
+        # The run in flight answers this report; do not queue another one for it later.
+        return dg.SensorResult(skip_reason="Drift detected, but a retrain_job run is already queued or running.",
+                               cursor=str(storage_id))
+    return dg.SensorResult(run_requests=[_retrain_request("drift", f"drift:{storage_id}",
+                                                          {"dermaops/drift_score": f"{score:.3f}"})],
+                           cursor=str(storage_id))
+
+
+@dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Retrain (and page the team) when the live balanced accuracy dropped more than 5 points.")
+def model_quality_sensor(context: dg.SensorEvaluationContext, notifier: Notifier):
+    latest = _latest_report(context, "model_quality_report")
+    if latest is None:
+        return dg.SkipReason("No new model_quality_report materialization.")
+    storage_id, md = latest
+    drop = float(md.get("accuracy_drop", 0.0) or 0.0)
+    if not drop > ACCURACY_DROP_POINTS:
+        return dg.SensorResult(skip_reason=f"model_quality_report {storage_id}: drop {drop:.1f} points.",
+                               cursor=str(storage_id))
+    if retrain_in_progress(context.instance):
+        return dg.SensorResult(skip_reason="Accuracy dropped, but a retrain_job run is already queued or running.",
+                               cursor=str(storage_id))
+    notifier.notify("DermaOps: model accuracy dropped, retraining",
+                    f"Live balanced accuracy is {drop:.1f} points below the deployed model's evaluation "
+                    f"(threshold {ACCURACY_DROP_POINTS:g}); retrain_job requested.", severity="critical",
+                    attributes={"accuracy_drop_points": f"{drop:.2f}"})
+    return dg.SensorResult(run_requests=[_retrain_request("quality-drop", f"quality-drop:{storage_id}",
+                                                          {"dermaops/accuracy_drop": f"{drop:.2f}"})],
+                           cursor=str(storage_id))
+
+
+# -- approval -> deployment -------------------------------------------------------------
+
+@dg.sensor(job=deploy_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Deploy when a model package newer than the last one deployed by this sensor is Approved "
+           "(SQLite registry locally, SageMaker Model Registry on AWS).")
+def approval_sensor(context: dg.SensorEvaluationContext, registry: ModelRegistry):
+    group = Settings.from_env().model_package_group
+    seen = int(context.cursor) if context.cursor else 0
+    approved = [p for p in registry.list_packages(group) if p.status == "Approved" and p.version > seen]
+    if not approved:
+        return dg.SkipReason(f"No newly Approved package in {group} beyond version {seen}.")
+    newest = max(approved, key=lambda p: p.version)
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"deploy:{group}:v{newest.version}", job_name=deploy_job.name,
+                                    tags={"dermaops/package_version": str(newest.version),
+                                          "dermaops/trigger": "approval"})],
+        cursor=str(newest.version))
+
+
+all_sensors = [raw_landing_sensor, drift_sensor, model_quality_sensor, approval_sensor]

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from dermaops_resources.jobs import JobFailed, JobSpec, LocalJobRunner
+from dermaops_resources.object_store import LocalObjectStore
+
+ENTRY = "tests.resources.contract_probe"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalObjectStore:
+    return LocalObjectStore(root=str(tmp_path / "store"))
+
+
+def test_training_job_follows_the_sagemaker_contract(store: LocalObjectStore, tmp_path: Path) -> None:
+    store.put_bytes("processed", "splits/1/data.txt", b"lesions")
+    runner = LocalJobRunner(work_root=str(tmp_path / "jobs"))
+    logs, metrics = [], []
+    spec = JobSpec(job_type="training", name="train-1", entry_point=ENTRY,
+                   inputs={"splits": store.uri("processed", "splits/1")}, hyperparameters={"lr": 0.01},
+                   output_uri=store.uri("models", "jobs/train/train-1"), checkpoint_uri=store.uri("models", "ckpt/a"))
+    result = runner.run(spec, store, on_log=logs.append, on_metric=metrics.append)
+    assert result.status == "Completed"
+    assert metrics == [{"epoch": 1, "lr": 0.01, "val_balanced_accuracy": 0.5}]
+    tar_path = store.download_file(result.model_uri, tmp_path / "model.tar.gz")
+    with tarfile.open(tar_path) as tar:
+        assert tar.extractfile("weights.txt").read() == b"LESIONS"
+    assert store.get_json(result.output_uris["output"] + "/history.json") == [{"epoch": 1}]
+    assert store.exists(store.uri("models", "ckpt/a/checkpoint-epoch-0001.pt"))
+
+
+def test_processing_job_outputs_are_published(store: LocalObjectStore, tmp_path: Path) -> None:
+    store.put_bytes("raw", "manifests/h/manifest.csv", b"a\nb\nc\n")
+    spec = JobSpec(job_type="processing", name="prep-1", entry_point=ENTRY,
+                   inputs={"manifest": store.uri("raw", "manifests/h")}, outputs=["splits"],
+                   output_uri=store.uri("processed", "jobs/prep-1"))
+    result = LocalJobRunner(work_root=str(tmp_path / "jobs")).run(spec, store)
+    assert store.get_json(result.output_uris["splits"] + "/summary.json") == {"rows": 3}
+
+
+def test_failure_reason_comes_from_the_job(store: LocalObjectStore, tmp_path: Path) -> None:
+    store.put_bytes("processed", "splits/1/data.txt", b"x")
+    spec = JobSpec(job_type="training", name="train-bad", entry_point=ENTRY,
+                   inputs={"splits": store.uri("processed", "splits/1")}, hyperparameters={"mode": "fail"},
+                   output_uri=store.uri("models", "jobs/train/bad"))
+    with pytest.raises(JobFailed) as info:
+        LocalJobRunner(work_root=str(tmp_path / "jobs")).run(spec, store)
+    assert "no train_images.npy" in info.value.reason
+    assert info.value.status == "Failed"
+    assert not store.exists(store.uri("models", "jobs/train/bad/model.tar.gz"))

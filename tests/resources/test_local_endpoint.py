@@ -1,0 +1,443 @@
+"""The local endpoint end to end: a real model.tar.gz, a real detached server, real HTTP.
+
+Every package is built here from a torch state_dict, a model_config.json and a
+``code/inference.py`` that follows the SageMaker handler contract, so these tests do
+not depend on the training job. Servers are always stopped in fixture teardown.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from dermaops_resources.endpoint import DeploymentFailed, LocalEndpointDeployer, _pid_alive
+from dermaops_resources.object_store import LocalObjectStore, file_uri_to_path, sha256_file
+from dermaops_resources.registry import ModelPackage
+from dermaops_resources.settings import REPO_ROOT
+
+CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+IMAGE_SIZE = 16
+
+HANDLER = textwrap.dedent('''
+    """Minimal lesion classifier handlers (SageMaker PyTorch contract)."""
+    import io
+    import json
+    import os
+
+    import torch
+    from torch import nn
+    from PIL import Image
+
+    CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
+
+    def _build(arch, num_classes):
+        if arch != "tiny_cnn":
+            raise ValueError(f"unknown arch {arch!r}")
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(8, num_classes))
+
+    def model_fn(model_dir):
+        __MODEL_FN_HOOK__
+        with open(os.path.join(model_dir, "model_config.json")) as fh:
+            cfg = json.load(fh)
+        model = _build(cfg["arch"], len(cfg["classes"]))
+        state = torch.load(os.path.join(model_dir, "model.pt"), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        return {"model": model, "cfg": cfg}
+
+    def input_fn(body, content_type):
+        if content_type not in CONTENT_TYPES:
+            raise ValueError(f"unsupported content type {content_type}")
+        img = Image.open(io.BytesIO(body))
+        img.load()
+        return img.convert("RGB")
+
+    def predict_fn(img, bundle):
+        cfg = bundle["cfg"]
+        size = cfg["image_size"]
+        img = img.resize((size, size))
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(size, size, 3)
+        x = x.permute(2, 0, 1).float().div(255)
+        mean = torch.tensor(cfg["mean"]).view(3, 1, 1)
+        std = torch.tensor(cfg["std"]).view(3, 1, 1)
+        x = ((x - mean) / std).unsqueeze(0)
+        with torch.no_grad():
+            logits = bundle["model"](x)[0] / cfg["temperature"]
+        return __PROBS__
+
+    def output_fn(probs, accept):
+        classes = __CLASSES_EXPR__
+        values = [float(p) for p in probs]
+        best = max(range(len(values)), key=values.__getitem__)
+        return json.dumps({"predicted_class": classes[best],
+                           "probabilities": dict(zip(classes, values)), "model_arch": "tiny_cnn"})
+''')
+
+
+def _tiny_model(num_classes: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, num_classes))
+
+
+def build_package(out: Path, *, seed: int = 0, model_fn_hook: str = "pass", probs: str = "torch.softmax(logits, 0)",
+                  weight_classes: int = len(CLASSES), config_classes: list[str] = CLASSES) -> Path:
+    """Write a SageMaker-layout model.tar.gz (model.pt, model_config.json, code/inference.py)."""
+    src = out.with_suffix("")
+    (src / "code").mkdir(parents=True)
+    torch.save(_tiny_model(weight_classes, seed).state_dict(), src / "model.pt")
+    (src / "model_config.json").write_text(json.dumps({
+        "arch": "tiny_cnn", "classes": config_classes, "image_size": IMAGE_SIZE,
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "temperature": 1.0}))
+    handler = (HANDLER.replace("__MODEL_FN_HOOK__", model_fn_hook).replace("__PROBS__", probs)
+               .replace("__CLASSES_EXPR__", repr(config_classes)))
+    (src / "code" / "inference.py").write_text(handler)
+    (src / "code" / "requirements.txt").write_text("")
+    with tarfile.open(out, "w:gz") as tar:
+        for path in sorted(src.rglob("*")):
+            tar.add(path, arcname=path.relative_to(src).as_posix(), recursive=False)
+    return out
+
+
+def build_real_package(out: Path) -> Path:
+    """A package with the project's own ml_code/inference.py and a torchvision resnet18 (32 px)."""
+    import torchvision
+
+    src = out.with_suffix("")
+    (src / "code").mkdir(parents=True)
+    torch.manual_seed(4)
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=len(CLASSES)).state_dict(), src / "model.pt")
+    (src / "model_config.json").write_text(json.dumps({
+        "arch": "resnet18", "classes": CLASSES, "image_size": 32,
+        "mean": [0.76, 0.55, 0.57], "std": [0.14, 0.15, 0.17], "temperature": 1.0}))
+    (src / "code" / "inference.py").write_bytes((REPO_ROOT / "ml_code" / "inference.py").read_bytes())
+    with tarfile.open(out, "w:gz", compresslevel=1) as tar:
+        for path in sorted(src.rglob("*")):
+            tar.add(path, arcname=path.relative_to(src).as_posix(), recursive=False)
+    return out
+
+
+def register(store: LocalObjectStore, tar: Path, version: int) -> ModelPackage:
+    uri = store.put_file("models", f"packages/v{version}/model.tar.gz", tar)
+    now = time.time()
+    return ModelPackage(group="dermaops-test", version=version, status="Approved", created_at=now, updated_at=now,
+                        model_uri=uri, model_hash=sha256_file(tar), arn=f"local:dermaops-test/{version}")
+
+
+def lesion_image(fmt: str, size: tuple[int, int] = (40, 30), shade: int = 0) -> bytes:
+    img = Image.new("RGB", size)
+    img.putdata([((x * 6 + shade) % 256, (y * 8) % 256, 128) for y in range(size[1]) for x in range(size[0])])
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def post(url: str, body: bytes, content_type: str, timeout: float = 10.0, headers: dict | None = None):
+    """(status, headers, JSON body) of one POST, without raising on HTTP errors."""
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": content_type, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+def ping(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def read_captures(deployer: LocalEndpointDeployer) -> list[dict]:
+    root = file_uri_to_path(deployer.endpoint_capture_uri())
+    records = []
+    for path in sorted(root.rglob("*.jsonl")):
+        records.extend(json.loads(line) for line in path.read_text().splitlines())
+    return records
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("endpoint")
+    store = LocalObjectStore(root=str(root / "store"))
+    tars = root / "tars"
+    tars.mkdir()
+    return {"root": root, "store": store, "tars": tars}
+
+
+def make_deployer(env, name: str) -> LocalEndpointDeployer:
+    return LocalEndpointDeployer(state_dir=str(env["root"] / name / "state"),
+                                 capture_uri=env["store"].uri("logs", f"datacapture-{name}"),
+                                 endpoint_name=f"{name}-endpoint", startup_timeout_seconds=90)
+
+
+@pytest.fixture(scope="module")
+def live(env):
+    """One server deployed with package v1, shared by the tests that only talk to it."""
+    deployer = make_deployer(env, "live")
+    v1 = register(env["store"], build_package(env["tars"] / "v1.tar.gz", seed=1), 1)
+    logs: list[str] = []
+    try:
+        handle = deployer.deploy(v1, env["store"], on_log=logs.append)
+        yield {"deployer": deployer, "handle": handle, "logs": logs, "v1": v1}
+    finally:
+        deployer.stop()
+
+
+def test_deploy_serves_jpeg_and_png(live):
+    handle = live["handle"]
+    assert handle.package_version == 1 and handle.url.startswith("http://127.0.0.1:")
+    assert handle.capture_uri == live["deployer"].endpoint_capture_uri()
+    assert handle.model_uri == live["v1"].model_uri and handle.package_arn == "local:dermaops-test/1"
+    assert ping(handle.url) == 200
+    for fmt, ctype in (("JPEG", "image/jpeg"), ("PNG", "image/png"), ("JPEG", "application/x-image")):
+        status, headers, body = post(f"{handle.url}/invocations", lesion_image(fmt), ctype)
+        assert status == 200, body
+        assert headers["X-Model-Version"] == "1"
+        assert len(headers["X-Inference-Id"]) >= 8
+        assert set(body["probabilities"]) == set(CLASSES)
+        assert abs(sum(body["probabilities"].values()) - 1) < 1e-5
+        assert body["predicted_class"] == max(body["probabilities"], key=body["probabilities"].get)
+    # the logs the deployer reports say what happened, with no image bytes
+    assert any("healthy" in line for line in live["logs"])
+    assert "model.tar.gz" in (Path(live["deployer"].state_dir) / "packages" / "v1").iterdir().__next__().name
+
+
+def test_client_errors_are_json_4xx_not_500(live):
+    url = live["handle"].url
+    status, _, body = post(f"{url}/invocations", b"hello", "text/plain")
+    assert status == 415 and "image/jpeg" in body["error"]
+    status, headers, body = post(f"{url}/invocations", b"\xff\xd8 definitely not a jpeg", "image/jpeg")
+    assert status == 400 and "cannot decode" in body["error"]
+    assert headers["X-Model-Version"] == "1"
+    status, _, body = post(f"{url}/invocations", b"", "image/png")
+    assert status == 400 and "empty" in body["error"]
+    status, _, body = post(f"{url}/nowhere", b"x", "image/png")
+    assert status == 404
+    # the server still answers after the bad requests
+    assert post(f"{url}/invocations", lesion_image("PNG"), "image/png")[0] == 200
+
+
+def test_admin_swap_needs_the_token(live):
+    url = live["handle"].url
+    payload = json.dumps({"model_tar": "/nonexistent.tar.gz", "package_version": 99}).encode()
+    status, _, body = post(f"{url}/admin/swap", payload, "application/json")
+    assert status == 403 and "X-Admin-Token" in body["error"]
+    status, _, _ = post(f"{url}/admin/swap", payload, "application/json", headers={"X-Admin-Token": "guess"})
+    assert status == 403
+    token_file = Path(live["deployer"].state_dir) / "admin.token"
+    assert (token_file.stat().st_mode & 0o777) == 0o600
+
+
+def test_capture_files_have_sagemaker_structure(live):
+    url = live["handle"].url
+    image = lesion_image("JPEG", shade=77)
+    status, headers, response = post(f"{url}/invocations", image, "image/jpeg",
+                                     headers={"X-Amzn-SageMaker-Inference-Id": "capture-check-1"})
+    assert status == 200 and headers["X-Inference-Id"] == "capture-check-1"
+    bad_status, bad_headers, _ = post(f"{url}/invocations", b"plain words", "text/plain")
+    assert bad_status == 415
+
+    def find():
+        by_id = {r["eventMetadata"]["inferenceId"]: r for r in read_captures(live["deployer"])}
+        return by_id if {"capture-check-1", bad_headers["X-Inference-Id"]} <= set(by_id) else None
+
+    by_id = wait_for(find, timeout=10, what="the capture files of two requests")
+    record = by_id["capture-check-1"]
+    assert record["eventVersion"] == "0"
+    inp, out = record["captureData"]["endpointInput"], record["captureData"]["endpointOutput"]
+    assert inp["mode"] == "INPUT" and inp["encoding"] == "BASE64" and inp["observedContentType"] == "image/jpeg"
+    assert base64.b64decode(inp["data"]) == image
+    Image.open(io.BytesIO(base64.b64decode(inp["data"]))).verify()
+    assert out == {"observedContentType": "application/json", "mode": "OUTPUT", "encoding": "JSON",
+                   "data": out["data"]}
+    assert json.loads(out["data"]) == response
+    meta = record["eventMetadata"]
+    assert meta["modelPackageVersion"] == 1 and len(meta["eventId"]) == 36
+    assert meta["inferenceTime"].endswith("Z") and meta["inferenceTime"][:4].isdigit()
+    rejected = by_id[bad_headers["X-Inference-Id"]]
+    assert base64.b64decode(rejected["captureData"]["endpointInput"]["data"]) == b"plain words"
+    assert "error" in json.loads(rejected["captureData"]["endpointOutput"]["data"])
+    # the server log names requests but never carries their bytes
+    log_text = (Path(live["deployer"].state_dir) / "serve.log").read_text()
+    assert inp["data"][:40] not in log_text and "plain words" not in log_text
+    # layout: <endpoint>/AllTraffic/yyyy/mm/dd/hh/<yyyymmddThhmmssffffff>-<uuid8>.jsonl, no temp files left
+    root = file_uri_to_path(live["deployer"].endpoint_capture_uri())
+    files = list(root.rglob("*"))
+    jsonl = [p for p in files if p.is_file()]
+    assert jsonl and all(p.suffix == ".jsonl" and not p.name.startswith(".") for p in jsonl)
+    for path in jsonl:
+        parts = path.relative_to(root).parts
+        assert len(parts) == 5 and [len(p) for p in parts[:4]] == [4, 2, 2, 2]
+        stamp, suffix = path.stem.split("-")
+        assert len(stamp) == 21 and stamp[8] == "T" and stamp.startswith("".join(parts[:3])) and len(suffix) == 8
+
+
+def test_status_reports_the_live_server(live):
+    status = live["deployer"].status()
+    assert status is not None
+    json.dumps(status)  # JSON-able
+    assert status["healthy"] is True and status["package_version"] == live["handle"].package_version
+    assert status["url"] == live["handle"].url and status["endpoint_name"] == "live-endpoint"
+    assert status["capture_uri"] == live["handle"].capture_uri
+    assert os.path.exists(f"/proc/{status['pid']}") or status["pid"] > 0
+    assert status["requests_served"] >= 1 and status["errors"]["client"] >= 1
+
+
+def test_redeploy_under_load_fails_no_request(live, env):
+    deployer, url = live["deployer"], live["handle"].url
+    v2 = register(env["store"], build_package(env["tars"] / "v2.tar.gz", seed=2), 2)
+    results: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+    image = lesion_image("JPEG")
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                status, headers, _ = post(f"{url}/invocations", image, "image/jpeg")
+                results.append((status, headers.get("X-Model-Version")))
+            except Exception as exc:  # noqa: BLE001 - a connection failure is a failed request
+                results.append((-1, repr(exc)))
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        wait_for(lambda: len(results) >= 5, what="traffic before the swap")
+        handle = deployer.deploy(v2, env["store"])
+        seen = len(results)
+        wait_for(lambda: len(results) >= seen + 5, what="traffic after the swap")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert handle.package_version == 2 and handle.url == url  # same server, same port
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, failed
+    versions = [v for _, v in results]
+    assert versions[0] == "1" and versions[-1] == "2"
+    assert versions == sorted(versions), "once v2 answered, v1 must never answer again"
+    assert deployer.status()["package_version"] == 2
+    assert json.loads((Path(deployer.state_dir) / "server.json").read_text())["package_version"] == 2
+
+
+def test_redeploy_with_the_projects_own_handler(live, env):
+    """The real code/inference.py (resnet18) loads, passes the health check and serves."""
+    real = register(env["store"], build_real_package(env["tars"] / "real.tar.gz"), 4)
+    handle = live["deployer"].deploy(real, env["store"])
+    assert handle.package_version == 4
+    for fmt, ctype in (("JPEG", "image/jpeg"), ("PNG", "image/png")):
+        status, headers, body = post(f"{handle.url}/invocations", lesion_image(fmt, size=(200, 150)), ctype)
+        assert status == 200 and headers["X-Model-Version"] == "4", body
+        assert body["model_arch"] == "resnet18" and set(body["probabilities"]) == set(CLASSES)
+        assert abs(sum(body["probabilities"].values()) - 1) < 1e-5
+    status, _, body = post(f"{handle.url}/invocations", b"GIF89a not really", "image/png")
+    assert status == 400 and "decode" in body["error"]
+
+
+@pytest.mark.parametrize("kind,kwargs,reason", [
+    ("model_fn raises", {"model_fn_hook": "raise RuntimeError('weights file is corrupted')"},
+     "weights file is corrupted"),
+    ("weights do not fit", {"weight_classes": 5}, "size mismatch"),
+    ("not probabilities", {"probs": "logits"}, "probabilities"),
+])
+def test_broken_package_is_not_swapped_in(live, env, kind, kwargs, reason):
+    deployer = live["deployer"]
+    before = deployer.status()["package_version"]
+    version = 10 + len(kind)
+    bad = register(env["store"], build_package(env["tars"] / f"bad-{version}.tar.gz", **kwargs), version)
+    with pytest.raises(DeploymentFailed, match=reason):
+        deployer.deploy(bad, env["store"])
+    status = deployer.status()
+    assert status["healthy"] and status["package_version"] == before
+    assert reason in status["last_swap_error"]
+    code, headers, body = post(f"{live['handle'].url}/invocations", lesion_image("PNG"), "image/png")
+    assert code == 200 and headers["X-Model-Version"] == str(before) and "probabilities" in body
+
+
+def test_broken_first_package_leaves_nothing_running(env):
+    deployer = make_deployer(env, "broken-start")
+    bad = register(env["store"], build_package(env["tars"] / "bad-start.tar.gz",
+                                               model_fn_hook="raise RuntimeError('no weights here')"), 7)
+    try:
+        with pytest.raises(DeploymentFailed, match="no weights here") as info:
+            deployer.deploy(bad, env["store"])
+        assert "exited with code" in str(info.value)
+        assert deployer.status() is None
+        assert not (Path(deployer.state_dir) / "server.json").exists()
+        assert not (Path(deployer.state_dir) / "admin.token").exists()
+    finally:
+        deployer.stop()
+
+
+def test_server_outlives_the_deploying_process_and_stops_cleanly(env):
+    deployer = make_deployer(env, "detached")
+    tar = build_package(env["tars"] / "detached.tar.gz", seed=3)
+    package = register(env["store"], tar, 3)
+    script = textwrap.dedent(f"""
+        import json, sys
+        from dermaops_resources.endpoint import LocalEndpointDeployer
+        from dermaops_resources.object_store import LocalObjectStore
+        from dermaops_resources.registry import ModelPackage
+        deployer = LocalEndpointDeployer.model_validate(json.loads(sys.argv[1]))
+        store = LocalObjectStore(root=sys.argv[2])
+        handle = deployer.deploy(ModelPackage.model_validate_json(sys.argv[3]), store)
+        print(handle.model_dump_json())
+    """)
+    config = {k: getattr(deployer, k) for k in ("state_dir", "capture_uri", "endpoint_name", "startup_timeout_seconds")}
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, json.dumps(config), env["store"].root,
+                               package.model_dump_json()], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        handle = json.loads(proc.stdout.strip().splitlines()[-1])
+        # the deploying process is gone; the server is still there, in its own session
+        assert ping(handle["url"]) == 200
+        status = deployer.status()
+        assert status["healthy"] and status["package_version"] == 3
+        pid = status["pid"]
+        assert os.getsid(pid) == pid != os.getsid(0)
+        # requests answered just before SIGTERM are flushed to capture at shutdown
+        ids = [post(f"{handle['url']}/invocations", lesion_image("JPEG", shade=i), "image/jpeg")[1]["X-Inference-Id"]
+               for i in range(3)]
+        port = int(handle["url"].rsplit(":", 1)[1])
+        assert deployer.stop() is True
+        assert ping(handle["url"]) is None
+        assert not _pid_alive(pid)  # gone (or a zombie awaiting its reaper, which is not ours here)
+        assert deployer.status() is None and deployer.stop() is False
+        assert set(ids) <= {r["eventMetadata"]["inferenceId"] for r in read_captures(deployer)}
+        # a later deploy starts a fresh server on the same port (port=0 means "pick once, keep")
+        handle2 = deployer.deploy(package, env["store"])
+        assert int(handle2.url.rsplit(":", 1)[1]) == port and ping(handle2.url) == 200
+    finally:
+        deployer.stop()

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dermaops_resources.object_store import LocalObjectStore, join_uri
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalObjectStore:
+    return LocalObjectStore(root=str(tmp_path / "store"))
+
+
+def test_round_trip_and_listing(store: LocalObjectStore) -> None:
+    uri = store.put_bytes("raw", "images/ab/abc.jpg", b"jpeg-bytes")
+    store.put_bytes("raw", "images/cd/cde.jpg", b"more")
+    assert store.get_bytes(uri) == b"jpeg-bytes"
+    assert store.exists(uri)
+    listed = [o.key for o in store.list(store.uri("raw", "images"))]
+    assert listed == ["images/ab/abc.jpg", "images/cd/cde.jpg"]
+    after = [o.key for o in store.list(store.uri("raw", "images"), start_after="images/ab/abc.jpg")]
+    assert after == ["images/cd/cde.jpg"]
+    assert store.split_uri(uri) == ("raw", "images/ab/abc.jpg")
+
+
+def test_interrupted_write_leaves_no_partial_object(store: LocalObjectStore) -> None:
+    final = store.uri("models", "sha256/x/model.tar.gz")
+    store.put_bytes("models", "sha256/x/model.tar.gz", b"old complete model")
+
+    class Boom(RuntimeError):
+        pass
+
+    def failing_write(fh):
+        fh.write(b"half of a new mod")
+        raise Boom("disk went away")
+
+    with pytest.raises(Boom):
+        store._publish("models", "sha256/x/model.tar.gz", failing_write)
+    # The previous object is intact and no temporary file is left behind or listed.
+    assert store.get_bytes(final) == b"old complete model"
+    folder = Path(store.local_path(final)).parent
+    assert sorted(os.listdir(folder)) == ["model.tar.gz"]
+    assert [o.key for o in store.list(store.uri("models", "sha256"))] == ["sha256/x/model.tar.gz"]
+
+
+def test_upload_and_download_dir(store: LocalObjectStore, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("a")
+    (src / "sub" / "b.txt").write_text("b")
+    prefix = store.upload_dir("processed", "splits/1", src)
+    out = store.download_dir(prefix, tmp_path / "dst")
+    assert (out / "a.txt").read_text() == "a" and (out / "sub" / "b.txt").read_text() == "b"
+    assert store.get_json(store.put_json("logs", "x.json", {"k": 1})) == {"k": 1}
+    assert join_uri(prefix, "a.txt") == store.uri("processed", "splits/1/a.txt")
+
+
+def test_paths_outside_the_store_are_refused(store: LocalObjectStore, tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("x")
+    with pytest.raises(ValueError, match="outside the local object store"):
+        store.get_bytes((tmp_path / "secret.txt").as_uri())
+    with pytest.raises(FileNotFoundError):
+        store.get_bytes(store.uri("raw", "missing"))
