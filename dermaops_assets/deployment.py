@@ -1,7 +1,6 @@
 """Deployment: the newest Approved package behind a live endpoint (1-5 instances on AWS,
 one local server process here), health-checked before it counts as live."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,7 +1,6 @@
 """Evaluation: test-split metrics of the trained model, computed by the evaluation job through
 the same ``code/inference.py`` handlers the endpoint will serve."""
 
-from __future__ import annotations
 
 import dagster as dg
 from pydantic import Field

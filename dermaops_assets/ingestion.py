@@ -1,6 +1,5 @@
 """Ingestion: the raw dermoscopy images, validated and content-addressed (S3 raw bucket box)."""
 
-from __future__ import annotations
 
 import dagster as dg
 from pydantic import Field

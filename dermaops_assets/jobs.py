@@ -26,7 +26,8 @@ retrain_job = dg.define_asset_job(
     | dg.AssetSelection.assets("model_baseline"),
     description="Retrain: ingest -> preprocess -> train -> evaluate -> conditional registration, and the new "
     "model's monitoring baseline. Tag runs with dermaops/retrain_reason (drift|quality-drop|scheduled|manual).",
-    tags={RETRAIN_REASON_TAG: "manual"},
+    # "dermaops/retrain" is limited to one run at a time by dagster.yaml's run coordinator.
+    tags={RETRAIN_REASON_TAG: "manual", "dermaops/retrain": "true"},
 )
 
 deploy_job = dg.define_asset_job(

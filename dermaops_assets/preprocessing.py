@@ -1,7 +1,6 @@
 """Preprocessing: lesion-grouped train/val/test splits as memory-mappable uint8 arrays
 (the architecture's SageMaker Processing job)."""
 
-from __future__ import annotations
 
 import hashlib
 import json

@@ -1,6 +1,5 @@
 """Conditional registration: the model enters the registry only if it clears the quality gates."""
 
-from __future__ import annotations
 
 import os
 

@@ -1,7 +1,6 @@
 """Training: a torchvision lesion classifier trained as a (spot, checkpointed, mixed-precision)
 training job. The asset records the experiment: hyperparameters, data and code version, curves."""
 
-from __future__ import annotations
 
 import hashlib
 import io

@@ -1,6 +1,5 @@
 """Helpers that turn job outputs into Dagster UI metadata (tables, small images, versions)."""
 
-from __future__ import annotations
 
 import base64
 import hashlib

@@ -49,33 +49,42 @@ def pseudonym_salt(home: Path) -> str:
 
 
 def ingest_dataset(source_uri: str, store: ObjectStore, salt: str, limits: ingest.ImageLimits | None = None,
-                   log: Callable[[str], None] = lambda msg: None, max_workers: int = 8) -> tuple[RawImagesHandle, IngestStats]:
+                   log: Callable[[str], None] = lambda msg: None,
+                   max_workers: int = 8) -> tuple[RawImagesHandle, IngestStats]:
+    """Validate every metadata row and image of ``source_uri``; store accepted images once.
+
+    Works the same for a local folder and an ``s3://`` prefix; the per-row rules are
+    ``ml_code.ingest``'s, shared with ``ingest_folder``."""
     limits = limits or ingest.ImageLimits()
     source = RawSource(source_uri)
-    metadata = source.read_metadata()
+    name = source.metadata_name()
+    metadata = ingest.read_metadata(name, source.read(name))
     layout = ingest.detect_layout(metadata)
     good, quarantined = ingest.normalise_metadata(metadata, layout, salt)
     log(f"metadata: {len(metadata)} rows in {layout} layout, {len(good)} valid, {len(quarantined)} quarantined")
 
     index = source.image_index()
     stats = IngestStats()
-    rejects: list[dict] = []
     lock = threading.Lock()
 
-    def store_one(row) -> dict | None:
-        name = index.get(row.image_id)
-        if name is None:
-            rejects.append({"image_id": row.image_id, "stage": "image",
-                            "reason": f"image file for {row.image_id} not found (looked for .jpg/.jpeg/.png "
-                                      "under images/ and the HAM10000 part folders)"})
-            return None
+    def check_one(meta: dict) -> tuple[dict, ingest.ImageInfo | None, bytes | None, str]:
+        image_id = str(meta["image_id"])
+        file_name = index.get(image_id)
+        if file_name is None:
+            return meta, None, None, (f"no image file {image_id}.jpg/.jpeg/.png in the dataset (looked under "
+                                      "images/ and the HAM10000 part folders); add the file or drop the row")
         try:
-            data = source.read(name)
-            info = ingest.inspect_image(data, name, limits)
+            data = source.read(file_name)
+            return meta, ingest.inspect_image(data, Path(file_name).name, limits), data, ""
         except ingest.ImageRejected as exc:
-            rejects.append({"image_id": row.image_id, "stage": "image", "reason": f"{name}: {exc}"})
-            return None
-        key = f"images/{info.sha256[:2]}/{info.sha256}{info.extension}"
+            return meta, None, None, exc.reason
+
+    rows: list[dict] = []
+    rejects: list[dict[str, str]] = []
+    by_sha: dict[str, str] = {}
+
+    def publish(info: ingest.ImageInfo, data: bytes) -> None:
+        key = f"images/{info.image_key}"
         exists = store.exists(store.uri("raw", key))
         if not exists:
             store.put_bytes("raw", key, data)
@@ -84,25 +93,31 @@ def ingest_dataset(source_uri: str, store: ObjectStore, salt: str, limits: inges
                 stats.already_stored += 1
             else:
                 stats.copied += 1
-        return {"image_key": key.split("/", 1)[1], "sha256": info.sha256, "format": info.format,
-                "width": info.width, "height": info.height}
 
-    rows = list(good.itertuples(index=False))
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        stored = list(pool.map(store_one, rows))
-    keep = [i for i, s in enumerate(stored) if s is not None]
-    manifest = good.iloc[keep].reset_index(drop=True)
-    extra = pd.DataFrame([stored[i] for i in keep],
-                         columns=["image_key", "sha256", "format", "width", "height"])
-    manifest = pd.concat([manifest.drop(columns=[c for c in extra.columns if c in manifest.columns]), extra],
-                         axis=1)
-    manifest = ingest.finalise_manifest(manifest) if hasattr(ingest, "finalise_manifest") else manifest
-    quarantine = pd.concat([quarantined, pd.DataFrame(rejects, columns=["image_id", "stage", "reason"])],
-                           ignore_index=True)
-    mhash = ingest.manifest_hash(manifest)
+        uploads = []
+        for meta, info, data, reason in pool.map(check_one, good.to_dict("records")):
+            image_id = str(meta["image_id"])
+            if info is None:
+                rejects.append({"image_id": image_id, "stage": "image", "reason": reason})
+            elif info.sha256 in by_sha:
+                rejects.append({"image_id": image_id, "stage": "image",
+                                "reason": f"same bytes as image {by_sha[info.sha256]!r}; duplicate pictures are "
+                                          "kept once (they would leak across splits)"})
+            else:
+                by_sha[info.sha256] = image_id
+                rows.append(ingest.manifest_row(meta, info))
+                uploads.append(pool.submit(publish, info, data))
+        for upload in uploads:
+            upload.result()
 
-    manifest_uri = store.put_bytes("raw", f"manifests/{mhash}/manifest.csv", _csv(manifest))
+    manifest = ingest.build_manifest(rows)
+    quarantine = pd.concat([quarantined, ingest.quarantine_frame(rejects)], ignore_index=True)
+    manifest_csv = ingest.canonical_manifest_csv(manifest)
+    mhash = ingest.manifest_hash(manifest)
+    # The quarantine is published first: a manifest key never exists without its quarantine list.
     quarantine_uri = store.put_bytes("raw", f"manifests/{mhash}/quarantine.csv", _csv(quarantine))
+    manifest_uri = store.put_bytes("raw", f"manifests/{mhash}/manifest.csv", manifest_csv)
     counts = manifest["dx"].value_counts().sort_index()
     handle = RawImagesHandle(
         manifest_uri=manifest_uri, manifest_hash=mhash, images_prefix_uri=store.uri("raw", "images"),

@@ -16,7 +16,7 @@ from .object_store import ObjectStore
 
 
 class HandleIOManager(dg.ConfigurableIOManager):
-    store: dg.ResourceDependency[ObjectStore]
+    store: ObjectStore
 
     def _key(self, asset_key: dg.AssetKey) -> str:
         return "handles/" + "/".join(asset_key.path) + ".json"

@@ -6,7 +6,6 @@ export, or a hospital drop. It is only read, never modified.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -88,12 +87,3 @@ class RawSource:
             key = f"{self.prefix.rstrip('/')}/{name}" if self.prefix else name
             return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return (self.root / name).read_bytes()
-
-    def read_metadata(self):
-        import pandas as pd
-
-        name = self.metadata_name()
-        try:
-            return pd.read_csv(io.BytesIO(self.read(name)), dtype=str, keep_default_na=False)
-        except Exception as exc:  # noqa: BLE001 - any parse error is the same user problem
-            raise RawSourceError(f"{self.uri}/{name} is not a readable CSV: {exc}") from exc

@@ -113,12 +113,24 @@ class _Lesion:
     stretch: float  # anisotropy of the outline
 
 
+# Look-alikes: some lesions borrow part of another class's colours (a pale melanoma,
+# a dark nevus, ...) so that colour alone does not give the answer away.
+CONFUSERS: dict[str, str] = {
+    "akiec": "bcc", "bcc": "akiec", "bkl": "nv", "df": "nv", "mel": "nv", "nv": "mel", "vasc": "bcc",
+}
+LOOKALIKE_RATE = 0.15
+
+
 def _draw_lesion(dx: str, rng: np.random.Generator) -> _Lesion:
     style = STYLES[dx]
     orders = np.arange(2, 8)
     amps = style.irregularity * rng.uniform(0.3, 1.0, orders.size) / np.sqrt(orders - 1)
     phases = rng.uniform(0, 2 * np.pi, orders.size)
     colours = np.array([style.core, style.rim, style.accent], dtype=np.float32)
+    if rng.random() < LOOKALIKE_RATE:
+        other = STYLES[CONFUSERS[dx]]
+        w = rng.uniform(0.25, 0.5)
+        colours[:2] = (1 - w) * colours[:2] + w * np.array([other.core, other.rim], dtype=np.float32)
     # per-lesion colour jitter: overall brightness and a small hue shift
     colours = colours * rng.uniform(0.85, 1.12) + rng.normal(0, 0.035, (1, 3))
     return _Lesion(
@@ -153,13 +165,13 @@ def _sample_field(field: np.ndarray, coeffs: tuple[float, ...], width: int, heig
     pixels (x, y) to field pixels (Pillow's AFFINE convention); Pillow does the
     resampling in C, which keeps rendering at a few milliseconds per image.
     """
-    img = Image.fromarray(field, mode="F")
+    img = Image.fromarray(np.ascontiguousarray(field, dtype=np.float32))
     out = img.transform((width, height), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
     return np.asarray(out, dtype=np.float32)
 
 
 def _resize_field(field: np.ndarray, width: int, height: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(field, mode="F").resize((width, height), Image.Resampling.BILINEAR))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(field, dtype=np.float32)).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _render(lesion: _Lesion, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -280,7 +292,7 @@ def _render(lesion: _Lesion, rng: np.random.Generator, width: int, height: int) 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray((rgb * 255 + 0.5).astype(np.uint8), "RGB").save(buf, "JPEG", quality=JPEG_QUALITY)
+    Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(buf, "JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
@@ -389,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=(args.width, args.height),
         seed=args.seed,
     )
-    n_images = sum(1 for _ in (out / "images").glob("*.jpg"))
+    n_images = len((out / "HAM10000_metadata.csv").read_text().splitlines()) - 1
     print(f"wrote {n_images} synthetic images to {out} (seed={args.seed})")
     return 0
 

@@ -201,20 +201,29 @@ def _square_resize(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + m, top + m)).resize((size, size), Image.BICUBIC)
 
 
-def preprocess_array(images: np.ndarray, mean: Any, std: Any) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` RGB -> float32 ``(N, 3, H, W)`` normalised with ``mean``/``std``.
+def preprocess_array(images: np.ndarray, model: Any, std: Any = None) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` RGB -> float32 ``(N, 3, H, W)`` normalised as the model expects.
 
-    ``mean``/``std`` are the 0-1 scale per-channel statistics from ``model_config.json``
-    (a :class:`ServedModel` may be passed as ``mean`` to take them from it).
+    ``model`` is the :func:`model_fn` result or a ``model_config.json`` dict (their 0-1 scale
+    per-channel ``mean``/``std`` are used); ``preprocess_array(images, mean, std)`` also works.
     """
-    if isinstance(mean, ServedModel):
-        mean, std = mean.mean.cpu().view(3), mean.std.cpu().view(3)
+    if isinstance(model, ServedModel):
+        mean, std = model.mean.detach().cpu().view(3), model.std.detach().cpu().view(3)
+    elif isinstance(model, dict):
+        mean, std = model["mean"], model["std"]
+    elif std is not None:
+        mean = model
+    else:
+        raise ValueError("preprocess_array needs the served model, its config dict, or mean and std")
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected uint8 (N, H, W, 3) images, got dtype {arr.dtype} shape {arr.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255.0)
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # memory-mapped splits are read-only; torch wants writable memory
+        arr = arr.copy()
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - m) / s

@@ -1,0 +1,262 @@
+"""Model Monitor baseline for one trained model (processing job ``python -m ml_code.baseline``).
+
+Inputs (processing inputs): ``model`` (folder with ``model.tar.gz``), ``splits`` (the
+preprocess output), optionally ``manifest`` (folder with the raw ``manifest.csv``, for the
+original image geometry). Output ``baseline``:
+
+- ``statistics.json``   Model Monitor layout: dataset.item_count, features[] with
+  numerical_statistics (mean, std, min, max, quantile sketch and histogram buckets; the
+  PSI bin edges under ``distribution.dermaops``).
+- ``constraints.json``  Model Monitor layout, plus the drift thresholds this baseline is
+  judged with (``monitoring_config.dermaops_drift_thresholds``).
+- ``baseline_features.parquet``  per-image features of the training split (KS needs the sample).
+- ``embeddings.npy``    penultimate-layer embeddings of up to ``max_embeddings`` held-out images.
+- ``prediction_distribution.json``  predicted-class proportions on the same held-out images.
+
+Why held-out images for embeddings and predictions: the model has memorised its training
+images, so their embeddings are tighter and their predictions more confident than on any
+new image. Comparing live traffic with *training* embeddings would flag drift on perfectly
+in-distribution traffic. Pixel features do not depend on the model, so they use the
+larger training split.
+
+Hyperparameters: ``max_embeddings`` (2000), ``n_bins`` (10), ``seed`` (0), and any
+``DriftThresholds`` field to override a threshold.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import tarfile
+import tempfile
+import types
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .contract import emit_metric, parse_hyperparameters, processing_input, processing_output, run_entry_point
+from .drift import DEFAULT_BINS, DriftThresholds, bin_counts, psi_edges, write_json_atomic
+from .features import FEATURE_NAMES, GEOMETRY_FEATURES, PIXEL_FEATURES, batch_features
+
+STATISTICS = "statistics.json"
+CONSTRAINTS = "constraints.json"
+FEATURES = "baseline_features.parquet"
+EMBEDDINGS = "embeddings.npy"
+PREDICTIONS = "prediction_distribution.json"
+
+
+# -- the packaged model ---------------------------------------------------------------
+
+def load_packaged_model(model_tar: str | Path, workdir: str | Path) -> tuple[types.ModuleType, Any]:
+    """Extract ``model.tar.gz`` into ``workdir`` and load it through its own ``code/inference.py``.
+
+    Using the package's own handlers (not ``ml_code.inference``) guarantees the baseline
+    sees exactly what the endpoint serving this package sees.
+    """
+    model_tar, workdir = Path(model_tar), Path(workdir)
+    if not model_tar.is_file():
+        raise FileNotFoundError(f"model package {model_tar} not found; pass the folder holding model.tar.gz "
+                                "as the processing input 'model'.")
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(model_tar, "r:*") as tar:
+            tar.extractall(workdir, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ValueError(f"cannot extract {model_tar}: {exc}; it must be a gzip'd tar from ml_code.train") from exc
+    script = workdir / "code" / "inference.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"{model_tar} has no code/inference.py; re-run training to repackage it.")
+    name = f"dermaops_baseline_inference_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(script.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(script.parent))
+    missing = [fn for fn in ("model_fn", "preprocess_array", "embed_fn", "predict_fn") if not hasattr(module, fn)]
+    if missing:
+        raise AttributeError(f"code/inference.py in {model_tar} lacks {missing}; monitoring needs them.")
+    return module, module.model_fn(workdir)
+
+
+def embed_and_predict(module: types.ModuleType, model: Any, images: np.ndarray,
+                      batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings (N, D), probabilities (N, C)) for uint8 NHWC model-view images."""
+    embs, probs = [], []
+    for i in range(0, len(images), batch):
+        x = module.preprocess_array(np.ascontiguousarray(images[i:i + batch]), model)
+        embs.append(np.asarray(module.embed_fn(x, model), dtype=np.float32))
+        probs.append(np.asarray(module.predict_fn(x, model), dtype=np.float64))
+    if not embs:
+        return np.zeros((0, 0), np.float32), np.zeros((0, len(model.classes)))
+    return np.concatenate(embs), np.concatenate(probs)
+
+
+# -- statistics / constraints ---------------------------------------------------------
+
+def feature_statistics(features: pd.DataFrame, n_bins: int = DEFAULT_BINS) -> dict[str, Any]:
+    """Model Monitor ``statistics.json`` for a per-image feature table."""
+    out = []
+    for name in features.columns:
+        v = features[name].to_numpy(dtype=np.float64)
+        present = v[np.isfinite(v)]
+        edges = psi_edges(present, n_bins)
+        counts = bin_counts(present, edges)
+        bounds = [float(present.min())] + [float(e) for e in edges[1:-1]] + [float(present.max())]
+        buckets = [{"lower_bound": bounds[i], "upper_bound": bounds[i + 1], "count": float(counts[i + 1])}
+                   for i in range(len(bounds) - 1)]
+        out.append({
+            "name": name,
+            "inferred_type": "Fractional",
+            "numerical_statistics": {
+                "common": {"num_present": int(present.size), "num_missing": int(v.size - present.size)},
+                "mean": float(present.mean()), "sum": float(present.sum()),
+                "std_dev": float(present.std()), "min": float(present.min()), "max": float(present.max()),
+                "distribution": {
+                    "kll": {
+                        "buckets": buckets,
+                        # An exact quantile summary in the KLL sketch's place (not a KLL sketch).
+                        "sketch": {"parameters": {"c": 0.64, "k": 2048.0},
+                                   "data": [np.quantile(present, np.linspace(0, 1, 101)).tolist()]},
+                    },
+                    "dermaops": {"psi_edges": edges.tolist(), "psi_counts": counts.tolist()},
+                },
+            },
+        })
+    return {"version": 0.0, "dataset": {"item_count": int(len(features))}, "features": out}
+
+
+def feature_constraints(statistics: Mapping[str, Any], thresholds: DriftThresholds) -> dict[str, Any]:
+    """Model Monitor ``constraints.json`` derived from statistics, with our drift thresholds."""
+    feats = []
+    for f in statistics["features"]:
+        num = f["numerical_statistics"]
+        feats.append({"name": f["name"], "inferred_type": "Fractional",
+                      "completeness": num["common"]["num_present"] / max(1, statistics["dataset"]["item_count"]),
+                      "num_constraints": {"is_non_negative": bool(num["min"] >= 0)}})
+    return {
+        "version": 0.0,
+        "features": feats,
+        "monitoring_config": {
+            "evaluate_constraints": "Enabled",
+            "emit_metrics": "Enabled",
+            "distribution_constraints": {"perform_comparison": "Enabled", "comparison_threshold": thresholds.psi,
+                                         "comparison_method": "Robust"},
+            "dermaops_drift_thresholds": asdict(thresholds),
+        },
+    }
+
+
+def edges_from_statistics(statistics: Mapping[str, Any]) -> dict[str, list[float]]:
+    """PSI bin edges per feature as stored by :func:`feature_statistics`."""
+    return {f["name"]: f["numerical_statistics"]["distribution"]["dermaops"]["psi_edges"]
+            for f in statistics.get("features", [])
+            if "dermaops" in f.get("numerical_statistics", {}).get("distribution", {})}
+
+
+def _geometry(splits_dir: Path, manifest_dir: Path | None) -> pd.DataFrame | None:
+    """Original width/height of the training images, from the raw manifest (if given)."""
+    if manifest_dir is None or not (manifest_dir / "manifest.csv").is_file():
+        return None
+    index = pd.read_csv(splits_dir / "train_index.csv", usecols=["image_id"])
+    manifest = pd.read_csv(manifest_dir / "manifest.csv", usecols=["image_id", "width", "height"])
+    merged = index.merge(manifest.drop_duplicates("image_id"), on="image_id", how="left")
+    w, h = merged["width"].to_numpy(float), merged["height"].to_numpy(float)
+    return pd.DataFrame({"width": w, "height": h, "aspect_ratio": w / np.where(h > 0, h, np.nan)})
+
+
+def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str | Path,
+                     manifest_dir: str | Path | None = None, max_embeddings: int = 2000, n_bins: int = DEFAULT_BINS,
+                     seed: int = 0, thresholds: DriftThresholds | None = None) -> dict[str, Any]:
+    """Write every baseline file into ``out_dir``; returns a small summary."""
+    splits_dir, out_dir = Path(splits_dir), Path(out_dir)
+    thresholds = thresholds or DriftThresholds()
+    train_path = splits_dir / "train_images.npy"
+    if not train_path.is_file():
+        raise FileNotFoundError(f"{train_path} not found; the 'splits' input must be the preprocess job's "
+                                "output folder (train_images.npy, val_images.npy, classes.json, ...).")
+    train = np.load(train_path, mmap_mode="r")
+    if len(train) == 0:
+        raise ValueError(f"{train_path} holds no images; cannot baseline an empty training split.")
+    feats = batch_features(train)[list(PIXEL_FEATURES)]
+    geometry = _geometry(splits_dir, Path(manifest_dir) if manifest_dir else None)
+    if geometry is not None:
+        feats = pd.concat([feats, geometry], axis=1)[list(FEATURE_NAMES)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_parquet = out_dir / f".{FEATURES}.tmp"
+    feats.to_parquet(tmp_parquet, index=False)
+    tmp_parquet.replace(out_dir / FEATURES)
+    statistics = feature_statistics(feats, n_bins)
+    write_json_atomic(out_dir / STATISTICS, statistics)
+    write_json_atomic(out_dir / CONSTRAINTS, feature_constraints(statistics, thresholds))
+
+    # Embeddings + predicted classes on held-out images (see module docstring).
+    held_out = next((s for s in ("val", "test", "train") if (splits_dir / f"{s}_images.npy").is_file()
+                     and len(np.load(splits_dir / f"{s}_images.npy", mmap_mode="r")) > 0), "train")
+    images = np.load(splits_dir / f"{held_out}_images.npy", mmap_mode="r")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(images), min(max_embeddings, len(images)), replace=False))
+    with tempfile.TemporaryDirectory(prefix="dermaops-baseline-") as work:
+        module, model = load_packaged_model(model_tar, work)
+        emb, probs = embed_and_predict(module, model, np.asarray(images[pick]))
+    classes = list(model.classes)
+    tmp_npy = out_dir / f".{EMBEDDINGS}.tmp.npy"
+    np.save(tmp_npy, emb)
+    tmp_npy.replace(out_dir / EMBEDDINGS)
+    predicted = np.bincount(probs.argmax(axis=1), minlength=len(classes))
+    distribution = {c: float(n) / max(1, int(predicted.sum())) for c, n in zip(classes, predicted)}
+    write_json_atomic(out_dir / PREDICTIONS, {"split": held_out, "n": int(len(pick)), "classes": classes,
+                                              "distribution": distribution})
+    return {"item_count": int(len(feats)), "features": list(feats.columns), "embedding_split": held_out,
+            "n_embeddings": int(len(emb)), "embedding_dim": int(emb.shape[1]) if emb.ndim == 2 else 0,
+            "prediction_distribution": distribution}
+
+
+def load_baseline(baseline_dir: str | Path) -> dict[str, Any]:
+    """Everything drift detection needs from a baseline folder."""
+    d = Path(baseline_dir)
+    missing = [n for n in (STATISTICS, CONSTRAINTS, FEATURES, EMBEDDINGS, PREDICTIONS) if not (d / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"baseline at {d} lacks {missing}; re-materialize model_baseline.")
+    statistics = json.loads((d / STATISTICS).read_text())
+    constraints = json.loads((d / CONSTRAINTS).read_text())
+    return {
+        "statistics": statistics,
+        "constraints": constraints,
+        "thresholds": DriftThresholds.from_mapping(
+            constraints.get("monitoring_config", {}).get("dermaops_drift_thresholds")),
+        "features": pd.read_parquet(d / FEATURES),
+        "edges": edges_from_statistics(statistics),
+        "embeddings": np.load(d / EMBEDDINGS),
+        "prediction_distribution": json.loads((d / PREDICTIONS).read_text())["distribution"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    hps = parse_hyperparameters(argv)
+    model_dir, splits_dir = processing_input("model"), processing_input("splits")
+    tars = sorted(model_dir.glob("*.tar.gz")) if model_dir.is_dir() else []
+    if not tars:
+        raise FileNotFoundError(f"no model.tar.gz in processing input 'model' ({model_dir})")
+    manifest_dir = processing_input("manifest")
+    thresholds = DriftThresholds.from_mapping(hps)
+    summary = compute_baseline(
+        splits_dir, model_dir / "model.tar.gz" if (model_dir / "model.tar.gz").is_file() else tars[0],
+        processing_output("baseline"), manifest_dir=manifest_dir if manifest_dir.is_dir() else None,
+        max_embeddings=int(hps.get("max_embeddings", 2000)), n_bins=int(hps.get("n_bins", DEFAULT_BINS)),
+        seed=int(hps.get("seed", 0)), thresholds=thresholds)
+    emit_metric(baseline_item_count=summary["item_count"], baseline_embeddings=summary["n_embeddings"])
+    print(json.dumps({k: v for k, v in summary.items() if k != "prediction_distribution"}), flush=True)
+
+
+if __name__ == "__main__":
+    run_entry_point(main)

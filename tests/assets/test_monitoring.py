@@ -1,0 +1,217 @@
+"""Monitoring assets end to end on a real (tiny, untrained) model package and real capture files."""
+
+import io
+import json
+import shutil
+import tarfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from dermaops_assets.monitoring import drift_report, inference_log, model_quality_report
+from dermaops_resources.handles import EndpointHandle
+import importlib
+
+from dermaops_resources.metrics import LocalMetricsStore
+from dermaops_resources.monitoring_handles import BaselineHandle
+from dermaops_resources.notifier import LocalNotifier
+from dermaops_resources.object_store import LocalObjectStore
+from dermaops_resources.registry import SqliteModelRegistry
+from ml_code import inference
+from ml_code.baseline import compute_baseline
+from ml_code.serve import capture_record
+from tests.ml_code.monitoring_synth import contrast_stretched, lesion_images
+
+CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+SIZE = 16
+
+
+class _HandleIO(dg.IOManager):
+    """Same JSON layout as dermaops_resources.io_manager.HandleIOManager (models/handles/<key>.json).
+
+    Kept local because HandleIOManager(store=...) currently rejects a store instance
+    (its ``store`` field is typed ResourceDependency); swap back once that is fixed.
+    """
+
+    def __init__(self, store: LocalObjectStore) -> None:
+        self.store = store
+
+    def _key(self, key: dg.AssetKey) -> str:
+        return "handles/" + "/".join(key.path) + ".json"
+
+    def handle_output(self, context, obj) -> None:
+        cls = type(obj)
+        self.store.put_json("models", self._key(context.asset_key), {
+            "type": f"{cls.__module__}:{cls.__qualname__}", "handle": json.loads(obj.model_dump_json())})
+
+    def load_input(self, context):
+        payload = self.store.get_json(self.store.uri("models", self._key(context.asset_key)))
+        module, _, name = payload["type"].partition(":")
+        return getattr(importlib.import_module(module), name).model_validate(payload["handle"])
+
+
+def _package(tmp: Path) -> Path:
+    torch.manual_seed(0)
+    model_dir = tmp / "pkg"
+    (model_dir / "code").mkdir(parents=True)
+    torch.save(inference.build_network("dermanet", len(CLASSES)).state_dict(), model_dir / "model.pt")
+    (model_dir / "model_config.json").write_text(json.dumps({
+        "arch": "dermanet", "classes": CLASSES, "image_size": SIZE, "mean": [0.6, 0.45, 0.4],
+        "std": [0.2, 0.2, 0.2], "temperature": 1.0}))
+    shutil.copy(inference.__file__, model_dir / "code" / "inference.py")
+    tar_path = tmp / "model.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for p in sorted(model_dir.rglob("*")):
+            tar.add(p, arcname=p.relative_to(model_dir).as_posix(), recursive=False)
+    return tar_path
+
+
+def _capture(store: LocalObjectStore, images: np.ndarray, model, hour: str) -> list[tuple[str, str]]:
+    """Write capture JSONL like the endpoint does; returns (inference_id, predicted class)."""
+    probs = inference.predict_fn(images, model)
+    out, lines = [], []
+    now = datetime.now(timezone.utc).timestamp()
+    for img, p in zip(images, probs):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        iid = f"sim-{uuid.uuid4().hex}"
+        text = json.dumps({"predicted_class": CLASSES[int(np.argmax(p))],
+                        "probabilities": {c: float(v) for c, v in zip(CLASSES, p)}})
+        lines.append(json.dumps(capture_record(body=buf.getvalue(), content_type="image/png", response_text=text,
+                                               event_id=str(uuid.uuid4()), inference_id=iid, inference_time=now,
+                                               package_version=1)))
+        out.append((iid, CLASSES[int(np.argmax(p))]))
+    half = len(lines) // 2
+    for i, chunk in enumerate((lines[:half], lines[half:])):
+        store.put_bytes("logs", f"datacapture/ep/AllTraffic/{hour}/{hour.replace('/', '')}-{i}.jsonl",
+                        ("\n".join(chunk) + "\n").encode())
+    store.put_bytes("logs", f"datacapture/ep/AllTraffic/{hour}/.partial.jsonl.tmp", b"{half a line")
+    return out
+
+
+@pytest.fixture()
+def world(tmp_path: Path, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setenv("DERMAOPS_MODEL_PACKAGE_GROUP", "g")
+    monkeypatch.setenv("DERMAOPS_LABELS_URI", str(tmp_path / "labels"))
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    np.save(splits / "train_images.npy", lesion_images(400, SIZE, seed=1))
+    np.save(splits / "val_images.npy", lesion_images(150, SIZE, seed=2))
+    tar = _package(tmp_path)
+    model_uri = store.put_file("models", "jobs/train/t1/model.tar.gz", tar)
+    summary = compute_baseline(splits, tar, tmp_path / "baseline", max_embeddings=150)
+    assert summary["embedding_split"] == "val" and summary["n_embeddings"] == 150
+    assert "width" not in summary["features"]  # no manifest: no geometry baseline
+    stats = json.loads((tmp_path / "baseline" / "statistics.json").read_text())
+    assert stats["dataset"]["item_count"] == 400 and stats["features"][0]["numerical_statistics"]["distribution"]
+    baseline_uri = store.upload_dir("models", "jobs/baseline/b1/baseline", tmp_path / "baseline")
+    registry = SqliteModelRegistry(db_path=str(tmp_path / "registry.db"))
+    registry.register("g", model_uri, "hash1", {"balanced_accuracy": 0.9}, "", {})
+    registry.set_status("g", 1, "Approved")
+    endpoint = EndpointHandle(name="ep", url="http://127.0.0.1:9", package_version=1, model_uri=model_uri,
+                              capture_uri=store.uri("logs", "datacapture"))
+    baseline = BaselineHandle(baseline_uri=baseline_uri, model_uri=model_uri, model_hash="hash1", item_count=400,
+                              n_embeddings=150, embedding_split="val", features=summary["features"])
+    for key, handle in (("live_endpoint", endpoint), ("model_baseline", baseline)):
+        cls = type(handle)
+        store.put_json("models", f"handles/{key}.json", {"type": f"{cls.__module__}:{cls.__qualname__}",
+                                                         "handle": handle.model_dump()})
+    resources = {"store": store, "registry": registry, "io_manager": _HandleIO(store),
+                 "metrics": LocalMetricsStore(db_path=str(tmp_path / "metrics.db")),
+                 "notifier": LocalNotifier(alerts_path=str(tmp_path / "alerts.jsonl"))}
+    model = inference.model_fn(tmp_path / "pkg")
+    return store, resources, model, tmp_path
+
+
+def _run(resources, window: int):
+    assets = [dg.AssetSpec("live_endpoint"), dg.AssetSpec("model_baseline"), inference_log, drift_report,
+              model_quality_report]
+    result = dg.materialize(assets, resources=resources, selection=["inference_log", "drift_report",
+                                                                    "model_quality_report"],
+                            run_config={"ops": {"drift_report": {"config": {"max_requests": window,
+                                                                            "mmd_permutations": 499}}}})
+    assert result.success
+    mats = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+    return {m.asset_key.to_user_string(): {k: getattr(v, "value", v) for k, v in m.metadata.items()} for m in mats}
+
+
+def test_in_distribution_then_shifted_traffic(world) -> None:
+    store, resources, model, tmp = world
+    ok_ids = _capture(store, lesion_images(120, SIZE, seed=30), model, "2026/01/01/10")
+    pd.DataFrame(ok_ids, columns=["inference_id", "label"]).to_csv(tmp / "labels.csv", index=False)
+    (tmp / "labels").mkdir()
+    shutil.move(tmp / "labels.csv", tmp / "labels" / "batch1.csv")
+
+    md = _run(resources, window=120)
+    assert md["inference_log"]["num_new_records"] == 120 and md["inference_log"]["total"] == 120
+    assert md["drift_report"]["status"] == "ok" and md["drift_report"]["drift_detected"] is False
+    assert md["drift_report"]["drift_score"] < 0.5
+    assert "| brightness |" in md["drift_report"]["report"] and "data:image/png;base64," in md["drift_report"]["report"]
+    assert md["model_quality_report"]["n_labelled"] == 120
+    assert md["model_quality_report"]["accuracy_drop"] == pytest.approx(-10.0)  # labels == predictions: bacc 1.0
+
+    shifted_ids = _capture(store, contrast_stretched(lesion_images(120, SIZE, seed=31)), model, "2026/01/01/11")
+    wrong = [(i, CLASSES[(CLASSES.index(p) + 1) % len(CLASSES)]) for i, p in shifted_ids]
+    pd.DataFrame(wrong, columns=["inference_id", "label"]).to_csv(tmp / "labels" / "batch2.csv", index=False)
+    md = _run(resources, window=120)
+    assert md["inference_log"]["num_new_records"] == 120 and md["inference_log"]["total"] == 240
+    assert md["drift_report"]["drift_detected"] is True and md["drift_report"]["drift_score"] >= 0.5
+    assert md["model_quality_report"]["accuracy_drop"] > 5
+    reports = list((tmp / "store" / "logs" / "monitoring" / "drift_report").glob("*/constraint_violations.json"))
+    violations = json.loads(max(reports).read_text())["violations"]
+    assert any(v["constraint_check_type"] == "baseline_drift_check" for v in violations)
+    alerts = resources["notifier"].read_alerts()
+    assert {a["attributes"]["alarm"] for a in alerts} == {"dermaops-data-drift", "dermaops-accuracy-drop"}
+
+    md = _run(resources, window=120)  # nothing new: the cursor holds, no duplicate rows
+    assert md["inference_log"]["num_new_records"] == 0 and md["inference_log"]["total"] == 240
+    assert len(resources["notifier"].read_alerts()) == 2  # still in ALARM: no repeated page
+
+
+def test_model_baseline_runs_the_processing_job(tmp_path: Path) -> None:
+    from dermaops_assets.monitoring import model_baseline
+    from dermaops_resources.handles import ProcessedSplitsHandle, TrainedModelHandle
+    from dermaops_resources.jobs import LocalJobRunner
+
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    np.save(splits / "train_images.npy", lesion_images(60, SIZE, seed=1))
+    np.save(splits / "val_images.npy", lesion_images(30, SIZE, seed=2))
+    pd.DataFrame({"image_id": [f"ISIC_{i}" for i in range(60)]}).to_csv(splits / "train_index.csv", index=False)
+    splits_uri = store.upload_dir("processed", "jobs/preprocess/p1/splits", splits)
+    manifest = pd.DataFrame({"image_id": [f"ISIC_{i}" for i in range(60)], "width": 200, "height": 150})
+    store.put_bytes("raw", "manifests/mhash/manifest.csv", manifest.to_csv(index=False).encode())
+    model_uri = store.put_file("models", "jobs/train/t1/model.tar.gz", _package(tmp_path))
+    handles = {
+        "trained_model": TrainedModelHandle(model_uri=model_uri, model_hash="abc123", arch="dermanet",
+                                            image_size=SIZE, classes=CLASSES, data_version="d", code_version="c"),
+        "processed_splits": ProcessedSplitsHandle(splits_uri=splits_uri, content_hash="s", image_size=SIZE,
+                                                  classes=CLASSES, split_counts={}, raw_manifest_hash="mhash"),
+    }
+    io = _HandleIO(store)
+    for key, handle in handles.items():
+        cls = type(handle)
+        store.put_json("models", f"handles/{key}.json", {"type": f"{cls.__module__}:{cls.__qualname__}",
+                                                         "handle": handle.model_dump()})
+    result = dg.materialize([dg.AssetSpec("trained_model"), dg.AssetSpec("processed_splits"), model_baseline],
+                            selection=["model_baseline"],
+                            resources={"store": store, "io_manager": io,
+                                       "jobs": LocalJobRunner(work_root=str(tmp_path / "jobs"))})
+    assert result.success
+    out = result.output_for_node("model_baseline")
+    assert out.item_count == 60 and out.n_embeddings == 30 and out.embedding_split == "val"
+    assert {"width", "height", "aspect_ratio"} <= set(out.features)  # geometry from the raw manifest
+    index = store.get_json(store.uri("models", "baselines/by-model/abc123.json"))
+    assert index["baseline_uri"] == out.baseline_uri
+    constraints = store.get_json(out.baseline_uri + "/constraints.json")
+    assert constraints["monitoring_config"]["dermaops_drift_thresholds"]["min_requests"] == 50

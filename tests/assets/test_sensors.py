@@ -1,0 +1,166 @@
+"""Sensors and schedules evaluated against an ephemeral Dagster instance and real folders."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from dermaops_assets.jobs import RETRAIN_JOB, RETRAIN_REASON_TAG, all_jobs
+from dermaops_assets.schedules import monthly_retrain_schedule
+from dermaops_assets.sensors import (
+    approval_sensor, drift_sensor, iter_local_after, landing_tick, model_quality_sensor, raw_landing_sensor,
+)
+from dermaops_resources.notifier import LocalNotifier
+from dermaops_resources.object_store import LocalObjectStore
+from dermaops_resources.registry import SqliteModelRegistry
+
+
+def _land(root: Path, *keys: str, age: float = 0.0) -> None:
+    for key in keys:
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"jpeg")
+        if age:
+            t = time.time() - age
+            os.utime(path, (t, t))
+
+
+@pytest.fixture()
+def instance():
+    # A temporary on-disk instance (not ephemeral): schedule contexts need an instance ref.
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def test_local_walk_resumes_after_cursor_in_component_order(tmp_path: Path) -> None:
+    _land(tmp_path, "a/1.jpg", "a/2.jpg", "b/x/1.jpg", "b/y.jpg", "c.jpg", ".tmp-partial.jpg", "a/.h.tmp")
+    assert [f.key for f in iter_local_after(str(tmp_path))] == ["a/1.jpg", "a/2.jpg", "b/x/1.jpg", "b/y.jpg", "c.jpg"]
+    assert [f.key for f in iter_local_after(str(tmp_path), "a/2.jpg")] == ["b/x/1.jpg", "b/y.jpg", "c.jpg"]
+    assert [f.key for f in iter_local_after(str(tmp_path), "b/x/1.jpg")] == ["b/y.jpg", "c.jpg"]
+    assert list(iter_local_after(str(tmp_path / "missing"))) == []
+
+
+def test_landing_burst_is_coalesced_and_cursor_advances(tmp_path: Path, instance) -> None:
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    landing = tmp_path / "landing"
+    _land(landing, "batch1/img_001.jpg", "batch1/img_002.jpg")  # just arrived: still uploading
+    ctx = dg.build_sensor_context(instance=instance, resources={"store": store})
+    result = landing_tick(ctx, store, str(landing), quiet_seconds=60)
+    assert isinstance(result, dg.SkipReason) and "quiet" in result.skip_message
+    _land(landing, "batch1/img_003.jpg")
+    later = time.time() + 61  # a minute without new files: one run for the whole burst
+    result = landing_tick(ctx, store, str(landing), quiet_seconds=60, now=later)
+    assert len(result.run_requests) == 1
+    req = result.run_requests[0]
+    assert req.run_key == "raw-landing:batch1/img_003.jpg"
+    assert req.tags["reason"] == "new-data" and req.tags["dermaops/landing_files"] == "3"
+    assert json.loads(result.cursor) == {"last_key": "batch1/img_003.jpg"}
+    # next tick from that cursor sees nothing; a new file is picked up alone
+    ctx2 = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"store": store})
+    assert isinstance(landing_tick(ctx2, store, str(landing), now=later), dg.SkipReason)
+    _land(landing, "batch2/img_001.jpg", age=120)
+    result2 = landing_tick(ctx2, store, str(landing), quiet_seconds=60)
+    assert result2.run_requests[0].tags["dermaops/landing_files"] == "1"
+    assert result2.run_requests[0].run_key != req.run_key
+
+
+def test_landing_max_batch_and_store_listing(tmp_path: Path, instance) -> None:
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    for i in range(5):
+        store.put_bytes("raw", f"landing/img_{i:03d}.jpg", b"x")
+    prefix = store.uri("raw", "landing")
+    ctx = dg.build_sensor_context(instance=instance, resources={"store": store})
+    # files are fresh, but the batch is full: request now rather than wait forever
+    result = landing_tick(ctx, store, prefix, quiet_seconds=3600, max_batch=3)
+    assert result.run_requests[0].tags["dermaops/landing_files"] == "3"
+    assert json.loads(result.cursor)["last_key"] == "landing/img_002.jpg"
+
+
+def test_landing_sensor_definition_reads_settings(tmp_path: Path, instance, monkeypatch) -> None:
+    landing = tmp_path / "landing"
+    _land(landing, "x.jpg", age=3600)
+    monkeypatch.setenv("DERMAOPS_LANDING_URI", str(landing))
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    ctx = dg.build_sensor_context(instance=instance, resources={"store": store})
+    result = raw_landing_sensor(ctx)
+    assert result.run_requests[0].job_name == "ingest_job"
+
+
+def _report(instance, asset: str, **metadata) -> None:
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, metadata=metadata))
+
+
+def test_drift_sensor_fires_once_per_drifting_report(instance) -> None:
+    ctx = dg.build_sensor_context(instance=instance)
+    assert isinstance(drift_sensor(ctx), dg.SkipReason)  # no report yet
+    _report(instance, "drift_report", drift_detected=False, drift_score=0.1)
+    quiet = drift_sensor(ctx)
+    assert not quiet.run_requests and quiet.cursor
+    _report(instance, "drift_report", drift_detected=True, drift_score=0.9)
+    ctx = dg.build_sensor_context(instance=instance, cursor=quiet.cursor)
+    fired = drift_sensor(ctx)
+    assert len(fired.run_requests) == 1
+    req = fired.run_requests[0]
+    assert req.job_name == RETRAIN_JOB and req.tags[RETRAIN_REASON_TAG] == "drift"
+    assert req.run_key.startswith("drift:")
+    again = drift_sensor(dg.build_sensor_context(instance=instance, cursor=fired.cursor))
+    assert isinstance(again, dg.SkipReason)  # the same report never triggers twice
+
+
+def test_retrain_requests_skip_while_retrain_in_flight(instance, tmp_path: Path) -> None:
+    run = instance.create_run_for_job(dg.GraphDefinition(name="noop", node_defs=[]).to_job(RETRAIN_JOB))
+    instance.handle_run_event(run.run_id, dg.DagsterEvent(event_type_value=dg.DagsterEventType.RUN_START.value,
+                                                          job_name=RETRAIN_JOB))
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+    _report(instance, "drift_report", drift_detected=True, drift_score=0.8)
+    result = drift_sensor(dg.build_sensor_context(instance=instance))
+    assert not result.run_requests and "already" in result.skip_reason.skip_message
+    _report(instance, "model_quality_report", accuracy_drop=12.0)
+    notifier = LocalNotifier(alerts_path=str(tmp_path / "alerts.jsonl"))
+    result = model_quality_sensor(dg.build_sensor_context(instance=instance, resources={"notifier": notifier}))
+    assert not result.run_requests
+    with dg.build_schedule_context(instance=instance) as sctx:
+        assert isinstance(monthly_retrain_schedule(sctx), dg.SkipReason)
+
+
+def test_model_quality_sensor_retrains_and_pages(instance, tmp_path: Path) -> None:
+    notifier = LocalNotifier(alerts_path=str(tmp_path / "alerts.jsonl"))
+    _report(instance, "model_quality_report", accuracy_drop=3.0)
+    ctx = dg.build_sensor_context(instance=instance, resources={"notifier": notifier})
+    first = model_quality_sensor(ctx)
+    assert not first.run_requests
+    _report(instance, "model_quality_report", accuracy_drop=7.5)
+    fired = model_quality_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor,
+                                                         resources={"notifier": notifier}))
+    assert fired.run_requests[0].tags[RETRAIN_REASON_TAG] == "quality-drop"
+    alerts = notifier.read_alerts()
+    assert len(alerts) == 1 and alerts[0]["severity"] == "critical"
+
+
+def test_monthly_schedule_tags_reason(instance) -> None:
+    from datetime import datetime, timezone
+
+    when = datetime(2026, 3, 1, 3, 0, tzinfo=timezone.utc)
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as sctx:
+        req = monthly_retrain_schedule(sctx)
+    assert req.tags[RETRAIN_REASON_TAG] == "scheduled" and req.run_key == "scheduled:2026-03"
+    assert monthly_retrain_schedule.cron_schedule == "0 3 1 * *"
+
+
+def test_approval_sensor_deploys_each_new_approval_once(instance, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DERMAOPS_MODEL_PACKAGE_GROUP", "g")
+    registry = SqliteModelRegistry(db_path=str(tmp_path / "registry.db"))
+    for _ in range(2):
+        registry.register("g", "file:///m.tar.gz", "h", {"balanced_accuracy": 0.6}, "", {})
+    ctx = dg.build_sensor_context(instance=instance, resources={"registry": registry})
+    assert isinstance(approval_sensor(ctx), dg.SkipReason)  # pending only
+    registry.set_status("g", 2, "Approved")
+    fired = approval_sensor(ctx)
+    assert fired.run_requests[0].run_key == "deploy:g:v2" and fired.cursor == "2"
+    assert fired.run_requests[0].job_name == "deploy_job"
+    registry.set_status("g", 1, "Approved")  # older than what was deployed: ignored
+    assert isinstance(approval_sensor(dg.build_sensor_context(instance=instance, cursor="2",
+                                                              resources={"registry": registry})), dg.SkipReason)

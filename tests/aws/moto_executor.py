@@ -1,0 +1,180 @@
+"""A "SageMaker" that really runs the job, for tests against moto.
+
+moto accepts CreateTrainingJob / CreateProcessingJob and marks the job Completed at
+once without running anything. ``execute`` (plugged in with
+``SageMakerJobRunner(executor="tests.aws.moto_executor:execute")`` or
+``DERMAOPS_SAGEMAKER_EXECUTOR``) closes the gap: right after the job is created it plays
+the container's part from the *request the runner sent*:
+
+- unpacks the uploaded sourcedir.tar.gz (so a file missing from the tarball fails here,
+  as it would on AWS) and runs it the way the container would: training through the
+  launcher script with the toolkit's ``--key value`` arguments and ``SM_*`` variables,
+  processing with ``python -m`` and the code on ``PYTHONPATH``;
+- downloads the declared S3 inputs, uploads model.tar.gz / output.tar.gz / checkpoints /
+  processing outputs to the S3 locations SageMaker would use;
+- writes the job's stdout into the CloudWatch Logs stream SageMaker would use (so the
+  runner's log tailing and metric parsing are exercised);
+- on a non-zero exit marks the moto job Failed with the ``/opt/ml/output/failure`` text.
+
+The runner then polls moto and post-processes exactly as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+ACCOUNT = "123456789012"
+
+
+def _backend_job(region: str, name: str, training: bool):
+    from moto.sagemaker.models import sagemaker_backends
+
+    backend = sagemaker_backends[ACCOUNT][region]
+    return (backend.training_jobs if training else backend.processing_jobs)[name]
+
+
+def _write_logs(region: str, group: str, stream: str, lines: list[str]) -> None:
+    logs = boto3.client("logs", region_name=region)
+    try:
+        logs.create_log_group(logGroupName=group)
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    now = int(time.time() * 1000)
+    events = [{"timestamp": now + i, "message": line} for i, line in enumerate(lines or ["(no output)"])]
+    for i in range(0, len(events), 1000):
+        logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events[i:i + 1000])
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[str]]:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=900)
+    return proc.returncode, proc.stdout.splitlines()
+
+
+def _tar_dir(src: Path, dest: Path) -> Path:
+    with tarfile.open(dest, "w:gz") as tar:
+        for path in sorted(src.rglob("*")):
+            tar.add(path, arcname=path.relative_to(src).as_posix(), recursive=False)
+    return dest
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "DAGSTER_", "PYTHONPATH"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def execute(runner: Any, spec: Any, request: dict[str, Any], store: Any, client: Any) -> None:
+    training = spec.job_type == "training"
+    with tempfile.TemporaryDirectory(prefix="moto-sm-") as tmp:
+        work = Path(tmp)
+        code = work / "code"
+        code.mkdir()
+        if training:
+            code_uri = request["HyperParameters"]["sagemaker_submit_directory"]
+        else:
+            code_input = next(i for i in request["ProcessingInputs"] if i["InputName"] == "code")
+            code_uri = code_input["S3Input"]["S3Uri"].rstrip("/") + "/sourcedir.tar.gz"
+        with tarfile.open(store.download_file(code_uri, work / "sourcedir.tar.gz")) as tar:
+            tar.extractall(code, filter="data")
+        env = _base_env()
+        env.update(request.get("Environment", {}))
+        started = time.time()
+        if training:
+            code_rc, lines, failure = _train(request, store, work, code, env)
+        else:
+            code_rc, lines, failure = _process(request, store, work, code, env)
+        elapsed = max(1, int(time.time() - started))
+        group = "/aws/sagemaker/TrainingJobs" if training else "/aws/sagemaker/ProcessingJobs"
+        _write_logs(runner.region, group, f"{spec.name}/algo-1-{int(started)}", lines)
+        job = _backend_job(runner.region, spec.name, training)
+        if code_rc != 0:
+            reason = failure or "\n".join(lines[-5:]) or f"exit code {code_rc}"
+            if training:
+                job.training_job_status = "Failed"
+                job.secondary_status = "Failed"
+            else:
+                job.processing_job_status = "Failed"
+            job.failure_reason = reason
+        elif training:
+            job.training_time_in_seconds = elapsed
+            # what managed spot would bill at a 70 % discount
+            job.billable_time_in_seconds = max(1, int(elapsed * 0.3)) if request.get(
+                "EnableManagedSpotTraining") else elapsed
+
+
+def _train(request: dict[str, Any], store: Any, work: Path, code: Path,
+           env: dict[str, str]) -> tuple[int, list[str], str]:
+    opt = work / "opt_ml"
+    model_dir, output_dir, ckpt = opt / "model", opt / "output", opt / "checkpoints"
+    for d in (model_dir, output_dir / "data", ckpt):
+        d.mkdir(parents=True)
+    channels = []
+    for channel in request.get("InputDataConfig", []):
+        name = channel["ChannelName"]
+        local = store.download_dir(channel["DataSource"]["S3DataSource"]["S3Uri"], opt / "input" / "data" / name)
+        local.mkdir(parents=True, exist_ok=True)
+        env[f"SM_CHANNEL_{name.upper()}"] = str(local)
+        channels.append(name)
+    ckpt_uri = request.get("CheckpointConfig", {}).get("S3Uri")
+    if ckpt_uri:
+        store.download_dir(ckpt_uri, ckpt)
+    user_hps = {k: v for k, v in request["HyperParameters"].items() if not k.startswith("sagemaker_")}
+    env.update({
+        "SM_CHANNELS": json.dumps(sorted(channels)), "SM_MODEL_DIR": str(model_dir),
+        "SM_OUTPUT_DIR": str(output_dir), "SM_OUTPUT_DATA_DIR": str(output_dir / "data"),
+        "SM_HPS": json.dumps(user_hps), "SM_CHECKPOINT_DIR": str(ckpt),
+        "SM_HOSTS": json.dumps(["algo-1"]), "SM_CURRENT_HOST": "algo-1", "SM_NUM_GPUS": "0",
+        "PYTHONPATH": str(code),
+    })
+    args = [a for k, v in user_hps.items() for a in (f"--{k}", v)]
+    rc, lines = _run([sys.executable, str(code / request["HyperParameters"]["sagemaker_program"]), *args],
+                     cwd=code, env=env)
+    failure_file = output_dir / "failure"
+    failure = failure_file.read_text().strip() if failure_file.exists() else ""
+    if rc == 0:
+        base = request["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{request['TrainingJobName']}/output"
+        for src, name in ((model_dir, "model.tar.gz"), (output_dir / "data", "output.tar.gz")):
+            bucket, key = store.split_uri(f"{base}/{name}")
+            store.put_file(bucket, key, _tar_dir(src, work / name))
+        if ckpt_uri:
+            bucket, key = store.split_uri(ckpt_uri)
+            store.upload_dir(bucket, key, ckpt)
+    return rc, lines, failure
+
+
+def _process(request: dict[str, Any], store: Any, work: Path, code: Path,
+             env: dict[str, str]) -> tuple[int, list[str], str]:
+    outputs: dict[str, tuple[Path, str]] = {}
+    for item in request.get("ProcessingInputs", []):
+        if item["InputName"] == "code":
+            continue
+        local = store.download_dir(item["S3Input"]["S3Uri"], work / "input" / item["InputName"])
+        local.mkdir(parents=True, exist_ok=True)
+        env[f"SM_PROCESSING_INPUT_{item['InputName'].upper()}"] = str(local)
+    for item in request.get("ProcessingOutputConfig", {}).get("Outputs", []):
+        local = work / "output" / item["OutputName"]
+        local.mkdir(parents=True)
+        env[f"SM_PROCESSING_OUTPUT_{item['OutputName'].upper()}"] = str(local)
+        outputs[item["OutputName"]] = (local, item["S3Output"]["S3Uri"])
+    env["SM_OUTPUT_DIR"] = str(work / "sm_output")
+    env["PYTHONPATH"] = str(code)
+    rc, lines = _run([sys.executable, "-m", env["DERMAOPS_ENTRY_POINT"]], cwd=work, env=env)
+    failure_file = work / "sm_output" / "failure"
+    failure = failure_file.read_text().strip() if failure_file.exists() else ""
+    if rc == 0:
+        for local, uri in outputs.values():
+            bucket, key = store.split_uri(uri)
+            store.upload_dir(bucket, key, local)
+    return rc, lines, failure

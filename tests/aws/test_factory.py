@@ -1,0 +1,46 @@
+"""build_aws_resources: the same keys as the local factory, and clear errors for missing settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dermaops_resources.aws.factory import build_aws_resources
+from dermaops_resources.factory import RESOURCE_KEYS
+from dermaops_resources.settings import Settings
+
+pytestmark = pytest.mark.aws
+
+
+def _settings(monkeypatch, tmp_path, **env) -> Settings:
+    monkeypatch.setenv("DERMAOPS_BACKEND", "aws")
+    monkeypatch.setenv("DERMAOPS_HOME", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env()
+
+
+def test_aws_factory_builds_every_resource(monkeypatch, tmp_path):
+    settings = _settings(monkeypatch, tmp_path, DERMAOPS_KMS_KEY_ID="arn:aws:kms:us-east-1:1:key/k",
+                         DERMAOPS_SAGEMAKER_ROLE_ARN="arn:aws:iam::1:role/r", DERMAOPS_BUCKET_PREFIX="acme",
+                         DERMAOPS_SAGEMAKER_EXECUTOR="tests.aws.moto_executor:execute", DERMAOPS_USE_SPOT="false")
+    resources = build_aws_resources(settings)
+    assert set(resources) == set(RESOURCE_KEYS)
+    store = resources["store"]
+    assert store.uri("raw", "a/b.jpg") == "s3://acme-raw/a/b.jpg"
+    assert store.split_uri("s3://acme-logs/datacapture/x") == ("logs", "datacapture/x")
+    jobs = resources["jobs"]
+    assert jobs.volume_kms_key_id == jobs.output_kms_key_id == settings.kms_key_id
+    assert jobs.executor == "tests.aws.moto_executor:execute" and jobs.use_spot is False
+    assert resources["endpoint"].kms_key_id == settings.kms_key_id
+
+
+def test_aws_factory_names_the_missing_settings(monkeypatch, tmp_path):
+    monkeypatch.delenv("DERMAOPS_KMS_KEY_ID", raising=False)
+    monkeypatch.delenv("DERMAOPS_SAGEMAKER_ROLE_ARN", raising=False)
+    settings = _settings(monkeypatch, tmp_path)
+    with pytest.raises(ValueError, match="DERMAOPS_KMS_KEY_ID, DERMAOPS_SAGEMAKER_ROLE_ARN"):
+        build_aws_resources(settings)
+    ok = dataclasses.replace(settings, kms_key_id="k", role_arn="r")
+    assert set(build_aws_resources(ok)) == set(RESOURCE_KEYS)

@@ -1,0 +1,74 @@
+"""Parsing data-capture JSONL written in the endpoint's real format."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml_code.capture import model_view, parse_capture_bytes, parse_lines
+from ml_code.features import batch_features
+from ml_code.serve import capture_record
+
+from .monitoring_synth import lesion_images
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")  # lossless, so features can be compared exactly
+    return buf.getvalue()
+
+
+def _record(i: int, body: bytes, response: dict | str) -> str:
+    text = response if isinstance(response, str) else json.dumps(response)
+    return json.dumps(capture_record(body=body, content_type="image/png", response_text=text,
+                                     event_id=f"ev-{i}", inference_id=f"inf-{i}", inference_time=1.7e9 + i,
+                                     package_version=3))
+
+
+def test_parses_rows_and_features_on_the_model_view() -> None:
+    imgs = lesion_images(3, size=40, seed=0)
+    wide = np.concatenate([imgs, imgs[:, :, :10]], axis=2)  # 50x40: not square
+    lines = [_record(i, _jpeg(img), {"predicted_class": "mel", "probabilities": {"mel": 0.7, "nv": 0.3}})
+             for i, img in enumerate(wide)]
+    batch = parse_capture_bytes(("\n".join(lines) + "\n").encode(), image_size=16, keep_images=True)
+    rows = batch.rows
+    assert batch.n_skipped == 0 and len(rows) == 3
+    assert rows["inference_id"].tolist() == ["inf-0", "inf-1", "inf-2"]
+    assert rows["model_version"].tolist() == [3, 3, 3]
+    assert (rows["predicted_class"] == "mel").all()
+    assert json.loads(rows["probabilities"][0]) == {"mel": 0.7, "nv": 0.3}
+    assert str(rows["inference_time"].dt.tz) == "UTC"
+    assert rows["width"].tolist() == [50.0] * 3 and rows["height"].tolist() == [40.0] * 3
+    expected = batch_features(np.stack(batch.images))
+    np.testing.assert_allclose(rows["brightness"], expected["brightness"], rtol=1e-6)
+    assert batch.images[0].shape == (16, 16, 3)
+
+
+def test_malformed_lines_are_skipped_with_reasons() -> None:
+    good = _record(0, _jpeg(lesion_images(1, 20)[0]), {"predicted_class": "nv", "probabilities": {"nv": 1.0}})
+    bad_image = json.loads(good)
+    bad_image["captureData"]["endpointInput"]["data"] = "bm90IGFuIGltYWdl"  # base64 of "not an image"
+    bad_time = json.loads(good)
+    bad_time["eventMetadata"]["inferenceTime"] = "yesterday-ish"
+    lines = [good, "{not json", "[1, 2]", json.dumps({"eventMetadata": {}}), json.dumps(bad_image),
+             json.dumps(bad_time), _record(9, b"x", {"error": "cannot decode"}), _record(8, b"x", "<html>"), ""]
+    batch = parse_lines(lines, image_size=8)
+    assert len(batch.rows) == 1
+    assert dict(batch.skipped) == {
+        "invalid_json": 1, "not_an_object": 1, "missing_captureData_or_eventMetadata": 1,
+        "undecodable_image": 1, "bad_inferenceTime": 1, "error_response": 1, "malformed_endpointOutput": 1,
+    }
+    # without image_size the image is not decoded at all (cheap id/prediction parse)
+    assert len(parse_lines(lines).rows) == 2
+
+
+def test_model_view_matches_the_served_preprocessing() -> None:
+    inference = pytest.importorskip("ml_code.inference")
+    img = Image.fromarray(np.concatenate([lesion_images(1, 30, seed=4)[0]] * 2, axis=1))  # 60x30
+    ours = model_view(img, 12)
+    theirs = np.asarray(inference._square_resize(img, 12), dtype=np.uint8)
+    np.testing.assert_array_equal(ours, theirs)

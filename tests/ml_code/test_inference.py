@@ -1,0 +1,117 @@
+"""The SageMaker handlers in ml_code/inference.py, on real JPEG/PNG bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ml_code import CLASSES, inference, models
+from ml_code.train import write_model_dir
+
+SIZE = 24
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A model dir exactly as train.py writes it (random weights: the handlers, not accuracy, are under test)."""
+    torch.manual_seed(0)
+    net = models.build_model("resnet18", len(CLASSES), small_input=True)
+    folder = tmp_path_factory.mktemp("model")
+    config = {"arch": "resnet18", "classes": list(CLASSES), "image_size": SIZE, "mean": [0.7, 0.55, 0.6],
+              "std": [0.15, 0.15, 0.17], "temperature": 1.7, "small_input": True}
+    write_model_dir(folder, net.state_dict(), config)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(model_dir):
+    return inference.model_fn(str(model_dir))
+
+
+def image_bytes(fmt: str, size=(200, 150), mode="RGB") -> bytes:
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("arch", models.ARCHS)
+@pytest.mark.parametrize("small_input", [False, True])
+def test_served_builder_matches_training_builder(arch, small_input):
+    """models.build_model (training) and inference.build_network (serving) must stay in sync."""
+    trained = models.build_model(arch, 7, small_input=small_input).state_dict()
+    served = inference.build_network(arch, 7, small_input=small_input).state_dict()
+    assert list(trained) == list(served)
+    assert all(trained[k].shape == served[k].shape for k in trained)
+
+
+@pytest.mark.parametrize("fmt,ctype", [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("PNG", "application/x-image")])
+def test_handlers_end_to_end(served, fmt, ctype):
+    data = inference.input_fn(image_bytes(fmt), ctype)
+    probs = inference.predict_fn(data, served)
+    assert probs.shape == (1, len(CLASSES))
+    assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+    body = json.loads(inference.output_fn(probs, "application/json"))
+    assert set(body) == {"predicted_class", "probabilities", "model_arch"}
+    assert list(body["probabilities"]) == list(CLASSES)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["predicted_class"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["model_arch"] == "resnet18"
+
+
+def test_png_with_alpha_and_grayscale_are_accepted(served):
+    for mode in ("RGBA", "L"):
+        probs = inference.predict_fn(inference.input_fn(image_bytes("PNG", mode=mode), "image/png"), served)
+        assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_temperature_is_applied(served):
+    x = inference.preprocess_array(np.full((2, SIZE, SIZE, 3), 128, np.uint8), served)
+    logits = served(x.to(served.device)).detach().cpu()
+    expected = torch.softmax(logits / 1.7, 1).numpy()
+    np.testing.assert_allclose(inference.predict_fn(x, served), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_content_type_and_corrupt_bytes(served):
+    with pytest.raises(ValueError, match="Unsupported content type 'text/csv'"):
+        inference.input_fn(b"1,2,3", "text/csv")
+    with pytest.raises(ValueError, match="Could not decode"):
+        inference.input_fn(b"\xff\xd8\xff\xe0 definitely not a jpeg", "image/jpeg")
+    truncated = image_bytes("PNG")[:200]
+    with pytest.raises(ValueError, match="Could not decode"):
+        inference.input_fn(truncated, "image/png")
+    with pytest.raises(ValueError, match="Empty request body"):
+        inference.input_fn(b"", "image/png")
+    with pytest.raises(ValueError, match="application/json"):
+        inference.output_fn(np.full((1, 7), 1 / 7), "text/csv")
+
+
+def test_model_fn_reports_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_config.json not found"):
+        inference.model_fn(str(tmp_path))
+
+
+def test_preprocess_and_embeddings(served, model_dir):
+    imgs = np.random.default_rng(0).integers(0, 255, size=(5, SIZE, SIZE, 3), dtype=np.uint8)
+    x = inference.preprocess_array(imgs, served)
+    assert x.shape == (5, 3, SIZE, SIZE) and x.dtype == torch.float32
+    config = json.loads((model_dir / "model_config.json").read_text())
+    torch.testing.assert_close(inference.preprocess_array(imgs, config), x)
+    expected = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255 - torch.tensor(config["mean"]).view(1, 3, 1, 1)) \
+        / torch.tensor(config["std"]).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, expected)
+    emb = inference.embed_fn(x, served)
+    assert emb.shape == (5, 512) and np.isfinite(emb).all()
+    # The embedding is exactly what the head sees: head(emb) reproduces the logits.
+    logits = served.net.fc(torch.from_numpy(emb).to(served.device)).detach().cpu()
+    torch.testing.assert_close(logits, served(x.to(served.device)).detach().cpu(), rtol=1e-4, atol=1e-4)
+    cams = inference.gradcam(served, x, [0, 1, 2, 3, 4])
+    assert cams.shape == (5, SIZE, SIZE) and cams.min() >= 0 and cams.max() <= 1

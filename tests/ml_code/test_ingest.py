@@ -1,0 +1,249 @@
+"""Ingestion checks: metadata rows and image files are accepted or quarantined with a reason."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ml_code.demo_data import generate_demo_dataset
+from ml_code.ingest import (
+    MANIFEST_SCHEMA,
+    METADATA_COLUMNS,
+    ImageLimits,
+    ImageRejected,
+    MetadataError,
+    detect_layout,
+    find_image_file,
+    ingest_folder,
+    inspect_image,
+    manifest_hash,
+    normalise_metadata,
+    patient_ref,
+)
+
+SALT = "test-salt"
+
+
+def _image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (64, 48), mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, size[::-1], dtype=np.uint16))  # -> mode I;16
+    else:
+        img = Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def _ham(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"])
+
+
+def _reason(quarantined: pd.DataFrame, image_id: str) -> str:
+    hits = quarantined.loc[quarantined["image_id"] == image_id, "reason"]
+    assert len(hits) >= 1, f"{image_id} not quarantined: {quarantined.to_dict('records')}"
+    return " | ".join(hits)
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def test_ham10000_rows_normalised_and_bad_rows_quarantined() -> None:
+    df = _ham([
+        ("HAM_1", "ISIC_1", "mel", "histo", "55.0", "male", "Back"),
+        ("HAM_1", "ISIC_2", "mel", "histo", "55.0", "M", "back"),
+        ("HAM_2", "ISIC_3", "nv", "follow_up", None, "weird", None),
+        ("HAM_3", None, "nv", "histo", "40", "female", "trunk"),
+        ("HAM_4", "ISIC_5", "melanoma?", "histo", "40", "female", "trunk"),
+        ("HAM_5", "ISIC_6", "bkl", "histo", "-5", "female", "trunk"),
+        ("HAM_6", "ISIC_7", "bkl", "histo", "300", "female", "trunk"),
+        ("HAM_7", "ISIC_8", "bkl", "histo", "old", "female", "trunk"),
+        ("HAM_8", "ISIC_9", "df", "histo", "30", "female", "trunk"),
+        ("HAM_8", "ISIC_9", "df", "histo", "30", "female", "trunk"),  # identical duplicate
+        ("HAM_9", "ISIC_10", "df", "histo", "30", "female", "trunk"),
+        ("HAM_9", "ISIC_10", "vasc", "histo", "30", "female", "trunk"),  # conflicting duplicate
+        ("HAM_10", "../etc/passwd", "nv", "histo", "30", "female", "trunk"),
+        ("", "ISIC_12", "nv", "histo", "30", "female", "trunk"),
+    ])
+    assert detect_layout(df) == "ham10000"
+    good, bad = normalise_metadata(df, "ham10000", SALT)
+
+    assert list(good.columns) == list(METADATA_COLUMNS)
+    assert sorted(good["image_id"]) == ["ISIC_1", "ISIC_2", "ISIC_3", "ISIC_9"]
+    row = good.set_index("image_id")
+    assert row.loc["ISIC_2", "sex"] == "male"
+    assert row.loc["ISIC_1", "localization"] == "back"
+    assert row.loc["ISIC_3", "sex"] == "unknown" and row.loc["ISIC_3", "localization"] == "unknown"
+    assert math.isnan(row.loc["ISIC_3", "age"]) and row.loc["ISIC_1", "age"] == 55.0
+    assert (good["patient_ref"] == "").all() and (good["source_layout"] == "ham10000").all()
+
+    assert list(bad.columns) == ["image_id", "stage", "reason"]
+    assert (bad["stage"] == "metadata").all()
+    assert "'image_id' is empty" in _reason(bad, "") and "row 5" in bad.loc[bad["image_id"] == "", "reason"].iloc[0]
+    assert "melanoma?" in _reason(bad, "ISIC_5") and "DIAGNOSIS_MAP" in _reason(bad, "ISIC_5")
+    assert "age '-5'" in _reason(bad, "ISIC_6")
+    assert "age '300'" in _reason(bad, "ISIC_7")
+    assert "age 'old' is not a number" in _reason(bad, "ISIC_8")
+    assert "duplicate of row 10" in _reason(bad, "ISIC_9")
+    conflict = _reason(bad, "ISIC_10")
+    assert "different metadata" in conflict and (bad["image_id"] == "ISIC_10").sum() == 2
+    assert "not a safe file name" in _reason(bad, "../etc/passwd")
+    assert "'lesion_id' is empty" in _reason(bad, "ISIC_12")
+    assert len(good) + len(bad) == len(df)
+
+
+def test_isic_hierarchy_and_legacy_layouts_with_patient_privacy() -> None:
+    df = pd.DataFrame({
+        "isic_id": ["ISIC_A", "ISIC_B", "ISIC_C", "ISIC_D", "ISIC_E", "ISIC_F", "ISIC_G"],
+        "patient_id": ["IP_SECRET_1", "IP_SECRET_1", None, "IP_SECRET_2", "IP_SECRET_2", None, None],
+        "lesion_id": ["IL_1", "IL_2", None, "IL_3", "IL_4", "IL_5", "IL_6"],
+        "diagnosis_1": ["Benign", "Malignant", "Malignant", "Benign", "Malignant", "Benign", "Benign"],
+        "diagnosis_2": ["Benign melanocytic proliferations", "Malignant melanocytic proliferations (Melanoma)",
+                        "Malignant epidermal proliferations", "Benign soft tissue proliferations - Vascular",
+                        "Malignant epidermal proliferations", "Benign epidermal proliferations",
+                        "Benign melanocytic proliferations"],
+        "diagnosis_3": ["Nevus", "Melanoma Invasive", "Squamous cell carcinoma, Invasive", "Hemangioma",
+                        "Squamous cell carcinoma in situ", "Seborrheic keratosis", "Nevus"],
+        "diagnosis_4": ["Blue nevus", None, None, None, None, None, None],
+        "age_approx": ["45", "70", "60", None, "65", "50", "30"],
+        "sex": ["female", "male", "male", None, "female", "female", "male"],
+        "anatom_site_general": ["posterior torso", "Head/Neck", None, "lower extremity", "upper extremity",
+                                "anterior torso", "palms/soles"],
+        "diagnosis_confirm_type": ["histopathology", "histopathology", None, "single image expert consensus",
+                                   "histopathology", "serial imaging showing no change", None],
+        "image_type": ["dermoscopic", "dermoscopic", "dermoscopic", "dermoscopic", "dermoscopic",
+                       "dermoscopic", "clinical: close-up"],
+    })
+    assert detect_layout(df) == "isic"
+    good, bad = normalise_metadata(df, "isic", SALT)
+    row = good.set_index("image_id")
+    assert row.loc["ISIC_A", "dx"] == "nv"  # Blue nevus -> falls back to "Nevus"
+    assert row.loc["ISIC_B", "dx"] == "mel"
+    assert row.loc["ISIC_D", "dx"] == "vasc" and row.loc["ISIC_D", "dx_type"] == "consensus"
+    assert row.loc["ISIC_E", "dx"] == "akiec"  # in-situ SCC is HAM10000 akiec
+    assert row.loc["ISIC_F", "dx"] == "bkl" and row.loc["ISIC_F", "dx_type"] == "follow_up"
+    assert row.loc["ISIC_B", "localization"] == "head/neck"
+    assert "does not map" in _reason(bad, "ISIC_C")  # invasive SCC is outside the 7 classes
+    assert "not dermoscopic" in _reason(bad, "ISIC_G")
+
+    # patient linkage survives as a salted reference; the raw id is nowhere
+    assert row.loc["ISIC_A", "patient_ref"] == row.loc["ISIC_B", "patient_ref"] == patient_ref("IP_SECRET_1", SALT)
+    assert row.loc["ISIC_A", "patient_ref"] != patient_ref("IP_SECRET_1", "other-salt")
+    assert len(row.loc["ISIC_D", "patient_ref"]) == 16
+    assert "patient_id" not in good.columns
+    dumped = good.to_csv() + bad.to_csv()
+    assert "SECRET" not in dumped
+
+    legacy = pd.DataFrame({
+        "isic_id": ["ISIC_X", "ISIC_Y", "ISIC_Z"],
+        "diagnosis": ["melanoma", "pigmented benign keratosis", "atypical melanocytic proliferation"],
+        "age_approx": ["50", "60", "70"],
+        "sex": ["male", "female", "male"],
+    })
+    good, bad = normalise_metadata(legacy, "isic", SALT)
+    assert good.set_index("image_id")["dx"].to_dict() == {"ISIC_X": "mel", "ISIC_Y": "bkl"}
+    assert (good["lesion_id"] == good["image_id"]).all()  # no lesion_id column: each image is its own lesion
+    assert "atypical melanocytic proliferation" in _reason(bad, "ISIC_Z")
+
+
+def test_unrecognised_layout_raises_with_missing_columns() -> None:
+    with pytest.raises(MetadataError, match=r"missing: \['dx'"):
+        detect_layout(pd.DataFrame(columns=["lesion_id", "image_id", "dx_type", "age", "sex", "localization"]))
+    with pytest.raises(MetadataError, match="no diagnosis column"):
+        detect_layout(pd.DataFrame(columns=["isic_id", "age_approx"]))
+    with pytest.raises(MetadataError, match="looks like the 'ham10000' layout"):
+        normalise_metadata(_ham([]), "isic", SALT)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def test_good_jpeg_and_png_accepted_by_content_not_extension() -> None:
+    info = inspect_image(_image_bytes("JPEG"), "a.jpg")
+    assert (info.format, info.width, info.height, info.extension) == ("JPEG", 64, 48, ".jpg")
+    assert len(info.sha256) == 64 and info.image_key == f"{info.sha256[:2]}/{info.sha256}.jpg"
+    png = inspect_image(_image_bytes("PNG", mode="RGBA"), "mislabelled.jpg")
+    assert (png.format, png.extension) == ("PNG", ".png")
+    assert inspect_image(_image_bytes("PNG", mode="L"), "grey.png").format == "PNG"
+
+
+@pytest.mark.parametrize(
+    "data, limits, expected",
+    [
+        (b"", ImageLimits(), "empty"),
+        (b"this is not an image at all", ImageLimits(), "not a recognisable image"),
+        (_image_bytes("JPEG")[:400], ImageLimits(), "truncated or corrupt"),
+        (_image_bytes("JPEG")[: len(_image_bytes("JPEG")) * 2 // 3], ImageLimits(), "does not decode fully"),
+        (_image_bytes("PNG")[:300], ImageLimits(), "does not decode fully"),
+        (_image_bytes("GIF"), ImageLimits(), "format is GIF"),
+        (_image_bytes("JPEG"), ImageLimits(max_bytes=100), "over the"),
+        (_image_bytes("JPEG", size=(40, 20)), ImageLimits(), "smaller than the 32 px minimum"),
+        (_image_bytes("JPEG", size=(64, 48)), ImageLimits(max_side=50), "exceeds the 50 px maximum"),
+        (_image_bytes("PNG", mode="I;16"), ImageLimits(), "colour mode"),
+    ],
+    ids=["empty", "non-image", "truncated-header", "truncated-jpeg", "truncated-png", "gif", "oversized", "too-small", "too-big", "16-bit"],
+)
+def test_bad_images_rejected_with_specific_reason(data: bytes, limits: ImageLimits, expected: str) -> None:
+    with pytest.raises(ImageRejected) as err:
+        inspect_image(data, "lesion.jpg", limits)
+    assert expected in err.value.reason and "lesion.jpg" in err.value.reason
+
+
+def test_find_image_file_looks_in_ham10000_folders(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "HAM10000_images_part_2").mkdir()
+    (tmp_path / "images" / "ISIC_1.jpg").write_bytes(b"x")
+    (tmp_path / "HAM10000_images_part_2" / "ISIC_2.png").write_bytes(b"x")
+    (tmp_path / "ISIC_3.jpeg").write_bytes(b"x")
+    assert find_image_file(tmp_path, "ISIC_1") == tmp_path / "images" / "ISIC_1.jpg"
+    assert find_image_file(tmp_path, "ISIC_2") == tmp_path / "HAM10000_images_part_2" / "ISIC_2.png"
+    assert find_image_file(tmp_path, "ISIC_3") == tmp_path / "ISIC_3.jpeg"
+    assert find_image_file(tmp_path / "images", "ISIC_1") == tmp_path / "images" / "ISIC_1.jpg"
+    assert find_image_file(tmp_path, "ISIC_4") is None
+    assert find_image_file(tmp_path, "../images/ISIC_1") is None
+
+
+# ----------------------------------------------------------------------------- folder + manifest
+
+
+def test_ingest_folder_quarantines_bad_files_and_hash_is_order_independent(tmp_path: Path) -> None:
+    root = generate_demo_dataset(tmp_path / "demo", n_lesions_per_class=2, images_per_lesion=(1, 2),
+                                 image_size=(64, 48), seed=1)
+    meta = pd.read_csv(root / "HAM10000_metadata.csv", dtype=str)
+    truncated, missing, garbage, dup = meta["image_id"].iloc[:4]
+    path = root / "images" / f"{truncated}.jpg"
+    path.write_bytes(path.read_bytes()[:300])
+    (root / "images" / f"{missing}.jpg").unlink()
+    (root / "images" / f"{garbage}.jpg").write_bytes(b"\x89PNG not really")
+    shutil.copy(root / "images" / f"{meta['image_id'].iloc[5]}.jpg", root / "images" / f"{dup}.jpg")
+
+    result = ingest_folder(root, salt=SALT)
+    assert result.layout == "ham10000"
+    MANIFEST_SCHEMA.validate(result.manifest)
+    assert len(result.manifest) == len(meta) - 4
+    q = result.quarantine
+    assert "truncated or corrupt" in _reason(q, truncated)
+    assert "no image file" in _reason(q, missing)
+    assert "not a recognisable image" in _reason(q, garbage)
+    # the first row with those bytes is kept, the later one quarantined
+    assert f"same bytes as image {dup!r}" in _reason(q, meta["image_id"].iloc[5])
+    assert set(q["stage"]) == {"image"}
+    assert all(result.files[i].is_file() for i in result.manifest["image_id"])
+
+    h = manifest_hash(result.manifest)
+    assert h == manifest_hash(result.manifest.sample(frac=1, random_state=0))
+    changed = result.manifest.copy()
+    changed.loc[0, "dx"] = "nv" if changed.loc[0, "dx"] != "nv" else "mel"
+    assert manifest_hash(changed) != h
+
+
+def test_ingest_folder_without_metadata_raises(tmp_path: Path) -> None:
+    with pytest.raises(MetadataError, match="no metadata file"):
+        ingest_folder(tmp_path, salt=SALT)

@@ -1,0 +1,144 @@
+"""The processing job end to end as a subprocess, the way the local job runner starts it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ml_code import CLASSES
+from ml_code.demo_data import generate_demo_dataset
+from ml_code.ingest import canonical_manifest_csv, ingest_folder
+from ml_code.preprocess import load_image_square
+from ml_code.splits import check_no_leakage
+
+REPO = Path(__file__).resolve().parents[2]
+SPLITS = ("train", "val", "test")
+
+
+@pytest.fixture(scope="module")
+def job_inputs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny demo set, ingested into a content-addressed images folder + manifest.csv."""
+    base = tmp_path_factory.mktemp("pre")
+    source = generate_demo_dataset(base / "source", n_lesions_per_class=5, images_per_lesion=(1, 2),
+                                   image_size=(60, 45), seed=4)
+    result = ingest_folder(source, salt="t")
+    images = base / "images"
+    for row in result.manifest.itertuples():
+        dst = images / row.image_key
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(result.files[row.image_id].read_bytes())
+    manifest = result.manifest.copy()
+    # an image that passed ingestion but is corrupt in the store now (sha no longer matches) ...
+    tampered = manifest.iloc[0]
+    (images / tampered.image_key).write_bytes(b"garbage")
+    # ... and one whose stored bytes do match the manifest but do not decode
+    undecodable = manifest.index[1]
+    bad_bytes = (images / manifest.loc[undecodable, "image_key"]).read_bytes()[:200]
+    sha = hashlib.sha256(bad_bytes).hexdigest()
+    key = f"{sha[:2]}/{sha}.jpg"
+    (images / key).parent.mkdir(parents=True, exist_ok=True)
+    (images / key).write_bytes(bad_bytes)
+    manifest.loc[undecodable, ["sha256", "image_key"]] = [sha, key]
+    (base / "manifest").mkdir()
+    (base / "manifest" / "manifest.csv").write_bytes(canonical_manifest_csv(manifest))
+    return {"base": base, "images": images, "manifest": base / "manifest", "table": manifest,
+            "bad": [tampered.image_id, manifest.loc[undecodable, "image_id"]]}
+
+
+def _run_job(job_inputs: dict, out: Path, hps: dict) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "SM_PROCESSING_INPUT_MANIFEST": str(job_inputs["manifest"]),
+        "SM_PROCESSING_INPUT_IMAGES": str(job_inputs["images"]),
+        "SM_PROCESSING_OUTPUT_SPLITS": str(out),
+        "SM_OUTPUT_DIR": str(out.parent / f"{out.name}-sm-output"),
+        "SM_HPS": json.dumps(hps),
+        "PYTHONPATH": str(REPO),
+    }
+    return subprocess.run([sys.executable, "-m", "ml_code.preprocess"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_job_writes_mmap_splits_and_quarantines_corrupt_images(job_inputs: dict, tmp_path: Path) -> None:
+    out = tmp_path / "splits"
+    proc = _run_job(job_inputs, out, {"image_size": "16", "val_fraction": "0.2", "test_fraction": "0.2", "seed": "5"})
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "[preprocess]" in proc.stdout
+    metrics = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines()
+               if line.startswith("[dermaops-metric] ")]
+    assert len(metrics) == 1 and metrics[0]["quarantined"] == 2
+
+    expected = {f"{s}_{k}" for s in SPLITS for k in ("images.npy", "labels.npy", "index.csv")}
+    expected |= {"classes.json", "summary.json", "quarantine.csv"}
+    assert {p.name for p in out.iterdir()} == expected  # no temp files left behind
+    assert json.loads((out / "classes.json").read_text()) == list(CLASSES)
+
+    quarantine = pd.read_csv(out / "quarantine.csv")
+    assert sorted(quarantine["image_id"]) == sorted(job_inputs["bad"])
+    reasons = " ".join(quarantine["reason"])
+    assert "sha256 does not match" in reasons and "does not decode" in reasons
+
+    manifest = job_inputs["table"].set_index("image_id")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["image_size"] == 16
+    seen: list[pd.DataFrame] = []
+    for split in SPLITS:
+        images = np.load(out / f"{split}_images.npy", mmap_mode="r")
+        labels = np.load(out / f"{split}_labels.npy")
+        index = pd.read_csv(out / f"{split}_index.csv", dtype={"label": int})
+        assert isinstance(images, np.memmap)
+        assert images.dtype == np.uint8 and images.shape == (len(index), 16, 16, 3)
+        assert labels.dtype == np.int64 and labels.tolist() == index["label"].tolist()
+        assert list(index.columns) == ["image_id", "lesion_id", "dx", "label", "sha256"]
+        assert [CLASSES[k] for k in labels] == index["dx"].tolist()
+        assert (index["sha256"] == manifest.loc[index["image_id"], "sha256"].to_numpy()).all()
+        assert summary["splits"][split] == {c: int((index["dx"] == c).sum()) for c in CLASSES}
+        assert summary["lesions"][split] == index["lesion_id"].nunique()
+        # pixels are the decoded, cropped, resized image of the row they are indexed with
+        k = len(index) // 2
+        raw = (job_inputs["images"] / manifest.loc[index["image_id"].iloc[k], "image_key"]).read_bytes()
+        np.testing.assert_array_equal(images[k], load_image_square(raw, 16))
+        seen.append(index.assign(split=split))
+    everything = pd.concat(seen)
+    assert check_no_leakage(everything) == []
+    assert len(everything) == len(manifest) - 2
+    assert set(everything["dx"]) == set(CLASSES)
+
+
+def test_same_inputs_give_identical_outputs(job_inputs: dict, tmp_path: Path) -> None:
+    hps = {"image_size": 12, "seed": 9}
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run_job(job_inputs, a, hps).returncode == 0
+    assert _run_job(job_inputs, b, hps).returncode == 0
+    for name in ("train_images.npy", "val_labels.npy", "test_index.csv", "summary.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_missing_manifest_fails_with_reason_file(job_inputs: dict, tmp_path: Path) -> None:
+    empty = tmp_path / "no-manifest"
+    empty.mkdir()
+    proc = _run_job({**job_inputs, "manifest": empty}, tmp_path / "out", {})
+    assert proc.returncode != 0
+    failure = (tmp_path / "out-sm-output" / "failure").read_text()
+    assert "manifest.csv not found" in failure
+
+
+def test_crop_keeps_aspect_instead_of_squashing() -> None:
+    # left third red, middle third green, right third blue; a centre crop keeps only green
+    img = np.zeros((30, 90, 3), dtype=np.uint8)
+    img[:, :30, 0] = img[:, 30:60, 1] = img[:, 60:, 2] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    out = load_image_square(buf.getvalue(), 8)
+    assert out.shape == (8, 8, 3)
+    assert out[..., 1].min() > 200 and out[..., 0].max() < 60 and out[..., 2].max() < 60

@@ -1,0 +1,106 @@
+"""``python -m ml_code.train`` as the container runs it: SM_* env vars in, model dir out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ml_code import contract
+from tests.ml_code.synth_splits import make_splits
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_train(tmp: Path, splits: Path | None, hps: dict, ckpt: Path | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    env.update(
+        SM_MODEL_DIR=str(tmp / "model"), SM_OUTPUT_DATA_DIR=str(tmp / "output" / "data"),
+        SM_OUTPUT_DIR=str(tmp / "output"), SM_CHECKPOINT_DIR=str(ckpt or tmp / "checkpoints"),
+        SM_HPS=json.dumps({k: str(v) for k, v in hps.items()}), PYTHONPATH=str(REPO),
+    )
+    if splits is not None:
+        env["SM_CHANNEL_SPLITS"] = str(splits)
+    return subprocess.run(
+        [sys.executable, "-m", "ml_code.train"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def metric_lines(stdout: str) -> list[dict]:
+    return [m for m in map(contract.parse_metric_line, stdout.splitlines()) if m]
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory) -> Path:
+    return make_splits(tmp_path_factory.mktemp("splits") / "splits")
+
+
+def test_trains_and_writes_model_dir(splits, tmp_path):
+    proc = run_train(tmp_path, splits, {"epochs": 4, "batch_size": 32, "num_threads": 1, "lr": 0.003})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = metric_lines(proc.stdout)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_auc", "lr", "seconds"):
+        assert key in records[-1]
+    best_ba = max(r["val_balanced_accuracy"] for r in records)
+    assert best_ba > 0.6, records  # chance is 1/7
+
+    model_dir = tmp_path / "model"
+    config = json.loads((model_dir / "model_config.json").read_text())
+    assert config["arch"] == "resnet18" and config["image_size"] == 16
+    assert config["classes"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert len(config["mean"]) == 3 and len(config["std"]) == 3
+    assert isinstance(config["temperature"], float) and config["temperature"] > 0
+    assert config["val_balanced_accuracy"] == pytest.approx(best_ba)
+    state = torch.load(model_dir / "model.pt", weights_only=True)
+    assert state["fc.weight"].shape == (7, 512)
+    assert (model_dir / "code" / "inference.py").read_text() == (REPO / "ml_code" / "inference.py").read_text()
+    assert (model_dir / "code" / "requirements.txt").exists()
+    history = json.loads((tmp_path / "output" / "data" / "history.json").read_text())
+    assert [h["epoch"] for h in history["history"]] == [1, 2, 3, 4]
+    assert history["best"]["val_balanced_accuracy"] == pytest.approx(best_ba)
+    assert not (tmp_path / "output" / "failure").exists()
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-epoch-*.pt"))
+    assert ckpts == ["checkpoint-epoch-0003.pt", "checkpoint-epoch-0004.pt"]  # keep_checkpoints=2
+
+
+def test_resumes_from_newest_checkpoint(splits, tmp_path):
+    ckpt = tmp_path / "spot-checkpoints"
+    hps = {"arch": "dermanet", "batch_size": 32, "num_threads": 1, "seed": 3}
+    first = run_train(tmp_path / "a", splits, {**hps, "epochs": 2}, ckpt)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert [r["epoch"] for r in metric_lines(first.stdout)] == [1, 2]
+
+    second = run_train(tmp_path / "b", splits, {**hps, "epochs": 4}, ckpt)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from checkpoint epoch 2 (continuing at epoch 3)" in second.stdout
+    assert [r["epoch"] for r in metric_lines(second.stdout)] == [3, 4]  # not restarted from 1
+    history = json.loads((tmp_path / "b" / "output" / "data" / "history.json").read_text())
+    assert [h["epoch"] for h in history["history"]] == [1, 2, 3, 4]
+    assert history["history"][:2] == json.loads((tmp_path / "a" / "output" / "data" / "history.json").read_text())["history"]
+
+
+def test_missing_splits_writes_failure_file(tmp_path):
+    empty = tmp_path / "not-splits"
+    empty.mkdir()
+    (empty / "something.txt").write_text("x")
+    proc = run_train(tmp_path, empty, {"epochs": 1})
+    assert proc.returncode != 0
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert "classes.json is missing" in reason and "preprocess" in reason
+
+    proc = run_train(tmp_path / "nochannel", None, {"epochs": 1})
+    assert proc.returncode != 0
+    reason = (tmp_path / "nochannel" / "output" / "failure").read_text()
+    assert "Training channel 'splits' is missing" in reason
+
+
+def test_bad_hyperparameter_is_reported(splits, tmp_path):
+    proc = run_train(tmp_path, splits, {"epochs": 1, "balance": "oversample"})
+    assert proc.returncode != 0
+    assert "balance must be sampler|loss|both|none" in (tmp_path / "output" / "failure").read_text()

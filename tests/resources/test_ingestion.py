@@ -1,0 +1,102 @@
+"""Ingestion over a dataset with every kind of bad input a clinical drop can contain."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dermaops_resources.ingestion import ingest_dataset
+from dermaops_resources.object_store import LocalObjectStore
+from ml_code import ingest
+from ml_code.demo_data import generate_demo_dataset
+from tests.conftest import HAM10000, requires_ham10000
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return generate_demo_dataset(tmp_path_factory.mktemp("demo"), n_lesions_per_class=3, seed=1)
+
+
+def _damage(dataset: Path) -> dict[str, str]:
+    """Break a copy of the dataset in the ways the issue lists; returns image_id -> expected reason word."""
+    meta = pd.read_csv(dataset / "HAM10000_metadata.csv", dtype=str)
+    ids = list(meta["image_id"])
+    images = dataset / "images"
+    data = (images / f"{ids[0]}.jpg").read_bytes()
+    (images / f"{ids[0]}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 50)  # corrupt JPEG
+    (images / f"{ids[1]}.jpg").write_bytes(data[: len(data) // 2])  # truncated
+    (images / f"{ids[2]}.jpg").unlink()
+    (images / f"{ids[2]}.txt").write_text("not an image at all")  # non-image
+    big = Image.new("RGB", (9000, 40), (200, 120, 100))
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    (images / f"{ids[3]}.jpg").unlink()
+    (images / f"{ids[3]}.png").write_bytes(buf.getvalue())  # too large a side
+    bad_rows = pd.DataFrame([
+        {"lesion_id": "SYNL_X1", "image_id": "SYN_BAD1", "dx": "carcinoid", "dx_type": "histo", "age": "50",
+         "sex": "male", "localization": "back"},
+        {"lesion_id": "SYNL_X2", "image_id": "SYN_BAD2", "dx": "mel", "dx_type": "histo", "age": "-4",
+         "sex": "female", "localization": "back"},
+        {"lesion_id": "SYNL_X3", "image_id": "SYN_MISSING", "dx": "nv", "dx_type": "histo", "age": "40",
+         "sex": "female", "localization": "back"},
+    ])
+    pd.concat([meta, bad_rows]).to_csv(dataset / "HAM10000_metadata.csv", index=False)
+    return {ids[0]: "", ids[1]: "", ids[2]: "", ids[3]: "", "SYN_BAD1": "carcinoid", "SYN_BAD2": "age",
+            "SYN_MISSING": "no image file"}
+
+
+def test_bad_rows_and_files_are_quarantined_and_the_rest_ingested(demo: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "drop"
+    shutil.copytree(demo, dataset)
+    total = len(pd.read_csv(dataset / "HAM10000_metadata.csv"))
+    expected = _damage(dataset)
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    handle, stats = ingest_dataset(str(dataset), store, salt="s")
+    quarantine = pd.read_csv(store.local_path(handle.quarantine_uri), dtype=str)
+    reasons = dict(zip(quarantine["image_id"], quarantine["reason"]))
+    assert set(expected) <= set(reasons), reasons
+    for image_id, word in expected.items():
+        assert reasons[image_id].strip(), image_id
+        assert word.lower() in reasons[image_id].lower(), (image_id, reasons[image_id])
+    assert handle.num_images == total - 4
+    assert handle.num_quarantined == len(expected)
+    assert stats.copied == handle.num_images
+    manifest = pd.read_csv(store.local_path(handle.manifest_uri), dtype=str)
+    for row in manifest.itertuples():  # every manifest row points at stored, content-addressed bytes
+        stored = store.get_bytes(store.uri("raw", f"images/{row.image_key}"))
+        assert ingest.inspect_image(stored, row.image_key).sha256 == row.sha256
+
+
+def test_reingesting_unchanged_data_copies_nothing_and_keeps_the_version(demo: Path, tmp_path: Path) -> None:
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    first, stats1 = ingest_dataset(str(demo), store, salt="s")
+    second, stats2 = ingest_dataset(str(demo), store, salt="s")
+    assert stats1.copied == first.num_images > 0
+    assert stats2.copied == 0 and stats2.already_stored == second.num_images
+    assert first.manifest_hash == second.manifest_hash
+    assert store.get_bytes(first.manifest_uri) == store.get_bytes(second.manifest_uri)
+
+
+def test_missing_metadata_is_a_clear_error(tmp_path: Path) -> None:
+    from dermaops_resources.raw_source import RawSourceError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RawSourceError, match="No metadata CSV"):
+        ingest_dataset(str(tmp_path / "empty"), LocalObjectStore(root=str(tmp_path / "s")), salt="s")
+    with pytest.raises(RawSourceError, match="does not exist"):
+        ingest_dataset(str(tmp_path / "nowhere"), LocalObjectStore(root=str(tmp_path / "s")), salt="s")
+
+
+@pytest.mark.realdata
+@requires_ham10000
+def test_real_ham10000_ingests(tmp_path: Path) -> None:
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    handle, _ = ingest_dataset(str(HAM10000), store, salt="s")
+    assert handle.num_images + handle.num_quarantined == 10015
+    assert handle.num_images >= 10000
+    assert handle.class_counts["nv"] > 6600 and set(handle.class_counts) == set(ingest.CLASSES)
