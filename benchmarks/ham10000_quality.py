@@ -67,12 +67,12 @@ def run_pipeline(home: Path, data: Path, image_size: int, train_config: dict, mi
 
 
 def describe(name: str, result: dict) -> None:
-    m, ci = result["report"]["metrics"], result["report"].get("confidence_intervals", {})
+    m, ci = result["report"]["headline"], result["report"].get("confidence_intervals", {})
     print(f"== {name}")
     for key in ("balanced_accuracy", "macro_auc", "accuracy", "macro_f1", "melanoma_sensitivity", "ece"):
         if key in m:
             interval = ci.get(key)
-            extra = f"  95% CI [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+            extra = f"  95% CI [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else ""
             target = f"  (target >= {TARGETS[key]:.2f}: {'met' if m[key] >= TARGETS[key] else 'NOT met'})" \
                 if key in TARGETS else ""
             print(f"{key:>22}: {m[key]:.4f}{extra}{target}")
@@ -99,7 +99,7 @@ def main() -> int:
             base = run_pipeline(home / "baseline", args.data, 64, BASELINE, args.minutes)
             describe("plain baseline", base)
             for key in ("balanced_accuracy", "macro_auc"):
-                ratio = result["report"]["metrics"][key] / base["report"]["metrics"][key]
+                ratio = result["report"]["headline"][key] / base["report"]["headline"][key]
                 print(f"ratio recipe/baseline {key}: {ratio:.3f}")
     return 0
 

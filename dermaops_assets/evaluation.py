@@ -44,7 +44,9 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     result = jobs.run(spec, store, on_log=on_log, on_metric=on_metric)
     report_uri = result.output_uris["evaluation"]
     report = store.get_json(join_uri(report_uri, "report.json"))
-    metrics = {k: float(v) for k, v in report["metrics"].items() if isinstance(v, (int, float))}
+    flat = {**report["headline"], **{k: report[k] for k in ("macro_precision", "macro_recall", "log_loss")
+                                     if k in report}}
+    metrics = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
     handle = EvaluationHandle(evaluation_uri=join_uri(report_uri, "evaluation.json"), report_uri=report_uri,
                               model_uri=trained_model.model_uri, model_hash=trained_model.model_hash,
                               metrics=metrics)
@@ -52,7 +54,10 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     for name in ("balanced_accuracy", "macro_auc"):
         ci = report.get("confidence_intervals", {}).get(name)
         if ci:
-            metadata[f"{name}_ci95"] = f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+            metadata[f"{name}_ci95"] = f"[{ci['low']:.3f}, {ci['high']:.3f}]"
+    operating_point = report.get("melanoma_operating_point")
+    if operating_point:
+        metadata["melanoma_operating_point"] = dg.MetadataValue.json(operating_point)
     if report.get("per_class"):
         metadata["per_class"] = table_markdown(report["per_class"])
     for image, alt in (("confusion_matrix.png", "confusion matrix"), ("reliability.png", "reliability diagram"),

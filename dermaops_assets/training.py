@@ -129,6 +129,7 @@ def _stored_history(store: ObjectStore, output_uri: str | None) -> list[dict]:
     if not output_uri:
         return []
     try:
-        return list(store.get_json(join_uri(output_uri, "history.json")))
+        stored = store.get_json(join_uri(output_uri, "history.json"))
     except FileNotFoundError:
         return []
+    return list(stored["history"] if isinstance(stored, dict) else stored)

@@ -79,8 +79,13 @@ METRIC_NAMES = ("train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy
 _sleep = time.sleep  # module attribute so tests can make polling instant
 
 
-def build_sourcedir(code_dir: Path) -> bytes:
+def build_sourcedir(code_dir: Path, requirements: list[str] | tuple[str, ...] = ()) -> bytes:
     """A deterministic sourcedir.tar.gz of the ``ml_code`` package plus the launcher.
+
+    ``requirements`` become ``requirements.txt`` at the root: the training toolkit pip-installs
+    it before running the program, and the processing entrypoint does the same. They are the
+    packages ml_code needs beyond the PyTorch framework image (pandera); use a custom image
+    (``image_uri``, ECR repos in infra/) for jobs without internet access.
 
     Deterministic (sorted members, zeroed mtimes/owners, gzip mtime 0) so identical code
     gives an identical content hash and is uploaded once.
@@ -96,6 +101,8 @@ def build_sourcedir(code_dir: Path) -> bytes:
             tar.addfile(info, io.BytesIO(data))
 
         add_bytes(LAUNCHER, LAUNCHER_SOURCE.encode())
+        if requirements:
+            add_bytes("requirements.txt", ("\n".join(requirements) + "\n").encode())
         for path in sorted(code_dir.rglob("*")):
             rel = path.relative_to(code_dir)
             if not path.is_file() or "__pycache__" in rel.parts or path.suffix in (".pyc", ".pyo"):
@@ -178,6 +185,9 @@ class SageMakerJobRunner(JobRunner):
     poll_max_seconds: float = 120.0
     code_dir: str = str(REPO_ROOT / "ml_code")
     code_bucket: str = "models"
+    container_requirements: list[str] = Field(
+        default_factory=lambda: ["pandera>=0.20"],
+        description="pip requirements installed in the container before the entry point (empty: none)")
     max_attempts: int = 10
     executor: str = Field(default="", description="test hook 'module:function' run after create; empty in prod")
 
@@ -210,7 +220,7 @@ class SageMakerJobRunner(JobRunner):
 
     def upload_code(self, store: ObjectStore) -> str:
         """Upload sourcedir.tar.gz under a content-hashed key (once per code version)."""
-        data = build_sourcedir(Path(self.code_dir))
+        data = build_sourcedir(Path(self.code_dir), self.container_requirements)
         digest = hashlib.sha256(data).hexdigest()[:16]
         key = f"code/sourcedir/{digest}/sourcedir.tar.gz"
         uri = store.uri(self.code_bucket, key)
@@ -321,6 +331,8 @@ class SageMakerJobRunner(JobRunner):
             cluster["VolumeKmsKeyId"] = self.volume_kms_key_id
         script = ("set -euo pipefail; mkdir -p /opt/ml/code; "
                   f"tar -xzf {PROC_INPUT}/code/sourcedir.tar.gz -C /opt/ml/code; "
+                  "if [ -f /opt/ml/code/requirements.txt ]; then "
+                  "python -m pip install --quiet -r /opt/ml/code/requirements.txt; fi; "
                   'export PYTHONPATH="/opt/ml/code${PYTHONPATH:+:$PYTHONPATH}"; '
                   'exec python -m "$DERMAOPS_ENTRY_POINT"')
         return {

@@ -44,3 +44,13 @@ def test_aws_factory_names_the_missing_settings(monkeypatch, tmp_path):
         build_aws_resources(settings)
     ok = dataclasses.replace(settings, kms_key_id="k", role_arn="r")
     assert set(build_aws_resources(ok)) == set(RESOURCE_KEYS)
+
+
+def test_aws_resources_load_as_dagster_resources(monkeypatch, tmp_path):
+    """Config schemas of every field (dicts, lists, optionals) must be valid Dagster config."""
+    import dagster as dg
+
+    settings = _settings(monkeypatch, tmp_path, DERMAOPS_KMS_KEY_ID="k", DERMAOPS_SAGEMAKER_ROLE_ARN="r")
+    with dg.build_resources(build_aws_resources(settings)) as built:
+        assert built.jobs.price_per_hour["ml.g5.xlarge"] == 1.408
+        assert built.store.buckets == settings.buckets

@@ -140,6 +140,8 @@ def test_training_job_request_shape(store):
         names = tar.getnames()
     assert LAUNCHER in names and "ml_code/contract.py" in names and "ml_code/train.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    with tarfile.open(fileobj=io.BytesIO(store.get_bytes(hps["sagemaker_submit_directory"]))) as tar:
+        assert tar.extractfile("requirements.txt").read().decode().split() == ["pandera>=0.20"]
     # moto kept the job as sent; the result points at SageMaker's artifact layout
     desc = boto3.client("sagemaker").describe_training_job(TrainingJobName=name)
     assert desc["EnableManagedSpotTraining"] is True
@@ -176,6 +178,7 @@ def test_processing_job_request_shape(store):
     assert inputs["images"]["LocalPath"] == "/opt/ml/processing/input/images"
     assert inputs["code"]["S3Uri"].endswith("/") and store.exists(inputs["code"]["S3Uri"] + "sourcedir.tar.gz")
     entry = req["AppSpecification"]["ContainerEntrypoint"]
+    assert "pip install --quiet -r /opt/ml/code/requirements.txt" in entry[2]
     assert entry[:2] == ["/bin/bash", "-c"] and "PYTHONPATH" in entry[2] and 'python -m "$DERMAOPS_ENTRY_POINT"' in entry[2]
     assert req["AppSpecification"]["ImageUri"].endswith("pytorch-training:2.5-cpu-py311")
     assert json.loads(req["Environment"]["SM_HPS"]) == {"image_size": 64, "seed": 42}

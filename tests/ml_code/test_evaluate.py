@@ -1,0 +1,102 @@
+"""``python -m ml_code.evaluate`` on a tiny trained model, through the packaged handlers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml_code import contract
+from tests.ml_code.synth_splits import make_splits
+from tests.ml_code.test_train import REPO, run_train
+
+MQ_KEYS = {"accuracy", "weighted_recall", "weighted_precision", "weighted_f0_5", "weighted_f1", "weighted_f2", "confusion_matrix"}
+CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    splits = make_splits(root / "splits", seed=5)
+    proc = run_train(root / "train", splits, {"arch": "dermanet", "epochs": 3, "batch_size": 32, "num_threads": 1})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_in = root / "model-artifact"
+    model_in.mkdir()
+    with tarfile.open(model_in / "model.tar.gz", "w:gz") as tar:  # as SageMaker packs SM_MODEL_DIR
+        for item in sorted((root / "train" / "model").iterdir()):
+            tar.add(item, arcname=item.name)
+    return root, splits, model_in
+
+
+def run_evaluate(root: Path, model_in: Path, splits: Path, out: Path, hps: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    env.update(
+        SM_PROCESSING_INPUT_MODEL=str(model_in), SM_PROCESSING_INPUT_SPLITS=str(splits),
+        SM_PROCESSING_OUTPUT_EVALUATION=str(out), SM_OUTPUT_DIR=str(root / "eval-output"),
+        SM_HPS=json.dumps(hps or {"n_bootstrap": 300}), PYTHONPATH=str(REPO),
+    )
+    return subprocess.run([sys.executable, "-m", "ml_code.evaluate"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_evaluation_outputs(trained):
+    root, splits, model_in = trained
+    out = root / "evaluation"
+    proc = run_evaluate(root, model_in, splits, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    mq = evaluation["multiclass_classification_metrics"]
+    assert MQ_KEYS <= set(mq)
+    for name, entry in mq.items():
+        if name == "confusion_matrix":
+            continue
+        assert set(entry) == {"value", "standard_deviation"}
+        assert 0.0 <= entry["value"] <= 1.0
+        assert isinstance(entry["standard_deviation"], float) or entry["standard_deviation"] == "NaN"
+    cm = mq["confusion_matrix"]
+    assert list(cm) == CLASSES and all(list(row) == CLASSES for row in cm.values())
+    labels = np.load(splits / "test_labels.npy")
+    assert sum(sum(row.values()) for row in cm.values()) == len(labels)
+    assert [sum(cm[c].values()) for c in CLASSES] == np.bincount(labels, minlength=7).tolist()
+    accuracy = sum(cm[c][c] for c in CLASSES) / len(labels)
+    assert mq["accuracy"]["value"] == pytest.approx(accuracy)
+
+    report = json.loads((out / "report.json").read_text())
+    head = report["headline"]
+    assert head["balanced_accuracy"] > 0.5  # learnt (chance 1/7)
+    assert head["balanced_accuracy_ci_low"] <= head["balanced_accuracy"] <= head["balanced_accuracy_ci_high"]
+    assert head["macro_auc_ci_low"] <= head["macro_auc"] <= head["macro_auc_ci_high"]
+    assert evaluation["dermaops"]["headline"] == head
+    op = report["melanoma_operating_point"]
+    assert op["val_sensitivity"] >= 0.9 and 0 <= op["test_sensitivity"] <= 1
+    assert report["model"]["arch"] == "dermanet"
+
+    metric = [m for m in map(contract.parse_metric_line, proc.stdout.splitlines()) if m]
+    assert len(metric) == 1 and metric[0]["balanced_accuracy"] == pytest.approx(head["balanced_accuracy"])
+    for key in ("accuracy", "macro_auc", "macro_f1", "weighted_f1", "melanoma_sensitivity", "ece"):
+        assert key in metric[0]
+
+    with open(out / "per_class.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["class"] for r in rows] == CLASSES
+    for name in ("confusion_matrix.png", "reliability.png", "gradcam.png"):
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and img.width > 200
+    assert report["gradcam_images"] == 14
+
+
+def test_missing_model_artifact_fails_clearly(trained, tmp_path):
+    root, splits, _ = trained
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    proc = run_evaluate(tmp_path, empty, splits, tmp_path / "out")
+    assert proc.returncode != 0
+    assert "No model.tar.gz" in (tmp_path / "eval-output" / "failure").read_text()
