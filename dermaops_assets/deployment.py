@@ -6,6 +6,7 @@ import dagster as dg
 
 from dermaops_resources.endpoint import DeploymentFailed, EndpointDeployer
 from dermaops_resources.handles import EndpointHandle, RegisteredPackageHandle
+from dermaops_resources.metrics import MetricsPublisher
 from dermaops_resources.notifier import Notifier
 from dermaops_resources.object_store import ObjectStore
 from dermaops_resources.registry import ModelRegistry
@@ -21,7 +22,7 @@ from dermaops_resources.settings import Settings
 )
 def live_endpoint(context: dg.AssetExecutionContext, registered_model_package: RegisteredPackageHandle,
                   registry: ModelRegistry, endpoint: EndpointDeployer, store: ObjectStore,
-                  notifier: Notifier) -> dg.Output[EndpointHandle]:
+                  notifier: Notifier, metrics: MetricsPublisher) -> dg.Output[EndpointHandle]:
     group = Settings.from_env().model_package_group
     package = registry.latest(group, status="Approved")
     if package is None:
@@ -29,6 +30,10 @@ def live_endpoint(context: dg.AssetExecutionContext, registered_model_package: R
             f"No Approved model package in {group}: nothing to deploy. Latest registration: "
             f"{registered_model_package.reason}. Approve one with `dermaops registry approve --version N` "
             "and materialize live_endpoint again (the approval sensor does this when running).")
+    # The alarms must exist before the deploy: on AWS a blue/green update rolls back on the
+    # endpoint-errors and latency alarms by name. Idempotent, so every deploy ensures them.
+    alarm_names = metrics.ensure_alarms()
+    context.log.info(f"alarms in place: {', '.join(alarm_names)}")
     try:
         handle = endpoint.deploy(package, store, on_log=context.log.info)
     except DeploymentFailed as exc:

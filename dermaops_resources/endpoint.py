@@ -349,7 +349,7 @@ class LocalEndpointDeployer(EndpointDeployer):
         return EndpointHandle(
             name=self.endpoint_name, url=state["url"], package_version=package.version,
             package_arn=package.arn or None, model_uri=package.model_uri,
-            capture_uri=self.endpoint_capture_uri(),
+            capture_uri=self.capture_uri,
         )
 
     def status(self) -> dict[str, Any] | None:

@@ -86,7 +86,8 @@ class EndpointHandle(BaseModel):
     package_version: int
     package_arn: str | None = None
     model_uri: str
-    capture_uri: str
+    capture_uri: str = Field(description="data-capture destination (like DataCaptureConfig.DestinationS3Uri); "
+                             "files land under <capture_uri>/<name>/<variant>/yyyy/mm/dd/hh/")
     variant: str = "AllTraffic"
     instance_count: int = 1
     min_instances: int = 1

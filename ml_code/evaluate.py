@@ -8,7 +8,8 @@ The model is loaded through the packaged ``code/inference.py`` handlers (``model
 exactly what the endpoint will serve - temperature included. Everything is measured on
 the test split; validation is used only to choose the melanoma operating point.
 
-Options (SM_HPS or ``--key value``): ``tta`` (hflip averaging, default true),
+Options (SM_HPS or ``--key value``): ``tta`` (test-time augmentation, default true) with
+``tta_views`` (2: identity + hflip; 8: all flips x 90-degree rotations),
 ``n_bootstrap`` (1000), ``seed`` (0), ``target_sensitivity`` (0.9, for ``mel``),
 ``gradcam_per_class`` (2), ``ece_bins`` (15).
 """
@@ -34,7 +35,7 @@ from ml_code import contract, metrics
 from ml_code.train import atomic_write_text, load_splits
 
 DEFAULTS: dict[str, Any] = {
-    "tta": True, "n_bootstrap": 1000, "seed": 0, "target_sensitivity": 0.9,
+    "tta": True, "tta_views": 2, "n_bootstrap": 1000, "seed": 0, "target_sensitivity": 0.9,
     "gradcam_per_class": 2, "ece_bins": 15, "melanoma_class": "mel",
 }
 
@@ -69,15 +70,24 @@ def load_handlers(model_dir: Path) -> ModuleType:
     return module
 
 
-def predict_split(handlers: ModuleType, model: Any, images: np.ndarray, tta: bool, chunk: int = 512) -> np.ndarray:
-    """Served probabilities for uint8 NHWC ``images`` (hflip-averaged when ``tta``)."""
+def _view(x: Any, v: int) -> Any:
+    """The ``v``-th element of the dihedral group D4 (v < 8): rotate v % 4 quarter turns, hflip if v >= 4."""
+    import torch
+
+    y = torch.rot90(x, v % 4, dims=(-2, -1)) if v % 4 else x
+    return y.flip(-1) if v >= 4 else y
+
+
+def predict_split(handlers: ModuleType, model: Any, images: np.ndarray, views: int = 1, chunk: int = 512) -> np.ndarray:
+    """Served probabilities for uint8 NHWC ``images``, averaged over ``views`` D4 transforms."""
+    if not 1 <= views <= 8:
+        raise ValueError(f"tta_views must be 1..8, got {views}")
+    order = [0, 4] if views == 2 else list(range(8))  # 2 = identity + hflip
     out = []
     for start in range(0, len(images), chunk):
         x = handlers.preprocess_array(np.asarray(images[start : start + chunk]), model)
-        p = np.asarray(handlers.predict_fn(x, model), dtype=np.float64)
-        if tta:
-            p = 0.5 * (p + np.asarray(handlers.predict_fn(x.flip(-1), model), dtype=np.float64))
-        out.append(p)
+        p = sum(np.asarray(handlers.predict_fn(_view(x, v), model), dtype=np.float64) for v in order[:views])
+        out.append(p / views)
     return np.concatenate(out) if out else np.zeros((0, len(model.classes)))
 
 
@@ -148,7 +158,7 @@ def compute_report(
         "classes": classes,
         "n_test": int(len(y_test)),
         "n_val": int(len(y_val)),
-        "tta": bool(opts["tta"]),
+        "tta_views": int(opts["tta_views"]) if opts["tta"] else 1,
         "headline": headline,
         "macro_precision": prf.macro_precision,
         "macro_recall": prf.macro_recall,
@@ -275,8 +285,9 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
         test, val = splits["test"], splits["val"]
         if model.image_size != test.images.shape[1]:
             raise ValueError(f"model expects {model.image_size}px images but the splits hold {test.images.shape[1]}px")
-        p_test = predict_split(handlers, model, test.images, bool(opts["tta"]))
-        p_val = predict_split(handlers, model, val.images, bool(opts["tta"]))
+        views = int(opts["tta_views"]) if opts["tta"] else 1
+        p_test = predict_split(handlers, model, test.images, views)
+        p_val = predict_split(handlers, model, val.images, views)
         report = compute_report(classes, val.labels, p_val, test.labels, p_test, opts)
         report["model"] = {k: model.config.get(k) for k in ("arch", "image_size", "temperature", "best_epoch", "small_input")}
         out_dir.mkdir(parents=True, exist_ok=True)

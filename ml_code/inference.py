@@ -191,14 +191,24 @@ def model_fn(model_dir: str | os.PathLike) -> ServedModel:
     return model
 
 
-def _square_resize(img: Image.Image, size: int) -> Image.Image:
-    """Centre-crop to a square, then resize: the same geometry the preprocess job applies."""
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    m = min(w, h)
-    left, top = (w - m) // 2, (h - m) // 2
-    return img.crop((left, top, left + m, top + m)).resize((size, size), Image.BICUBIC)
+def load_image_square(data: bytes, size: int) -> np.ndarray:
+    """Decode image bytes to uint8 ``(size, size, 3)`` RGB exactly as the preprocess job does
+    (``ml_code.preprocess.load_image_square``: JPEG draft decoding, centre crop of the shorter
+    side, Lanczos resize), so the endpoint sees the training geometry. Kept as a copy because
+    this file ships alone; ``tests/ml_code/test_inference.py`` checks both give identical pixels.
+    """
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format == "JPEG":
+            w, h = img.size
+            side = min(w, h)
+            img.draft("RGB", (max(size, -(-size * w // side)), max(size, -(-size * h // side))))
+        img.load()
+        w, h = img.size
+        side = min(w, h)
+        rgb = img.convert("RGB") if img.mode != "RGB" else img
+        left, top = (w - side) / 2, (h - side) / 2
+        out = rgb.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side))
+        return np.asarray(out, dtype=np.uint8)
 
 
 def preprocess_array(images: np.ndarray, model: Any, std: Any = None) -> torch.Tensor:
@@ -230,8 +240,8 @@ def preprocess_array(images: np.ndarray, model: Any, std: Any = None) -> torch.T
 
 
 def input_fn(body: bytes | bytearray, content_type: str) -> dict[str, Any]:
-    """Decode a request body (SageMaker handler). The model is not known here, so the
-    decoded image is resized in ``predict_fn`` to the model's input size."""
+    """Check and pass on a request body (SageMaker handler). The model's input size is not
+    known here, so ``predict_fn`` decodes to that size (JPEG draft decoding needs it)."""
     ctype = (content_type or "").split(";")[0].strip().lower()
     if ctype not in SUPPORTED_CONTENT_TYPES:
         raise ValueError(
@@ -240,16 +250,16 @@ def input_fn(body: bytes | bytearray, content_type: str) -> dict[str, Any]:
         )
     if not isinstance(body, (bytes, bytearray)) or not body:
         raise ValueError("Empty request body; send the bytes of a JPEG or PNG image.")
+    body = bytes(body)
     try:
-        with Image.open(io.BytesIO(bytes(body))) as img:
-            img.load()
-            rgb = img.convert("RGB")
+        with Image.open(io.BytesIO(body)) as img:
+            img.load()  # validate here, so a bad body is the client's 4xx, not a model error
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(
             f"Could not decode the {ctype} request body ({len(body)} bytes) as an image: {exc}. "
             "Send the raw bytes of a JPEG or PNG file."
         ) from exc
-    return {"image": rgb}
+    return {"image_bytes": body}
 
 
 @torch.no_grad()
@@ -259,9 +269,8 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
     ``data`` is what :func:`input_fn` returned, a normalised float tensor ``(N, 3, S, S)``
     (from :func:`preprocess_array`), or a uint8 ``(N, S, S, 3)`` array.
     """
-    if isinstance(data, dict) and "image" in data:
-        arr = np.asarray(_square_resize(data["image"], model.image_size), dtype=np.uint8)[None]
-        x = preprocess_array(arr, model)
+    if isinstance(data, dict) and "image_bytes" in data:
+        x = preprocess_array(load_image_square(data["image_bytes"], model.image_size)[None], model)
     elif isinstance(data, np.ndarray):
         x = preprocess_array(data, model)
     elif isinstance(data, torch.Tensor):

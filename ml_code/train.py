@@ -483,8 +483,7 @@ def predict_logits(model: nn.Module, split: Split, norm: Normalizer, cfg: TrainC
     bs = max(cfg.batch_size, 256)
     for start in range(0, len(split.labels), bs):
         batch = torch.from_numpy(np.array(split.images[start : start + bs])).permute(0, 3, 1, 2)
-        with autocast(device, cfg.amp):
-            out.append(model(norm(batch)).float().cpu())
+        out.append(model(norm(batch)).float().cpu())  # fp32, as the endpoint serves it
     return torch.cat(out).numpy()
 
 
@@ -573,6 +572,8 @@ def write_model_dir(model_dir: Path, state: dict[str, torch.Tensor], config: dic
 def train(env: contract.TrainingEnv) -> dict[str, Any]:
     cfg = TrainConfig.from_hyperparameters(env.hyperparameters)
     rt = setup_runtime(env)
+    if rt.device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormal AdamW/EMA state can slow CPU steps by 10x
     if cfg.num_threads or rt.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // rt.world))
     seed_everything(cfg.seed + rt.rank, cfg.deterministic)
@@ -638,13 +639,17 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
             )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty when saved without a GradScaler (CPU)
+            scaler.load_state_dict(ckpt["scaler"])
         if ema is not None and ckpt.get("ema"):
             ema.load_state_dict(ckpt["ema"])
         set_rng_state(ckpt["rng"])
         start_epoch = int(ckpt["epoch"]) + 1
         best, history, best_state = ckpt["best"], ckpt["history"], ckpt["best_state"]
         elapsed_before = float(ckpt.get("elapsed_seconds", 0.0))
+        if ckpt.get("mean_std"):  # keep the normalisation the weights were trained with
+            mean, std = ckpt["mean_std"]["mean"], ckpt["mean_std"]["std"]
+            norm = Normalizer(mean, std, rt.device)
         # A budget-shortened plan stays shortened; otherwise honour this job's (maybe larger) epochs.
         planned_epochs = min(cfg.epochs, int(ckpt["planned_epochs"])) if ckpt.get("budget_limited") else cfg.epochs
         log(f"resuming from checkpoint epoch {ckpt['epoch']} (continuing at epoch {start_epoch})")
@@ -722,6 +727,12 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
         if cfg.max_minutes and elapsed >= cfg.max_minutes * 60:
             stop, stop_reason = True, "time budget"
 
+        if rt.world > 1:  # ranks time their own epochs: follow rank 0 so none waits forever
+            import torch.distributed as dist
+
+            decision = torch.tensor([planned_epochs, int(stop)], device=rt.device)
+            dist.broadcast(decision, 0)
+            planned_epochs, stop = int(decision[0]), bool(decision[1])
         if rt.is_main:
             ckpt_path = env.checkpoint_dir / f"checkpoint-epoch-{epoch:04d}.pt"
             atomic_torch_save(

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 TINY_RUN_CONFIG = {
     "ops": {
         "processed_splits": {"config": {"image_size": 32}},
-        "trained_model": {"config": {"epochs": 3, "batch_size": 32, "arch": "resnet18"}},
+        "trained_model": {"config": {"epochs": 8, "batch_size": 32, "arch": "dermanet"}},
         "evaluation_report": {"config": {"bootstrap_samples": 100}},
         "registered_model_package": {"config": {"min_balanced_accuracy": 0.0, "auto_approve": True}},
     }
@@ -43,49 +43,132 @@ def _jpeg(path: Path) -> bytes:
     return buf.getvalue()
 
 
-def test_whole_graph_to_live_endpoint(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    env = {**os.environ, "DERMAOPS_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
-           "DERMAOPS_BACKEND": "local", "PYTHONUNBUFFERED": "1"}
-    env.pop("DERMAOPS_RAW_URI", None)
-    config = tmp_path / "run_config.yaml"
-    config.write_text(yaml.safe_dump(TINY_RUN_CONFIG))
+class Deployment:
+    """The demo graph materialized once for this module, with its endpoint live."""
 
-    _run([str(BIN / "dermaops"), "demo-data", "--lesions-per-class", "8"], env)
+    def __init__(self, tmp: Path):
+        self.home = tmp / "home"
+        self.dagster_home = tmp / "dagster_home"
+        self.dagster_home.mkdir()
+        (self.dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+        self.env = {**os.environ, "DERMAOPS_HOME": str(self.home), "DAGSTER_HOME": str(self.dagster_home),
+                    "DERMAOPS_BACKEND": "local", "PYTHONUNBUFFERED": "1"}
+        self.env.pop("DERMAOPS_RAW_URI", None)
+        self.tmp = tmp
+        self.url = ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return _run([str(BIN / args[0]), *args[1:]], self.env)
+
+    def materialize(self, selection: str, config: dict | None = None) -> None:
+        cmd = ["dagster", "asset", "materialize", "-m", "dermaops_assets", "--select", selection]
+        if config:
+            path = self.tmp / f"config-{time.time_ns()}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            cmd += ["-c", str(path)]
+        self.cli(*cmd)
+
+    def latest_metadata(self, asset: str) -> dict:
+        import dagster as dg
+
+        instance = dg.DagsterInstance.from_config(str(self.dagster_home))
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> Deployment:
+    d = Deployment(tmp_path_factory.mktemp("e2e"))
+    d.cli("dermaops", "demo-data", "--lesions-per-class", "12")
     try:
-        _run([str(BIN / "dagster"), "asset", "materialize", "-m", "dermaops_assets", "--select", "*",
-              "-c", str(config)], env)
-        status = json.loads(_run([str(BIN / "dermaops"), "endpoint", "status"], env).stdout)
-        assert status["package_version"] == 1
-        url = status["url"].rstrip("/")
-        assert urllib.request.urlopen(f"{url}/ping", timeout=10).status == 200
-
-        image = sorted((home / "demo-data" / "images").glob("*.jpg"))[0]
-        req = urllib.request.Request(f"{url}/invocations", data=_jpeg(image), method="POST",
-                                     headers={"Content-Type": "image/jpeg"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            answer = json.loads(resp.read())
-            inference_id = resp.headers.get("X-Inference-Id")
-        assert abs(sum(answer["probabilities"].values()) - 1.0) < 1e-4
-        assert answer["predicted_class"] in answer["probabilities"]
-
-        capture_root = home / "store" / "logs" / "datacapture"
-        deadline, records = time.time() + 15, []
-        while time.time() < deadline and not records:
-            records = [json.loads(line) for f in capture_root.rglob("*.jsonl") for line in f.read_text().splitlines()]
-            time.sleep(0.5)
-        assert any(r["eventMetadata"]["inferenceId"] == inference_id for r in records), records[:2]
-        record = records[0]
-        assert record["captureData"]["endpointInput"]["encoding"] == "BASE64"
-
-        registry = json.loads(_run([str(BIN / "dermaops"), "registry", "list", "--json"], env).stdout)
-        assert registry[0]["status"] == "Approved"
-        assert registry[0]["lineage"]["dagster_run_id"]
+        d.materialize("*", TINY_RUN_CONFIG)
+        d.url = json.loads(d.cli("dermaops", "endpoint", "status").stdout)["url"].rstrip("/")
+        yield d
     finally:
-        subprocess.run([str(BIN / "dermaops"), "endpoint", "stop"], cwd=REPO, env=env, timeout=60)
-    # The endpoint is gone after stop.
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"{url}/ping", timeout=3)
+        subprocess.run([str(BIN / "dermaops"), "endpoint", "stop"], cwd=REPO, env=d.env, timeout=60)
+    if d.url:  # the endpoint is gone after stop
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{d.url}/ping", timeout=3)
+
+
+def test_whole_graph_to_live_endpoint(deployed: Deployment) -> None:
+    home, url = deployed.home, deployed.url
+    status = json.loads(deployed.cli("dermaops", "endpoint", "status").stdout)
+    assert status["package_version"] == 1
+    assert urllib.request.urlopen(f"{url}/ping", timeout=10).status == 200
+
+    image = sorted((home / "demo-data" / "images").glob("*.jpg"))[0]
+    req = urllib.request.Request(f"{url}/invocations", data=_jpeg(image), method="POST",
+                                 headers={"Content-Type": "image/jpeg"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        answer = json.loads(resp.read())
+        inference_id = resp.headers.get("X-Inference-Id")
+    assert abs(sum(answer["probabilities"].values()) - 1.0) < 1e-4
+    assert answer["predicted_class"] in answer["probabilities"]
+
+    capture_root = home / "store" / "logs" / "datacapture"
+    deadline, records = time.time() + 15, []
+    while time.time() < deadline and not any(r["eventMetadata"]["inferenceId"] == inference_id for r in records):
+        records = [json.loads(line) for f in capture_root.rglob("*.jsonl") for line in f.read_text().splitlines()]
+        time.sleep(0.5)
+    assert any(r["eventMetadata"]["inferenceId"] == inference_id for r in records), records[:2]
+    assert records[0]["captureData"]["endpointInput"]["encoding"] == "BASE64"
+
+    registry = json.loads(deployed.cli("dermaops", "registry", "list", "--json").stdout)
+    assert registry[0]["status"] == "Approved"
+    assert registry[0]["lineage"]["dagster_run_id"]
+    metadata = deployed.latest_metadata("evaluation_report")
+    for key in ("balanced_accuracy", "accuracy", "macro_auc"):
+        assert isinstance(metadata[key], float) and 0.0 <= metadata[key] <= 1.0
+    raw = deployed.latest_metadata("raw_images")
+    assert raw["num_images"] > 0 and raw["num_quarantined"] == 0
+
+
+def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> None:
+    """Held-out traffic of the training distribution: no drift. A different acquisition (contrast-
+    stretched): drift, and the drift sensor asks for a retraining run tagged with its reason.
+    Wrong ground-truth labels: the accuracy-drop alarm fires and the quality sensor asks too."""
+    import dagster as dg
+
+    from dermaops_assets.sensors import drift_sensor, model_quality_sensor
+    from dermaops_resources.notifier import LocalNotifier
+
+    held_out = deployed.tmp / "held-out"
+    deployed.cli("dermaops", "demo-data", "--out", str(held_out), "--lesions-per-class", "5", "--seed", "7")
+    images = str(held_out / "images")
+    traffic = ["dermaops", "traffic", "--endpoint", deployed.url, "--images", images, "--rate", "50",
+               "--limit", "60"]
+    monitoring = "inference_log,drift_report,model_quality_report"
+
+    deployed.cli(*traffic)
+    deployed.materialize(monitoring, {"ops": {"drift_report": {"config": {"max_requests": 60}}}})
+    calm = deployed.latest_metadata("drift_report")
+    assert calm["status"] != "insufficient_data" and calm["n_requests"] >= 50, calm
+    assert calm["drift_detected"] is False, calm
+
+    deployed.cli(*traffic, "--perturb", "contrast", "--seed", "1")
+    deployed.materialize(monitoring, {"ops": {"drift_report": {"config": {"max_requests": 60}}}})
+    drifted = deployed.latest_metadata("drift_report")
+    assert drifted["drift_detected"] is True, drifted
+
+    labels = deployed.home / "labels-landing"
+    deployed.cli(*traffic, "--seed", "2", "--metadata", str(held_out / "HAM10000_metadata.csv"),
+                 "--labels-out", str(labels), "--wrong-labels", "1.0")
+    deployed.materialize(monitoring, {"ops": {"drift_report": {"config": {"max_requests": 60}}}})
+    quality = deployed.latest_metadata("model_quality_report")
+    assert quality["accuracy_drop"] > 5.0, quality
+
+    alerts = [json.loads(line) for line in (deployed.home / "alerts.jsonl").read_text().splitlines()]
+    subjects = " ".join(a["subject"] + " " + a["message"] for a in alerts).lower()
+    assert any(a["severity"] == "critical" for a in alerts), alerts
+    assert "drift" in subjects and "accuracy" in subjects
+
+    instance = dg.DagsterInstance.from_config(str(deployed.dagster_home))
+    notifier = LocalNotifier(alerts_path=str(deployed.home / "alerts.jsonl"))
+    drift_result = drift_sensor(dg.build_sensor_context(instance=instance))
+    drift_requests = drift_result.run_requests if hasattr(drift_result, "run_requests") else list(drift_result or [])
+    assert drift_requests and drift_requests[0].tags["dermaops/retrain_reason"] == "drift"
+    quality_result = model_quality_sensor(dg.build_sensor_context(instance=instance, resources={"notifier": notifier}))
+    quality_requests = quality_result.run_requests if hasattr(quality_result, "run_requests") \
+        else list(quality_result or [])
+    assert quality_requests and quality_requests[0].tags["dermaops/retrain_reason"] == "quality-drop"

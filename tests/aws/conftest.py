@@ -6,15 +6,22 @@ exactly as it would reach AWS, so the production client code runs unmodified.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
-
-import logging
+from pathlib import Path
 
 import boto3
 import pytest
 
 from dermaops_resources.aws.s3 import S3ObjectStore
+
+from .moto_executor import start_moto_server
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -29,15 +36,21 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def moto_server():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
-
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    server = start_moto_server("127.0.0.1", port)
+    env = aws_env(f"http://127.0.0.1:{port}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("AWS_PROFILE", raising=False)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield env["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+def aws_env(endpoint_url: str) -> dict[str, str]:
+    """What every AWS client (and the SageMaker SDK) needs to talk to a moto server, offline."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint_url,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_SECURITY_TOKEN": "testing",
@@ -46,12 +59,46 @@ def moto_server():
         "AWS_REGION": REGION,
         "SAGEMAKER_VALIDATE_ROLE": "false",
     }
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("AWS_PROFILE", raising=False)
-        for key, value in env.items():
-            mp.setenv(key, value)
-        yield env["AWS_ENDPOINT_URL"]
-    server.stop()
+
+
+@pytest.fixture()
+def private_moto_server(monkeypatch: pytest.MonkeyPatch):
+    """A moto server of its own, in a child process, for tests that leave a lot of state behind.
+
+    moto keeps its state in module globals, so a second server in this process would share
+    the session server's state: the end-to-end test's metrics, alarms and endpoints would then
+    change what the unit tests see. A child process has fresh globals and dies with the test.
+    This test's own AWS clients point at it (monkeypatched env).
+    """
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    repo = Path(__file__).resolve().parents[2]
+    child_env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.aws.moto_executor", "--serve", str(port)], cwd=repo,
+                            env=child_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).read()
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"private moto server exited: {proc.stderr.read().decode()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"private moto server did not answer on {url} within 60 s")
+                time.sleep(0.2)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        for key, value in aws_env(url).items():
+            monkeypatch.setenv(key, value)
+        yield url
+    finally:
+        proc.stdin.close()  # the server exits when its stdin closes
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="session")

@@ -17,23 +17,37 @@ the container's part from the *request the runner sent*:
 - on a non-zero exit marks the moto job Failed with the ``/opt/ml/output/failure`` text.
 
 The runner then polls moto and post-processes exactly as in production.
+
+Job state changes go straight into moto's backend when the server runs in this process
+(the unit tests); from another process (the ``dagster asset materialize`` subprocess of the
+end-to-end test) they go to the ``JOB_STATE_PATH`` route that ``start_moto_server`` adds in
+front of moto, which applies them in the server's process. ``python -m
+tests.aws.moto_executor --serve PORT`` runs such a server as a process of its own (until its
+stdin closes).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import boto3
 
 ACCOUNT = "123456789012"
+JOB_STATE_PATH = "/_dermaops_test/sagemaker-job"
+JOB_FIELDS = ("training_job_status", "secondary_status", "processing_job_status", "failure_reason",
+              "training_time_in_seconds", "billable_time_in_seconds")
 
 
 def _backend_job(region: str, name: str, training: bool):
@@ -41,6 +55,70 @@ def _backend_job(region: str, name: str, training: bool):
 
     backend = sagemaker_backends[ACCOUNT][region]
     return (backend.training_jobs if training else backend.processing_jobs)[name]
+
+
+def apply_job_update(region: str, name: str, training: bool, fields: dict[str, Any]) -> None:
+    """Set attributes of a moto job in this process's backend (KeyError: no such job/field)."""
+    job = _backend_job(region, name, training)
+    for key, value in fields.items():
+        if key not in JOB_FIELDS:
+            raise KeyError(key)
+        setattr(job, key, value)
+
+
+def _update_job(region: str, name: str, training: bool, fields: dict[str, Any]) -> None:
+    """Apply in-process when the moto server shares this process, else through the server's hook."""
+    try:
+        apply_job_update(region, name, training, fields)
+        return
+    except KeyError:
+        pass  # the job lives in the moto server's process, not here
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    if not endpoint:
+        raise RuntimeError(f"moto job {name} is not in this process and AWS_ENDPOINT_URL is unset; "
+                           "the executor cannot reach the moto server to update it.")
+    body = json.dumps({"region": region, "name": name, "training": training, "fields": fields}).encode()
+    req = urllib.request.Request(endpoint.rstrip("/") + JOB_STATE_PATH, data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"moto server refused the update of job {name}: {exc.code} {exc.read()[:300]!r}; "
+                           "is it the test server of tests/aws/conftest.py (with the job-state hook)?") from exc
+
+
+class JobStateHook:
+    """WSGI middleware in front of moto: ``POST JOB_STATE_PATH`` changes a job in moto's backend,
+    which lives in the server's process. Only test servers have this route; production never
+    calls it."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != JOB_STATE_PATH:
+            return self.app(environ, start_response)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = json.loads(environ["wsgi.input"].read(length))
+            apply_job_update(body["region"], body["name"], bool(body["training"]), body["fields"])
+            status, payload = "200 OK", b"{}"
+        except KeyError as exc:
+            status, payload = "404 Not Found", json.dumps({"error": f"no such job or field: {exc}"}).encode()
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+        return [payload]
+
+
+def start_moto_server(host: str, port: int) -> Any:
+    """A started ThreadedMotoServer on host:port with the job-state route in front of moto."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    server._server.app = JobStateHook(server._server.app)  # before any request is served
+    return server
 
 
 def _write_logs(region: str, group: str, stream: str, lines: list[str]) -> None:
@@ -98,20 +176,17 @@ def execute(runner: Any, spec: Any, request: dict[str, Any], store: Any, client:
         elapsed = max(1, int(time.time() - started))
         group = "/aws/sagemaker/TrainingJobs" if training else "/aws/sagemaker/ProcessingJobs"
         _write_logs(runner.region, group, f"{spec.name}/algo-1-{int(started)}", lines)
-        job = _backend_job(runner.region, spec.name, training)
         if code_rc != 0:
             reason = failure or "\n".join(lines[-5:]) or f"exit code {code_rc}"
-            if training:
-                job.training_job_status = "Failed"
-                job.secondary_status = "Failed"
-            else:
-                job.processing_job_status = "Failed"
-            job.failure_reason = reason
+            fields: dict[str, Any] = ({"training_job_status": "Failed", "secondary_status": "Failed"} if training
+                                      else {"processing_job_status": "Failed"})
+            fields["failure_reason"] = reason
+            _update_job(runner.region, spec.name, training, fields)
         elif training:
-            job.training_time_in_seconds = elapsed
             # what managed spot would bill at a 70 % discount
-            job.billable_time_in_seconds = max(1, int(elapsed * 0.3)) if request.get(
-                "EnableManagedSpotTraining") else elapsed
+            billable = max(1, int(elapsed * 0.3)) if request.get("EnableManagedSpotTraining") else elapsed
+            _update_job(runner.region, spec.name, training,
+                        {"training_time_in_seconds": elapsed, "billable_time_in_seconds": billable})
 
 
 def _train(request: dict[str, Any], store: Any, work: Path, code: Path,
@@ -178,3 +253,18 @@ def _process(request: dict[str, Any], store: Any, work: Path, code: Path,
             bucket, key = store.split_uri(uri)
             store.upload_dir(bucket, key, local)
     return rc, lines, failure
+
+
+def _serve(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="moto server with the DermaOps job-state hook (tests only)")
+    parser.add_argument("--serve", type=int, required=True, metavar="PORT")
+    args = parser.parse_args(argv)
+    server = start_moto_server("127.0.0.1", args.serve)
+    try:
+        sys.stdin.read()  # until the parent closes our stdin (or dies)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -115,3 +115,13 @@ def test_preprocess_and_embeddings(served, model_dir):
     torch.testing.assert_close(logits, served(x.to(served.device)).detach().cpu(), rtol=1e-4, atol=1e-4)
     cams = inference.gradcam(served, x, [0, 1, 2, 3, 4])
     assert cams.shape == (5, SIZE, SIZE) and cams.min() >= 0 and cams.max() <= 1
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_endpoint_decoding_matches_preprocess_job(fmt):
+    """Train/serve skew guard: the endpoint's decode+crop+resize equals ml_code.preprocess's."""
+    from ml_code import preprocess
+
+    for size in (32, 64):
+        body = image_bytes(fmt, size=(600, 450))
+        np.testing.assert_array_equal(inference.load_image_square(body, size), preprocess.load_image_square(body, size))

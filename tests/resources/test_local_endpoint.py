@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from dermaops_resources.endpoint import DeploymentFailed, LocalEndpointDeployer, _pid_alive
-from dermaops_resources.object_store import LocalObjectStore, file_uri_to_path, sha256_file
+from dermaops_resources.object_store import join_uri, LocalObjectStore, file_uri_to_path, sha256_file
 from dermaops_resources.registry import ModelPackage
 from dermaops_resources.settings import REPO_ROOT
 
@@ -219,7 +219,9 @@ def live(env):
 def test_deploy_serves_jpeg_and_png(live):
     handle = live["handle"]
     assert handle.package_version == 1 and handle.url.startswith("http://127.0.0.1:")
-    assert handle.capture_uri == live["deployer"].endpoint_capture_uri()
+    # Like DataCaptureConfig.DestinationS3Uri: the base; files land under <endpoint>/<variant>/.
+    assert handle.capture_uri == live["deployer"].capture_uri
+    assert live["deployer"].endpoint_capture_uri() == join_uri(handle.capture_uri, handle.name, handle.variant)
     assert handle.model_uri == live["v1"].model_uri and handle.package_arn == "local:dermaops-test/1"
     assert ping(handle.url) == 200
     for fmt, ctype in (("JPEG", "image/jpeg"), ("PNG", "image/png"), ("JPEG", "application/x-image")):
@@ -311,7 +313,7 @@ def test_status_reports_the_live_server(live):
     json.dumps(status)  # JSON-able
     assert status["healthy"] is True and status["package_version"] == live["handle"].package_version
     assert status["url"] == live["handle"].url and status["endpoint_name"] == "live-endpoint"
-    assert status["capture_uri"] == live["handle"].capture_uri
+    assert status["capture_uri"] == live["deployer"].endpoint_capture_uri()
     assert os.path.exists(f"/proc/{status['pid']}") or status["pid"] > 0
     assert status["requests_served"] >= 1 and status["errors"]["client"] >= 1
 
