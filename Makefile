@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export DERMAOPS_HOME ?= $(CURDIR)/.dermaops
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo demo-data ui test test-fast validate endpoint-status endpoint-stop bench clean
+.PHONY: venv demo demo-data ui monitor test test-fast validate endpoint-status endpoint-stop bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ demo-data: venv
 demo: venv demo-data $(DAGSTER_HOME)/dagster.yaml
 	DERMAOPS_AUTO_APPROVE=true $(BIN)/dagster asset materialize -m dermaops_assets --select '*'
 	$(BIN)/dermaops endpoint status
+
+monitor: venv $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster asset materialize -m dermaops_assets --select 'inference_log,drift_report,model_quality_report'
 
 ui: venv $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000

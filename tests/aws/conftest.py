@@ -80,8 +80,10 @@ def private_moto_server(monkeypatch: pytest.MonkeyPatch):
         deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).read()
+                urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2).read()
                 break
+            except urllib.error.HTTPError:
+                break  # it answers HTTP: up
             except (urllib.error.URLError, ConnectionError, OSError):
                 if proc.poll() is not None:
                     raise RuntimeError(f"private moto server exited: {proc.stderr.read().decode()[-2000:]}")
