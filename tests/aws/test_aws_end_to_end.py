@@ -128,7 +128,7 @@ def test_whole_graph_on_aws_backend_against_moto(private_moto_server: str, tmp_p
         "DERMAOPS_MODEL_PACKAGE_GROUP": group,
         "DAGSTER_HOME": str(dagster_home),
         "DAGSTER_TELEMETRY_DISABLED": "1",
-        "PYTHONPATH": str(REPO),  # step processes import the executor from tests.aws
+        "PYTHONPATH": str(REPO),  # the dagster process imports the executor from tests.aws
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",  # 2 shared cores
     })
