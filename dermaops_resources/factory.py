@@ -31,7 +31,7 @@ def build_local_resources(settings: Settings) -> dict[str, Any]:
             state_dir=str(home / "endpoint"),
             capture_uri=store.uri("logs", "datacapture"),
             endpoint_name=settings.endpoint_name,
-            port=int(__import__("os").environ.get("DERMAOPS_ENDPOINT_PORT", "0") or 0),
+            port=settings.endpoint_port,
         ),
         "notifier": LocalNotifier(alerts_path=str(home / "alerts.jsonl"), webhook_url=settings.webhook_url),
         "metrics": LocalMetricsStore(db_path=str(home / "metrics.db")),

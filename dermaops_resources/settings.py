@@ -42,6 +42,10 @@ class Settings:
     endpoint_name: str = "dermaops-lesion-endpoint"
     sns_topic_arn: str = ""
     webhook_url: str = ""
+    use_spot: bool = True
+    endpoint_port: int = 0
+    sagemaker_executor: str = ""
+    """Test-only hook (module:function) that runs job entry points when a fake SageMaker does not."""
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -70,4 +74,7 @@ class Settings:
             endpoint_name=_env("DERMAOPS_ENDPOINT_NAME", "dermaops-lesion-endpoint"),
             sns_topic_arn=_env("DERMAOPS_SNS_TOPIC_ARN", ""),
             webhook_url=_env("DERMAOPS_ALERT_WEBHOOK_URL", ""),
+            endpoint_port=int(_env("DERMAOPS_ENDPOINT_PORT", "0")),
+            use_spot=_env("DERMAOPS_USE_SPOT", "true").lower() not in ("0", "false", "no"),
+            sagemaker_executor=_env("DERMAOPS_SAGEMAKER_EXECUTOR", ""),
         )

@@ -710,17 +710,18 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
         if rt.is_main:
             contract.emit_metric(**record)
 
-        # Time budget: shorten the schedule (so LR still anneals) rather than stop mid-anneal.
+        # Time budget: fit the schedule to the budget (so LR still anneals) rather than stop
+        # mid-anneal. The median epoch time ignores one-off stalls on a shared machine, and the
+        # plan may grow back (up to ``epochs``) when a slow spell passes.
         elapsed = elapsed_before + (time.time() - t_start)
         if cfg.max_minutes:
-            budget = cfg.max_minutes * 60
-            per_epoch = float(np.mean(epoch_times[-3:]))
-            affordable = epoch + int((budget - elapsed) // per_epoch)
-            if affordable < planned_epochs:
-                new_plan = max(epoch, affordable)
-                if new_plan != planned_epochs:
-                    log(f"time budget {cfg.max_minutes} min: planning {new_plan} epochs instead of {planned_epochs}")
-                planned_epochs, budget_limited = new_plan, True
+            per_epoch = float(np.median(epoch_times))
+            affordable = min(cfg.epochs, epoch + int((cfg.max_minutes * 60 - elapsed) // per_epoch))
+            new_plan = max(epoch, affordable)
+            if new_plan != planned_epochs:
+                log(f"time budget {cfg.max_minutes} min: planning {new_plan} epochs instead of {planned_epochs}")
+            planned_epochs = new_plan
+            budget_limited = planned_epochs < cfg.epochs
         stop = epoch >= planned_epochs
         if cfg.patience and epoch - best["epoch"] >= cfg.patience:
             stop, stop_reason = True, f"no val balanced-accuracy gain for {cfg.patience} epochs"

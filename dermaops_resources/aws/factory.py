@@ -6,8 +6,6 @@ deep inside a run: the KMS key (every object is SSE-KMS) and the SageMaker role.
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from ..settings import Settings
@@ -34,9 +32,9 @@ def build_aws_resources(settings: Settings) -> dict[str, dg.ConfigurableResource
             training_instance_type=settings.training_instance_type,
             processing_instance_type=settings.processing_instance_type,
             volume_kms_key_id=settings.kms_key_id, output_kms_key_id=settings.kms_key_id,
-            use_spot=os.environ.get("DERMAOPS_USE_SPOT", "true").strip().lower() not in ("0", "false", "no"),
+            use_spot=settings.use_spot,
             # Test hook only (the moto end-to-end test runs entry points locally); empty in production.
-            executor=os.environ.get("DERMAOPS_SAGEMAKER_EXECUTOR", ""),
+            executor=settings.sagemaker_executor,
         ),
         "registry": SageMakerModelRegistry(region=region),
         "endpoint": SageMakerEndpointDeployer(

@@ -104,3 +104,13 @@ def test_bad_hyperparameter_is_reported(splits, tmp_path):
     proc = run_train(tmp_path, splits, {"epochs": 1, "balance": "oversample"})
     assert proc.returncode != 0
     assert "balance must be sampler|loss|both|none" in (tmp_path / "output" / "failure").read_text()
+
+
+def test_time_budget_stops_early_and_still_saves(splits, tmp_path):
+    # A 0.6 s budget cannot fit 5 epochs: training stops after the first and still packages the model.
+    proc = run_train(tmp_path, splits, {"arch": "dermanet", "epochs": 5, "batch_size": 32, "num_threads": 1, "max_minutes": 0.01})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["epoch"] for r in metric_lines(proc.stdout)] == [1]
+    history = json.loads((tmp_path / "output" / "data" / "history.json").read_text())
+    assert history["stop_reason"] == "time budget" and history["epochs_run"] == 1
+    assert (tmp_path / "model" / "model.pt").is_file()
