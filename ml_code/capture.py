@@ -36,23 +36,20 @@ BASE_COLUMNS: tuple[str, ...] = (
 )
 
 
-def model_view(img: Image.Image, size: int) -> np.ndarray:
-    """Centre-crop to a square and resize (bicubic) to ``size``: what the model is fed.
+def model_view(raw: bytes, size: int) -> np.ndarray:
+    """What the model is fed: the served handlers' own decode, centre crop and resize.
 
-    Must stay identical to ``_square_resize`` in ``ml_code/inference.py`` (a test checks it):
-    features of traffic are only comparable with baseline features of the preprocessed
-    split if both went through the same geometry.
+    Features of traffic are only comparable with baseline features of the preprocessed
+    split if both went through the same geometry, so this calls the packaged
+    ``inference.load_image_square`` rather than a copy of it.
     """
-    w, h = img.size
-    if (w, h) != (size, size):
-        m = min(w, h)
-        left, top = (w - m) // 2, (h - m) // 2
-        img = img.crop((left, top, left + m, top + m)).resize((size, size), Image.BICUBIC)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    from ml_code.inference import load_image_square
+
+    return load_image_square(raw, size)
 
 
-def decode_image(data: str | bytes, encoding: str = "BASE64") -> Image.Image:
-    """Decode a captured request body into an RGB PIL image (raises ValueError if impossible)."""
+def decode_image(data: str | bytes, encoding: str = "BASE64") -> tuple[bytes, tuple[int, int]]:
+    """Decode a captured request body: (image bytes, (width, height)); ValueError if impossible."""
     if encoding.upper() != "BASE64":
         raise ValueError(f"image body encoding {encoding!r} is not BASE64")
     try:
@@ -62,7 +59,7 @@ def decode_image(data: str | bytes, encoding: str = "BASE64") -> Image.Image:
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
-            return img.convert("RGB")
+            return raw, img.size
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"body is not a decodable image: {exc}") from exc
 
@@ -145,12 +142,12 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
         view = None
         if image_size is not None:
             try:
-                img = decode_image(inp.get("data", ""), str(inp.get("encoding", "BASE64")))
+                raw_image, (width, height) = decode_image(inp.get("data", ""), str(inp.get("encoding", "BASE64")))
             except ValueError:
                 skipped["undecodable_image"] += 1
                 continue
-            geometry.append((float(img.width), float(img.height)))
-            view = model_view(img, image_size)
+            geometry.append((float(width), float(height)))
+            view = model_view(raw_image, image_size)
         version = meta.get("modelPackageVersion")
         records.append({
             "inference_time": when,

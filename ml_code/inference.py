@@ -192,10 +192,10 @@ def model_fn(model_dir: str | os.PathLike) -> ServedModel:
 
 
 def load_image_square(data: bytes, size: int) -> np.ndarray:
-    """Decode image bytes to uint8 ``(size, size, 3)`` RGB exactly as the preprocess job does
-    (``ml_code.preprocess.load_image_square``: JPEG draft decoding, centre crop of the shorter
-    side, Lanczos resize), so the endpoint sees the training geometry. Kept as a copy because
-    this file ships alone; ``tests/ml_code/test_inference.py`` checks both give identical pixels.
+    """Decode image bytes to uint8 ``(size, size, 3)`` RGB: JPEG draft decoding, centre crop of
+    the shorter side, Lanczos resize. The one definition: the preprocess job and the drift
+    monitor import it from here, so training arrays, served requests and monitored traffic
+    all see the same geometry (this file ships alone, so it cannot import theirs).
     """
     with Image.open(io.BytesIO(data)) as img:
         if img.format == "JPEG":

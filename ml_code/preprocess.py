@@ -39,26 +39,13 @@ INDEX_COLUMNS = ("image_id", "lesion_id", "dx", "label", "sha256")
 BATCH = 256  # images decoded per batch: bounds memory whatever the image size
 
 
+# The endpoint's own decode/crop/resize (code/inference.py ships alone in model.tar.gz, so the
+# definition lives there): training images and served requests get identical pixels.
+from ml_code.inference import load_image_square  # noqa: E402
+
+
 class _Rejected(Exception):
     pass
-
-
-def load_image_square(data: bytes, size: int) -> np.ndarray:
-    """Decode image bytes to uint8 (size, size, 3) RGB: centre crop of the shorter side, Lanczos resize."""
-    with Image.open(io.BytesIO(data)) as img:
-        if img.format == "JPEG":
-            # let libjpeg decode at a reduced scale (DCT scaling) when the image is much larger;
-            # draft never goes below the requested size, so the crop still has >= size pixels
-            w, h = img.size
-            side = min(w, h)
-            img.draft("RGB", (max(size, -(-size * w // side)), max(size, -(-size * h // side))))
-        img.load()
-        w, h = img.size
-        side = min(w, h)
-        rgb = img.convert("RGB") if img.mode != "RGB" else img
-        left, top = (w - side) / 2, (h - side) / 2
-        out = rgb.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side))
-        return np.asarray(out, dtype=np.uint8)
 
 
 def _process_one(path: Path, expected_sha: str, size: int) -> np.ndarray:

@@ -66,9 +66,14 @@ def test_malformed_lines_are_skipped_with_reasons() -> None:
     assert len(parse_lines(lines).rows) == 2
 
 
-def test_model_view_matches_the_served_preprocessing() -> None:
-    inference = pytest.importorskip("ml_code.inference")
+def test_model_view_matches_the_preprocessed_split() -> None:
+    """Traffic features are comparable with baseline features only if the model view of a
+    captured JPEG equals what the preprocess job stored for the same file."""
+    import io
+
+    from ml_code.preprocess import load_image_square as preprocess_view  # what the split stores
+
     img = Image.fromarray(np.concatenate([lesion_images(1, 30, seed=4)[0]] * 2, axis=1))  # 60x30
-    ours = model_view(img, 12)
-    theirs = np.asarray(inference._square_resize(img, 12), dtype=np.uint8)
-    np.testing.assert_array_equal(ours, theirs)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95)
+    np.testing.assert_array_equal(model_view(buf.getvalue(), 12), preprocess_view(buf.getvalue(), 12))
