@@ -118,10 +118,24 @@ def test_preprocess_and_embeddings(served, model_dir):
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-def test_endpoint_decoding_matches_preprocess_job(fmt):
-    """Train/serve skew guard: the endpoint's decode+crop+resize equals ml_code.preprocess's."""
+def test_endpoint_decoding_is_a_centre_crop_resize_shared_with_preprocess(fmt):
+    """Train/serve skew guard: the preprocess job uses the endpoint's own decode, and that decode
+    is a centre crop of the shorter side resized with Lanczos (JPEG: within draft-decoding noise)."""
+    import io
+
+    from PIL import Image
+
     from ml_code import preprocess
 
+    assert preprocess.load_image_square is inference.load_image_square
     for size in (32, 64):
         body = image_bytes(fmt, size=(600, 450))
-        np.testing.assert_array_equal(inference.load_image_square(body, size), preprocess.load_image_square(body, size))
+        with Image.open(io.BytesIO(body)) as img:
+            ref = np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS,
+                                                       box=(75, 0, 525, 450)), dtype=np.float64)
+        got = inference.load_image_square(body, size).astype(np.float64)
+        assert got.shape == (size, size, 3)
+        if fmt == "PNG":
+            np.testing.assert_array_equal(got, ref)
+        else:
+            assert np.abs(got - ref).mean() < 4.0
