@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import time
+from typing import Optional
 
 import dagster as dg
 from pydantic import Field
@@ -20,18 +21,32 @@ TRAIN_CODE_VERSION = code_version("train", "models", "inference", "metrics")
 
 
 class TrainConfig(dg.Config):
-    arch: str = Field(default="resnet18", description="resnet18 | efficientnet_b0 | ... (ml_code/models.py)")
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    amp: bool = Field(default=True, description="bf16 autocast on CPU, fp16 + GradScaler on CUDA")
-    seed: int = 0
+    """Training hyperparameters. Unset fields take ml_code/train.py's defaults, or the named
+    recipe's (``recipe: ham10000`` is the tuned real-data recipe); set fields override both."""
+
+    recipe: str = Field(default="", description="named recipe in ml_code/train.py RECIPES, e.g. ham10000")
+    arch: Optional[str] = Field(default=None, description="resnet18 (default) | efficientnet_b0 | dermanet | ...")
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    label_smoothing: Optional[float] = None
+    amp: Optional[bool] = Field(default=None, description="bf16 autocast on CPU, fp16 + GradScaler on CUDA (default on)")
+    seed: Optional[int] = None
     weights_path: str = Field(default="", description="local ImageNet state_dict; never downloaded")
-    max_minutes: float = Field(default=0.0, description="training time budget; 0 = none")
+    max_minutes: Optional[float] = Field(default=None, description="training time budget (fits the schedule to it)")
     extra_hyperparameters: str = Field(default="{}", description="JSON object of further train.py options")
     gpu: bool = Field(default=True, description="on AWS: train on the configured GPU instance type")
+
+    def hyperparameters(self) -> dict:
+        named = ("recipe", "arch", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "amp", "seed",
+                 "weights_path", "max_minutes")
+        hps = {k: getattr(self, k) for k in named if getattr(self, k) not in (None, "")}
+        try:
+            extra = json.loads(self.extra_hyperparameters)
+        except json.JSONDecodeError as exc:
+            raise dg.Failure(f"trained_model config extra_hyperparameters is not a JSON object: {exc}") from exc
+        return {**hps, **extra}
 
 
 def curves_png(history: list[dict]) -> bytes | None:
@@ -72,11 +87,7 @@ def curves_png(history: list[dict]) -> bytes | None:
 )
 def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, processed_splits: ProcessedSplitsHandle,
                   store: ObjectStore, jobs: JobRunner) -> dg.Output[TrainedModelHandle]:
-    hps = {"arch": config.arch, "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
-           "weight_decay": config.weight_decay, "label_smoothing": config.label_smoothing, "amp": config.amp,
-           "seed": config.seed, "max_minutes": config.max_minutes, **json.loads(config.extra_hyperparameters)}
-    if config.weights_path:
-        hps["weights_path"] = config.weights_path
+    hps = config.hyperparameters()
     # Checkpoints are keyed by inputs and by the root run, so a retried run (or a spot
     # interruption) resumes where it stopped, while a fresh run trains from the start.
     run_key = hashlib.sha256(json.dumps([processed_splits.content_hash, hps, TRAIN_CODE_VERSION,
@@ -94,23 +105,28 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, proces
     tar_bytes = store.get_bytes(result.model_uri)
     model_hash = hashlib.sha256(tar_bytes).hexdigest()
     model_uri = store.put_bytes("models", f"sha256/{model_hash}/model.tar.gz", tar_bytes)
-    # history.json holds every epoch, also those run before a resume; the streamed lines are a fallback.
-    history = _stored_history(store, result.output_uris.get("output")) or [h for h in history if "epoch" in h]
+    # history.json holds every epoch (also those before a resume) and the resolved configuration;
+    # the streamed metric lines are a fallback.
+    record = _training_record(store, result.output_uris.get("output"))
+    history = record.get("history") or [h for h in history if "epoch" in h]
+    resolved = record.get("config") or hps
+    arch = str(resolved.get("arch") or "resnet18")
     handle = TrainedModelHandle(
-        model_uri=model_uri, model_hash=model_hash, arch=config.arch, image_size=processed_splits.image_size,
+        model_uri=model_uri, model_hash=model_hash, arch=arch, image_size=processed_splits.image_size,
         classes=processed_splits.classes, data_version=processed_splits.content_hash[:16],
-        code_version=TRAIN_CODE_VERSION, history=history, hyperparameters=hps, job_name=job_name,
+        code_version=TRAIN_CODE_VERSION, history=history, hyperparameters=resolved, job_name=job_name,
         training_seconds=result.wall_seconds,
     )
     best = max(history, key=lambda h: h.get("val_balanced_accuracy", -1.0), default={})
     metadata: dict = {
-        "arch": config.arch,
+        "arch": arch,
+        "recipe": config.recipe or "default",
         "epochs_run": len(history),
         "training_seconds": float(result.wall_seconds),
         "billable_seconds": float(result.billable_seconds),
         "estimated_cost_usd": float(result.estimated_cost_usd),
         "best_val_balanced_accuracy": float(best.get("val_balanced_accuracy", 0.0)),
-        "hyperparameters": dg.MetadataValue.json(hps),
+        "hyperparameters": dg.MetadataValue.json(resolved),
         "data_version": handle.data_version,
         "code_version": TRAIN_CODE_VERSION,
         "model_uri": dg.MetadataValue.path(model_uri),
@@ -125,11 +141,12 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, proces
     return dg.Output(handle, data_version=dg.DataVersion(model_hash[:16]), metadata=metadata)
 
 
-def _stored_history(store: ObjectStore, output_uri: str | None) -> list[dict]:
+def _training_record(store: ObjectStore, output_uri: str | None) -> dict:
+    """train.py's history.json: per-epoch history, resolved config, best epoch, stop reason."""
     if not output_uri:
-        return []
+        return {}
     try:
         stored = store.get_json(join_uri(output_uri, "history.json"))
     except FileNotFoundError:
-        return []
-    return list(stored["history"] if isinstance(stored, dict) else stored)
+        return {}
+    return stored if isinstance(stored, dict) else {"history": list(stored)}
