@@ -8,12 +8,12 @@ from .sensors import retrain_in_progress
 
 monitoring_schedule = dg.ScheduleDefinition(
     name="hourly_monitoring_schedule", job=monitoring_job, cron_schedule="0 * * * *",
-    execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
+    execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Every hour: read new data capture, then drift and model-quality reports.")
 
 
 @dg.schedule(job=retrain_job, cron_schedule="0 3 1 * *", execution_timezone="UTC",
-             default_status=dg.DefaultScheduleStatus.STOPPED,
+             default_status=dg.DefaultScheduleStatus.RUNNING,
              description="Monthly retraining at 03:00 UTC on the 1st, skipped while a retrain run is in flight.")
 def monthly_retrain_schedule(context: dg.ScheduleEvaluationContext):
     if retrain_in_progress(context.instance):

@@ -129,7 +129,7 @@ def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landin
     return dg.SensorResult(run_requests=[request], cursor=json.dumps({"last_key": newest}))
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
+@dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="New raw files in the landing location (DERMAOPS_LANDING_URI) -> ingest_job, one run per "
            "upload burst; lists only keys after the cursor.")
 def raw_landing_sensor(context: dg.SensorEvaluationContext, store: ObjectStore):
@@ -155,7 +155,7 @@ def _retrain_request(reason: str, run_key: str, extra: dict[str, str]) -> dg.Run
                          tags={RETRAIN_REASON_TAG: reason, "dermaops/trigger": f"{reason}-sensor", **extra})
 
 
-@dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+@dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Retrain when the newest drift_report says drift_detected (or drift_score >= 0.5).")
 def drift_sensor(context: dg.SensorEvaluationContext):
     latest = _latest_report(context, "drift_report")
@@ -175,7 +175,7 @@ def drift_sensor(context: dg.SensorEvaluationContext):
                            cursor=str(storage_id))
 
 
-@dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+@dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Retrain (and page the team) when the live balanced accuracy dropped more than 5 points.")
 def model_quality_sensor(context: dg.SensorEvaluationContext, notifier: Notifier):
     latest = _latest_report(context, "model_quality_report")
@@ -200,7 +200,7 @@ def model_quality_sensor(context: dg.SensorEvaluationContext, notifier: Notifier
 
 # -- approval -> deployment -------------------------------------------------------------
 
-@dg.sensor(job=deploy_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
+@dg.sensor(job=deploy_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Deploy when a model package newer than the last one deployed by this sensor is Approved "
            "(SQLite registry locally, SageMaker Model Registry on AWS).")
 def approval_sensor(context: dg.SensorEvaluationContext, registry: ModelRegistry):
