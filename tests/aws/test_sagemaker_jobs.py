@@ -323,3 +323,34 @@ def test_bad_specs_are_refused_before_anything_is_created(store):
         _runner(role_arn="").run(_train_spec(store, _name("ok")), store)
     with pytest.raises(ValueError, match="No PyTorch training image"):
         _runner(framework_version="0.1").image("ml.g5.xlarge")
+
+
+@pytest.mark.slow
+def test_spot_interruption_resumes_real_training_from_s3_checkpoints(store, tmp_path):
+    """The real ml_code.train through SageMaker: a first job stops after epoch 2 with its
+    checkpoints synced to CheckpointConfig.S3Uri (what managed spot does before an interruption);
+    the restarted job gets them back in /opt/ml/checkpoints and continues at epoch 3."""
+    from tests.ml_code.synth_splits import make_splits
+
+    splits = make_splits(tmp_path / "splits", size=16, n_train=140, n_val=42, n_test=42)
+    prefix = store.upload_dir("processed", "spot/splits", splits)
+    runner = _runner(executor="tests.aws.moto_executor:execute")
+    checkpoint_uri = store.uri("models", f"checkpoints/{_name('spot')}")
+    hps = {"arch": "dermanet", "batch_size": 32, "num_threads": 1, "seed": 3}
+
+    def job(epochs: int):
+        name = _name("spot")
+        spec = JobSpec(job_type="training", name=name, entry_point="ml_code.train", inputs={"splits": prefix},
+                       output_uri=store.uri("models", f"jobs/train/{name}"), checkpoint_uri=checkpoint_uri,
+                       hyperparameters={**hps, "epochs": epochs})
+        logs: list[str] = []
+        return runner.run(spec, store, on_log=logs.append), logs
+
+    first, _ = job(2)
+    assert [m["epoch"] for m in first.metrics] == [1, 2]
+    assert {o.key.rsplit("/", 1)[1] for o in store.list(checkpoint_uri)} >= {"checkpoint-epoch-0002.pt"}
+    second, logs = job(4)
+    assert any("continuing at epoch 3" in line for line in logs), logs[-10:]
+    assert [m["epoch"] for m in second.metrics] == [3, 4]
+    history = store.get_json(second.output_uris["output"] + "/history.json")
+    assert [h["epoch"] for h in history["history"]] == [1, 2, 3, 4]

@@ -114,3 +114,35 @@ def test_time_budget_stops_early_and_still_saves(splits, tmp_path):
     history = json.loads((tmp_path / "output" / "data" / "history.json").read_text())
     assert history["stop_reason"] == "time budget" and history["epochs_run"] == 1
     assert (tmp_path / "model" / "model.pt").is_file()
+
+
+def test_killed_mid_run_resumes_from_its_last_checkpoint(splits, tmp_path):
+    """Spot interruption for real: the process is SIGKILLed after its second checkpoint; the
+    restarted job continues from the newest checkpoint, not from epoch 1."""
+    import signal
+    import time
+
+    ckpt = tmp_path / "spot-checkpoints"
+    hps = {"arch": "dermanet", "batch_size": 32, "num_threads": 1, "seed": 5, "epochs": 5}
+    work = tmp_path / "killed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    env.update(SM_MODEL_DIR=str(work / "model"), SM_OUTPUT_DATA_DIR=str(work / "output" / "data"),
+               SM_OUTPUT_DIR=str(work / "output"), SM_CHECKPOINT_DIR=str(ckpt), SM_CHANNEL_SPLITS=str(splits),
+               SM_HPS=json.dumps({k: str(v) for k, v in hps.items()}), PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "ml_code.train"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (ckpt / "checkpoint-epoch-0002.pt").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    saved = sorted(int(p.stem.rsplit("-", 1)[1]) for p in ckpt.glob("checkpoint-epoch-*.pt"))
+    assert saved and 2 <= saved[-1] < 5, saved  # killed mid-run, after epoch 2
+
+    second = run_train(tmp_path / "restart", splits, hps, ckpt)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed_at = saved[-1] + 1
+    assert f"continuing at epoch {resumed_at}" in second.stdout
+    assert [r["epoch"] for r in metric_lines(second.stdout)] == list(range(resumed_at, 6))
+    history = json.loads((tmp_path / "restart" / "output" / "data" / "history.json").read_text())
+    assert [h["epoch"] for h in history["history"]] == [1, 2, 3, 4, 5]
