@@ -16,13 +16,12 @@ retrain run is already queued or running.
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dagster as dg
 
 from dermaops_resources.notifier import Notifier
-from dermaops_resources.object_store import ObjectStore
+from dermaops_resources.object_store import ObjectStore, walk_after
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
 
@@ -49,42 +48,6 @@ class LandedFile:
     modified: float
 
 
-def _parts(key: str) -> list[str]:
-    return [p for p in key.split("/") if p]
-
-
-def iter_local_after(root: str, start_after: str | None = None) -> Iterator[LandedFile]:
-    """Files under ``root`` in path-component order, strictly after ``start_after``.
-
-    Directories wholly before the cursor are never opened, so the cost is the depth of the
-    cursor path plus the new files, not the whole tree. Hidden names (``.x``: temporary files
-    of atomic writes) are skipped.
-    """
-    after = _parts(start_after) if start_after else []
-
-    def walk(folder: str, rel: list[str], on_path: bool) -> Iterator[LandedFile]:
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
-        except FileNotFoundError:
-            return
-        depth = len(rel)
-        for entry in entries:
-            here_on_path = False
-            if on_path and depth < len(after):
-                if entry.name < after[depth]:
-                    continue
-                here_on_path = entry.name == after[depth]
-            if entry.is_dir(follow_symlinks=False):
-                yield from walk(entry.path, rel + [entry.name], here_on_path)
-            elif entry.is_file(follow_symlinks=False):
-                if here_on_path and depth == len(after) - 1:
-                    continue  # the cursor file itself
-                yield LandedFile("/".join(rel + [entry.name]), entry.stat().st_mtime)
-
-    yield from walk(root, [], bool(after))
-
-
 def list_landing(store: ObjectStore, landing_uri: str, start_after: str | None,
                  limit: int) -> list[LandedFile]:
     """Up to ``limit`` landed files after the cursor, from the store (s3://, file://) or a folder."""
@@ -97,8 +60,8 @@ def list_landing(store: ObjectStore, landing_uri: str, start_after: str | None,
                 break
         return out
     out = []
-    for landed in iter_local_after(landing_uri, start_after):
-        out.append(landed)
+    for key, modified in walk_after(landing_uri, start_after):
+        out.append(LandedFile(key, modified))
         if len(out) >= limit:
             break
     return out

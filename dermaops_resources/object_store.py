@@ -127,6 +127,36 @@ class ObjectStore(dg.ConfigurableResource, ABC):
         return json.loads(self.get_bytes(uri))
 
 
+def walk_after(root: str | os.PathLike, start_after: str | None = None) -> Iterator[tuple[str, float]]:
+    """(relative key, mtime) of files under ``root`` in path-component order, strictly after
+    ``start_after``. Folders wholly before the cursor are never opened, so a listing costs the
+    depth of the cursor plus the new files, not the whole tree (what S3's StartAfter gives).
+    Hidden names (``.x``: unpublished temporary files of atomic writes) are skipped."""
+    after = [p for p in start_after.split("/") if p] if start_after else []
+
+    def walk(folder: str, rel: list[str], on_path: bool) -> Iterator[tuple[str, float]]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        depth = len(rel)
+        for entry in entries:
+            here_on_path = False
+            if on_path and depth < len(after):
+                if entry.name < after[depth]:
+                    continue
+                here_on_path = entry.name == after[depth]
+            if entry.is_dir(follow_symlinks=False):
+                yield from walk(entry.path, rel + [entry.name], here_on_path)
+            elif entry.is_file(follow_symlinks=False):
+                if here_on_path and depth == len(after) - 1:
+                    continue  # the cursor file itself
+                yield "/".join(rel + [entry.name]), entry.stat().st_mtime
+
+    yield from walk(str(root), [], bool(after))
+
+
 def file_uri_to_path(uri: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme not in ("file", ""):
@@ -200,18 +230,24 @@ class LocalObjectStore(ObjectStore):
 
     def list(self, prefix_uri: str, start_after: str | None = None) -> Iterator[StoredObject]:
         base = self._path(prefix_uri)
-        root = Path(self.root).resolve()
         if not base.exists():
             return
-        paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for path in paths:
-            if path.name.startswith(".") and path.name.endswith(".tmp"):
-                continue  # an unpublished write
-            key = path.relative_to(root).as_posix().split("/", 1)[1]
-            if start_after is not None and key <= start_after:
+        bucket, prefix = self.split_uri(base.as_uri())
+        if base.is_file():
+            if start_after is None or prefix > start_after:
+                stat = base.stat()
+                yield StoredObject(uri=base.as_uri(), key=prefix, size=stat.st_size, modified=stat.st_mtime)
+            return
+        lead = f"{prefix}/" if prefix else ""
+        relative_after = None
+        if start_after is not None and start_after.startswith(lead):
+            relative_after = start_after[len(lead):]  # resume inside this prefix without a full walk
+        for rel, modified in walk_after(base, relative_after):
+            key = lead + rel
+            if start_after is not None and relative_after is None and key <= start_after:
                 continue
-            stat = path.stat()
-            yield StoredObject(uri=path.as_uri(), key=key, size=stat.st_size, modified=stat.st_mtime)
+            path = base / rel
+            yield StoredObject(uri=path.as_uri(), key=key, size=path.stat().st_size, modified=modified)
 
     def delete(self, uri: str) -> None:
         self._path(uri).unlink(missing_ok=True)

@@ -11,10 +11,10 @@ import pytest
 from dermaops_assets.jobs import RETRAIN_JOB, RETRAIN_REASON_TAG, all_jobs
 from dermaops_assets.schedules import monthly_retrain_schedule
 from dermaops_assets.sensors import (
-    approval_sensor, drift_sensor, iter_local_after, landing_tick, model_quality_sensor, raw_landing_sensor,
+    approval_sensor, drift_sensor, landing_tick, model_quality_sensor, raw_landing_sensor,
 )
 from dermaops_resources.notifier import LocalNotifier
-from dermaops_resources.object_store import LocalObjectStore
+from dermaops_resources.object_store import LocalObjectStore, walk_after
 from dermaops_resources.registry import SqliteModelRegistry
 
 
@@ -37,10 +37,21 @@ def instance():
 
 def test_local_walk_resumes_after_cursor_in_component_order(tmp_path: Path) -> None:
     _land(tmp_path, "a/1.jpg", "a/2.jpg", "b/x/1.jpg", "b/y.jpg", "c.jpg", ".tmp-partial.jpg", "a/.h.tmp")
-    assert [f.key for f in iter_local_after(str(tmp_path))] == ["a/1.jpg", "a/2.jpg", "b/x/1.jpg", "b/y.jpg", "c.jpg"]
-    assert [f.key for f in iter_local_after(str(tmp_path), "a/2.jpg")] == ["b/x/1.jpg", "b/y.jpg", "c.jpg"]
-    assert [f.key for f in iter_local_after(str(tmp_path), "b/x/1.jpg")] == ["b/y.jpg", "c.jpg"]
-    assert list(iter_local_after(str(tmp_path / "missing"))) == []
+    def keys(after=None, root=tmp_path):
+        return [key for key, _ in walk_after(root, after)]
+
+    assert keys() == ["a/1.jpg", "a/2.jpg", "b/x/1.jpg", "b/y.jpg", "c.jpg"]
+    assert keys("a/2.jpg") == ["b/x/1.jpg", "b/y.jpg", "c.jpg"]
+    assert keys("b/x/1.jpg") == ["b/y.jpg", "c.jpg"]
+    assert keys(root=tmp_path / "missing") == []
+    # The local store lists the same way (bucket-relative keys), resuming inside a prefix.
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    for key in ("landing/a/1.jpg", "landing/a/2.jpg", "landing/b/1.jpg", "other/z.jpg"):
+        store.put_bytes("raw", key, b"x")
+    prefix = store.uri("raw", "landing")
+    assert [o.key for o in store.list(prefix)] == ["landing/a/1.jpg", "landing/a/2.jpg", "landing/b/1.jpg"]
+    assert [o.key for o in store.list(prefix, start_after="landing/a/1.jpg")] == ["landing/a/2.jpg", "landing/b/1.jpg"]
+    assert [o.key for o in store.list(prefix, start_after="landing/b/1.jpg")] == []
 
 
 def test_landing_burst_is_coalesced_and_cursor_advances(tmp_path: Path, instance) -> None:
