@@ -150,6 +150,11 @@ def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> No
     deployed.materialize(monitoring, {"ops": {"drift_report": {"config": {"max_requests": 60}}}})
     drifted = deployed.latest_metadata("drift_report")
     assert drifted["drift_detected"] is True, drifted
+    # The drift sensor reads the newest drift_report: this one asks for a retraining run.
+    instance = dg.DagsterInstance.from_config(str(deployed.dagster_home))
+    drift_result = drift_sensor(dg.build_sensor_context(instance=instance))
+    drift_requests = drift_result.run_requests if hasattr(drift_result, "run_requests") else list(drift_result or [])
+    assert drift_requests and drift_requests[0].tags["dermaops/retrain_reason"] == "drift"
 
     labels = deployed.home / "labels-landing"
     deployed.cli(*traffic, "--seed", "2", "--metadata", str(held_out / "HAM10000_metadata.csv"),
@@ -163,11 +168,7 @@ def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> No
     assert any(a["severity"] == "critical" for a in alerts), alerts
     assert "drift" in subjects and "accuracy" in subjects
 
-    instance = dg.DagsterInstance.from_config(str(deployed.dagster_home))
     notifier = LocalNotifier(alerts_path=str(deployed.home / "alerts.jsonl"))
-    drift_result = drift_sensor(dg.build_sensor_context(instance=instance))
-    drift_requests = drift_result.run_requests if hasattr(drift_result, "run_requests") else list(drift_result or [])
-    assert drift_requests and drift_requests[0].tags["dermaops/retrain_reason"] == "drift"
     quality_result = model_quality_sensor(dg.build_sensor_context(instance=instance, resources={"notifier": notifier}))
     quality_requests = quality_result.run_requests if hasattr(quality_result, "run_requests") \
         else list(quality_result or [])
