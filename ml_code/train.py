@@ -728,6 +728,8 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
             planned_epochs = new_plan
             budget_limited = planned_epochs < cfg.epochs
         stop = epoch >= planned_epochs
+        if stop and budget_limited:
+            stop_reason = "time budget"  # the budget cut the plan short of cfg.epochs
         if cfg.patience and epoch - best["epoch"] >= cfg.patience:
             stop, stop_reason = True, f"no val balanced-accuracy gain for {cfg.patience} epochs"
         if cfg.max_minutes and elapsed >= cfg.max_minutes * 60:
