@@ -63,7 +63,7 @@ def ingest_dataset(source_uri: str, store: ObjectStore, salt: str, limits: inges
     good, quarantined = ingest.normalise_metadata(metadata, layout, salt)
     log(f"metadata: {len(metadata)} rows in {layout} layout, {len(good)} valid, {len(quarantined)} quarantined")
 
-    index = source.image_index()
+    index = source.image_index
     stats = IngestStats()
     lock = threading.Lock()
 

@@ -6,12 +6,14 @@ export, or a hospital drop. It is only read, never modified.
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
-METADATA_NAMES = ("HAM10000_metadata.csv", "metadata.csv", "HAM10000_metadata")
-IMAGE_DIRS = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2", "ISIC-images", ".")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+from ml_code.ingest import IMAGE_SUBDIRS, METADATA_FILE_NAMES
+
+# ml_code.ingest's image folders ("" = the dataset root), plus the ISIC Archive download's folder.
+IMAGE_DIRS = frozenset([*(d or "." for d in IMAGE_SUBDIRS), "ISIC-images"])
 
 
 class RawSourceError(ValueError):
@@ -24,7 +26,6 @@ class RawSource:
     def __init__(self, uri: str):
         self.uri = uri.rstrip("/")
         self.is_s3 = uri.startswith("s3://")
-        self._index: dict[str, str] | None = None
         if self.is_s3:
             import boto3
 
@@ -40,6 +41,7 @@ class RawSource:
                 )
 
     # -- listing ------------------------------------------------------------------------
+    @cached_property
     def _keys(self) -> list[str]:
         """Relative names of every file in the dataset (one listing, reused)."""
         if self.is_s3:
@@ -52,35 +54,27 @@ class RawSource:
         return [p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()]
 
     def metadata_name(self) -> str:
-        keys = set(self._keys_cached())
-        for name in METADATA_NAMES:
+        keys = set(self._keys)
+        for name in METADATA_FILE_NAMES:
             if name in keys:
                 return name
         raise RawSourceError(
-            f"No metadata CSV in {self.uri}: expected one of {', '.join(METADATA_NAMES[:2])} at its top level "
+            f"No metadata CSV in {self.uri}: expected one of {', '.join(METADATA_FILE_NAMES[:2])} at its top level "
             "(HAM10000: lesion_id,image_id,dx,dx_type,age,sex,localization; ISIC export: isic_id,diagnosis,...)."
         )
 
-    def _keys_cached(self) -> list[str]:
-        if not hasattr(self, "_all_keys"):
-            self._all_keys = self._keys()
-        return self._all_keys
-
+    @cached_property
     def image_index(self) -> dict[str, str]:
-        """image_id -> relative file name, for every image-like file in the known image folders."""
-        if self._index is None:
-            index: dict[str, str] = {}
-            for name in self._keys_cached():
-                path = Path(name)
-                folder = path.parent.as_posix() or "."
-                if path.suffix in IMAGE_EXTS and (folder in IMAGE_DIRS or folder == "."):
-                    index.setdefault(path.stem, name)
-                elif folder in IMAGE_DIRS and not path.name.startswith("."):
-                    # A file with an unexpected extension in an image folder: still offer it, so that
-                    # validation quarantines it with a reason instead of calling the image missing.
-                    index.setdefault(path.stem, name)
-            self._index = index
-        return self._index
+        """image_id -> relative file name of every file in the known image folders.
+
+        Files with an unexpected extension are offered too, so that validation quarantines
+        them with a reason instead of calling the image missing."""
+        index: dict[str, str] = {}
+        for name in self._keys:
+            path = Path(name)
+            if path.parent.as_posix() in IMAGE_DIRS and not path.name.startswith("."):
+                index.setdefault(path.stem, name)
+        return index
 
     def read(self, name: str) -> bytes:
         if self.is_s3:

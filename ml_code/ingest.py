@@ -547,6 +547,8 @@ def inspect_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
     )
 
 
+METADATA_FILE_NAMES: tuple[str, ...] = ("HAM10000_metadata.csv", "metadata.csv", "HAM10000_metadata")
+"""Where a dataset's metadata CSV may be, in order of preference (HAM10000, then an ISIC export)."""
 IMAGE_SUBDIRS: tuple[str, ...] = ("", "images", "HAM10000_images_part_1", "HAM10000_images_part_2")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -637,7 +639,7 @@ def ingest_folder(
     would otherwise leak across splits).
     """
     root = Path(source_dir)
-    candidates = [metadata_name] if metadata_name else ["HAM10000_metadata.csv", "metadata.csv", "HAM10000_metadata"]
+    candidates = [metadata_name] if metadata_name else list(METADATA_FILE_NAMES)
     meta_path = next((root / n for n in candidates if n and (root / n).is_file()), None)
     if meta_path is None:
         raise MetadataError(f"no metadata file in {root}: expected one of {candidates}")
