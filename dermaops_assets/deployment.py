@@ -16,8 +16,8 @@ from dermaops_resources.settings import Settings
 @dg.asset(
     group_name="deployment",
     kinds={"sagemaker"},
-    description="Serves the newest Approved model package: GET /ping, POST /invocations (image/jpeg, image/png) "
-    "with every request captured in SageMaker data-capture JSONL. Redeploys swap without failing requests; an "
+    description="Serves the newest Approved model package: GET /ping, POST /invocations (image/jpeg, image/png, "
+    "or application/json with the base64 image plus optional age, sex and anatom_site) with every request captured in SageMaker data-capture JSONL. Redeploys swap without failing requests; an "
     "unhealthy package is not swapped in.",
 )
 def live_endpoint(context: dg.AssetExecutionContext, registered_model_package: RegisteredPackageHandle,

@@ -11,7 +11,7 @@ from dermaops_resources.object_store import ObjectStore, join_uri
 
 from .ui import code_version, job_callbacks, png_markdown, table_markdown
 
-EVALUATE_CODE_VERSION = code_version("evaluate", "metrics", "inference")
+EVALUATE_CODE_VERSION = code_version("evaluate", "metrics", "inference", "descriptors")
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "weighted_f1", "macro_precision",
             "macro_recall", "melanoma_sensitivity", "ece")
 
@@ -39,8 +39,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
                    entry_point="ml_code.evaluate",
                    inputs={"model": trained_model.model_uri.rsplit("/", 1)[0], "splits": processed_splits.splits_uri},
                    outputs=["evaluation"], output_uri=output_uri,
-                   hyperparameters={"melanoma_target_sensitivity": config.melanoma_target_sensitivity,
-                                    "bootstrap_samples": config.bootstrap_samples, "tta": config.tta})
+                   hyperparameters={"target_sensitivity": config.melanoma_target_sensitivity,
+                                    "n_bootstrap": config.bootstrap_samples, "tta": config.tta})
     result = jobs.run(spec, store, on_log=on_log, on_metric=on_metric)
     report_uri = result.output_uris["evaluation"]
     report = store.get_json(join_uri(report_uri, "report.json"))
@@ -51,6 +51,10 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
                               model_uri=trained_model.model_uri, model_hash=trained_model.model_hash,
                               metrics=metrics)
     metadata: dict = {k: float(metrics[k]) for k in HEADLINE if k in metrics}
+    image_only = report.get("image_only")
+    if image_only:  # the fused model scored without clinical context (a bare image at the endpoint)
+        metadata["image_only_balanced_accuracy"] = float(image_only["balanced_accuracy"])
+        metadata["image_only_macro_auc"] = float(image_only["macro_auc"])
     for name in ("balanced_accuracy", "macro_auc"):
         ci = report.get("confidence_intervals", {}).get(name)
         if ci:

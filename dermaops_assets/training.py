@@ -17,7 +17,7 @@ from dermaops_resources.object_store import ObjectStore, join_uri
 
 from .ui import code_version, job_callbacks, png_markdown, table_markdown
 
-TRAIN_CODE_VERSION = code_version("train", "models", "inference", "metrics")
+TRAIN_CODE_VERSION = code_version("train", "models", "inference", "descriptors", "metrics")
 
 
 class TrainConfig(dg.Config):
@@ -133,6 +133,15 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, proces
         "model_hash": model_hash,
         "job_name": job_name,
     }
+    descriptor = record.get("descriptor_model") or {}
+    if descriptor.get("fusion"):
+        # The served model is the network fused with the descriptor model (clinical context);
+        # these are its validation figures, plotted across runs next to the network's own.
+        for key in ("fused_val_balanced_accuracy", "fused_val_macro_auc", "fused_image_only_val_balanced_accuracy",
+                    "fused_image_only_val_macro_auc", "descriptors_val_macro_auc"):
+            if isinstance(descriptor.get(key), (int, float)):
+                metadata[key] = float(descriptor[key])
+        metadata["fusion"] = dg.MetadataValue.json(descriptor["fusion"])
     if history:
         metadata["history"] = table_markdown(history)
         png = curves_png(history)

@@ -93,9 +93,11 @@ def embed_and_predict(module: types.ModuleType, model: Any, images: np.ndarray,
     """(embeddings (N, D), probabilities (N, C)) for uint8 NHWC model-view images."""
     embs, probs = [], []
     for i in range(0, len(images), batch):
-        x = module.preprocess_array(np.ascontiguousarray(images[i:i + batch]), model)
+        chunk = np.ascontiguousarray(images[i:i + batch])
+        x = module.preprocess_array(chunk, model)
         embs.append(np.asarray(module.embed_fn(x, model), dtype=np.float32))
-        probs.append(np.asarray(module.predict_fn(x, model), dtype=np.float64))
+        # uint8 pixels, like a bare image POSTed to the endpoint: the served (fused) output
+        probs.append(np.asarray(module.predict_fn(chunk, model), dtype=np.float64))
     if not embs:
         return np.zeros((0, 0), np.float32), np.zeros((0, len(model.classes)))
     return np.concatenate(embs), np.concatenate(probs)

@@ -56,6 +56,11 @@ def decode_image(data: str | bytes, encoding: str = "BASE64") -> tuple[bytes, tu
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise ValueError(f"body is not valid base64: {exc}") from exc
+    if raw[:1] == b"{":  # an application/json request: the image is its base64 "image" field
+        try:
+            raw = base64.b64decode(json.loads(raw)["image"], validate=True)
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise ValueError(f"JSON body has no decodable base64 'image': {exc}") from exc
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()

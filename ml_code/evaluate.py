@@ -70,24 +70,17 @@ def load_handlers(model_dir: Path) -> ModuleType:
     return module
 
 
-def _view(x: Any, v: int) -> Any:
-    """The ``v``-th element of the dihedral group D4 (v < 8): rotate v % 4 quarter turns, hflip if v >= 4."""
-    import torch
-
-    y = torch.rot90(x, v % 4, dims=(-2, -1)) if v % 4 else x
-    return y.flip(-1) if v >= 4 else y
-
-
-def predict_split(handlers: ModuleType, model: Any, images: np.ndarray, views: int = 1, chunk: int = 512) -> np.ndarray:
-    """Served probabilities for uint8 NHWC ``images``, averaged over ``views`` D4 transforms."""
+def predict_split(handlers: ModuleType, model: Any, images: np.ndarray, views: int = 1,
+                  clinical: np.ndarray | None = None, chunk: int = 512, network_only: bool = False) -> np.ndarray:
+    """Served probabilities for uint8 NHWC ``images`` (network averaged over ``views`` D4
+    transforms, fused with the descriptor model given ``clinical`` rows when the package has one)."""
     if not 1 <= views <= 8:
         raise ValueError(f"tta_views must be 1..8, got {views}")
-    order = [0, 4] if views == 2 else list(range(8))  # 2 = identity + hflip
     out = []
     for start in range(0, len(images), chunk):
-        x = handlers.preprocess_array(np.asarray(images[start : start + chunk]), model)
-        p = sum(np.asarray(handlers.predict_fn(_view(x, v), model), dtype=np.float64) for v in order[:views])
-        out.append(p / views)
+        batch = {"images": np.asarray(images[start : start + chunk]), "views": views, "network_only": network_only,
+                 "clinical": None if clinical is None else clinical[start : start + chunk]}
+        out.append(np.asarray(handlers.predict_fn(batch, model), dtype=np.float64))
     return np.concatenate(out) if out else np.zeros((0, len(model.classes)))
 
 
@@ -223,8 +216,9 @@ def plot_reliability(rel: dict[str, Any], path: Path) -> None:
 
 
 def plot_gradcam(handlers: ModuleType, model: Any, images: np.ndarray, labels: np.ndarray, classes: list[str],
-                 per_class: int, path: Path) -> int:
-    """A grid of test images with their Grad-CAM heat map for the true class; returns how many."""
+                 per_class: int, path: Path, served: np.ndarray) -> int:
+    """A grid of test images with their Grad-CAM heat map for the true class, titled with the
+    served prediction (``served``: the split's probabilities); returns how many."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,7 +229,7 @@ def plot_gradcam(handlers: ModuleType, model: Any, images: np.ndarray, labels: n
         return 0
     x = handlers.preprocess_array(np.asarray(images[picks]), model)
     cams = handlers.gradcam(model, x, labels[picks])
-    probs = np.asarray(handlers.predict_fn(x, model))
+    probs = np.asarray(served)[picks]
     cols = min(len(picks), 2 * per_class)
     rows = int(np.ceil(len(picks) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
@@ -272,6 +266,9 @@ def write_per_class(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(k for k in opts if k not in DEFAULTS and not k.startswith(("sagemaker_", "_")))
+    if unknown:
+        print(f"WARNING: ignoring unknown evaluation options {unknown}; known: {sorted(DEFAULTS)}", file=sys.stderr, flush=True)
     opts = {**DEFAULTS, **{k: v for k, v in opts.items() if k in DEFAULTS}}
     splits, classes = load_splits(splits_dir)
     if "test" not in splits or len(splits["test"].labels) == 0:
@@ -286,15 +283,28 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
         if model.image_size != test.images.shape[1]:
             raise ValueError(f"model expects {model.image_size}px images but the splits hold {test.images.shape[1]}px")
         views = int(opts["tta_views"]) if opts["tta"] else 1
-        p_test = predict_split(handlers, model, test.images, views)
-        p_val = predict_split(handlers, model, val.images, views)
+        p_test = predict_split(handlers, model, test.images, views, test.clinical)
+        p_val = predict_split(handlers, model, val.images, views, val.clinical)
         report = compute_report(classes, val.labels, p_val, test.labels, p_test, opts)
         report["model"] = {k: model.config.get(k) for k in ("arch", "image_size", "temperature", "best_epoch", "small_input")}
+        report["model"]["descriptor_model"] = model.descriptor_model is not None
+        if model.descriptor_model is not None:
+            # Requests without clinical context (a bare image POSTed to the endpoint) get the
+            # image-only path; report it too, so nobody mistakes one figure for the other.
+            report["model"]["fusion"] = model.fusion
+            # The network alone is the ablation that shows what the descriptor model adds.
+            for name, probs in (("image_only", predict_split(handlers, model, test.images, views, None)),
+                                ("network_only", predict_split(handlers, model, test.images, views, network_only=True))):
+                report[name] = {
+                    "balanced_accuracy": metrics.balanced_accuracy(test.labels, probs.argmax(1), len(classes)),
+                    "macro_auc": metrics.roc_auc_ovr(test.labels, probs)[1],
+                }
+            report["image_only"]["clinical_context_used"] = test.clinical is not None
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_confusion(metrics.confusion_matrix(test.labels, p_test.argmax(1), len(classes)), classes, out_dir / "confusion_matrix.png")
         plot_reliability(report["reliability"], out_dir / "reliability.png")
         report["gradcam_images"] = plot_gradcam(handlers, model, test.images, test.labels, classes,
-                                                int(opts["gradcam_per_class"]), out_dir / "gradcam.png")
+                                                int(opts["gradcam_per_class"]), out_dir / "gradcam.png", p_test)
     write_per_class(report["per_class"], out_dir / "per_class.csv")
     evaluation = {**report["model_quality"], "dermaops": {k: v for k, v in report.items() if k != "model_quality"}}
     atomic_write_text(out_dir / "evaluation.json", json.dumps(evaluation, indent=2, default=float))

@@ -16,13 +16,23 @@ everything sees exactly what the endpoint serves:
 - :func:`preprocess_array` - uint8 NHWC arrays (the preprocess job's format) -> model input;
 - :func:`embed_fn` - penultimate-layer embeddings (monitoring builds drift baselines on them);
 - :func:`gradcam` - class-activation heat maps (the evaluation job's Grad-CAM grid).
+
+A model may carry a second, descriptor model (``descriptors.npz``, read by the sibling
+``descriptors.py`` that ships with this file): boosted trees over colour/texture
+descriptors and the clinical context (age, sex, body site). :func:`predict_images` fuses
+its log-probabilities with the network's by the stacker fitted on validation at training
+time (:func:`fuse_log_probs`); without clinical values it scores the image alone.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import importlib.util
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +43,9 @@ import torchvision
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
+SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/json")
+#: ``application/json`` requests: the image base64-encoded plus optional clinical context.
+JSON_REQUEST_FIELDS = ("image", "age", "sex", "anatom_site")
 SUPPORTED_ARCHS = ("resnet18", "resnet34", "efficientnet_b0", "mobilenet_v3_small", "dermanet")
 
 # ---------------------------------------------------------------------------------------
@@ -154,6 +166,8 @@ class ServedModel(nn.Module):
         self.temperature = float(config.get("temperature", 1.0) or 1.0)
         self.register_buffer("mean", torch.tensor(config["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config["std"], dtype=torch.float32).view(1, 3, 1, 1))
+        self.descriptor_model: Any = None  # descriptors.BoostedTrees, when the package has one
+        self.fusion: dict[str, Any] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -162,6 +176,44 @@ class ServedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for already-normalised NCHW input."""
         return self.net(x)
+
+
+def _load_descriptors_module() -> Any:
+    """The ``descriptors.py`` that sits next to this file: ``code/descriptors.py`` in
+    ``model.tar.gz`` (the container has no ``ml_code``), ``ml_code/descriptors.py`` in the repo."""
+    name = f"{__name__}_descriptors"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).with_name("descriptors.py")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: model.tar.gz must ship code/descriptors.py with code/inference.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def fuse_log_probs(cnn_log_probs: np.ndarray, descriptor_log_probs: np.ndarray, fusion: dict[str, Any]) -> np.ndarray:
+    """Fused class probabilities ``softmax(a * log p_cnn + w * log p_descriptors + b)``.
+
+    ``a``, ``w`` and the per-class bias ``b`` (``fusion``: ``cnn_scale``, ``descriptor_scale``,
+    ``class_bias``) are fitted on validation by ``ml_code.train``: a logistic-regression
+    stacker, which also calibrates, so no separate temperature applies to fused output.
+    """
+    z = (float(fusion["cnn_scale"]) * np.asarray(cnn_log_probs, np.float64)
+         + float(fusion["descriptor_scale"]) * np.asarray(descriptor_log_probs, np.float64)
+         + np.asarray(fusion["class_bias"], np.float64)[None, :])
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def dihedral_view(x: torch.Tensor, v: int) -> torch.Tensor:
+    """The ``v``-th element of the dihedral group D4 (v < 8): ``v % 4`` quarter turns, hflip if ``v >= 4``.
+    Lesions have no canonical orientation, so these are the test-time-augmentation views."""
+    y = torch.rot90(x, v % 4, dims=(-2, -1)) if v % 4 else x
+    return y.flip(-1) if v >= 4 else y
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -186,6 +238,14 @@ def model_fn(model_dir: str | os.PathLike) -> ServedModel:
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     net.load_state_dict(state)
     model = ServedModel(net, config)
+    desc = config.get("descriptors")
+    if desc:
+        module = _load_descriptors_module()
+        if int(desc.get("version", 0)) != module.DESCRIPTOR_VERSION:
+            raise ValueError(f"{config_path} wants descriptor version {desc.get('version')} but the shipped "
+                             f"descriptors.py computes version {module.DESCRIPTOR_VERSION}; re-package the model")
+        model.descriptor_model = module.BoostedTrees.load(model_dir / desc["file"])
+        model.fusion = dict(config["fusion"])
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     return model
@@ -241,7 +301,12 @@ def preprocess_array(images: np.ndarray, model: Any, std: Any = None) -> torch.T
 
 def input_fn(body: bytes | bytearray, content_type: str) -> dict[str, Any]:
     """Check and pass on a request body (SageMaker handler). The model's input size is not
-    known here, so ``predict_fn`` decodes to that size (JPEG draft decoding needs it)."""
+    known here, so ``predict_fn`` decodes to that size (JPEG draft decoding needs it).
+
+    Image content types carry the file's bytes. ``application/json`` carries
+    ``{"image": "<base64 JPEG/PNG>", "age": 63, "sex": "female", "anatom_site": "back"}``;
+    the clinical fields are optional (null or absent = unknown) and feed the descriptor model.
+    """
     ctype = (content_type or "").split(";")[0].strip().lower()
     if ctype not in SUPPORTED_CONTENT_TYPES:
         raise ValueError(
@@ -251,6 +316,9 @@ def input_fn(body: bytes | bytearray, content_type: str) -> dict[str, Any]:
     if not isinstance(body, (bytes, bytearray)) or not body:
         raise ValueError("Empty request body; send the bytes of a JPEG or PNG image.")
     body = bytes(body)
+    clinical = None
+    if ctype == "application/json":
+        body, clinical = _parse_json_request(body)
     try:
         with Image.open(io.BytesIO(body)) as img:
             img.load()  # validate here, so a bad body is the client's 4xx, not a model error
@@ -259,32 +327,98 @@ def input_fn(body: bytes | bytearray, content_type: str) -> dict[str, Any]:
             f"Could not decode the {ctype} request body ({len(body)} bytes) as an image: {exc}. "
             "Send the raw bytes of a JPEG or PNG file."
         ) from exc
-    return {"image_bytes": body}
+    return {"image_bytes": body, "clinical": clinical}
+
+
+def _parse_json_request(body: bytes) -> tuple[bytes, dict[str, Any]]:
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"application/json body is not valid JSON: {exc}") from exc
+    if not isinstance(request, dict) or not isinstance(request.get("image"), str):
+        raise ValueError('application/json body must be an object with "image": the base64 of a JPEG or PNG file '
+                         '(optional: "age", "sex", "anatom_site")')
+    unknown = sorted(set(request) - set(JSON_REQUEST_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown fields {unknown} in the JSON request; allowed: {', '.join(JSON_REQUEST_FIELDS)}")
+    try:
+        image = base64.b64decode(request["image"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f'"image" is not valid base64: {exc}') from exc
+    if not image:
+        raise ValueError('"image" is empty; send the base64 of a JPEG or PNG file')
+    age = request.get("age")
+    if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age <= 120):
+        raise ValueError(f'"age" must be a number of years in 0-120 or null, got {age!r}')
+    for key in ("sex", "anatom_site"):
+        if request.get(key) is not None and not isinstance(request[key], str):
+            raise ValueError(f'"{key}" must be a string or null, got {request[key]!r}')
+    return image, {"age": age, "sex": request.get("sex"), "site": request.get("anatom_site")}
+
+
+def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
+    """Class probabilities ``(N, C)``: what the endpoint serves.
+
+    ``data`` is what :func:`input_fn` returned, a uint8 ``(N, S, S, 3)`` array, or a dict
+    ``{"images": uint8 array, "clinical": (N, M) array or None, "views": 1..8,
+    "network_only": bool}`` (batch scoring with clinical context and test-time
+    augmentation; ``network_only`` for ablations): all go through
+    :func:`predict_images`, so the descriptor model is fused in when the package has one.
+    A normalised float tensor ``(N, 3, S, S)`` gets the network's temperature-scaled
+    probabilities only (no pixels left for descriptors; Grad-CAM titles use this).
+    """
+    if isinstance(data, dict) and "image_bytes" in data:
+        context, clinical = data.get("clinical"), None
+        if context and model.descriptor_model is not None:
+            clinical = _load_descriptors_module().clinical_features([context.get("age")], [context.get("sex")],
+                                                                    [context.get("site")])
+        probs = predict_images(load_image_square(data["image_bytes"], model.image_size)[None], model, clinical)
+    elif isinstance(data, dict) and "images" in data:
+        probs = predict_images(data["images"], model, data.get("clinical"), int(data.get("views", 1)),
+                               network_only=bool(data.get("network_only", False)))
+    elif isinstance(data, np.ndarray):
+        probs = predict_images(data, model)
+    elif isinstance(data, torch.Tensor):
+        x = data if data.ndim == 4 else data[None]
+        probs = np.exp(_network_log_probs(x, model, 1, model.temperature))
+    else:
+        raise ValueError(f"predict_fn got {type(data).__name__}; expected input_fn output, array, dict or tensor")
+    out = np.asarray(probs, dtype=np.float32).view(Probabilities)
+    out.classes, out.arch = list(model.classes), str(model.config["arch"])
+    return out
 
 
 @torch.no_grad()
-def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
-    """Class probabilities ``(N, C)`` with the fitted temperature applied.
-
-    ``data`` is what :func:`input_fn` returned, a normalised float tensor ``(N, 3, S, S)``
-    (from :func:`preprocess_array`), or a uint8 ``(N, S, S, 3)`` array.
-    """
-    if isinstance(data, dict) and "image_bytes" in data:
-        x = preprocess_array(load_image_square(data["image_bytes"], model.image_size)[None], model)
-    elif isinstance(data, np.ndarray):
-        x = preprocess_array(data, model)
-    elif isinstance(data, torch.Tensor):
-        x = data if data.ndim == 4 else data[None]
-    else:
-        raise ValueError(f"predict_fn got {type(data).__name__}; expected input_fn output, array or tensor")
+def _network_log_probs(x: torch.Tensor, model: ServedModel, views: int, temperature: float) -> np.ndarray:
+    """log of the network's softmax(logits / T), averaged over ``views`` D4 views (2 = identity + hflip)."""
+    if not 1 <= views <= 8:
+        raise ValueError(f"views must be 1..8, got {views}")
+    order = [0, 4] if views == 2 else list(range(views))
     model.eval()
     out = []
     for chunk in torch.split(x, 256):
-        logits = model(chunk.to(model.device, torch.float32))
-        out.append(torch.softmax(logits.float() / model.temperature, dim=1).cpu())
-    probs = torch.cat(out).numpy().view(Probabilities)
-    probs.classes, probs.arch = list(model.classes), str(model.config["arch"])
-    return probs
+        chunk = chunk.to(model.device, torch.float32)
+        p = sum(torch.softmax(model(dihedral_view(chunk, v)).float() / temperature, dim=1) for v in order)
+        out.append((p / len(order)).cpu())
+    return torch.log(torch.cat(out).clamp_min(1e-12)).numpy().astype(np.float64)
+
+
+def predict_images(images: np.ndarray, model: ServedModel, clinical: np.ndarray | None = None, views: int = 1,
+                   network_only: bool = False) -> np.ndarray:
+    """Probabilities ``(N, C)`` for uint8 ``(N, S, S, 3)`` images at the model's size.
+
+    With a descriptor model: the fused output (:func:`fuse_log_probs`), ``clinical`` being
+    ``descriptors.clinical_features`` rows (None = unknown). Without: the network's
+    temperature-scaled softmax (also with ``network_only``). ``views`` averages the network
+    over D4 views.
+    """
+    x = preprocess_array(images, model)
+    if model.descriptor_model is None or model.fusion is None or network_only:
+        return np.exp(_network_log_probs(x, model, views, model.temperature))
+    cnn = _network_log_probs(x, model, views, 1.0)
+    module = _load_descriptors_module()
+    desc = model.descriptor_model.log_proba(module.descriptor_matrix(np.asarray(images), clinical))
+    return fuse_log_probs(cnn, desc, model.fusion)
 
 
 class Probabilities(np.ndarray):

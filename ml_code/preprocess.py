@@ -35,7 +35,9 @@ from PIL import Image
 from ml_code import CLASSES, contract
 from ml_code.splits import SPLITS, check_no_leakage, grouped_stratified_split
 
-INDEX_COLUMNS = ("image_id", "lesion_id", "dx", "label", "sha256")
+#: Per-split index. ``age``/``sex``/``localization`` are the clinical context the descriptor
+#: model reads (``ml_code.descriptors``); empty when the manifest has none.
+INDEX_COLUMNS = ("image_id", "lesion_id", "dx", "label", "sha256", "age", "sex", "localization")
 BATCH = 256  # images decoded per batch: bounds memory whatever the image size
 
 
@@ -133,7 +135,7 @@ def _write_split(
     with open(lab_tmp, "wb") as fh:
         np.save(fh, labels)
     os.replace(lab_tmp, out_dir / f"{split}_labels.npy")
-    index = written.assign(label=labels).loc[:, list(INDEX_COLUMNS)]
+    index = written.assign(label=labels).reindex(columns=list(INDEX_COLUMNS), fill_value="")
     _write_text_atomic(out_dir / f"{split}_index.csv", index.to_csv(index=False, lineterminator="\n"))
     return written
 

@@ -53,7 +53,7 @@ from typing import Any
 
 LOG = logging.getLogger("dermaops.serve")
 
-SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
+SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/json")
 ADMIN_TOKEN_HEADER = "X-Admin-Token"
 INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"  # what SageMaker's InferenceId becomes
 MAX_BODY_BYTES = 10 * 1024 * 1024

@@ -43,8 +43,13 @@ def make_splits(folder: Path, size: int = 16, n_train: int = 280, n_val: int = 8
         rng.shuffle(labels)
         np.save(folder / f"{name}_images.npy", synth_images(labels, size, rng))
         np.save(folder / f"{name}_labels.npy", labels)
-        rows = ["image_id,lesion_id,dx,label,sha256"] + [
-            f"SYN_{name}_{i:05d},SYNL_{name}_{i:05d},{CLASSES[l]},{l},{i:064x}" for i, l in enumerate(labels)
+        # Clinical context, as preprocess writes it: age drifts with the class (like nv vs bcc),
+        # some values unknown, sites from both archives' vocabularies.
+        ages = [("" if i % 11 == 0 else f"{25 + 7 * l + int(rng.integers(0, 10))}.0") for i, l in enumerate(labels)]
+        sites = ["back", "face", "lower extremity", "posterior torso", "unknown"]
+        rows = ["image_id,lesion_id,dx,label,sha256,age,sex,localization"] + [
+            f"SYN_{name}_{i:05d},SYNL_{name}_{i:05d},{CLASSES[l]},{l},{i:064x},{ages[i]},"
+            f"{('male', 'female', 'unknown')[i % 3]},{sites[i % len(sites)]}" for i, l in enumerate(labels)
         ]
         (folder / f"{name}_index.csv").write_text("\n".join(rows) + "\n")
         summary["splits"][name] = {c: int((labels == j).sum()) for j, c in enumerate(CLASSES)}

@@ -78,6 +78,12 @@ def test_evaluation_outputs(trained):
     op = report["melanoma_operating_point"]
     assert op["val_sensitivity"] >= 0.9 and 0 <= op["test_sensitivity"] <= 1
     assert report["model"]["arch"] == "dermanet"
+    # The served model fuses the network with the descriptor model; the report also gives the
+    # image-only path (no clinical context) and the network alone, so the fusion's gain is visible.
+    assert report["model"]["descriptor_model"] is True and set(report["model"]["fusion"]) >= {"cnn_scale", "class_bias"}
+    for part in ("image_only", "network_only"):
+        assert 0.0 <= report[part]["balanced_accuracy"] <= 1.0 and 0.5 < report[part]["macro_auc"] <= 1.0
+    assert report["image_only"]["clinical_context_used"] is True
 
     metric = [m for m in map(contract.parse_metric_line, proc.stdout.splitlines()) if m]
     assert len(metric) == 1 and metric[0]["balanced_accuracy"] == pytest.approx(head["balanced_accuracy"])

@@ -99,7 +99,9 @@ def test_job_writes_mmap_splits_and_quarantines_corrupt_images(job_inputs: dict,
         assert isinstance(images, np.memmap)
         assert images.dtype == np.uint8 and images.shape == (len(index), 16, 16, 3)
         assert labels.dtype == np.int64 and labels.tolist() == index["label"].tolist()
-        assert list(index.columns) == ["image_id", "lesion_id", "dx", "label", "sha256"]
+        assert list(index.columns) == ["image_id", "lesion_id", "dx", "label", "sha256", "age", "sex", "localization"]
+        for column in ("sex", "localization"):  # the clinical context travels with each image
+            assert (index[column].fillna("") == manifest.loc[index["image_id"], column].fillna("").to_numpy()).all()
         assert [CLASSES[k] for k in labels] == index["dx"].tolist()
         assert (index["sha256"] == manifest.loc[index["image_id"], "sha256"].to_numpy()).all()
         assert summary["splits"][split] == {c: int((index["dx"] == c).sum()) for c in CLASSES}

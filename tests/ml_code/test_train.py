@@ -32,7 +32,8 @@ def run_train(tmp: Path, splits: Path | None, hps: dict, ckpt: Path | None = Non
 
 
 def metric_lines(stdout: str) -> list[dict]:
-    return [m for m in map(contract.parse_metric_line, stdout.splitlines()) if m]
+    """The per-epoch metric records (the descriptor model's one record has no epoch)."""
+    return [m for m in map(contract.parse_metric_line, stdout.splitlines()) if m and "epoch" in m]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,13 @@ def test_trains_and_writes_model_dir(splits, tmp_path):
     assert state["fc.weight"].shape == (7, 512)
     assert (model_dir / "code" / "inference.py").read_text() == (REPO / "ml_code" / "inference.py").read_text()
     assert (model_dir / "code" / "requirements.txt").exists()
+    # The descriptor model ships with its reader, and the fusion was fitted on val.
+    assert (model_dir / "code" / "descriptors.py").read_text() == (REPO / "ml_code" / "descriptors.py").read_text()
+    assert (model_dir / "descriptors.npz").is_file()
+    assert set(config["fusion"]) >= {"cnn_scale", "descriptor_scale", "class_bias"}
+    assert len(config["fusion"]["class_bias"]) == 7
+    fused = [m for m in map(contract.parse_metric_line, proc.stdout.splitlines()) if m and "fused_val_macro_auc" in m]
+    assert len(fused) == 1 and 0.5 < fused[0]["fused_val_macro_auc"] <= 1.0
     history = json.loads((tmp_path / "output" / "data" / "history.json").read_text())
     assert [h["epoch"] for h in history["history"]] == [1, 2, 3]
     assert history["best"]["val_balanced_accuracy"] == pytest.approx(best_ba)

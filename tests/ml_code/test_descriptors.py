@@ -1,0 +1,160 @@
+"""The descriptor model: clinical encoding, image descriptors, exported boosted trees, and
+its fusion with the network inside the served model package."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from ml_code import CLASSES, descriptors, inference, models
+from ml_code.train import fit_fusion, write_model_dir
+
+SIZE = 24
+
+
+def test_clinical_features_map_both_archives_onto_one_vocabulary():
+    c = descriptors.clinical_features(
+        age=[63, None, "", 130, "45"],
+        sex=["male", "female", "unknown", None, "MALE"],
+        site=["face", "posterior torso", "unknown", "back", "Lower Extremity"],
+    )
+    names = list(descriptors.CLINICAL_FEATURES)
+    col = {n: c[:, i] for i, n in enumerate(names)}
+    np.testing.assert_array_equal(col["age"][[0, 4]], [63, 45])
+    assert np.isnan(col["age"][1:4]).all()  # missing, empty and out-of-range ages are unknown
+    np.testing.assert_array_equal(col["sex_male"][[0, 1, 4]], [1, 0, 1])
+    assert np.isnan(col["sex_male"][[2, 3]]).all()
+    # HAM10000 'face' and ISIC 'posterior torso' / HAM 'back' land on shared regions.
+    assert col["site_head_neck"][0] == 1 and col["site_torso"][0] == 0
+    assert col["site_torso"][1] == 1 and col["site_posterior_torso"][1] == 1 and col["site_anterior_torso"][1] == 0
+    assert col["site_posterior_torso"][3] == 1
+    assert col["site_lower_extremity"][4] == 1
+    site_cols = [i for i, n in enumerate(names) if n.startswith("site_")]
+    assert np.isnan(c[2, site_cols]).all()  # 'unknown' site -> every site column unknown
+
+
+def test_clinical_features_reject_ragged_input():
+    with pytest.raises(ValueError, match="one value per image"):
+        descriptors.clinical_features([1, 2], ["male"], None)
+
+
+def test_image_descriptors_are_orientation_invariant_and_checked():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(5, 32, 32, 3), dtype=np.uint8)
+    d = descriptors.image_descriptors(images)
+    assert d.shape == (5, descriptors.descriptor_count()) and d.dtype == np.float32
+    assert np.isfinite(d).all()
+    for turned in (images[:, ::-1], images[:, :, ::-1], np.rot90(images, 1, axes=(1, 2))):
+        np.testing.assert_allclose(descriptors.image_descriptors(np.ascontiguousarray(turned)), d, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="uint8"):
+        descriptors.image_descriptors(images.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[descriptors.BoostedTrees, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 6))
+    y = (x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > 0.5).astype(int)  # 4 classes, learnable
+    x[rng.random(x.shape) < 0.1] = np.nan  # missing values take the learned branch
+    return descriptors.BoostedTrees.fit(x, y, 4, max_iter=25, seed=0), x, y
+
+
+def test_exported_trees_reproduce_scikit_learn(fitted):
+    trees, x, y = fitted
+    reference = HistGradientBoostingClassifier(max_iter=25, learning_rate=0.05, max_leaf_nodes=15,
+                                               l2_regularization=1.0, early_stopping=False, random_state=0).fit(x, y)
+    np.testing.assert_allclose(np.exp(trees.log_proba(x)), reference.predict_proba(x), rtol=1e-9, atol=1e-12)
+    assert (trees.log_proba(x).argmax(1) == y).mean() > 0.8
+
+
+def test_trees_round_trip_through_a_plain_npz(fitted, tmp_path):
+    trees, x, _ = fitted
+    trees.save(tmp_path / "descriptors.npz")
+    with np.load(tmp_path / "descriptors.npz", allow_pickle=False) as data:  # no object arrays inside
+        assert all(data[k].dtype != object for k in data.files)
+    loaded = descriptors.BoostedTrees.load(tmp_path / "descriptors.npz")
+    np.testing.assert_array_equal(loaded.log_proba(x), trees.log_proba(x))
+    with pytest.raises(ValueError, match=r"expects \(N, 6\)"):
+        loaded.log_proba(x[:, :5])
+
+
+def test_fit_needs_every_class():
+    with pytest.raises(ValueError, match="every one of 3 classes"):
+        descriptors.BoostedTrees.fit(np.zeros((10, 2)), np.array([0, 1] * 5), 3)
+
+
+def test_fusion_fit_learns_to_trust_the_informative_model():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 600)
+    good = np.log(np.full((600, 3), 0.1) + 0.7 * np.eye(3)[y])  # right most of the time
+    noise = np.log(rng.dirichlet(np.ones(3), 600))  # says nothing about y
+    fusion = fit_fusion(good, noise, y, 3, balance=0.0)
+    assert fusion["cnn_scale"] > 5 * max(fusion["descriptor_scale"], 1e-3)
+    fused = inference.fuse_log_probs(good, noise, fusion)
+    np.testing.assert_allclose(fused.sum(1), 1.0)
+    assert (fused.argmax(1) == y).mean() > 0.95
+
+
+@pytest.fixture(scope="module")
+def fused_model_dir(tmp_path_factory) -> Path:
+    """A model dir with a descriptor model, exactly as train.py writes one."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    net = models.build_model("dermanet", len(CLASSES))
+    images = rng.integers(0, 255, size=(70, SIZE, SIZE, 3), dtype=np.uint8)
+    labels = np.arange(70) % len(CLASSES)
+    clinical = descriptors.clinical_features(30 + labels * 8, ["male", "female"] * 35, ["back"] * 70)
+    trees = descriptors.BoostedTrees.fit(descriptors.descriptor_matrix(images, clinical), labels, len(CLASSES), max_iter=5)
+    folder = tmp_path_factory.mktemp("fused")
+    config = {"arch": "dermanet", "classes": list(CLASSES), "image_size": SIZE, "mean": [0.6] * 3, "std": [0.2] * 3,
+              "temperature": 1.3, "descriptors": {"file": "descriptors.npz", "version": descriptors.DESCRIPTOR_VERSION},
+              "fusion": {"cnn_scale": 0.6, "descriptor_scale": 0.8, "class_bias": [0.1 * i for i in range(7)]}}
+    write_model_dir(folder, net.state_dict(), config, trees)
+    return folder
+
+
+def _jpeg(seed: int) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, size=(60, 80, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_served_package_fuses_network_and_descriptors(fused_model_dir):
+    served = inference.model_fn(str(fused_model_dir))
+    assert served.descriptor_model is not None
+    body = _jpeg(4)
+    request = json.dumps({"image": base64.b64encode(body).decode(), "age": 70, "sex": "male", "anatom_site": "face"})
+    with_context = inference.predict_fn(inference.input_fn(request.encode(), "application/json"), served)
+    bare = inference.predict_fn(inference.input_fn(body, "image/jpeg"), served)
+
+    pixels = inference.load_image_square(body, SIZE)[None]
+    x = inference.preprocess_array(pixels, served)
+    with torch.no_grad():
+        cnn = torch.log_softmax(served(x).float(), 1).numpy()
+    clinical = descriptors.clinical_features([70], ["male"], ["face"])
+    desc = served.descriptor_model.log_proba(descriptors.descriptor_matrix(pixels, clinical))
+    np.testing.assert_allclose(with_context, inference.fuse_log_probs(cnn, desc, served.fusion), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(with_context, bare)  # the clinical context reaches the descriptor model
+    out = json.loads(inference.output_fn(with_context, "application/json"))
+    assert set(out["probabilities"]) == set(CLASSES)
+
+
+@pytest.mark.parametrize("request_body,problem", [
+    (b"not json", "not valid JSON"),
+    (json.dumps({"age": 50}).encode(), '"image"'),
+    (json.dumps({"image": "@@@"}).encode(), "base64"),
+    (json.dumps({"image": "aGk=", "patient_id": "x"}).encode(), "unknown fields"),
+    (json.dumps({"image": "aGk=", "age": 400}).encode(), '"age"'),
+])
+def test_bad_json_requests_say_what_is_wrong(request_body, problem):
+    with pytest.raises(ValueError, match=problem):
+        inference.input_fn(request_body, "application/json")
