@@ -6,6 +6,7 @@
     dermaops traffic --endpoint URL --images DIR [...]
     dermaops retrain --reason manual
     dermaops alerts
+    dermaops score --images DIR [--labels CSV] [--version N | --model PATH] [--out DIR]
 """
 
 from __future__ import annotations
@@ -98,6 +99,32 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score a registered model package (default: the newest Approved) on an external set."""
+    import tempfile
+
+    from ml_code.score import score
+
+    model_path = Path(args.model) if args.model else None
+    with tempfile.TemporaryDirectory(prefix="dermaops-score-") as tmp:
+        if model_path is None:
+            resources = _resources()
+            group = Settings.from_env().model_package_group
+            package = (resources["registry"].get(group, args.version) if args.version
+                       else resources["registry"].latest(group, "Approved"))
+            if package is None:
+                print(f"no Approved package in {group}; pass --version N or --model PATH", file=sys.stderr)
+                return 2
+            model_path = Path(tmp) / "model.tar.gz"
+            model_path.write_bytes(resources["store"].get_bytes(package.model_uri))
+            print(f"scoring {group} v{package.version} ({package.status})")
+        out = Path(args.out or Path(Settings.from_env().home) / "scores" / Path(args.images).name)
+        result = score(model_path, Path(args.images), out, Path(args.labels) if args.labels else None, args.tta_views)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=float))
+    print(f"predictions (ISIC challenge format): {out / 'predictions.csv'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dermaops", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     al = sub.add_parser("alerts", help="print the most recent local alerts")
     al.add_argument("--last", type=int, default=20)
+
+    sc = sub.add_parser("score", help="score a model package on an external image set (ISIC-format predictions)")
+    sc.add_argument("--images", required=True, help="folder of JPEG/PNG images")
+    sc.add_argument("--labels", help="ISIC ground-truth CSV or HAM10000/ISIC metadata CSV (optional)")
+    sc.add_argument("--version", type=int, help="registry package version (default: newest Approved)")
+    sc.add_argument("--model", help="a model.tar.gz instead of a registry package")
+    sc.add_argument("--out", help="output folder (default DERMAOPS_HOME/scores/<images folder name>)")
+    sc.add_argument("--tta-views", type=int, default=2)
     return parser
 
 
@@ -139,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "registry" and args.action == "reject" and not args.reason:
         parser.error("registry reject needs --reason TEXT (it is kept with the package)")
     handler = {"demo-data": cmd_demo_data, "registry": cmd_registry, "endpoint": cmd_endpoint,
-               "retrain": cmd_retrain, "alerts": cmd_alerts}[args.command]
+               "retrain": cmd_retrain, "alerts": cmd_alerts, "score": cmd_score}[args.command]
     return handler(args)
 
 

@@ -347,10 +347,10 @@ def test_spot_interruption_resumes_real_training_from_s3_checkpoints(store, tmp_
         return runner.run(spec, store, on_log=logs.append), logs
 
     first, _ = job(2)
-    assert [m["epoch"] for m in first.metrics] == [1, 2]
+    assert [m["epoch"] for m in first.metrics if "epoch" in m] == [1, 2]
     assert {o.key.rsplit("/", 1)[1] for o in store.list(checkpoint_uri)} >= {"checkpoint-epoch-0002.pt"}
     second, logs = job(4)
     assert any("continuing at epoch 3" in line for line in logs), logs[-10:]
-    assert [m["epoch"] for m in second.metrics] == [3, 4]
+    assert [m["epoch"] for m in second.metrics if "epoch" in m] == [3, 4]
     history = store.get_json(second.output_uris["output"] + "/history.json")
     assert [h["epoch"] for h in history["history"]] == [1, 2, 3, 4]

@@ -16,6 +16,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from ml_code import CLASSES, descriptors, inference, models
 from ml_code.train import fit_fusion, write_model_dir
+from tests.conftest import HAM10000, requires_ham10000
 
 SIZE = 24
 
@@ -158,3 +159,18 @@ def test_served_package_fuses_network_and_descriptors(fused_model_dir):
 def test_bad_json_requests_say_what_is_wrong(request_body, problem):
     with pytest.raises(ValueError, match=problem):
         inference.input_fn(request_body, "application/json")
+
+
+@requires_ham10000
+def test_every_ham10000_site_maps_to_a_region():
+    """Real metadata: no body site silently falls through to 'unknown' except HAM10000's own 'unknown'."""
+    import pandas as pd
+
+    meta = pd.read_csv(HAM10000 / "HAM10000_metadata.csv")
+    sites = sorted(meta["localization"].dropna().unique())
+    members = {m for group in descriptors.SITE_REGIONS.values() for m in group}
+    assert [s for s in sites if s not in members] == ["unknown"]
+    c = descriptors.clinical_features(meta["age"].tolist(), meta["sex"].tolist(), meta["localization"].tolist())
+    known = ~np.isnan(c[:, 2:]).all(1)
+    assert known.sum() == (meta["localization"] != "unknown").sum()
+    assert np.isnan(c[:, 0]).sum() == meta["age"].isna().sum()  # 57 ages missing in the official file
