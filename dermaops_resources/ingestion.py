@@ -53,8 +53,9 @@ def ingest_dataset(source_uri: str, store: ObjectStore, salt: str, limits: inges
                    max_workers: int = 8) -> tuple[RawImagesHandle, IngestStats]:
     """Validate every metadata row and image of ``source_uri``; store accepted images once.
 
-    Works the same for a local folder and an ``s3://`` prefix; the per-row rules are
-    ``ml_code.ingest``'s, shared with ``ingest_folder``."""
+    Works the same for a local folder and an ``s3://`` prefix; the per-row and per-file
+    rules are ``ml_code.ingest``'s. Two rows whose files have identical bytes keep only
+    the first (the same picture under two ids would otherwise leak across splits)."""
     limits = limits or ingest.ImageLimits()
     source = RawSource(source_uri)
     name = source.metadata_name()

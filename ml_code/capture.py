@@ -215,3 +215,26 @@ def capture_schema():
 def validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Validate parsed rows against :func:`capture_schema` (raises pandera SchemaErrors, lazily)."""
     return capture_schema().validate(rows, lazy=True)
+
+
+# -- inference-log parts ------------------------------------------------------------------
+
+def rows_to_parquet_bytes(rows: pd.DataFrame) -> bytes:
+    """Validated capture rows as the bytes of one inference-log part (``parts/<seq>.parquet``).
+
+    Parquet keeps the dtypes ``validate_rows`` established (tz-aware UTC times, int64
+    versions, float features), so the monitors read back exactly what was validated, and
+    lets them read only the columns they need."""
+    buf = io.BytesIO()
+    rows.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def views_to_npy_bytes(views: np.ndarray) -> bytes:
+    """Model-view images (N, size, size, 3) uint8 as the bytes of one ``parts/<seq>.npy``.
+
+    Stored beside the parquet part, row for row, so drift can embed what the model saw
+    without decoding the captured JPEG/PNG bodies again."""
+    buf = io.BytesIO()
+    np.save(buf, views)
+    return buf.getvalue()

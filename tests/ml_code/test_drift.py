@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 from ml_code.drift import (
-    DriftThresholds, _mmd2_batch, drift_verdict, feature_drift, ks_test, mmd_test, prediction_drift, psi,
-    psi_edges, write_constraint_violations,
+    DriftThresholds, _mmd2_batch, drift_report_markdown, drift_verdict, feature_drift, ks_test, mmd_test,
+    prediction_drift, psi, psi_edges, psi_plot_data_uri, write_constraint_violations,
 )
 from ml_code.features import PIXEL_FEATURES, batch_features
 
@@ -118,3 +118,17 @@ def test_embedding_drift_alone_triggers(baseline_features) -> None:
     mmd = mmd_test(rng.normal(size=(300, 8)), rng.normal(1.0, 1.0, size=(80, 8)))
     v = drift_verdict(80, [], mmd=mmd)
     assert v.drift_detected and any("MMD" in r for r in v.reasons)
+
+
+def test_drift_report_markdown_and_psi_plot(baseline_features) -> None:
+    cur = batch_features(contrast_stretched(lesion_images(100, seed=21)))[list(PIXEL_FEATURES)]
+    v = drift_verdict(100, feature_drift(baseline_features, cur, DriftThresholds()))
+    png = psi_plot_data_uri(v)
+    assert png is not None and png.startswith("data:image/png;base64,")
+    md = drift_report_markdown(v, png)
+    assert md.startswith("**Status:** drift - drift score")
+    assert sum(line.endswith("| **yes** |") for line in md.splitlines()) == sum(f.drifted for f in v.features)
+    assert md.endswith(f"![PSI per feature]({png})")
+    empty = drift_verdict(10)
+    assert psi_plot_data_uri(empty) is None
+    assert "| feature |" not in drift_report_markdown(empty, None)

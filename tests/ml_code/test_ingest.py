@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +11,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ml_code.demo_data import generate_demo_dataset
 from ml_code.ingest import (
-    MANIFEST_SCHEMA,
     METADATA_COLUMNS,
     ImageLimits,
     ImageRejected,
     MetadataError,
     detect_layout,
     find_image_file,
-    ingest_folder,
     inspect_image,
-    manifest_hash,
     normalise_metadata,
     patient_ref,
 )
@@ -208,42 +203,3 @@ def test_find_image_file_looks_in_ham10000_folders(tmp_path: Path) -> None:
     assert find_image_file(tmp_path / "images", "ISIC_1") == tmp_path / "images" / "ISIC_1.jpg"
     assert find_image_file(tmp_path, "ISIC_4") is None
     assert find_image_file(tmp_path, "../images/ISIC_1") is None
-
-
-# ----------------------------------------------------------------------------- folder + manifest
-
-
-def test_ingest_folder_quarantines_bad_files_and_hash_is_order_independent(tmp_path: Path) -> None:
-    root = generate_demo_dataset(tmp_path / "demo", n_lesions_per_class=2, images_per_lesion=(1, 2),
-                                 image_size=(64, 48), seed=1)
-    meta = pd.read_csv(root / "HAM10000_metadata.csv", dtype=str)
-    truncated, missing, garbage, dup = meta["image_id"].iloc[:4]
-    path = root / "images" / f"{truncated}.jpg"
-    path.write_bytes(path.read_bytes()[:300])
-    (root / "images" / f"{missing}.jpg").unlink()
-    (root / "images" / f"{garbage}.jpg").write_bytes(b"\x89PNG not really")
-    shutil.copy(root / "images" / f"{meta['image_id'].iloc[5]}.jpg", root / "images" / f"{dup}.jpg")
-
-    result = ingest_folder(root, salt=SALT)
-    assert result.layout == "ham10000"
-    MANIFEST_SCHEMA.validate(result.manifest)
-    assert len(result.manifest) == len(meta) - 4
-    q = result.quarantine
-    assert "truncated or corrupt" in _reason(q, truncated)
-    assert "no image file" in _reason(q, missing)
-    assert "not a recognisable image" in _reason(q, garbage)
-    # the first row with those bytes is kept, the later one quarantined
-    assert f"same bytes as image {dup!r}" in _reason(q, meta["image_id"].iloc[5])
-    assert set(q["stage"]) == {"image"}
-    assert all(result.files[i].is_file() for i in result.manifest["image_id"])
-
-    h = manifest_hash(result.manifest)
-    assert h == manifest_hash(result.manifest.sample(frac=1, random_state=0))
-    changed = result.manifest.copy()
-    changed.loc[0, "dx"] = "nv" if changed.loc[0, "dx"] != "nv" else "mel"
-    assert manifest_hash(changed) != h
-
-
-def test_ingest_folder_without_metadata_raises(tmp_path: Path) -> None:
-    with pytest.raises(MetadataError, match="no metadata file"):
-        ingest_folder(tmp_path, salt=SALT)

@@ -17,7 +17,9 @@ from PIL import Image
 
 from ml_code import CLASSES
 from ml_code.demo_data import generate_demo_dataset
-from ml_code.ingest import canonical_manifest_csv, ingest_folder
+from dermaops_resources.ingestion import ingest_dataset
+from dermaops_resources.object_store import LocalObjectStore
+from ml_code.ingest import canonical_manifest_csv
 from ml_code.preprocess import load_image_square
 from ml_code.splits import check_no_leakage
 
@@ -27,17 +29,15 @@ SPLITS = ("train", "val", "test")
 
 @pytest.fixture(scope="module")
 def job_inputs(tmp_path_factory) -> dict[str, Path]:
-    """A tiny demo set, ingested into a content-addressed images folder + manifest.csv."""
+    """A tiny demo set, ingested (as ``raw_images`` does) into a local store's content-addressed
+    images prefix, plus a manifest.csv folder the test can tamper with."""
     base = tmp_path_factory.mktemp("pre")
     source = generate_demo_dataset(base / "source", n_lesions_per_class=5, images_per_lesion=(1, 2),
                                    image_size=(60, 45), seed=4)
-    result = ingest_folder(source, salt="t")
-    images = base / "images"
-    for row in result.manifest.itertuples():
-        dst = images / row.image_key
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_bytes(result.files[row.image_id].read_bytes())
-    manifest = result.manifest.copy()
+    store = LocalObjectStore(root=str(base / "store"))
+    handle, _ = ingest_dataset(str(source), store, salt="t")
+    images = store.local_path(handle.images_prefix_uri)
+    manifest = pd.read_csv(store.local_path(handle.manifest_uri), dtype=str, keep_default_na=False)
     # an image that passed ingestion but is corrupt in the store now (sha no longer matches) ...
     tampered = manifest.iloc[0]
     (images / tampered.image_key).write_bytes(b"garbage")

@@ -82,6 +82,48 @@ def test_reingesting_unchanged_data_copies_nothing_and_keeps_the_version(demo: P
     assert store.get_bytes(first.manifest_uri) == store.get_bytes(second.manifest_uri)
 
 
+def _published_manifest(store: LocalObjectStore, manifest_uri: str) -> pd.DataFrame:
+    """The published manifest.csv with the manifest schema's column types."""
+    manifest = pd.read_csv(store.local_path(manifest_uri), dtype=str, keep_default_na=False)
+    manifest["age"] = pd.to_numeric(manifest["age"], errors="coerce").astype(float)
+    for c in ("width", "height"):
+        manifest[c] = manifest[c].astype("int64")
+    return ingest.MANIFEST_SCHEMA.validate(manifest)
+
+
+def test_bad_files_and_duplicate_bytes_are_quarantined_and_hash_is_order_independent(tmp_path: Path) -> None:
+    root = generate_demo_dataset(tmp_path / "demo", n_lesions_per_class=2, images_per_lesion=(1, 2),
+                                 image_size=(64, 48), seed=1)
+    meta = pd.read_csv(root / "HAM10000_metadata.csv", dtype=str)
+    truncated, missing, garbage, dup = meta["image_id"].iloc[:4]
+    path = root / "images" / f"{truncated}.jpg"
+    path.write_bytes(path.read_bytes()[:300])
+    (root / "images" / f"{missing}.jpg").unlink()
+    (root / "images" / f"{garbage}.jpg").write_bytes(b"\x89PNG not really")
+    shutil.copy(root / "images" / f"{meta['image_id'].iloc[5]}.jpg", root / "images" / f"{dup}.jpg")
+
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    handle, _ = ingest_dataset(str(root), store, salt="test-salt")
+    assert handle.source_layout == "ham10000"
+    manifest = _published_manifest(store, handle.manifest_uri)
+    assert len(manifest) == handle.num_images == len(meta) - 4
+    q = pd.read_csv(store.local_path(handle.quarantine_uri), dtype=str)
+    reasons = {i: " | ".join(q.loc[q["image_id"] == i, "reason"]) for i in q["image_id"]}
+    assert "truncated or corrupt" in reasons[truncated]
+    assert "no image file" in reasons[missing]
+    assert "not a recognisable image" in reasons[garbage]
+    # the first row with those bytes is kept, the later one quarantined
+    assert f"same bytes as image {dup!r}" in reasons[meta["image_id"].iloc[5]]
+    assert set(q["stage"]) == {"image"}
+    assert all(store.exists(store.uri("raw", f"images/{key}")) for key in manifest["image_key"])
+
+    h = ingest.manifest_hash(manifest)
+    assert h == handle.manifest_hash == ingest.manifest_hash(manifest.sample(frac=1, random_state=0))
+    changed = manifest.copy()
+    changed.loc[0, "dx"] = "nv" if changed.loc[0, "dx"] != "nv" else "mel"
+    assert ingest.manifest_hash(changed) != h
+
+
 def test_missing_metadata_is_a_clear_error(tmp_path: Path) -> None:
     from dermaops_resources.raw_source import RawSourceError
 

@@ -1,0 +1,169 @@
+"""Store- and registry-aware reads of the monitoring assets (``dermaops_assets.monitoring``).
+
+They live here, not in the assets module, so that the asset bodies stay short (call these,
+call ``ml_code``, turn results into metadata) and so that other monitors, sensors and tests
+read the inference log, baselines and labels exactly the way the assets do. The statistics
+themselves stay in ``ml_code`` (no Dagster, no object store there).
+
+Layout in the object store (all written by the monitoring assets):
+
+- ``logs/monitoring/inference_log/cursor.json``: last capture key read, number of parts, totals.
+- ``logs/monitoring/inference_log/parts/<seq:08d>.parquet`` and ``.npy``: validated capture
+  rows and the model-view images of the same rows, in the same order.
+- ``models/baselines/by-model/<model_hash>.json``: the ``BaselineHandle`` of each trained model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from .handles import EndpointHandle
+from .monitoring_handles import BaselineHandle
+from .object_store import ObjectStore
+from .registry import ModelRegistry, RegistryError
+from .settings import Settings
+
+LOG_PREFIX = "monitoring/inference_log"
+"""Key prefix (``logs`` bucket) of the inference log: ``cursor.json`` and ``parts/``."""
+CURSOR_KEY = f"{LOG_PREFIX}/cursor.json"
+BASELINE_INDEX = "baselines/by-model"
+"""Key prefix (``models`` bucket) of the baseline index: ``<model_hash>.json`` -> ``BaselineHandle``."""
+
+
+def get_json_or_default(store: ObjectStore, uri: str, default: Any) -> Any:
+    """``store.get_json(uri)``, or ``default`` when the object does not exist yet.
+
+    The monitors start from nothing (no cursor before the first log run, no baseline index
+    entry for an old model), and "missing" looks different per backend: a local store
+    raises FileNotFoundError, S3 a botocore ClientError saying NoSuchKey/404. Any other
+    error is real and propagates."""
+    try:
+        return store.get_json(uri)
+    except FileNotFoundError:
+        return default
+    except Exception as exc:  # S3 NoSuchKey surfaces as a botocore ClientError
+        if "NoSuchKey" in str(exc) or "404" in str(exc):
+            return default
+        raise
+
+
+def local_copy(store: ObjectStore, uri: str, scratch: Path) -> Path:
+    """A filesystem path holding the object's bytes: the object itself on a local store
+    (no copy), else a download into ``scratch``. Model packages are large, so the local
+    backend must not copy them."""
+    return store.local_path(uri) or store.download_file(uri, scratch / Path(uri).name)
+
+
+def read_model_config(store: ObjectStore, model_uri: str, scratch: Path) -> dict[str, Any]:
+    """``model_config.json`` from inside a model.tar.gz, without extracting the weights.
+
+    The inference log needs only the served image size, and the package may be hundreds of
+    MB; a package without the file is not a DermaOps model, which fails the run (dg.Failure)
+    with a message saying so."""
+    with tarfile.open(local_copy(store, model_uri, scratch), "r:*") as tar:
+        for name in ("model_config.json", "./model_config.json"):
+            try:
+                member = tar.extractfile(name)
+            except KeyError:
+                continue
+            if member is not None:
+                return json.loads(member.read())
+    raise dg.Failure(f"{model_uri} has no model_config.json; it is not a DermaOps model package.")
+
+
+def baseline_for_deployed_model(store: ObjectStore, registry: ModelRegistry, endpoint: EndpointHandle,
+                                fallback: BaselineHandle, log) -> tuple[BaselineHandle, bool]:
+    """(baseline of the deployed package's model, whether it matches that model).
+
+    The endpoint may serve an older (or rolled-back) package than the latest trained model,
+    and drift must be measured against the baseline of the model actually serving: looked up
+    by model hash in the baseline index. Without one, ``fallback`` (the latest baseline) is
+    still fine for input features but not for embeddings or predictions, so ``False`` tells
+    the caller to skip those, and a warning says how to fix it."""
+    try:
+        package = registry.get(Settings.from_env().model_package_group, endpoint.package_version)
+        model_hash = package.model_hash
+    except RegistryError:
+        model_hash = ""
+    if model_hash:
+        found = get_json_or_default(store, store.uri("models", f"{BASELINE_INDEX}/{model_hash}.json"), None)
+        if found:
+            return BaselineHandle.model_validate(found), True
+    if fallback.model_hash == model_hash or fallback.model_uri == endpoint.model_uri:
+        return fallback, True
+    log.warning(f"No baseline for the deployed model (v{endpoint.package_version}); comparing input features "
+                f"with the latest baseline ({fallback.model_hash[:12]}) and skipping embedding/prediction drift. "
+                "Materialize model_baseline for the deployed model to fix this.")
+    return fallback, False
+
+
+def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int | None = None,
+                       since: datetime | None = None, with_images: bool = False,
+                       columns: list[str] | None = None) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """The most recent inference-log rows (and model-view images): newest part first, until
+    ``max_rows`` rows or a part entirely older than ``since``.
+
+    The log only grows, and the monitors look at a recent window, so reading backwards from
+    the cursor's last part keeps a run's cost bounded by the window, not by the log's age.
+    Rows come back in log order (oldest first); with ``max_rows`` only the newest rows are
+    kept, and their images stay aligned with them."""
+    frames: list[pd.DataFrame] = []
+    images: list[np.ndarray] = []
+    n = 0
+    for seq in range(int(cursor.get("parts", 0)) - 1, -1, -1):
+        base = store.uri("logs", f"{LOG_PREFIX}/parts/{seq:08d}")
+        frame = pd.read_parquet(io.BytesIO(store.get_bytes(base + ".parquet")), columns=columns)
+        imgs = np.load(io.BytesIO(store.get_bytes(base + ".npy"))) if with_images else None
+        if since is not None:
+            keep = (frame["inference_time"] >= since).to_numpy()
+            frame = frame[keep]
+            imgs = imgs[keep] if imgs is not None else None
+        frames.append(frame)
+        if imgs is not None:
+            images.append(imgs)
+        n += len(frame)
+        if (max_rows is not None and n >= max_rows) or (since is not None and len(frame) == 0):
+            break
+    if not frames:
+        return pd.DataFrame(columns=columns or []), []
+    rows = pd.concat(frames[::-1], ignore_index=True)
+    images = images[::-1]
+    if max_rows is not None and len(rows) > max_rows:
+        cut = len(rows) - max_rows
+        rows = rows.iloc[cut:].reset_index(drop=True)
+        flat = [img for part in images for img in part][cut:]
+        images = [np.stack(flat)] if flat else []
+    return rows, images
+
+
+def read_labels(store: ObjectStore, labels_uri: str) -> pd.DataFrame:
+    """All ``inference_id,label`` CSVs in the labels landing location (folder or store prefix).
+
+    Ground truth arrives late and in batches from whoever reviews the cases, as CSV files
+    dropped into ``DERMAOPS_LABELS_URI`` (a local folder, a ``file://`` or an ``s3://``
+    prefix). Files without both columns and hidden files (partial uploads) are ignored; a
+    label for the same inference id in a later file (key/name order) wins, so a correction is
+    just another file."""
+    frames: list[pd.DataFrame] = []
+    if labels_uri.startswith(("s3://", "file://")):
+        for obj in store.list(labels_uri):
+            if obj.key.endswith(".csv") and not obj.key.rsplit("/", 1)[-1].startswith("."):
+                frames.append(pd.read_csv(io.BytesIO(store.get_bytes(obj.uri)), dtype=str))
+    else:
+        folder = Path(labels_uri)
+        for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+            if not path.name.startswith("."):
+                frames.append(pd.read_csv(path, dtype=str))
+    frames = [f for f in frames if {"inference_id", "label"} <= set(f.columns)]
+    if not frames:
+        return pd.DataFrame({"inference_id": pd.Series(dtype=str), "label": pd.Series(dtype=str)})
+    return pd.concat(frames, ignore_index=True)[["inference_id", "label"]].drop_duplicates("inference_id", keep="last")

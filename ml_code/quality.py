@@ -1,0 +1,46 @@
+"""Live model quality: captured predictions scored against ground-truth labels that arrive late.
+
+Used by the ``model_quality_report`` monitoring asset, which joins the inference log to
+the labels by inference id; the functions here only see that joined table (columns
+``inference_time``, ``label``, ``predicted_class``), so they can be tested and reused
+without a store or Dagster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+QUALITY_WINDOW_COLUMNS: tuple[str, ...] = ("window", "n", "accuracy", "balanced_accuracy")
+"""Columns of ``quality_by_window``'s table (also of the empty table when nothing is labelled)."""
+
+
+def quality_by_window(joined: pd.DataFrame, freq: str = "D") -> pd.DataFrame:
+    """Accuracy and balanced accuracy per time window (rows need inference_time, label, predicted_class).
+
+    One number over the whole look-back hides *when* quality fell; per window (daily by
+    default, ``freq`` is a pandas offset alias) a drop shows up as the day it started.
+    Balanced accuracy as scikit-learn computes it, the same definition as the evaluation's."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    out = []
+    for window, grp in joined.groupby(joined["inference_time"].dt.floor(freq)):
+        out.append({"window": window, "n": len(grp),
+                    "accuracy": float((grp["label"] == grp["predicted_class"]).mean()),
+                    "balanced_accuracy": float(balanced_accuracy_score(grp["label"], grp["predicted_class"]))})
+    return pd.DataFrame(out, columns=list(QUALITY_WINDOW_COLUMNS))
+
+
+def quality_report_markdown(status: str, n_labelled: int, model_version: Any, reference: float | None,
+                            table: pd.DataFrame) -> str:
+    """The quality report as Markdown: status line with the reference balanced accuracy, then
+    one table row per window of ``table`` (from ``quality_by_window``).
+
+    It is what the operator reads on the ``model_quality_report`` materialization; the
+    reference is the deployed package's evaluation figure, or None when it has none."""
+    md = [f"**Status:** {status}: {n_labelled} labelled predictions of v{model_version}; reference "
+          f"balanced accuracy {reference if reference is None else f'{reference:.3f}'}", "",
+          "| window | n | accuracy | balanced accuracy |", "|---|---|---|---|"]
+    md += [f"| {r.window} | {r.n} | {r.accuracy:.3f} | {r.balanced_accuracy:.3f} |" for r in table.itertuples()]
+    return "\n".join(md)

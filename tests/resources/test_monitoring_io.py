@@ -1,0 +1,65 @@
+"""Store-aware reads of the monitoring assets: labels, JSON that may not exist yet, the inference log."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dermaops_resources.monitoring_io import LOG_PREFIX, get_json_or_default, load_inference_log, read_labels
+from dermaops_resources.object_store import LocalObjectStore
+from ml_code.capture import rows_to_parquet_bytes, views_to_npy_bytes
+
+
+def test_read_labels_from_folder_and_store_prefix(tmp_path: Path) -> None:
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    (folder / "a.csv").write_text("inference_id,label\ni1,mel\ni2,nv\n")
+    (folder / "b.csv").write_text("inference_id,label,reviewer\ni2,bcc,x\n")  # a later correction wins
+    (folder / ".partial.csv").write_text("inference_id,label\ni3,df\n")  # hidden: an upload in progress
+    (folder / "other.csv").write_text("id,dx\ni4,vasc\n")  # not a labels file
+    labels = read_labels(LocalObjectStore(root=str(tmp_path / "store")), str(folder))
+    assert dict(zip(labels["inference_id"], labels["label"])) == {"i1": "mel", "i2": "bcc"}
+
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    store.put_bytes("logs", "labels/x.csv", (folder / "a.csv").read_bytes())
+    store.put_bytes("logs", "labels/y.csv", (folder / "b.csv").read_bytes())
+    labels = read_labels(store, store.uri("logs", "labels"))
+    assert dict(zip(labels["inference_id"], labels["label"])) == {"i1": "mel", "i2": "bcc"}
+
+    empty = read_labels(store, str(tmp_path / "nowhere"))
+    assert list(empty.columns) == ["inference_id", "label"] and empty.empty
+
+
+def test_get_json_or_default(tmp_path: Path) -> None:
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    uri = store.uri("logs", "x/cursor.json")
+    assert get_json_or_default(store, uri, {"parts": 0}) == {"parts": 0}
+    store.put_json("logs", "x/cursor.json", {"parts": 2})
+    assert get_json_or_default(store, uri, None) == {"parts": 2}
+
+
+def test_load_inference_log_newest_rows_with_aligned_images(tmp_path: Path) -> None:
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    start = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    for seq in range(3):  # 4 rows per part, image pixel value = global row number
+        n0 = 4 * seq
+        rows = pd.DataFrame({"inference_time": [start + timedelta(hours=n0 + i) for i in range(4)],
+                             "inference_id": [f"i{n0 + i}" for i in range(4)]})
+        views = np.stack([np.full((2, 2, 3), n0 + i, np.uint8) for i in range(4)])
+        store.put_bytes("logs", f"{LOG_PREFIX}/parts/{seq:08d}.npy", views_to_npy_bytes(views))
+        store.put_bytes("logs", f"{LOG_PREFIX}/parts/{seq:08d}.parquet", rows_to_parquet_bytes(rows))
+    cursor = {"parts": 3}
+
+    rows, images = load_inference_log(store, cursor, max_rows=6, with_images=True)
+    assert rows["inference_id"].tolist() == [f"i{k}" for k in range(6, 12)]
+    assert np.concatenate(images)[:, 0, 0, 0].tolist() == list(range(6, 12))
+
+    rows, images = load_inference_log(store, cursor, since=start + timedelta(hours=9), columns=["inference_time",
+                                                                                               "inference_id"])
+    assert rows["inference_id"].tolist() == ["i9", "i10", "i11"] and images == []
+
+    rows, images = load_inference_log(store, {"parts": 0}, columns=["inference_id"])
+    assert rows.empty and list(rows.columns) == ["inference_id"] and images == []
