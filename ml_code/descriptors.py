@@ -6,8 +6,9 @@ images learns shape and texture but is weak on global colour statistics, and it 
 sees the patient's age or the body site, which dermatologists weigh heavily (melanocytic
 naevi are mostly in the young; actinic keratoses and basal cell carcinomas on the
 sun-exposed head and neck of older patients). A boosted-tree model over a few hundred
-descriptors is cheap (about a minute on 2 CPU cores) and its errors differ from the
-CNN's, so the two fuse well (``ml_code.train`` fits the fusion on validation).
+descriptors is cheap (about two minutes on 2 CPU cores) and its errors differ from the
+CNN's, so the two fuse well (``ml_code.train`` fits the fusion on validation). On HAM10000
+it is about as good as the network on its own (test macro AUC 0.94 against 0.92).
 
 This file ships inside ``model.tar.gz`` next to ``code/inference.py`` and must stay
 NumPy-only at prediction time: :class:`BoostedTrees` evaluates the exported trees itself,
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-DESCRIPTOR_VERSION = 1
+DESCRIPTOR_VERSION = 2
 
 #: Coarse body regions shared by both archives. HAM10000 ``localization`` and ISIC
 #: ``anatom_site_general`` values map onto these; a value not listed is unknown.
@@ -116,12 +117,14 @@ def _rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 
 def image_descriptors(images: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """``(N, F)`` float32 colour/texture descriptors of uint8 ``(N, S, S, 3)`` lesion crops.
+    """``(N, F)`` float32 colour/texture/shape descriptors of uint8 ``(N, S, S, 3)`` lesion crops.
 
-    Per colour channel (RGB, HSV, Lab) and per ring (centre, middle, border): mean, std
-    and 10/50/90th percentiles; an 8-bin histogram of each channel in the centre;
-    gradient-energy statistics (texture, border sharpness) and the dark-area share
-    (pigmented lesion size). All statistics are invariant to flips and quarter turns.
+    Ring statistics: per colour channel (RGB, HSV, Lab) and per ring (centre, middle,
+    border): mean, std and 10/50/90th percentiles; an 8-bin histogram of each channel in the
+    centre; gradient-energy statistics (texture, border sharpness) and the dark-area share.
+    Lesion statistics (:func:`_lesion_features`): the same questions a dermatologist's ABCD
+    checklist asks, on a lesion mask: asymmetry, border, colours, plus local texture.
+    All statistics are invariant to flips and quarter turns.
     """
     arr = np.asarray(images)
     if arr.ndim == 3:
@@ -134,7 +137,7 @@ def image_descriptors(images: np.ndarray, chunk: int = 256) -> np.ndarray:
 
 def descriptor_count() -> int:
     per_channel = len(_RINGS) * (2 + len(_PERCENTILES)) + _HIST_BINS
-    return 9 * per_channel + 5
+    return 9 * per_channel + 5 + _LESION_FEATURES
 
 
 def _descriptor_chunk(x: np.ndarray) -> np.ndarray:
@@ -144,8 +147,9 @@ def _descriptor_chunk(x: np.ndarray) -> np.ndarray:
     radius = np.hypot((yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2))
     rings = [(radius >= lo) & (radius < hi) for lo, hi in _RINGS]
     centre = rings[0]
+    hsv, lab = _rgb_to_hsv(rgb), _rgb_to_lab(rgb)
     feats: list[np.ndarray] = []
-    for space in (rgb, _rgb_to_hsv(rgb), _rgb_to_lab(rgb)):
+    for space in (rgb, hsv, lab):
         for c in range(3):
             chan = space[..., c]
             for ring in rings:
@@ -162,7 +166,121 @@ def _descriptor_chunk(x: np.ndarray) -> np.ndarray:
     inner = rings[0][1:-1, 1:-1]
     dark = gray < 0.85 * gray.reshape(n, -1).mean(1)[:, None, None]
     feats += [grad.mean((1, 2)), grad.std((1, 2)), grad[:, inner].mean(1), dark.mean((1, 2)), dark[:, centre].mean(1)]
+    feats += _lesion_features(x, rgb, hsv, lab)
     return np.stack(feats, axis=1).astype(np.float32)
+
+
+# Dermoscopic colours of the "C" in ABCD (sRGB 0-1): white, red, light brown, dark brown,
+# blue-grey, black. Melanomas tend to show more of them than naevi.
+_DERMOSCOPIC_COLOURS = np.array([[0.95, 0.95, 0.95], [0.80, 0.20, 0.20], [0.71, 0.51, 0.33], [0.40, 0.22, 0.12],
+                                 [0.40, 0.50, 0.60], [0.08, 0.06, 0.06]], np.float32)
+_LBP_CODES = 10  # rotation-invariant uniform LBP over 8 neighbours: 0..8 set bits, 9 = non-uniform
+_LBP_RADII = (1, 2)
+_OTSU_BINS = 64
+#: Names of the :func:`_lesion_features` columns, in order (they follow the ring statistics).
+LESION_FEATURE_NAMES: tuple[str, ...] = (
+    ("area", "at_crop_edge", "centroid_offset", "minor_major_axis", "spread", "compactness",
+     "asymmetry_flip_min", "asymmetry_flip_max", "asymmetry_half_turn", "interior_share", "no_lesion", "all_lesion")
+    + tuple(f"{c}_{stat}" for c in ("L", "a", "b", "saturation") for stat in ("inside", "skin", "contrast", "spread"))
+    + tuple(f"share_{c}" for c in ("white", "red", "light_brown", "dark_brown", "blue_grey", "black"))
+    + ("colour_count", "border_gradient", "interior_gradient", "border_sharpness", "border_gradient_sd")
+    + tuple(f"lbp_r{r}_{c}_{where}" for r in _LBP_RADII for c in range(_LBP_CODES) for where in ("lesion", "crop"))
+)
+_LESION_FEATURES = len(LESION_FEATURE_NAMES)
+
+
+def _box_sum(a: np.ndarray, k: int) -> np.ndarray:
+    """Exact (integer) ``(2k+1)^2`` box sums with reflected edges, so the result is
+    bit-identical under flips and quarter turns."""
+    p = np.pad(a.astype(np.int64), ((0, 0), (k, k), (k, k)), mode="reflect")
+    c = np.pad(p.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+    n, (h, w) = 2 * k + 1, a.shape[1:]
+    return c[:, n:n + h, n:n + w] - c[:, :h, n:n + w] - c[:, n:n + h, :w] + c[:, :h, :w]
+
+
+def _otsu_bins(binned: np.ndarray, bins: int) -> np.ndarray:
+    """Per-row Otsu threshold (a bin index) of integer bin values ``(N, P)`` in ``[0, bins)``."""
+    n = len(binned)
+    offsets = (np.arange(n, dtype=np.int64) * bins)[:, None]
+    hist = np.bincount((binned + offsets).ravel(), minlength=n * bins).reshape(n, bins).astype(np.float64)
+    hist /= hist.sum(1, keepdims=True)
+    w0 = hist.cumsum(1)
+    m0 = (hist * np.arange(bins)).cumsum(1)
+    between = (m0[:, -1:] * w0 - m0) ** 2 / np.maximum(w0 * (1 - w0), 1e-12)
+    return between[:, :-1].argmax(1) + 1
+
+
+def _lbp_riu2(lum: np.ndarray, r: int) -> np.ndarray:
+    """Rotation-invariant uniform local binary patterns of ``(N, H, W)`` luminance at radius
+    ``r`` (8 neighbours on the square ring, which flips and quarter turns map onto itself)."""
+    h, w = lum.shape[1:]
+    ring = ((-r, -r), (-r, 0), (-r, r), (0, r), (r, r), (r, 0), (r, -r), (0, -r))
+    centre = lum[:, r:h - r, r:w - r]
+    bits = np.stack([lum[:, r + dy:h - r + dy, r + dx:w - r + dx] >= centre + 0.01 for dy, dx in ring], -1)
+    ones = bits.sum(-1)
+    transitions = (bits != np.roll(bits, 1, axis=-1)).sum(-1)
+    return np.where(transitions <= 2, ones, _LBP_CODES - 1)
+
+
+def _lesion_features(x: np.ndarray, rgb: np.ndarray, hsv: np.ndarray, lab: np.ndarray) -> list[np.ndarray]:
+    """ABCD-style statistics on a lesion mask (Otsu threshold of the blurred brightness):
+    size and whether the lesion runs off the crop, eccentricity, compactness of the outline
+    (irregular borders), asymmetry under flips, lesion-vs-skin colour contrast, the share of
+    each dermoscopic colour inside the lesion and how many are present, border sharpness,
+    and LBP texture histograms inside the lesion and over the whole crop.
+
+    Why: the ring statistics assume a centred, crop-filling lesion; these follow the lesion
+    wherever it is, and on HAM10000 they lift the descriptor model's test macro AUC from
+    0.925 to 0.935 (README, "Model quality").
+    """
+    n, h, w, _ = x.shape
+    k = max(1, h // 32)
+    blurred = _box_sum(x.astype(np.int64).sum(-1), k)  # 0 .. (2k+1)^2 * 765, exact integers
+    binned = (blurred * _OTSU_BINS) // ((2 * k + 1) ** 2 * 765 + 1)
+    mask = binned < _otsu_bins(binned.reshape(n, -1), _OTSU_BINS)[:, None, None]  # the darker side: the lesion
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    yy, xx = (yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2)
+    edge_band = (np.abs(yy) > 0.9) | (np.abs(xx) > 0.9)
+    area = mask.sum((1, 2)).astype(np.float64)
+    a = np.maximum(area, 1)
+    cy, cx = (mask * yy).sum((1, 2)) / a, (mask * xx).sum((1, 2)) / a
+    dy, dx = yy[None] - cy[:, None, None], xx[None] - cx[:, None, None]
+    myy, mxx, mxy = ((mask * v).sum((1, 2)) / a for v in (dy * dy, dx * dx, dx * dy))
+    spread = myy + mxx
+    disc = np.sqrt(np.maximum(spread ** 2 / 4 - (myy * mxx - mxy ** 2), 0))
+    minor_major = np.sqrt(np.maximum(spread / 2 - disc, 0) / np.maximum(spread / 2 + disc, 1e-12))
+    interior = mask[:, 1:-1, 1:-1] & mask[:, :-2, 1:-1] & mask[:, 2:, 1:-1] & mask[:, 1:-1, :-2] & mask[:, 1:-1, 2:]
+    outline = mask[:, 1:-1, 1:-1] & ~interior
+    perimeter = outline.sum((1, 2)).astype(np.float64)
+    flip_v = (mask ^ mask[:, ::-1, :]).sum((1, 2)) / a
+    flip_h = (mask ^ mask[:, :, ::-1]).sum((1, 2)) / a
+    turn = (mask ^ mask[:, ::-1, ::-1]).sum((1, 2)) / a
+    feats = [area / (h * w), mask[:, edge_band].mean(1), np.hypot(cy, cx), minor_major, spread,
+             perimeter ** 2 / (4 * np.pi * a), np.minimum(flip_v, flip_h), np.maximum(flip_v, flip_h), turn,
+             interior.sum((1, 2)) / a, (area == 0).astype(np.float64), (area == h * w).astype(np.float64)]
+    skin = ~mask
+    s = np.maximum(skin.sum((1, 2)), 1)
+    for chan in (lab[..., 0], lab[..., 1], lab[..., 2], hsv[..., 1]):
+        inside, outside = (chan * mask).sum((1, 2)) / a, (chan * skin).sum((1, 2)) / s
+        spread_in = np.sqrt(np.maximum((chan ** 2 * mask).sum((1, 2)) / a - inside ** 2, 0))
+        feats += [inside, outside, inside - outside, spread_in]
+    nearest = ((rgb[..., None, :] - _DERMOSCOPIC_COLOURS) ** 2).sum(-1).argmin(-1)
+    shares = np.stack([((nearest == c) & mask).sum((1, 2)) / a for c in range(len(_DERMOSCOPIC_COLOURS))], 1)
+    feats += list(shares.T) + [(shares > 0.05).sum(1).astype(np.float64)]
+    lum = lab[..., 0]
+    grad = np.hypot(lum[:, 1:-1, 2:] - lum[:, 1:-1, :-2], lum[:, 2:, 1:-1] - lum[:, :-2, 1:-1])
+    n_out, n_in = np.maximum(outline.sum((1, 2)), 1), np.maximum(interior.sum((1, 2)), 1)
+    g_out, g_in = (grad * outline).sum((1, 2)) / n_out, (grad * interior).sum((1, 2)) / n_in
+    g_out_sd = np.sqrt(np.maximum((grad ** 2 * outline).sum((1, 2)) / n_out - g_out ** 2, 0))
+    feats += [g_out, g_in, g_out / (g_in + 1e-3), g_out_sd]
+    for r in _LBP_RADII:
+        codes = _lbp_riu2(lum, r)
+        inside = mask[:, r:h - r, r:w - r]
+        n_inside = np.maximum(inside.sum((1, 2)), 1)
+        for c in range(_LBP_CODES):
+            hit = codes == c
+            feats += [(hit & inside).sum((1, 2)) / n_inside, hit.mean((1, 2))]
+    return feats
 
 
 # ---------------------------------------------------------------------------------------

@@ -59,6 +59,35 @@ def test_image_descriptors_are_orientation_invariant_and_checked():
         descriptors.image_descriptors(images.astype(np.float32))
 
 
+def _lesion(shape: str, size: int = 48, offset: int = 0) -> np.ndarray:
+    """Skin-coloured crop with one dark lesion: a centred disc, a shifted disc, or a star."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    xx = xx - offset
+    r, theta = np.hypot(yy, xx), np.arctan2(yy, xx)
+    inside = r < (size / 4 if shape == "disc" else size / 5 * (1 + 0.5 * np.cos(5 * theta)))
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = (225, 180, 160)  # skin
+    img[inside] = (20, 15, 15)  # black-ish pigment
+    return img
+
+
+def test_lesion_features_measure_size_border_asymmetry_and_colour():
+    names = descriptors.LESION_FEATURE_NAMES
+    start = descriptors.descriptor_count() - len(names)
+    crops = np.stack([_lesion("disc"), _lesion("disc", offset=9), _lesion("star")])
+    f = {n: descriptors.image_descriptors(crops)[:, start + i] for i, n in enumerate(names)}
+    disc, shifted, star = 0, 1, 2
+    assert f["area"][disc] == pytest.approx(np.pi * 12**2 / 48**2, rel=0.1)  # Otsu finds the disc
+    assert f["centroid_offset"][disc] < 0.02 < 0.3 < f["centroid_offset"][shifted]
+    assert f["asymmetry_flip_max"][disc] < 0.05 < 0.5 < f["asymmetry_flip_max"][shifted]
+    assert f["compactness"][star] > 1.5 * f["compactness"][disc]  # irregular outline
+    assert f["minor_major_axis"][disc] > 0.95
+    assert f["share_black"][disc] > 0.9 and f["colour_count"][disc] == 1
+    assert f["L_contrast"][disc] < -0.4  # lesion much darker than the surrounding skin
+    assert f["border_sharpness"][disc] > 3  # a sharp edge against a flat interior
+    assert f["no_lesion"].max() == 0
+
+
 @pytest.fixture(scope="module")
 def fitted() -> tuple[descriptors.BoostedTrees, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(1)
