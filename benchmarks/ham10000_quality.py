@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--minutes", type=float, default=16.5,
-                        help="the network's training budget; the descriptor model adds about 2.5 min")
+                        help="the network's training budget; the descriptor model adds about 1.5 min")
     parser.add_argument("--home", type=Path, help="keep state here instead of a temporary folder")
     parser.add_argument("--with-baseline", action="store_true")
     parser.add_argument("--external-images", type=Path, help="an independent labelled test set's image folder")

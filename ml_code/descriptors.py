@@ -6,7 +6,7 @@ images learns shape and texture but is weak on global colour statistics, and it 
 sees the patient's age or the body site, which dermatologists weigh heavily (melanocytic
 naevi are mostly in the young; actinic keratoses and basal cell carcinomas on the
 sun-exposed head and neck of older patients). A boosted-tree model over a few hundred
-descriptors is cheap (about two minutes on 2 CPU cores) and its errors differ from the
+descriptors is cheap (about 1.5 minutes on 2 CPU cores) and its errors differ from the
 CNN's, so the two fuse well (``ml_code.train`` fits the fusion on validation). On HAM10000
 it is about as good as the network on its own (test macro AUC 0.94 against 0.92).
 

@@ -140,7 +140,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # HAM10000 at 64 px on a 2-core CPU in <= 20 minutes (issue 5): compact DermaNet (~300
     # img/s train step with bf16 autocast + channels_last, ~25 s/epoch when the CPU is not
     # shared, so ~38 epochs fit in 16.5 min), sqrt-ish balanced sampling, mixup/cutmix, EMA,
-    # cosine fitted to the budget; then the descriptor model (~2.5 min) fused on val.
+    # cosine fitted to the budget; then the descriptor model (~1.5 min) fused on val.
     # max_minutes bounds the network's part only. Measured: see README "Model quality".
     # Tried and not kept (same split, same budget): 96 px (14 epochs fit; val AUC 0.926, test
     # fused AUC 0.934 vs 0.939 at 64 px), shades-of-grey colour constancy (val AUC 0.916 vs 0.927),
