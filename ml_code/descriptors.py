@@ -156,9 +156,7 @@ def _descriptor_chunk(x: np.ndarray) -> np.ndarray:
                 v = chan[:, ring]
                 feats += [v.mean(1), v.std(1), *np.percentile(v, _PERCENTILES, axis=1)]
             bins = np.clip((chan[:, centre] * _HIST_BINS).astype(np.int64), 0, _HIST_BINS - 1)
-            offsets = (np.arange(n, dtype=np.int64) * _HIST_BINS)[:, None]
-            hist = np.bincount((bins + offsets).ravel(), minlength=n * _HIST_BINS).reshape(n, _HIST_BINS)
-            feats += list((hist / max(int(centre.sum()), 1)).T)
+            feats += list((_row_histograms(bins, _HIST_BINS) / max(int(centre.sum()), 1)).T)
     gray = rgb.mean(-1)
     # central differences on the interior: symmetric, so flips and quarter turns keep the statistics
     gx, gy = gray[:, 1:-1, 2:] - gray[:, 1:-1, :-2], gray[:, 2:, 1:-1] - gray[:, :-2, 1:-1]
@@ -198,11 +196,17 @@ def _box_sum(a: np.ndarray, k: int) -> np.ndarray:
     return c[:, n:n + h, n:n + w] - c[:, :h, n:n + w] - c[:, n:n + h, :w] + c[:, :h, :w]
 
 
-def _otsu_bins(binned: np.ndarray, bins: int) -> np.ndarray:
-    """Per-row Otsu threshold (a bin index) of integer bin values ``(N, P)`` in ``[0, bins)``."""
+def _row_histograms(binned: np.ndarray, bins: int) -> np.ndarray:
+    """``(N, bins)`` counts of each row of integer bin indices ``(N, P)`` in ``[0, bins)``,
+    in one ``bincount`` (each row offset into its own block) instead of N calls."""
     n = len(binned)
     offsets = (np.arange(n, dtype=np.int64) * bins)[:, None]
-    hist = np.bincount((binned + offsets).ravel(), minlength=n * bins).reshape(n, bins).astype(np.float64)
+    return np.bincount((binned + offsets).ravel(), minlength=n * bins).reshape(n, bins)
+
+
+def _otsu_bins(binned: np.ndarray, bins: int) -> np.ndarray:
+    """Per-row Otsu threshold (a bin index) of integer bin values ``(N, P)`` in ``[0, bins)``."""
+    hist = _row_histograms(binned, bins).astype(np.float64)
     hist /= hist.sum(1, keepdims=True)
     w0 = hist.cumsum(1)
     m0 = (hist * np.arange(bins)).cumsum(1)
@@ -230,8 +234,8 @@ def _lesion_features(x: np.ndarray, rgb: np.ndarray, hsv: np.ndarray, lab: np.nd
     and LBP texture histograms inside the lesion and over the whole crop.
 
     Why: the ring statistics assume a centred, crop-filling lesion; these follow the lesion
-    wherever it is, and on HAM10000 they lift the descriptor model's test macro AUC from
-    0.925 to 0.935 (README, "Model quality").
+    wherever it is, and on HAM10000 the descriptor model's test macro AUC went from 0.927
+    to 0.938 with them (``benchmarks/fusion_tradeoff.py``; README, "Model quality").
     """
     n, h, w, _ = x.shape
     k = max(1, h // 32)
