@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ham10000"
 
-# The recipe that reaches the quality targets on 2 CPU cores (see README "Model quality").
+# The recipe under test: the 2-CPU HAM10000 recipe of ml_code/train.py (see README "Model quality").
 RECIPE: dict = {"recipe": "ham10000"}
 # The reference point: plain from-scratch resnet18, 14 epochs, flips/rotations,
 # sqrt-inverse-frequency class weights, label smoothing, one-cycle schedule.
