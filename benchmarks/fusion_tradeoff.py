@@ -1,6 +1,6 @@
 """What each half of a fused model package does, and what the stacker's class weighting trades.
 
-    .venv/bin/python benchmarks/fusion_tradeoff.py --model MODEL.tar.gz --splits SPLITS_DIR [--views 2]
+    .venv/bin/python benchmarks/fusion_tradeoff.py --model MODEL.tar.gz --splits SPLITS_DIR [--views N]
 
 ``MODEL.tar.gz`` is a trained package (``benchmarks/ham10000_quality.py`` prints its path);
 ``SPLITS_DIR`` the preprocess output it was trained on (``<home>/recipe/store/processed/
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ml_code import metrics  # noqa: E402
-from ml_code.evaluate import extract_model, load_handlers  # noqa: E402
+from ml_code.evaluate import extract_model, load_handlers, served_views  # noqa: E402
 from ml_code.train import fit_fusion, load_splits  # noqa: E402
 
 BALANCES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -39,7 +39,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--splits", type=Path, required=True)
-    parser.add_argument("--views", type=int, default=2, help="network test-time views, as the evaluation uses")
+    parser.add_argument("--views", type=int, default=None,
+                        help="network test-time views (default: the package's own, as served and evaluated)")
     args = parser.parse_args()
     splits, _ = load_splits(args.splits)
     with tempfile.TemporaryDirectory(prefix="dermaops-fusion-") as tmp:
@@ -49,19 +50,20 @@ def main() -> int:
             print(f"{args.model} has no descriptor model: nothing to compare", file=sys.stderr)
             return 2
         descriptors = handlers._load_descriptors_module()
+        views = served_views(model) if args.views is None else args.views
         log_net, log_desc = {}, {}
         for name in ("val", "test"):
             split = splits[name]
             x = handlers.preprocess_array(np.asarray(split.images), model)
-            log_net[name] = handlers._network_log_probs(x, model, args.views, 1.0)
+            log_net[name] = handlers._network_log_probs(x, model, views, 1.0)
             if name == "test":  # the evaluation's network-only ablation: temperature-scaled, as served alone
-                network_alone = np.exp(handlers._network_log_probs(x, model, args.views, model.temperature))
+                network_alone = np.exp(handlers._network_log_probs(x, model, views, model.temperature))
             log_desc[name] = model.descriptor_model.log_proba(
                 descriptors.descriptor_matrix(np.asarray(split.images), split.clinical))
     y_val, y_test = splits["val"].labels, splits["test"].labels
     k = log_net["test"].shape[1]
     served = scores(y_test, handlers.fuse_log_probs(log_net["test"], log_desc["test"], model.fusion))
-    print(f"test split: {len(y_test)} images; served fusion_balance {model.fusion.get('balance')}")
+    print(f"test split: {len(y_test)} images; {views} test-time views; served fusion_balance {model.fusion.get('balance')}")
     for label, probs in (("network alone", network_alone), ("descriptor model alone", np.exp(log_desc["test"]))):
         auc, ba = scores(y_test, probs)
         print(f"{label:>26}: macro_auc {auc:.4f}  balanced_accuracy {ba:.4f}")

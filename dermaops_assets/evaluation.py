@@ -19,7 +19,8 @@ HEADLINE = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "weighted_
 class EvaluationConfig(dg.Config):
     melanoma_target_sensitivity: float = Field(default=0.85, description="operating point chosen on validation")
     bootstrap_samples: int = 1000
-    tta: bool = Field(default=True, description="average predictions over a horizontal flip")
+    tta: bool = Field(default=True, description="average the network over the package's test-time views "
+                      "(flips, quarter turns), as the endpoint serves it; false scores one view")
 
 
 @dg.asset(

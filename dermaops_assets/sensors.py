@@ -16,12 +16,11 @@ retrain run is already queued or running.
 import json
 import os
 import time
-from dataclasses import dataclass
 
 import dagster as dg
 
 from dermaops_resources.notifier import Notifier
-from dermaops_resources.object_store import ObjectStore, walk_after
+from dermaops_resources.object_store import ObjectStore, list_after
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
 
@@ -40,40 +39,13 @@ def retrain_in_progress(instance: dg.DagsterInstance) -> bool:
     return bool(instance.get_run_records(dg.RunsFilter(job_name=RETRAIN_JOB, statuses=IN_PROGRESS), limit=1))
 
 
-# -- landing listing --------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LandedFile:
-    key: str
-    modified: float
-
-
-def list_landing(store: ObjectStore, landing_uri: str, start_after: str | None,
-                 limit: int) -> list[LandedFile]:
-    """Up to ``limit`` landed files after the cursor, from the store (s3://, file://) or a folder."""
-    if landing_uri.startswith(("s3://", "file://")):
-        out = []
-        for obj in store.list(landing_uri, start_after=start_after):
-            if not obj.key.rsplit("/", 1)[-1].startswith("."):
-                out.append(LandedFile(obj.key, obj.modified))
-            if len(out) >= limit:
-                break
-        return out
-    out = []
-    for key, modified in walk_after(landing_uri, start_after):
-        out.append(LandedFile(key, modified))
-        if len(out) >= limit:
-            break
-    return out
-
-
 def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landing_uri: str,
                  quiet_seconds: float = QUIET_SECONDS, max_batch: int = MAX_BATCH,
                  now: float | None = None) -> dg.SensorResult | dg.SkipReason:
     """One evaluation of the landing sensor (separate from the decorator so it is testable)."""
     cursor = json.loads(context.cursor) if context.cursor else {}
     last_key = cursor.get("last_key")
-    new = list_landing(store, landing_uri, last_key, max_batch + 1)
+    new = list_after(store, landing_uri, last_key, max_batch + 1)
     if not new:
         return dg.SkipReason(f"No new files in {landing_uri} after {last_key or 'the start'}.")
     now = time.time() if now is None else now

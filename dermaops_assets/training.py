@@ -3,7 +3,6 @@ training job. The asset records the experiment: hyperparameters, data and code v
 
 
 import hashlib
-import io
 import json
 import time
 from typing import Optional
@@ -12,8 +11,9 @@ import dagster as dg
 from pydantic import Field
 
 from dermaops_resources.handles import ProcessedSplitsHandle, TrainedModelHandle
-from dermaops_resources.jobs import JobRunner, JobSpec
-from dermaops_resources.object_store import ObjectStore, join_uri
+from dermaops_resources.jobs import JobRunner, JobSpec, read_training_record
+from dermaops_resources.object_store import ObjectStore
+from ml_code.curves import curves_png
 
 from .ui import code_version, job_callbacks, png_markdown, table_markdown
 
@@ -49,34 +49,6 @@ class TrainConfig(dg.Config):
         return {**hps, **extra}
 
 
-def curves_png(history: list[dict]) -> bytes | None:
-    """Loss and validation curves per epoch, for the run's record in the UI."""
-    if not history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h.get("epoch") for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7, 2.6), dpi=80)
-    for key in ("train_loss", "val_loss"):
-        if any(key in h for h in history):
-            ax1.plot(epochs, [h.get(key) for h in history], marker="o", label=key)
-    for key in ("val_balanced_accuracy", "val_macro_auc", "val_accuracy"):
-        if any(key in h for h in history):
-            ax2.plot(epochs, [h.get(key) for h in history], marker="o", label=key)
-    for ax in (ax1, ax2):
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "sagemaker"},
@@ -107,7 +79,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, proces
     model_uri = store.put_bytes("models", f"sha256/{model_hash}/model.tar.gz", tar_bytes)
     # history.json holds every epoch (also those before a resume) and the resolved configuration;
     # the streamed metric lines are a fallback.
-    record = _training_record(store, result.output_uris.get("output"))
+    record = read_training_record(store, result.output_uris.get("output"))
     history = record.get("history") or [h for h in history if "epoch" in h]
     resolved = record.get("config") or hps
     arch = str(resolved.get("arch") or "resnet18")
@@ -148,14 +120,3 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, proces
         if png:
             metadata["curves"] = png_markdown(png, "training curves")
     return dg.Output(handle, data_version=dg.DataVersion(model_hash[:16]), metadata=metadata)
-
-
-def _training_record(store: ObjectStore, output_uri: str | None) -> dict:
-    """train.py's history.json: per-epoch history, resolved config, best epoch, stop reason."""
-    if not output_uri:
-        return {}
-    try:
-        stored = store.get_json(join_uri(output_uri, "history.json"))
-    except FileNotFoundError:
-        return {}
-    return stored if isinstance(stored, dict) else {"history": list(stored)}

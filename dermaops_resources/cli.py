@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--version", type=int, help="registry package version (default: newest Approved)")
     sc.add_argument("--model", help="a model.tar.gz instead of a registry package")
     sc.add_argument("--out", help="output folder (default DERMAOPS_HOME/scores/<images folder name>)")
-    sc.add_argument("--tta-views", type=int, default=2)
+    sc.add_argument("--tta-views", type=int, default=None,
+                    help="test-time views 1..8 (default: the package's own, as the endpoint serves it)")
     return parser
 
 

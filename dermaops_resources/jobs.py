@@ -204,3 +204,14 @@ class LocalJobRunner(JobRunner):
 
 def job_output_prefix(store: ObjectStore, bucket: str, stage: str, job_name: str) -> str:
     return join_uri(store.uri(bucket, "jobs"), stage, job_name)
+
+
+def read_training_record(store: ObjectStore, output_uri: str | None) -> dict:
+    """train.py's history.json: per-epoch history, resolved config, best epoch, stop reason."""
+    if not output_uri:
+        return {}
+    try:
+        stored = store.get_json(join_uri(output_uri, "history.json"))
+    except FileNotFoundError:
+        return {}
+    return stored if isinstance(stored, dict) else {"history": list(stored)}

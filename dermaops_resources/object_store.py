@@ -255,3 +255,30 @@ class LocalObjectStore(ObjectStore):
     def local_path(self, uri: str) -> Path | None:
         path = self._path(uri)
         return path if path.exists() else None
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    """A file found in a landing location: key relative to it, modification time."""
+
+    key: str
+    modified: float
+
+
+def list_after(store: ObjectStore, landing_uri: str, start_after: str | None, limit: int) -> list[LandedFile]:
+    """Up to ``limit`` files after the cursor ``start_after`` (a key relative to ``landing_uri``),
+    from the store (s3://, file://) or a plain folder: what the landing sensor lists per tick."""
+    if landing_uri.startswith(("s3://", "file://")):
+        out = []
+        for obj in store.list(landing_uri, start_after=start_after):
+            if not obj.key.rsplit("/", 1)[-1].startswith("."):
+                out.append(LandedFile(obj.key, obj.modified))
+            if len(out) >= limit:
+                break
+        return out
+    out = []
+    for key, modified in walk_after(landing_uri, start_after):
+        out.append(LandedFile(key, modified))
+        if len(out) >= limit:
+            break
+    return out

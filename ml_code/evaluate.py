@@ -8,8 +8,10 @@ The model is loaded through the packaged ``code/inference.py`` handlers (``model
 exactly what the endpoint will serve - temperature included. Everything is measured on
 the test split; validation is used only to choose the melanoma operating point.
 
-Options (SM_HPS or ``--key value``): ``tta`` (test-time augmentation, default true) with
-``tta_views`` (2: identity + hflip; 8: all flips x 90-degree rotations),
+Options (SM_HPS or ``--key value``): ``tta`` (test-time augmentation, default true: the
+package's own ``tta_views``, the views its temperature and fusion were fitted on and the
+endpoint serves; false scores one view) with ``tta_views`` to override that number for an
+ablation (2: identity + hflip; 8: all flips x 90-degree rotations),
 ``n_bootstrap`` (1000), ``seed`` (0), ``target_sensitivity`` (0.9, for ``mel``),
 ``gradcam_per_class`` (2), ``ece_bins`` (15).
 """
@@ -35,7 +37,7 @@ from ml_code import contract, metrics
 from ml_code.train import atomic_write_text, load_splits
 
 DEFAULTS: dict[str, Any] = {
-    "tta": True, "tta_views": 2, "n_bootstrap": 1000, "seed": 0, "target_sensitivity": 0.9,
+    "tta": True, "tta_views": None, "n_bootstrap": 1000, "seed": 0, "target_sensitivity": 0.9,
     "gradcam_per_class": 2, "ece_bins": 15, "melanoma_class": "mel",
 }
 
@@ -70,10 +72,18 @@ def load_handlers(model_dir: Path) -> ModuleType:
     return module
 
 
-def predict_split(handlers: ModuleType, model: Any, images: np.ndarray, views: int = 1,
+def served_views(model: Any) -> int:
+    """The test-time views a loaded package serves by default (packages from before
+    ``tta_views`` was recorded served one)."""
+    return int(getattr(model, "tta_views", 1))
+
+
+def predict_split(handlers: ModuleType, model: Any, images: np.ndarray, views: int | None = None,
                   clinical: np.ndarray | None = None, chunk: int = 512, network_only: bool = False) -> np.ndarray:
     """Served probabilities for uint8 NHWC ``images`` (network averaged over ``views`` D4
-    transforms, fused with the descriptor model given ``clinical`` rows when the package has one)."""
+    transforms - None: the package's own, as served - fused with the descriptor model given
+    ``clinical`` rows when the package has one)."""
+    views = served_views(model) if views is None else views
     if not 1 <= views <= 8:
         raise ValueError(f"tta_views must be 1..8, got {views}")
     out = []
@@ -151,7 +161,7 @@ def compute_report(
         "classes": classes,
         "n_test": int(len(y_test)),
         "n_val": int(len(y_val)),
-        "tta_views": int(opts["tta_views"]) if opts["tta"] else 1,
+        "tta_views": int(opts["tta_views"]),
         "headline": headline,
         "macro_precision": prf.macro_precision,
         "macro_recall": prf.macro_recall,
@@ -282,7 +292,9 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
         test, val = splits["test"], splits["val"]
         if model.image_size != test.images.shape[1]:
             raise ValueError(f"model expects {model.image_size}px images but the splits hold {test.images.shape[1]}px")
-        views = int(opts["tta_views"]) if opts["tta"] else 1
+        # What the endpoint serves: the package's views, unless an ablation asks otherwise.
+        views = (served_views(model) if opts["tta_views"] in (None, "") else int(opts["tta_views"])) if opts["tta"] else 1
+        opts["tta_views"] = views
         p_test = predict_split(handlers, model, test.images, views, test.clinical)
         p_val = predict_split(handlers, model, val.images, views, val.clinical)
         report = compute_report(classes, val.labels, p_val, test.labels, p_test, opts)

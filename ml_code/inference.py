@@ -164,6 +164,9 @@ class ServedModel(nn.Module):
         self.classes: list[str] = list(config["classes"])
         self.image_size = int(config["image_size"])
         self.temperature = float(config.get("temperature", 1.0) or 1.0)
+        # The test-time views the temperature and fusion were fitted on: what the endpoint
+        # serves by default (packages from before this key served one view).
+        self.tta_views = check_views(int(config.get("tta_views", 1)))
         self.register_buffer("mean", torch.tensor(config["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config["std"], dtype=torch.float32).view(1, 3, 1, 1))
         self.descriptor_model: Any = None  # descriptors.BoostedTrees, when the package has one
@@ -207,6 +210,20 @@ def fuse_log_probs(cnn_log_probs: np.ndarray, descriptor_log_probs: np.ndarray, 
     z -= z.max(axis=1, keepdims=True)
     p = np.exp(z)
     return p / p.sum(axis=1, keepdims=True)
+
+
+def check_views(views: int) -> int:
+    """``views`` if it is a valid number of test-time views (1..8), else a clear error."""
+    if not 1 <= views <= 8:
+        raise ValueError(f"views must be 1..8 (test-time views of the D4 group), got {views}")
+    return views
+
+
+def view_order(views: int) -> list[int]:
+    """Which :func:`dihedral_view` indices ``views`` test-time views use: 2 is identity +
+    hflip, otherwise the first ``views`` (8 = every flip x quarter turn). Training fits the
+    temperature and fusion on the same views the endpoint then serves."""
+    return [0, 4] if check_views(views) == 2 else list(range(views))
 
 
 def dihedral_view(x: torch.Tensor, v: int) -> torch.Tensor:
@@ -360,9 +377,9 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
     """Class probabilities ``(N, C)``: what the endpoint serves.
 
     ``data`` is what :func:`input_fn` returned, a uint8 ``(N, S, S, 3)`` array, or a dict
-    ``{"images": uint8 array, "clinical": (N, M) array or None, "views": 1..8,
-    "network_only": bool}`` (batch scoring with clinical context and test-time
-    augmentation; ``network_only`` for ablations): all go through
+    ``{"images": uint8 array, "clinical": (N, M) array or None, "views": 1..8 or None,
+    "network_only": bool}`` (batch scoring with clinical context; ``views`` overrides the
+    package's test-time views, ``network_only`` is for ablations): all go through
     :func:`predict_images`, so the descriptor model is fused in when the package has one.
     A normalised float tensor ``(N, 3, S, S)`` gets the network's temperature-scaled
     probabilities only (no pixels left for descriptors; Grad-CAM titles use this).
@@ -374,7 +391,8 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
                                                                     [context.get("site")])
         probs = predict_images(load_image_square(data["image_bytes"], model.image_size)[None], model, clinical)
     elif isinstance(data, dict) and "images" in data:
-        probs = predict_images(data["images"], model, data.get("clinical"), int(data.get("views", 1)),
+        views = data.get("views")
+        probs = predict_images(data["images"], model, data.get("clinical"), None if views is None else int(views),
                                network_only=bool(data.get("network_only", False)))
     elif isinstance(data, np.ndarray):
         probs = predict_images(data, model)
@@ -390,10 +408,8 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
 
 @torch.no_grad()
 def _network_log_probs(x: torch.Tensor, model: ServedModel, views: int, temperature: float) -> np.ndarray:
-    """log of the network's softmax(logits / T), averaged over ``views`` D4 views (2 = identity + hflip)."""
-    if not 1 <= views <= 8:
-        raise ValueError(f"views must be 1..8, got {views}")
-    order = [0, 4] if views == 2 else list(range(views))
+    """log of the network's softmax(logits / T), averaged over ``views`` D4 views (:func:`view_order`)."""
+    order = view_order(views)
     model.eval()
     out = []
     for chunk in torch.split(x, 256):
@@ -403,15 +419,16 @@ def _network_log_probs(x: torch.Tensor, model: ServedModel, views: int, temperat
     return torch.log(torch.cat(out).clamp_min(1e-12)).numpy().astype(np.float64)
 
 
-def predict_images(images: np.ndarray, model: ServedModel, clinical: np.ndarray | None = None, views: int = 1,
-                   network_only: bool = False) -> np.ndarray:
+def predict_images(images: np.ndarray, model: ServedModel, clinical: np.ndarray | None = None,
+                   views: int | None = None, network_only: bool = False) -> np.ndarray:
     """Probabilities ``(N, C)`` for uint8 ``(N, S, S, 3)`` images at the model's size.
 
     With a descriptor model: the fused output (:func:`fuse_log_probs`), ``clinical`` being
     ``descriptors.clinical_features`` rows (None = unknown). Without: the network's
     temperature-scaled softmax (also with ``network_only``). ``views`` averages the network
-    over D4 views.
+    over D4 views; None serves the package's own ``tta_views`` (what its fusion was fitted on).
     """
+    views = model.tta_views if views is None else views
     x = preprocess_array(images, model)
     if model.descriptor_model is None or model.fusion is None or network_only:
         return np.exp(_network_log_probs(x, model, views, model.temperature))

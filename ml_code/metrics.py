@@ -207,18 +207,30 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+def view_probs(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / T)`` averaged over test-time views: ``view_logits`` is ``(V, N, C)``
+    (or ``(N, C)``, one view). The average of probabilities, as the endpoint serves it."""
+    z = np.asarray(view_logits, dtype=np.float64)
+    if z.ndim == 2:
+        return softmax(z, temperature)
+    return np.mean([softmax(v, temperature) for v in z], axis=0)
+
+
 def fit_temperature(logits: np.ndarray, y_true: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
     """Temperature minimising validation NLL (golden-section search on log T).
 
-    NLL is convex in 1/T, hence unimodal in log T, so a 1-D search finds the optimum
-    without an optimiser dependency."""
+    ``logits`` is ``(N, C)``, or ``(V, N, C)`` for test-time views: then the NLL is that of
+    the view-averaged probabilities (:func:`view_probs`), the calibration actually served.
+    For one view NLL is convex in 1/T, hence unimodal in log T, so a 1-D search finds the
+    optimum without an optimiser dependency; an average of views carries no such guarantee,
+    and the search then returns a local optimum inside ``[lo, hi]``."""
     t = _labels(y_true)
     z = np.asarray(logits, dtype=np.float64)
-    if z.shape[0] == 0:
+    if z.shape[-2] == 0:
         return 1.0
 
     def nll(log_temp: float) -> float:
-        return log_loss(t, softmax(z, float(np.exp(log_temp))))
+        return log_loss(t, view_probs(z, float(np.exp(log_temp))))
 
     a, b = np.log(lo), np.log(hi)
     g = (np.sqrt(5.0) - 1) / 2

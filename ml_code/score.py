@@ -7,7 +7,7 @@ scoring package. This job writes the predictions in the ISIC challenge submissio
 (``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``, probabilities), which ``isic-challenge-scoring``
 reads as is, and, when labels are given, prints the same metrics the evaluation reports.
 
-    python -m ml_code.score --model model.tar.gz --images DIR [--labels CSV] [--out DIR] [--tta-views 2]
+    python -m ml_code.score --model model.tar.gz --images DIR [--labels CSV] [--out DIR] [--tta-views N]
 
 ``--labels`` is either an ISIC challenge ground-truth CSV (``image`` + one-hot class
 columns) or a metadata table in one of the two ingestion layouts (HAM10000, ISIC Archive
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ml_code import contract, descriptors, ingest, metrics
-from ml_code.evaluate import extract_model, load_handlers, predict_split
+from ml_code.evaluate import extract_model, load_handlers, predict_split, served_views
 from ml_code.train import atomic_write_text
 
 #: ISIC 2018 Task 3 column order and names.
@@ -67,7 +67,7 @@ def _decode(path: Path | None, image_id: str, size: int, handlers: Any) -> tuple
         return None, f"cannot decode {path.name}: {type(exc).__name__}: {exc}"
 
 
-def score(model_input: Path, images_dir: Path, out_dir: Path, labels: Path | None = None, views: int = 2,
+def score(model_input: Path, images_dir: Path, out_dir: Path, labels: Path | None = None, views: int | None = None,
           n_bootstrap: int = 1000) -> dict[str, Any]:
     """Write ``predictions.csv`` (ISIC submission format), ``skipped.csv`` and, with labels,
     ``metrics.json``; returns the metrics (or the counts when there are no labels)."""
@@ -100,6 +100,7 @@ def score(model_input: Path, images_dir: Path, out_dir: Path, labels: Path | Non
                              f"(first: {skipped[0]['reason'] if skipped else 'no images found'})")
         images = np.stack(pixels)
         rows_clinical = None if clinical is None else clinical[kept]
+        views = served_views(model) if views is None else views
         probs = predict_split(handlers, model, images, views, rows_clinical)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = [classes.index(c.lower()) for c in ISIC_CHALLENGE_COLUMNS]
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=Path, help="folder of JPEG/PNG images")
     parser.add_argument("--labels", type=Path, help="ISIC ground-truth CSV or HAM10000/ISIC metadata CSV")
     parser.add_argument("--out", type=Path, help="output folder (default: the SageMaker 'scores' output)")
-    parser.add_argument("--tta-views", type=int, default=2)
+    parser.add_argument("--tta-views", type=int, default=None,
+                        help="test-time views 1..8 (default: the package's own, as the endpoint serves it)")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
     model = args.model or contract.processing_input("model")

@@ -10,11 +10,11 @@ this project needs on top:
 - a wall-clock budget (``max_minutes``) that shortens the LR schedule instead of cutting
   training off mid-anneal, so a budgeted run still ends on a converged, low-LR model;
 - model selection by validation balanced accuracy (the ISIC metric), EMA of weights,
-  temperature scaling fitted on validation.
+  temperature scaling fitted on validation over the test-time views the package serves.
 
 Hyperparameters (SM_HPS / ``--key value``; see :class:`TrainConfig` for all): ``arch``,
 ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``label_smoothing``, ``seed``, ``amp``,
-``weights_path``, ``num_workers``, ``max_minutes``, and ``recipe=ham10000`` for the tuned
+``weights_path``, ``num_workers``, ``max_minutes``, ``tta_views``, and ``recipe=ham10000`` for the tuned
 HAM10000 defaults (see :data:`RECIPES`).
 """
 
@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ml_code import contract, descriptors, metrics
-from ml_code.inference import fuse_log_probs
+from ml_code.inference import dihedral_view, fuse_log_probs, view_order
 from ml_code.models import IMAGENET_MEAN, IMAGENET_STD, build_model, default_small_input
 
 CHECKPOINT_RE = re.compile(r"checkpoint-epoch-(\d{4,})\.pt$")
@@ -76,6 +76,9 @@ class TrainConfig:
     color_jitter: float = 0.15
     augment: str = "batch"  # batch: vectorised affine+colour on the collated batch; item: per-image uint8 ops
     temperature_scaling: bool = True
+    # Test-time views (D4: flips x quarter turns) the temperature and fusion are fitted on;
+    # recorded in the package, which then serves them by default (1..8).
+    tta_views: int = 1
     # Descriptor model (ml_code.descriptors): boosted trees over colour/texture descriptors
     # and clinical context (age, sex, site), fused with the CNN by a stacker fitted on val.
     descriptor_model: bool = True
@@ -124,6 +127,8 @@ class TrainConfig:
                     setattr(self, f.name, int(value))
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"hyperparameter {f.name}={value!r} is not a valid {f.type}") from exc
+        if not 1 <= self.tta_views <= 8:
+            raise ValueError(f"tta_views must be 1..8 (test-time views of the D4 group), got {self.tta_views}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
         if self.lr <= 0:
@@ -139,8 +144,9 @@ class TrainConfig:
 RECIPES: dict[str, dict[str, Any]] = {
     # HAM10000 at 64 px on a 2-core CPU in <= 20 minutes (issue 5): compact DermaNet (~300
     # img/s train step with bf16 autocast + channels_last, ~25 s/epoch when the CPU is not
-    # shared, so ~38 epochs fit in 16.5 min), sqrt-ish balanced sampling, mixup/cutmix, EMA,
-    # cosine fitted to the budget; then the descriptor model (~1.5 min) fused on val.
+    # shared, so 35-40 epochs fit in 16.5 min), sqrt-ish balanced sampling, mixup/cutmix, EMA,
+    # cosine fitted to the budget; then the descriptor model (~1.5 min) fused on val, over
+    # the 8 test-time views the package then serves (~0.3 min).
     # max_minutes bounds the network's part only. Measured: see README "Model quality".
     # Tried and not kept (same split, same budget): 96 px (14 epochs fit; val AUC 0.926, test
     # fused AUC 0.934 vs 0.939 at 64 px), shades-of-grey colour constancy (val AUC 0.916 vs 0.927),
@@ -161,6 +167,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         color_jitter=0.2,
         max_minutes=16.5,
         amp=True,
+        tta_views=8,
     ),
 }
 
@@ -508,14 +515,20 @@ def autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, split: Split, norm: Normalizer, cfg: TrainConfig, device: torch.device) -> np.ndarray:
+def predict_logits(model: nn.Module, split: Split, norm: Normalizer, cfg: TrainConfig, device: torch.device,
+                   views: int = 1) -> np.ndarray:
+    """fp32 logits, as the endpoint computes them: ``(N, C)`` for one view, else ``(V, N, C)``
+    over the test-time views the endpoint averages (:func:`ml_code.inference.view_order`)."""
     model.eval()
-    out = []
+    order = view_order(views)
+    out: list[list[torch.Tensor]] = [[] for _ in order]
     bs = max(cfg.batch_size, 256)
     for start in range(0, len(split.labels), bs):
-        batch = torch.from_numpy(np.array(split.images[start : start + bs])).permute(0, 3, 1, 2)
-        out.append(model(norm(batch)).float().cpu())  # fp32, as the endpoint serves it
-    return torch.cat(out).numpy()
+        batch = norm(torch.from_numpy(np.array(split.images[start : start + bs])).permute(0, 3, 1, 2))
+        for slot, v in enumerate(order):
+            out[slot].append(model(dihedral_view(batch, v)).float().cpu())
+    logits = np.stack([torch.cat(chunks).numpy() for chunks in out])
+    return logits[0] if views == 1 else logits
 
 
 def evaluate_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -615,7 +628,8 @@ def fit_descriptor_fusion(cfg: TrainConfig, train_split: Split, val_split: Split
                           k: int, log: Any) -> tuple[descriptors.BoostedTrees | None, dict[str, Any] | None, dict[str, Any]]:
     """Train the descriptor model on train, fit its fusion with the network on val.
 
-    Returns ``(trees, fusion, summary)``; ``trees`` is None (network alone) when some class
+    ``val_logits`` is ``(N, C)`` or, with test-time views, ``(V, N, C)``: the stacker sees the
+    view-averaged network probabilities the endpoint will compute. Returns ``(trees, fusion, summary)``; ``trees`` is None (network alone) when some class
     is absent from train, since the trees need every class.
     """
     t0 = time.time()
@@ -632,7 +646,7 @@ def fit_descriptor_fusion(cfg: TrainConfig, train_split: Split, val_split: Split
                                          max_iter=cfg.descriptor_trees, seed=cfg.seed)
     x_val = descriptors.descriptor_matrix(val_split.images, val_split.clinical)
     desc_val = trees.log_proba(x_val)
-    cnn_val = torch.log_softmax(torch.as_tensor(val_logits, dtype=torch.float64), dim=1).numpy()
+    cnn_val = np.log(np.clip(metrics.view_probs(val_logits), 1e-12, None))  # as served: views averaged, T = 1
     fusion = fit_fusion(cnn_val, desc_val, val_split.labels, k, cfg.fusion_balance)
     x_val[:, -n_clinical:] = np.nan
     summary: dict[str, Any] = {"fusion": fusion}
@@ -865,7 +879,7 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
     final = build_model(cfg.arch, k, None, small_input=small_input).to(rt.device).to(memory_format=torch.channels_last)
     final.load_state_dict(best_state)
     temperature = 1.0
-    val_logits = predict_logits(final, val_split, norm, cfg, rt.device)
+    val_logits = predict_logits(final, val_split, norm, cfg, rt.device, cfg.tta_views)
     if cfg.temperature_scaling:
         # Bounded to [0.2, 10]: on a perfectly separated val set NLL keeps falling as T -> 0,
         # and an extreme temperature would make every served probability 0 or 1.
@@ -876,7 +890,7 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
         contract.emit_metric(**{key: v for key, v in descriptor_summary.items() if isinstance(v, float)})
     model_config = {
         "arch": cfg.arch, "classes": classes, "image_size": image_size, "mean": mean, "std": std,
-        "temperature": temperature, "small_input": small_input, "num_classes": k,
+        "temperature": temperature, "tta_views": cfg.tta_views, "small_input": small_input, "num_classes": k,
         "best_epoch": best["epoch"], "val_balanced_accuracy": best["val_balanced_accuracy"],
         "val_macro_auc": best.get("val_macro_auc"),
     }

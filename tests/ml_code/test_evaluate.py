@@ -26,7 +26,8 @@ CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     splits = make_splits(root / "splits", seed=5)
-    proc = run_train(root / "train", splits, {"arch": "dermanet", "epochs": 3, "batch_size": 32, "num_threads": 1})
+    proc = run_train(root / "train", splits, {"arch": "dermanet", "epochs": 3, "batch_size": 32, "num_threads": 1,
+                                                  "tta_views": 2})
     assert proc.returncode == 0, proc.stderr[-3000:]
     model_in = root / "model-artifact"
     model_in.mkdir()
@@ -78,6 +79,7 @@ def test_evaluation_outputs(trained):
     op = report["melanoma_operating_point"]
     assert op["val_sensitivity"] >= 0.9 and 0 <= op["test_sensitivity"] <= 1
     assert report["model"]["arch"] == "dermanet"
+    assert report["tta_views"] == 2  # the package's own views: the figures describe what the endpoint serves
     # The served model fuses the network with the descriptor model; the report also gives the
     # image-only path (no clinical context) and the network alone, so the fusion's gain is visible.
     assert report["model"]["descriptor_model"] is True and set(report["model"]["fusion"]) >= {"cnn_scale", "class_bias"}

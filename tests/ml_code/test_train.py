@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from ml_code import contract
+from ml_code import contract, descriptors, inference, metrics
+from ml_code.train import fit_fusion, load_splits
 from tests.ml_code.synth_splits import make_splits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,6 +77,38 @@ def test_trains_and_writes_model_dir(splits, tmp_path):
     assert not (tmp_path / "output" / "failure").exists()
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-epoch-*.pt"))
     assert ckpts == ["checkpoint-epoch-0002.pt", "checkpoint-epoch-0003.pt"]  # keep_checkpoints=2
+
+
+def test_temperature_and_fusion_are_fitted_on_the_served_views(splits, tmp_path):
+    """With ``tta_views`` the package records its views, serves them by default, and its
+    temperature and stacker are what fitting on those served val predictions gives."""
+    proc = run_train(tmp_path, splits, {"arch": "dermanet", "epochs": 2, "batch_size": 32, "num_threads": 1,
+                                        "tta_views": 4})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = inference.model_fn(str(tmp_path / "model"))
+    assert served.tta_views == 4 and served.config["tta_views"] == 4
+    val = load_splits(splits)[0]["val"]
+    x = inference.preprocess_array(np.asarray(val.images), served)
+    with torch.no_grad():
+        view_logits = np.stack([served(inference.dihedral_view(x, v)).float().numpy() for v in range(4)])
+    assert served.temperature == pytest.approx(metrics.fit_temperature(view_logits, val.labels, lo=0.2, hi=10.0), rel=1e-3)
+    cnn_val = inference._network_log_probs(x, served, 4, 1.0)
+    np.testing.assert_allclose(cnn_val, np.log(metrics.view_probs(view_logits)), atol=1e-5)
+    refit = fit_fusion(cnn_val, served.descriptor_model.log_proba(descriptors.descriptor_matrix(
+        np.asarray(val.images), val.clinical)), val.labels, 7, served.fusion["balance"])
+    np.testing.assert_allclose([refit["cnn_scale"], refit["descriptor_scale"], *refit["class_bias"]],
+                               [served.fusion["cnn_scale"], served.fusion["descriptor_scale"], *served.fusion["class_bias"]],
+                               atol=2e-3)
+    images = np.asarray(val.images[:8])
+    default = inference.predict_images(images, served, val.clinical[:8])
+    one_view = inference.predict_images(images, served, val.clinical[:8], views=1)
+    np.testing.assert_allclose(default, inference.predict_images(images, served, val.clinical[:8], views=4))
+    assert np.abs(np.log(default) - np.log(one_view)).max() > 1e-3  # compared in log space: confident rows
+
+
+def test_tta_views_out_of_range_is_refused(splits, tmp_path):
+    proc = run_train(tmp_path, splits, {"epochs": 1, "tta_views": 9})
+    assert proc.returncode != 0 and "tta_views must be 1..8" in (tmp_path / "output" / "failure").read_text()
 
 
 def test_resumes_from_newest_checkpoint(splits, tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dermaops_resources.jobs import JobFailed, JobSpec, LocalJobRunner
+from dermaops_resources.jobs import JobFailed, JobSpec, LocalJobRunner, read_training_record
 from dermaops_resources.object_store import LocalObjectStore
 
 ENTRY = "tests.resources.contract_probe"
@@ -52,3 +52,14 @@ def test_failure_reason_comes_from_the_job(store: LocalObjectStore, tmp_path: Pa
     assert "no train_images.npy" in info.value.reason
     assert info.value.status == "Failed"
     assert not store.exists(store.uri("models", "jobs/train/bad/model.tar.gz"))
+
+
+def test_training_record_is_read_from_the_job_output(store: LocalObjectStore) -> None:
+    output = store.uri("models", "jobs/train/run-1/output")
+    assert read_training_record(store, None) == {}
+    assert read_training_record(store, output) == {}  # a job that died before writing history.json
+    store.put_json("models", "jobs/train/run-1/output/history.json", [{"epoch": 1, "val_loss": 1.2}])
+    assert read_training_record(store, output) == {"history": [{"epoch": 1, "val_loss": 1.2}]}  # older layout
+    record = {"history": [{"epoch": 1}], "best": {"epoch": 1}, "stop_reason": "epochs"}
+    store.put_json("models", "jobs/train/run-1/output/history.json", record)
+    assert read_training_record(store, output) == record
