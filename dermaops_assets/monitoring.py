@@ -34,7 +34,7 @@ from dermaops_resources.monitoring_handles import (
     BaselineHandle, DriftReportHandle, InferenceLogHandle, ModelQualityHandle,
 )
 from dermaops_resources.monitoring_io import (
-    BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, baseline_for_deployed_model, get_json_or_default, load_inference_log,
+    BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, baseline_for_deployed_model, load_inference_log,
     local_copy, read_labels, read_model_config,
 )
 from dermaops_resources.notifier import Notifier
@@ -92,7 +92,7 @@ class InferenceLogConfig(dg.Config):
 def inference_log(context: dg.AssetExecutionContext, config: InferenceLogConfig, live_endpoint: EndpointHandle,
                   store: ObjectStore) -> dg.Output[InferenceLogHandle]:
     cursor_uri = store.uri("logs", CURSOR_KEY)
-    cursor = get_json_or_default(store, cursor_uri, {"last_key": None, "total": 0, "parts": 0, "skipped": {}})
+    cursor = store.get_json_or(cursor_uri, {"last_key": None, "total": 0, "parts": 0, "skipped": {}})
     capture_prefix = join_uri(live_endpoint.capture_uri, live_endpoint.name, live_endpoint.variant)
     files = [o for o in islice(store.list(capture_prefix, start_after=cursor["last_key"]), config.max_files_per_run)
              if o.key.endswith(".jsonl")]
@@ -150,7 +150,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
     from ml_code.baseline import embed_and_predict, load_baseline, load_packaged_model
 
     baseline, matches = baseline_for_deployed_model(store, registry, live_endpoint, model_baseline, context.log)
-    cursor = get_json_or_default(store, inference_log.cursor_uri, {"parts": 0})
+    cursor = store.get_json_or(inference_log.cursor_uri, {"parts": 0})
     since = datetime.now(timezone.utc) - timedelta(hours=config.window_hours)
     rows, images = load_inference_log(store, cursor, max_rows=config.max_requests, since=since, with_images=True)
     with tempfile.TemporaryDirectory(prefix="dermaops-drift-") as scratch:
@@ -214,7 +214,7 @@ def model_quality_report(context: dg.AssetExecutionContext, config: QualityConfi
     settings = Settings.from_env()
     package = registry.get(settings.model_package_group, live_endpoint.package_version)
     reference = package.metrics.get("balanced_accuracy")
-    cursor = get_json_or_default(store, inference_log.cursor_uri, {"parts": 0})
+    cursor = store.get_json_or(inference_log.cursor_uri, {"parts": 0})
     since = datetime.now(timezone.utc) - timedelta(hours=config.window_hours)
     rows, _ = load_inference_log(store, cursor, since=since,
                         columns=["inference_time", "inference_id", "model_version", "predicted_class"])

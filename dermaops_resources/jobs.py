@@ -210,8 +210,5 @@ def read_training_record(store: ObjectStore, output_uri: str | None) -> dict:
     """train.py's history.json: per-epoch history, resolved config, best epoch, stop reason."""
     if not output_uri:
         return {}
-    try:
-        stored = store.get_json(join_uri(output_uri, "history.json"))
-    except FileNotFoundError:
-        return {}
+    stored = store.get_json_or(join_uri(output_uri, "history.json"), {})
     return stored if isinstance(stored, dict) else {"history": list(stored)}

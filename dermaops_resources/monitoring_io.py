@@ -39,23 +39,6 @@ BASELINE_INDEX = "baselines/by-model"
 """Key prefix (``models`` bucket) of the baseline index: ``<model_hash>.json`` -> ``BaselineHandle``."""
 
 
-def get_json_or_default(store: ObjectStore, uri: str, default: Any) -> Any:
-    """``store.get_json(uri)``, or ``default`` when the object does not exist yet.
-
-    The monitors start from nothing (no cursor before the first log run, no baseline index
-    entry for an old model), and "missing" looks different per backend: a local store
-    raises FileNotFoundError, S3 a botocore ClientError saying NoSuchKey/404. Any other
-    error is real and propagates."""
-    try:
-        return store.get_json(uri)
-    except FileNotFoundError:
-        return default
-    except Exception as exc:  # S3 NoSuchKey surfaces as a botocore ClientError
-        if "NoSuchKey" in str(exc) or "404" in str(exc):
-            return default
-        raise
-
-
 def local_copy(store: ObjectStore, uri: str, scratch: Path) -> Path:
     """A filesystem path holding the object's bytes: the object itself on a local store
     (no copy), else a download into ``scratch``. Model packages are large, so the local
@@ -95,7 +78,7 @@ def baseline_for_deployed_model(store: ObjectStore, registry: ModelRegistry, end
     except RegistryError:
         model_hash = ""
     if model_hash:
-        found = get_json_or_default(store, store.uri("models", f"{BASELINE_INDEX}/{model_hash}.json"), None)
+        found = store.get_json_or(store.uri("models", f"{BASELINE_INDEX}/{model_hash}.json"), None)
         if found:
             return BaselineHandle.model_validate(found), True
     if fallback.model_hash == model_hash or fallback.model_uri == endpoint.model_uri:

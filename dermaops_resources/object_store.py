@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import dagster as dg
@@ -67,7 +68,8 @@ class ObjectStore(dg.ConfigurableResource, ABC):
     def put_file(self, bucket: Bucket, key: str, path: str | os.PathLike) -> str: ...
 
     @abstractmethod
-    def get_bytes(self, uri: str) -> bytes: ...
+    def get_bytes(self, uri: str) -> bytes:
+        """The object's bytes; FileNotFoundError when there is none (on every backend)."""
 
     @abstractmethod
     def download_file(self, uri: str, dest: str | os.PathLike) -> Path: ...
@@ -125,6 +127,15 @@ class ObjectStore(dg.ConfigurableResource, ABC):
         import json
 
         return json.loads(self.get_bytes(uri))
+
+    def get_json_or(self, uri: str, default: Any) -> Any:
+        """``get_json(uri)``, or ``default`` when the object does not exist yet (a monitor's
+        first cursor, a training job that died before writing its history). Any other error
+        is real and propagates."""
+        try:
+            return self.get_json(uri)
+        except FileNotFoundError:
+            return default
 
 
 def walk_after(root: str | os.PathLike, start_after: str | None = None) -> Iterator[tuple[str, float]]:

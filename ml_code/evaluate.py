@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ml_code import contract, metrics
+from ml_code.inference import check_views
 from ml_code.train import atomic_write_text, load_splits
 
 DEFAULTS: dict[str, Any] = {
@@ -83,9 +84,7 @@ def predict_split(handlers: ModuleType, model: Any, images: np.ndarray, views: i
     """Served probabilities for uint8 NHWC ``images`` (network averaged over ``views`` D4
     transforms - None: the package's own, as served - fused with the descriptor model given
     ``clinical`` rows when the package has one)."""
-    views = served_views(model) if views is None else views
-    if not 1 <= views <= 8:
-        raise ValueError(f"tta_views must be 1..8, got {views}")
+    views = check_views(served_views(model) if views is None else views, "tta_views")
     out = []
     for start in range(0, len(images), chunk):
         batch = {"images": np.asarray(images[start : start + chunk]), "views": views, "network_only": network_only,
@@ -293,7 +292,12 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
         if model.image_size != test.images.shape[1]:
             raise ValueError(f"model expects {model.image_size}px images but the splits hold {test.images.shape[1]}px")
         # What the endpoint serves: the package's views, unless an ablation asks otherwise.
-        views = (served_views(model) if opts["tta_views"] in (None, "") else int(opts["tta_views"])) if opts["tta"] else 1
+        if not opts["tta"]:
+            views = 1
+        elif opts["tta_views"] in (None, ""):
+            views = served_views(model)
+        else:
+            views = int(opts["tta_views"])
         opts["tta_views"] = views
         p_test = predict_split(handlers, model, test.images, views, test.clinical)
         p_val = predict_split(handlers, model, val.images, views, val.clinical)

@@ -166,7 +166,7 @@ class ServedModel(nn.Module):
         self.temperature = float(config.get("temperature", 1.0) or 1.0)
         # The test-time views the temperature and fusion were fitted on: what the endpoint
         # serves by default (packages from before this key served one view).
-        self.tta_views = check_views(int(config.get("tta_views", 1)))
+        self.tta_views = check_views(int(config.get("tta_views", 1)), "model_config.json tta_views")
         self.register_buffer("mean", torch.tensor(config["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config["std"], dtype=torch.float32).view(1, 3, 1, 1))
         self.descriptor_model: Any = None  # descriptors.BoostedTrees, when the package has one
@@ -212,10 +212,11 @@ def fuse_log_probs(cnn_log_probs: np.ndarray, descriptor_log_probs: np.ndarray, 
     return p / p.sum(axis=1, keepdims=True)
 
 
-def check_views(views: int) -> int:
-    """``views`` if it is a valid number of test-time views (1..8), else a clear error."""
+def check_views(views: int, name: str = "views") -> int:
+    """``views`` if it is a valid number of test-time views (1..8), else a clear error naming
+    the setting (``name``) that gave it."""
     if not 1 <= views <= 8:
-        raise ValueError(f"views must be 1..8 (test-time views of the D4 group), got {views}")
+        raise ValueError(f"{name} must be 1..8 (test-time views of the D4 group), got {views}")
     return views
 
 

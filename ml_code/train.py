@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ml_code import contract, descriptors, metrics
-from ml_code.inference import dihedral_view, fuse_log_probs, view_order
+from ml_code.inference import check_views, dihedral_view, fuse_log_probs, view_order
 from ml_code.models import IMAGENET_MEAN, IMAGENET_STD, build_model, default_small_input
 
 CHECKPOINT_RE = re.compile(r"checkpoint-epoch-(\d{4,})\.pt$")
@@ -127,8 +127,7 @@ class TrainConfig:
                     setattr(self, f.name, int(value))
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"hyperparameter {f.name}={value!r} is not a valid {f.type}") from exc
-        if not 1 <= self.tta_views <= 8:
-            raise ValueError(f"tta_views must be 1..8 (test-time views of the D4 group), got {self.tta_views}")
+        check_views(self.tta_views, "tta_views")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
         if self.lr <= 0:
@@ -629,8 +628,9 @@ def fit_descriptor_fusion(cfg: TrainConfig, train_split: Split, val_split: Split
     """Train the descriptor model on train, fit its fusion with the network on val.
 
     ``val_logits`` is ``(N, C)`` or, with test-time views, ``(V, N, C)``: the stacker sees the
-    view-averaged network probabilities the endpoint will compute. Returns ``(trees, fusion, summary)``; ``trees`` is None (network alone) when some class
-    is absent from train, since the trees need every class.
+    view-averaged network probabilities the endpoint will compute. Returns ``(trees, fusion,
+    summary)``; ``trees`` is None (network alone) when some class is absent from train, since
+    the trees need every class.
     """
     t0 = time.time()
     present = np.unique(train_split.labels)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dermaops_resources.monitoring_io import LOG_PREFIX, get_json_or_default, load_inference_log, read_labels
+from dermaops_resources.monitoring_io import LOG_PREFIX, load_inference_log, read_labels
 from dermaops_resources.object_store import LocalObjectStore
 from ml_code.capture import rows_to_parquet_bytes, views_to_npy_bytes
 
@@ -31,14 +31,6 @@ def test_read_labels_from_folder_and_store_prefix(tmp_path: Path) -> None:
 
     empty = read_labels(store, str(tmp_path / "nowhere"))
     assert list(empty.columns) == ["inference_id", "label"] and empty.empty
-
-
-def test_get_json_or_default(tmp_path: Path) -> None:
-    store = LocalObjectStore(root=str(tmp_path / "store"))
-    uri = store.uri("logs", "x/cursor.json")
-    assert get_json_or_default(store, uri, {"parts": 0}) == {"parts": 0}
-    store.put_json("logs", "x/cursor.json", {"parts": 2})
-    assert get_json_or_default(store, uri, None) == {"parts": 2}
 
 
 def test_load_inference_log_newest_rows_with_aligned_images(tmp_path: Path) -> None:

@@ -63,3 +63,10 @@ def test_paths_outside_the_store_are_refused(store: LocalObjectStore, tmp_path: 
         store.get_bytes((tmp_path / "secret.txt").as_uri())
     with pytest.raises(FileNotFoundError):
         store.get_bytes(store.uri("raw", "missing"))
+
+
+def test_get_json_or_default(store: LocalObjectStore) -> None:
+    uri = store.uri("logs", "x/cursor.json")
+    assert store.get_json_or(uri, {"parts": 0}) == {"parts": 0}
+    store.put_json("logs", "x/cursor.json", {"parts": 2})
+    assert store.get_json_or(uri, None) == {"parts": 2}
