@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import io
-
 import dagster as dg
-import pandas as pd
 
 from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
-from dermaops_resources.object_store import ObjectStore, join_uri
-from ml_code.splits import check_no_leakage
+from dermaops_resources.jobs import read_split_index
+from dermaops_resources.object_store import ObjectStore
+from ml_code.splits import SPLITS, check_no_leakage
 
 from .ui import table_markdown
-
-SPLITS = ("train", "val", "test")
-
-
-def _split_index(store: ObjectStore, handle: ProcessedSplitsHandle) -> pd.DataFrame:
-    frames = []
-    for split in SPLITS:
-        df = pd.read_csv(io.BytesIO(store.get_bytes(join_uri(handle.splits_uri, f"{split}_index.csv"))), dtype=str)
-        frames.append(df.assign(split=split))
-    return pd.concat(frames, ignore_index=True)
 
 
 @dg.asset_check(asset="processed_splits", blocking=True,
                 description="No lesion_id appears in two splits (images of one lesion would leak into test).")
 def no_lesion_leakage(processed_splits: ProcessedSplitsHandle, store: ObjectStore) -> dg.AssetCheckResult:
-    index = _split_index(store, processed_splits)
+    index = read_split_index(store, processed_splits.splits_uri)
     problems = check_no_leakage(index)
     per_lesion = index.groupby("lesion_id")["split"].nunique()
     return dg.AssetCheckResult(
@@ -40,7 +28,7 @@ def no_lesion_leakage(processed_splits: ProcessedSplitsHandle, store: ObjectStor
 @dg.asset_check(asset="processed_splits",
                 description="Every diagnosis is in every split wherever the class has at least 3 lesions.")
 def class_coverage(processed_splits: ProcessedSplitsHandle, store: ObjectStore) -> dg.AssetCheckResult:
-    index = _split_index(store, processed_splits)
+    index = read_split_index(store, processed_splits.splits_uri)
     lesions_per_class = index.groupby("dx")["lesion_id"].nunique()
     missing = []
     for dx, n_lesions in lesions_per_class.items():

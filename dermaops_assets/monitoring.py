@@ -34,7 +34,7 @@ from dermaops_resources.monitoring_handles import (
     BaselineHandle, DriftReportHandle, InferenceLogHandle, ModelQualityHandle,
 )
 from dermaops_resources.monitoring_io import (
-    BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, baseline_for_deployed_model, load_inference_log,
+    BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, baseline_for_deployed_model, case_mix_rows, load_inference_log,
     local_copy, read_labels, read_model_config,
 )
 from dermaops_resources.notifier import Notifier
@@ -43,8 +43,8 @@ from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
 from ml_code.capture import parse_capture_bytes, rows_to_parquet_bytes, validate_rows, views_to_npy_bytes
 from ml_code.drift import (
-    constraint_violations, drift_report_markdown, drift_verdict, feature_drift, mmd_test, prediction_drift,
-    psi_plot_data_uri,
+    case_mix_drift, category_drift, constraint_violations, drift_report_markdown, drift_verdict, feature_drift,
+    mmd_test, psi_plot_data_uri,
 )
 from ml_code.quality import QUALITY_WINDOW_COLUMNS, quality_by_window, quality_report_markdown
 
@@ -141,8 +141,8 @@ class DriftConfig(dg.Config):
 
 @dg.asset(group_name="monitoring", kinds={"python"},
           description="Data drift of recent traffic vs the deployed model's baseline: PSI and KS per image "
-          "feature, embedding MMD, prediction drift. Writes Model Monitor constraint_violations.json, publishes "
-          "DriftDetected/DriftScore and raises the data-drift alarm.")
+          "feature, embedding MMD, prediction drift, case mix (age, sex, body region). Writes Model Monitor "
+          "constraint_violations.json, publishes DriftDetected/DriftScore and raises the data-drift alarm.")
 def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inference_log: InferenceLogHandle,
                  model_baseline: BaselineHandle, live_endpoint: EndpointHandle, store: ObjectStore,
                  registry: ModelRegistry, metrics: MetricsPublisher,
@@ -170,9 +170,11 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
                     emb, _ = embed_and_predict(module, model, views)
                     mmd = mmd_test(base["embeddings"], emb, n_permutations=config.mmd_permutations)
                 if served.sum() >= t.min_requests:
-                    pred = prediction_drift(base["prediction_distribution"],
-                                            rows.loc[served, "predicted_class"].tolist())
-            verdict = drift_verdict(len(rows), feats, mmd, pred, t)
+                    pred = category_drift(base["prediction_distribution"],
+                                          rows.loc[served, "predicted_class"].tolist())
+            mix, share = case_mix_drift(base["case_mix"], case_mix_rows(rows), t) if base["case_mix"] is not None \
+                else ([], None)
+            verdict = drift_verdict(len(rows), feats, mmd, pred, t, mix, share)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     prefix = f"monitoring/drift_report/{stamp}"
     violations_uri = store.put_json("logs", f"{prefix}/constraint_violations.json", constraint_violations(verdict))

@@ -9,6 +9,7 @@ back to the caller and raise ``JobFailed`` with the job's own failure reason.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
+import pandas as pd
 from pydantic import BaseModel, Field
 
 from ml_code.contract import parse_metric_line
+from ml_code.splits import SPLITS
 
 from .object_store import ObjectStore, file_uri_to_path, join_uri
 from .settings import REPO_ROOT
@@ -212,3 +215,12 @@ def read_training_record(store: ObjectStore, output_uri: str | None) -> dict:
         return {}
     stored = store.get_json_or(join_uri(output_uri, "history.json"), {})
     return stored if isinstance(stored, dict) else {"history": list(stored)}
+
+
+def read_split_index(store: ObjectStore, splits_uri: str) -> pd.DataFrame:
+    """The preprocess job's ``{split}_index.csv`` files as one table with a ``split`` column,
+    every value as text (what the split checks need: lesion ids, diagnoses)."""
+    frames = [pd.read_csv(io.BytesIO(store.get_bytes(join_uri(splits_uri, f"{split}_index.csv"))), dtype=str)
+              .assign(split=split) for split in SPLITS]
+    return pd.concat(frames, ignore_index=True)
+

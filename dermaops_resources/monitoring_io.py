@@ -26,6 +26,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from ml_code.casemix import CASE_MIX_COLUMNS
+
 from .handles import EndpointHandle
 from .monitoring_handles import BaselineHandle
 from .object_store import ObjectStore
@@ -126,6 +128,15 @@ def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int
         flat = [img for part in images for img in part][cut:]
         images = [np.stack(flat)] if flat else []
     return rows, images
+
+
+def case_mix_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The case-mix columns (``ml_code.casemix``) of inference-log rows, without the rows of
+    parts written before the log kept them: their ``sex`` is missing rather than "unknown",
+    and whether those requests carried clinical context cannot be told."""
+    if "sex" not in rows.columns:
+        return pd.DataFrame(columns=list(CASE_MIX_COLUMNS))
+    return rows.loc[rows["sex"].notna(), list(CASE_MIX_COLUMNS)].reset_index(drop=True)
 
 
 def read_labels(store: ObjectStore, labels_uri: str) -> pd.DataFrame:

@@ -12,6 +12,9 @@ original image geometry). Output ``baseline``:
 - ``baseline_features.parquet``  per-image features of the training split (KS needs the sample).
 - ``embeddings.npy``    penultimate-layer embeddings of up to ``max_embeddings`` held-out images.
 - ``prediction_distribution.json``  predicted-class proportions on the same held-out images.
+- ``baseline_case_mix.parquet``  age (capped at 90), sex and body region per training image
+  (``ml_code.casemix``), from ``train_index.csv``; absent when the split has no clinical
+  columns, and then the case-mix test is skipped.
 
 Why held-out images for embeddings and predictions: the model has memorised its training
 images, so their embeddings are tighter and their predictions more confident than on any
@@ -40,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .casemix import case_mix_frame
 from .contract import emit_metric, parse_hyperparameters, processing_input, processing_output, run_entry_point
 from .drift import DEFAULT_BINS, DriftThresholds, bin_counts, psi_edges, write_json_atomic
 from .features import FEATURE_NAMES, GEOMETRY_FEATURES, PIXEL_FEATURES, batch_features
@@ -49,6 +53,7 @@ CONSTRAINTS = "constraints.json"
 FEATURES = "baseline_features.parquet"
 EMBEDDINGS = "embeddings.npy"
 PREDICTIONS = "prediction_distribution.json"
+CASE_MIX = "baseline_case_mix.parquet"
 
 
 # -- the packaged model ---------------------------------------------------------------
@@ -176,6 +181,23 @@ def _geometry(splits_dir: Path, manifest_dir: Path | None) -> pd.DataFrame | Non
     return pd.DataFrame({"width": w, "height": h, "aspect_ratio": w / np.where(h > 0, h, np.nan)})
 
 
+def _case_mix(splits_dir: Path) -> pd.DataFrame | None:
+    """The training split's case mix, or None when its index has no clinical columns."""
+    index_path = splits_dir / "train_index.csv"
+    if not index_path.is_file():
+        return None
+    index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
+    if not {"age", "sex", "localization"} <= set(index.columns):
+        return None
+    return case_mix_frame(index["age"].tolist(), index["sex"].tolist(), index["localization"].tolist())
+
+
+def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
 def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str | Path,
                      manifest_dir: str | Path | None = None, max_embeddings: int = 2000, n_bins: int = DEFAULT_BINS,
                      seed: int = 0, thresholds: DriftThresholds | None = None) -> dict[str, Any]:
@@ -194,9 +216,10 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
     if geometry is not None:
         feats = pd.concat([feats, geometry], axis=1)[list(FEATURE_NAMES)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_parquet = out_dir / f".{FEATURES}.tmp"
-    feats.to_parquet(tmp_parquet, index=False)
-    tmp_parquet.replace(out_dir / FEATURES)
+    _write_parquet_atomic(feats, out_dir / FEATURES)
+    case_mix = _case_mix(splits_dir)
+    if case_mix is not None:
+        _write_parquet_atomic(case_mix, out_dir / CASE_MIX)
     statistics = feature_statistics(feats, n_bins)
     write_json_atomic(out_dir / STATISTICS, statistics)
     write_json_atomic(out_dir / CONSTRAINTS, feature_constraints(statistics, thresholds))
@@ -218,9 +241,9 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
     distribution = {c: float(n) / max(1, int(predicted.sum())) for c, n in zip(classes, predicted)}
     write_json_atomic(out_dir / PREDICTIONS, {"split": held_out, "n": int(len(pick)), "classes": classes,
                                               "distribution": distribution})
-    return {"item_count": int(len(feats)), "features": list(feats.columns), "embedding_split": held_out,
-            "n_embeddings": int(len(emb)), "embedding_dim": int(emb.shape[1]) if emb.ndim == 2 else 0,
-            "prediction_distribution": distribution}
+    return {"item_count": int(len(feats)), "features": list(feats.columns), "case_mix": case_mix is not None,
+            "embedding_split": held_out, "n_embeddings": int(len(emb)),
+            "embedding_dim": int(emb.shape[1]) if emb.ndim == 2 else 0, "prediction_distribution": distribution}
 
 
 def load_baseline(baseline_dir: str | Path) -> dict[str, Any]:
@@ -240,6 +263,7 @@ def load_baseline(baseline_dir: str | Path) -> dict[str, Any]:
         "edges": edges_from_statistics(statistics),
         "embeddings": np.load(d / EMBEDDINGS),
         "prediction_distribution": json.loads((d / PREDICTIONS).read_text())["distribution"],
+        "case_mix": pd.read_parquet(d / CASE_MIX) if (d / CASE_MIX).is_file() else None,
     }
 
 

@@ -4,9 +4,11 @@ Each captured request carries the base64 image the client sent and the JSON the 
 answered. Monitoring needs, per request: when, which ids (to join late ground-truth
 labels), which model version, what it predicted, and what the *input* looked like. The
 image features are computed on the same view the model sees (centre-crop to a square,
-bicubic resize to the model's input size, exactly as ``code/inference.py`` and the
+Lanczos resize to the model's input size, exactly as ``code/inference.py`` and the
 preprocess job do), so they are comparable with the baseline's training-split features;
-width/height/aspect ratio are taken from the image as sent.
+width/height/aspect ratio are taken from the image as sent. A JSON request's clinical
+context (``age``, ``sex``, ``anatom_site``) is kept only as the coarse case mix of
+``ml_code.casemix`` (age capped at 90, sex, body region), never as the text sent.
 
 Capture files are written by other processes and can hold anything, so parsing never
 raises on bad content: a malformed line is skipped and counted under a named reason.
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from .casemix import BODY_REGIONS, CASE_MIX_COLUMNS, UNKNOWN, case_mix_frame
 from .features import FEATURE_NAMES, GEOMETRY_FEATURES, PIXEL_FEATURES, image_features
 
 #: Columns of the parsed capture table (features follow these).
@@ -48,23 +51,38 @@ def model_view(raw: bytes, size: int) -> np.ndarray:
     return load_image_square(raw, size)
 
 
-def decode_image(data: str | bytes, encoding: str = "BASE64") -> tuple[bytes, tuple[int, int]]:
-    """Decode a captured request body: (image bytes, (width, height)); ValueError if impossible."""
+@dataclass(frozen=True)
+class CapturedRequest:
+    """A captured request body, decoded: the image and any clinical context it carried."""
+
+    image: bytes
+    size: tuple[int, int]  # (width, height) as sent
+    age: Any = None
+    sex: Any = None
+    site: Any = None
+
+
+def decode_request(data: str | bytes, encoding: str = "BASE64") -> CapturedRequest:
+    """Decode a captured request body (an image, or the JSON request with a base64 ``image``
+    and optional ``age``/``sex``/``anatom_site``); ValueError if there is no decodable image."""
     if encoding.upper() != "BASE64":
         raise ValueError(f"image body encoding {encoding!r} is not BASE64")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise ValueError(f"body is not valid base64: {exc}") from exc
+    context: dict[str, Any] = {}
     if raw[:1] == b"{":  # an application/json request: the image is its base64 "image" field
         try:
-            raw = base64.b64decode(json.loads(raw)["image"], validate=True)
+            request = json.loads(raw)
+            raw = base64.b64decode(request["image"], validate=True)
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise ValueError(f"JSON body has no decodable base64 'image': {exc}") from exc
+        context = {"age": request.get("age"), "sex": request.get("sex"), "site": request.get("anatom_site")}
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
-            return raw, img.size
+            return CapturedRequest(raw, img.size, **context)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"body is not a decodable image: {exc}") from exc
 
@@ -110,7 +128,7 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
     skipped: Counter = Counter()
     records: list[dict[str, Any]] = []
     views: list[np.ndarray] = []
-    geometry: list[tuple[float, float]] = []
+    requests: list[CapturedRequest] = []
     for raw in lines:
         line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         if not line.strip():
@@ -147,12 +165,12 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
         view = None
         if image_size is not None:
             try:
-                raw_image, (width, height) = decode_image(inp.get("data", ""), str(inp.get("encoding", "BASE64")))
+                request = decode_request(inp.get("data", ""), str(inp.get("encoding", "BASE64")))
             except ValueError:
                 skipped["undecodable_image"] += 1
                 continue
-            geometry.append((float(width), float(height)))
-            view = model_view(raw_image, image_size)
+            requests.append(request)
+            view = model_view(request.image, image_size)
         version = meta.get("modelPackageVersion")
         records.append({
             "inference_time": when,
@@ -172,10 +190,13 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
         feats = image_features(views) if views else pd.DataFrame(columns=list(FEATURE_NAMES), dtype=float)
         for name in PIXEL_FEATURES:
             rows[name] = feats[name].to_numpy(dtype=float) if len(feats) else np.zeros(0)
-        geo = np.array(geometry, dtype=float).reshape(-1, 2)
+        geo = np.array([r.size for r in requests], dtype=float).reshape(-1, 2)
         rows["width"], rows["height"] = geo[:, 0], geo[:, 1]
         rows["aspect_ratio"] = geo[:, 0] / np.where(geo[:, 1] > 0, geo[:, 1], np.nan)
         assert set(GEOMETRY_FEATURES) <= set(rows.columns)
+        mix = case_mix_frame([r.age for r in requests], [r.sex for r in requests], [r.site for r in requests])
+        for name in CASE_MIX_COLUMNS:
+            rows[name] = mix[name].to_numpy()
     return CaptureBatch(rows=rows, skipped=skipped, images=views if keep_images else [])
 
 
@@ -208,6 +229,10 @@ def capture_schema():
         columns[name] = pa.Column(float, checks=non_negative)
     for name in GEOMETRY_FEATURES:
         columns[name] = pa.Column(float, checks=pa.Check.gt(0.0), nullable=True)
+    # The case mix (ml_code.casemix); optional, since parts written before it lack the columns.
+    columns["age"] = pa.Column(float, checks=pa.Check.in_range(0.0, 90.0), nullable=True, required=False)
+    columns["sex"] = pa.Column(str, checks=pa.Check.isin(["male", "female", UNKNOWN]), required=False)
+    columns["body_region"] = pa.Column(str, checks=pa.Check.isin([*BODY_REGIONS, UNKNOWN]), required=False)
     return pa.DataFrameSchema(columns, strict=False, coerce=True,
                               unique=["inference_id"], report_duplicates="exclude_first")
 

@@ -1,6 +1,6 @@
 """Drift statistics between a model's baseline and the traffic it now serves.
 
-Four complementary tests, each answering a different question:
+Five complementary tests, each answering a different question:
 
 * **PSI** (population stability index) per image feature: *how much* did the
   distribution move? Bins come from baseline quantiles, so every bin is equally likely
@@ -13,6 +13,12 @@ Four complementary tests, each answering a different question:
   hand-made features miss, in the space the classifier actually uses.
 * **Prediction drift**: PSI and a chi-square test of predicted-class counts against the
   baseline's predicted-class distribution (label-free early warning of prior shift).
+* **Case mix** (``ml_code.casemix``): the clinical context requests carry - age (PSI and
+  KS, the feature thresholds), sex and body region (PSI and chi-square, the prediction
+  thresholds) - against the training split's, among the requests that sent each field.
+  The share of requests that send any context is reported too: a fall below the
+  baseline's by more than ``context_share_drop`` is a ``completeness_check`` violation
+  (the model is less accurate without context), not drift.
 
 ``drift_verdict`` combines them with the thresholds below and refuses to conclude
 ("insufficient_data") on fewer than ``min_requests`` captured requests.
@@ -27,6 +33,7 @@ Thresholds (``DriftThresholds``, stored in ``constraints.json`` so a baseline ca
 ``mmd_alpha``               0.001    embedding MMD permutation p-value (1999 permutations)
 ``prediction_psi``          0.2      predicted-class PSI ...
 ``prediction_alpha``        0.001    ... and chi-square p-value, both needed
+``context_share_drop``      0.2      fall in the share of requests with clinical context
 =========================  =======  ===========================================
 
 Why such small alphas: with ~11 features, a 0.01 KS alpha flags one feature in roughly
@@ -56,6 +63,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ml_code.casemix import UNKNOWN, with_context
+
 PSI_EPS = 1e-4
 DEFAULT_BINS = 10
 
@@ -71,6 +80,7 @@ class DriftThresholds:
     mmd_alpha: float = 0.001
     prediction_psi: float = 0.2
     prediction_alpha: float = 0.001
+    context_share_drop: float = 0.2
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "DriftThresholds":
@@ -234,10 +244,10 @@ def mmd_test(baseline: np.ndarray, current: np.ndarray, n_permutations: int = 19
                      n_baseline=len(x), n_current=len(y), n_permutations=n_permutations)
 
 
-# -- prediction drift -----------------------------------------------------------------
+# -- categorical drift (predicted class, case mix) ------------------------------------
 
 @dataclass
-class PredictionDrift:
+class CategoryDrift:
     psi: float
     chi2: float
     p_value: float
@@ -245,32 +255,87 @@ class PredictionDrift:
     current: dict[str, float]
 
 
-def prediction_drift(baseline_distribution: Mapping[str, float], current_classes: Sequence[str],
-                     eps: float = PSI_EPS) -> PredictionDrift:
-    """PSI and chi-square goodness-of-fit of predicted-class counts vs the baseline.
+def category_drift(baseline_distribution: Mapping[str, float], current_values: Sequence[str],
+                   eps: float = PSI_EPS) -> CategoryDrift:
+    """PSI and chi-square goodness-of-fit of category counts vs the baseline's shares.
 
-    ``baseline_distribution`` maps class -> proportion (from prediction_distribution.json).
-    Classes predicted now but absent from the baseline get the ``eps`` floor.
+    ``baseline_distribution`` maps category -> proportion (e.g. predicted class, from
+    prediction_distribution.json). Categories seen now but absent from the baseline get the
+    ``eps`` floor.
     """
     classes = list(baseline_distribution)
-    for cls in current_classes:
+    for cls in current_values:
         if cls not in baseline_distribution and cls not in classes:
             classes.append(cls)
-    counts = pd.Series(list(current_classes), dtype="object").value_counts()
+    counts = pd.Series(list(current_values), dtype="object").value_counts()
     actual = np.array([float(counts.get(c, 0)) for c in classes])
     expected_p = np.array([float(baseline_distribution.get(c, 0.0)) for c in classes])
     if expected_p.sum() <= 0:
-        raise ValueError("prediction_drift: the baseline prediction distribution is empty")
+        raise ValueError("category_drift: the baseline distribution is empty")
     expected_p = np.maximum(expected_p / expected_p.sum(), eps)
     expected_p /= expected_p.sum()
     n = actual.sum()
     if n == 0:
-        raise ValueError("prediction_drift: no current predictions")
+        raise ValueError("category_drift: no current values")
     value = psi_from_counts(expected_p, actual, eps)
     chi2, p = stats.chisquare(actual, expected_p * n)
-    return PredictionDrift(psi=value, chi2=float(chi2), p_value=float(p),
-                           baseline={c: float(v) for c, v in zip(classes, expected_p)},
-                           current={c: float(v) for c, v in zip(classes, actual / n)})
+    return CategoryDrift(psi=value, chi2=float(chi2), p_value=float(p),
+                         baseline={c: float(v) for c, v in zip(classes, expected_p)},
+                         current={c: float(v) for c, v in zip(classes, actual / n)})
+
+
+# -- case mix -----------------------------------------------------------------------------
+
+@dataclass
+class CaseMixDrift:
+    field: str  # "age" | "sex" | "body_region"
+    n: int  # current requests that sent this field
+    psi: float
+    p_value: float  # KS for age, chi-square for sex and body region
+    baseline: dict[str, float]  # category shares; for age its mean
+    current: dict[str, float]
+    drifted: bool
+
+
+@dataclass
+class ContextShare:
+    """Share of requests that carry any clinical context, now and in the training split."""
+
+    baseline: float
+    current: float
+    n: int
+    dropped: bool
+
+
+def case_mix_drift(baseline: pd.DataFrame, current: pd.DataFrame,
+                   thresholds: DriftThresholds) -> tuple[list[CaseMixDrift], ContextShare | None]:
+    """Compare the clinical context of traffic with the training split's (frames from
+    :func:`ml_code.casemix.case_mix_frame`).
+
+    Each field is compared among the rows that know it, and only when at least
+    ``min_requests`` current rows do: unknowns are a completeness question (the returned
+    :class:`ContextShare`), not a shift of who is seen.
+    """
+    t = thresholds
+    out: list[CaseMixDrift] = []
+    b_age, c_age = (f["age"].to_numpy(dtype=np.float64) for f in (baseline, current))
+    b_age, c_age = b_age[np.isfinite(b_age)], c_age[np.isfinite(c_age)]
+    if b_age.size and c_age.size >= t.min_requests:
+        value = psi(b_age, c_age)
+        _, p = ks_test(b_age, c_age)
+        out.append(CaseMixDrift("age", int(c_age.size), value, p, {"mean": float(b_age.mean())},
+                                {"mean": float(c_age.mean())}, drifted=value > t.psi and p < t.ks_alpha))
+    for name in ("sex", "body_region"):
+        b, c = (f.loc[f[name] != UNKNOWN, name] for f in (baseline, current))
+        if len(b) and len(c) >= t.min_requests:
+            d = category_drift(b.value_counts(normalize=True).to_dict(), c.tolist())
+            out.append(CaseMixDrift(name, len(c), d.psi, d.p_value, d.baseline, d.current,
+                                    drifted=d.psi > t.prediction_psi and d.p_value < t.prediction_alpha))
+    share = None
+    if len(baseline) and len(current) >= t.min_requests:
+        b_share, c_share = float(with_context(baseline).mean()), float(with_context(current).mean())
+        share = ContextShare(b_share, c_share, len(current), dropped=c_share < b_share - t.context_share_drop)
+    return out, share
 
 
 # -- verdict ----------------------------------------------------------------------------
@@ -295,8 +360,10 @@ class DriftVerdict:
     reasons: list[str] = field(default_factory=list)
     features: list[FeatureDrift] = field(default_factory=list)
     mmd: MMDResult | None = None
-    prediction: PredictionDrift | None = None
+    prediction: CategoryDrift | None = None
     thresholds: DriftThresholds = field(default_factory=DriftThresholds)
+    case_mix: list[CaseMixDrift] = field(default_factory=list)
+    context_share: ContextShare | None = None
 
     def feature_table(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(f) for f in self.features])
@@ -332,14 +399,16 @@ def _alpha_score(p: float, alpha: float) -> float:
 
 
 def drift_verdict(n_requests: int, features: Sequence[FeatureDrift] = (), mmd: MMDResult | None = None,
-                  prediction: PredictionDrift | None = None,
-                  thresholds: DriftThresholds | None = None) -> DriftVerdict:
+                  prediction: CategoryDrift | None = None,
+                  thresholds: DriftThresholds | None = None, case_mix: Sequence[CaseMixDrift] = (),
+                  context_share: ContextShare | None = None) -> DriftVerdict:
     """Combine the tests into one decision and a [0, 1] score (>= 0.5 iff drift detected)."""
     t = thresholds or DriftThresholds()
     if n_requests < t.min_requests:
         return DriftVerdict("insufficient_data", False, 0.0, n_requests,
                             [f"only {n_requests} captured requests; need at least {t.min_requests} "
-                             "before drift can be judged"], list(features), mmd, prediction, t)
+                             "before drift can be judged"], list(features), mmd, prediction, t,
+                            list(case_mix), context_share)
     reasons: list[str] = []
     scores = [0.0]
     drifted = [f for f in features if f.drifted]
@@ -359,12 +428,19 @@ def drift_verdict(n_requests: int, features: Sequence[FeatureDrift] = (), mmd: M
         if hit:
             reasons.append(f"prediction distribution PSI {prediction.psi:.2f} > {t.prediction_psi} "
                            f"(chi-square p={prediction.p_value:.2g})")
+    for c in case_mix:
+        limit = t.psi if c.field == "age" else t.prediction_psi
+        mix_score = min(1.0, 0.5 * c.psi / limit)
+        scores.append(max(mix_score, 0.5) if c.drifted else min(mix_score, 0.49))
+        if c.drifted:
+            reasons.append(f"case mix: {c.field} PSI {c.psi:.2f} > {limit} (p={c.p_value:.2g}, "
+                           f"{c.n} requests sent it)")
     detected = bool(reasons)
     score = max(scores)
     if detected:
         score = max(score, 0.5)
     return DriftVerdict("drift" if detected else "ok", detected, float(score), n_requests, reasons,
-                        list(features), mmd, prediction, t)
+                        list(features), mmd, prediction, t, list(case_mix), context_share)
 
 
 # -- Model Monitor output ---------------------------------------------------------------
@@ -395,6 +471,23 @@ def constraint_violations(verdict: DriftVerdict, incomplete: int = 0) -> dict[st
             "feature_name": "predicted_class",
             "constraint_check_type": "baseline_drift_check",
             "description": f"predicted-class PSI {p.psi:.3f} > {t.prediction_psi}, chi-square p={p.p_value:.2g}",
+        })
+    for c in verdict.case_mix:
+        if c.drifted:
+            violations.append({
+                "feature_name": c.field,
+                "constraint_check_type": "baseline_drift_check",
+                "description": f"case mix: {c.field} PSI {c.psi:.3f}, p={c.p_value:.2g} over the {c.n} requests "
+                               f"that sent it; baseline {_shares(c.baseline)}, current {_shares(c.current)}",
+            })
+    share = verdict.context_share
+    if share is not None and share.dropped:
+        violations.append({
+            "feature_name": "clinical_context",
+            "constraint_check_type": "completeness_check",
+            "description": f"{share.current:.0%} of {share.n} requests sent clinical context (age, sex or body "
+                           f"site) against {share.baseline:.0%} of the training split; without it the model "
+                           "scores on the image alone, which is less accurate",
         })
     if incomplete:
         violations.append({
@@ -447,9 +540,25 @@ def drift_report_markdown(verdict: DriftVerdict, png: str | None = None) -> str:
     if verdict.prediction is not None:
         lines += ["", f"Prediction drift: PSI {verdict.prediction.psi:.3f}, chi-square p = "
                       f"{verdict.prediction.p_value:.2g}"]
+    if verdict.case_mix:
+        lines += ["", "| case mix | requests | PSI | p | baseline | current | drifted |", "|---|---|---|---|---|---|---|"]
+        for c in verdict.case_mix:
+            lines.append(f"| {c.field} | {c.n} | {c.psi:.3f} | {c.p_value:.2g} | {_shares(c.baseline)} | "
+                         f"{_shares(c.current)} | {'**yes**' if c.drifted else 'no'} |")
+    if verdict.context_share is not None:
+        share = verdict.context_share
+        lines += ["", f"Clinical context sent with {share.current:.0%} of requests (training split "
+                      f"{share.baseline:.0%}){' - **below the baseline**' if share.dropped else ''}"]
     if png:
         lines += ["", f"![PSI per feature]({png})"]
     return "\n".join(lines)
+
+
+def _shares(values: Mapping[str, float]) -> str:
+    """``{"male": 0.54, ...}`` as ``male 54%, ...`` (largest first); ``{"mean": 51.2}`` as ``mean 51.2``."""
+    if set(values) == {"mean"}:
+        return f"mean {values['mean']:.1f}"
+    return ", ".join(f"{k} {v:.0%}" for k, v in sorted(values.items(), key=lambda kv: -kv[1]))
 
 
 def figure_png_data_uri(fig: Any) -> str:

@@ -7,7 +7,12 @@ simulate a quality drop) feed the model-quality monitor.
 
     python -m ml_code.traffic --endpoint http://127.0.0.1:8080 --images DIR \
         [--rate 5] [--limit 100] [--max-seconds 300] [--perturb colour-shift|blur|brightness|contrast] \
-        [--metadata HAM10000_metadata.csv] [--labels-out DIR] [--wrong-labels 0.3] [--allow-remote]
+        [--metadata HAM10000_metadata.csv] [--with-context] [--labels-out DIR] [--wrong-labels 0.3] \
+        [--allow-remote]
+
+``--with-context`` sends each image as the JSON request with its clinical context from
+``--metadata`` (``age``, ``sex``, ``localization`` as ``anatom_site``), as a clinic's
+system would, so the case-mix monitor has something to watch.
 
 Safety: only loopback endpoints are contacted unless ``--allow-remote`` is given, and every
 run is bounded by ``--limit`` requests and ``--max-seconds``. Labels files hold only
@@ -17,6 +22,7 @@ inference ids and diagnosis labels (no patient data).
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import ipaddress
 import json
@@ -94,18 +100,40 @@ def load_labels(metadata_csv: str | Path) -> dict[str, str]:
     return dict(zip(frame["image_id"].astype(str), frame["dx"].astype(str)))
 
 
-def encode_request(path: Path, perturb: str | None) -> tuple[bytes, str]:
-    """Body and content type: the file's own bytes, or a perturbed re-encoding as JPEG."""
+def load_context(metadata_csv: str | Path) -> dict[str, dict[str, Any]]:
+    """image_id -> the JSON request's clinical fields (``age``, ``sex``, ``anatom_site``) from a
+    HAM10000-style metadata CSV; an unknown value is sent as null."""
+    frame = pd.read_csv(metadata_csv, usecols=lambda c: c in ("image_id", "age", "sex", "localization"))
+    missing = {"image_id", "age", "sex", "localization"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"--with-context needs columns {sorted(missing)} in {metadata_csv} "
+                         "(HAM10000_metadata.csv layout: image_id, age, sex, localization)")
+
+    def known(value: Any) -> Any:
+        return None if pd.isna(value) or str(value).strip().lower() in ("", "unknown") else value
+
+    return {str(r.image_id): {"age": None if known(r.age) is None else float(r.age), "sex": known(r.sex),
+                              "anatom_site": known(r.localization)}
+            for r in frame.itertuples(index=False)}
+
+
+def encode_request(path: Path, perturb: str | None, context: dict[str, Any] | None = None) -> tuple[bytes, str]:
+    """Body and content type: the file's own bytes, or a perturbed re-encoding as JPEG; with
+    ``context``, the JSON request carrying that image as base64 and the clinical fields."""
     if perturb is None:
         ctype = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
-        return path.read_bytes(), ctype
-    if perturb not in PERTURB_FNS:
+        body = path.read_bytes()
+    elif perturb not in PERTURB_FNS:
         raise ValueError(f"unknown --perturb {perturb!r}; choose one of {', '.join(PERTURBATIONS)}")
-    with Image.open(path) as img:
-        out = PERTURB_FNS[perturb](img.convert("RGB"))
-    buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=95)
-    return buf.getvalue(), "image/jpeg"
+    else:
+        with Image.open(path) as img:
+            out = PERTURB_FNS[perturb](img.convert("RGB"))
+        buf = io.BytesIO()
+        out.save(buf, format="JPEG", quality=95)
+        body, ctype = buf.getvalue(), "image/jpeg"
+    if context is None:
+        return body, ctype
+    return json.dumps({"image": base64.b64encode(body).decode("ascii"), **context}).encode(), "application/json"
 
 
 def write_labels_atomic(folder: str | Path, rows: list[tuple[str, str]]) -> Path:
@@ -128,8 +156,12 @@ def simulate_traffic(endpoint: str, images: Sequence[Path], *, rate: float = 5.0
                      max_seconds: float = 300.0, perturb: str | None = None,
                      labels: dict[str, str] | None = None, labels_out: str | Path | None = None,
                      wrong_labels: float = 0.0, seed: int = 0, timeout: float = 30.0,
-                     allow_remote: bool = False, classes: Sequence[str] | None = None) -> dict[str, Any]:
-    """Send up to ``limit`` images at ``rate`` req/s for at most ``max_seconds``; return a summary."""
+                     allow_remote: bool = False, classes: Sequence[str] | None = None,
+                     context: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Send up to ``limit`` images at ``rate`` req/s for at most ``max_seconds``; return a summary.
+
+    ``context`` (from :func:`load_context`) sends each image whose stem it lists as a JSON
+    request with that clinical context; other images go as bare image bodies."""
     base = check_loopback(endpoint, allow_remote)
     if rate <= 0 or limit <= 0 or max_seconds <= 0:
         raise ValueError("--rate, --limit and --max-seconds must be positive")
@@ -151,7 +183,7 @@ def simulate_traffic(endpoint: str, images: Sequence[Path], *, rate: float = 5.0
             break
         if due > now:
             time.sleep(due - now)
-        body, ctype = encode_request(path, perturb)
+        body, ctype = encode_request(path, perturb, (context or {}).get(path.stem))
         asked = f"sim-{uuid.uuid4().hex}"
         req = urllib.request.Request(f"{base}/invocations", data=body, method="POST",
                                      headers={"Content-Type": ctype, "Accept": "application/json",
@@ -211,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=300.0, help="stop after this long (default 300)")
     p.add_argument("--perturb", choices=PERTURBATIONS, default=None, help="simulate a different acquisition")
     p.add_argument("--metadata", help="CSV with image_id,dx giving the true label of each image file stem")
+    p.add_argument("--with-context", action="store_true",
+                   help="send JSON requests with each image's age, sex and site from --metadata")
     p.add_argument("--labels-out", help="labels landing folder: an inference_id,label CSV is dropped there")
     p.add_argument("--wrong-labels", type=float, default=0.0, help="fraction of labels to flip (quality drop)")
     p.add_argument("--seed", type=int, default=0)
@@ -224,11 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.labels_out and not args.metadata:
             raise ValueError("--labels-out needs --metadata (the CSV of true labels per image_id)")
+        if args.with_context and not args.metadata:
+            raise ValueError("--with-context needs --metadata (the CSV with age, sex and localization per image_id)")
         summary = simulate_traffic(
             args.endpoint, list_images(args.images), rate=args.rate, limit=args.limit,
             max_seconds=args.max_seconds, perturb=args.perturb,
             labels=load_labels(args.metadata) if args.metadata else None, labels_out=args.labels_out,
-            wrong_labels=args.wrong_labels, seed=args.seed, timeout=args.timeout, allow_remote=args.allow_remote)
+            wrong_labels=args.wrong_labels, seed=args.seed, timeout=args.timeout, allow_remote=args.allow_remote,
+            context=load_context(args.metadata) if args.with_context else None)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -140,11 +140,13 @@ def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> No
                "--limit", "60"]
     monitoring = "inference_log,drift_report,model_quality_report"
 
-    deployed.cli(*traffic)
+    # a clinic's system sends the clinical context too: the case mix is watched as well
+    deployed.cli(*traffic, "--metadata", str(held_out / "HAM10000_metadata.csv"), "--with-context")
     deployed.materialize(monitoring, {"ops": {"drift_report": {"config": {"max_requests": 60}}}})
     calm = deployed.latest_metadata("drift_report")
     assert calm["status"] != "insufficient_data" and calm["n_requests"] >= 50, calm
     assert calm["drift_detected"] is False, calm
+    assert "| case mix | requests |" in calm["report"] and "| body_region |" in calm["report"], calm
 
     deployed.cli(*traffic, "--perturb", "contrast", "--seed", "1")
     deployed.materialize(monitoring, {"ops": {"drift_report": {"config": {"max_requests": 60}}}})

@@ -1,5 +1,6 @@
 """Monitoring assets end to end on a real (tiny, untrained) model package and real capture files."""
 
+import base64
 import io
 import json
 import shutil
@@ -73,18 +74,23 @@ def _package(tmp: Path) -> Path:
     return tar_path
 
 
-def _capture(store: LocalObjectStore, images: np.ndarray, model, hour: str) -> list[tuple[str, str]]:
-    """Write capture JSONL like the endpoint does; returns (inference_id, predicted class)."""
+def _capture(store: LocalObjectStore, images: np.ndarray, model, hour: str,
+             contexts: list[dict] | None = None) -> list[tuple[str, str]]:
+    """Write capture JSONL like the endpoint does; returns (inference_id, predicted class).
+    With ``contexts``, each request is the JSON body with that clinical context."""
     probs = inference.predict_fn(images, model)
     out, lines = [], []
     now = datetime.now(timezone.utc).timestamp()
-    for img, p in zip(images, probs):
+    for i, (img, p) in enumerate(zip(images, probs)):
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG")
+        body, ctype = buf.getvalue(), "image/png"
+        if contexts is not None:
+            body, ctype = json.dumps({"image": base64.b64encode(body).decode(), **contexts[i]}).encode(), "application/json"
         iid = f"sim-{uuid.uuid4().hex}"
         text = json.dumps({"predicted_class": CLASSES[int(np.argmax(p))],
                         "probabilities": {c: float(v) for c, v in zip(CLASSES, p)}})
-        lines.append(json.dumps(capture_record(body=buf.getvalue(), content_type="image/png", response_text=text,
+        lines.append(json.dumps(capture_record(body=body, content_type=ctype, response_text=text,
                                                event_id=str(uuid.uuid4()), inference_id=iid, inference_time=now,
                                                package_version=1)))
         out.append((iid, CLASSES[int(np.argmax(p))]))
@@ -106,10 +112,15 @@ def world(tmp_path: Path, monkeypatch):
     splits.mkdir()
     np.save(splits / "train_images.npy", lesion_images(400, SIZE, seed=1))
     np.save(splits / "val_images.npy", lesion_images(150, SIZE, seed=2))
+    rng = np.random.default_rng(3)  # an adult clinic: the case mix the baseline keeps
+    pd.DataFrame({"image_id": [f"ISIC_{i:07d}" for i in range(400)], "age": rng.integers(3, 17, 400) * 5.0,
+                  "sex": rng.choice(["male", "female", "unknown"], 400, p=[0.53, 0.45, 0.02]),
+                  "localization": rng.choice(["back", "lower extremity", "face", "unknown"], 400)}
+                 ).to_csv(splits / "train_index.csv", index=False)
     tar = _package(tmp_path)
     model_uri = store.put_file("models", "jobs/train/t1/model.tar.gz", tar)
     summary = compute_baseline(splits, tar, tmp_path / "baseline", max_embeddings=150)
-    assert summary["embedding_split"] == "val" and summary["n_embeddings"] == 150
+    assert summary["embedding_split"] == "val" and summary["n_embeddings"] == 150 and summary["case_mix"]
     assert "width" not in summary["features"]  # no manifest: no geometry baseline
     stats = json.loads((tmp_path / "baseline" / "statistics.json").read_text())
     assert stats["dataset"]["item_count"] == 400 and stats["features"][0]["numerical_statistics"]["distribution"]
@@ -169,12 +180,37 @@ def test_in_distribution_then_shifted_traffic(world) -> None:
     reports = list((tmp / "store" / "logs" / "monitoring" / "drift_report").glob("*/constraint_violations.json"))
     violations = json.loads(max(reports).read_text())["violations"]
     assert any(v["constraint_check_type"] == "baseline_drift_check" for v in violations)
+    # bare image requests carry no clinical context, which the training split had
+    assert ("clinical_context", "completeness_check") in {(v["feature_name"], v["constraint_check_type"])
+                                                          for v in violations}
     alerts = resources["notifier"].read_alerts()
     assert {a["attributes"]["alarm"] for a in alerts} == {"dermaops-data-drift", "dermaops-accuracy-drop"}
 
     md = _run(resources, window=120)  # nothing new: the cursor holds, no duplicate rows
     assert md["inference_log"]["num_new_records"] == 0 and md["inference_log"]["total"] == 240
     assert len(resources["notifier"].read_alerts()) == 2  # still in ALARM: no repeated page
+
+
+def test_a_shifted_case_mix_alone_is_drift(world) -> None:
+    """In-distribution images from a paediatric acral clinic: the image tests stay quiet, the
+    case mix does not; exact ages over 89 never reach the inference log."""
+    store, resources, model, tmp = world
+    rng = np.random.default_rng(5)
+    contexts = [{"age": float(rng.integers(2, 12)) if i else 97.0, "sex": str(rng.choice(["male", "female"])),
+                 "anatom_site": str(rng.choice(["acral", "foot"]))} for i in range(120)]
+    _capture(store, lesion_images(120, SIZE, seed=30), model, "2026/01/01/10", contexts)
+    md = _run(resources, window=120)["drift_report"]
+    assert md["drift_detected"] is True
+    report = md["report"]
+    assert "- case mix: age PSI" in report and "- case mix: body_region PSI" in report
+    assert "features drifted" not in report  # the images themselves are in distribution
+    assert "| case mix | requests |" in report and "Clinical context sent with 100% of requests" in report
+    reports = list((tmp / "store" / "logs" / "monitoring" / "drift_report").glob("*/constraint_violations.json"))
+    violations = json.loads(max(reports).read_text())["violations"]
+    assert {v["feature_name"] for v in violations} >= {"age", "body_region"}
+    parts = list((tmp / "store" / "logs" / "monitoring" / "inference_log" / "parts").glob("*.parquet"))
+    logged = pd.concat([pd.read_parquet(p) for p in parts])
+    assert logged["age"].max() == 90.0 and set(logged["body_region"]) <= {"palms_soles", "lower_extremity"}
 
 
 def test_model_baseline_runs_the_processing_job(tmp_path: Path) -> None:

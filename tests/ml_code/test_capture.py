@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_code.capture import model_view, parse_capture_bytes, parse_lines
+from ml_code.capture import model_view, parse_capture_bytes, parse_lines, validate_rows
 from ml_code.features import batch_features
 from ml_code.serve import capture_record
 
@@ -46,6 +47,26 @@ def test_parses_rows_and_features_on_the_model_view() -> None:
     expected = batch_features(np.stack(batch.images))
     np.testing.assert_allclose(rows["brightness"], expected["brightness"], rtol=1e-6)
     assert batch.images[0].shape == (16, 16, 3)
+
+
+def test_json_requests_keep_only_the_coarse_case_mix() -> None:
+    img = _jpeg(lesion_images(1, 20, seed=2)[0])
+    answer = {"predicted_class": "nv", "probabilities": {"nv": 1.0}}
+
+    def request(**context) -> bytes:
+        return json.dumps({"image": base64.b64encode(img).decode(), **context}).encode()
+
+    bodies = [request(age=94, sex="female", anatom_site="palms/soles"), request(age=40, sex=None),
+              request(anatom_site="upper extremity/hand"), img]
+    lines = [json.dumps(capture_record(body=b, content_type="application/json" if b is not img else "image/png",
+                                       response_text=json.dumps(answer), event_id=f"ev-{i}",
+                                       inference_id=f"inf-{i}", inference_time=1.7e9 + i, package_version=1))
+             for i, b in enumerate(bodies)]
+    rows = validate_rows(parse_lines(lines, image_size=8).rows)
+    assert rows["age"].tolist()[:2] == [90.0, 40.0] and rows["age"].iloc[2:].isna().all()  # 94 -> 90 (HIPAA)
+    assert rows["sex"].tolist() == ["female", "unknown", "unknown", "unknown"]
+    assert rows["body_region"].tolist() == ["palms_soles", "unknown", "upper_extremity", "unknown"]
+    assert not {"anatom_site", "site"} & set(rows.columns)  # the free text sent is not kept
 
 
 def test_malformed_lines_are_skipped_with_reasons() -> None:

@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 from ml_code.drift import (
-    DriftThresholds, _mmd2_batch, drift_report_markdown, drift_verdict, feature_drift, ks_test, mmd_test,
-    prediction_drift, psi, psi_edges, psi_plot_data_uri, write_constraint_violations,
+    DriftThresholds, _mmd2_batch, case_mix_drift, category_drift, drift_report_markdown, drift_verdict,
+    feature_drift, ks_test, mmd_test, psi, psi_edges, psi_plot_data_uri, write_constraint_violations,
 )
 from ml_code.features import PIXEL_FEATURES, batch_features
 
@@ -79,8 +79,8 @@ def test_prediction_drift() -> None:
     base = {"nv": 0.67, "mel": 0.11, "bkl": 0.11, "bcc": 0.05, "akiec": 0.03, "vasc": 0.015, "df": 0.015}
     rng = np.random.default_rng(4)
     same = rng.choice(list(base), size=150, p=np.array(list(base.values())) / sum(base.values()))
-    assert prediction_drift(base, list(same)).psi < 0.2
-    shifted = prediction_drift(base, ["mel"] * 90 + ["nv"] * 60)
+    assert category_drift(base, list(same)).psi < 0.2
+    shifted = category_drift(base, ["mel"] * 90 + ["nv"] * 60)
     assert shifted.psi > 0.2 and shifted.p_value < 0.001
 
 
@@ -132,3 +132,58 @@ def test_drift_report_markdown_and_psi_plot(baseline_features) -> None:
     empty = drift_verdict(10)
     assert psi_plot_data_uri(empty) is None
     assert "| feature |" not in drift_report_markdown(empty, None)
+
+
+def _clinic(n: int, seed: int, *, ages=(50.0, 16.0), male=0.54, sites=("back", "lower extremity", "face", "hand"),
+            context=1.0):
+    """A case mix like HAM10000's (or shifted): ``context`` is the share of rows that carry any."""
+    from ml_code.casemix import case_mix_frame
+
+    rng = np.random.default_rng(seed)
+    age = np.clip(rng.normal(*ages, size=n), 0, 85).round(-1)
+    sex = np.where(rng.random(n) < male, "male", "female").astype(object)
+    site = rng.choice(sites, size=n, p=[0.4, 0.3, 0.2, 0.1]).astype(object)
+    blank = rng.random(n) >= context
+    age[blank], sex[blank], site[blank] = np.nan, None, None
+    return case_mix_frame(list(age), list(sex), list(site))
+
+
+def test_case_mix_of_the_same_clinic_raises_no_alarm() -> None:
+    t = DriftThresholds()
+    base = _clinic(3000, seed=0)
+    for seed in range(1, 6):
+        mix, share = case_mix_drift(base, _clinic(150, seed=seed), t)
+        assert [m.field for m in mix] == ["age", "sex", "body_region"]
+        assert not any(m.drifted for m in mix) and not share.dropped, (seed, mix)
+        v = drift_verdict(150, case_mix=mix, context_share=share, thresholds=t)
+        assert not v.drift_detected and v.drift_score < 0.5
+
+
+def test_a_paediatric_acral_clinic_is_case_mix_drift(tmp_path) -> None:
+    t = DriftThresholds()
+    mix, share = case_mix_drift(_clinic(3000, seed=0), _clinic(150, seed=9, ages=(10.0, 4.0), male=0.5,
+                                                                sites=("acral", "foot", "hand", "back")), t)
+    drifted = {m.field for m in mix if m.drifted}
+    assert drifted == {"age", "body_region"}  # sex mix unchanged
+    v = drift_verdict(150, case_mix=mix, context_share=share, thresholds=t)
+    assert v.drift_detected and v.drift_score >= 0.5
+    assert any(r.startswith("case mix: age") for r in v.reasons)
+    violations = json.loads(write_constraint_violations(tmp_path / "cv.json", v).read_text())["violations"]
+    assert {x["feature_name"] for x in violations} == {"age", "body_region"}
+    assert "palms_soles" in next(x for x in violations if x["feature_name"] == "body_region")["description"]
+    md = drift_report_markdown(v)
+    age_row = next(line for line in md.splitlines() if line.startswith("| age | 150 |"))
+    assert "| case mix | requests |" in md and "mean" in age_row and age_row.endswith("| **yes** |")
+
+
+def test_requests_without_context_are_a_completeness_violation_not_drift(tmp_path) -> None:
+    t = DriftThresholds()
+    mix, share = case_mix_drift(_clinic(3000, seed=0), _clinic(200, seed=3, context=0.2), t)
+    assert mix == []  # about 40 requests know each field: too few (< min_requests) to compare
+    assert share.baseline == 1.0 and 0.1 < share.current < 0.3 and share.dropped
+    v = drift_verdict(200, case_mix=mix, context_share=share, thresholds=t)
+    assert not v.drift_detected
+    violations = json.loads(write_constraint_violations(tmp_path / "cv.json", v).read_text())["violations"]
+    assert [(x["feature_name"], x["constraint_check_type"]) for x in violations] == [
+        ("clinical_context", "completeness_check")]
+    assert "below the baseline" in drift_report_markdown(v)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -88,6 +89,29 @@ def test_perturbation_and_wrong_labels(server: str, image_dir: Path, tmp_path: P
     assert (frame["label"] != "nv").all()
     originals = {p.read_bytes() for p in image_dir.iterdir()}
     assert all(r["body"] not in originals for r in _Handler.received)
+
+
+def test_with_context_sends_json_requests_with_the_clinical_fields(server: str, image_dir: Path,
+                                                                  tmp_path: Path, capsys) -> None:
+    meta = pd.read_csv(tmp_path / "meta.csv")
+    meta["age"] = [35.0, None] * 6
+    meta["sex"] = ["female", "unknown"] * 6
+    meta["localization"] = ["back", "unknown"] * 6
+    meta.to_csv(tmp_path / "meta.csv", index=False)
+    code = main(["--endpoint", server, "--images", str(image_dir), "--rate", "200", "--limit", "12",
+                 "--metadata", str(tmp_path / "meta.csv"), "--with-context"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["ok"] == 12
+    sent = [json.loads(r["body"]) for r in _Handler.received]
+    assert all(r["ctype"] == "application/json" for r in _Handler.received)
+    originals = {p.read_bytes() for p in image_dir.iterdir()}
+    assert all(base64.b64decode(s["image"]) in originals for s in sent)
+    contexts = sorted((s["age"] is None, s["sex"], s["anatom_site"]) for s in sent)
+    assert contexts == [(False, "female", "back")] * 6 + [(True, None, None)] * 6  # unknown is sent as null
+
+    meta.drop(columns="localization").to_csv(tmp_path / "meta.csv", index=False)
+    assert main(["--endpoint", server, "--images", str(image_dir), "--metadata", str(tmp_path / "meta.csv"),
+                 "--with-context"]) == 2
+    assert "localization" in capsys.readouterr().err
 
 
 def test_cli_prints_summary_and_bounds_time(server: str, image_dir: Path, capsys) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dermaops_resources.jobs import JobFailed, JobSpec, LocalJobRunner, read_training_record
+from dermaops_resources.jobs import JobFailed, JobSpec, LocalJobRunner, read_split_index, read_training_record
 from dermaops_resources.object_store import LocalObjectStore
 
 ENTRY = "tests.resources.contract_probe"
@@ -63,3 +63,14 @@ def test_training_record_is_read_from_the_job_output(store: LocalObjectStore) ->
     record = {"history": [{"epoch": 1}], "best": {"epoch": 1}, "stop_reason": "epochs"}
     store.put_json("models", "jobs/train/run-1/output/history.json", record)
     assert read_training_record(store, output) == record
+
+
+def test_split_index_is_read_as_text_with_its_split(store: LocalObjectStore) -> None:
+    for split, rows in (("train", "HAM_0000001,nv,0001"), ("val", "HAM_0000002,mel,0002"), ("test", "HAM_0000003,df,")):
+        store.put_bytes("processed", f"splits/h/splits/{split}_index.csv", f"lesion_id,dx,image_id\n{rows}\n".encode())
+    index = read_split_index(store, store.uri("processed", "splits/h/splits"))
+    assert index["split"].tolist() == ["train", "val", "test"]
+    assert index["image_id"].tolist()[:2] == ["0001", "0002"]  # text: ids keep their leading zeros
+    with pytest.raises(FileNotFoundError):
+        read_split_index(store, store.uri("processed", "splits/missing"))
+

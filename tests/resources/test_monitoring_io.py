@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dermaops_resources.monitoring_io import LOG_PREFIX, load_inference_log, read_labels
+from dermaops_resources.monitoring_io import LOG_PREFIX, case_mix_rows, load_inference_log, read_labels
 from dermaops_resources.object_store import LocalObjectStore
 from ml_code.capture import rows_to_parquet_bytes, views_to_npy_bytes
 
@@ -55,3 +55,14 @@ def test_load_inference_log_newest_rows_with_aligned_images(tmp_path: Path) -> N
 
     rows, images = load_inference_log(store, {"parts": 0}, columns=["inference_id"])
     assert rows.empty and list(rows.columns) == ["inference_id"] and images == []
+
+
+def test_case_mix_rows_leave_out_parts_written_before_the_case_mix() -> None:
+    """Rows of older parts have no sex at all (not "unknown"): counting them as requests
+    without clinical context would report a completeness drop that never happened."""
+    old = pd.DataFrame({"inference_id": ["a", "b"], "brightness": [0.1, 0.2]})
+    new = pd.DataFrame({"inference_id": ["c", "d"], "age": [40.0, None], "sex": ["male", "unknown"],
+                        "body_region": ["torso", "unknown"]})
+    mix = case_mix_rows(pd.concat([old, new], ignore_index=True))
+    assert list(mix.columns) == ["age", "sex", "body_region"] and mix["sex"].tolist() == ["male", "unknown"]
+    assert case_mix_rows(old).empty
