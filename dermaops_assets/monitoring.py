@@ -195,6 +195,8 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
         "status": verdict.status,
         "insufficient_data": dg.MetadataValue.bool(verdict.status == "insufficient_data"),
         "n_requests": verdict.n_requests,
+        **({"clinical_context_share": dg.MetadataValue.float(verdict.context_share.current)}
+           if verdict.context_share is not None else {}),
         "report": dg.MetadataValue.md(drift_report_markdown(verdict, psi_plot_data_uri(verdict))),
         "constraint_violations": dg.MetadataValue.path(violations_uri),
     })

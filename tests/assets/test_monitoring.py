@@ -205,6 +205,7 @@ def test_a_shifted_case_mix_alone_is_drift(world) -> None:
     assert "- case mix: age PSI" in report and "- case mix: body_region PSI" in report
     assert "features drifted" not in report  # the images themselves are in distribution
     assert "| case mix | requests |" in report and "Clinical context sent with 100% of requests" in report
+    assert md["clinical_context_share"] == 1.0  # a number, so the UI plots it across materializations
     reports = list((tmp / "store" / "logs" / "monitoring" / "drift_report").glob("*/constraint_violations.json"))
     violations = json.loads(max(reports).read_text())["violations"]
     assert {v["feature_name"] for v in violations} >= {"age", "body_region"}
