@@ -56,6 +56,8 @@ from ml_code.quality import QUALITY_WINDOW_COLUMNS, quality_by_window, quality_r
           "(statistics.json/constraints.json), held-out embeddings and predicted-class distribution.")
 def model_baseline(context: dg.AssetExecutionContext, trained_model: TrainedModelHandle,
                    processed_splits: ProcessedSplitsHandle, store: ObjectStore, jobs: JobRunner) -> dg.Output[BaselineHandle]:
+    from ml_code.baseline import case_mix_counts
+
     name = f"baseline-{trained_model.model_hash[:12]}-{int(time.time())}"
     inputs = {"model": trained_model.model_uri.rsplit("/", 1)[0], "splits": processed_splits.splits_uri}
     manifest_prefix = store.uri("raw", f"manifests/{processed_splits.raw_manifest_hash}")
@@ -79,6 +81,7 @@ def model_baseline(context: dg.AssetExecutionContext, trained_model: TrainedMode
         "n_embeddings": handle.n_embeddings, "embedding_split": handle.embedding_split,
         "features": ", ".join(handle.features),
         "prediction_distribution": dg.MetadataValue.json(preds.get("distribution", {})),
+        "case_mix": dg.MetadataValue.json(case_mix_counts(stats)),
     })
 
 

@@ -6,7 +6,8 @@ original image geometry). Output ``baseline``:
 
 - ``statistics.json``   Model Monitor layout: dataset.item_count, features[] with
   numerical_statistics (mean, std, min, max, quantile sketch and histogram buckets; the
-  PSI bin edges under ``distribution.dermaops``).
+  PSI bin edges under ``distribution.dermaops``); with a case mix also ``age`` and the
+  categorical ``sex`` / ``body_region`` (string_statistics, counts per category).
 - ``constraints.json``  Model Monitor layout, plus the drift thresholds this baseline is
   judged with (``monitoring_config.dermaops_drift_thresholds``).
 - ``baseline_features.parquet``  per-image features of the training split (KS needs the sample).
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .casemix import case_mix_frame
+from .casemix import UNKNOWN, case_mix_frame
 from .contract import emit_metric, parse_hyperparameters, processing_input, processing_output, run_entry_point
 from .drift import DEFAULT_BINS, DriftThresholds, bin_counts, psi_edges, write_json_atomic
 from .features import FEATURE_NAMES, GEOMETRY_FEATURES, PIXEL_FEATURES, batch_features
@@ -110,45 +111,79 @@ def embed_and_predict(module: types.ModuleType, model: Any, images: np.ndarray,
 
 # -- statistics / constraints ---------------------------------------------------------
 
-def feature_statistics(features: pd.DataFrame, n_bins: int = DEFAULT_BINS) -> dict[str, Any]:
-    """Model Monitor ``statistics.json`` for a per-image feature table."""
-    out = []
-    for name in features.columns:
-        v = features[name].to_numpy(dtype=np.float64)
-        present = v[np.isfinite(v)]
-        edges = psi_edges(present, n_bins)
-        counts = bin_counts(present, edges)
-        bounds = [float(present.min())] + [float(e) for e in edges[1:-1]] + [float(present.max())]
-        buckets = [{"lower_bound": bounds[i], "upper_bound": bounds[i + 1], "count": float(counts[i + 1])}
-                   for i in range(len(bounds) - 1)]
-        out.append({
-            "name": name,
-            "inferred_type": "Fractional",
-            "numerical_statistics": {
-                "common": {"num_present": int(present.size), "num_missing": int(v.size - present.size)},
-                "mean": float(present.mean()), "sum": float(present.sum()),
-                "std_dev": float(present.std()), "min": float(present.min()), "max": float(present.max()),
-                "distribution": {
-                    "kll": {
-                        "buckets": buckets,
-                        # An exact quantile summary in the KLL sketch's place (not a KLL sketch).
-                        "sketch": {"parameters": {"c": 0.64, "k": 2048.0},
-                                   "data": [np.quantile(present, np.linspace(0, 1, 101)).tolist()]},
-                    },
-                    "dermaops": {"psi_edges": edges.tolist(), "psi_counts": counts.tolist()},
+def _numerical_feature(name: str, values: np.ndarray, n_bins: int) -> dict[str, Any]:
+    """One numerical feature of ``statistics.json`` (NaN = missing), with the PSI bins."""
+    v = np.asarray(values, dtype=np.float64)
+    present = v[np.isfinite(v)]
+    edges = psi_edges(present, n_bins)
+    counts = bin_counts(present, edges)
+    bounds = [float(present.min())] + [float(e) for e in edges[1:-1]] + [float(present.max())]
+    buckets = [{"lower_bound": bounds[i], "upper_bound": bounds[i + 1], "count": float(counts[i + 1])}
+               for i in range(len(bounds) - 1)]
+    return {
+        "name": name,
+        "inferred_type": "Fractional",
+        "numerical_statistics": {
+            "common": {"num_present": int(present.size), "num_missing": int(v.size - present.size)},
+            "mean": float(present.mean()), "sum": float(present.sum()),
+            "std_dev": float(present.std()), "min": float(present.min()), "max": float(present.max()),
+            "distribution": {
+                "kll": {
+                    "buckets": buckets,
+                    # An exact quantile summary in the KLL sketch's place (not a KLL sketch).
+                    "sketch": {"parameters": {"c": 0.64, "k": 2048.0},
+                               "data": [np.quantile(present, np.linspace(0, 1, 101)).tolist()]},
                 },
+                "dermaops": {"psi_edges": edges.tolist(), "psi_counts": counts.tolist()},
             },
-        })
+        },
+    }
+
+
+def _string_feature(name: str, values: pd.Series) -> dict[str, Any]:
+    """One categorical feature of ``statistics.json``; ``unknown`` counts as missing."""
+    present = values[values != UNKNOWN]
+    counts = present.value_counts()
+    return {
+        "name": name,
+        "inferred_type": "String",
+        "string_statistics": {
+            "common": {"num_present": int(len(present)), "num_missing": int(len(values) - len(present))},
+            "distinct_count": float(len(counts)),
+            "distribution": {"categorical": {"buckets": [{"value": str(k), "count": float(n)}
+                                                         for k, n in counts.items()]}},
+        },
+    }
+
+
+def feature_statistics(features: pd.DataFrame, n_bins: int = DEFAULT_BINS,
+                       case_mix: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Model Monitor ``statistics.json`` for a per-image feature table, and the case mix
+    (``age`` numerical, ``sex`` and ``body_region`` categorical) when given. Only aggregates:
+    counts per category and quantiles of the capped ages, nothing per image."""
+    out = [_numerical_feature(name, features[name].to_numpy(dtype=np.float64), n_bins) for name in features.columns]
+    if case_mix is not None:
+        if case_mix["age"].notna().any():
+            out.append(_numerical_feature("age", case_mix["age"].to_numpy(dtype=np.float64), n_bins))
+        out += [_string_feature(name, case_mix[name]) for name in ("sex", "body_region")]
     return {"version": 0.0, "dataset": {"item_count": int(len(features))}, "features": out}
 
 
 def feature_constraints(statistics: Mapping[str, Any], thresholds: DriftThresholds) -> dict[str, Any]:
     """Model Monitor ``constraints.json`` derived from statistics, with our drift thresholds."""
     feats = []
+    n = max(1, statistics["dataset"]["item_count"])
     for f in statistics["features"]:
+        if f["inferred_type"] == "String":
+            stats_ = f["string_statistics"]
+            feats.append({"name": f["name"], "inferred_type": "String",
+                          "completeness": stats_["common"]["num_present"] / n,
+                          "string_constraints": {"domains": [b["value"] for b in
+                                                             stats_["distribution"]["categorical"]["buckets"]]}})
+            continue
         num = f["numerical_statistics"]
         feats.append({"name": f["name"], "inferred_type": "Fractional",
-                      "completeness": num["common"]["num_present"] / max(1, statistics["dataset"]["item_count"]),
+                      "completeness": num["common"]["num_present"] / n,
                       "num_constraints": {"is_non_negative": bool(num["min"] >= 0)}})
     return {
         "version": 0.0,
@@ -161,6 +196,13 @@ def feature_constraints(statistics: Mapping[str, Any], thresholds: DriftThreshol
             "dermaops_drift_thresholds": asdict(thresholds),
         },
     }
+
+
+def case_mix_counts(statistics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Training images per sex and per body region, from ``statistics.json`` (empty for a
+    baseline without a case mix): what the baseline's materialization shows in the UI."""
+    return {f["name"]: {b["value"]: b["count"] for b in f["string_statistics"]["distribution"]["categorical"]["buckets"]}
+            for f in statistics.get("features", []) if f.get("inferred_type") == "String"}
 
 
 def edges_from_statistics(statistics: Mapping[str, Any]) -> dict[str, list[float]]:
@@ -220,7 +262,7 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
     case_mix = _case_mix(splits_dir)
     if case_mix is not None:
         _write_parquet_atomic(case_mix, out_dir / CASE_MIX)
-    statistics = feature_statistics(feats, n_bins)
+    statistics = feature_statistics(feats, n_bins, case_mix)
     write_json_atomic(out_dir / STATISTICS, statistics)
     write_json_atomic(out_dir / CONSTRAINTS, feature_constraints(statistics, thresholds))
 

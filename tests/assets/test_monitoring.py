@@ -26,7 +26,7 @@ from dermaops_resources.notifier import LocalNotifier
 from dermaops_resources.object_store import LocalObjectStore
 from dermaops_resources.registry import SqliteModelRegistry
 from ml_code import inference
-from ml_code.baseline import compute_baseline
+from ml_code.baseline import case_mix_counts, compute_baseline
 from ml_code.serve import capture_record
 from tests.ml_code.monitoring_synth import contrast_stretched, lesion_images
 
@@ -124,6 +124,16 @@ def world(tmp_path: Path, monkeypatch):
     assert "width" not in summary["features"]  # no manifest: no geometry baseline
     stats = json.loads((tmp_path / "baseline" / "statistics.json").read_text())
     assert stats["dataset"]["item_count"] == 400 and stats["features"][0]["numerical_statistics"]["distribution"]
+    # the case mix in Model Monitor layout: age numerical, sex and body region categorical ("unknown" = missing)
+    by_name = {f["name"]: f for f in stats["features"]}
+    assert by_name["age"]["numerical_statistics"]["max"] <= 90
+    sex = by_name["sex"]["string_statistics"]
+    assert sex["common"]["num_present"] + sex["common"]["num_missing"] == 400
+    assert {b["value"] for b in sex["distribution"]["categorical"]["buckets"]} == {"male", "female"}
+    constraints = json.loads((tmp_path / "baseline" / "constraints.json").read_text())
+    regions = next(f for f in constraints["features"] if f["name"] == "body_region")
+    assert set(regions["string_constraints"]["domains"]) == {"torso", "lower_extremity", "head_neck"}
+    assert case_mix_counts(stats)["sex"]["male"] + case_mix_counts(stats)["sex"]["female"] == sex["common"]["num_present"]
     baseline_uri = store.upload_dir("models", "jobs/baseline/b1/baseline", tmp_path / "baseline")
     registry = SqliteModelRegistry(db_path=str(tmp_path / "registry.db"))
     registry.register("g", model_uri, "hash1", {"balanced_accuracy": 0.9}, "", {})
