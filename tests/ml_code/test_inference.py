@@ -80,6 +80,19 @@ def test_temperature_is_applied(served):
     np.testing.assert_allclose(inference.predict_fn(x, served), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("views", [1, 2, 8])
+def test_views_batched_in_one_pass_equal_a_pass_per_view(served, views):
+    """40 images x 8 views crosses the 256-view chunk boundary; each row must not depend on
+    the others in its batch (eval-mode batch norm), so batching changes nothing."""
+    rng = np.random.default_rng(3)
+    x = inference.preprocess_array(rng.integers(0, 255, (40, SIZE, SIZE, 3), dtype=np.uint8), served)
+    with torch.no_grad():
+        per_view = sum(torch.softmax(served(inference.dihedral_view(x, v)).float() / 1.7, 1)
+                       for v in inference.view_order(views)) / views
+    np.testing.assert_allclose(np.exp(inference._network_log_probs(x, served, views, 1.7)), per_view.numpy(),
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_bad_content_type_and_corrupt_bytes(served):
     with pytest.raises(ValueError, match="Unsupported content type 'text/csv'"):
         inference.input_fn(b"1,2,3", "text/csv")
