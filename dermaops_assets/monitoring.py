@@ -175,8 +175,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
                 if served.sum() >= t.min_requests:
                     pred = category_drift(base["prediction_distribution"],
                                           rows.loc[served, "predicted_class"].tolist())
-            mix, share = case_mix_drift(base["case_mix"], case_mix_rows(rows), t) if base["case_mix"] is not None \
-                else ([], None)
+            mix, share = case_mix_drift(base["case_mix"], case_mix_rows(rows), t)
             verdict = drift_verdict(len(rows), feats, mmd, pred, t, mix, share)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     prefix = f"monitoring/drift_report/{stamp}"

@@ -223,4 +223,3 @@ def read_split_index(store: ObjectStore, splits_uri: str) -> pd.DataFrame:
     frames = [pd.read_csv(io.BytesIO(store.get_bytes(join_uri(splits_uri, f"{split}_index.csv"))), dtype=str)
               .assign(split=split) for split in SPLITS]
     return pd.concat(frames, ignore_index=True)
-

@@ -17,6 +17,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -280,16 +281,8 @@ def list_after(store: ObjectStore, landing_uri: str, start_after: str | None, li
     """Up to ``limit`` files after the cursor ``start_after`` (a key relative to ``landing_uri``),
     from the store (s3://, file://) or a plain folder: what the landing sensor lists per tick."""
     if landing_uri.startswith(("s3://", "file://")):
-        out = []
-        for obj in store.list(landing_uri, start_after=start_after):
-            if not obj.key.rsplit("/", 1)[-1].startswith("."):
-                out.append(LandedFile(obj.key, obj.modified))
-            if len(out) >= limit:
-                break
-        return out
-    out = []
-    for key, modified in walk_after(landing_uri, start_after):
-        out.append(LandedFile(key, modified))
-        if len(out) >= limit:
-            break
-    return out
+        found = (LandedFile(obj.key, obj.modified) for obj in store.list(landing_uri, start_after=start_after)
+                 if not obj.key.rsplit("/", 1)[-1].startswith("."))
+    else:
+        found = (LandedFile(key, modified) for key, modified in walk_after(landing_uri, start_after))
+    return list(islice(found, limit))

@@ -295,6 +295,7 @@ class CaseMixDrift:
     baseline: dict[str, float]  # category shares; for age its mean
     current: dict[str, float]
     drifted: bool
+    psi_threshold: float  # the PSI it is judged against: the feature one for age, the prediction one else
 
 
 @dataclass
@@ -307,30 +308,32 @@ class ContextShare:
     dropped: bool
 
 
-def case_mix_drift(baseline: pd.DataFrame, current: pd.DataFrame,
+def case_mix_drift(baseline: pd.DataFrame | None, current: pd.DataFrame,
                    thresholds: DriftThresholds) -> tuple[list[CaseMixDrift], ContextShare | None]:
     """Compare the clinical context of traffic with the training split's (frames from
-    :func:`ml_code.casemix.case_mix_frame`).
+    :func:`ml_code.casemix.case_mix_frame`); nothing to compare when the baseline has no
+    case mix (``None``: a split without clinical columns, or a baseline made before).
 
     Each field is compared among the rows that know it, and only when at least
     ``min_requests`` current rows do: unknowns are a completeness question (the returned
-    :class:`ContextShare`), not a shift of who is seen.
+    :class:`ContextShare`), not a shift of who is seen. Age is judged like an image feature
+    (:func:`feature_drift`), sex and body region like the predicted class (:func:`category_drift`).
     """
     t = thresholds
+    if baseline is None:
+        return [], None
     out: list[CaseMixDrift] = []
-    b_age, c_age = (f["age"].to_numpy(dtype=np.float64) for f in (baseline, current))
-    b_age, c_age = b_age[np.isfinite(b_age)], c_age[np.isfinite(c_age)]
-    if b_age.size and c_age.size >= t.min_requests:
-        value = psi(b_age, c_age)
-        _, p = ks_test(b_age, c_age)
-        out.append(CaseMixDrift("age", int(c_age.size), value, p, {"mean": float(b_age.mean())},
-                                {"mean": float(c_age.mean())}, drifted=value > t.psi and p < t.ks_alpha))
+    n_age = int(current["age"].notna().sum())
+    if baseline["age"].notna().any() and n_age >= t.min_requests:
+        (age,) = feature_drift(baseline, current, t, features=["age"])
+        out.append(CaseMixDrift("age", n_age, age.psi, age.ks_p_value, {"mean": age.baseline_mean},
+                                {"mean": age.current_mean}, age.drifted, t.psi))
     for name in ("sex", "body_region"):
         b, c = (f.loc[f[name] != UNKNOWN, name] for f in (baseline, current))
         if len(b) and len(c) >= t.min_requests:
             d = category_drift(b.value_counts(normalize=True).to_dict(), c.tolist())
             out.append(CaseMixDrift(name, len(c), d.psi, d.p_value, d.baseline, d.current,
-                                    drifted=d.psi > t.prediction_psi and d.p_value < t.prediction_alpha))
+                                    d.psi > t.prediction_psi and d.p_value < t.prediction_alpha, t.prediction_psi))
     share = None
     if len(baseline) and len(current) >= t.min_requests:
         b_share, c_share = float(with_context(baseline).mean()), float(with_context(current).mean())
@@ -429,11 +432,10 @@ def drift_verdict(n_requests: int, features: Sequence[FeatureDrift] = (), mmd: M
             reasons.append(f"prediction distribution PSI {prediction.psi:.2f} > {t.prediction_psi} "
                            f"(chi-square p={prediction.p_value:.2g})")
     for c in case_mix:
-        limit = t.psi if c.field == "age" else t.prediction_psi
-        mix_score = min(1.0, 0.5 * c.psi / limit)
+        mix_score = min(1.0, 0.5 * c.psi / c.psi_threshold)
         scores.append(max(mix_score, 0.5) if c.drifted else min(mix_score, 0.49))
         if c.drifted:
-            reasons.append(f"case mix: {c.field} PSI {c.psi:.2f} > {limit} (p={c.p_value:.2g}, "
+            reasons.append(f"case mix: {c.field} PSI {c.psi:.2f} > {c.psi_threshold} (p={c.p_value:.2g}, "
                            f"{c.n} requests sent it)")
     detected = bool(reasons)
     score = max(scores)

@@ -165,6 +165,9 @@ def test_a_paediatric_acral_clinic_is_case_mix_drift(tmp_path) -> None:
                                                                 sites=("acral", "foot", "hand", "back")), t)
     drifted = {m.field for m in mix if m.drifted}
     assert drifted == {"age", "body_region"}  # sex mix unchanged
+    assert {m.field: m.psi_threshold for m in mix} == {"age": t.psi, "sex": t.prediction_psi,
+                                                       "body_region": t.prediction_psi}
+    assert case_mix_drift(None, _clinic(150, seed=9), t) == ([], None)  # baseline without a case mix
     v = drift_verdict(150, case_mix=mix, context_share=share, thresholds=t)
     assert v.drift_detected and v.drift_score >= 0.5
     assert any(r.startswith("case mix: age") for r in v.reasons)
