@@ -282,7 +282,9 @@ resource "aws_iam_role" "sagemaker_execution" {
   assume_role_policy = data.aws_iam_policy_document.sagemaker_assume.json
 }
 
-data "aws_iam_policy_document" "sagemaker_execution" {
+# What both roles need of the data: the buckets' objects and the key that encrypts them.
+# One document, merged into each role's policy, so the two cannot drift apart.
+data "aws_iam_policy_document" "store_access" {
   statement {
     sid       = "ListBuckets"
     actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
@@ -300,6 +302,10 @@ data "aws_iam_policy_document" "sagemaker_execution" {
     actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
     resources = [aws_kms_key.dermaops.arn]
   }
+}
+
+data "aws_iam_policy_document" "sagemaker_execution" {
+  source_policy_documents = [data.aws_iam_policy_document.store_access.json]
 
   statement {
     sid       = "EncryptJobVolumes"
@@ -386,6 +392,8 @@ resource "aws_iam_role" "dagster" {
 }
 
 data "aws_iam_policy_document" "dagster" {
+  source_policy_documents = [data.aws_iam_policy_document.store_access.json]
+
   statement {
     sid = "Jobs"
     actions = [
@@ -432,24 +440,6 @@ data "aws_iam_policy_document" "dagster" {
       variable = "iam:PassedToService"
       values   = ["sagemaker.amazonaws.com"]
     }
-  }
-
-  statement {
-    sid       = "ListBuckets"
-    actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
-    resources = local.bucket_arns
-  }
-
-  statement {
-    sid       = "ReadWriteObjects"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
-    resources = local.object_arns
-  }
-
-  statement {
-    sid       = "UseKey"
-    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
-    resources = [aws_kms_key.dermaops.arn]
   }
 
   statement {
