@@ -1,7 +1,8 @@
 """Real-data quality benchmark: the whole pipeline on HAM10000, on this machine.
 
     .venv/bin/python benchmarks/ham10000_quality.py [--data ../shared/data/ham10000] [--image-size 64]
-        [--minutes 16.5] [--with-baseline] [--external-images DIR --external-labels CSV] [--home DIR]
+        [--minutes 16.5] [--arch NAME] [--seed N] [--with-baseline]
+        [--external-images DIR --external-labels CSV] [--home DIR]
 
 Ingests the dataset, builds the lesion-grouped splits, trains with the DermaOps recipe
 (`RECIPE` below) within the training-time budget, evaluates on the test split and prints
@@ -11,7 +12,9 @@ smoothing, one-cycle) on the same split in the same run and prints the ratio of 
 `--external-images/--external-labels` also score the trained model on an independent labelled
 set (ISIC ground-truth CSV or HAM10000/ISIC metadata; see `ml_code/score.py`) and print its
 metrics; the ISIC-format predictions land in `<home>/recipe/external/predictions.csv`.
-State goes to a temporary DERMAOPS_HOME unless --home is given.
+`--arch` / `--seed` override the recipe's network and seed (e.g. `--arch dermanet_d4`), to
+compare networks on the same split with everything else held. State goes to a temporary
+DERMAOPS_HOME unless --home is given.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--minutes", type=float, default=16.5,
                         help="the network's training budget; the descriptor model adds about 1.5 min")
+    parser.add_argument("--arch", help="network instead of the recipe's (see ml_code.models.ARCHS)")
+    parser.add_argument("--seed", type=int, help="seed instead of the recipe's")
     parser.add_argument("--home", type=Path, help="keep state here instead of a temporary folder")
     parser.add_argument("--with-baseline", action="store_true")
     parser.add_argument("--external-images", type=Path, help="an independent labelled test set's image folder")
@@ -126,8 +131,9 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="dermaops-bench-") as tmp:
         home = args.home or Path(tmp)
-        result = run_pipeline(home / "recipe", args.data, args.image_size, RECIPE, args.minutes)
-        describe("DermaOps recipe", result)
+        overrides = {k: v for k, v in (("arch", args.arch), ("seed", args.seed)) if v is not None}
+        result = run_pipeline(home / "recipe", args.data, args.image_size, {**RECIPE, **overrides}, args.minutes)
+        describe("DermaOps recipe" + "".join(f", {k} {v}" for k, v in overrides.items()), result)
         if args.external_images:
             score_external(result["model_path"], args.external_images, args.external_labels, home / "recipe" / "external")
         if args.with_baseline:

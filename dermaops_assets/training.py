@@ -25,7 +25,7 @@ class TrainConfig(dg.Config):
     recipe's (``recipe: ham10000`` is the tuned real-data recipe); set fields override both."""
 
     recipe: str = Field(default="", description="named recipe in ml_code/train.py RECIPES, e.g. ham10000")
-    arch: Optional[str] = Field(default=None, description="resnet18 (default) | efficientnet_b0 | dermanet | ...")
+    arch: Optional[str] = Field(default=None, description="resnet18 (default) | efficientnet_b0 | dermanet | dermanet_d4 | ...")
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     lr: Optional[float] = None

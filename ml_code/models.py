@@ -18,7 +18,8 @@ from torch import nn
 from ml_code.inference import SUPPORTED_ARCHS, build_network
 
 ARCHS = SUPPORTED_ARCHS
-"""``resnet18`` (default), ``resnet34``, ``efficientnet_b0``, ``mobilenet_v3_small``, ``dermanet``."""
+"""``resnet18`` (default), ``resnet34``, ``efficientnet_b0``, ``mobilenet_v3_small``, ``dermanet``,
+``dermanet_d4`` (DermaNet with flip/quarter-turn group convolutions: one answer for all 8 views)."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ml_code import contract, descriptors, metrics
-from ml_code.inference import check_views, dihedral_view, fuse_log_probs, view_order
+from ml_code.inference import VIEW_INVARIANT_ARCHS, check_views, dihedral_view, fuse_log_probs, view_order
 from ml_code.models import IMAGENET_MEAN, IMAGENET_STD, build_model, default_small_input
 
 CHECKPOINT_RE = re.compile(r"checkpoint-epoch-(\d{4,})\.pt$")
@@ -128,6 +128,10 @@ class TrainConfig:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"hyperparameter {f.name}={value!r} is not a valid {f.type}") from exc
         check_views(self.tta_views, "tta_views")
+        if self.arch in VIEW_INVARIANT_ARCHS and self.tta_views > 1:
+            print(f"NOTE: tta_views {self.tta_views} -> 1: {self.arch} gives one answer for every view, so more "
+                  "views would only multiply the serving cost", file=sys.stderr, flush=True)
+            self.tta_views = 1
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
         if self.lr <= 0:

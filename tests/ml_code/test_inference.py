@@ -152,3 +152,80 @@ def test_endpoint_decoding_is_a_centre_crop_resize_shared_with_preprocess(fmt):
             np.testing.assert_array_equal(got, ref)
         else:
             assert np.abs(got - ref).mean() < 4.0
+
+
+def _randomised_batch_norm(net: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial running statistics and scales, so invariance is not an artefact of BN's identity init."""
+    gen = torch.Generator().manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=gen) + 0.5
+            m.running_mean = torch.rand(m.running_mean.shape, generator=gen) - 0.5
+            m.running_var = torch.rand(m.running_var.shape, generator=gen) + 0.5
+    return net.eval()
+
+
+@pytest.mark.parametrize("size", [64, 48])
+def test_dermanet_d4_gives_one_answer_for_every_view_of_a_lesion(size):
+    """The D4 net's logits for a quarter-turned or mirrored image equal the original's (even
+    sizes included: strides pool on a grid every view maps onto itself)."""
+    torch.manual_seed(0)
+    net = _randomised_batch_norm(inference.build_network("dermanet_d4", 7))
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        reference = net(x)
+        for v in range(8):
+            torch.testing.assert_close(net(inference.dihedral_view(x, v)), reference, rtol=1e-4, atol=1e-5)
+    # The plain DermaNet is not invariant by construction: the test can tell the difference.
+    plain = _randomised_batch_norm(inference.build_network("dermanet", 7))
+    with torch.no_grad():
+        assert not torch.allclose(plain(inference.dihedral_view(x, 1)), plain(x), atol=1e-3)
+
+
+def test_dermanet_d4_feature_maps_turn_with_the_image():
+    """Equivariance layer by layer: the stem's maps of a quarter-turned image are the turned
+    maps, with each group channel's 8 orientations permuted among themselves."""
+    torch.manual_seed(1)
+    net = _randomised_batch_norm(inference.build_network("dermanet_d4", 7))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        maps, turned = net.stem(x), net.stem(inference.dihedral_view(x, 1))
+    b, c8, h, w = maps.shape
+    expected = inference.dihedral_view(maps, 1).reshape(b, c8 // 8, 8, h, w)
+    got = turned.reshape(b, c8 // 8, 8, h, w)
+    # some permutation of the 8 orientations, the same for every group channel
+    perm = [next(k for k in range(8) if torch.allclose(got[:, 0, k], expected[:, 0, j], atol=1e-5)) for j in range(8)]
+    assert sorted(perm) == list(range(8))
+    torch.testing.assert_close(got[:, :, perm], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_dermanet_d4_serves_embeddings_and_gradcam(tmp_path):
+    torch.manual_seed(0)
+    net = models.build_model("dermanet_d4", len(CLASSES))
+    config = {"arch": "dermanet_d4", "classes": list(CLASSES), "image_size": 32, "mean": [0.7, 0.55, 0.6],
+              "std": [0.15, 0.15, 0.17]}
+    write_model_dir(tmp_path, net.state_dict(), config)
+    served = inference.model_fn(str(tmp_path))
+    x = inference.preprocess_array(np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), served)
+    emb = inference.embed_fn(x, served)
+    assert emb.shape == (4, 32) and np.isfinite(emb).all()
+    cams = inference.gradcam(served, x, [0, 1, 2, 3])
+    assert cams.shape == (4, 32, 32) and cams.min() >= 0 and cams.max() <= 1
+
+
+def test_dermanet_d4_serving_cache_follows_new_weights():
+    """Serving keeps the expanded filters between requests; loading other weights must not
+    serve the old ones, and training must not see a stale copy."""
+    torch.manual_seed(0)
+    net = _randomised_batch_norm(inference.build_network("dermanet_d4", 7))
+    other = _randomised_batch_norm(inference.build_network("dermanet_d4", 7))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        first = net(x)
+        torch.testing.assert_close(net(x), first)  # from the kept filters
+        net.load_state_dict(other.state_dict())
+        torch.testing.assert_close(net(x), other(x))
+    net.train()
+    loss = net(x).logsumexp(1).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad and p.dim() == 4)

@@ -106,6 +106,21 @@ def test_temperature_and_fusion_are_fitted_on_the_served_views(splits, tmp_path)
     assert np.abs(np.log(default) - np.log(one_view)).max() > 1e-3  # compared in log space: confident rows
 
 
+def test_view_invariant_network_trains_and_serves_one_view(splits, tmp_path):
+    """dermanet_d4 learns, and since its eight views give one answer, the package serves one
+    view even when the recipe asks for eight (saying so), instead of paying for eight."""
+    proc = run_train(tmp_path, splits, {"arch": "dermanet_d4", "epochs": 3, "batch_size": 32, "num_threads": 1,
+                                        "lr": 0.003, "tta_views": 8})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tta_views 8 -> 1: dermanet_d4 gives one answer for every view" in proc.stderr
+    assert max(r["val_balanced_accuracy"] for r in metric_lines(proc.stdout)) > 0.4  # chance is 1/7
+    served = inference.model_fn(str(tmp_path / "model"))
+    assert served.config["arch"] == "dermanet_d4" and served.tta_views == 1
+    images = np.asarray(load_splits(splits)[0]["val"].images[:6])
+    np.testing.assert_allclose(inference.predict_images(images, served, views=8),
+                               inference.predict_images(images, served, views=1), rtol=1e-4, atol=1e-6)
+
+
 def test_tta_views_out_of_range_is_refused(splits, tmp_path):
     proc = run_train(tmp_path, splits, {"epochs": 1, "tta_views": 9})
     assert proc.returncode != 0 and "tta_views must be 1..8" in (tmp_path / "output" / "failure").read_text()
