@@ -254,6 +254,11 @@ class CategoryDrift:
     baseline: dict[str, float]
     current: dict[str, float]
 
+    def drifted(self, t: DriftThresholds) -> bool:
+        """Both needed: a PSI above ``prediction_psi`` (a move worth acting on) and a chi-square
+        p-value below ``prediction_alpha`` (not sampling noise of a small window)."""
+        return self.psi > t.prediction_psi and self.p_value < t.prediction_alpha
+
 
 def category_drift(baseline_distribution: Mapping[str, float], current_values: Sequence[str],
                    eps: float = PSI_EPS) -> CategoryDrift:
@@ -333,7 +338,7 @@ def case_mix_drift(baseline: pd.DataFrame | None, current: pd.DataFrame,
         if len(b) and len(c) >= t.min_requests:
             d = category_drift(b.value_counts(normalize=True).to_dict(), c.tolist())
             out.append(CaseMixDrift(name, len(c), d.psi, d.p_value, d.baseline, d.current,
-                                    d.psi > t.prediction_psi and d.p_value < t.prediction_alpha, t.prediction_psi))
+                                    d.drifted(t), t.prediction_psi))
     share = None
     if len(baseline) and len(current) >= t.min_requests:
         b_share, c_share = float(with_context(baseline).mean()), float(with_context(current).mean())
@@ -401,6 +406,12 @@ def _alpha_score(p: float, alpha: float) -> float:
     return float(min(1.0, 0.5 * math.log(p) / math.log(alpha)))
 
 
+def _psi_score(psi: float, threshold: float, drifted: bool) -> float:
+    """0.5 at PSI == threshold, 1.0 at twice it; at least 0.5 when the test drifted, below it when not."""
+    score = min(1.0, 0.5 * psi / threshold)
+    return max(score, 0.5) if drifted else min(score, 0.49)
+
+
 def drift_verdict(n_requests: int, features: Sequence[FeatureDrift] = (), mmd: MMDResult | None = None,
                   prediction: CategoryDrift | None = None,
                   thresholds: DriftThresholds | None = None, case_mix: Sequence[CaseMixDrift] = (),
@@ -425,15 +436,13 @@ def drift_verdict(n_requests: int, features: Sequence[FeatureDrift] = (), mmd: M
         if mmd.p_value < t.mmd_alpha:
             reasons.append(f"embedding MMD p={mmd.p_value:.4f} < {t.mmd_alpha}")
     if prediction is not None:
-        hit = prediction.psi > t.prediction_psi and prediction.p_value < t.prediction_alpha
-        s = min(1.0, 0.5 * prediction.psi / t.prediction_psi)
-        scores.append(max(s, 0.5) if hit else min(s, 0.49))
+        hit = prediction.drifted(t)
+        scores.append(_psi_score(prediction.psi, t.prediction_psi, hit))
         if hit:
             reasons.append(f"prediction distribution PSI {prediction.psi:.2f} > {t.prediction_psi} "
                            f"(chi-square p={prediction.p_value:.2g})")
     for c in case_mix:
-        mix_score = min(1.0, 0.5 * c.psi / c.psi_threshold)
-        scores.append(max(mix_score, 0.5) if c.drifted else min(mix_score, 0.49))
+        scores.append(_psi_score(c.psi, c.psi_threshold, c.drifted))
         if c.drifted:
             reasons.append(f"case mix: {c.field} PSI {c.psi:.2f} > {c.psi_threshold} (p={c.p_value:.2g}, "
                            f"{c.n} requests sent it)")
@@ -468,7 +477,7 @@ def constraint_violations(verdict: DriftVerdict, incomplete: int = 0) -> dict[st
                            f"< {t.mmd_alpha} ({verdict.mmd.n_permutations} permutations)",
         })
     p = verdict.prediction
-    if p is not None and p.psi > t.prediction_psi and p.p_value < t.prediction_alpha:
+    if p is not None and p.drifted(t):
         violations.append({
             "feature_name": "predicted_class",
             "constraint_check_type": "baseline_drift_check",
