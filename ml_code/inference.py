@@ -33,6 +33,7 @@ import io
 import json
 import os
 import sys
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -55,29 +56,30 @@ VIEW_INVARIANT_ARCHS = ("dermanet_d4",)
 # ---------------------------------------------------------------------------------------
 
 
+def _plain_conv(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
 class _ConvBNAct(nn.Sequential):
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-        )
+    """Conv, batch norm, ReLU; ``conv``/``norm`` build the layers (plain, or the D4 ones)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, conv: Any = _plain_conv,
+                 norm: Any = nn.BatchNorm2d) -> None:
+        super().__init__(conv(cin, cout, 3, stride), norm(cout), nn.ReLU(inplace=True))
 
 
 class _ResBlock(nn.Module):
     """Basic residual block; downsamples with a strided conv and a 1x1 projection."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, conv: Any = _plain_conv, norm: Any = nn.BatchNorm2d) -> None:
         super().__init__()
-        self.conv1 = _ConvBNAct(cin, cout, stride)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv1 = _ConvBNAct(cin, cout, stride, conv, norm)
+        self.conv2 = conv(cout, cout, 3, 1)
+        self.bn2 = norm(cout)
         nn.init.zeros_(self.bn2.weight)  # residual branch starts as identity: stabler from scratch
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride), norm(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn2(self.conv2(self.conv1(x))) + self.shortcut(x), inplace=True)
@@ -120,15 +122,17 @@ class DermaNet(nn.Module):
 # is learnt once for all 8 orientations instead of once per orientation.
 
 
-def _d4_tables() -> tuple[list[list[int]], list[int]]:
-    """Composition (``comp[g][h]`` = index of g after h) and inverse tables of the 8
-    :func:`dihedral_view` elements, found by applying them to an asymmetric probe."""
+@lru_cache(maxsize=1)
+def _d4_gather() -> tuple[tuple[int, ...], ...]:
+    """``gather[g][h]`` = index of g^-1 h among the 8 :func:`dihedral_view` elements: the input
+    orientation that the filter for output orientation g reads at h. Found by composing the
+    views on an asymmetric probe (once; every D4 layer shares it)."""
     probe = torch.arange(9.0).reshape(3, 3) * torch.tensor([1.0, 10.0, 100.0])
     views = [dihedral_view(probe, g) for g in range(8)]
     comp = [[next(k for k in range(8) if torch.equal(dihedral_view(dihedral_view(probe, h), g), views[k]))
              for h in range(8)] for g in range(8)]
     inverse = [comp[g].index(0) for g in range(8)]
-    return comp, inverse
+    return tuple(tuple(comp[inverse[g]][h] for h in range(8)) for g in range(8))
 
 
 class _D4Conv(nn.Module):
@@ -150,10 +154,7 @@ class _D4Conv(nn.Module):
         self.weight = nn.Parameter(torch.empty(cout, cin * orientations, kernel, kernel))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.weight.data.mul_(8 ** -0.5)  # the expanded conv fans out to 8 x cout channels
-        comp, inverse = _d4_tables()
-        # gather[g][h]: the input orientation the filter for output orientation g reads at h
-        self.register_buffer("gather", torch.tensor([[comp[inverse[g]][h] for h in range(8)] for g in range(8)]),
-                             persistent=False)
+        self.register_buffer("gather", torch.tensor(_d4_gather()), persistent=False)
         self._served_weight: tuple[tuple, torch.Tensor] | None = None
 
     def expanded_weight(self) -> torch.Tensor:
@@ -190,28 +191,6 @@ class _D4BatchNorm(nn.BatchNorm2d):
         return super().forward(x.reshape(b, c8 // 8, 8 * h, w)).reshape(b, c8, h, w)
 
 
-class _D4ConvBNAct(nn.Sequential):
-    def __init__(self, cin: int, cout: int, stride: int = 1, lift: bool = False) -> None:
-        super().__init__(_D4Conv(cin, cout, 3, stride, lift), _D4BatchNorm(cout), nn.ReLU(inplace=True))
-
-
-class _D4ResBlock(nn.Module):
-    """:class:`_ResBlock` on D4 feature maps."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = _D4ConvBNAct(cin, cout, stride)
-        self.conv2 = _D4Conv(cout, cout, 3)
-        self.bn2 = _D4BatchNorm(cout)
-        nn.init.zeros_(self.bn2.weight)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(_D4Conv(cin, cout, 1, stride), _D4BatchNorm(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn2(self.conv2(self.conv1(x))) + self.shortcut(x), inplace=True)
-
-
 class DermaNetD4(nn.Module):
     """DermaNet with D4 group convolutions, pooled over space and orientation at the end, so
     its output is the same for all 8 views of an image (exactly, at even sizes).
@@ -223,8 +202,10 @@ class DermaNetD4(nn.Module):
     def __init__(self, num_classes: int, widths: tuple[int, ...] = (4, 8, 16, 32), dropout: float = 0.2) -> None:
         super().__init__()
         half = max(widths[0] // 2, 1)
-        self.stem = nn.Sequential(_D4ConvBNAct(3, half, stride=2, lift=True), _D4ConvBNAct(half, widths[0]))
-        self.layers = _residual_stages(_D4ResBlock, widths)
+        d4 = {"conv": _D4Conv, "norm": _D4BatchNorm}
+        self.stem = nn.Sequential(_ConvBNAct(3, half, 2, partial(_D4Conv, lift=True), _D4BatchNorm),
+                                  _ConvBNAct(half, widths[0], **d4))
+        self.layers = _residual_stages(partial(_ResBlock, **d4), widths)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(widths[-1], num_classes)
 
