@@ -4,26 +4,17 @@
 #
 #   bash benchmarks/gpu_recipe_sweep.sh SPLITS_DIR [EPOCHS] [OUT_DIR]
 #
-# Used to compare recipes quickly before spending 20 CPU minutes on one; prints one line per
-# configuration with test balanced accuracy and macro AUC.
+# Used to compare recipes quickly before spending 20 CPU minutes on one; each configuration is
+# one benchmarks/recipe_runs.sh run (train, then evaluate), so each prints its line of test
+# metrics as it ends.
 set -u
 SPLITS=${1:?usage: gpu_recipe_sweep.sh SPLITS_DIR [EPOCHS] [OUT_DIR]}
 EPOCHS=${2:-30}
 OUT=${3:-/tmp/dermaops-sweep}
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-python3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+export PYTHON=${PYTHON:-python3}
 run() {  # name, hyperparameters JSON
-  local D=$OUT/$1
-  mkdir -p "$D/model" "$D/out" "$D/output" "$D/ckpt" "$D/modelin" "$D/eval"
-  (
-    export PYTHONPATH=$REPO SM_CHANNEL_SPLITS=$SPLITS SM_MODEL_DIR=$D/model SM_OUTPUT_DATA_DIR=$D/out \
-      SM_OUTPUT_DIR=$D/output SM_CHECKPOINT_DIR=$D/ckpt SM_HPS="$2"
-    $PY -m ml_code.train > "$D/train.log" 2>&1
-    tar -czf "$D/modelin/model.tar.gz" -C "$D/model" .
-    SM_PROCESSING_INPUT_MODEL=$D/modelin SM_PROCESSING_INPUT_SPLITS=$SPLITS SM_PROCESSING_OUTPUT_EVALUATION=$D/eval \
-      SM_HPS='{"bootstrap_samples":100}' $PY -m ml_code.evaluate > "$D/eval.log" 2>&1
-    echo "$1: $(tail -1 "$D/eval.log" | grep -o '"balanced_accuracy": [0-9.]*\|"macro_auc": [0-9.]*' | tr '\n' ' ')"
-  ) &
+  bash "$HERE/recipe_runs.sh" "$SPLITS" "$OUT" "$1=$2" &
 }
 C="\"epochs\":$EPOCHS,\"batch_size\":64,\"amp\":true,\"deterministic\":false,\"num_workers\":2"
 run resnet18 "{\"arch\":\"resnet18\",\"small_input\":false,$C}"

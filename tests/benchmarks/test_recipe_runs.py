@@ -1,4 +1,4 @@
-"""``benchmarks/cpu_recipe_runs.sh``: named runs on one splits folder, one line of test
+"""``benchmarks/recipe_runs.sh``: named runs on one splits folder, one line of test
 metrics each, a failed run reported without stopping the others."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.ml_code.synth_splits import make_splits
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "cpu_recipe_runs.sh"
+SCRIPT = REPO / "benchmarks" / "recipe_runs.sh"
 
 
 def test_runs_each_configuration_and_reports_its_test_metrics(tmp_path):

@@ -2,18 +2,19 @@
 # Recipe runs on this machine, one after another (each gets every core, as the 20-minute
 # budget assumes), on one preprocess output folder (the `splits` of processed_splits):
 #
-#   bash benchmarks/cpu_recipe_runs.sh SPLITS_DIR OUT_DIR NAME='HPS_JSON' [NAME='HPS_JSON' ...]
-#   e.g. bash benchmarks/cpu_recipe_runs.sh <home>/recipe/store/processed/splits/<hash>/splits /tmp/runs \
+#   bash benchmarks/recipe_runs.sh SPLITS_DIR OUT_DIR NAME='HPS_JSON' [NAME='HPS_JSON' ...]
+#   e.g. bash benchmarks/recipe_runs.sh <home>/recipe/store/processed/splits/<hash>/splits /tmp/runs \
 #          dermanet-seed7='{"recipe":"ham10000","seed":7}' d4-seed7='{"recipe":"ham10000","arch":"dermanet_d4","seed":7}'
 #
 # Each run is `python -m ml_code.train` then `python -m ml_code.evaluate` (200 bootstrap
 # resamples) under the SageMaker container contract, as the pipeline's jobs run them; prints
 # one line per run with the test metrics of the served model and of its network alone, the
 # training wall time and the epochs that fitted. Compares networks or seeds on the same split
-# without re-ingesting; benchmarks/ham10000_quality.py is the whole pipeline.
+# without re-ingesting; benchmarks/ham10000_quality.py is the whole pipeline, and
+# benchmarks/gpu_recipe_sweep.sh runs several of these in parallel on a GPU machine.
 set -u
-SPLITS=${1:?usage: cpu_recipe_runs.sh SPLITS_DIR OUT_DIR NAME=HPS_JSON ...}
-OUT=${2:?usage: cpu_recipe_runs.sh SPLITS_DIR OUT_DIR NAME=HPS_JSON ...}
+SPLITS=${1:?usage: recipe_runs.sh SPLITS_DIR OUT_DIR NAME=HPS_JSON ...}
+OUT=${2:?usage: recipe_runs.sh SPLITS_DIR OUT_DIR NAME=HPS_JSON ...}
 shift 2
 [ $# -gt 0 ] || { echo "name at least one run: NAME='{\"recipe\":\"ham10000\"}'" >&2; exit 2; }
 [ -f "$SPLITS/train_images.npy" ] || { echo "$SPLITS has no train_images.npy: pass the splits folder of processed_splits" >&2; exit 2; }
