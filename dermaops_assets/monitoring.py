@@ -46,7 +46,7 @@ from ml_code.drift import (
     case_mix_drift, category_drift, constraint_violations, drift_report_markdown, drift_verdict, feature_drift,
     mmd_test, psi_plot_data_uri,
 )
-from ml_code.quality import QUALITY_WINDOW_COLUMNS, quality_by_window, quality_report_markdown
+from ml_code.quality import QUALITY_WINDOW_COLUMNS, live_accuracy, quality_by_window, quality_report_markdown
 
 
 # -- assets -----------------------------------------------------------------------------
@@ -215,8 +215,6 @@ class QualityConfig(dg.Config):
 def model_quality_report(context: dg.AssetExecutionContext, config: QualityConfig, inference_log: InferenceLogHandle,
                          live_endpoint: EndpointHandle, store: ObjectStore, registry: ModelRegistry,
                          metrics: MetricsPublisher, notifier: Notifier) -> dg.Output[ModelQualityHandle]:
-    from sklearn.metrics import balanced_accuracy_score
-
     settings = Settings.from_env()
     package = registry.get(settings.model_package_group, live_endpoint.package_version)
     reference = package.metrics.get("balanced_accuracy")
@@ -231,8 +229,7 @@ def model_quality_report(context: dg.AssetExecutionContext, config: QualityConfi
     drop = 0.0
     status = "insufficient_data"
     if n >= config.min_labelled and reference is not None:
-        acc = float((joined["label"] == joined["predicted_class"]).mean())
-        bacc = float(balanced_accuracy_score(joined["label"], joined["predicted_class"]))
+        acc, bacc = live_accuracy(joined)
         drop = (float(reference) - bacc) * 100.0
         status = "degraded" if drop > 5.0 else "ok"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

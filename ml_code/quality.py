@@ -16,19 +16,36 @@ QUALITY_WINDOW_COLUMNS: tuple[str, ...] = ("window", "n", "accuracy", "balanced_
 """Columns of ``quality_by_window``'s table (also of the empty table when nothing is labelled)."""
 
 
+def live_accuracy(joined: pd.DataFrame) -> tuple[float, float]:
+    """``(accuracy, balanced accuracy)`` of labelled predictions (columns label, predicted_class).
+
+    Balanced accuracy as scikit-learn computes it, the same definition as the evaluation's:
+    the mean recall over the diagnoses that occur among the labels. A window in which the
+    labels hold one diagnosis, or fewer diagnoses than the predictions, is normal for labels
+    that arrive late and a few at a time (its balanced accuracy is then the recall of the
+    diagnoses labelled so far), so scikit-learn's warnings about exactly that are silenced
+    here rather than printed into every monitoring run."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    accuracy = float((joined["label"] == joined["predicted_class"]).mean())
+    with warnings.catch_warnings():
+        for expected in ("A single label was found", "y_pred contains classes not in y_true"):
+            warnings.filterwarnings("ignore", message=expected, category=UserWarning)
+        balanced = float(balanced_accuracy_score(joined["label"], joined["predicted_class"]))
+    return accuracy, balanced
+
+
 def quality_by_window(joined: pd.DataFrame, freq: str = "D") -> pd.DataFrame:
     """Accuracy and balanced accuracy per time window (rows need inference_time, label, predicted_class).
 
     One number over the whole look-back hides *when* quality fell; per window (daily by
-    default, ``freq`` is a pandas offset alias) a drop shows up as the day it started.
-    Balanced accuracy as scikit-learn computes it, the same definition as the evaluation's."""
-    from sklearn.metrics import balanced_accuracy_score
-
+    default, ``freq`` is a pandas offset alias) a drop shows up as the day it started."""
     out = []
     for window, grp in joined.groupby(joined["inference_time"].dt.floor(freq)):
-        out.append({"window": window, "n": len(grp),
-                    "accuracy": float((grp["label"] == grp["predicted_class"]).mean()),
-                    "balanced_accuracy": float(balanced_accuracy_score(grp["label"], grp["predicted_class"]))})
+        accuracy, balanced = live_accuracy(grp)
+        out.append({"window": window, "n": len(grp), "accuracy": accuracy, "balanced_accuracy": balanced})
     return pd.DataFrame(out, columns=list(QUALITY_WINDOW_COLUMNS))
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
+import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from ml_code.quality import QUALITY_WINDOW_COLUMNS, quality_by_window, quality_report_markdown
+from ml_code.quality import QUALITY_WINDOW_COLUMNS, live_accuracy, quality_by_window, quality_report_markdown
 
 
 def _joined() -> pd.DataFrame:
@@ -25,6 +28,17 @@ def test_quality_by_window_per_day() -> None:
     assert table["accuracy"].tolist() == [2 / 3, 0.5]
     day1 = _joined().iloc[:3]
     assert table["balanced_accuracy"].iloc[0] == balanced_accuracy_score(day1["label"], day1["predicted_class"])
+
+
+def test_a_window_of_one_diagnosis_is_that_diagnosis_recall_without_a_warning() -> None:
+    """Late labels often come one diagnosis at a time: balanced accuracy is then that
+    diagnosis's recall, and the run log is not filled with scikit-learn's warnings about it."""
+    one = pd.DataFrame({"label": ["mel"] * 4, "predicted_class": ["mel", "mel", "nv", "mel"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert live_accuracy(one) == (0.75, 0.75)
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):  # what the helper silences
+        balanced_accuracy_score(one["label"], one["predicted_class"])
 
 
 def test_quality_report_markdown() -> None:
