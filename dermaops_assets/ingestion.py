@@ -7,6 +7,7 @@ from pydantic import Field
 from dermaops_resources.handles import RawImagesHandle
 from dermaops_resources.ingestion import ingest_dataset, pseudonym_salt
 from dermaops_resources.object_store import ObjectStore
+from dermaops_resources.raw_source import landed_batches
 from dermaops_resources.settings import Settings
 from ml_code import ingest
 
@@ -15,6 +16,8 @@ from .ui import code_version, table_markdown
 
 class RawImagesConfig(dg.Config):
     source_uri: str = Field(default="", description="dataset folder or s3:// prefix; default DERMAOPS_RAW_URI")
+    include_landed: bool = Field(default=True, description="also ingest every batch landed under "
+                                 "DERMAOPS_LANDING_URI (one folder per batch, in either layout)")
     max_file_mb: float = Field(default=20.0, description="larger image files are quarantined")
     min_side_px: int = 32
     max_side_px: int = 8192
@@ -24,16 +27,18 @@ class RawImagesConfig(dg.Config):
     group_name="ingestion",
     kinds={"python", "s3"},
     code_version=code_version("ingest"),
-    description="Dermoscopy images and metadata from DERMAOPS_RAW_URI (HAM10000 or ISIC layout), validated "
-    "with a pandera schema and per-image checks; bad rows and files are quarantined with a reason; good "
-    "images stored once under content-addressed keys. Data version = manifest hash.",
+    description="Dermoscopy images and metadata from DERMAOPS_RAW_URI (HAM10000 or ISIC layout) plus every "
+    "batch landed under DERMAOPS_LANDING_URI, validated with a pandera schema and per-image checks; bad rows "
+    "and files are quarantined with a reason; good images stored once under content-addressed keys. Data "
+    "version = manifest hash.",
 )
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store: ObjectStore) -> dg.Output[RawImagesHandle]:
     settings = Settings.from_env()
     limits = ingest.ImageLimits(max_bytes=int(config.max_file_mb * 1024 * 1024),
                                 min_side=config.min_side_px, max_side=config.max_side_px)
-    handle, stats = ingest_dataset(config.source_uri or settings.raw_uri, store, pseudonym_salt(settings.home),
-                                   limits, log=context.log.info)
+    batches = landed_batches(settings.landing_uri) if config.include_landed else []
+    handle, stats = ingest_dataset([config.source_uri or settings.raw_uri, *batches], store,
+                                   pseudonym_salt(settings.home), limits, log=context.log.info)
     context.log.info(f"{handle.num_images} images accepted ({stats.copied} newly stored, "
                      f"{stats.already_stored} already in the store), {handle.num_quarantined} quarantined")
     return dg.Output(
@@ -43,6 +48,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
             "num_images": handle.num_images,
             "num_quarantined": handle.num_quarantined,
             "newly_stored": stats.copied,
+            "landed_batches": len(batches),
             "class_counts": table_markdown([{"dx": k, "images": v} for k, v in handle.class_counts.items()]),
             "layout": handle.source_layout,
             "manifest_uri": dg.MetadataValue.path(handle.manifest_uri),

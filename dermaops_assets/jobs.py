@@ -1,6 +1,6 @@
 """Jobs: the Step Functions state machines of the architecture document, as asset selections.
 
-- ``ingest_job``: validate and store newly landed raw data (``raw_images``).
+- ``ingest_job``: validate and store the raw data and landed batches (``raw_images``) alone.
 - ``retrain_job``: the whole training chain from raw data to a registered package, plus the
   new model's monitoring baseline; never deploys (deployment waits for approval).
 - ``deploy_job``: put the newest Approved package behind the endpoint.
@@ -13,11 +13,11 @@ import dagster as dg
 
 RETRAIN_JOB = "retrain_job"
 RETRAIN_REASON_TAG = "dermaops/retrain_reason"
-RETRAIN_REASONS = ("drift", "quality-drop", "scheduled", "manual")
+RETRAIN_REASONS = ("drift", "quality-drop", "scheduled", "manual", "new-data")
 
 ingest_job = dg.define_asset_job(
     "ingest_job", selection=dg.AssetSelection.assets("raw_images"),
-    description="Validate and store newly landed raw images (raw_images).")
+    description="Validate and store the raw dataset and every landed batch (raw_images), without retraining.")
 
 retrain_job = dg.define_asset_job(
     RETRAIN_JOB,
@@ -25,7 +25,7 @@ retrain_job = dg.define_asset_job(
                - dg.AssetSelection.groups("monitoring") - dg.AssetSelection.assets("live_endpoint").downstream())
     | dg.AssetSelection.assets("model_baseline"),
     description="Retrain: ingest -> preprocess -> train -> evaluate -> conditional registration, and the new "
-    "model's monitoring baseline. Tag runs with dermaops/retrain_reason (drift|quality-drop|scheduled|manual).",
+    "model's monitoring baseline. Tag runs with dermaops/retrain_reason (drift|quality-drop|scheduled|manual|new-data).",
     # "dermaops/retrain" is limited to one run at a time by dagster.yaml's run coordinator.
     tags={RETRAIN_REASON_TAG: "manual", "dermaops/retrain": "true"},
 )

@@ -25,6 +25,22 @@ class SplitsConfig(dg.Config):
     processing_instances: int = Field(default=1, description="SageMaker instances (images sharded by key)")
 
 
+def _complete_splits(store: ObjectStore, splits_uri: str) -> bool:
+    """Whether every file of an earlier job's splits is in the store, not just its summary.
+
+    Outputs are uploaded file by file (in name order locally, in no promised order by
+    SageMaker), so an upload cut short can leave ``summary.json`` without the arrays it
+    describes; reusing such a folder would fail every later training run. An incomplete
+    folder is recomputed and overwritten instead."""
+    summary_uri = join_uri(splits_uri, "summary.json")
+    if not store.exists(summary_uri):
+        return False
+    splits = store.get_json(summary_uri).get("splits", {})
+    names = ["classes.json", *(f"{split}_{part}" for split in splits
+                               for part in ("images.npy", "labels.npy", "index.csv"))]
+    return bool(splits) and all(store.exists(join_uri(splits_uri, name)) for name in names)
+
+
 @dg.asset(
     group_name="preprocessing",
     kinds={"python", "sagemaker"},
@@ -40,7 +56,7 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
         [raw_images.manifest_hash, params, PREPROCESS_CODE_VERSION], sort_keys=True).encode()).hexdigest()
     output_uri = store.uri("processed", f"splits/{content_hash[:16]}")
     splits_uri = join_uri(output_uri, "splits")
-    if store.exists(join_uri(splits_uri, "summary.json")):
+    if _complete_splits(store, splits_uri):
         context.log.info(f"splits for these inputs already exist at {splits_uri}; not recomputing")
     else:
         on_log, on_metric, _ = job_callbacks(context, "preprocess")

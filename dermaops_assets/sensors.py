@@ -1,15 +1,20 @@
 """Sensors: the EventBridge rules and Lambda triggers of the architecture document.
 
-- ``raw_landing_sensor``: new raw files in the landing location -> ``ingest_job``. Lists only
-  keys after the cursor (S3 ``StartAfter`` / a pruned sorted walk locally), so a tick costs
-  O(new files), not O(all files); a burst of uploads is coalesced into one run by waiting
-  for ``quiet_seconds`` without new files (or ``max_batch`` files).
+- ``raw_landing_sensor``: new raw files in the landing location -> ``retrain_job`` (reason
+  ``new-data``), whose ``raw_images`` ingests the dataset plus every landed batch (a folder
+  per batch, in either public layout). Lists only keys after the cursor (S3 ``StartAfter`` /
+  a pruned sorted walk locally), so a tick costs O(new files), not O(all files); a burst of
+  uploads is coalesced into one run by waiting for ``quiet_seconds`` without new files (or
+  ``max_batch`` files). Because the cursor is a key, batches must be named so that they sort
+  in arrival order (a date-stamped folder such as ``2026-11-27-clinic-a/``): a batch that
+  sorts before one already seen is ingested by the next retraining, not by its own.
 - ``drift_sensor`` / ``model_quality_sensor``: the latest drift / quality report's metadata
   -> ``retrain_job`` tagged with the reason.
 - ``approval_sensor``: a newly Approved model package -> ``deploy_job``.
 
 Every retraining request carries ``dermaops/retrain_reason`` and is skipped while a
-retrain run is already queued or running.
+retrain run is already queued or running; the report-driven ones also wait
+``RETRAIN_COOLDOWN_HOURS`` after the last retraining started.
 """
 
 
@@ -24,12 +29,16 @@ from dermaops_resources.object_store import ObjectStore, list_after
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
 
-from .jobs import RETRAIN_JOB, RETRAIN_REASON_TAG, deploy_job, ingest_job, retrain_job
+from .jobs import RETRAIN_JOB, RETRAIN_REASON_TAG, deploy_job, retrain_job
 
 IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED]
 QUIET_SECONDS = float(os.environ.get("DERMAOPS_LANDING_QUIET_SECONDS", "60"))
 MAX_BATCH = int(os.environ.get("DERMAOPS_LANDING_MAX_BATCH", "5000"))
+# A report-driven retrain waits this long after the last retraining started: drift or a quality
+# drop that persists (the new package may still await approval) is reported every hour, and
+# each report would otherwise start another full retraining on the same data.
+RETRAIN_COOLDOWN_HOURS = float(os.environ.get("DERMAOPS_RETRAIN_COOLDOWN_HOURS", "24"))
 DRIFT_SCORE_THRESHOLD = 0.5  # drift_verdict scores >= 0.5 exactly when drift is detected
 ACCURACY_DROP_POINTS = 5.0
 
@@ -37,6 +46,25 @@ ACCURACY_DROP_POINTS = 5.0
 def retrain_in_progress(instance: dg.DagsterInstance) -> bool:
     """True when a retrain_job run is queued, starting or running."""
     return bool(instance.get_run_records(dg.RunsFilter(job_name=RETRAIN_JOB, statuses=IN_PROGRESS), limit=1))
+
+
+def hours_since_last_retrain(instance: dg.DagsterInstance) -> float | None:
+    """Hours since the newest retrain_job run (any trigger, any outcome) was created; None if none."""
+    records = instance.get_run_records(dg.RunsFilter(job_name=RETRAIN_JOB), limit=1)
+    if not records:
+        return None
+    return (time.time() - records[0].create_timestamp.timestamp()) / 3600.0
+
+
+def retrain_blocked(instance: dg.DagsterInstance, what: str) -> str | None:
+    """Why a report-driven retrain must not start now (one in flight, or within the cooldown), or None."""
+    if retrain_in_progress(instance):
+        return f"{what}, but a retrain_job run is already queued or running."
+    since = hours_since_last_retrain(instance)
+    if since is not None and since < RETRAIN_COOLDOWN_HOURS:
+        return (f"{what}, but the last retraining started {since:.1f} h ago (cooldown {RETRAIN_COOLDOWN_HOURS:g} h, "
+                "DERMAOPS_RETRAIN_COOLDOWN_HOURS); if it persists, a report after the cooldown retrains.")
+    return None
 
 
 def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landing_uri: str,
@@ -53,20 +81,22 @@ def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landin
     if len(new) <= max_batch and now - newest_mtime < quiet_seconds:
         return dg.SkipReason(f"{len(new)} new file(s) in {landing_uri}; last arrived {now - newest_mtime:.0f}s ago, "
                              f"waiting for {quiet_seconds:.0f}s of quiet so the upload burst becomes one run.")
+    if retrain_in_progress(context.instance):
+        # Keep the cursor: these files are requested once the run in flight (which may have
+        # listed the landing location before they arrived) has finished.
+        return dg.SkipReason(f"{len(new)} new file(s) in {landing_uri}, but a retrain_job run is already queued "
+                             "or running; retraining on them once it ends.")
     batch = new[:max_batch]
     newest = batch[-1].key
-    request = dg.RunRequest(
-        run_key=f"raw-landing:{newest}",
-        job_name=ingest_job.name,
-        tags={"reason": "new-data", "dermaops/trigger": "raw-landing", "dermaops/landing_files": str(len(batch)),
-              "dermaops/landing_last_key": newest[-200:]},
-    )
+    request = _retrain_request("new-data", f"raw-landing:{newest}",
+                               {"dermaops/landing_files": str(len(batch)), "dermaops/landing_last_key": newest[-200:]})
     return dg.SensorResult(run_requests=[request], cursor=json.dumps({"last_key": newest}))
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="New raw files in the landing location (DERMAOPS_LANDING_URI) -> ingest_job, one run per "
-           "upload burst; lists only keys after the cursor.")
+@dg.sensor(job=retrain_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="New raw files in the landing location (DERMAOPS_LANDING_URI) -> retrain_job (reason "
+           "new-data), one run per upload burst; lists only keys after the cursor, so name batch folders to sort "
+           "in arrival order (e.g. date-stamped).")
 def raw_landing_sensor(context: dg.SensorEvaluationContext, store: ObjectStore):
     return landing_tick(context, store, Settings.from_env().landing_uri)
 
@@ -101,10 +131,9 @@ def drift_sensor(context: dg.SensorEvaluationContext):
     if not (bool(md.get("drift_detected")) or score >= DRIFT_SCORE_THRESHOLD):
         return dg.SensorResult(skip_reason=f"drift_report {storage_id}: no drift (score {score:.2f}).",
                                cursor=str(storage_id))
-    if retrain_in_progress(context.instance):
-        # The run in flight answers this report; do not queue another one for it later.
-        return dg.SensorResult(skip_reason="Drift detected, but a retrain_job run is already queued or running.",
-                               cursor=str(storage_id))
+    blocked = retrain_blocked(context.instance, "Drift detected")
+    if blocked:  # the run in flight (or just done) answers this report; do not queue another for it later
+        return dg.SensorResult(skip_reason=blocked, cursor=str(storage_id))
     return dg.SensorResult(run_requests=[_retrain_request("drift", f"drift:{storage_id}",
                                                           {"dermaops/drift_score": f"{score:.3f}"})],
                            cursor=str(storage_id))
@@ -121,9 +150,9 @@ def model_quality_sensor(context: dg.SensorEvaluationContext, notifier: Notifier
     if not drop > ACCURACY_DROP_POINTS:
         return dg.SensorResult(skip_reason=f"model_quality_report {storage_id}: drop {drop:.1f} points.",
                                cursor=str(storage_id))
-    if retrain_in_progress(context.instance):
-        return dg.SensorResult(skip_reason="Accuracy dropped, but a retrain_job run is already queued or running.",
-                               cursor=str(storage_id))
+    blocked = retrain_blocked(context.instance, "Accuracy dropped")
+    if blocked:
+        return dg.SensorResult(skip_reason=blocked, cursor=str(storage_id))
     notifier.notify("DermaOps: model accuracy dropped, retraining",
                     f"Live balanced accuracy is {drop:.1f} points below the deployed model's evaluation "
                     f"(threshold {ACCURACY_DROP_POINTS:g}); retrain_job requested.", severity="critical",

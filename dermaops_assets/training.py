@@ -42,10 +42,15 @@ class TrainConfig(dg.Config):
         named = ("recipe", "arch", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "amp", "seed",
                  "weights_path", "max_minutes")
         hps = {k: getattr(self, k) for k in named if getattr(self, k) not in (None, "")}
+        hint = 'for example {"mixup": 0.2, "tta_views": 8}'
         try:
             extra = json.loads(self.extra_hyperparameters)
         except json.JSONDecodeError as exc:
-            raise dg.Failure(f"trained_model config extra_hyperparameters is not a JSON object: {exc}") from exc
+            raise dg.Failure(f"trained_model config extra_hyperparameters is not valid JSON ({exc}); give a JSON "
+                             f"object, {hint}") from exc
+        if not isinstance(extra, dict):
+            raise dg.Failure(f"trained_model config extra_hyperparameters must be a JSON object of train.py "
+                             f"options, not a {type(extra).__name__} ({self.extra_hyperparameters[:80]!r}); {hint}")
         return {**hps, **extra}
 
 

@@ -13,7 +13,7 @@ import io
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,29 +48,54 @@ def pseudonym_salt(home: Path) -> str:
     return path.read_text().strip()
 
 
-def ingest_dataset(source_uri: str, store: ObjectStore, salt: str, limits: ingest.ImageLimits | None = None,
-                   log: Callable[[str], None] = lambda msg: None,
+def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: str,
+                   limits: ingest.ImageLimits | None = None, log: Callable[[str], None] = lambda msg: None,
                    max_workers: int = 8) -> tuple[RawImagesHandle, IngestStats]:
-    """Validate every metadata row and image of ``source_uri``; store accepted images once.
+    """Validate every metadata row and image of the source(s); store accepted images once.
 
     Works the same for a local folder and an ``s3://`` prefix; the per-row and per-file
-    rules are ``ml_code.ingest``'s. Two rows whose files have identical bytes keep only
-    the first (the same picture under two ids would otherwise leak across splits)."""
+    rules are ``ml_code.ingest``'s. Several sources (the dataset, then landed batches) make
+    one manifest; an image id that an earlier source already holds is quarantined, since a
+    batch may add pictures but not silently replace a labelled one. Two rows whose files
+    have identical bytes keep only the first (the same picture under two ids would otherwise
+    leak across splits)."""
     limits = limits or ingest.ImageLimits()
-    source = RawSource(source_uri)
-    name = source.metadata_name()
-    metadata = ingest.read_metadata(name, source.read(name))
-    layout = ingest.detect_layout(metadata)
-    good, quarantined = ingest.normalise_metadata(metadata, layout, salt)
-    log(f"metadata: {len(metadata)} rows in {layout} layout, {len(good)} valid, {len(quarantined)} quarantined")
+    uris = [source_uri] if isinstance(source_uri, str) else list(source_uri)
+    sources: list[RawSource] = []
+    frames, quarantine_frames, layouts = [], [], []
+    first_source: dict[str, str] = {}
+    for uri in uris:
+        source = RawSource(uri)
+        name = source.metadata_name()
+        metadata = ingest.read_metadata(name, source.read(name))
+        layout = ingest.detect_layout(metadata)
+        good, quarantined = ingest.normalise_metadata(metadata, layout, salt)
+        label = _redact(uri)
+        taken = good["image_id"].astype(str).map(first_source)
+        if taken.notna().any():
+            quarantined = pd.concat([quarantined, ingest.quarantine_frame([
+                {"image_id": image_id, "stage": "metadata",
+                 "reason": f"image id already ingested from {earlier!r}; a batch adds images, it cannot replace "
+                           "one: give the new picture its own id, or correct the row where it was first ingested"}
+                for image_id, earlier in zip(good["image_id"].astype(str)[taken.notna()], taken[taken.notna()])])],
+                ignore_index=True)
+            good = good[taken.isna()]
+        first_source.update(dict.fromkeys(good["image_id"].astype(str), label))
+        log(f"metadata of {label}: {len(metadata)} rows in {layout} layout, {len(good)} valid, "
+            f"{len(quarantined)} quarantined")
+        frames.append(good.assign(_source=len(sources)))
+        quarantine_frames.append(quarantined)
+        layouts.append(layout)
+        sources.append(source)
+    good = pd.concat(frames, ignore_index=True)
 
-    index = source.image_index
     stats = IngestStats()
     lock = threading.Lock()
 
     def check_one(meta: dict) -> tuple[dict, ingest.ImageInfo | None, bytes | None, str]:
         image_id = str(meta["image_id"])
-        file_name = index.get(image_id)
+        source = sources[int(meta.pop("_source"))]
+        file_name = source.image_index.get(image_id)
         if file_name is None:
             return meta, None, None, (f"no image file {image_id}.jpg/.jpeg/.png in the dataset (looked under "
                                       "images/ and the HAM10000 part folders); add the file or drop the row")
@@ -113,7 +138,7 @@ def ingest_dataset(source_uri: str, store: ObjectStore, salt: str, limits: inges
             upload.result()
 
     manifest = ingest.build_manifest(rows)
-    quarantine = pd.concat([quarantined, ingest.quarantine_frame(rejects)], ignore_index=True)
+    quarantine = pd.concat([*quarantine_frames, ingest.quarantine_frame(rejects)], ignore_index=True)
     manifest_csv = ingest.canonical_manifest_csv(manifest)
     mhash = ingest.manifest_hash(manifest)
     # The quarantine is published first: a manifest key never exists without its quarantine list.
@@ -123,8 +148,8 @@ def ingest_dataset(source_uri: str, store: ObjectStore, salt: str, limits: inges
     handle = RawImagesHandle(
         manifest_uri=manifest_uri, manifest_hash=mhash, images_prefix_uri=store.uri("raw", "images"),
         quarantine_uri=quarantine_uri, num_images=len(manifest), num_quarantined=len(quarantine),
-        class_counts={str(k): int(v) for k, v in counts.items()}, source_uri=_redact(source_uri),
-        source_layout=layout,
+        class_counts={str(k): int(v) for k, v in counts.items()},
+        source_uri=" + ".join(_redact(uri) for uri in uris), source_layout="+".join(dict.fromkeys(layouts)),
     )
     return handle, stats
 

@@ -81,3 +81,21 @@ class RawSource:
             key = f"{self.prefix.rstrip('/')}/{name}" if self.prefix else name
             return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return (self.root / name).read_bytes()
+
+
+def landed_batches(landing_uri: str) -> list[str]:
+    """URIs of the batches in the landing location, in name order.
+
+    A landed batch is a folder directly under the landing location laid out like a dataset
+    (its own metadata CSV at its top level, its images beside it), so a clinic's export can
+    be dropped as it is. Files outside such a folder are not a batch and are left alone. A
+    landing folder that does not exist yet holds no batches."""
+    uri = landing_uri.rstrip("/")
+    if not uri:
+        return []
+    if not uri.startswith("s3://") and not Path(uri.removeprefix("file://")).expanduser().is_dir():
+        return []
+    names = {name.split("/", 1)[0] for name in RawSource(uri)._keys
+             if name.count("/") == 1 and name.split("/", 1)[1] in METADATA_FILE_NAMES}
+    return [f"{uri}/{name}" for name in sorted(names)]
+

@@ -67,7 +67,8 @@ def test_landing_burst_is_coalesced_and_cursor_advances(tmp_path: Path, instance
     assert len(result.run_requests) == 1
     req = result.run_requests[0]
     assert req.run_key == "raw-landing:batch1/img_003.jpg"
-    assert req.tags["reason"] == "new-data" and req.tags["dermaops/landing_files"] == "3"
+    assert req.job_name == RETRAIN_JOB and req.tags[RETRAIN_REASON_TAG] == "new-data"
+    assert req.tags["dermaops/landing_files"] == "3"
     assert json.loads(result.cursor) == {"last_key": "batch1/img_003.jpg"}
     # next tick from that cursor sees nothing; a new file is picked up alone
     ctx2 = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"store": store})
@@ -97,7 +98,7 @@ def test_landing_sensor_definition_reads_settings(tmp_path: Path, instance, monk
     store = LocalObjectStore(root=str(tmp_path / "store"))
     ctx = dg.build_sensor_context(instance=instance, resources={"store": store})
     result = raw_landing_sensor(ctx)
-    assert result.run_requests[0].job_name == "ingest_job"
+    assert result.run_requests[0].job_name == RETRAIN_JOB
 
 
 def _report(instance, asset: str, **metadata) -> None:
@@ -135,6 +136,29 @@ def test_retrain_requests_skip_while_retrain_in_flight(instance, tmp_path: Path)
     assert not result.run_requests
     with dg.build_schedule_context(instance=instance) as sctx:
         assert isinstance(monthly_retrain_schedule(sctx), dg.SkipReason)
+    # Landed files wait, cursor unmoved, so the run after this one retrains on them.
+    _land(tmp_path / "landing", "2026-11-27-clinic-a/HAM10000_metadata.csv", age=3600)
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    ctx = dg.build_sensor_context(instance=instance, resources={"store": store})
+    result = landing_tick(ctx, store, str(tmp_path / "landing"))
+    assert isinstance(result, dg.SkipReason) and "already queued or running" in result.skip_message
+    assert ctx.cursor is None
+
+
+def test_persisting_drift_waits_for_the_cooldown_after_a_retrain(instance, monkeypatch) -> None:
+    import dermaops_assets.sensors as sensors
+
+    run = instance.create_run_for_job(dg.GraphDefinition(name="noop", node_defs=[]).to_job(RETRAIN_JOB))
+    for event in (dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS):
+        instance.handle_run_event(run.run_id, dg.DagsterEvent(event_type_value=event.value, job_name=RETRAIN_JOB))
+    assert 0 <= sensors.hours_since_last_retrain(instance) < 0.1
+    _report(instance, "drift_report", drift_detected=True, drift_score=0.8)
+    result = drift_sensor(dg.build_sensor_context(instance=instance))
+    assert not result.run_requests and "cooldown 24 h" in result.skip_reason.skip_message
+    _report(instance, "drift_report", drift_detected=True, drift_score=0.8)  # still drifting, cooldown over
+    monkeypatch.setattr(sensors, "RETRAIN_COOLDOWN_HOURS", 0.0)
+    result = drift_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+    assert result.run_requests[0].tags[RETRAIN_REASON_TAG] == "drift"
 
 
 def test_model_quality_sensor_retrains_and_pages(instance, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from dermaops_resources.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore
+from dermaops_resources.raw_source import landed_batches
 from ml_code import ingest
 from ml_code.demo_data import generate_demo_dataset
 from tests.conftest import HAM10000, requires_ham10000
@@ -80,6 +81,42 @@ def test_reingesting_unchanged_data_copies_nothing_and_keeps_the_version(demo: P
     assert stats2.copied == 0 and stats2.already_stored == second.num_images
     assert first.manifest_hash == second.manifest_hash
     assert store.get_bytes(first.manifest_uri) == store.get_bytes(second.manifest_uri)
+
+
+def _land_batch(batch: Path, base: Path) -> pd.DataFrame:
+    """A clinic's export dropped as a landed batch: new lesions under ids of its own, plus one
+    row re-sending an image id the base dataset already holds. Returns the new rows."""
+    generate_demo_dataset(batch, n_lesions_per_class=1, image_size=(64, 48), seed=2)
+    meta = pd.read_csv(batch / "HAM10000_metadata.csv", dtype=str)
+    for image_id in meta["image_id"]:
+        (batch / "images" / f"{image_id}.jpg").rename(batch / "images" / f"CLINIC_{image_id}.jpg")
+    meta["image_id"], meta["lesion_id"] = "CLINIC_" + meta["image_id"], "CLINIC_" + meta["lesion_id"]
+    clash = pd.read_csv(base / "HAM10000_metadata.csv", dtype=str).iloc[[0]]
+    shutil.copy(base / "images" / f"{clash['image_id'].iloc[0]}.jpg", batch / "images")
+    pd.concat([meta, clash]).to_csv(batch / "HAM10000_metadata.csv", index=False)
+    return meta
+
+
+def test_landed_batches_join_the_dataset_in_one_manifest(demo: Path, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    new_rows = _land_batch(landing / "2026-11-27-clinic-a", demo)
+    (landing / "stray.jpg").write_bytes(b"not in a batch folder")
+    (landing / "still-uploading" / "images").mkdir(parents=True)  # no metadata yet: not a batch
+    assert landed_batches(str(landing)) == [str(landing / "2026-11-27-clinic-a")]
+    assert landed_batches(str(tmp_path / "no-landing-yet")) == []
+
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    base, _ = ingest_dataset(str(demo), store, salt="s")
+    both, stats = ingest_dataset([str(demo), *landed_batches(str(landing))], store, salt="s")
+    assert both.num_images == base.num_images + len(new_rows)
+    assert stats.copied == len(new_rows) and stats.already_stored == base.num_images
+    assert both.manifest_hash != base.manifest_hash  # a new data version, so retraining sees the batch
+    manifest = _published_manifest(store, both.manifest_uri)
+    assert set(new_rows["image_id"]) <= set(manifest["image_id"])
+    quarantine = pd.read_csv(store.local_path(both.quarantine_uri), dtype=str)
+    clash = quarantine[quarantine["reason"].str.contains("already ingested")]
+    assert len(clash) == 1 and f"from '{demo.name}'" in clash["reason"].iloc[0]
+    assert both.source_uri == f"{demo.name} + 2026-11-27-clinic-a" and both.source_layout == "ham10000"
 
 
 def _published_manifest(store: LocalObjectStore, manifest_uri: str) -> pd.DataFrame:
