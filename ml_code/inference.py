@@ -45,6 +45,15 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/json")
+#: Decoded-size cap of a request image: a 500 KB PNG of one colour can declare 13000 x 13000
+#: pixels (well under Pillow's decompression-bomb limit) and cost a second and ~1 GB to decode.
+#: 36 MP covers the largest ISIC Archive originals (6000 x 4000).
+MAX_IMAGE_PIXELS = 36_000_000
+#: Image files and pixel modes a request may carry. 16-bit and floating-point greyscale (I;16,
+#: I, F) are refused: Pillow's RGB conversion clips them instead of scaling, so the network
+#: would see a white square and answer confidently.
+ACCEPTED_IMAGE_FORMATS = ("JPEG", "PNG")
+ACCEPTED_IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 #: ``application/json`` requests: the image base64-encoded plus optional clinical context.
 JSON_REQUEST_FIELDS = ("image", "age", "sex", "anatom_site")
 SUPPORTED_ARCHS = ("resnet18", "resnet34", "efficientnet_b0", "mobilenet_v3_small", "dermanet", "dermanet_d4")
@@ -447,15 +456,38 @@ def input_fn(body: bytes | bytearray, content_type: str) -> dict[str, Any]:
     clinical = None
     if ctype == "application/json":
         body, clinical = _parse_json_request(body)
+    undecodable = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
     try:
-        with Image.open(io.BytesIO(body)) as img:
+        img = Image.open(io.BytesIO(body))
+    except undecodable as exc:
+        raise _undecodable(ctype, body, exc) from exc
+    with img:
+        _check_request_image(img)
+        try:
             img.load()  # validate here, so a bad body is the client's 4xx, not a model error
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(
-            f"Could not decode the {ctype} request body ({len(body)} bytes) as an image: {exc}. "
-            "Send the raw bytes of a JPEG or PNG file."
-        ) from exc
+        except undecodable as exc:
+            raise _undecodable(ctype, body, exc) from exc
     return {"image_bytes": body, "clinical": clinical}
+
+
+def _undecodable(ctype: str, body: bytes, exc: BaseException) -> ValueError:
+    # Pillow's "cannot identify image file <_io.BytesIO object at 0x...>" says nothing useful.
+    detail = "not a JPEG or PNG file" if isinstance(exc, UnidentifiedImageError) else str(exc)
+    return ValueError(f"Could not decode the {ctype} request body ({len(body)} bytes) as an image: {detail}. "
+                      "Send the raw bytes of a JPEG or PNG file.")
+
+
+def _check_request_image(img: Image.Image) -> None:
+    """Refuse, before decoding pixels, what the model cannot read faithfully or cheaply."""
+    if img.format not in ACCEPTED_IMAGE_FORMATS:
+        raise ValueError(f"The request image is {img.format or 'of an unknown format'}; send a JPEG or PNG file.")
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"The request image is {w} x {h} pixels, more than {MAX_IMAGE_PIXELS:,}; downscale it "
+                         "(the model reads it at under 100 px) and send it again.")
+    if img.mode not in ACCEPTED_IMAGE_MODES:
+        raise ValueError(f"The request image has pixel mode {img.mode} (e.g. 16-bit or floating-point greyscale), "
+                         "which would be clipped, not scaled; send an 8-bit-per-channel JPEG or PNG.")
 
 
 def _parse_json_request(body: bytes) -> tuple[bytes, dict[str, Any]]:

@@ -57,6 +57,14 @@ SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "ap
 ADMIN_TOKEN_HEADER = "X-Admin-Token"
 INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"  # what SageMaker's InferenceId becomes
 MAX_BODY_BYTES = 10 * 1024 * 1024
+#: Invocations decoded and scored at once; more wait up to ``QUEUE_WAIT_SECONDS`` for a slot,
+#: then get 503 + Retry-After. One thread per connection is otherwise unbounded, and each
+#: large image costs up to a few hundred MB while it is decoded.
+MAX_INFLIGHT = int(os.environ.get("DERMAOPS_ENDPOINT_MAX_INFLIGHT", "8"))
+QUEUE_WAIT_SECONDS = 10.0
+#: A client that stops sending mid-request is dropped after this long instead of holding a
+#: thread (and the model it acquired) forever.
+CLIENT_TIMEOUT_SECONDS = 30.0
 VARIANT = "AllTraffic"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
@@ -319,7 +327,8 @@ class CaptureWriter:
         tmp = folder / f".{final.name}.{uuid.uuid4().hex[:6]}.tmp"  # skipped by store listings
         payload = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
         try:
-            with open(tmp, "wb") as fh:
+            # 0600: captured requests are patient images and clinical context
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
                 fh.write(payload)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -367,6 +376,7 @@ class EndpointState:
     state_info: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
+    slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_INFLIGHT))
 
     # -- model reference ----------------------------------------------------------------
     def acquire(self) -> LoadedModel | None:
@@ -465,8 +475,26 @@ class EndpointState:
 # ----------------------------------------------------------------------------------------
 # HTTP
 # ----------------------------------------------------------------------------------------
+def negotiate_accept(header: str | None) -> str | None:
+    """``application/json`` when the Accept header allows it (absent, ``*/*``, ``application/*``
+    or ``application/json`` anywhere in the list, with a non-zero q), else None (406)."""
+    if not header or not header.strip():
+        return "application/json"
+    for item in header.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = next((p.split("=", 1)[1] for p in params if p.replace(" ", "").startswith("q=")), "1")
+        try:
+            acceptable = float(q) > 0
+        except ValueError:
+            acceptable = True
+        if acceptable and media.lower() in ("application/json", "application/*", "*/*", "*"):
+            return "application/json"
+    return None
+
+
 class EndpointHandler(BaseHTTPRequestHandler):
     server_version = "DermaOpsServe/1.0"
+    timeout = CLIENT_TIMEOUT_SECONDS  # socket timeout of each connection (StreamRequestHandler)
     state: EndpointState  # set on the subclass made by make_server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -526,19 +554,26 @@ class EndpointHandler(BaseHTTPRequestHandler):
         asked_id = self.headers.get(INFERENCE_ID_HEADER, "")
         inference_id = asked_id if _SAFE_ID.match(asked_id) else event_id
         content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        accept = (self.headers.get("Accept") or "application/json").split(",", 1)[0].strip() or "application/json"
-        if accept in ("*/*", ""):
-            accept = "application/json"
-        model = self.state.acquire()
-        version = model.version if model else None
-        body = b""
-        status, payload = 200, ""
+        accept = negotiate_accept(self.headers.get("Accept"))
         try:
             read = self._read_body(MAX_BODY_BYTES)
-            if read is None:
-                self.state.count(411)
-                return
-            body = read
+        except OSError as exc:  # the client stalled past the timeout or went away mid-body
+            LOG.info("invocation %s: body not received: %s", inference_id, exc)
+            self.state.count(408)
+            return
+        if read is None:
+            self.state.count(411)
+            return
+        if not self.state.slots.acquire(timeout=QUEUE_WAIT_SECONDS):
+            self.state.count(503)
+            self._send_json(503, {"error": f"the endpoint is busy ({MAX_INFLIGHT} requests in progress); retry"},
+                            {"Retry-After": "1", "X-Inference-Id": inference_id})
+            return
+        model = self.state.acquire()  # after the body is in: a slow client holds no model
+        version = model.version if model else None
+        body = read
+        status, payload = 200, ""
+        try:
             if model is None:
                 status, payload = 503, json.dumps({"error": "no model is loaded yet"})
             elif content_type not in SUPPORTED_CONTENT_TYPES:
@@ -547,6 +582,10 @@ class EndpointHandler(BaseHTTPRequestHandler):
                              f"send one of {', '.join(SUPPORTED_CONTENT_TYPES)}"})
             elif not body:
                 status, payload = 400, json.dumps({"error": "empty body; send the image bytes"})
+            elif accept is None:
+                status, payload = 406, json.dumps({
+                    "error": f"cannot answer Accept {self.headers.get('Accept')!r}; this endpoint answers "
+                             "application/json"})
             else:
                 try:
                     data = model.module.input_fn(body, content_type)
@@ -570,9 +609,13 @@ class EndpointHandler(BaseHTTPRequestHandler):
         finally:
             if model is not None:
                 self.state.release(model)
+            self.state.slots.release()
         self.state.count(status)
+        # A rejected request (4xx) is captured without its body: it is not an image the monitors
+        # could use, and it may hold anything a client sent, patient details included.
         self.state.capture.add(capture_record(
-            body=body, content_type=content_type or "application/octet-stream", response_text=payload,
+            body=body if not 400 <= status < 500 else b"",
+            content_type=content_type or "application/octet-stream", response_text=payload,
             event_id=event_id, inference_id=inference_id, inference_time=started,
             package_version=version if version is not None else -1))
         LOG.log(logging.DEBUG if status < 400 else logging.INFO,
@@ -669,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         server = make_server(state, args.host, args.port)
     except OSError as exc:
         LOG.error("cannot listen on %s:%s: %s (choose another port)", args.host, args.port, exc)
+        state.active.cleanup()  # the extracted package
         return 4
     port = server.server_address[1]
     capture.start()

@@ -107,6 +107,32 @@ def test_bad_content_type_and_corrupt_bytes(served):
         inference.output_fn(np.full((1, 7), 1 / 7), "text/csv")
 
 
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_images_the_model_cannot_read_faithfully_or_cheaply_are_refused_before_decoding():
+    """Each refusal says what was wrong and what to send instead."""
+    huge = _png(Image.new("L", (7000, 7000), 30))  # ~50 KB of file, 49 MP of pixels to decode
+    with pytest.raises(ValueError, match=r"7000 x 7000 pixels, more than 36,000,000; downscale"):
+        inference.input_fn(huge, "image/png")
+    deep = _png(Image.new("I;16", (64, 64), 40000))  # RGB conversion would clip it to a white square
+    with pytest.raises(ValueError, match=r"pixel mode I;16 .* send an 8-bit-per-channel JPEG or PNG"):
+        inference.input_fn(deep, "image/png")
+    tiff = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(tiff, format="TIFF")
+    with pytest.raises(ValueError, match="The request image is TIFF; send a JPEG or PNG"):
+        inference.input_fn(tiff.getvalue(), "image/png")
+    with pytest.raises(ValueError, match=r"as an image: not a JPEG or PNG file\.") as err:
+        inference.input_fn(b"GIF89a not really", "image/png")
+    assert "BytesIO" not in str(err.value)
+    # the 8-bit modes a camera or an export produces still pass
+    for mode in ("P", "L", "LA", "RGBA"):
+        assert inference.input_fn(_png(Image.new(mode, (40, 30))), "image/png")["image_bytes"]
+
+
 def test_model_fn_reports_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_config.json not found"):
         inference.model_fn(str(tmp_path))

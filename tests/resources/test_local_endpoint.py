@@ -248,6 +248,11 @@ def test_client_errors_are_json_4xx_not_500(live):
     assert status == 400 and "empty" in body["error"]
     status, _, body = post(f"{url}/nowhere", b"x", "image/png")
     assert status == 404
+    status, _, body = post(f"{url}/invocations", lesion_image("PNG"), "image/png", headers={"Accept": "text/html"})
+    assert status == 406 and "application/json" in body["error"]
+    browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    assert post(f"{url}/invocations", lesion_image("PNG"), "image/png", headers={"Accept": browser})[0] == 200
+
     # the server still answers after the bad requests
     assert post(f"{url}/invocations", lesion_image("PNG"), "image/png")[0] == 200
 
@@ -289,8 +294,8 @@ def test_capture_files_have_sagemaker_structure(live):
     meta = record["eventMetadata"]
     assert meta["modelPackageVersion"] == 1 and len(meta["eventId"]) == 36
     assert meta["inferenceTime"].endswith("Z") and meta["inferenceTime"][:4].isdigit()
-    rejected = by_id[bad_headers["X-Inference-Id"]]
-    assert base64.b64decode(rejected["captureData"]["endpointInput"]["data"]) == b"plain words"
+    rejected = by_id[bad_headers["X-Inference-Id"]]  # recorded, but without what the client sent
+    assert rejected["captureData"]["endpointInput"]["data"] == ""
     assert "error" in json.loads(rejected["captureData"]["endpointOutput"]["data"])
     # the server log names requests but never carries their bytes
     log_text = (Path(live["deployer"].state_dir) / "serve.log").read_text()
@@ -300,6 +305,7 @@ def test_capture_files_have_sagemaker_structure(live):
     files = list(root.rglob("*"))
     jsonl = [p for p in files if p.is_file()]
     assert jsonl and all(p.suffix == ".jsonl" and not p.name.startswith(".") for p in jsonl)
+    assert all((p.stat().st_mode & 0o777) == 0o600 for p in jsonl)  # patient images: owner only
     for path in jsonl:
         parts = path.relative_to(root).parts
         assert len(parts) == 5 and [len(p) for p in parts[:4]] == [4, 2, 2, 2]
@@ -443,3 +449,49 @@ def test_server_outlives_the_deploying_process_and_stops_cleanly(env):
         assert int(handle2.url.rsplit(":", 1)[1]) == port and ping(handle2.url) == 200
     finally:
         deployer.stop()
+
+
+def test_a_saturated_endpoint_answers_503_with_retry_after(tmp_path, monkeypatch):
+    """Requests beyond the in-flight limit wait briefly for a slot, then get 503, not a thread each."""
+    from ml_code import serve
+
+    monkeypatch.setattr(serve, "QUEUE_WAIT_SECONDS", 0.2)
+    state = serve.EndpointState(endpoint_name="busy", capture=serve.CaptureWriter(tmp_path, "busy"),
+                                admin_token=None, slots=threading.BoundedSemaphore(1))
+    server = serve.make_server(state, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/invocations"
+    try:
+        assert state.slots.acquire(timeout=1)  # one request in progress
+        status, headers, body = post(url, lesion_image("PNG"), "image/png")
+        assert status == 503 and headers["Retry-After"] == "1" and "busy" in body["error"]
+        state.slots.release()
+        status, _, body = post(url, lesion_image("PNG"), "image/png")
+        assert status == 503 and "no model" in body["error"]  # admitted: this state has no model loaded
+        assert state.slots.acquire(timeout=1)  # the admitted request gave its slot back
+        state.slots.release()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_client_that_stalls_mid_body_is_dropped_without_holding_a_slot(tmp_path, monkeypatch):
+    import socket
+
+    from ml_code import serve
+
+    monkeypatch.setattr(serve.EndpointHandler, "timeout", 0.5)
+    state = serve.EndpointState(endpoint_name="stall", capture=serve.CaptureWriter(tmp_path, "stall"),
+                                admin_token=None, slots=threading.BoundedSemaphore(1))
+    server = serve.make_server(state, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address, timeout=5) as sock:
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: 1000\r\n\r\n12345")  # promises 1000 bytes, sends 5
+            wait_for(lambda: state.counters.client_errors == 1, timeout=5, what="the stalled request to time out")
+        assert state.slots.acquire(timeout=0.1)  # it never took the only slot
+        state.slots.release()
+    finally:
+        server.shutdown()
+        server.server_close()
