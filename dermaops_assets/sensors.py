@@ -10,7 +10,8 @@
   sorts before one already seen is ingested by the next retraining, not by its own.
 - ``drift_sensor`` / ``model_quality_sensor``: the latest drift / quality report's metadata
   -> ``retrain_job`` tagged with the reason.
-- ``approval_sensor``: a newly Approved model package -> ``deploy_job``.
+- ``approval_sensor``: the newest Approved model package changed (an approval, or a rollback
+  after the served one was rejected) -> ``deploy_job``.
 
 Every retraining request carries ``dermaops/retrain_reason`` and is skipped while a
 retrain run is already queued or running; the report-driven ones also wait
@@ -165,20 +166,38 @@ def model_quality_sensor(context: dg.SensorEvaluationContext, notifier: Notifier
 # -- approval -> deployment -------------------------------------------------------------
 
 @dg.sensor(job=deploy_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Deploy when a model package newer than the last one deployed by this sensor is Approved "
-           "(SQLite registry locally, SageMaker Model Registry on AWS).")
+           description="Deploy when the newest Approved model package changes: a new approval, or a rollback "
+           "(the served version rejected, so an older Approved one becomes the newest). SQLite registry "
+           "locally, SageMaker Model Registry on AWS.")
 def approval_sensor(context: dg.SensorEvaluationContext, registry: ModelRegistry):
     group = Settings.from_env().model_package_group
-    seen = int(context.cursor) if context.cursor else 0
-    approved = [p for p in registry.list_packages(group) if p.status == "Approved" and p.version > seen]
-    if not approved:
-        return dg.SkipReason(f"No newly Approved package in {group} beyond version {seen}.")
-    newest = max(approved, key=lambda p: p.version)
+    cursor = _approval_cursor(context.cursor)
+    target = registry.latest(group, status="Approved")
+    requested = cursor["version"]
+    if target is None:
+        return dg.SkipReason(f"No Approved package in {group}"
+                             + (f"; v{requested} keeps serving until one is approved or the endpoint is stopped "
+                                "(`dermaops endpoint stop`)." if requested else "."))
+    if target.version == requested:
+        return dg.SkipReason(f"The newest Approved package in {group} is v{target.version}, already deployed.")
+    why = "rollback" if requested and target.version < requested else "approval"
+    count = cursor["requests"] + 1
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"deploy:{group}:v{newest.version}", job_name=deploy_job.name,
-                                    tags={"dermaops/package_version": str(newest.version),
-                                          "dermaops/trigger": "approval"})],
-        cursor=str(newest.version))
+        run_requests=[dg.RunRequest(run_key=f"deploy:{group}:v{target.version}:{count}", job_name=deploy_job.name,
+                                    tags={"dermaops/package_version": str(target.version),
+                                          "dermaops/trigger": why})],
+        cursor=json.dumps({"version": target.version, "requests": count}))
+
+
+def _approval_cursor(text: str | None) -> dict[str, int]:
+    """The version the sensor last asked to deploy and how many deploys it has asked for (the
+    count keeps run keys unique when a version is deployed again after a rollback). Older
+    cursors were the bare highest version seen."""
+    if not text:
+        return {"version": 0, "requests": 0}
+    if text.isdigit():
+        return {"version": int(text), "requests": int(text)}
+    return json.loads(text)
 
 
 all_sensors = [raw_landing_sensor, drift_sensor, model_quality_sensor, approval_sensor]

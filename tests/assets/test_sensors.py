@@ -185,7 +185,7 @@ def test_monthly_schedule_tags_reason(instance) -> None:
     assert monthly_retrain_schedule.cron_schedule == "0 3 1 * *"
 
 
-def test_approval_sensor_deploys_each_new_approval_once(instance, tmp_path: Path, monkeypatch) -> None:
+def test_approval_sensor_deploys_each_new_approval_and_rolls_back_a_rejection(instance, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DERMAOPS_MODEL_PACKAGE_GROUP", "g")
     registry = SqliteModelRegistry(db_path=str(tmp_path / "registry.db"))
     for _ in range(2):
@@ -194,8 +194,21 @@ def test_approval_sensor_deploys_each_new_approval_once(instance, tmp_path: Path
     assert isinstance(approval_sensor(ctx), dg.SkipReason)  # pending only
     registry.set_status("g", 2, "Approved")
     fired = approval_sensor(ctx)
-    assert fired.run_requests[0].run_key == "deploy:g:v2" and fired.cursor == "2"
-    assert fired.run_requests[0].job_name == "deploy_job"
-    registry.set_status("g", 1, "Approved")  # older than what was deployed: ignored
-    assert isinstance(approval_sensor(dg.build_sensor_context(instance=instance, cursor="2",
-                                                              resources={"registry": registry})), dg.SkipReason)
+    assert fired.run_requests[0].run_key == "deploy:g:v2:1" and fired.run_requests[0].job_name == "deploy_job"
+    assert fired.run_requests[0].tags["dermaops/trigger"] == "approval"
+
+    def tick(cursor):
+        return approval_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"registry": registry}))
+
+    registry.set_status("g", 1, "Approved")  # older than what was deployed: v2 stays
+    assert "already deployed" in tick(fired.cursor).skip_message
+    registry.set_status("g", 2, "Rejected", "unsafe on darker skin")  # the served model is pulled: roll back
+    rollback = tick(fired.cursor)
+    assert rollback.run_requests[0].tags == {"dermaops/package_version": "1", "dermaops/trigger": "rollback"}
+    registry.set_status("g", 2, "Approved")  # re-approved after review: deployed again, under a new run key
+    again = tick(rollback.cursor)
+    assert again.run_requests[0].run_key == "deploy:g:v2:3" and again.run_requests[0].tags["dermaops/trigger"] == "approval"
+    registry.set_status("g", 1, "Rejected", "x")
+    registry.set_status("g", 2, "Rejected", "x")
+    assert "v2 keeps serving" in tick(again.cursor).skip_message  # nothing approved: said, not stopped
+    assert "v1 keeps serving" in tick("1").skip_message  # a cursor of the older bare-version form still reads
