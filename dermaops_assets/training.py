@@ -13,6 +13,7 @@ from pydantic import Field
 from dermaops_resources.handles import ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec, read_training_record
 from dermaops_resources.object_store import ObjectStore
+from dermaops_resources.settings import Settings
 from ml_code.curves import curves_png
 
 from .ui import code_version, job_callbacks, png_markdown, table_markdown
@@ -42,6 +43,11 @@ class TrainConfig(dg.Config):
         named = ("recipe", "arch", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "amp", "seed",
                  "weights_path", "max_minutes")
         hps = {k: getattr(self, k) for k in named if getattr(self, k) not in (None, "")}
+        # Retrains started by sensors and schedules carry no run config: they follow the
+        # deployment's recipe (DERMAOPS_TRAIN_RECIPE) instead of train.py's plain defaults.
+        recipe = self.recipe or Settings.from_env().train_recipe
+        if recipe:
+            hps["recipe"] = recipe
         hint = 'for example {"mixup": 0.2, "tta_views": 8}'
         try:
             extra = json.loads(self.extra_hyperparameters)

@@ -44,6 +44,8 @@ class Settings:
     webhook_url: str = ""
     use_spot: bool = True
     endpoint_port: int = 0
+    train_recipe: str = ""
+    """Recipe for training runs whose config names none (sensor, schedule and CLI retrains)."""
     sagemaker_executor: str = ""
     """Test-only hook (module:function) that runs job entry points when a fake SageMaker does not."""
 
@@ -76,5 +78,6 @@ class Settings:
             webhook_url=_env("DERMAOPS_ALERT_WEBHOOK_URL", ""),
             endpoint_port=int(_env("DERMAOPS_ENDPOINT_PORT", "0")),
             use_spot=_env("DERMAOPS_USE_SPOT", "true").lower() not in ("0", "false", "no"),
+            train_recipe=_env("DERMAOPS_TRAIN_RECIPE", ""),
             sagemaker_executor=_env("DERMAOPS_SAGEMAKER_EXECUTOR", ""),
         )

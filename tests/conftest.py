@@ -16,7 +16,8 @@ def dermaops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "dermaops-home"
     monkeypatch.setenv("DERMAOPS_HOME", str(home))
     monkeypatch.setenv("DERMAOPS_BACKEND", "local")
-    for var in ("DERMAOPS_RAW_URI", "DERMAOPS_LANDING_URI", "DERMAOPS_LABELS_URI", "DERMAOPS_AUTO_APPROVE"):
+    for var in ("DERMAOPS_RAW_URI", "DERMAOPS_LANDING_URI", "DERMAOPS_LABELS_URI", "DERMAOPS_AUTO_APPROVE",
+                "DERMAOPS_TRAIN_RECIPE"):
         monkeypatch.delenv(var, raising=False)
     return home
 

@@ -8,6 +8,14 @@ import pytest
 from dermaops_assets.training import TrainConfig
 
 
+def test_runs_without_a_recipe_follow_the_deployment_recipe(monkeypatch) -> None:
+    monkeypatch.delenv("DERMAOPS_TRAIN_RECIPE", raising=False)
+    assert "recipe" not in TrainConfig().hyperparameters()
+    monkeypatch.setenv("DERMAOPS_TRAIN_RECIPE", "ham10000")  # what a sensor-started retrain then trains with
+    assert TrainConfig().hyperparameters()["recipe"] == "ham10000"
+    assert TrainConfig(recipe="other").hyperparameters()["recipe"] == "other"  # a run's own config wins
+
+
 def test_extra_hyperparameters_join_the_named_ones() -> None:
     hps = TrainConfig(recipe="ham10000", extra_hyperparameters='{"seed": 7, "tta_views": 1}').hyperparameters()
     assert hps["recipe"] == "ham10000" and hps["seed"] == 7 and hps["tta_views"] == 1
