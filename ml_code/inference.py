@@ -56,6 +56,7 @@ ACCEPTED_IMAGE_FORMATS = ("JPEG", "PNG")
 ACCEPTED_IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 #: ``application/json`` requests: the image base64-encoded plus optional clinical context.
 JSON_REQUEST_FIELDS = ("image", "age", "sex", "anatom_site")
+SEX_VALUES = ("male", "female", "unknown")
 SUPPORTED_ARCHS = ("resnet18", "resnet34", "efficientnet_b0", "mobilenet_v3_small", "dermanet", "dermanet_d4")
 #: Networks whose output is the same for all 8 flip/quarter-turn views: test-time views add nothing.
 VIEW_INVARIANT_ARCHS = ("dermanet_d4",)
@@ -513,7 +514,27 @@ def _parse_json_request(body: bytes) -> tuple[bytes, dict[str, Any]]:
     for key in ("sex", "anatom_site"):
         if request.get(key) is not None and not isinstance(request[key], str):
             raise ValueError(f'"{key}" must be a string or null, got {request[key]!r}')
-    return image, {"age": age, "sex": request.get("sex"), "site": request.get("anatom_site")}
+    # A value outside the vocabulary is refused rather than read as unknown: "F" silently
+    # scored as "sex unknown" would change the answer without anyone noticing.
+    sex, site = request.get("sex"), request.get("anatom_site")
+    if sex is not None and sex.strip().lower() not in SEX_VALUES:
+        raise ValueError(f'"sex" must be one of {", ".join(SEX_VALUES)} or null, got {sex[:40]!r} (abbreviations '
+                         'are not guessed)')
+    sites = _known_sites()
+    if site is not None and sites and site.strip().lower() not in sites:
+        raise ValueError(f'"anatom_site" {site[:40]!r} is not a body site this model knows; send a HAM10000 '
+                         f'localization or an ISIC anatom_site_general value ({", ".join(sorted(sites))}) or null')
+    return image, {"age": age, "sex": sex, "site": site}
+
+
+def _known_sites() -> frozenset[str] | None:
+    """Body-site values the descriptor model maps (both archives' vocabularies, plus "unknown");
+    None when this package has no descriptor model, which ignores the site anyway."""
+    try:
+        regions = _load_descriptors_module().SITE_REGIONS
+    except FileNotFoundError:
+        return None
+    return frozenset({"unknown", *(name for members in regions.values() for name in members)})
 
 
 def predict_fn(data: Any, model: ServedModel) -> np.ndarray:

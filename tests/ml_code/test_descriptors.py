@@ -184,10 +184,19 @@ def test_served_package_fuses_network_and_descriptors(fused_model_dir):
     (json.dumps({"image": "@@@"}).encode(), "base64"),
     (json.dumps({"image": "aGk=", "patient_id": "x"}).encode(), "unknown fields"),
     (json.dumps({"image": "aGk=", "age": 400}).encode(), '"age"'),
+    (json.dumps({"image": "aGk=", "sex": "F"}).encode(), '"sex" must be one of male, female, unknown'),
+    (json.dumps({"image": "aGk=", "anatom_site": "elbow"}).encode(), r"'elbow' is not a body site .*posterior torso"),
 ])
 def test_bad_json_requests_say_what_is_wrong(request_body, problem):
     with pytest.raises(ValueError, match=problem):
         inference.input_fn(request_body, "application/json")
+
+
+def test_clinical_values_are_read_in_any_case_from_either_vocabulary():
+    image = base64.b64encode(_jpeg(5)).decode()
+    for sex, site in (("Female", "HEAD/NECK"), ("unknown", "lower extremity"), (None, "unknown"), ("male", None)):
+        request = json.dumps({"image": image, "sex": sex, "anatom_site": site}).encode()
+        assert inference.input_fn(request, "application/json")["clinical"] == {"age": None, "sex": sex, "site": site}
 
 
 @requires_ham10000
