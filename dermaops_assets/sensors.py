@@ -192,11 +192,12 @@ def approval_sensor(context: dg.SensorEvaluationContext, registry: ModelRegistry
 def _approval_cursor(text: str | None) -> dict[str, int]:
     """The version the sensor last asked to deploy and how many deploys it has asked for (the
     count keeps run keys unique when a version is deployed again after a rollback). Older
-    cursors were the bare highest version seen."""
+    cursors were the bare highest version seen; their run keys had no count, so counting
+    starts again at 0."""
     if not text:
         return {"version": 0, "requests": 0}
     if text.isdigit():
-        return {"version": int(text), "requests": int(text)}
+        return {"version": int(text), "requests": 0}
     return json.loads(text)
 
 

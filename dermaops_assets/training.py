@@ -40,7 +40,7 @@ class TrainConfig(dg.Config):
     gpu: bool = Field(default=True, description="on AWS: train on the configured GPU instance type")
 
     def hyperparameters(self) -> dict:
-        named = ("recipe", "arch", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "amp", "seed",
+        named = ("arch", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "amp", "seed",
                  "weights_path", "max_minutes")
         hps = {k: getattr(self, k) for k in named if getattr(self, k) not in (None, "")}
         # Retrains started by sensors and schedules carry no run config: they follow the

@@ -71,16 +71,17 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
         layout = ingest.detect_layout(metadata)
         good, quarantined = ingest.normalise_metadata(metadata, layout, salt)
         label = _redact(uri)
-        taken = good["image_id"].astype(str).map(first_source)
-        if taken.notna().any():
+        ids = good["image_id"].astype(str)
+        earlier = ids.map(first_source)  # the source that already holds each id, NaN if none
+        clash = earlier.notna()
+        if clash.any():
             quarantined = pd.concat([quarantined, ingest.quarantine_frame([
                 {"image_id": image_id, "stage": "metadata",
-                 "reason": f"image id already ingested from {earlier!r}; a batch adds images, it cannot replace "
+                 "reason": f"image id already ingested from {where!r}; a batch adds images, it cannot replace "
                            "one: give the new picture its own id, or correct the row where it was first ingested"}
-                for image_id, earlier in zip(good["image_id"].astype(str)[taken.notna()], taken[taken.notna()])])],
-                ignore_index=True)
-            good = good[taken.isna()]
-        first_source.update(dict.fromkeys(good["image_id"].astype(str), label))
+                for image_id, where in zip(ids[clash], earlier[clash])])], ignore_index=True)
+            good, ids = good[~clash], ids[~clash]
+        first_source.update(dict.fromkeys(ids, label))
         log(f"metadata of {label}: {len(metadata)} rows in {layout} layout, {len(good)} valid, "
             f"{len(quarantined)} quarantined")
         frames.append(good.assign(_source=len(sources)))

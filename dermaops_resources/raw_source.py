@@ -95,7 +95,10 @@ def landed_batches(landing_uri: str) -> list[str]:
         return []
     if not uri.startswith("s3://") and not Path(uri.removeprefix("file://")).expanduser().is_dir():
         return []
-    names = {name.split("/", 1)[0] for name in RawSource(uri)._keys
-             if name.count("/") == 1 and name.split("/", 1)[1] in METADATA_FILE_NAMES}
-    return [f"{uri}/{name}" for name in sorted(names)]
+    batches = set()
+    for key in RawSource(uri)._keys:
+        folder, _, file_name = key.partition("/")
+        if file_name in METADATA_FILE_NAMES:  # a metadata CSV directly inside a top-level folder
+            batches.add(folder)
+    return [f"{uri}/{name}" for name in sorted(batches)]
 

@@ -46,6 +46,8 @@ SITE_REGIONS: dict[str, tuple[str, ...]] = {
     "palms_soles": ("acral", "palms/soles"),
     "oral_genital": ("genital", "oral/genital"),
 }
+#: Every site value either archive uses that maps onto a region (anything else is unknown).
+KNOWN_SITES: frozenset[str] = frozenset(name for members in SITE_REGIONS.values() for name in members)
 CLINICAL_FEATURES: tuple[str, ...] = ("age", "sex_male") + tuple(f"site_{r}" for r in SITE_REGIONS)
 
 # Image-region rings as fractions of the half-width: the lesion is usually centred in a
@@ -81,7 +83,7 @@ def clinical_features(
         out[:, 1] = [1.0 if v == "male" else 0.0 if v == "female" else np.nan for v in s]
     if site is not None:
         names = [str(v).strip().lower() if v is not None else "" for v in site]
-        known = [any(v in m for m in SITE_REGIONS.values()) for v in names]
+        known = [v in KNOWN_SITES for v in names]
         for j, members in enumerate(SITE_REGIONS.values()):
             out[:, 2 + j] = [float(v in members) if k else np.nan for v, k in zip(names, known)]
     return out

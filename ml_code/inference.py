@@ -531,10 +531,9 @@ def _known_sites() -> frozenset[str] | None:
     """Body-site values the descriptor model maps (both archives' vocabularies, plus "unknown");
     None when this package has no descriptor model, which ignores the site anyway."""
     try:
-        regions = _load_descriptors_module().SITE_REGIONS
+        return _load_descriptors_module().KNOWN_SITES | {"unknown"}
     except FileNotFoundError:
         return None
-    return frozenset({"unknown", *(name for members in regions.values() for name in members)})
 
 
 def predict_fn(data: Any, model: ServedModel) -> np.ndarray:

@@ -556,12 +556,12 @@ class EndpointHandler(BaseHTTPRequestHandler):
         content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
         accept = negotiate_accept(self.headers.get("Accept"))
         try:
-            read = self._read_body(MAX_BODY_BYTES)
+            body = self._read_body(MAX_BODY_BYTES)
         except OSError as exc:  # the client stalled past the timeout or went away mid-body
             LOG.info("invocation %s: body not received: %s", inference_id, exc)
             self.state.count(408)
             return
-        if read is None:
+        if body is None:
             self.state.count(411)
             return
         if not self.state.slots.acquire(timeout=QUEUE_WAIT_SECONDS):
@@ -571,7 +571,6 @@ class EndpointHandler(BaseHTTPRequestHandler):
             return
         model = self.state.acquire()  # after the body is in: a slow client holds no model
         version = model.version if model else None
-        body = read
         status, payload = 200, ""
         try:
             if model is None:
