@@ -37,7 +37,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     output_uri = store.uri("models", f"evaluations/{trained_model.model_hash[:16]}-{EVALUATE_CODE_VERSION}")
     on_log, on_metric, _ = job_callbacks(context, "evaluate")
     spec = JobSpec(job_type="processing", name=f"dermaops-evaluate-{trained_model.model_hash[:12]}-{context.run_id[:8]}",
-                   entry_point="ml_code.evaluate",
+                   entry_point="ml_code.evaluation.evaluate",
                    inputs={"model": trained_model.model_uri.rsplit("/", 1)[0], "splits": processed_splits.splits_uri},
                    outputs=["evaluation"], output_uri=output_uri,
                    hyperparameters={"target_sensitivity": config.melanoma_target_sensitivity,

@@ -9,7 +9,7 @@ from dermaops_resources.ingestion import ingest_dataset, pseudonym_salt
 from dermaops_resources.object_store import ObjectStore
 from dermaops_resources.raw_source import landed_batches
 from dermaops_resources.settings import Settings
-from ml_code import ingest
+from ml_code.data import ingest
 
 from .ui import code_version, table_markdown
 

@@ -61,7 +61,7 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
     else:
         on_log, on_metric, _ = job_callbacks(context, "preprocess")
         spec = JobSpec(job_type="processing", name=f"dermaops-preprocess-{content_hash[:12]}",
-                       entry_point="ml_code.preprocess",
+                       entry_point="ml_code.data.preprocess",
                        inputs={"manifest": raw_images.manifest_uri.rsplit("/", 1)[0],
                                "images": raw_images.images_prefix_uri},
                        outputs=["splits"], output_uri=output_uri, hyperparameters=params,

@@ -28,7 +28,7 @@ def _resources():
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from ml_code.demo_data import generate_demo_dataset
+    from ml_code.tools.demo_data import generate_demo_dataset
 
     out = Path(args.out or Settings.from_env().raw_uri)
     if (out / "HAM10000_metadata.csv").exists() and not args.force:
@@ -77,7 +77,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_traffic(args: argparse.Namespace, rest: list[str]) -> int:
-    from ml_code.traffic import main as traffic_main
+    from ml_code.tools.traffic import main as traffic_main
 
     return int(traffic_main(rest) or 0)
 
@@ -115,7 +115,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     """Score a registered model package (default: the newest Approved) on an external set."""
     import tempfile
 
-    from ml_code.score import score
+    from ml_code.evaluation.score import score
 
     model_path = Path(args.model) if args.model else None
     with tempfile.TemporaryDirectory(prefix="dermaops-score-") as tmp:

@@ -1,6 +1,6 @@
 """Endpoint deployer: puts an Approved model package behind a live HTTP endpoint.
 
-``LocalEndpointDeployer`` runs ``ml_code.serve`` as a detached server process on
+``LocalEndpointDeployer`` runs ``ml_code.serving.serve`` as a detached server process on
 127.0.0.1 that outlives the Dagster run; ``SageMakerEndpointDeployer``
 (``dermaops_resources.aws.endpoint``) creates a SageMaker endpoint with auto-scaling.
 """
@@ -55,10 +55,10 @@ class EndpointDeployer(dg.ConfigurableResource, ABC):
 
 
 # ------------------------------------------------------------------------------------------
-# Local backend: ml_code.serve as a detached process on 127.0.0.1
+# Local backend: ml_code.serving.serve as a detached process on 127.0.0.1
 # ------------------------------------------------------------------------------------------
-SERVER_MODULE = "ml_code.serve"
-ADMIN_TOKEN_HEADER = "X-Admin-Token"  # must match ml_code.serve.ADMIN_TOKEN_HEADER
+SERVER_MODULE = "ml_code.serving.serve"
+ADMIN_TOKEN_HEADER = "X-Admin-Token"  # must match ml_code.serving.serve.ADMIN_TOKEN_HEADER
 
 
 def _pid_alive(pid: int) -> bool:
@@ -85,7 +85,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _is_our_server(pid: int) -> bool:
-    """Guard against pid reuse: only signal a process that runs ml_code.serve."""
+    """Guard against pid reuse: only signal a process that runs ml_code.serving.serve."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -121,7 +121,7 @@ def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 class LocalEndpointDeployer(EndpointDeployer):
-    """Serves packages with ``python -m ml_code.serve`` running detached on ``host``.
+    """Serves packages with ``python -m ml_code.serving.serve`` running detached on ``host``.
 
     The server outlives the Dagster run that deployed it (its own session, its own log
     file), exactly as a SageMaker endpoint outlives the pipeline execution. Redeploys do

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml_code import ingest
+from ml_code.data import ingest
 
 from .handles import RawImagesHandle
 from .object_store import ObjectStore
@@ -54,7 +54,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     """Validate every metadata row and image of the source(s); store accepted images once.
 
     Works the same for a local folder and an ``s3://`` prefix; the per-row and per-file
-    rules are ``ml_code.ingest``'s. Several sources (the dataset, then landed batches) make
+    rules are ``ml_code.data.ingest``'s. Several sources (the dataset, then landed batches) make
     one manifest; an image id that an earlier source already holds is quarantined, since a
     batch may add pictures but not silently replace a labelled one. Two rows whose files
     have identical bytes keep only the first (the same picture under two ids would otherwise

@@ -28,7 +28,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from ml_code.contract import parse_metric_line
-from ml_code.splits import SPLITS
+from ml_code.data.splits import SPLITS
 
 from .object_store import ObjectStore, file_uri_to_path, join_uri
 from .settings import REPO_ROOT
@@ -52,7 +52,7 @@ class JobSpec(BaseModel):
 
     job_type: Literal["processing", "training"]
     name: str = Field(description="unique job name (SageMaker rules: [a-zA-Z0-9-], <= 63 chars)")
-    entry_point: str = Field(description="module run with python -m, e.g. ml_code.train")
+    entry_point: str = Field(description="module run with python -m, e.g. ml_code.training.train")
     inputs: dict[str, str] = Field(description="channel / processing input name -> store prefix URI")
     output_uri: str = Field(description="store prefix for everything the job writes")
     outputs: list[str] = Field(default_factory=list, description="processing output names")

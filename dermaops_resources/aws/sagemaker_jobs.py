@@ -233,7 +233,7 @@ class SageMakerJobRunner(JobRunner):
             raise ValueError(f"Job name {spec.name!r} is not valid on SageMaker: use letters, digits and "
                              "hyphens only, start with a letter or digit, at most 63 characters.")
         if not MODULE_RE.match(spec.entry_point):
-            raise ValueError(f"Entry point {spec.entry_point!r} is not a dotted module name like ml_code.train.")
+            raise ValueError(f"Entry point {spec.entry_point!r} is not a dotted module name like ml_code.training.train.")
         if not self.role_arn:
             raise ValueError("SageMakerJobRunner.role_arn is empty; set DERMAOPS_SAGEMAKER_ROLE_ARN to the role "
                              "from `terraform output sagemaker_execution_role_arn`.")

@@ -37,7 +37,7 @@ import yaml
 
 from dermaops_resources.aws.endpoint import VARIANT
 from dermaops_resources.metrics import ALARMS
-from ml_code.demo_data import generate_demo_dataset
+from ml_code.tools.demo_data import generate_demo_dataset
 
 from .conftest import REGION, ROLE_ARN
 

@@ -112,7 +112,7 @@ def test_training_job_request_shape(store):
     sent = _capture(runner, "CreateTrainingJob")
     store.put_bytes("processed", "jobs/preprocess/p1/splits/data.csv", b"1,2\n")
     name = _name("train")
-    spec = JobSpec(job_type="training", name=name, entry_point="ml_code.train",
+    spec = JobSpec(job_type="training", name=name, entry_point="ml_code.training.train",
                    inputs={"splits": store.uri("processed", "jobs/preprocess/p1/splits")},
                    output_uri=store.uri("models", f"jobs/train/{name}"),
                    hyperparameters={"arch": "resnet18", "epochs": 3, "amp": True, "lr": 0.001},
@@ -131,7 +131,7 @@ def test_training_job_request_shape(store):
     hps = req["HyperParameters"]
     assert hps["sagemaker_program"] == LAUNCHER
     assert hps["arch"] == "resnet18" and hps["epochs"] == "3" and hps["amp"] == "true" and hps["lr"] == "0.001"
-    assert req["Environment"]["DERMAOPS_ENTRY_POINT"] == "ml_code.train"
+    assert req["Environment"]["DERMAOPS_ENTRY_POINT"] == "ml_code.training.train"
     channel = req["InputDataConfig"][0]
     assert channel["ChannelName"] == "splits"
     assert channel["DataSource"]["S3DataSource"]["S3Uri"].endswith("/splits/")  # no sibling-prefix leaks
@@ -166,7 +166,7 @@ def test_processing_job_request_shape(store):
     runner = _runner()
     sent = _capture(runner, "CreateProcessingJob")
     name = _name("prep")
-    spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.preprocess",
+    spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.data.preprocess",
                    inputs={"manifest": store.uri("raw", "manifests/abc"), "images": store.uri("raw", "images")},
                    output_uri=store.uri("processed", f"jobs/preprocess/{name}"), outputs=["splits"],
                    hyperparameters={"image_size": 64, "seed": 42}, instance_count=2, sharded_inputs=["images"])
@@ -263,7 +263,7 @@ def mark_in_progress(runner, spec, request, store, client):
 
 
 def _train_spec(store, name: str) -> JobSpec:
-    return JobSpec(job_type="training", name=name, entry_point="ml_code.train",
+    return JobSpec(job_type="training", name=name, entry_point="ml_code.training.train",
                    inputs={"splits": store.uri("processed", "x")}, output_uri=store.uri("models", f"jobs/{name}"))
 
 
@@ -303,7 +303,7 @@ def test_interrupted_run_stops_the_processing_job(store, monkeypatch):
 
     monkeypatch.setattr(sagemaker_jobs, "_sleep", cancelled)
     name = _name("pcancel")
-    spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.preprocess",
+    spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.data.preprocess",
                    inputs={"manifest": store.uri("raw", "m")}, outputs=["splits"],
                    output_uri=store.uri("processed", f"jobs/{name}"))
     with pytest.raises(RunCancelled):
@@ -327,7 +327,7 @@ def test_bad_specs_are_refused_before_anything_is_created(store):
 
 @pytest.mark.slow
 def test_spot_interruption_resumes_real_training_from_s3_checkpoints(store, tmp_path):
-    """The real ml_code.train through SageMaker: a first job stops after epoch 2 with its
+    """The real ml_code.training.train through SageMaker: a first job stops after epoch 2 with its
     checkpoints synced to CheckpointConfig.S3Uri (what managed spot does before an interruption);
     the restarted job gets them back in /opt/ml/checkpoints and continues at epoch 3."""
     from tests.ml_code.synth_splits import make_splits
@@ -340,7 +340,7 @@ def test_spot_interruption_resumes_real_training_from_s3_checkpoints(store, tmp_
 
     def job(epochs: int):
         name = _name("spot")
-        spec = JobSpec(job_type="training", name=name, entry_point="ml_code.train", inputs={"splits": prefix},
+        spec = JobSpec(job_type="training", name=name, entry_point="ml_code.training.train", inputs={"splits": prefix},
                        output_uri=store.uri("models", f"jobs/train/{name}"), checkpoint_uri=checkpoint_uri,
                        hyperparameters={**hps, "epochs": epochs})
         logs: list[str] = []

@@ -355,7 +355,7 @@ def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str) -> tuple[pd.
         if dx is None:
             shown = [t for t in terms if t] or ["<empty>"]
             reject(f"diagnosis {' / '.join(shown)!r} does not map to any of {list(CLASSES)}; "
-                   "correct the diagnosis or add the term to ml_code.ingest.DIAGNOSIS_MAP if it belongs to a class")
+                   "correct the diagnosis or add the term to ml_code.data.ingest.DIAGNOSIS_MAP if it belongs to a class")
             continue
         age, age_problem = _parse_age(ages[i])
         if age_problem:
