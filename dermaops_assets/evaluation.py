@@ -9,9 +9,10 @@ from dermaops_resources.handles import EvaluationHandle, ProcessedSplitsHandle, 
 from dermaops_resources.jobs import JobRunner, JobSpec
 from dermaops_resources.object_store import ObjectStore, join_uri
 
-from .ui import code_version, job_callbacks, png_markdown, table_markdown
+from .versioning import code_version
+from .ui import job_callbacks, png_markdown, table_markdown
 
-EVALUATE_CODE_VERSION = code_version("evaluate", "metrics", "inference", "descriptors")
+EVALUATE_CODE_VERSION = code_version("ml_code.evaluation.evaluate")
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "weighted_f1", "macro_precision",
             "macro_recall", "melanoma_sensitivity", "ece")
 

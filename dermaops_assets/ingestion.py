@@ -11,7 +11,8 @@ from dermaops_resources.raw_source import landed_batches
 from dermaops_resources.settings import Settings
 from ml_code.data import ingest
 
-from .ui import code_version, table_markdown
+from .versioning import code_version
+from .ui import table_markdown
 
 
 class RawImagesConfig(dg.Config):
@@ -26,7 +27,7 @@ class RawImagesConfig(dg.Config):
 @dg.asset(
     group_name="ingestion",
     kinds={"python", "s3"},
-    code_version=code_version("ingest"),
+    code_version=code_version("ml_code.data.ingest", "dermaops_resources.ingestion"),
     description="Dermoscopy images and metadata from DERMAOPS_RAW_URI (HAM10000 or ISIC layout) plus every "
     "batch landed under DERMAOPS_LANDING_URI, validated with a pandera schema and per-image checks; bad rows "
     "and files are quarantined with a reason; good images stored once under content-addressed keys. Data "

@@ -12,9 +12,10 @@ from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
 from dermaops_resources.jobs import JobRunner, JobSpec
 from dermaops_resources.object_store import ObjectStore, join_uri
 
-from .ui import code_version, job_callbacks, table_markdown
+from .versioning import code_version
+from .ui import job_callbacks, table_markdown
 
-PREPROCESS_CODE_VERSION = code_version("preprocess", "splits")
+PREPROCESS_CODE_VERSION = code_version("ml_code.data.preprocess")
 
 
 class SplitsConfig(dg.Config):

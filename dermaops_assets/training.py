@@ -16,9 +16,10 @@ from dermaops_resources.object_store import ObjectStore
 from dermaops_resources.settings import Settings
 from ml_code.evaluation.curves import curves_png
 
-from .ui import code_version, job_callbacks, png_markdown, table_markdown
+from .versioning import code_version
+from .ui import job_callbacks, png_markdown, table_markdown
 
-TRAIN_CODE_VERSION = code_version("train", "models", "inference", "descriptors", "metrics")
+TRAIN_CODE_VERSION = code_version("ml_code.training.train")
 
 
 class TrainConfig(dg.Config):
