@@ -39,7 +39,8 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
                                 min_side=config.min_side_px, max_side=config.max_side_px)
     batches = landed_batches(settings.landing_uri) if config.include_landed else []
     handle, stats = ingest_dataset([config.source_uri or settings.raw_uri, *batches], store,
-                                   pseudonym_salt(settings.home), limits, log=context.log.info)
+                                   pseudonym_salt(settings.home_path, settings.pseudonym_salt,
+                                                  settings.pseudonym_salt_secret_arn, settings.region), limits, log=context.log.info)
     context.log.info(f"{handle.num_images} images accepted ({stats.copied} newly stored, "
                      f"{stats.already_stored} already in the store), {handle.num_quarantined} quarantined")
     return dg.Output(

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from .settings import REPO_ROOT, Settings
+from .settings import REPO_ROOT, Settings, child_environment
 
 
 def _resources():
@@ -88,7 +87,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     from dermaops_assets.sensors import retrain_in_progress
 
-    env = dict(os.environ)
+    env = child_environment()
     env.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
     # `dagster job execute` runs in this process, outside the run queue that keeps retraining
     # to one run at a time, so the check the sensors and schedule make is made here too.

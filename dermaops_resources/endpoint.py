@@ -31,7 +31,7 @@ from pydantic import Field
 from .handles import EndpointHandle
 from .object_store import ObjectStore, file_uri_to_path, join_uri, sha256_file
 from .registry import ModelPackage
-from .settings import REPO_ROOT
+from .settings import REPO_ROOT, child_environment
 
 
 class DeploymentFailed(RuntimeError):
@@ -138,6 +138,8 @@ class LocalEndpointDeployer(EndpointDeployer):
     port: int = 0
     host: str = "127.0.0.1"
     startup_timeout_seconds: float = 120
+    max_inflight: int = Field(default=8, description="invocations the server scores at once (DERMAOPS_ENDPOINT_MAX_INFLIGHT)")
+    log_level: str = Field(default="INFO", description="the server's log level (DERMAOPS_SERVE_LOG_LEVEL)")
 
     # -- paths ------------------------------------------------------------------------
     @property
@@ -258,8 +260,9 @@ class LocalEndpointDeployer(EndpointDeployer):
         cmd = [sys.executable, "-m", SERVER_MODULE, "--model-tar", str(model_tar), "--host", self.host,
                "--port", str(port), "--capture-dir", str(capture_dir), "--endpoint-name", self.endpoint_name,
                "--package-version", str(version), "--state-file", str(self._state_file),
-               "--admin-token-file", str(self._token_file)]
-        env = dict(os.environ)
+               "--admin-token-file", str(self._token_file), "--max-inflight", str(self.max_inflight),
+               "--log-level", self.log_level]
+        env = child_environment()
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         env["PYTHONUNBUFFERED"] = "1"
         with open(self._log_file, "ab") as logfh:

@@ -31,7 +31,7 @@ from ml_code.contract import parse_metric_line
 from ml_code.data.splits import SPLITS
 
 from .object_store import ObjectStore, file_uri_to_path, join_uri
-from .settings import REPO_ROOT
+from .settings import REPO_ROOT, child_environment
 
 LogFn = Callable[[str], None]
 MetricFn = Callable[[dict[str, Any]], None]
@@ -95,6 +95,7 @@ class LocalJobRunner(JobRunner):
     work_root: str
     python: str = sys.executable
     timeout_seconds: int = 6 * 3600
+    num_gpus: int = Field(default=0, description="GPUs offered to training jobs as SM_NUM_GPUS (DERMAOPS_LOCAL_NUM_GPUS)")
 
     def _channel_dir(self, store: ObjectStore, uri: str, scratch: Path) -> Path:
         return store.materialize_dir(uri, scratch)
@@ -107,7 +108,7 @@ class LocalJobRunner(JobRunner):
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "DAGSTER_"))}
+        env = child_environment(drop_prefixes=("SM_", "DAGSTER_"))
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["PYTHONUNBUFFERED"] = "1"
         args: list[str] = []
@@ -134,7 +135,7 @@ class LocalJobRunner(JobRunner):
                 "SM_CHECKPOINT_DIR": str(ckpt),
                 "SM_HOSTS": json.dumps(["algo-1"]),
                 "SM_CURRENT_HOST": "algo-1",
-                "SM_NUM_GPUS": os.environ.get("DERMAOPS_LOCAL_NUM_GPUS", "0"),
+                "SM_NUM_GPUS": str(self.num_gpus),
             })
             for key, value in spec.hyperparameters.items():
                 args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]

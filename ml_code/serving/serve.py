@@ -60,7 +60,7 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 #: Invocations decoded and scored at once; more wait up to ``QUEUE_WAIT_SECONDS`` for a slot,
 #: then get 503 + Retry-After. One thread per connection is otherwise unbounded, and each
 #: large image costs up to a few hundred MB while it is decoded.
-MAX_INFLIGHT = int(os.environ.get("DERMAOPS_ENDPOINT_MAX_INFLIGHT", "8"))
+MAX_INFLIGHT = 8  # default of --max-inflight
 QUEUE_WAIT_SECONDS = 10.0
 #: A client that stops sending mid-request is dropped after this long instead of holding a
 #: thread (and the model it acquired) forever.
@@ -309,7 +309,11 @@ class EndpointState:
     state_info: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
-    slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_INFLIGHT))
+    max_inflight: int = MAX_INFLIGHT
+    slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = threading.BoundedSemaphore(self.max_inflight)
 
     # -- model reference ----------------------------------------------------------------
     def acquire(self) -> LoadedModel | None:
@@ -481,7 +485,7 @@ class EndpointHandler(BaseHTTPRequestHandler):
             return
         if not self.state.slots.acquire(timeout=QUEUE_WAIT_SECONDS):
             self.state.count(503)
-            self._send_json(503, {"error": f"the endpoint is busy ({MAX_INFLIGHT} requests in progress); retry"},
+            self._send_json(503, {"error": f"the endpoint is busy ({self.state.max_inflight} requests in progress); retry"},
                             {"Retry-After": "1", "X-Inference-Id": inference_id})
             return
         model = self.state.acquire()  # after the body is in: a slow client holds no model
@@ -580,7 +584,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--state-file", required=True, help="JSON written once healthy, removed at shutdown")
     p.add_argument("--admin-token-file", default=None, help="file holding the token /admin/swap requires")
     p.add_argument("--capture-interval", type=float, default=1.0)
-    p.add_argument("--log-level", default=os.environ.get("DERMAOPS_SERVE_LOG_LEVEL", "INFO"))
+    p.add_argument("--max-inflight", type=int, default=MAX_INFLIGHT,
+                   help="invocations scored at once; more wait up to 10 s, then get 503")
+    p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
 
@@ -596,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
             LOG.error("cannot read the admin token file %s: %s", args.admin_token_file, exc)
             return 2
     capture = CaptureWriter(Path(args.capture_dir), args.endpoint_name, interval=args.capture_interval)
-    state = EndpointState(endpoint_name=args.endpoint_name, capture=capture, admin_token=token)
+    state = EndpointState(endpoint_name=args.endpoint_name, capture=capture, admin_token=token,
+                          max_inflight=max(1, args.max_inflight))
     try:
         state.install(load_package(args.model_tar, args.package_version))
     except PackageError as exc:

@@ -18,6 +18,7 @@ from dermaops_resources.jobs import JobFailed, JobSpec
 from dermaops_resources.settings import REPO_ROOT
 
 from .conftest import REGION, ROLE_ARN
+from .moto_executor import execute, played_runner
 
 pytestmark = pytest.mark.aws
 
@@ -89,11 +90,12 @@ def toy_code(tmp_path) -> Path:
     return pkg
 
 
-def _runner(**kw) -> SageMakerJobRunner:
+def _runner(player=None, **kw) -> SageMakerJobRunner:
+    """The production runner, or (with ``player``) one whose job creation also plays the job."""
     base = dict(role_arn=ROLE_ARN, region=REGION, poll_seconds=0.0, volume_kms_key_id="vol-key",
                 output_kms_key_id="out-key")
     base.update(kw)
-    return SageMakerJobRunner(**base)
+    return played_runner(player, **base) if player else SageMakerJobRunner(**base)
 
 
 def _capture(runner: SageMakerJobRunner, operation: str) -> list[dict]:
@@ -138,7 +140,7 @@ def test_training_job_request_shape(store):
     # the code tarball is in S3: launcher + the real ml_code package, no bytecode
     with tarfile.open(fileobj=io.BytesIO(store.get_bytes(hps["sagemaker_submit_directory"]))) as tar:
         names = tar.getnames()
-    assert LAUNCHER in names and "ml_code/contract.py" in names and "ml_code/train.py" in names
+    assert LAUNCHER in names and "ml_code/contract.py" in names and "ml_code/training/train.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     with tarfile.open(fileobj=io.BytesIO(store.get_bytes(hps["sagemaker_submit_directory"]))) as tar:
         assert tar.extractfile("requirements.txt").read().decode().split() == ["pandera>=0.20"]
@@ -188,9 +190,9 @@ def test_processing_job_request_shape(store):
     assert result.output_uris == {"splits": f"{spec.output_uri}/splits"}
 
 
-def test_training_runs_through_executor_hook(store, toy_code):
+def test_training_runs_through_the_played_container(store, toy_code):
     """The whole path: code tarball -> container-like run -> artifacts in S3 -> logs -> result."""
-    runner = _runner(code_dir=str(toy_code), executor="tests.aws.moto_executor:execute")
+    runner = _runner(code_dir=str(toy_code), player=execute)
     rows = "\n".join(f"{x},{3 * x + 1}" for x in [0.0, 0.1, 0.2, 0.5, 0.7, 1.0])
     store.put_bytes("processed", "toy/splits/data.csv", rows.encode())
     name = _name("toytrain")
@@ -217,8 +219,8 @@ def test_training_runs_through_executor_hook(store, toy_code):
     assert result.estimated_cost_usd == pytest.approx(desc["BillableTimeInSeconds"] * 1.408 / 3600, rel=1e-6)
 
 
-def test_processing_runs_through_executor_hook(store, toy_code):
-    runner = _runner(code_dir=str(toy_code), executor="tests.aws.moto_executor:execute")
+def test_processing_runs_through_the_played_container(store, toy_code):
+    runner = _runner(code_dir=str(toy_code), player=execute)
     store.put_bytes("raw", "toy/table/data.csv", b"1\n2\n3\n")
     name = _name("toyproc")
     spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.toy_process",
@@ -231,7 +233,7 @@ def test_processing_runs_through_executor_hook(store, toy_code):
 
 
 def test_failing_entry_point_raises_job_failed_with_container_reason(store, toy_code):
-    runner = _runner(code_dir=str(toy_code), executor="tests.aws.moto_executor:execute")
+    runner = _runner(code_dir=str(toy_code), player=execute)
     store.put_bytes("processed", "toy/splits/data.csv", b"0,1\n1,4\n")
     name = _name("toyfail")
     spec = JobSpec(job_type="training", name=name, entry_point="ml_code.toy_train",
@@ -268,7 +270,7 @@ def _train_spec(store, name: str) -> JobSpec:
 
 
 def test_failure_reason_from_sagemaker_surfaces_in_job_failed(store):
-    runner = _runner(executor="tests.aws.test_sagemaker_jobs:mark_failed")
+    runner = _runner(player=mark_failed)
     name = _name("cap")
     with pytest.raises(JobFailed, match="CapacityError: Unable to provision") as err:
         runner.run(_train_spec(store, name), store)
@@ -276,7 +278,7 @@ def test_failure_reason_from_sagemaker_surfaces_in_job_failed(store):
 
 
 def test_interrupted_run_stops_the_training_job(store, monkeypatch):
-    runner = _runner(executor="tests.aws.test_sagemaker_jobs:mark_in_progress")
+    runner = _runner(player=mark_in_progress)
     stopped: list[str] = []
     sm = runner.client("sagemaker")
     # moto lacks StopTrainingJob: record the call on the real client instead
@@ -293,7 +295,7 @@ def test_interrupted_run_stops_the_training_job(store, monkeypatch):
 
 
 def test_interrupted_run_stops_the_processing_job(store, monkeypatch):
-    runner = _runner(executor="tests.aws.test_sagemaker_jobs:mark_in_progress")
+    runner = _runner(player=mark_in_progress)
 
     class RunCancelled(BaseException):  # like dagster's DagsterExecutionInterruptedError
         pass
@@ -334,7 +336,7 @@ def test_spot_interruption_resumes_real_training_from_s3_checkpoints(store, tmp_
 
     splits = make_splits(tmp_path / "splits", size=16, n_train=140, n_val=42, n_test=42)
     prefix = store.upload_dir("processed", "spot/splits", splits)
-    runner = _runner(executor="tests.aws.moto_executor:execute")
+    runner = _runner(player=execute)
     checkpoint_uri = store.uri("models", f"checkpoints/{_name('spot')}")
     hps = {"arch": "dermanet", "batch_size": 32, "num_threads": 1, "seed": 3}
 

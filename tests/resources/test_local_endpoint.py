@@ -458,7 +458,7 @@ def test_a_saturated_endpoint_answers_503_with_retry_after(tmp_path, monkeypatch
 
     monkeypatch.setattr(serve, "QUEUE_WAIT_SECONDS", 0.2)
     state = serve.EndpointState(endpoint_name="busy", capture=serve.CaptureWriter(tmp_path, "busy"),
-                                admin_token=None, slots=threading.BoundedSemaphore(1))
+                                admin_token=None, max_inflight=1)
     server = serve.make_server(state, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/invocations"
@@ -483,7 +483,7 @@ def test_a_client_that_stalls_mid_body_is_dropped_without_holding_a_slot(tmp_pat
 
     monkeypatch.setattr(serve.EndpointHandler, "timeout", 0.5)
     state = serve.EndpointState(endpoint_name="stall", capture=serve.CaptureWriter(tmp_path, "stall"),
-                                admin_token=None, slots=threading.BoundedSemaphore(1))
+                                admin_token=None, max_inflight=1)
     server = serve.make_server(state, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
