@@ -82,10 +82,11 @@ data "aws_iam_policy_document" "github_deploy" {
     sid       = "ListStateOfWorkspace"
     actions   = ["s3:ListBucket"]
     resources = ["arn:${local.partition}:s3:::${var.terraform_state_bucket}"]
+    # init lists the workspaces (<prefix>/) to select TF_WORKSPACE; plan reads one state object.
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = [local.state_object, "${local.state_object}.tflock"]
+      values   = ["${var.terraform_state_workspace_key_prefix}/", "${var.terraform_state_workspace_key_prefix}/*", var.terraform_state_key]
     }
   }
 

@@ -2,17 +2,20 @@
 # OFF by default (`enable_vpc = false`): without it SageMaker runs in its own managed network.
 #
 # Private subnets only, no internet or NAT gateway: AWS APIs are reached through VPC endpoints
-# (S3 gateway; SageMaker API and runtime, CloudWatch Logs and monitoring, KMS, STS, ECR, Secrets
-# Manager interface endpoints). Feed the outputs `vpc_subnet_ids` and
-# `vpc_security_group_ids` into DERMAOPS_VPC_SUBNETS and DERMAOPS_VPC_SECURITY_GROUPS
-# (comma-separated; `dagster_env` prints both).
+# (S3 gateway; SageMaker API and runtime, CloudWatch Logs and monitoring, KMS and, for Dagster,
+# STS, ECR, Secrets Manager, SNS, ECS, EC2 and Application Auto Scaling interface endpoints).
+# Feed the outputs `vpc_subnet_ids` and `vpc_security_group_ids` into DERMAOPS_VPC_SUBNETS and
+# DERMAOPS_VPC_SECURITY_GROUPS (comma-separated; `dagster_env` prints both).
 
 locals {
   azs = var.enable_vpc ? slice(data.aws_availability_zones.available[0].names, 0, var.vpc_az_count) : []
 
+  # SageMaker API/runtime, CloudWatch Logs/metrics, KMS: what the jobs and endpoint need. STS,
+  # ECR, Secrets Manager, SNS, ECS, EC2 and Application Auto Scaling: what Dagster on ECS calls
+  # (image pulls, the salt, alerts, the EcsRunLauncher, endpoint auto-scaling).
   interface_endpoints = toset([
     "sagemaker.api", "sagemaker.runtime", "logs", "monitoring", "kms", "sts",
-    "ecr.api", "ecr.dkr", "secretsmanager",
+    "ecr.api", "ecr.dkr", "secretsmanager", "sns", "ecs", "ec2", "application-autoscaling",
   ])
 }
 
