@@ -324,3 +324,28 @@ def test_phi_buckets_are_access_logged_to_the_access_log_bucket(tf):
     logging = tf["resource"]["aws_s3_bucket_logging"]["store"]
     assert _text(logging["for_each"]) == "${local.buckets}"
     assert _text(logging["target_bucket"]) == "${aws_s3_bucket.access_logs.id}"
+
+
+# ---------------------------------------------------------------------------------------------
+# A poor man's `terraform validate` (terraform cannot init offline here): every reference to a
+# variable, local, resource or data source points at something declared.
+# ---------------------------------------------------------------------------------------------
+def test_every_reference_is_declared(tf):
+    declared_res = {f"{t}.{n}" for t, named in tf["resource"].items() for n in named}
+    declared_data = {f"{t}.{n}" for t, named in tf["data"].items() for n in named}
+    text = "\n".join(p.read_text() for p in sorted(INFRA.glob("*.tf")))
+    code = "\n".join(line.split("#", 1)[0] if not line.lstrip().startswith("#") else "" for line in text.splitlines())
+    missing = set()
+    for name in re.findall(r"\bvar\.(\w+)", code):
+        if name not in tf["variable"]:
+            missing.add(f"var.{name}")
+    for name in re.findall(r"\blocal\.(\w+)", code):
+        if name not in tf["locals"]:
+            missing.add(f"local.{name}")
+    for rtype, name in re.findall(r"\bdata\.(aws_\w+)\.(\w+)", code):
+        if f"{rtype}.{name}" not in declared_data:
+            missing.add(f"data.{rtype}.{name}")
+    for rtype, name in re.findall(r"(?<![\w.\"])(aws_\w+)\.(\w+)\b(?!\s*=)", code):
+        if f"{rtype}.{name}" not in declared_res and not rtype.startswith("aws_iam_policy_document"):
+            missing.add(f"{rtype}.{name}")
+    assert not missing, f"undeclared references: {sorted(missing)}"
