@@ -365,7 +365,7 @@ locals {
 }
 
 resource "aws_ecs_task_definition" "dagster" {
-  for_each                 = local.dagster ? local.dagster_services : {}
+  for_each                 = { for k, v in local.dagster_services : k => v if local.dagster }
   family                   = "dermaops-dagster-${each.key}"
   requires_compatibilities = ["FARGATE"]
   network_mode             = "awsvpc"
@@ -400,7 +400,7 @@ resource "aws_ecs_task_definition" "dagster" {
 }
 
 resource "aws_ecs_service" "dagster" {
-  for_each        = local.dagster ? local.dagster_services : {}
+  for_each        = { for k, v in local.dagster_services : k => v if local.dagster }
   name            = "dermaops-dagster-${each.key}"
   cluster         = aws_ecs_cluster.dagster[0].id
   task_definition = aws_ecs_task_definition.dagster[each.key].arn
