@@ -709,6 +709,24 @@ data "aws_iam_policy_document" "dagster" {
     ]
   }
 
+  # CreateEndpoint/UpdateEndpoint with an encrypted storage volume (endpoint config KmsKeyId):
+  # SageMaker creates the grant as the caller.
+  statement {
+    sid       = "EncryptEndpointVolumes"
+    actions   = ["kms:CreateGrant"]
+    resources = [aws_kms_key.dermaops.arn]
+    condition {
+      test     = "Bool"
+      variable = "kms:GrantIsForAWSResource"
+      values   = ["true"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.via["sagemaker"], local.via["ec2"]]
+    }
+  }
+
   statement {
     sid       = "PassSageMakerRolesToSageMakerOnly"
     actions   = ["iam:PassRole"]
