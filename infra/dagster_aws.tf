@@ -145,6 +145,12 @@ data "aws_iam_policy_document" "dagster_ecs" {
   }
 
   statement {
+    sid       = "RunWorkerLogs"
+    actions   = ["logs:GetLogEvents", "logs:DescribeLogStreams"]
+    resources = [aws_cloudwatch_log_group.dagster[0].arn, "${aws_cloudwatch_log_group.dagster[0].arn}:*"]
+  }
+
+  statement {
     sid       = "DatabaseIamAuth"
     actions   = ["rds-db:connect"]
     resources = ["arn:${local.partition}:rds-db:${var.region}:${local.account}:dbuser:${aws_db_instance.dagster[0].resource_id}/${var.dagster_db_app_user}"]
