@@ -17,6 +17,7 @@ import copy
 import glob
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -67,7 +68,7 @@ class PostgresServer:
         self.port = free_port()
         self.user = "dagster"
         self.password = secrets.token_hex(16)
-        self.run_as: list[str] = []
+        self.runner: str | None = None
         if os.geteuid() == 0:  # postgres refuses to run as root
             runner = shutil.which("runuser") or shutil.which("su")
             try:
@@ -77,13 +78,18 @@ class PostgresServer:
                 pytest.skip("running as root and there is no 'postgres' user to run the server as")
             if runner is None:
                 pytest.skip("running as root and neither runuser nor su exists")
-            self.run_as = [runner, "-u", "postgres", "--"] if runner.endswith("runuser") else []
+            self.runner = runner
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
             self._uid = pw.pw_uid
         self.log = self.root / "server.log"
 
     def _run(self, *args: str) -> subprocess.CompletedProcess:
-        cmd = [*self.run_as, *args]
+        if self.runner is None:
+            cmd = list(args)
+        elif self.runner.endswith("runuser"):
+            cmd = [self.runner, "-u", "postgres", "--", *args]
+        else:  # su
+            cmd = [self.runner, "postgres", "-s", "/bin/sh", "-c", shlex.join(args)]
         return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
 
     def start(self) -> None:
