@@ -58,7 +58,7 @@ def model_baseline(context: dg.AssetExecutionContext, trained_model: TrainedMode
                    processed_splits: ProcessedSplitsHandle, store: ObjectStore, jobs: JobRunner) -> dg.Output[BaselineHandle]:
     from ml_code.monitoring.baseline import case_mix_counts
 
-    name = f"baseline-{trained_model.model_hash[:12]}-{int(time.time())}"
+    name = f"dermaops-baseline-{trained_model.model_hash[:12]}-{int(time.time())}"  # IAM scopes jobs to dermaops-*
     inputs = {"model": trained_model.model_uri.rsplit("/", 1)[0], "splits": processed_splits.splits_uri}
     manifest_prefix = store.uri("raw", f"manifests/{processed_splits.raw_manifest_hash}")
     if store.exists(join_uri(manifest_prefix, "manifest.csv")):

@@ -33,6 +33,12 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "bucket_prefix": ("DERMAOPS_BUCKET_PREFIX", "dermaops"),
     "kms_key_id": ("DERMAOPS_KMS_KEY_ID", ""),
     "role_arn": ("DERMAOPS_SAGEMAKER_ROLE_ARN", ""),
+    "endpoint_role_arn": ("DERMAOPS_SAGEMAKER_ENDPOINT_ROLE_ARN", ""),
+    "vpc_subnets": ("DERMAOPS_VPC_SUBNETS", ""),
+    "vpc_security_groups": ("DERMAOPS_VPC_SECURITY_GROUPS", ""),
+    "network_isolation": ("DERMAOPS_NETWORK_ISOLATION", "false"),
+    "job_image_uri": ("DERMAOPS_JOB_IMAGE_URI", ""),
+    "inference_image_uri": ("DERMAOPS_INFERENCE_IMAGE_URI", ""),
     "training_instance_type": ("DERMAOPS_TRAINING_INSTANCE_TYPE", "ml.g5.xlarge"),
     "processing_instance_type": ("DERMAOPS_PROCESSING_INSTANCE_TYPE", "ml.m5.xlarge"),
     "endpoint_instance_type": ("DERMAOPS_ENDPOINT_INSTANCE_TYPE", "ml.m5.large"),
@@ -82,6 +88,12 @@ class Settings(dg.ConfigurableResource):
     buckets: dict[str, str] = Field(default_factory=dict)
     kms_key_id: str = ""
     role_arn: str = ""
+    endpoint_role_arn: str = Field(default="", description="the endpoint's own role; empty = role_arn")
+    vpc_subnets: str = Field(default="", description="comma-separated subnet ids for jobs and the endpoint")
+    vpc_security_groups: str = Field(default="", description="comma-separated security group ids")
+    network_isolation: bool = False
+    job_image_uri: str = Field(default="", description="processing/training image (docker/Dockerfile.training)")
+    inference_image_uri: str = Field(default="", description="endpoint image (docker/Dockerfile.inference)")
     training_instance_type: str = "ml.g5.xlarge"
     processing_instance_type: str = "ml.m5.xlarge"
     endpoint_instance_type: str = "ml.m5.large"
@@ -107,6 +119,11 @@ class Settings(dg.ConfigurableResource):
     def home_path(self) -> Path:
         return Path(self.home)
 
+    @staticmethod
+    def id_list(text: str) -> list[str]:
+        """``"a, b,,c"`` -> ``["a", "b", "c"]`` (the comma-separated id lists Terraform prints)."""
+        return [part.strip() for part in text.split(",") if part.strip()]
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Read the environment (or ``env``); a value that does not parse is a ValueError naming
@@ -124,7 +141,7 @@ class Settings(dg.ConfigurableResource):
         values["labels_uri"] = raw["labels_uri"] or str(home / "labels-landing")
         values["buckets"] = {b: _read(env, var, f"{raw['bucket_prefix']}-{b}") for b, var in BUCKET_ENV_VARS.items()}
         values["region"] = next((env[v].strip() for v in REGION_ENV_VARS if env.get(v, "").strip()), "us-east-1")
-        for field in ("use_spot", "auto_approve"):
+        for field in ("use_spot", "auto_approve", "network_isolation"):
             values[field] = raw[field].lower() in TRUE_WORDS
         numbers = {"endpoint_port": int, "endpoint_max_inflight": int, "landing_max_batch": int,
                    "local_num_gpus": int, "retrain_cooldown_hours": float, "landing_quiet_seconds": float}

@@ -187,6 +187,11 @@ class SageMakerJobRunner(JobRunner):
         default_factory=lambda: ["pandera>=0.20"],
         description="pip requirements installed in the container before the entry point (empty: none)")
     max_attempts: int = 10
+    subnets: list[str] = Field(default_factory=list, description="VPC subnets the jobs run in (DERMAOPS_VPC_SUBNETS)")
+    security_group_ids: list[str] = Field(default_factory=list,
+                                          description="their security groups (DERMAOPS_VPC_SECURITY_GROUPS)")
+    network_isolation: bool = Field(default=False, description="no network at all inside the job containers "
+                                    "(DERMAOPS_NETWORK_ISOLATION); needs an image with the dependencies baked in")
 
     _clients: dict = PrivateAttr(default_factory=dict)
     _images: dict = PrivateAttr(default_factory=dict)
@@ -234,6 +239,13 @@ class SageMakerJobRunner(JobRunner):
         if not self.role_arn:
             raise ValueError("SageMakerJobRunner.role_arn is empty; set DERMAOPS_SAGEMAKER_ROLE_ARN to the role "
                              "from `terraform output sagemaker_execution_role_arn`.")
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise ValueError("A VPC needs both DERMAOPS_VPC_SUBNETS and DERMAOPS_VPC_SECURITY_GROUPS (terraform output "
+                             "private_subnet_ids / sagemaker_security_group_ids with enable_vpc = true).")
+        if self.network_isolation and self.container_requirements:
+            raise ValueError(f"Network-isolated jobs cannot pip install {self.container_requirements} at start: build "
+                             "docker/Dockerfile.training, push it and set DERMAOPS_JOB_IMAGE_URI (jobs on that image "
+                             "install nothing).")
         unknown = set(spec.sharded_inputs) - set(spec.inputs)
         if unknown:
             raise ValueError(f"sharded_inputs {sorted(unknown)} are not inputs of job {spec.name} "
@@ -295,6 +307,10 @@ class SageMakerJobRunner(JobRunner):
             "Tags": [{"Key": "dermaops:entry_point", "Value": spec.entry_point},
                      {"Key": "dermaops:job_type", "Value": "training"}],
         }
+        if self.subnets:
+            request["VpcConfig"] = self._vpc()
+        if self.network_isolation:
+            request["EnableNetworkIsolation"] = True
         # Spot without checkpoints restarts from scratch after a reclaim: always give one.
         checkpoint = spec.checkpoint_uri or (join_uri(spec.output_uri, "checkpoints") if self.use_spot else None)
         if checkpoint:
@@ -332,7 +348,7 @@ class SageMakerJobRunner(JobRunner):
                   "python -m pip install --quiet -r /opt/ml/code/requirements.txt; fi; "
                   'export PYTHONPATH="/opt/ml/code${PYTHONPATH:+:$PYTHONPATH}"; '
                   'exec python -m "$DERMAOPS_ENTRY_POINT"')
-        return {
+        request: dict[str, Any] = {
             "ProcessingJobName": spec.name,
             "ProcessingInputs": inputs,
             "ProcessingOutputConfig": output_config,
@@ -346,6 +362,17 @@ class SageMakerJobRunner(JobRunner):
             "Tags": [{"Key": "dermaops:entry_point", "Value": spec.entry_point},
                      {"Key": "dermaops:job_type", "Value": "processing"}],
         }
+        network: dict[str, Any] = {}
+        if self.subnets:
+            network["VpcConfig"] = self._vpc()
+        if self.network_isolation:
+            network["EnableNetworkIsolation"] = True
+        if network:
+            request["NetworkConfig"] = network
+        return request
+
+    def _vpc(self) -> dict[str, list[str]]:
+        return {"Subnets": list(self.subnets), "SecurityGroupIds": list(self.security_group_ids)}
 
     # -- running --------------------------------------------------------------------------
     def start_job(self, spec: JobSpec, request: dict[str, Any], store: ObjectStore) -> None:

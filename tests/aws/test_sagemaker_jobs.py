@@ -356,3 +356,29 @@ def test_spot_interruption_resumes_real_training_from_s3_checkpoints(store, tmp_
     assert [m["epoch"] for m in second.metrics if "epoch" in m] == [3, 4]
     history = store.get_json(second.output_uris["output"] + "/history.json")
     assert [h["epoch"] for h in history["history"]] == [1, 2, 3, 4]
+
+
+def test_vpc_and_network_isolation_reach_both_job_kinds(store):
+    """Configured subnets, security groups and isolation are in what SageMaker receives."""
+    vpc = dict(subnets=["subnet-a", "subnet-b"], security_group_ids=["sg-1"], network_isolation=True,
+               image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/dermaops-training:1", container_requirements=[])
+    runner = _runner(**vpc)
+    training, processing = _capture(runner, "CreateTrainingJob"), _capture(runner, "CreateProcessingJob")
+    store.put_bytes("processed", "vpc/splits/data.csv", b"1,2\n")
+    runner.run(JobSpec(job_type="training", name=_name("vpc-train"), entry_point="ml_code.training.train",
+                       inputs={"splits": store.uri("processed", "vpc/splits")},
+                       output_uri=store.uri("models", "jobs/vpc-train")), store)
+    runner.run(JobSpec(job_type="processing", name=_name("vpc-proc"), entry_point="ml_code.data.preprocess",
+                       inputs={"manifest": store.uri("processed", "vpc/splits")}, outputs=["splits"],
+                       output_uri=store.uri("processed", "jobs/vpc-proc")), store)
+    expected = {"Subnets": ["subnet-a", "subnet-b"], "SecurityGroupIds": ["sg-1"]}
+    assert training[0]["VpcConfig"] == expected and training[0]["EnableNetworkIsolation"] is True
+    assert processing[0]["NetworkConfig"] == {"VpcConfig": expected, "EnableNetworkIsolation": True}
+    assert "pip install" not in processing[0]["AppSpecification"]["ContainerEntrypoint"][2] or \
+        "requirements.txt ]" in processing[0]["AppSpecification"]["ContainerEntrypoint"][2]
+
+
+def test_isolated_jobs_refuse_to_pip_install(store):
+    runner = _runner(network_isolation=True)  # default image + pandera pip requirement
+    with pytest.raises(ValueError, match="DERMAOPS_JOB_IMAGE_URI"):
+        runner.run(_train_spec(store, _name("iso")), store)
