@@ -90,7 +90,7 @@ def test_unlabelled_folder_is_scored_and_bad_labels_are_refused(fused_model_dir,
 
 
 def test_dermaops_score_command(fused_model_dir, external_set, tmp_path, capsys):  # noqa: F811
-    from dermaops_resources.cli import main as dermaops
+    from dermaops_cli import main as dermaops
 
     images, ids, dx = external_set
     truth = write_ground_truth(tmp_path / "truth.csv", ids, dx)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dermaops_resources import cli
+from dermaops_cli import operations as cli
 from dermaops_resources.settings import REPO_ROOT
 
 

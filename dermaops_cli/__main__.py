@@ -1,0 +1,7 @@
+"""``python -m dermaops_cli`` = ``dermaops``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""``dermaops retrain`` and ``alerts``: the manual retraining trigger and the local alert log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dermaops_resources.settings import REPO_ROOT, child_environment
+
+from .common import resources
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """Manual retraining trigger: the retrain job, tagged with its reason, on the repo's instance."""
+    import dagster as dg
+
+    from dermaops_assets.sensors import retrain_in_progress
+
+    env = child_environment()
+    env.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
+    # `dagster job execute` runs in this process, outside the run queue that keeps retraining
+    # to one run at a time, so the check the sensors and schedule make is made here too.
+    if Path(env["DAGSTER_HOME"], "dagster.yaml").is_file():
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            if retrain_in_progress(instance):
+                print("A retrain_job run is already queued or running (see the UI's Runs page); not starting "
+                      "another. Wait for it, or cancel it first.", file=sys.stderr)
+                return 3
+    tags = json.dumps({"dermaops/retrain_reason": args.reason})
+    cmd = ["dagster", "job", "execute", "-m", "dermaops_assets", "-j", "retrain_job", "--tags", tags]
+    return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    notifier = resources()["notifier"]
+    alerts = notifier.read_alerts() if hasattr(notifier, "read_alerts") else []
+    for alert in alerts[-args.last:]:
+        print(json.dumps(alert, sort_keys=True))
+    return 0
