@@ -23,10 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from ml_code.data import near_duplicates as nd  # noqa: E402
-from ml_code.package import image_policy  # noqa: E402
+from ml_code.data import near_duplicates as nd
+from ml_code.package import image_policy
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ham10000"
 

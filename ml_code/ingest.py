@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+
 from ml_code import CLASSES
 from ml_code.data import diagnosis
 from ml_code.data.near_duplicates import phash_hex

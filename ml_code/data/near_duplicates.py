@@ -75,7 +75,7 @@ def to_words(hashes: Iterable[str]) -> np.ndarray:
 
 def hamming(a: str, b: str) -> int:
     """Bits that differ between two hex hashes."""
-    return int(bin(int(a, 16) ^ int(b, 16)).count("1"))
+    return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
 def near_duplicate_pairs(hashes: Sequence[str] | np.ndarray, threshold: int = PHASH_THRESHOLD) -> np.ndarray:
