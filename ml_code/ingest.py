@@ -15,7 +15,10 @@ Two public layouts are understood:
   ``diagnosis_5``, plus optional ``age_approx``, ``sex``, ``anatom_site_general``,
   ``lesion_id``, ``patient_id``, ``diagnosis_confirm_type``, ``image_type``.
 
-Both are mapped onto the internal manifest (docs/ARCHITECTURE.md, "Raw manifest").
+Both are mapped onto the internal manifest (docs/ARCHITECTURE.md, "Raw manifest"). Diagnoses map
+through the one explicit table of ``ml_code.data.diagnosis``; image files are accepted or refused by
+the image policy that preprocessing and serving share (``ml_code.package.image_policy``), and each
+accepted image gets a perceptual hash (``phash``) so near-duplicates can be kept in one split.
 Privacy: an ISIC ``patient_id`` is replaced by ``patient_ref``, a salted sha256
 prefix, so splits can still group a patient's lesions while the raw identifier
 never leaves this module (it is not in the manifest, the quarantine or any message).

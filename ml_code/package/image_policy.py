@@ -233,7 +233,10 @@ def _srgb_transform(icc: bytes, in_mode: str) -> ImageCms.ImageCmsTransform | No
         space = profile.profile.xcolor_space.strip()
         if _ICC_SPACES.get(space) != in_mode:
             return None  # the profile describes other pixels than these: ignore it, as browsers do
-        return ImageCms.buildTransform(profile, _SRGB, in_mode, "RGB", renderingIntent=RENDERING_INTENT)
+        # NOCACHE: littleCMS's one-pixel cache makes a shared transform unsafe across threads
+        # (the preprocess job decodes in a thread pool)
+        return ImageCms.buildTransform(profile, _SRGB, in_mode, "RGB", renderingIntent=RENDERING_INTENT,
+                                       flags=ImageCms.Flags.NOCACHE)
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError, AttributeError):
         return None
 
