@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         cross = lesion[pairs[:, 0]] != lesion[pairs[:, 1]]
         # split groups after joining: lesion ids united with near-duplicate components
         frame = meta[["image_id", "lesion_id", "phash"]]
-        from ml_code.splits import group_ids
+        from ml_code.data.splits import group_ids
 
         t2 = time.perf_counter()
         n_groups = group_ids(frame, near_duplicate_threshold=t).nunique()

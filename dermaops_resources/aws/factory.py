@@ -33,8 +33,6 @@ def build_aws_resources(settings: Settings) -> dict[str, dg.ConfigurableResource
             processing_instance_type=settings.processing_instance_type,
             volume_kms_key_id=settings.kms_key_id, output_kms_key_id=settings.kms_key_id,
             use_spot=settings.use_spot,
-            # Test hook only (the moto end-to-end test runs entry points locally); empty in production.
-            executor=settings.sagemaker_executor,
         ),
         "registry": SageMakerModelRegistry(region=region),
         "endpoint": SageMakerEndpointDeployer(

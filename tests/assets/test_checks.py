@@ -9,7 +9,7 @@ import pandas as pd
 from dermaops_assets.checks import no_lesion_leakage
 from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
 from dermaops_resources.object_store import LocalObjectStore
-from ml_code.splits import SPLITS
+from ml_code.data.splits import SPLITS
 
 A, A_COPY, B = "0" * 64, f"{0b1011:064x}", "f" * 64  # A_COPY is 3 bits from A
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dermaops_assets.jobs import RETRAIN_JOB, RETRAIN_REASON_TAG, all_jobs
+from dermaops_assets.jobs import RETRAIN_JOB, RETRAIN_REASON_TAG
 from dermaops_assets.schedules import monthly_retrain_schedule
 from dermaops_assets.sensors import (
     approval_sensor, drift_sensor, landing_tick, model_quality_sensor, raw_landing_sensor,

@@ -12,7 +12,7 @@ import pytest
 from ml_code import CLASSES
 from ml_code.data import diagnosis
 from ml_code.data.diagnosis import map_diagnosis, map_hierarchy, normalise_label, normalise_labels
-from ml_code.ingest import normalise_metadata
+from ml_code.data.ingest import normalise_metadata
 
 FOLLICULAR = ("Malignant", "Malignant adnexal epithelial proliferations - Follicular")
 MELANOCYTIC = ("Benign", "Benign melanocytic proliferations")
@@ -138,7 +138,7 @@ def test_table_paths_exist_in_the_isic_vocabulary() -> None:
 
 
 def test_score_reads_isic_ground_truth_through_the_table(tmp_path: Path) -> None:
-    from ml_code.score import ISIC_CHALLENGE_COLUMNS, read_labels
+    from ml_code.evaluation.score import ISIC_CHALLENGE_COLUMNS, read_labels
 
     onehot = np.eye(len(ISIC_CHALLENGE_COLUMNS))[[0, 1, 6]]
     table = pd.DataFrame(onehot, columns=list(ISIC_CHALLENGE_COLUMNS)).assign(image=["a", "b", "c"])

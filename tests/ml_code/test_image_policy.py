@@ -1,6 +1,6 @@
 """One image policy for every stage: the same decision, the same reason and the same pixels at
-ingestion (``ml_code.ingest.inspect_image``), preprocessing and serving
-(``ml_code.package.image_policy.decode_square``) and today's endpoint (``ml_code.inference``).
+ingestion (``ml_code.data.ingest.inspect_image``), preprocessing and serving
+(``ml_code.package.image_policy.decode_square``) and today's endpoint (``ml_code.package.inference``).
 
 Every input is built here with Pillow (or by hand, for what Pillow cannot write): camera MPO
 JPEGs, CMYK, YCbCr, palette with transparency, LA, 16-bit colour and greyscale, float TIFFs,
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from ml_code import inference, ingest
+from ml_code.data import ingest
+from ml_code.package import inference
 from ml_code.data.near_duplicates import phash_hex
 from ml_code.package import image_policy
 from ml_code.package.image_policy import ImageRefused
@@ -247,7 +248,7 @@ CASES: dict[str, Case] = {
     "not-an-image": Case(lambda: b"%PDF-1.7 not an image at all", refused="not a recognisable image"),
 }
 
-# Where today's endpoint (ml_code.inference.input_fn + load_image_square) still disagrees with
+# Where today's endpoint (ml_code.package.inference.input_fn + load_image_square) still disagrees with
 # the policy: the lead removes these once input_fn/predict_fn call image_policy.
 ENDPOINT_PENDING = {
     "mpo-camera-jpeg", "palette-png-transparent", "rgba-png-hidden-colour", "la-png", "exif-orientation-6-jpeg",

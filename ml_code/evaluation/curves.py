@@ -1,6 +1,6 @@
 """The training run's curves image: loss and validation metrics per epoch.
 
-Rendered from ``history.json`` (what ``ml_code.train`` writes) on the orchestrator side, so a
+Rendered from ``history.json`` (what ``ml_code.training.train`` writes) on the orchestrator side, so a
 reviewer sees every run's curves beside its hyperparameters and can compare runs side by side;
 the training container needs no plotting library.
 """

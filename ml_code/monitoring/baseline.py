@@ -1,4 +1,4 @@
-"""Model Monitor baseline for one trained model (processing job ``python -m ml_code.baseline``).
+"""Model Monitor baseline for one trained model (processing job ``python -m ml_code.monitoring.baseline``).
 
 Inputs (processing inputs): ``model`` (folder with ``model.tar.gz``), ``splits`` (the
 preprocess output), optionally ``manifest`` (folder with the raw ``manifest.csv``, for the
@@ -14,7 +14,7 @@ original image geometry). Output ``baseline``:
 - ``embeddings.npy``    penultimate-layer embeddings of up to ``max_embeddings`` held-out images.
 - ``prediction_distribution.json``  predicted-class proportions on the same held-out images.
 - ``baseline_case_mix.parquet``  age (capped at 90), sex and body region per training image
-  (``ml_code.casemix``), from ``train_index.csv``; absent when the split has no clinical
+  (``ml_code.monitoring.casemix``), from ``train_index.csv``; absent when the split has no clinical
   columns, and then the case-mix test is skipped.
 
 Why held-out images for embeddings and predictions: the model has memorised its training
@@ -29,13 +29,8 @@ Hyperparameters: ``max_embeddings`` (2000), ``n_bins`` (10), ``seed`` (0), and a
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import tarfile
 import tempfile
-import types
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -45,9 +40,10 @@ import numpy as np
 import pandas as pd
 
 from .casemix import UNKNOWN, case_mix_frame
-from .contract import emit_metric, parse_hyperparameters, processing_input, processing_output, run_entry_point
+from ml_code.package.loader import open_package
+from ml_code.contract import emit_metric, parse_hyperparameters, processing_input, processing_output, run_entry_point
 from .drift import DEFAULT_BINS, DriftThresholds, bin_counts, psi_edges, write_json_atomic
-from .features import FEATURE_NAMES, GEOMETRY_FEATURES, PIXEL_FEATURES, batch_features
+from .features import FEATURE_NAMES, PIXEL_FEATURES, batch_features
 
 STATISTICS = "statistics.json"
 CONSTRAINTS = "constraints.json"
@@ -59,42 +55,18 @@ CASE_MIX = "baseline_case_mix.parquet"
 
 # -- the packaged model ---------------------------------------------------------------
 
-def load_packaged_model(model_tar: str | Path, workdir: str | Path) -> tuple[types.ModuleType, Any]:
-    """Extract ``model.tar.gz`` into ``workdir`` and load it through its own ``code/inference.py``.
-
-    Using the package's own handlers (not ``ml_code.inference``) guarantees the baseline
-    sees exactly what the endpoint serving this package sees.
-    """
-    model_tar, workdir = Path(model_tar), Path(workdir)
-    if not model_tar.is_file():
+def load_packaged_model(model_tar: str | Path, workdir: str | Path) -> tuple[Any, Any]:
+    """(helper api, model) of ``model.tar.gz`` opened through its own code
+    (:func:`ml_code.package.loader.open_package`): the baseline then sees exactly what the
+    endpoint serving this package sees."""
+    if not Path(model_tar).is_file():
         raise FileNotFoundError(f"model package {model_tar} not found; pass the folder holding model.tar.gz "
                                 "as the processing input 'model'.")
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(model_tar, "r:*") as tar:
-            tar.extractall(workdir, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ValueError(f"cannot extract {model_tar}: {exc}; it must be a gzip'd tar from ml_code.train") from exc
-    script = workdir / "code" / "inference.py"
-    if not script.is_file():
-        raise FileNotFoundError(f"{model_tar} has no code/inference.py; re-run training to repackage it.")
-    name = f"dermaops_baseline_inference_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(name, script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    sys.path.insert(0, str(script.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(script.parent))
-    missing = [fn for fn in ("model_fn", "preprocess_array", "embed_fn", "predict_fn") if not hasattr(module, fn)]
-    if missing:
-        raise AttributeError(f"code/inference.py in {model_tar} lacks {missing}; monitoring needs them.")
-    return module, module.model_fn(workdir)
+    package = open_package(model_tar, workdir, "baseline")
+    return package.api, package.model
 
 
-def embed_and_predict(module: types.ModuleType, model: Any, images: np.ndarray,
+def embed_and_predict(module: Any, model: Any, images: np.ndarray,
                       batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (N, D), probabilities (N, C)) for uint8 NHWC model-view images."""
     embs, probs = [], []

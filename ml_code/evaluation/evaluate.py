@@ -1,4 +1,4 @@
-"""Evaluation processing job: ``python -m ml_code.evaluate``.
+"""Evaluation processing job: ``python -m ml_code.evaluation.evaluate``.
 
 Inputs: ``model`` (a folder holding ``model.tar.gz``, or an already-extracted model dir)
 and ``splits`` (the preprocess output). Output: ``evaluation``.
@@ -19,14 +19,11 @@ ablation (2: identity + hflip; 8: all flips x 90-degree rotations),
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import os
 import sys
-import tarfile
 import tempfile
-import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,43 +31,14 @@ from typing import Any
 import numpy as np
 
 from ml_code import contract, metrics
-from ml_code.inference import check_views
-from ml_code.train import atomic_write_text, load_splits
+from ml_code.package.loader import open_package
+from ml_code.package.views import check_views
+from ml_code.training.train import atomic_write_text, load_splits
 
 DEFAULTS: dict[str, Any] = {
     "tta": True, "tta_views": None, "n_bootstrap": 1000, "seed": 0, "target_sensitivity": 0.9,
     "gradcam_per_class": 2, "ece_bins": 15, "melanoma_class": "mel",
 }
-
-
-def extract_model(model_input: Path, into: Path) -> Path:
-    """The model directory: ``model.tar.gz`` extracted into ``into`` (path-safe), or the input itself."""
-    model_input = Path(model_input)
-    tar_path = model_input if model_input.is_file() else model_input / "model.tar.gz"
-    if tar_path.is_file():
-        with tarfile.open(tar_path, "r:gz") as tar:
-            tar.extractall(into, filter="data")  # refuses absolute paths, '..' and device files
-        return into
-    if (model_input / "model.pt").is_file():
-        return model_input
-    found = sorted(p.name for p in model_input.iterdir()) if model_input.is_dir() else "nothing (folder missing)"
-    raise FileNotFoundError(
-        f"No model.tar.gz in the 'model' input {model_input} (found {found}); pass the training job's "
-        "model artefact folder."
-    )
-
-
-def load_handlers(model_dir: Path) -> ModuleType:
-    """Import ``code/inference.py`` from the archive under a private module name."""
-    path = model_dir / "code" / "inference.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: model.tar.gz must contain code/inference.py (written by ml_code.train)")
-    name = f"dermaops_packaged_inference_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def served_views(model: Any) -> int:
@@ -283,9 +251,8 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
     if "test" not in splits or len(splits["test"].labels) == 0:
         raise ValueError(f"the splits input {splits_dir} has no test split (test_images.npy/test_labels.npy)")
     with tempfile.TemporaryDirectory(prefix="dermaops-eval-") as tmp:
-        model_dir = extract_model(model_input, Path(tmp))
-        handlers = load_handlers(model_dir)
-        model = handlers.model_fn(str(model_dir))
+        package = open_package(model_input, Path(tmp), "eval")
+        handlers, model = package.api, package.model
         if list(model.classes) != list(classes):
             raise ValueError(f"model classes {model.classes} differ from the splits' classes {classes}")
         test, val = splits["test"], splits["val"]

@@ -384,8 +384,8 @@ def generate_demo_dataset(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m ml_code.demo_data --out DIR --lesions-per-class N --seed S``."""
-    parser = argparse.ArgumentParser(prog="python -m ml_code.demo_data", description=__doc__.splitlines()[0])
+    """CLI: ``python -m ml_code.tools.demo_data --out DIR --lesions-per-class N --seed S``."""
+    parser = argparse.ArgumentParser(prog="python -m ml_code.tools.demo_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder to write (created if missing)")
     parser.add_argument("--lesions-per-class", type=int, default=100)
     parser.add_argument("--min-images-per-lesion", type=int, default=1)

@@ -1,6 +1,6 @@
 """Network construction for training.
 
-The layer definitions live in :mod:`ml_code.inference` (:func:`build_network`) because that
+The layer definitions live in :mod:`ml_code.package.inference` (:func:`build_network`) because that
 file is shipped alone inside ``model.tar.gz`` and must rebuild exactly the network that was
 trained; building through it here means a saved state_dict always loads at the endpoint.
 This module adds what only training needs: argument validation, the small-input default,
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ml_code.inference import SUPPORTED_ARCHS, build_network
+from ml_code.package.networks import SUPPORTED_ARCHS, build_network
 
 ARCHS = SUPPORTED_ARCHS
 """``resnet18`` (default), ``resnet34``, ``efficientnet_b0``, ``mobilenet_v3_small``, ``dermanet``,

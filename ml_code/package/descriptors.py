@@ -7,7 +7,7 @@ sees the patient's age or the body site, which dermatologists weigh heavily (mel
 naevi are mostly in the young; actinic keratoses and basal cell carcinomas on the
 sun-exposed head and neck of older patients). A boosted-tree model over a few hundred
 descriptors is cheap (about 1.5 minutes on 2 CPU cores) and its errors differ from the
-CNN's, so the two fuse well (``ml_code.train`` fits the fusion on validation). On HAM10000
+CNN's, so the two fuse well (``ml_code.training.train`` fits the fusion on validation). On HAM10000
 it is about as good as the network on its own (test macro AUC 0.94 against 0.92).
 
 This file ships inside ``model.tar.gz`` next to ``code/inference.py`` and must stay

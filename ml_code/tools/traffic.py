@@ -5,7 +5,7 @@ not raise a drift alarm, traffic from a "different acquisition" (``--perturb``) 
 ground-truth labels dropped into the labels landing folder (optionally partly wrong, to
 simulate a quality drop) feed the model-quality monitor.
 
-    python -m ml_code.traffic --endpoint http://127.0.0.1:8080 --images DIR \
+    python -m ml_code.tools.traffic --endpoint http://127.0.0.1:8080 --images DIR \
         [--rate 5] [--limit 100] [--max-seconds 300] [--perturb colour-shift|blur|brightness|contrast] \
         [--metadata HAM10000_metadata.csv] [--with-context] [--labels-out DIR] [--wrong-labels 0.3] \
         [--allow-remote]
@@ -235,7 +235,7 @@ def simulate_traffic(endpoint: str, images: Sequence[Path], *, rate: float = 5.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ml_code.traffic", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ml_code.tools.traffic", description=__doc__.split("\n\n")[0])
     p.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8080")
     p.add_argument("--images", required=True, help="folder of .jpg/.png images (searched recursively)")
     p.add_argument("--rate", type=float, default=5.0, help="requests per second (default 5)")

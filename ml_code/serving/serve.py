@@ -1,6 +1,6 @@
 """Local stand-in for a SageMaker PyTorch inference container.
 
-``python -m ml_code.serve --model-tar PATH --port P --capture-dir DIR --endpoint-name NAME
+``python -m ml_code.serving.serve --model-tar PATH --port P --capture-dir DIR --endpoint-name NAME
 --package-version N --state-file PATH [--admin-token-file PATH] [--host 127.0.0.1]``
 
 Why a server of our own rather than the real container: the local backend must give
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hmac
-import importlib.util
 import io
 import json
 import logging
@@ -38,11 +37,9 @@ import re
 import shutil
 import signal
 import sys
-import tarfile
 import tempfile
 import threading
 import time
-import types
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,26 +48,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ml_code.package.loader import OpenedPackage, PackageError, open_package
+from ml_code.package.requests import content_type_of
+from ml_code.serving.transform import InferenceError, transform
+
 LOG = logging.getLogger("dermaops.serve")
 
-SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/json")
 ADMIN_TOKEN_HEADER = "X-Admin-Token"
 INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"  # what SageMaker's InferenceId becomes
 MAX_BODY_BYTES = 10 * 1024 * 1024
 #: Invocations decoded and scored at once; more wait up to ``QUEUE_WAIT_SECONDS`` for a slot,
 #: then get 503 + Retry-After. One thread per connection is otherwise unbounded, and each
 #: large image costs up to a few hundred MB while it is decoded.
-MAX_INFLIGHT = int(os.environ.get("DERMAOPS_ENDPOINT_MAX_INFLIGHT", "8"))
+MAX_INFLIGHT = 8  # default of --max-inflight
 QUEUE_WAIT_SECONDS = 10.0
 #: A client that stops sending mid-request is dropped after this long instead of holding a
 #: thread (and the model it acquired) forever.
 CLIENT_TIMEOUT_SECONDS = 30.0
 VARIANT = "AllTraffic"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-
-
-class PackageError(RuntimeError):
-    """A model package that cannot be loaded or fails its health check (the reason is user-facing)."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -83,70 +79,19 @@ class LoadedModel:
     version: int
     model_tar: str
     workdir: Path
-    module: types.ModuleType
-    model: Any
+    package: OpenedPackage
     loaded_at: float
     inflight: int = 0
     retired: bool = False
 
+    @property
+    def model(self) -> Any:
+        return self.package.model
+
     def cleanup(self) -> None:
-        """Forget the handler module and delete the extracted files (only when nobody uses them)."""
-        sys.modules.pop(self.module.__name__, None)
+        """Forget the package's modules and delete the extracted files (only when nobody uses them)."""
+        self.package.forget_modules()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _safe_extract(tar_path: Path, dest: Path) -> None:
-    """Extract with the 'data' filter: no absolute paths, no '..', no device files, no links out."""
-    try:
-        with tarfile.open(tar_path, "r:*") as tar:
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise PackageError(f"cannot extract model package {tar_path}: {exc}. "
-                           f"It must be a gzip'd tar holding model files and code/inference.py.") from exc
-
-
-def _import_handlers(code_dir: Path, version: int) -> types.ModuleType:
-    """Import code/inference.py under a unique module name, so several packages can coexist."""
-    script = code_dir / "inference.py"
-    if not script.is_file():
-        raise PackageError(f"model package has no code/inference.py (looked in {code_dir}); "
-                           f"package the handler script the training job writes to SM_MODEL_DIR/code.")
-    name = f"dermaops_inference_v{version}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(name, script)
-    if spec is None or spec.loader is None:
-        raise PackageError(f"cannot import {script}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    # Like the SageMaker toolkit, let the script import its sibling modules at import time.
-    sys.path.insert(0, str(code_dir))
-    try:
-        spec.loader.exec_module(module)
-    except BaseException as exc:  # noqa: BLE001 - any failure of user code is a package failure
-        sys.modules.pop(name, None)
-        raise PackageError(f"importing code/inference.py failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        try:
-            sys.path.remove(str(code_dir))
-        except ValueError:
-            pass
-    handlers = ("model_fn", "input_fn", "predict_fn", "output_fn")
-    missing = [fn for fn in handlers if not callable(getattr(module, fn, None))]
-    if missing:
-        sys.modules.pop(name, None)
-        raise PackageError(f"code/inference.py lacks handler(s) {missing}; it must define "
-                           f"model_fn, input_fn, predict_fn and output_fn.")
-    return module
-
-
-def _output_text(result: Any) -> str:
-    """output_fn may return str, bytes, or (body, content_type) as the SageMaker toolkit allows."""
-    if isinstance(result, tuple) and result:
-        result = result[0]
-    if isinstance(result, (bytes, bytearray)):
-        return bytes(result).decode("utf-8")
-    if isinstance(result, str):
-        return result
-    return json.dumps(result)
 
 
 def _test_image(model_dir: Path) -> bytes:
@@ -168,15 +113,12 @@ def _test_image(model_dir: Path) -> bytes:
     return buf.getvalue()
 
 
-def health_check(module: types.ModuleType, model: Any, model_dir: Path) -> dict[str, Any]:
-    """Run one prediction end-to-end and insist on a valid probability vector."""
-    body = _test_image(model_dir)
+def health_check(package: OpenedPackage) -> dict[str, Any]:
+    """Run one prediction end-to-end through :func:`transform` and insist on a valid probability vector."""
     try:
-        data = module.input_fn(body, "image/jpeg")
-        prediction = module.predict_fn(data, model)
-        text = _output_text(module.output_fn(prediction, "application/json"))
-    except Exception as exc:  # noqa: BLE001
-        raise PackageError(f"test prediction failed: {type(exc).__name__}: {exc}") from exc
+        text = transform(package, _test_image(package.model_dir), "image/jpeg", "application/json")
+    except InferenceError as exc:
+        raise PackageError(f"test prediction failed: {exc}") from exc
     try:
         response = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -201,24 +143,15 @@ def load_package(model_tar: str | os.PathLike, version: int) -> LoadedModel:
     if not tar_path.is_file():
         raise PackageError(f"model package {tar_path} does not exist")
     workdir = Path(tempfile.mkdtemp(prefix=f"dermaops-serve-v{version}-"))
-    module = None
+    package = None
     try:
-        model_dir = workdir / "model"
-        model_dir.mkdir()
-        _safe_extract(tar_path, model_dir)
-        module = _import_handlers(model_dir / "code", version)
-        try:
-            model = module.model_fn(str(model_dir))
-        except Exception as exc:  # noqa: BLE001
-            raise PackageError(f"model_fn failed: {type(exc).__name__}: {exc}") from exc
-        if model is None:
-            raise PackageError("model_fn returned None")
-        health_check(module, model, model_dir)
-        return LoadedModel(version=version, model_tar=str(tar_path), workdir=workdir, module=module,
-                           model=model, loaded_at=time.time())
+        package = open_package(tar_path, workdir / "model", f"v{version}")
+        health_check(package)
+        return LoadedModel(version=version, model_tar=str(tar_path), workdir=workdir, package=package,
+                           loaded_at=time.time())
     except BaseException:
-        if module is not None:
-            sys.modules.pop(module.__name__, None)
+        if package is not None:
+            package.forget_modules()
         shutil.rmtree(workdir, ignore_errors=True)
         raise
 
@@ -376,7 +309,11 @@ class EndpointState:
     state_info: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
-    slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_INFLIGHT))
+    max_inflight: int = MAX_INFLIGHT
+    slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = threading.BoundedSemaphore(self.max_inflight)
 
     # -- model reference ----------------------------------------------------------------
     def acquire(self) -> LoadedModel | None:
@@ -475,23 +412,6 @@ class EndpointState:
 # ----------------------------------------------------------------------------------------
 # HTTP
 # ----------------------------------------------------------------------------------------
-def negotiate_accept(header: str | None) -> str | None:
-    """``application/json`` when the Accept header allows it (absent, ``*/*``, ``application/*``
-    or ``application/json`` anywhere in the list, with a non-zero q), else None (406)."""
-    if not header or not header.strip():
-        return "application/json"
-    for item in header.split(","):
-        media, *params = (part.strip() for part in item.split(";"))
-        q = next((p.split("=", 1)[1] for p in params if p.replace(" ", "").startswith("q=")), "1")
-        try:
-            acceptable = float(q) > 0
-        except ValueError:
-            acceptable = True
-        if acceptable and media.lower() in ("application/json", "application/*", "*/*", "*"):
-            return "application/json"
-    return None
-
-
 class EndpointHandler(BaseHTTPRequestHandler):
     server_version = "DermaOpsServe/1.0"
     timeout = CLIENT_TIMEOUT_SECONDS  # socket timeout of each connection (StreamRequestHandler)
@@ -553,8 +473,7 @@ class EndpointHandler(BaseHTTPRequestHandler):
         event_id = str(uuid.uuid4())
         asked_id = self.headers.get(INFERENCE_ID_HEADER, "")
         inference_id = asked_id if _SAFE_ID.match(asked_id) else event_id
-        content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        accept = negotiate_accept(self.headers.get("Accept"))
+        content_type = content_type_of(self.headers.get("Content-Type"))
         try:
             body = self._read_body(MAX_BODY_BYTES)
         except OSError as exc:  # the client stalled past the timeout or went away mid-body
@@ -566,38 +485,19 @@ class EndpointHandler(BaseHTTPRequestHandler):
             return
         if not self.state.slots.acquire(timeout=QUEUE_WAIT_SECONDS):
             self.state.count(503)
-            self._send_json(503, {"error": f"the endpoint is busy ({MAX_INFLIGHT} requests in progress); retry"},
+            self._send_json(503, {"error": f"the endpoint is busy ({self.state.max_inflight} requests in progress); retry"},
                             {"Retry-After": "1", "X-Inference-Id": inference_id})
             return
         model = self.state.acquire()  # after the body is in: a slow client holds no model
         version = model.version if model else None
         status, payload = 200, ""
         try:
-            if model is None:
-                status, payload = 503, json.dumps({"error": "no model is loaded yet"})
-            elif content_type not in SUPPORTED_CONTENT_TYPES:
-                status, payload = 415, json.dumps({
-                    "error": f"unsupported Content-Type {content_type or '(none)'!r}; "
-                             f"send one of {', '.join(SUPPORTED_CONTENT_TYPES)}"})
-            elif not body:
-                status, payload = 400, json.dumps({"error": "empty body; send the image bytes"})
-            elif accept is None:
-                status, payload = 406, json.dumps({
-                    "error": f"cannot answer Accept {self.headers.get('Accept')!r}; this endpoint answers "
-                             "application/json"})
-            else:
-                try:
-                    data = model.module.input_fn(body, content_type)
-                except Exception as exc:  # noqa: BLE001 - the client sent something we cannot read
-                    status, payload = 400, json.dumps({
-                        "error": f"cannot decode the body as {content_type}: {type(exc).__name__}: {exc}"})
-                else:
-                    try:
-                        prediction = model.module.predict_fn(data, model.model)
-                        payload = _output_text(model.module.output_fn(prediction, accept))
-                    except Exception as exc:  # noqa: BLE001 - ours, not the client's
-                        LOG.exception("inference %s failed on v%s", inference_id, version)
-                        status, payload = 500, json.dumps({"error": f"inference failed: {type(exc).__name__}"})
+            try:
+                if model is None:
+                    raise InferenceError(503, "no model is loaded yet")
+                payload = transform(model.package, body, content_type, self.headers.get("Accept"))
+            except InferenceError as exc:
+                status, payload = exc.status_code, exc.body()
             headers = {"X-Inference-Id": inference_id}
             if version is not None:
                 headers["X-Model-Version"] = str(version)
@@ -674,7 +574,7 @@ def remove_state_file(path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ml_code.serve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ml_code.serving.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-tar", required=True, help="model.tar.gz with code/inference.py")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port (see the state file)")
@@ -684,7 +584,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--state-file", required=True, help="JSON written once healthy, removed at shutdown")
     p.add_argument("--admin-token-file", default=None, help="file holding the token /admin/swap requires")
     p.add_argument("--capture-interval", type=float, default=1.0)
-    p.add_argument("--log-level", default=os.environ.get("DERMAOPS_SERVE_LOG_LEVEL", "INFO"))
+    p.add_argument("--max-inflight", type=int, default=MAX_INFLIGHT,
+                   help="invocations scored at once; more wait up to 10 s, then get 503")
+    p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
 
@@ -700,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
             LOG.error("cannot read the admin token file %s: %s", args.admin_token_file, exc)
             return 2
     capture = CaptureWriter(Path(args.capture_dir), args.endpoint_name, interval=args.capture_interval)
-    state = EndpointState(endpoint_name=args.endpoint_name, capture=capture, admin_token=token)
+    state = EndpointState(endpoint_name=args.endpoint_name, capture=capture, admin_token=token,
+                          max_inflight=max(1, args.max_inflight))
     try:
         state.install(load_package(args.model_tar, args.package_version))
     except PackageError as exc:

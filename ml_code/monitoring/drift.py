@@ -13,7 +13,7 @@ Five complementary tests, each answering a different question:
   hand-made features miss, in the space the classifier actually uses.
 * **Prediction drift**: PSI and a chi-square test of predicted-class counts against the
   baseline's predicted-class distribution (label-free early warning of prior shift).
-* **Case mix** (``ml_code.casemix``): the clinical context requests carry - age (PSI and
+* **Case mix** (``ml_code.monitoring.casemix``): the clinical context requests carry - age (PSI and
   KS, the feature thresholds), sex and body region (PSI and chi-square, the prediction
   thresholds) - against the training split's, among the requests that sent each field.
   The share of requests that send any context is reported too: a fall below the
@@ -63,7 +63,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ml_code.casemix import UNKNOWN, with_context
+from ml_code.monitoring.casemix import UNKNOWN, with_context
 
 PSI_EPS = 1e-4
 DEFAULT_BINS = 10
@@ -103,7 +103,7 @@ def psi_edges(baseline: np.ndarray, n_bins: int = DEFAULT_BINS) -> np.ndarray:
     values = values[np.isfinite(values)]
     if values.size == 0:
         raise ValueError("psi_edges: the baseline has no finite values; recompute the baseline "
-                         "(python -m ml_code.baseline) on a non-empty training split.")
+                         "(python -m ml_code.monitoring.baseline) on a non-empty training split.")
     qs = np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1)[:-1])
     top = np.nextafter(values.max(), np.inf)
     return np.unique(np.append(qs, top))
@@ -316,7 +316,7 @@ class ContextShare:
 def case_mix_drift(baseline: pd.DataFrame | None, current: pd.DataFrame,
                    thresholds: DriftThresholds) -> tuple[list[CaseMixDrift], ContextShare | None]:
     """Compare the clinical context of traffic with the training split's (frames from
-    :func:`ml_code.casemix.case_mix_frame`); nothing to compare when the baseline has no
+    :func:`ml_code.monitoring.casemix.case_mix_frame`); nothing to compare when the baseline has no
     case mix (``None``: a split without clinical columns, or a baseline made before).
 
     Each field is compared among the rows that know it, and only when at least

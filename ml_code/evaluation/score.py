@@ -1,4 +1,4 @@
-"""Score a model package on an external dermoscopy set: ``python -m ml_code.score``.
+"""Score a model package on an external dermoscopy set: ``python -m ml_code.evaluation.score``.
 
 Why: the lesion-grouped test split comes from the same archive as the training data; a
 reviewer also wants the model on an independent, official test set (e.g. the ISIC 2018
@@ -7,7 +7,7 @@ scoring package. This job writes the predictions in the ISIC challenge submissio
 (``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``, probabilities), which ``isic-challenge-scoring``
 reads as is, and, when labels are given, prints the same metrics the evaluation reports.
 
-    python -m ml_code.score --model model.tar.gz --images DIR [--labels CSV] [--out DIR] [--tta-views N]
+    python -m ml_code.evaluation.score --model model.tar.gz --images DIR [--labels CSV] [--out DIR] [--tta-views N]
 
 ``--labels`` is either an ISIC challenge ground-truth CSV (``image`` + one-hot class
 columns) or a metadata table in one of the two ingestion layouts (HAM10000, ISIC Archive
@@ -29,10 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from ml_code import contract, descriptors, ingest, metrics
+from ml_code import contract, metrics
+from ml_code.package import descriptors
+from ml_code.data import ingest
+from ml_code.evaluation.evaluate import predict_split, served_views
+from ml_code.package.loader import open_package
+from ml_code.training.train import atomic_write_text
 from ml_code.data import diagnosis
-from ml_code.evaluate import extract_model, load_handlers, predict_split, served_views
-from ml_code.train import atomic_write_text
 
 #: ISIC 2018 Task 3 column order and names.
 ISIC_CHALLENGE_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -81,9 +84,8 @@ def score(model_input: Path, images_dir: Path, out_dir: Path, labels: Path | Non
         files = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         image_ids, dx, clinical, paths = [p.stem for p in files], [None] * len(files), None, list(files)
     with tempfile.TemporaryDirectory(prefix="dermaops-score-") as tmp:
-        model_dir = extract_model(model_input, Path(tmp))
-        handlers = load_handlers(model_dir)
-        model = handlers.model_fn(str(model_dir))
+        package = open_package(model_input, Path(tmp), "score")
+        handlers, model = package.api, package.model
         classes = list(model.classes)
         unknown = sorted({d for d in dx if d is not None and d not in classes})
         if unknown:

@@ -1,7 +1,7 @@
 """Processing job: raw manifest + images -> lesion-grouped, resized, memory-mappable splits.
 
 Runs unchanged as a SageMaker Processing script and under the local job runner
-(``python -m ml_code.preprocess``). Contract (docs/ARCHITECTURE.md, "Processing job"):
+(``python -m ml_code.data.preprocess``). Contract (docs/ARCHITECTURE.md, "Processing job"):
 
 inputs   ``manifest`` (folder holding manifest.csv), ``images`` (the raw images prefix,
          files at ``<images>/<image_key>``)
@@ -21,7 +21,6 @@ written to quarantine.csv and the job goes on.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
@@ -30,20 +29,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from ml_code import CLASSES, contract
-from ml_code.splits import SPLITS, check_no_leakage, grouped_stratified_split
+from ml_code.data.splits import SPLITS, check_no_leakage, grouped_stratified_split
 
 #: Per-split index. ``age``/``sex``/``localization`` are the clinical context the descriptor
-#: model reads (``ml_code.descriptors``); empty when the manifest has none.
+#: model reads (``ml_code.package.descriptors``); empty when the manifest has none.
 INDEX_COLUMNS = ("image_id", "lesion_id", "dx", "label", "sha256", "age", "sex", "localization")
 BATCH = 256  # images decoded per batch: bounds memory whatever the image size
 
 
 # The endpoint's own decode/crop/resize (code/inference.py ships alone in model.tar.gz, so the
 # definition lives there): training images and served requests get identical pixels.
-from ml_code.inference import load_image_square  # noqa: E402
+from ml_code.package.imaging import load_image_square  # noqa: E402
 
 
 class _Rejected(Exception):

@@ -1,11 +1,11 @@
 """Case mix: who the images come from (age, sex, body region), on one scale for training and traffic.
 
-The descriptor model reads the clinical context a request may carry (``ml_code.descriptors``),
+The descriptor model reads the clinical context a request may carry (``ml_code.package.descriptors``),
 and the HAM10000 benchmark is ~0.01 balanced accuracy better with it than without. So the
 monitors watch it like any other input: a clinic that starts sending mostly children, mostly
 acral lesions or no context at all is a shift the image features may not show. This module
 puts the training split's ``age``/``sex``/``localization`` and a captured request's ``age``/
-``sex``/``anatom_site`` on one coarse scale that ``ml_code.drift.case_mix_drift`` compares:
+``sex``/``anatom_site`` on one coarse scale that ``ml_code.monitoring.drift.case_mix_drift`` compares:
 
 - ``age``: years as a float, NaN when unknown; ages above 89 become 90, the HIPAA Safe
   Harbor rule for ages (an exact age over 89 is an identifier), so neither the inference log
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml_code.descriptors import SITE_REGIONS
+from ml_code.package.descriptors import SITE_REGIONS
 
 AGE_CAP = 90.0
 UNKNOWN = "unknown"

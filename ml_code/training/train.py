@@ -1,6 +1,6 @@
-"""Training entry point: ``python -m ml_code.train`` (SageMaker training job, or the local runner).
+"""Training entry point: ``python -m ml_code.training.train`` (SageMaker training job, or the local runner).
 
-Reads the ``splits`` channel written by ``ml_code.preprocess`` (uint8 ``(N, S, S, 3)``
+Reads the ``splits`` channel written by ``ml_code.data.preprocess`` (uint8 ``(N, S, S, 3)``
 arrays, memory-mapped), trains a lesion classifier and writes the SageMaker model
 directory. Modelled on torchvision's ``references/classification/train.py``, with what
 this project needs on top:
@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import json
 import math
 import os
 import random
 import re
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ml_code import contract, descriptors, metrics
-from ml_code.inference import VIEW_INVARIANT_ARCHS, check_views, dihedral_view, fuse_log_probs, view_order
-from ml_code.models import IMAGENET_MEAN, IMAGENET_STD, build_model, default_small_input
+from ml_code import contract, metrics
+from ml_code.package import descriptors
+from ml_code.package.loader import write_code
+from ml_code.package.model import fuse_log_probs
+from ml_code.package.networks import VIEW_INVARIANT_ARCHS
+from ml_code.package.views import check_views, dihedral_view, view_order
+from ml_code.training.models import IMAGENET_MEAN, IMAGENET_STD, build_model, default_small_input
 
 CHECKPOINT_RE = re.compile(r"checkpoint-epoch-(\d{4,})\.pt$")
 
@@ -79,7 +81,7 @@ class TrainConfig:
     # Test-time views (D4: flips x quarter turns) the temperature and fusion are fitted on;
     # recorded in the package, which then serves them by default (1..8).
     tta_views: int = 1
-    # Descriptor model (ml_code.descriptors): boosted trees over colour/texture descriptors
+    # Descriptor model (ml_code.package.descriptors): boosted trees over colour/texture descriptors
     # and clinical context (age, sex, site), fused with the CNN by a stacker fitted on val.
     descriptor_model: bool = True
     descriptor_trees: int = 300
@@ -212,7 +214,7 @@ def load_splits(folder: Path) -> tuple[dict[str, Split], list[str]]:
     classes_path = folder / "classes.json"
     if not classes_path.is_file():
         raise FileNotFoundError(
-            f"{classes_path} is missing: the 'splits' channel must be the ml_code.preprocess output folder "
+            f"{classes_path} is missing: the 'splits' channel must be the ml_code.data.preprocess output folder "
             f"(found {sorted(p.name for p in folder.iterdir())[:10]})"
         )
     classes = json.loads(classes_path.read_text())
@@ -523,7 +525,7 @@ def autocast(device: torch.device, enabled: bool):
 def predict_logits(model: nn.Module, split: Split, norm: Normalizer, cfg: TrainConfig, device: torch.device,
                    views: int = 1) -> np.ndarray:
     """fp32 logits, as the endpoint computes them: ``(N, C)`` for one view, else ``(V, N, C)``
-    over the test-time views the endpoint averages (:func:`ml_code.inference.view_order`)."""
+    over the test-time views the endpoint averages (:func:`ml_code.package.views.view_order`)."""
     model.eval()
     order = view_order(views)
     out: list[list[torch.Tensor]] = [[] for _ in order]
@@ -601,7 +603,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def fit_fusion(cnn_log_probs: np.ndarray, descriptor_log_probs: np.ndarray, labels: np.ndarray,
                num_classes: int, balance: float) -> dict[str, Any]:
-    """Fit the stacker of :func:`ml_code.inference.fuse_log_probs` on validation.
+    """Fit the stacker of :func:`ml_code.package.model.fuse_log_probs` on validation.
 
     Minimises the cross-entropy of ``a * log p_cnn + w * log p_desc + b`` (two scales and a
     class bias: nine numbers for seven classes, so ~1,500 validation images pin them down),
@@ -671,20 +673,13 @@ def fit_descriptor_fusion(cfg: TrainConfig, train_split: Split, val_split: Split
 def write_model_dir(model_dir: Path, state: dict[str, torch.Tensor], config: dict[str, Any],
                     trees: descriptors.BoostedTrees | None = None) -> None:
     """The SageMaker model directory: weights, config, the descriptor model if any, and the
-    self-contained handler code (``inference.py`` + the ``descriptors.py`` it reads)."""
+    self-contained handler code (``code/``, written by :func:`ml_code.package.loader.write_code`)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_torch_save({k: v.detach().cpu() for k, v in state.items()}, model_dir / "model.pt")
     if trees is not None:
         trees.save(model_dir / "descriptors.npz")
     atomic_write_text(model_dir / "model_config.json", json.dumps(config, indent=2))
-    code = model_dir / "code"
-    code.mkdir(exist_ok=True)
-    for name in ("inference.py", "descriptors.py"):
-        tmp = code / f".{name}.tmp"
-        shutil.copyfile(Path(__file__).with_name(name), tmp)
-        os.replace(tmp, code / name)
-    # torch/torchvision/Pillow/numpy come with the AWS PyTorch inference image.
-    atomic_write_text(code / "requirements.txt", "")
+    write_code(model_dir)
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ Lanczos resize to the model's input size, exactly as ``code/inference.py`` and t
 preprocess job do), so they are comparable with the baseline's training-split features;
 width/height/aspect ratio are taken from the image as sent. A JSON request's clinical
 context (``age``, ``sex``, ``anatom_site``) is kept only as the coarse case mix of
-``ml_code.casemix`` (age capped at 90, sex, body region), never as the text sent.
+``ml_code.monitoring.casemix`` (age capped at 90, sex, body region), never as the text sent.
 
 Capture files are written by other processes and can hold anything, so parsing never
 raises on bad content: a malformed line is skipped and counted under a named reason.
@@ -44,9 +44,9 @@ def model_view(raw: bytes, size: int) -> np.ndarray:
 
     Features of traffic are only comparable with baseline features of the preprocessed
     split if both went through the same geometry, so this calls the packaged
-    ``inference.load_image_square`` rather than a copy of it.
+    ``ml_code.package.imaging.load_image_square`` rather than a copy of it.
     """
-    from ml_code.inference import load_image_square
+    from ml_code.package.imaging import load_image_square
 
     return load_image_square(raw, size)
 
@@ -229,7 +229,7 @@ def capture_schema():
         columns[name] = pa.Column(float, checks=non_negative)
     for name in GEOMETRY_FEATURES:
         columns[name] = pa.Column(float, checks=pa.Check.gt(0.0), nullable=True)
-    # The case mix (ml_code.casemix); optional, since parts written before it lack the columns.
+    # The case mix (ml_code.monitoring.casemix); optional, since parts written before it lack the columns.
     columns["age"] = pa.Column(float, checks=pa.Check.in_range(0.0, 90.0), nullable=True, required=False)
     columns["sex"] = pa.Column(str, checks=pa.Check.isin(["male", "female", UNKNOWN]), required=False)
     columns["body_region"] = pa.Column(str, checks=pa.Check.isin([*BODY_REGIONS, UNKNOWN]), required=False)
