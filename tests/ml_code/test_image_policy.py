@@ -20,9 +20,8 @@ import pytest
 from PIL import Image, ImageCms
 
 from ml_code.data import ingest
-from ml_code.package import inference
 from ml_code.data.near_duplicates import phash_hex
-from ml_code.package import image_policy
+from ml_code.package import image_policy, inference
 from ml_code.package.image_policy import ImageRefused
 
 W, H = 64, 48

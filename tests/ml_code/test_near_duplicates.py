@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from ml_code.data import near_duplicates as nd
-from ml_code.package import image_policy
 from ml_code.data.splits import check_no_leakage, group_ids, grouped_stratified_split, near_duplicate_leaks
+from ml_code.package import image_policy
 
 
 def _lesion(seed: int, size: tuple[int, int] = (200, 150)) -> Image.Image:
