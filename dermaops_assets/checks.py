@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import io
+
 import dagster as dg
+import pandas as pd
 
 from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
 from dermaops_resources.jobs import read_split_index
 from dermaops_resources.object_store import ObjectStore
-from ml_code.data.splits import SPLITS, check_no_leakage
+from ml_code.data.splits import SPLITS, check_no_leakage, near_duplicate_leaks
 
 from .ui import table_markdown
 
 
 @dg.asset_check(asset="processed_splits", blocking=True,
-                description="No lesion_id appears in two splits (images of one lesion would leak into test).")
-def no_lesion_leakage(processed_splits: ProcessedSplitsHandle, store: ObjectStore) -> dg.AssetCheckResult:
+                additional_ins={"raw_images": dg.AssetIn("raw_images")},
+                description="No lesion_id appears in two splits, and no near-duplicate pair of images (perceptual "
+                "hash from the raw manifest) straddles two splits: either would leak into test.")
+def no_lesion_leakage(processed_splits: ProcessedSplitsHandle, raw_images: RawImagesHandle,
+                      store: ObjectStore) -> dg.AssetCheckResult:
     index = read_split_index(store, processed_splits.splits_uri)
+    # the split index has no phash; the raw manifest does (image ids are never reused, so the join is safe)
+    manifest = pd.read_csv(io.BytesIO(store.get_bytes(raw_images.manifest_uri)), dtype=str, keep_default_na=False)
+    if "phash" in manifest.columns:
+        index = index.merge(manifest[["image_id", "phash"]], on="image_id", how="left")
     problems = check_no_leakage(index)
     per_lesion = index.groupby("lesion_id")["split"].nunique()
+    near_duplicates = len(near_duplicate_leaks(index))
     return dg.AssetCheckResult(
         passed=not problems and int((per_lesion > 1).sum()) == 0,
         metadata={"lesions": int(per_lesion.size), "lesions_in_several_splits": int((per_lesion > 1).sum()),
+                  "near_duplicates_across_splits": near_duplicates,
                   "problems": dg.MetadataValue.json(problems[:20])},
     )
 

@@ -1,7 +1,9 @@
 """Ingestion: the raw dermoscopy images, validated and content-addressed (S3 raw bucket box)."""
 
+import io
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
 from dermaops_resources.handles import RawImagesHandle
@@ -9,7 +11,7 @@ from dermaops_resources.ingestion import ingest_dataset, pseudonym_salt
 from dermaops_resources.object_store import ObjectStore
 from dermaops_resources.raw_source import landed_batches
 from dermaops_resources.settings import Settings
-from ml_code.data import ingest
+from ml_code.data import ingest, near_duplicates
 
 from .versioning import code_version
 from .ui import table_markdown
@@ -43,6 +45,10 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
                                                   settings.pseudonym_salt_secret_arn, settings.region), limits, log=context.log.info)
     context.log.info(f"{handle.num_images} images accepted ({stats.copied} newly stored, "
                      f"{stats.already_stored} already in the store), {handle.num_quarantined} quarantined")
+    # near-duplicate pictures (perceptual hash): the splitter keeps each pair in one split; shown for review
+    manifest = pd.read_csv(io.BytesIO(store.get_bytes(handle.manifest_uri)), dtype=str, keep_default_na=False)
+    pairs = near_duplicates.pairs_table(manifest)
+    cross = pairs[pairs["lesion_id_a"] != pairs["lesion_id_b"]]
     return dg.Output(
         handle,
         data_version=dg.DataVersion(handle.manifest_hash),
@@ -56,5 +62,8 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
             "manifest_uri": dg.MetadataValue.path(handle.manifest_uri),
             "quarantine_uri": dg.MetadataValue.path(handle.quarantine_uri),
             "manifest_hash": handle.manifest_hash,
+            "near_duplicate_pairs": len(pairs),
+            "near_duplicate_pairs_across_lesions": len(cross),
+            "near_duplicates": table_markdown(cross.head(50).to_dict("records")),  # across lesions, closest first
         },
     )

@@ -222,7 +222,8 @@ def model_quality_report(context: dg.AssetExecutionContext, config: QualityConfi
     since = datetime.now(timezone.utc) - timedelta(hours=config.window_hours)
     rows, _ = load_inference_log(store, cursor, since=since,
                         columns=["inference_time", "inference_id", "model_version", "predicted_class"])
-    labels = read_labels(store, settings.labels_uri)
+    labels = read_labels(store, settings.labels_uri)  # class codes; unknown labels dropped and counted
+    unknown_labels = labels.attrs.get("unknown_labels", {})
     joined = rows[rows["model_version"] == live_endpoint.package_version].merge(labels, on="inference_id")
     n = len(joined)
     acc = bacc = None
@@ -236,7 +237,7 @@ def model_quality_report(context: dg.AssetExecutionContext, config: QualityConfi
     table = quality_by_window(joined) if n else pd.DataFrame(columns=list(QUALITY_WINDOW_COLUMNS))
     report = {"status": status, "n_labelled": n, "accuracy": acc, "balanced_accuracy": bacc,
               "reference_balanced_accuracy": reference, "accuracy_drop_points": drop,
-              "model_version": live_endpoint.package_version,
+              "model_version": live_endpoint.package_version, "unknown_labels": unknown_labels,
               "windows": json.loads(table.to_json(orient="records", date_format="iso"))}
     report_uri = store.put_json("logs", f"monitoring/model_quality/{stamp}/report.json", report)
     if status != "insufficient_data":
@@ -248,6 +249,7 @@ def model_quality_report(context: dg.AssetExecutionContext, config: QualityConfi
                                 model_version=live_endpoint.package_version, report_uri=report_uri)
     return dg.Output(handle, metadata={
         "accuracy_drop": dg.MetadataValue.float(drop), "n_labelled": n, "status": status,
+        "unknown_labels": sum(unknown_labels.values()),
         "balanced_accuracy": dg.MetadataValue.float(bacc if bacc is not None else float("nan")),
         "report": dg.MetadataValue.md(quality_report_markdown(status, n, live_endpoint.package_version, reference,
                                                               table)),

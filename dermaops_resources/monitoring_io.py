@@ -146,7 +146,11 @@ def read_labels(store: ObjectStore, labels_uri: str) -> pd.DataFrame:
     dropped into ``DERMAOPS_LABELS_URI`` (a local folder, a ``file://`` or an ``s3://``
     prefix). Files without both columns and hidden files (partial uploads) are ignored; a
     label for the same inference id in a later file (key/name order) wins, so a correction is
-    just another file."""
+    just another file.
+
+    Labels come back as class codes (``mel``, ...): any spelling the shared diagnosis table knows
+    (``MEL``, ``Melanoma``, a hierarchy path) is normalised by ``known_labels``; the rest are
+    dropped, never scored as a wrong answer, and counted in ``.attrs["unknown_labels"]``."""
     frames: list[pd.DataFrame] = []
     if labels_uri.startswith(("s3://", "file://")):
         for obj in store.list(labels_uri):
@@ -159,5 +163,19 @@ def read_labels(store: ObjectStore, labels_uri: str) -> pd.DataFrame:
                 frames.append(pd.read_csv(path, dtype=str))
     frames = [f for f in frames if {"inference_id", "label"} <= set(f.columns)]
     if not frames:
-        return pd.DataFrame({"inference_id": pd.Series(dtype=str), "label": pd.Series(dtype=str)})
-    return pd.concat(frames, ignore_index=True)[["inference_id", "label"]].drop_duplicates("inference_id", keep="last")
+        return known_labels(pd.DataFrame({"inference_id": pd.Series(dtype=str), "label": pd.Series(dtype=str)}))
+    return known_labels(pd.concat(frames, ignore_index=True)[["inference_id", "label"]]
+                        .drop_duplicates("inference_id", keep="last"))
+
+
+def known_labels(labels: pd.DataFrame) -> pd.DataFrame:
+    """``labels`` (``inference_id, label``) with each label as its class code by
+    ``ml_code.data.diagnosis.normalise_label``; rows with an unknown label are dropped and
+    ``.attrs["unknown_labels"]`` holds ``{label as written: count}`` (empty when none)."""
+    from ml_code.data.diagnosis import normalise_labels
+
+    codes, unknown = normalise_labels(labels["label"].tolist())
+    out = labels.assign(label=pd.Series(codes, index=labels.index, dtype=object))
+    out = out[out["label"].notna()].astype({"label": str}).reset_index(drop=True)
+    out.attrs["unknown_labels"] = unknown
+    return out

@@ -15,7 +15,10 @@ Two public layouts are understood:
   ``diagnosis_5``, plus optional ``age_approx``, ``sex``, ``anatom_site_general``,
   ``lesion_id``, ``patient_id``, ``diagnosis_confirm_type``, ``image_type``.
 
-Both are mapped onto the internal manifest (docs/ARCHITECTURE.md, "Raw manifest").
+Both are mapped onto the internal manifest (docs/ARCHITECTURE.md, "Raw manifest"). Diagnoses map
+through the one explicit table of ``ml_code.data.diagnosis``; image files are accepted or refused by
+the image policy that preprocessing and serving share (``ml_code.package.image_policy``), and each
+accepted image gets a perceptual hash (``phash``) so near-duplicates can be kept in one split.
 Privacy: an ISIC ``patient_id`` is replaced by ``patient_ref``, a salted sha256
 prefix, so splits can still group a patient's lesions while the raw identifier
 never leaves this module (it is not in the manifest, the quarantine or any message).
@@ -27,7 +30,6 @@ import hashlib
 import io
 import math
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,17 +37,21 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from PIL import Image, UnidentifiedImageError
 
 from ml_code import CLASSES
+from ml_code.data import diagnosis
+from ml_code.data.near_duplicates import phash_hex
+from ml_code.package import image_policy
 
 Layout = Literal["ham10000", "isic"]
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "image_id", "lesion_id", "patient_ref", "dx", "dx_type", "age", "sex", "localization",
-    "image_key", "sha256", "format", "width", "height", "source_layout",
+    "image_key", "sha256", "format", "width", "height", "source_layout", "phash",
 )
-"""Column order of ``manifest.csv`` (docs/ARCHITECTURE.md)."""
+"""Column order of ``manifest.csv`` (docs/ARCHITECTURE.md). ``phash`` (last, so older readers that
+select columns by name are unaffected) is the 256-bit perceptual hash of the decoded image, 64 hex
+digits (``ml_code.data.near_duplicates``); the splitter joins near-duplicates into one group."""
 
 METADATA_COLUMNS: tuple[str, ...] = (
     "image_id", "lesion_id", "patient_ref", "dx", "dx_type", "age", "sex", "localization", "source_layout",
@@ -64,66 +70,13 @@ AGE_RANGE = (0.0, 120.0)
 SEX_VALUES = ("male", "female", "unknown")
 
 # --------------------------------------------------------------------------------------
-# Diagnosis mapping onto the seven HAM10000 classes
+# Diagnosis mapping onto the seven HAM10000 classes: ml_code.data.diagnosis (one table for
+# ingestion, scoring and monitoring labels). DIAGNOSIS_MAP is kept for readers of the flat terms.
 # --------------------------------------------------------------------------------------
 
-DIAGNOSIS_MAP: dict[str, str] = {
-    # HAM10000 codes themselves
-    **{c: c for c in CLASSES},
-    # melanoma (HAM10000 "mel" includes in-situ melanoma)
-    "melanoma": "mel",
-    "melanoma, nos": "mel",
-    "melanoma invasive": "mel",
-    "melanoma in situ": "mel",
-    "malignant melanocytic proliferations (melanoma)": "mel",
-    # melanocytic nevi
-    "nevus": "nv",
-    "benign melanocytic proliferations": "nv",
-    # basal cell carcinoma
-    "basal cell carcinoma": "bcc",
-    "malignant adnexal epithelial proliferations - follicular": "bcc",
-    # actinic keratosis and intraepithelial carcinoma (Bowen's disease) = HAM10000 "akiec"
-    "actinic keratosis": "akiec",
-    "solar or actinic keratosis": "akiec",
-    "squamous cell carcinoma in situ": "akiec",
-    "squamous cell carcinoma in situ, bowens disease": "akiec",
-    "bowen's disease": "akiec",
-    "bowens disease": "akiec",
-    # benign keratosis-like lesions
-    "seborrheic keratosis": "bkl",
-    "solar lentigo": "bkl",
-    "lichenoid keratosis": "bkl",
-    "lichen planus like keratosis": "bkl",
-    "pigmented benign keratosis": "bkl",
-    # dermatofibroma
-    "dermatofibroma": "df",
-    # vascular lesions (HAM10000: angiomas, angiokeratomas, pyogenic granulomas)
-    "vascular lesion": "vasc",
-    "angioma": "vasc",
-    "hemangioma": "vasc",
-    "cherry angioma": "vasc",
-    "angiokeratoma": "vasc",
-    "pyogenic granuloma": "vasc",
-    "benign soft tissue proliferations - vascular": "vasc",
-}
-"""Diagnosis term (lower-cased, whitespace collapsed) -> HAM10000 class.
-
-Decisions, so that a mapped label means what HAM10000's label means:
-
-* ``akiec`` in HAM10000 is "actinic keratoses and intraepithelial carcinoma
-  (Bowen's disease)", so actinic keratosis and *in-situ* SCC map to it. Invasive
-  or unspecified squamous cell carcinoma ("squamous cell carcinoma",
-  "Squamous cell carcinoma, NOS", "..., Invasive") is outside the seven classes and
-  is quarantined rather than silently merged.
-* ``bkl`` covers seborrheic keratosis, solar lentigo and lichen-planus-like
-  keratosis, as in HAM10000; "lentigo NOS" and "lentigo simplex" are melanocytic or
-  unspecified and are quarantined.
-* ``nv`` covers "nevus" and the hierarchy node "Benign melanocytic proliferations";
-  melanoma includes in-situ. "atypical melanocytic proliferation", "AIMP",
-  melanoma metastasis, "other" and "unknown" are quarantined.
-* For the ISIC hierarchy the most specific level is tried first
-  (``diagnosis_5`` .. ``diagnosis_1``), so "Blue nevus" under "Nevus" maps via "Nevus".
-"""
+DIAGNOSIS_MAP: dict[str, str] = diagnosis.FLAT_TERMS
+"""Single diagnosis terms -> class (``ml_code.data.diagnosis.FLAT_TERMS``); hierarchy paths are
+mapped by ``ml_code.data.diagnosis.HIERARCHY_RULES``, never by a parent's class."""
 
 DX_TYPE_MAP: dict[str, str] = {
     "histopathology": "histo",
@@ -203,6 +156,7 @@ MANIFEST_SCHEMA = pa.DataFrameSchema(
         "width": pa.Column(int, pa.Check.gt(0)),
         "height": pa.Column(int, pa.Check.gt(0)),
         "source_layout": METADATA_SCHEMA.columns["source_layout"],
+        "phash": pa.Column(str, pa.Check.str_matches(r"^[0-9a-f]{64}$")),
     },
     strict=True,
     ordered=True,
@@ -263,13 +217,13 @@ def patient_ref(patient_id: str, salt: str) -> str:
     return hashlib.sha256(f"{salt}\x00{patient_id}".encode()).hexdigest()[:16]
 
 
-def map_diagnosis(terms: list[str]) -> str | None:
-    """First term (most specific first) that ``DIAGNOSIS_MAP`` knows, mapped to its class."""
-    for term in terms:
-        cls = DIAGNOSIS_MAP.get(_norm_text(term))
-        if cls:
-            return cls
-    return None
+def map_diagnosis(levels: list[str] | tuple[str, ...] = (), legacy: object = None, *,
+                  other_class: str | None = None) -> diagnosis.DiagnosisMapping:
+    """One row's diagnosis -> class, by ``ml_code.data.diagnosis.map_diagnosis``: ``levels`` is the
+    ISIC ``diagnosis_1..5`` hierarchy (general -> specific), ``legacy`` a single term (HAM10000
+    ``dx`` or ISIC ``diagnosis``). Unmapped -> ``dx`` None (or ``other_class``) and a reason
+    naming the full path."""
+    return diagnosis.map_diagnosis(levels, legacy, other_class=other_class)
 
 
 def _parse_age(value: object) -> tuple[float, str | None]:
@@ -286,7 +240,8 @@ def _parse_age(value: object) -> tuple[float, str | None]:
     return age, None
 
 
-def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str,
+                       other_class: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Map a HAM10000 or ISIC table onto the internal schema; split good rows from quarantine.
 
     Returns ``(good, quarantined)``: ``good`` has ``METADATA_COLUMNS`` and passes
@@ -301,7 +256,13 @@ def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str) -> tuple[pd.
     ``patient_id`` becomes ``patient_ref`` and is then dropped. ISIC rows whose
     ``image_type`` is present and not dermoscopic are quarantined: the model is
     trained on dermoscopy only.
+
+    Diagnoses map through ``ml_code.data.diagnosis``: a term the table does not list is
+    quarantined with its full hierarchy path as the reason, or, when ``other_class`` is given
+    (e.g. ``"other"``; default off), kept with that class. It never takes a parent's class.
     """
+    if other_class is not None and (not other_class or other_class in CLASSES):
+        raise ValueError(f"other_class {other_class!r} must be a new, non-empty class name, not one of {list(CLASSES)}")
     if layout not in ("ham10000", "isic"):
         raise MetadataError(f"unknown layout {layout!r}; expected 'ham10000' or 'isic' (see detect_layout)")
     df = df.rename(columns=lambda c: str(c).strip())
@@ -320,17 +281,16 @@ def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str) -> tuple[pd.
 
     if layout == "ham10000":
         image_ids, lesion_ids = col("image_id"), col("lesion_id")
-        dx_terms = [[v] for v in col("dx")]
+        hierarchy: list[list[object]] = [[] for _ in range(len(df))]
+        legacy_terms = col("dx")
         dx_types, ages, sexes, sites = col("dx_type"), col("age"), col("sex"), col("localization")
         patients: list[object] = [None] * len(df)
         image_types: list[object] = [None] * len(df)
     else:
         image_ids, lesion_ids = col("isic_id"), col("lesion_id")
-        levels = [c for c in reversed(ISIC_DIAGNOSIS_LEVELS) if c in df.columns]
-        if "diagnosis" in df.columns:
-            levels.insert(0, "diagnosis")
-        level_values = [col(c) for c in levels]
-        dx_terms = [[vals[i] for vals in level_values] for i in range(len(df))]
+        level_values = [col(c) for c in ISIC_DIAGNOSIS_LEVELS]  # general -> specific; absent -> None
+        hierarchy = [[vals[i] for vals in level_values] for i in range(len(df))]
+        legacy_terms = col("diagnosis")
         dx_types, ages, sexes = col("diagnosis_confirm_type"), col("age_approx"), col("sex")
         sites, patients, image_types = col("anatom_site_general"), col("patient_id"), col("image_type")
 
@@ -350,13 +310,12 @@ def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str) -> tuple[pd.
             reject(f"'{id_column}' {image_id!r} is not a safe file name (letters, digits, '_', '.', '-' only, "
                    "at most 128 characters); rename the image and its row")
             continue
-        terms = [_raw_text(t) for t in dx_terms[i]]
-        dx = map_diagnosis(terms)
-        if dx is None:
-            shown = [t for t in terms if t] or ["<empty>"]
-            reject(f"diagnosis {' / '.join(shown)!r} does not map to any of {list(CLASSES)}; "
-                   "correct the diagnosis or add the term to ml_code.data.ingest.DIAGNOSIS_MAP if it belongs to a class")
+        mapped = map_diagnosis([_raw_text(t) for t in hierarchy[i]], _raw_text(legacy_terms[i]),
+                               other_class=other_class)
+        if mapped.dx is None:
+            reject(mapped.reason)
             continue
+        dx = mapped.dx
         age, age_problem = _parse_age(ages[i])
         if age_problem:
             reject(age_problem)
@@ -416,7 +375,10 @@ def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str) -> tuple[pd.
     for c in METADATA_COLUMNS:
         if c != "age":
             good[c] = good[c].astype(str)
-    good = METADATA_SCHEMA.validate(good.reset_index(drop=True))
+    schema = METADATA_SCHEMA
+    if other_class is not None:
+        schema = schema.update_column("dx", checks=[pa.Check.isin((*CLASSES, other_class))])
+    good = schema.validate(good.reset_index(drop=True))
     return good, quarantine_frame(quarantine)
 
 
@@ -445,23 +407,32 @@ def read_metadata(path: str | Path, data: bytes | None = None) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Acceptance limits for one image file."""
+    """Acceptance limits for one image file, on top of the image policy.
+
+    What is read and how (formats, modes, the pixel cap, orientation, colour) is
+    ``ml_code.package.image_policy``'s, the same at ingestion, preprocessing and serving;
+    these are the dataset's own quality limits (file size, side lengths after orientation)."""
 
     max_bytes: int = 20 * 1024 * 1024
     min_side: int = 32
     max_side: int = 8192
-    formats: tuple[str, ...] = ("JPEG", "PNG")
+    max_pixels: int = image_policy.MAX_PIXELS
+    formats: tuple[str, ...] = image_policy.ACCEPTED_FORMATS
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What ingestion records about an accepted image."""
+    """What ingestion records about an accepted image.
+
+    ``format`` is the policy's (``JPEG`` for a camera MPO file); ``width``/``height`` are after
+    the EXIF orientation; ``phash`` is the decoded image's perceptual hash (64 hex digits)."""
 
     format: str
     width: int
     height: int
     sha256: str
     extension: str
+    phash: str = ""
 
     @property
     def image_key(self) -> str:
@@ -470,7 +441,6 @@ class ImageInfo:
 
 
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png"}
-_CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "RGBX"}
 
 
 def image_key(sha256: str, extension: str) -> str:
@@ -480,70 +450,46 @@ def image_key(sha256: str, extension: str) -> str:
 def inspect_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -> ImageInfo:
     """Check one image file and describe it, or raise ``ImageRejected`` saying why.
 
-    Checks, cheapest first: byte size, decodable header, format by content (not
-    by extension), dimensions, full decode (catches truncated files), colour mode.
+    The decision is the image policy's (``ml_code.package.image_policy``), so ingestion accepts
+    exactly what preprocessing decodes and the endpoint scores, with the same reasons (prefixed
+    with the file name). Checks, cheapest first: byte size; header (recognisable, format, pixel
+    mode, pixel cap); side lengths after orientation; full decode of the first frame (catches
+    truncated files); then the perceptual hash of the decoded image.
     """
     size = len(data)
-    if size == 0:
-        raise ImageRejected(f"{name}: file is empty (0 bytes); re-export or re-upload the image")
     if size > limits.max_bytes:
         raise ImageRejected(
             f"{name}: file is {size / 1e6:.1f} MB, over the {limits.max_bytes / 1e6:.1f} MB limit; "
             "downscale or recompress it"
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
+    try:
+        facts = image_policy.probe(data, max_pixels=limits.max_pixels)
+        if facts.format not in limits.formats:
+            raise image_policy.ImageRefused(
+                f"format is {facts.container}; this dataset accepts {', '.join(limits.formats)}: convert it"
+            )
+        width, height = facts.width, facts.height
+        if min(width, height) < limits.min_side:
             raise ImageRejected(
-                f"{name}: not a recognisable image (first bytes {data[:8]!r}); allowed formats are "
-                f"{', '.join(limits.formats)}"
-            ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected(f"{name}: image is too large to decode safely ({exc})") from None
-        except Exception as exc:  # noqa: BLE001 - any decoder error is a property of the file
+                f"{name}: {width}x{height} px is smaller than the {limits.min_side} px minimum side; "
+                "upload the original-resolution image"
+            )
+        if max(width, height) > limits.max_side:
             raise ImageRejected(
-                f"{name}: image header is unreadable ({type(exc).__name__}: {exc}); the file is probably "
-                "truncated or corrupt, re-copy it from the source"
-            ) from None
-        with img:
-            fmt = img.format or "unknown"
-            if fmt not in limits.formats:
-                raise ImageRejected(
-                    f"{name}: format is {fmt}, allowed formats are {', '.join(limits.formats)}; convert it "
-                    "(e.g. to PNG) before upload"
-                )
-            width, height = img.size
-            if min(width, height) < limits.min_side:
-                raise ImageRejected(
-                    f"{name}: {width}x{height} px is smaller than the {limits.min_side} px minimum side; "
-                    "upload the original-resolution image"
-                )
-            if max(width, height) > limits.max_side:
-                raise ImageRejected(
-                    f"{name}: {width}x{height} px exceeds the {limits.max_side} px maximum side; downscale it"
-                )
-            try:
-                img.load()
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageRejected(f"{name}: image is too large to decode safely ({exc})") from None
-            except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raise many types
-                raise ImageRejected(
-                    f"{name}: image data does not decode fully ({type(exc).__name__}: {exc}); the file is "
-                    "probably truncated or corrupt, re-copy it from the source"
-                ) from None
-            if img.mode not in _CONVERTIBLE_MODES:
-                raise ImageRejected(
-                    f"{name}: colour mode {img.mode} is not supported (need RGB, RGBA or greyscale); "
-                    "re-export as 8-bit sRGB"
-                )
+                f"{name}: {width}x{height} px exceeds the {limits.max_side} px maximum side; downscale it"
+            )
+        img, facts = image_policy.open_with_facts(data, max_pixels=limits.max_pixels)
+    except image_policy.ImageRefused as exc:
+        raise ImageRejected(f"{name}: {exc.reason}") from None
+    with img:
+        phash = phash_hex(img)
     return ImageInfo(
-        format=fmt,
-        width=int(width),
-        height=int(height),
+        format=facts.format,
+        width=int(facts.width),
+        height=int(facts.height),
         sha256=hashlib.sha256(data).hexdigest(),
-        extension=_EXTENSIONS[fmt],
+        extension=_EXTENSIONS[facts.format],
+        phash=phash,
     )
 
 
@@ -598,12 +544,14 @@ def manifest_hash(manifest_df: pd.DataFrame) -> str:
 def manifest_row(meta: dict[str, object], info: ImageInfo) -> dict[str, object]:
     """One manifest row from a normalised metadata row and its accepted image."""
     row = {k: meta[k] for k in METADATA_COLUMNS}
-    row.update(image_key=info.image_key, sha256=info.sha256, format=info.format, width=info.width, height=info.height)
+    row.update(image_key=info.image_key, sha256=info.sha256, format=info.format, width=info.width, height=info.height,
+               phash=info.phash)
     return {c: row[c] for c in MANIFEST_COLUMNS}
 
 
-def build_manifest(rows: list[dict[str, object]]) -> pd.DataFrame:
-    """Manifest rows (from ``manifest_row``) as a typed, schema-validated DataFrame."""
+def build_manifest(rows: list[dict[str, object]], other_class: str | None = None) -> pd.DataFrame:
+    """Manifest rows (from ``manifest_row``) as a typed, schema-validated DataFrame; ``other_class``
+    as given to ``normalise_metadata`` (rows may then carry it as ``dx``)."""
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     manifest["age"] = manifest["age"].astype(float)
     for c in ("width", "height"):
@@ -611,4 +559,7 @@ def build_manifest(rows: list[dict[str, object]]) -> pd.DataFrame:
     for c in MANIFEST_COLUMNS:
         if c not in ("age", "width", "height"):
             manifest[c] = manifest[c].astype(str)
-    return MANIFEST_SCHEMA.validate(manifest)
+    schema = MANIFEST_SCHEMA
+    if other_class is not None:
+        schema = schema.update_column("dx", checks=[pa.Check.isin((*CLASSES, other_class))])
+    return schema.validate(manifest)

@@ -11,6 +11,12 @@ Why stratified: rare classes (df, vasc: ~1% each) must appear in val and test
 or their metrics are undefined. A group is labelled with its majority diagnosis
 and each class's groups are dealt out separately, so every class with at least
 three groups is present in every split.
+
+Near-duplicate pictures join too: when the manifest has a ``phash`` column (the
+perceptual hash computed at ingestion), images within ``PHASH_THRESHOLD`` bits of
+each other are one group, like images of one lesion, because the same picture
+under two lesion ids (a re-upload, a PNG export, a crop) leaks just the same
+(``ml_code.data.near_duplicates``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
+
+from ml_code.data.near_duplicates import PHASH_THRESHOLD, near_duplicate_groups, near_duplicate_pairs
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -49,10 +57,13 @@ def _has_values(series: pd.Series) -> bool:
     return bool(series.fillna("").astype(str).str.strip().ne("").any())
 
 
-def group_ids(df: pd.DataFrame, group_cols: tuple[str, ...] = ("lesion_id",)) -> pd.Series:
+def group_ids(df: pd.DataFrame, group_cols: tuple[str, ...] = ("lesion_id",),
+              near_duplicate_threshold: int | None = PHASH_THRESHOLD) -> pd.Series:
     """Connected-component id per row: rows sharing any non-empty value of ``group_cols`` join.
 
     ``patient_ref`` is added automatically when the column exists and is not all empty.
+    Rows whose ``phash`` values are near-duplicates (Hamming distance <=
+    ``near_duplicate_threshold``; None turns this off) join as well.
     """
     cols = list(group_cols)
     if "patient_ref" in df.columns and "patient_ref" not in cols and _has_values(df["patient_ref"]):
@@ -70,6 +81,12 @@ def group_ids(df: pd.DataFrame, group_cols: tuple[str, ...] = ("lesion_id",)) ->
         for other in nodes[1:]:
             uf.union(nodes[0], other)
         keys.append(nodes[0])
+    if near_duplicate_threshold is not None and "phash" in df.columns:
+        # one union per near-duplicate component: its rows' keys all join the first member's
+        components = near_duplicate_groups(df["phash"], near_duplicate_threshold)
+        for row, root in enumerate(components):
+            if root != row:
+                uf.union(keys[root], keys[row])
     return pd.Series([uf.find(k) for k in keys], index=df.index, name="group")
 
 
@@ -146,7 +163,25 @@ def check_no_leakage(assignments_df: pd.DataFrame, split_col: str = "split") -> 
             where = sorted(values.loc[values[col] == key, split_col].unique())
             label = key if col == "lesion_id" else "<patient_ref>"  # never echo patient references
             problems.append(f"{col} {label} appears in splits {where}")
+    problems.extend(near_duplicate_leaks(assignments_df, split_col))
     return problems
+
+
+def near_duplicate_leaks(assignments_df: pd.DataFrame, split_col: str = "split",
+                         threshold: int = PHASH_THRESHOLD) -> list[str]:
+    """Near-duplicate image pairs (``phash`` within ``threshold`` bits) that sit in different
+    splits; empty when the table has no ``phash`` column (manifests from before hashing)."""
+    if "phash" not in assignments_df.columns or split_col not in assignments_df.columns:
+        return []
+    rows = assignments_df.reset_index(drop=True)
+    hashed = rows["phash"].fillna("").astype(str).str.strip().ne("")
+    rows = rows[hashed].reset_index(drop=True)
+    pairs = near_duplicate_pairs(rows["phash"].astype(str).tolist(), threshold)
+    split = rows[split_col].astype(str).to_numpy()
+    ids = rows["image_id"].astype(str).to_numpy() if "image_id" in rows.columns else rows.index.astype(str)
+    return [f"near-duplicate images {ids[i]} and {ids[j]} (phash distance {d}) are in splits "
+            f"{sorted({split[i], split[j]})}"
+            for i, j, d in pairs if split[i] != split[j]]
 
 
 def class_coverage(assignments_df: pd.DataFrame, split_col: str = "split", dx_col: str = "dx",

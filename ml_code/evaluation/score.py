@@ -35,6 +35,7 @@ from ml_code.data import ingest
 from ml_code.evaluation.evaluate import predict_split, served_views
 from ml_code.package.loader import open_package
 from ml_code.training.train import atomic_write_text
+from ml_code.data import diagnosis
 
 #: ISIC 2018 Task 3 column order and names.
 ISIC_CHALLENGE_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -51,11 +52,11 @@ def read_labels(path: Path, images_dir: Path) -> tuple[list[str], list[str | Non
         if len(bad):
             raise ValueError(f"{path.name}: rows {bad[:5].tolist()} do not have exactly one class set to 1.0; "
                              "an ISIC ground-truth file is one-hot")
-        dx = [ISIC_CHALLENGE_COLUMNS[i].lower() for i in onehot.argmax(1)]
+        dx = [diagnosis.normalise_label(ISIC_CHALLENGE_COLUMNS[i]) for i in onehot.argmax(1)]
         return table[columns["IMAGE"]].astype(str).tolist(), list(dx), None
     layout = ingest.detect_layout(table)
     good, quarantined = ingest.normalise_metadata(table, layout, salt="")  # patient refs are not used here
-    if len(quarantined):
+    if len(quarantined):  # unmapped diagnoses among them are skipped, never scored as wrong
         print(f"[score] {len(quarantined)} label rows rejected (e.g. {quarantined['reason'].iloc[0]})", flush=True)
     clinical = descriptors.clinical_features(good["age"].tolist(), good["sex"].tolist(), good["localization"].tolist())
     return good["image_id"].tolist(), good["dx"].tolist(), clinical

@@ -32,3 +32,31 @@ def test_raw_images_ingests_landed_batches_unless_told_not_to(dermaops_home: Pat
     assert with_batch["num_images"].value == alone["num_images"].value + len(new_rows)
     assert with_batch["newly_stored"].value == len(new_rows)
     assert with_batch["manifest_hash"].value != alone["manifest_hash"].value
+
+
+def test_raw_images_reports_near_duplicate_pairs(dermaops_home: Path, tmp_path: Path, monkeypatch) -> None:
+    """The same picture under a second lesion id (re-encoded, so not byte-identical) is listed in
+    the asset's metadata; the manifest carries the hashes the splitter joins it by."""
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    dataset = generate_demo_dataset(tmp_path / "dataset", n_lesions_per_class=2, image_size=(64, 48), seed=1)
+    meta = pd.read_csv(dataset / "HAM10000_metadata.csv", dtype=str)
+    first = meta.iloc[0]
+    source = next((dataset / "images").glob(f"{first['image_id']}.*"))
+    copy = io.BytesIO()
+    Image.open(source).convert("RGB").save(copy, "JPEG", quality=70)
+    (dataset / "images" / "ISIC_COPY.jpg").write_bytes(copy.getvalue())
+    extra = first.copy()
+    extra["image_id"], extra["lesion_id"] = "ISIC_COPY", "HAM_COPY"
+    pd.concat([meta, extra.to_frame().T]).to_csv(dataset / "HAM10000_metadata.csv", index=False)
+    monkeypatch.setenv("DERMAOPS_RAW_URI", str(dataset))
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    result = dg.materialize([raw_images], resources={"store": store}, run_config={
+        "ops": {"raw_images": {"config": {"include_landed": False}}}})
+    assert result.success
+    md = result.asset_materializations_for_node("raw_images")[0].metadata
+    assert md["near_duplicate_pairs_across_lesions"].value >= 1
+    assert "ISIC_COPY" in md["near_duplicates"].value and first["image_id"] in md["near_duplicates"].value

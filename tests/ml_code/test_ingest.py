@@ -82,7 +82,8 @@ def test_ham10000_rows_normalised_and_bad_rows_quarantined() -> None:
     assert list(bad.columns) == ["image_id", "stage", "reason"]
     assert (bad["stage"] == "metadata").all()
     assert "'image_id' is empty" in _reason(bad, "") and "row 5" in bad.loc[bad["image_id"] == "", "reason"].iloc[0]
-    assert "melanoma?" in _reason(bad, "ISIC_5") and "DIAGNOSIS_MAP" in _reason(bad, "ISIC_5")
+    assert "not in the mapping table: melanoma?" in _reason(bad, "ISIC_5")
+    assert "ml_code/data/diagnosis.py" in _reason(bad, "ISIC_5")
     assert "age '-5'" in _reason(bad, "ISIC_6")
     assert "age '300'" in _reason(bad, "ISIC_7")
     assert "age 'old' is not a number" in _reason(bad, "ISIC_8")
@@ -119,13 +120,14 @@ def test_isic_hierarchy_and_legacy_layouts_with_patient_privacy() -> None:
     assert detect_layout(df) == "isic"
     good, bad = normalise_metadata(df, "isic", SALT)
     row = good.set_index("image_id")
-    assert row.loc["ISIC_A", "dx"] == "nv"  # Blue nevus -> falls back to "Nevus"
+    assert row.loc["ISIC_A", "dx"] == "nv"  # Blue nevus: inside the table's "Nevus" subtree rule
     assert row.loc["ISIC_B", "dx"] == "mel"
     assert row.loc["ISIC_D", "dx"] == "vasc" and row.loc["ISIC_D", "dx_type"] == "consensus"
     assert row.loc["ISIC_E", "dx"] == "akiec"  # in-situ SCC is HAM10000 akiec
     assert row.loc["ISIC_F", "dx"] == "bkl" and row.loc["ISIC_F", "dx_type"] == "follow_up"
     assert row.loc["ISIC_B", "localization"] == "head/neck"
-    assert "does not map" in _reason(bad, "ISIC_C")  # invasive SCC is outside the 7 classes
+    assert ("not in the mapping table: Malignant > Malignant epidermal proliferations > Squamous cell carcinoma, "
+            "Invasive") in _reason(bad, "ISIC_C")  # invasive SCC is outside the 7 classes
     assert "not dermoscopic" in _reason(bad, "ISIC_G")
 
     # patient linkage survives as a salted reference; the raw id is nowhere

@@ -66,3 +66,16 @@ def test_case_mix_rows_leave_out_parts_written_before_the_case_mix() -> None:
     mix = case_mix_rows(pd.concat([old, new], ignore_index=True))
     assert list(mix.columns) == ["age", "sex", "body_region"] and mix["sex"].tolist() == ["male", "unknown"]
     assert case_mix_rows(old).empty
+
+
+def test_read_labels_normalises_spellings_and_counts_unknown_labels(tmp_path: Path) -> None:
+    """Reviewers write 'MEL', 'Melanoma' or 'nv' alike; a label the diagnosis table does not know is
+    dropped and counted, never joined as a wrong answer."""
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    (folder / "a.csv").write_text("inference_id,label\ni1,MEL\ni2,Melanocytic nevi\ni3,SCC\ni4,scc\ni5,bkl\n"
+                                  "i6,mel\n")
+    (folder / "b.csv").write_text("inference_id,label\ni6,lentigo simplex\n")  # the correction is unknown
+    labels = read_labels(LocalObjectStore(root=str(tmp_path / "store")), str(folder))
+    assert dict(zip(labels["inference_id"], labels["label"])) == {"i1": "mel", "i2": "nv", "i5": "bkl"}
+    assert labels.attrs["unknown_labels"] == {"SCC": 1, "lentigo simplex": 1, "scc": 1}

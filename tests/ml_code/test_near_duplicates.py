@@ -1,0 +1,145 @@
+"""Near-duplicate images: the hash survives re-encoding, pair finding is exact and fast, and the
+splitter and the leakage check treat a near-duplicate pair like two photos of one lesion."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ml_code.data import near_duplicates as nd
+from ml_code.data.splits import check_no_leakage, group_ids, grouped_stratified_split, near_duplicate_leaks
+from ml_code.package import image_policy
+
+
+def _lesion(seed: int, size: tuple[int, int] = (200, 150)) -> Image.Image:
+    """A dermoscopy-like picture: an irregular dark blob on textured skin, different per seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+    angle = np.arctan2(yy - cy, xx - cx)
+    radius = 0.2 * min(w, h) * (1 + 0.3 * np.sin(rng.integers(2, 6) * angle + rng.uniform(0, 6)))
+    blob = 1 / (1 + np.exp((np.hypot(xx - cx, yy - cy) - radius) / 3))
+    skin = np.array(rng.uniform([190, 140, 120], [235, 185, 165])) + rng.normal(0, 6, (h, w, 1))
+    lesion = np.array(rng.uniform([60, 30, 20], [120, 80, 70]))
+    arr = skin * (1 - blob[..., None]) + lesion * blob[..., None]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _bytes(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _hash(data: bytes) -> str:
+    return nd.phash_hex(image_policy.open_image(data))
+
+
+def test_hash_is_stable_under_copies_and_differs_between_pictures() -> None:
+    original = _lesion(1)
+    base = _hash(_bytes(original, quality=95))
+    assert len(base) == nd.HASH_HEX == 64
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways with an orientation tag: the policy turns it upright first
+    copies = {
+        "jpeg q70": _bytes(original, quality=70),
+        "png": _bytes(original, "PNG"),
+        "half size": _bytes(original.resize((100, 75), Image.Resampling.LANCZOS), quality=90),
+        "double size": _bytes(original.resize((400, 300), Image.Resampling.BICUBIC), quality=90),
+        "rotated + orientation tag": _bytes(original.transpose(Image.Transpose.ROTATE_90), quality=95,
+                                            exif=exif.tobytes()),
+    }
+    for what, data in copies.items():
+        assert nd.hamming(base, _hash(data)) <= nd.PHASH_THRESHOLD, what
+    others = [_hash(_bytes(_lesion(seed), quality=95)) for seed in range(2, 12)]
+    assert min(nd.hamming(base, other) for other in others) > nd.PHASH_THRESHOLD
+
+
+def _brute_force(hashes: list[str], threshold: int) -> set[tuple[int, int, int]]:
+    out = set()
+    for i in range(len(hashes)):
+        for j in range(i + 1, len(hashes)):
+            d = nd.hamming(hashes[i], hashes[j])
+            if d <= threshold:
+                out.add((i, j, d))
+    return out
+
+
+def _random_hashes(n: int, seed: int, planted: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    words = rng.integers(0, 2**63, (n, 4), dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+    hashes = ["".join(f"{int(w):016x}" for w in row) for row in words]
+    for k in range(planted):  # copies of earlier hashes with a few bits flipped
+        src, dst = int(rng.integers(0, n // 2)), int(rng.integers(n // 2, n))
+        value = int(hashes[src], 16)
+        for bit in rng.choice(256, int(rng.integers(0, 20)), replace=False):
+            value ^= 1 << int(bit)
+        hashes[dst] = f"{value:064x}"
+    return hashes
+
+
+def test_pairs_are_exactly_the_brute_force_pairs_across_chunks(monkeypatch) -> None:
+    monkeypatch.setattr(nd, "_CHUNK", 37)  # many chunk boundaries
+    hashes = _random_hashes(300, seed=3, planted=40)
+    for threshold in (0, 8, 16, 19):
+        got = {tuple(int(v) for v in row) for row in nd.near_duplicate_pairs(hashes, threshold)}
+        assert got == _brute_force(hashes, threshold)
+    assert nd.near_duplicate_pairs(hashes[:1]).shape == (0, 3)
+    with pytest.raises(ValueError, match="not 64 hex digits"):
+        nd.near_duplicate_pairs(["abc", hashes[0]])
+
+
+def test_ten_thousand_images_take_seconds() -> None:
+    hashes = _random_hashes(10_000, seed=4, planted=25)
+    words = nd.to_words(hashes)
+    start = time.perf_counter()
+    pairs = nd.near_duplicate_pairs(words)
+    assert time.perf_counter() - start < 20  # about 0.3 s on one free core
+    assert len(pairs) >= 1
+
+
+def test_groups_are_connected_components() -> None:
+    a = "0" * 64
+    b = f"{0b111:064x}"  # 3 bits from a
+    c = f"{0b111111:064x}"  # 3 bits from b, 6 from a: joins through b
+    far = "f" * 64
+    groups = nd.near_duplicate_groups([far, a, "", b, c, None], threshold=3)
+    assert groups.tolist() == [0, 1, 2, 1, 1, 5]
+
+
+def _manifest() -> pd.DataFrame:
+    """Twelve lesions of two classes; ISIC_dup is lesion L0's picture re-uploaded under lesion X."""
+    rows, hashes = [], {}
+    for k in range(12):
+        hashes[f"ISIC_{k}"] = _hash(_bytes(_lesion(100 + k), quality=95))
+        rows.append({"image_id": f"ISIC_{k}", "lesion_id": f"L{k}", "dx": "nv" if k % 2 else "mel"})
+    rows.append({"image_id": "ISIC_dup", "lesion_id": "X", "dx": "mel"})
+    hashes["ISIC_dup"] = _hash(_bytes(_lesion(100), quality=70))
+    df = pd.DataFrame(rows)
+    return df.assign(phash=df["image_id"].map(hashes))
+
+
+def test_splitter_keeps_a_near_duplicate_pair_in_one_split() -> None:
+    df = _manifest()
+    groups = group_ids(df)
+    assert groups[df["image_id"] == "ISIC_dup"].item() == groups[df["image_id"] == "ISIC_0"].item()
+    assert groups.nunique() == 12
+    assert group_ids(df, near_duplicate_threshold=None).nunique() == 13
+    for seed in range(10):
+        split = grouped_stratified_split(df, 0.3, 0.3, seed=seed)
+        assert split[df["image_id"] == "ISIC_dup"].item() == split[df["image_id"] == "ISIC_0"].item()
+        assert check_no_leakage(df.assign(split=split)) == []
+
+
+def test_leakage_check_reports_near_duplicates_across_splits() -> None:
+    df = _manifest().assign(split="train")
+    df.loc[df["image_id"] == "ISIC_dup", "split"] = "test"
+    problems = check_no_leakage(df)
+    assert len(problems) == 1 and "ISIC_0 and ISIC_dup" in problems[0] and "['test', 'train']" in problems[0]
+    assert near_duplicate_leaks(df.drop(columns="phash")) == []  # manifests from before hashing: nothing to check
