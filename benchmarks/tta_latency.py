@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from ml_code.package import inference  # noqa: E402
 from ml_code.package import views as d4
-from ml_code.package import imaging
+from ml_code.package import image_policy
 from ml_code.package import model as package_model
 from ml_code.package.loader import extract  # noqa: E402
 
@@ -76,7 +76,7 @@ def main() -> int:
         model = inference.model_fn(str(model_dir))
     views = model.tta_views
     bodies = [(p.read_bytes(), "image/png" if p.suffix.lower() == ".png" else "image/jpeg") for p in files]
-    tensors = [package_model.preprocess_array(imaging.load_image_square(body, model.image_size)[None], model)
+    tensors = [package_model.preprocess_array(image_policy.decode_square(body, model.image_size)[None], model)
                for body, _ in bodies]
     batched = per_request_ms(lambda x: package_model.network_log_probs(x, model, views, 1.0), tensors)
     baseline = per_request_ms(lambda x: view_by_view(x, model, views), tensors)
@@ -85,7 +85,7 @@ def main() -> int:
 
     def whole_request(body_and_type: tuple[bytes, str], n: int) -> np.ndarray:
         data = inference.input_fn(*body_and_type)  # what the endpoint does with a bare image
-        image = imaging.load_image_square(data["image_bytes"], model.image_size)[None]
+        image = image_policy.decode_square(data["image_bytes"], model.image_size)[None]
         return inference.predict_fn({"images": image, "views": n}, model)
 
     handler = {n: per_request_ms(lambda b, n=n: whole_request(b, n), bodies) for n in sorted({views, 1}, reverse=True)}

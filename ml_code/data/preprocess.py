@@ -41,7 +41,7 @@ BATCH = 256  # images decoded per batch: bounds memory whatever the image size
 
 # The endpoint's own decode/crop/resize (code/inference.py ships alone in model.tar.gz, so the
 # definition lives there): training images and served requests get identical pixels.
-from ml_code.package.imaging import load_image_square  # noqa: E402
+from ml_code.package.image_policy import ImageRefused, decode_square  # noqa: E402
 
 
 class _Rejected(Exception):
@@ -58,7 +58,9 @@ def _process_one(path: Path, expected_sha: str, size: int) -> np.ndarray:
     if expected_sha and hashlib.sha256(data).hexdigest() != expected_sha:
         raise _Rejected(f"{path.name}: sha256 does not match the manifest; the stored file changed after ingestion")
     try:
-        return load_image_square(data, size)
+        return decode_square(data, size)
+    except ImageRefused as exc:  # the one image policy's reason, as ingestion and the endpoint give it
+        raise _Rejected(f"{path.name}: {exc.reason}") from None
     except Exception as exc:  # noqa: BLE001 - any decode failure quarantines this image only
         raise _Rejected(f"{path.name}: does not decode ({type(exc).__name__}: {exc})") from None
 

@@ -44,11 +44,11 @@ def model_view(raw: bytes, size: int) -> np.ndarray:
 
     Features of traffic are only comparable with baseline features of the preprocessed
     split if both went through the same geometry, so this calls the packaged
-    ``ml_code.package.imaging.load_image_square`` rather than a copy of it.
+    ``ml_code.package.image_policy.decode_square`` rather than a copy of it.
     """
-    from ml_code.package.imaging import load_image_square
+    from ml_code.package.image_policy import decode_square
 
-    return load_image_square(raw, size)
+    return decode_square(raw, size)
 
 
 @dataclass(frozen=True)

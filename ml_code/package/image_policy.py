@@ -142,7 +142,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             img = Image.open(io.BytesIO(bytes(data)))
         except UnidentifiedImageError:
             raise ImageRefused(
-                f"not a recognisable image (first bytes {bytes(data[:8])!r}); send a JPEG or PNG file"
+                "not a recognisable image (its first bytes are no JPEG or PNG signature); send a JPEG or PNG file"
             ) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageRefused(f"image is too large to decode safely ({exc}); downscale it") from None
@@ -318,7 +318,7 @@ def decode_square(data: bytes, size: int, *, max_pixels: int = MAX_PIXELS) -> np
     Lanczos resize. What the preprocess job stores, the endpoint scores and the drift monitor
     reads. ``ImageRefused`` for a refused file; ``ValueError`` for ``size < 1``.
 
-    The geometry is that of the former ``load_image_square`` (``ml_code.package.imaging``, earlier ``ml_code.inference``): a JPEG is
+    The geometry is that of the former ``load_image_square`` (``ml_code.inference``): a JPEG is
     draft-decoded at the smallest DCT scale that still covers ``size`` after the crop, the
     crop box is centred in floating point and resampled directly to ``size``. A plain RGB
     JPEG or PNG therefore gives the same pixels as before.

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import descriptors
-from .imaging import load_image_square
+from .image_policy import decode_square
 from .model import Probabilities, ServedModel, load_model, network_log_probs, predict_images
 from .requests import RESPONSE_CONTENT_TYPE, RequestError, negotiate_accept, parse_request
 
@@ -55,7 +55,7 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
         if context and model.descriptor_model is not None:
             clinical = descriptors.clinical_features([context.get("age")], [context.get("sex")],
                                                      [context.get("site")])
-        probs = predict_images(load_image_square(data["image_bytes"], model.image_size)[None], model, clinical)
+        probs = predict_images(decode_square(data["image_bytes"], model.image_size)[None], model, clinical)
     elif isinstance(data, dict) and "images" in data:
         views = data.get("views")
         probs = predict_images(data["images"], model, data.get("clinical"), None if views is None else int(views),

@@ -135,7 +135,7 @@ def import_code(model_dir: str | os.PathLike, tag: str = "pkg") -> tuple[ModuleT
             api = SimpleNamespace(
                 **{fn: getattr(handlers, fn) for fn in HANDLERS},
                 **{fn: getattr(model_module, fn) for fn in API},
-                load_image_square=importlib.import_module(f"{unique}.imaging").load_image_square,
+                load_image_square=importlib.import_module(f"{unique}.image_policy").decode_square,
                 descriptors=importlib.import_module(f"{unique}.descriptors"))
         elif (code / "inference.py").is_file():  # a package from before the sub-package layout
             sys.path.insert(0, str(code))  # like the SageMaker toolkit: siblings import at load time

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from http import HTTPStatus
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from . import descriptors
-from .imaging import check_request_image, undecodable
+from . import image_policy
 
 #: Content types a request may carry; also the data-capture config's lists.
 SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/json")
@@ -76,26 +73,16 @@ def parse_request(body: bytes | bytearray, content_type: str) -> dict[str, Any]:
     if ctype not in SUPPORTED_CONTENT_TYPES:
         raise RequestError(f"unsupported Content-Type; send one of {', '.join(SUPPORTED_CONTENT_TYPES)} "
                            "with the image file's bytes as the body", HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
-    if not isinstance(body, (bytes, bytearray)) or not body:
-        raise RequestError("empty request body; send the bytes of a JPEG or PNG image")
+    if not isinstance(body, (bytes, bytearray)):
+        raise RequestError("the request body must be bytes: the JPEG or PNG file, or the JSON request")
     body = bytes(body)
     clinical = None
     if ctype == "application/json":
         body, clinical = _parse_json_request(body)
-    bad = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
     try:
-        img = Image.open(io.BytesIO(body))
-    except bad as exc:
-        raise RequestError(str(undecodable(ctype, body, exc))) from exc
-    with img:
-        try:
-            check_request_image(img)
-        except ValueError as exc:
-            raise RequestError(str(exc)) from exc
-        try:
-            img.load()  # validate here, so a bad body is the client's 4xx, not a model error
-        except bad as exc:
-            raise RequestError(str(undecodable(ctype, body, exc))) from exc
+        image_policy.inspect(body)  # the one image policy: what ingestion stores, the endpoint scores
+    except image_policy.ImageRefused as exc:
+        raise RequestError(f"the request image was refused: {exc.reason}") from None
     return {"image_bytes": body, "clinical": clinical}
 
 

@@ -22,12 +22,12 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 def test_changing_the_crop_changes_the_splits_version(repo_copy: Path):
-    """The crop and resize live in ml_code/package/imaging.py, which preprocess imports: editing
+    """The crop and resize live in ml_code/package/image_policy.py, which preprocess imports: editing
     it must mark processed_splits stale (a hand-kept list once left that module out)."""
     assert preprocessing.PREPROCESS_CODE_VERSION == code_version("ml_code.data.preprocess")
     before = code_version("ml_code.data.preprocess", root=repo_copy)
     assert before == preprocessing.PREPROCESS_CODE_VERSION
-    _edit(repo_copy / "ml_code/package/imaging.py", "left, top = (w - side) / 2, (h - side) / 2",
+    _edit(repo_copy / "ml_code/package/image_policy.py", "left, top = (w - side) / 2, (h - side) / 2",
           "left, top = (w - side) // 2, (h - side) // 2")
     assert code_version("ml_code.data.preprocess", root=repo_copy) != before
 

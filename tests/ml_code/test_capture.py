@@ -91,7 +91,7 @@ def test_model_view_matches_the_preprocessed_split() -> None:
     captured JPEG equals what the preprocess job stored for the same file."""
     import io
 
-    from ml_code.data.preprocess import load_image_square as preprocess_view  # what the split stores
+    from ml_code.data.preprocess import decode_square as preprocess_view  # what the split stores
 
     img = Image.fromarray(np.concatenate([lesion_images(1, 30, seed=4)[0]] * 2, axis=1))  # 60x30
     buf = io.BytesIO()

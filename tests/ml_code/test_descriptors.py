@@ -16,7 +16,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from ml_code import CLASSES
 from ml_code.package import descriptors, inference
-from ml_code.package import imaging
+from ml_code.package import image_policy
 from ml_code.package import model as package_model
 from ml_code.training import models
 from ml_code.training.train import fit_fusion, write_model_dir
@@ -170,7 +170,7 @@ def test_served_package_fuses_network_and_descriptors(fused_model_dir):
     with_context = inference.predict_fn(inference.input_fn(request.encode(), "application/json"), served)
     bare = inference.predict_fn(inference.input_fn(body, "image/jpeg"), served)
 
-    pixels = imaging.load_image_square(body, SIZE)[None]
+    pixels = image_policy.decode_square(body, SIZE)[None]
     x = package_model.preprocess_array(pixels, served)
     with torch.no_grad():
         cnn = torch.log_softmax(served(x).float(), 1).numpy()

@@ -247,13 +247,8 @@ CASES: dict[str, Case] = {
     "not-an-image": Case(lambda: b"%PDF-1.7 not an image at all", refused="not a recognisable image"),
 }
 
-# Where today's endpoint (ml_code.package.inference.input_fn + load_image_square) still disagrees with
-# the policy: the lead removes these once input_fn/predict_fn call image_policy.
-ENDPOINT_PENDING = {
-    "mpo-camera-jpeg", "palette-png-transparent", "rgba-png-hidden-colour", "la-png", "exif-orientation-6-jpeg",
-    "exif-orientation-8-png", "icc-linear-rgb-png", "truncated-png", "int32-tiff", "float-tiff",
-    "i16-greyscale-png", "bomb-png", "truncated-jpeg", "rgb-tiff", "gif", "empty", "not-an-image",
-}
+# Cases where the endpoint may disagree with the policy: none since input_fn and predict_fn call it.
+ENDPOINT_PENDING: set[str] = set()
 
 
 def _policy(data: bytes) -> tuple[np.ndarray | None, str]:
@@ -313,7 +308,7 @@ def test_endpoint_agrees_with_policy(case_id: str) -> None:
     _, reason = _policy(data)
     try:
         inference.input_fn(data, "image/png")
-        served = inference.load_image_square(data, SIZE)
+        served = inference.decode_square(data, SIZE)
     except ValueError as exc:
         assert reason, f"endpoint refused what the policy reads: {exc}"
         assert reason in str(exc)
@@ -333,7 +328,7 @@ def test_decode_square_keeps_todays_pixels_for_plain_rgb(fmt: str, shape: tuple[
     so existing preprocessed splits and served models stay valid for ordinary files."""
     rng = np.random.default_rng(shape[0] * size)
     data = _save(Image.fromarray(rng.integers(0, 256, (shape[1], shape[0], 3), dtype=np.uint8)), fmt)
-    np.testing.assert_array_equal(image_policy.decode_square(data, size), inference.load_image_square(data, size))
+    np.testing.assert_array_equal(image_policy.decode_square(data, size), inference.decode_square(data, size))
 
 
 def test_mpo_is_read_as_its_first_frame_and_reported_as_jpeg() -> None:

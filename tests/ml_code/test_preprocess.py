@@ -20,7 +20,7 @@ from ml_code.tools.demo_data import generate_demo_dataset
 from dermaops_resources.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore
 from ml_code.data.ingest import canonical_manifest_csv
-from ml_code.data.preprocess import load_image_square
+from ml_code.data.preprocess import decode_square as load_image_square
 from ml_code.data.splits import check_no_leakage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +86,7 @@ def test_job_writes_mmap_splits_and_quarantines_corrupt_images(job_inputs: dict,
     quarantine = pd.read_csv(out / "quarantine.csv")
     assert sorted(quarantine["image_id"]) == sorted(job_inputs["bad"])
     reasons = " ".join(quarantine["reason"])
-    assert "sha256 does not match" in reasons and "does not decode" in reasons
+    assert "sha256 does not match" in reasons and "truncated or corrupt" in reasons
 
     manifest = job_inputs["table"].set_index("image_id")
     summary = json.loads((out / "summary.json").read_text())
