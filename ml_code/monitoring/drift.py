@@ -372,9 +372,6 @@ class DriftVerdict:
     case_mix: list[CaseMixDrift] = field(default_factory=list)
     context_share: ContextShare | None = None
 
-    def feature_table(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(f) for f in self.features])
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
