@@ -13,7 +13,6 @@ import dagster as dg
 
 RETRAIN_JOB = "retrain_job"
 RETRAIN_REASON_TAG = "dermaops/retrain_reason"
-RETRAIN_REASONS = ("drift", "quality-drop", "scheduled", "manual", "new-data")
 
 ingest_job = dg.define_asset_job(
     "ingest_job", selection=dg.AssetSelection.assets("raw_images"),

@@ -19,7 +19,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 
 import dagster as dg
 from pydantic import Field
+
+from ml_code.atomic import atomic_path, write_text_atomic
 
 from .handles import EndpointHandle
 from .object_store import ObjectStore, file_uri_to_path, join_uri, sha256_file
@@ -111,15 +112,6 @@ def _http_json(url: str, *, method: str = "GET", payload: Any = None, headers: d
     return status, parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 class LocalEndpointDeployer(EndpointDeployer):
     """Serves packages with ``python -m ml_code.serving.serve`` running detached on ``host``.
 
@@ -195,20 +187,17 @@ class LocalEndpointDeployer(EndpointDeployer):
     # -- fetching -----------------------------------------------------------------------
     def _fetch_package(self, package: ModelPackage, store: ObjectStore, log: Callable[[str], None]) -> Path:
         dest = self._dir / "packages" / f"v{package.version}" / "model.tar.gz"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".model.tar.gz.{uuid.uuid4().hex[:6]}.tmp")
         try:
-            local = store.local_path(package.model_uri)
-            if local is not None:
-                shutil.copyfile(local, tmp)
-            else:
-                store.download_file(package.model_uri, tmp)
+            with atomic_path(dest) as tmp:
+                local = store.local_path(package.model_uri)
+                if local is not None:
+                    shutil.copyfile(local, tmp)
+                else:
+                    store.download_file(package.model_uri, tmp)
         except (OSError, ValueError) as exc:
-            tmp.unlink(missing_ok=True)
             raise DeploymentFailed(f"cannot fetch model package v{package.version} from {package.model_uri}: "
                                    f"{exc}. Check the registry entry's model_uri.") from exc
-        digest = sha256_file(tmp)
-        os.replace(tmp, dest)
+        digest = sha256_file(dest)
         log(f"fetched package v{package.version} ({dest.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}) "
             f"to {dest}")
         return dest
@@ -253,7 +242,7 @@ class LocalEndpointDeployer(EndpointDeployer):
     def _start_server(self, model_tar: Path, version: int, log: Callable[[str], None]) -> dict[str, Any]:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._state_file.unlink(missing_ok=True)
-        _atomic_write(self._token_file, secrets.token_urlsafe(32), mode=0o600)
+        write_text_atomic(self._token_file, secrets.token_urlsafe(32), mode=0o600)
         port = self._choose_port()
         capture_dir = self._capture_dir()
         capture_dir.mkdir(parents=True, exist_ok=True)

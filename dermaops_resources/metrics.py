@@ -86,11 +86,6 @@ class LocalMetricsStore(MetricsPublisher):
             conn.execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
                          (name, float(value), unit, json.dumps(dimensions or {}, sort_keys=True), time.time()))
 
-    def series(self, name: str, since: float = 0.0) -> list[tuple[float, float]]:
-        with self._conn() as conn:
-            return [(r[0], r[1]) for r in conn.execute(
-                "SELECT at, value FROM metrics WHERE name = ? AND at >= ? ORDER BY at", (name, since))]
-
     def ensure_alarms(self) -> list[str]:
         with self._conn() as conn:
             for spec in ALARMS:

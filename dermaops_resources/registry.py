@@ -167,10 +167,6 @@ class SqliteModelRegistry(ModelRegistry):
             rows = conn.execute("SELECT * FROM packages WHERE grp = ? ORDER BY version DESC", (group,)).fetchall()
         return [self._row(r) for r in rows]
 
-    def list_groups(self) -> list[str]:
-        with self._conn() as conn:
-            return [r[0] for r in conn.execute("SELECT name FROM package_groups ORDER BY name")]
-
     def get(self, group: str, version: int) -> ModelPackage:
         with self._conn() as conn:
             row = conn.execute("SELECT * FROM packages WHERE grp = ? AND version = ?", (group, version)).fetchone()

@@ -1,18 +1,33 @@
-"""Classification metrics for lesion diagnosis, in pure NumPy.
+"""Classification metrics for lesion diagnosis.
 
-Pure NumPy so the same numbers come out in the training container, the evaluation job
-and the monitoring code without scikit-learn at run time (tests check each against
-scikit-learn). Conventions follow the ISIC 2018 task 3 scoring: balanced accuracy is the
-mean per-class recall of the argmax prediction over the classes present in ``y_true``;
-one-vs-rest AUCs are averaged over classes that have both positives and negatives.
+What a library already computes is delegated to it: scikit-learn for the confusion
+matrix, accuracy, balanced accuracy, precision/recall/F1, ROC AUC, log loss and the
+calibration curve (it is what the ISIC 2018 task 3 scorer, ``isic-challenge-scoring``,
+itself calls), scipy for the softmax. scikit-learn is a project dependency and is in the
+AWS PyTorch framework image that runs training, evaluation and monitoring jobs (training
+already fits its ``HistGradientBoostingClassifier``). Nothing under ``ml_code/package/``
+(what ships inside ``model.tar.gz``) imports this module, and it must not: scikit-learn is
+not guaranteed in the inference container.
+
+Hand-written here, because no library provides them: the vectorised bootstraps (one
+``bincount`` / one weighted rank sum for all resamples), test-time view averaging, the
+temperature fit and the screening operating point.
+
+Conventions follow the ISIC 2018 task 3 scoring: balanced accuracy is the mean per-class
+recall of the argmax prediction over the classes present in ``y_true``; one-vs-rest AUCs
+are averaged over the classes that have both positives and negatives.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from scipy import special
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
 
 # ---------------------------------------------------------------------------------------
 # Label-based metrics
@@ -26,34 +41,46 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """``cm[i, j]`` = number of items of true class ``i`` predicted as ``j``."""
+def _checked(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """1-D int labels of equal length inside ``[0, num_classes)``; scikit-learn would silently
+    drop labels outside ``labels=range(num_classes)`` instead of refusing them."""
     t, p = _labels(y_true), _labels(y_pred)
     if t.shape != p.shape:
         raise ValueError(f"y_true {t.shape} and y_pred {p.shape} differ in length")
     if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}); got range [{min(t.min(), p.min())}, {max(t.max(), p.max())}]")
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return t, p
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``cm[i, j]`` = number of items of true class ``i`` predicted as ``j``
+    (``sklearn.metrics.confusion_matrix`` with ``labels=range(num_classes)``; all zeros
+    for empty input, which scikit-learn refuses)."""
+    t, p = _checked(y_true, y_pred, num_classes)
+    if not t.size:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return skm.confusion_matrix(t, p, labels=np.arange(num_classes)).astype(np.int64, copy=False)
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Share of exact matches (``sklearn.metrics.accuracy_score``); NaN for empty input."""
     t, p = _labels(y_true), _labels(y_pred)
-    return float(np.mean(t == p)) if t.size else float("nan")
-
-
-def _balanced_from_cm(cm: np.ndarray) -> np.ndarray:
-    """Balanced accuracy from one ``(K, K)`` or a stack ``(B, K, K)`` of confusion matrices."""
-    support = cm.sum(-1)
-    recall = np.divide(np.diagonal(cm, axis1=-2, axis2=-1), support, out=np.zeros(support.shape), where=support > 0)
-    present = support > 0
-    return (recall * present).sum(-1) / np.maximum(present.sum(-1), 1)
+    return float(skm.accuracy_score(t, p)) if t.size else float("nan")
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> float:
-    """ISIC balanced multiclass accuracy: mean recall over the classes present in ``y_true``."""
+    """ISIC balanced multiclass accuracy: mean recall over the classes present in ``y_true``
+    (``sklearn.metrics.balanced_accuracy_score``, whose definition this is). A class that is
+    only ever predicted is no error here, so scikit-learn's warning about it is silenced.
+    ``num_classes`` only bounds the labels; 0.0 for empty input."""
     t, p = _labels(y_true), _labels(y_pred)
     k = num_classes or int(max(t.max(initial=0), p.max(initial=0)) + 1)
-    return float(_balanced_from_cm(confusion_matrix(t, p, k)))
+    t, p = _checked(t, p, k)
+    if not t.size:
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true", category=UserWarning)
+        return float(skm.balanced_accuracy_score(t, p))
 
 
 @dataclass
@@ -72,7 +99,57 @@ class PRF:
     weighted_f1: float
 
 
+def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> PRF:
+    """Per-class and averaged P/R/F1 over all ``num_classes`` labels, 0 where undefined:
+    ``sklearn.metrics.precision_recall_fscore_support(labels=range(num_classes),
+    zero_division=0)``. The macro and support-weighted means are taken from those per-class
+    values, as scikit-learn's ``average="macro"`` / ``"weighted"`` do."""
+    t, p = _checked(y_true, y_pred, num_classes)
+    if t.size:
+        precision, recall, f1, support = skm.precision_recall_fscore_support(
+            t, p, labels=np.arange(num_classes), zero_division=0)
+    else:
+        precision = recall = f1 = np.zeros(num_classes)
+        support = np.zeros(num_classes, dtype=np.int64)
+    support = support.astype(np.int64)
+    return PRF(
+        precision, recall, f1, support,
+        float(precision.mean()), float(recall.mean()), float(f1.mean()),
+        float(_weighted(precision, support)), float(_weighted(recall, support)), float(_weighted(f1, support)),
+    )
+
+
+def sensitivity_specificity(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest sensitivity TP/(TP+FN) and specificity TN/(TN+FP) per class, NaN when
+    undefined, from ``sklearn.metrics.multilabel_confusion_matrix`` (per class
+    ``[[TN, FP], [FN, TP]]``)."""
+    t, p = _checked(y_true, y_pred, num_classes)
+    if not t.size:
+        nan = np.full(num_classes, np.nan)
+        return nan, nan.copy()
+    mcm = skm.multilabel_confusion_matrix(t, p, labels=np.arange(num_classes)).astype(np.float64)
+    tn, fp, fn, tp = mcm[:, 0, 0], mcm[:, 0, 1], mcm[:, 1, 0], mcm[:, 1, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tp / (tp + fn), tn / (tn + fp)
+
+
+# Batched confusion-matrix arithmetic for the vectorised bootstrap below: scikit-learn takes
+# one sample per call, and a call per resample and metric is ~1000x slower.
+
+
+def _balanced_from_cm(cm: np.ndarray) -> np.ndarray:
+    """Balanced accuracy from one ``(K, K)`` or a stack ``(B, K, K)`` of confusion matrices
+    (the same definition as :func:`balanced_accuracy`)."""
+    support = cm.sum(-1)
+    recall = np.divide(np.diagonal(cm, axis1=-2, axis2=-1), support, out=np.zeros(support.shape), where=support > 0)
+    present = support > 0
+    return (recall * present).sum(-1) / np.maximum(present.sum(-1), 1)
+
+
 def _fbeta_from_cm(cm: np.ndarray, beta: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall, F-beta (van Rijsbergen 1979: (1+b^2)PR/(b^2 P + R)) and
+    support of a (stack of) confusion matrices, 0 where undefined (scikit-learn's
+    ``zero_division=0``)."""
     tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
     pred_pos, support = cm.sum(-2).astype(np.float64), cm.sum(-1).astype(np.float64)
     precision = np.divide(tp, pred_pos, out=np.zeros_like(tp), where=pred_pos > 0)
@@ -84,31 +161,9 @@ def _fbeta_from_cm(cm: np.ndarray, beta: float = 1.0) -> tuple[np.ndarray, np.nd
 
 
 def _weighted(values: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Support-weighted mean along the last axis (0 when there is no support at all)."""
     total = support.sum(-1)
     return np.divide((values * support).sum(-1), total, out=np.zeros(np.shape(total)), where=total > 0)
-
-
-def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> PRF:
-    """Per-class and averaged P/R/F1 over all ``num_classes`` labels (0 where undefined,
-    as scikit-learn with ``zero_division=0`` and ``labels=range(num_classes)``)."""
-    cm = confusion_matrix(y_true, y_pred, num_classes)
-    precision, recall, f1, support = _fbeta_from_cm(cm)
-    return PRF(
-        precision, recall, f1, support.astype(np.int64),
-        float(precision.mean()), float(recall.mean()), float(f1.mean()),
-        float(_weighted(precision, support)), float(_weighted(recall, support)), float(_weighted(f1, support)),
-    )
-
-
-def sensitivity_specificity(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """One-vs-rest sensitivity (recall) and specificity per class (NaN when undefined)."""
-    cm = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
-    tp = np.diag(cm)
-    fn = cm.sum(1) - tp
-    fp = cm.sum(0) - tp
-    tn = cm.sum() - tp - fn - fp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return tp / (tp + fn), tn / (tn + fp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,39 +171,24 @@ def sensitivity_specificity(y_true: np.ndarray, y_pred: np.ndarray, num_classes:
 # ---------------------------------------------------------------------------------------
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks along the last axis, ties sharing their average rank."""
-    order = np.argsort(x, axis=-1, kind="mergesort")
-    sx = np.take_along_axis(x, order, -1)
-    n = x.shape[-1]
-    ranks_sorted = np.empty(x.shape, dtype=np.float64)
-    flat_sx = sx.reshape(-1, n)
-    flat_r = ranks_sorted.reshape(-1, n)
-    for row in range(flat_sx.shape[0]):
-        v = flat_sx[row]
-        new_group = np.r_[True, v[1:] != v[:-1]]
-        starts = np.flatnonzero(new_group)
-        ends = np.r_[starts[1:], n]
-        group_rank = (starts + ends + 1) / 2.0  # average of 1-based positions start+1..end
-        flat_r[row] = np.repeat(group_rank, ends - starts)
-    ranks = np.empty_like(ranks_sorted)
-    np.put_along_axis(ranks, order, ranks_sorted, -1)
-    return ranks
-
-
 def binary_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC via the Mann-Whitney U statistic (ties count one half). NaN if one class is absent."""
+    """ROC AUC (``sklearn.metrics.roc_auc_score``; tied scores count one half, i.e. the
+    Mann-Whitney U statistic / (n_pos * n_neg)). NaN if one class is absent, where
+    scikit-learn raises."""
     t = np.asarray(y_true).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int(t.sum()), int((~t).sum())
-    if n_pos == 0 or n_neg == 0:
+    if t.all() or not t.any():
         return float("nan")
-    ranks = _average_ranks(s)
-    return float((ranks[t].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(t, s))
 
 
 def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per-class one-vs-rest AUCs and their macro mean (over classes with an AUC)."""
+    """Per-class one-vs-rest AUCs and their macro mean over the classes that have an AUC.
+
+    One binary ``roc_auc_score`` per column, as the ISIC 2018 scorer does, rather than
+    ``roc_auc_score(multi_class="ovr")``: that one refuses a class absent from ``y_true``
+    and rows that do not sum to 1, where the ISIC convention averages over the classes
+    present and AUC only needs each column's order."""
     t = _labels(y_true)
     p = np.asarray(probs, dtype=np.float64)
     per_class = np.array([binary_auc(t == k, p[:, k]) for k in range(p.shape[1])])
@@ -157,9 +197,18 @@ def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, floa
 
 
 def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log probability of the true class, probabilities clipped to
+    ``[1e-12, 1]`` (``sklearn.metrics.log_loss`` with ``labels=range(C)``; the clip is done
+    here because scikit-learn's own is at machine epsilon, which would change reported
+    values of confidently wrong items). Rows are taken as given, not renormalised, so
+    scikit-learn's warning about rows not summing to 1 is silenced."""
     t = _labels(y_true)
-    p = np.clip(np.asarray(probs, dtype=np.float64)[np.arange(t.size), t], 1e-12, 1.0)
-    return float(-np.log(p).mean())
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
+    if not t.size:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The y_prob values do not sum to one", category=UserWarning)
+        return float(skm.log_loss(t, p, labels=np.arange(p.shape[1])))
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,37 +228,39 @@ class Reliability:
 
 
 def reliability(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> Reliability:
-    """Top-label calibration (Guo et al. 2017): ECE = sum_b |acc_b - conf_b| * n_b / N,
-    with bins ``(lo, hi]`` over the max probability."""
+    """Top-label calibration (Guo et al. 2017, "On Calibration of Modern Neural Networks",
+    eq. 3): ECE = sum_b |acc_b - conf_b| * n_b / N over equal-width bins ``(lo, hi]`` of the
+    max probability.
+
+    The per-bin means come from ``sklearn.calibration.calibration_curve(correct, confidence,
+    strategy="uniform")``, whose binning (``searchsorted`` on the inner edges) is exactly
+    ``(lo, hi]`` with 0 in the first bin; it returns non-empty bins only, so the counts are
+    taken here with the same binning and empty bins report NaN."""
     t = _labels(y_true)
     p = np.asarray(probs, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    mean_conf, mean_acc = np.full(n_bins, np.nan), np.full(n_bins, np.nan)
+    if not t.size:
+        return Reliability(edges, mean_conf, mean_acc, np.zeros(n_bins, dtype=np.int64), 0.0)
     conf = p.max(1)
     correct = (p.argmax(1) == t).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bin_idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    count = np.bincount(bin_idx, minlength=n_bins).astype(np.int64)
-    sum_conf = np.bincount(bin_idx, weights=conf, minlength=n_bins)
-    sum_acc = np.bincount(bin_idx, weights=correct, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf, mean_acc = sum_conf / count, sum_acc / count
-    ece = float(np.abs(sum_acc - sum_conf).sum() / max(t.size, 1))
+    count = np.bincount(np.searchsorted(edges[1:-1], conf), minlength=n_bins).astype(np.int64)
+    used = count > 0
+    mean_acc[used], mean_conf[used] = calibration_curve(correct, conf, n_bins=n_bins, strategy="uniform")
+    ece = float((count[used] * np.abs(mean_acc[used] - mean_conf[used])).sum() / t.size)
     return Reliability(edges, mean_conf, mean_acc, count, ece)
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
-    return reliability(y_true, probs, n_bins).ece
-
-
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+    """Row-wise ``softmax(logits / T)`` (``scipy.special.softmax``, max-shifted)."""
+    return special.softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
 
 def view_probs(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """``softmax(logits / T)`` averaged over test-time views: ``view_logits`` is ``(V, N, C)``
-    (or ``(N, C)``, one view). The average of probabilities, as the endpoint serves it."""
+    (or ``(N, C)``, one view). The average of probabilities, as the endpoint serves it
+    (the endpoint computes it in torch, ``ml_code/package/model.py``, as the package cannot
+    import this module)."""
     z = np.asarray(view_logits, dtype=np.float64)
     if z.ndim == 2:
         return softmax(z, temperature)
@@ -217,13 +268,16 @@ def view_probs(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def fit_temperature(logits: np.ndarray, y_true: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
-    """Temperature minimising validation NLL (golden-section search on log T).
+    """Temperature minimising validation NLL (temperature scaling, Guo et al. 2017, sec. 4.2),
+    by golden-section search on log T (Kiefer 1953).
 
     ``logits`` is ``(N, C)``, or ``(V, N, C)`` for test-time views: then the NLL is that of
     the view-averaged probabilities (:func:`view_probs`), the calibration actually served.
     For one view NLL is convex in 1/T, hence unimodal in log T, so a 1-D search finds the
     optimum without an optimiser dependency; an average of views carries no such guarantee,
-    and the search then returns a local optimum inside ``[lo, hi]``."""
+    and the search then returns a local optimum inside ``[lo, hi]``. Kept hand-written (not
+    ``scipy.optimize.minimize_scalar``) so fitted temperatures of existing packages are
+    reproduced to the digit; it is the views-averaged objective no library offers."""
     t = _labels(y_true)
     z = np.asarray(logits, dtype=np.float64)
     if z.shape[-2] == 0:
@@ -257,6 +311,8 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, lo: float = 0.05, hi
 
 @dataclass
 class Interval:
+    """A point estimate with its percentile-bootstrap interval and the bootstrap standard error."""
+
     estimate: float
     low: float
     high: float
@@ -271,9 +327,17 @@ def bootstrap_ci(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> Interval:
-    """Percentile bootstrap CI of ``metric(y_true, probs)`` resampling test items with replacement.
+    """Percentile bootstrap CI (Efron & Tibshirani 1993, ch. 13) of ``metric(y_true, probs)``,
+    resampling test items (rows of both arrays together) with replacement.
 
-    Seeded, so reports are reproducible. Resamples where the metric is undefined (NaN) are dropped.
+    Seeded, so reports are reproducible. Resamples where the metric is undefined (NaN) are
+    dropped. Not ``scipy.stats.bootstrap``: it draws the same resamples
+    (``default_rng(seed).integers(0, n, (n_resamples, n))``) and takes the same
+    linearly interpolated percentiles (``tests/ml_code/test_metrics.py`` checks this), but it
+    returns a NaN interval as soon as one resample's metric is undefined (a rare class
+    absent from a resample: a per-class AUC) and refuses samples of one item, so the
+    intervals this module publishes would change; the vectorised variants below also need
+    the resample indices themselves.
     """
     t = _labels(y_true)
     p = np.asarray(probs)
@@ -284,6 +348,8 @@ def bootstrap_ci(
 
 
 def _interval(estimate: float, values: np.ndarray, alpha: float) -> Interval:
+    """Percentile interval ``[alpha/2, 1 - alpha/2]`` (``np.quantile``, linear) of the defined
+    bootstrap values, and their standard deviation (ddof=1) as the standard error."""
     values = values[~np.isnan(values)]
     if values.size == 0:
         return Interval(float(estimate), float("nan"), float("nan"), float("nan"))
@@ -295,7 +361,10 @@ def bootstrap_label_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> dict[str, Interval]:
     """Vectorised bootstrap of every confusion-matrix metric (accuracy, balanced accuracy,
-    macro/weighted P/R/F1, weighted F0.5/F2) - one ``bincount`` for all resamples."""
+    macro/weighted P/R/F1, weighted F0.5/F2) - one ``bincount`` for all resamples.
+
+    The same resamples and percentiles as :func:`bootstrap_ci` (so as ``scipy.stats.bootstrap``
+    with ``method="percentile"``), without a scikit-learn call per resample and metric."""
     t, p = _labels(y_true), _labels(y_pred)
     n, k = t.size, num_classes
     rng = np.random.default_rng(seed)

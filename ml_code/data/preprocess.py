@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ml_code import CLASSES, contract
+from ml_code.atomic import atomic_open, atomic_path, write_text_atomic
 from ml_code.data.splits import SPLITS, check_no_leakage, grouped_stratified_split
 
 #: Per-split index. ``age``/``sex``/``localization`` are the clinical context the descriptor
@@ -72,12 +73,6 @@ def _safe(fn, *args):
         return None, str(exc)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_split(
     split: str,
     rows: pd.DataFrame,
@@ -90,8 +85,41 @@ def _write_split(
 ) -> pd.DataFrame:
     """Decode one split into a memmapped array; returns the index rows actually written."""
     n = len(rows)
-    tmp_path = out_dir / f".{split}_images.npy.partial"
-    arr = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    with atomic_path(out_dir / f"{split}_images.npy") as tmp_path:
+        arr = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        ok = _decode_into(arr, split, rows, images_dir, size, pool, quarantine, progress)
+        if not ok.all():
+            # compact: copy the decoded rows into a right-sized array, in batches, which then
+            # takes the place of the full-sized one (still unpublished)
+            keep = np.flatnonzero(ok)
+            with atomic_path(tmp_path) as compact:
+                dst = np.lib.format.open_memmap(compact, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
+                for s in range(0, len(keep), BATCH * 4):
+                    dst[s:s + BATCH * 4] = arr[keep[s:s + BATCH * 4]]
+                dst.flush()
+                del dst
+        del arr
+    written = rows.iloc[np.flatnonzero(ok)]
+    labels = written["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
+    with atomic_open(out_dir / f"{split}_labels.npy") as fh:
+        np.save(fh, labels)
+    index = written.assign(label=labels).reindex(columns=list(INDEX_COLUMNS), fill_value="")
+    write_text_atomic(out_dir / f"{split}_index.csv", index.to_csv(index=False, lineterminator="\n"))
+    return written
+
+
+def _decode_into(
+    arr: np.ndarray,
+    split: str,
+    rows: pd.DataFrame,
+    images_dir: Path,
+    size: int,
+    pool: ThreadPoolExecutor,
+    quarantine: list[dict[str, str]],
+    progress: dict[str, float],
+) -> np.ndarray:
+    """Decode ``rows``' images into ``arr`` in batches; returns which rows decoded."""
+    n = len(rows)
     ok = np.zeros(n, dtype=bool)
     records = rows.to_dict("records")
     for start in range(0, n, BATCH):
@@ -114,30 +142,7 @@ def _write_split(
             flush=True,
         )
     arr.flush()
-    final = out_dir / f"{split}_images.npy"
-    if ok.all():
-        del arr
-        os.replace(tmp_path, final)
-    else:
-        # compact: copy the decoded rows into a right-sized array, in batches
-        keep = np.flatnonzero(ok)
-        tmp2 = out_dir / f".{split}_images.npy.compact"
-        dst = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
-        for s in range(0, len(keep), BATCH * 4):
-            dst[s:s + BATCH * 4] = arr[keep[s:s + BATCH * 4]]
-        dst.flush()
-        del dst, arr
-        os.replace(tmp2, final)
-        tmp_path.unlink(missing_ok=True)
-    written = rows.iloc[np.flatnonzero(ok)]
-    labels = written["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
-    lab_tmp = out_dir / f".{split}_labels.npy.tmp"
-    with open(lab_tmp, "wb") as fh:
-        np.save(fh, labels)
-    os.replace(lab_tmp, out_dir / f"{split}_labels.npy")
-    index = written.assign(label=labels).reindex(columns=list(INDEX_COLUMNS), fill_value="")
-    _write_text_atomic(out_dir / f"{split}_index.csv", index.to_csv(index=False, lineterminator="\n"))
-    return written
+    return ok
 
 
 def _manifest_path(manifest_input: Path) -> Path:
@@ -202,9 +207,9 @@ def run(
             rows = manifest[manifest["split"] == split]
             written[split] = _write_split(split, rows, images_dir, out_dir, image_size, pool, quarantine, progress)
 
-    _write_text_atomic(out_dir / "classes.json", json.dumps(list(CLASSES)))
+    write_text_atomic(out_dir / "classes.json", json.dumps(list(CLASSES)))
     qdf = pd.DataFrame(quarantine, columns=["image_id", "reason"])
-    _write_text_atomic(out_dir / "quarantine.csv", qdf.to_csv(index=False, lineterminator="\n"))
+    write_text_atomic(out_dir / "quarantine.csv", qdf.to_csv(index=False, lineterminator="\n"))
     summary = {
         "image_size": image_size,
         "splits": {s: {c: int((written[s]["dx"] == c).sum()) for c in CLASSES} for s in SPLITS},
@@ -216,7 +221,7 @@ def run(
         "seed": seed,
         "manifest_sha256": hashlib.sha256(manifest_file.read_bytes()).hexdigest(),
     }
-    _write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
     seconds = time.monotonic() - t0
     print(f"[preprocess] done in {seconds:.1f}s; quarantined {len(qdf)}", flush=True)
     contract.emit_metric(

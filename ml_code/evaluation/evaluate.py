@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from ml_code import contract, metrics
+from ml_code.atomic import write_bytes_atomic, write_text_atomic
 from ml_code.package.loader import open_package
 from ml_code.package.views import check_views
-from ml_code.training.train import atomic_write_text, load_splits
+from ml_code.training.train import load_splits
 
 DEFAULTS: dict[str, Any] = {
     "tta": True, "tta_views": None, "n_bootstrap": 1000, "seed": 0, "target_sensitivity": 0.9,
@@ -229,9 +229,7 @@ def _save_fig(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def write_per_class(rows: list[dict[str, Any]], path: Path) -> None:
@@ -239,7 +237,7 @@ def write_per_class(rows: list[dict[str, Any]], path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
 
 
 def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str, Any]) -> dict[str, Any]:
@@ -290,8 +288,8 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
                                                 int(opts["gradcam_per_class"]), out_dir / "gradcam.png", p_test)
     write_per_class(report["per_class"], out_dir / "per_class.csv")
     evaluation = {**report["model_quality"], "dermaops": {k: v for k, v in report.items() if k != "model_quality"}}
-    atomic_write_text(out_dir / "evaluation.json", json.dumps(evaluation, indent=2, default=float))
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=float))
+    write_text_atomic(out_dir / "evaluation.json", json.dumps(evaluation, indent=2, default=float))
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=float))
     contract.emit_metric(**report["headline"])
     return report
 

@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from ml_code import contract, metrics
+from ml_code.atomic import write_text_atomic
 from ml_code.package import descriptors
 from ml_code.data import ingest
 from ml_code.evaluation.evaluate import predict_split, served_views
 from ml_code.package.loader import open_package
-from ml_code.training.train import atomic_write_text
 from ml_code.data import diagnosis
 
 #: ISIC 2018 Task 3 column order and names.
@@ -112,11 +112,11 @@ def score(model_input: Path, images_dir: Path, out_dir: Path, labels: Path | Non
     writer.writerow(["image", *ISIC_CHALLENGE_COLUMNS])
     for i, p in zip(kept, probs):
         writer.writerow([image_ids[i], *(f"{p[j]:.10f}" for j in order)])
-    atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
+    write_text_atomic(out_dir / "predictions.csv", buf.getvalue())
     skipped_buf = io.StringIO()
     csv.DictWriter(skipped_buf, ["image_id", "reason"], lineterminator="\n").writeheader()
     csv.DictWriter(skipped_buf, ["image_id", "reason"], lineterminator="\n").writerows(skipped)
-    atomic_write_text(out_dir / "skipped.csv", skipped_buf.getvalue())
+    write_text_atomic(out_dir / "skipped.csv", skipped_buf.getvalue())
     result: dict[str, Any] = {"scored": len(kept), "skipped": len(skipped), "tta_views": views,
                               "clinical_context_used": clinical is not None}
     if all(dx[i] is not None for i in kept):
@@ -136,7 +136,7 @@ def score(model_input: Path, images_dir: Path, out_dir: Path, labels: Path | Non
                               "sensitivity": _none_nan(sens[j]), "specificity": _none_nan(spec[j])}
                           for j, c in enumerate(classes)},
         })
-        atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2, default=float))
+        write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, default=float))
         contract.emit_metric(**{k_: v for k_, v in result.items() if isinstance(v, (int, float))})
     return result
 

@@ -40,9 +40,10 @@ import numpy as np
 import pandas as pd
 
 from .casemix import UNKNOWN, case_mix_frame
+from ml_code.atomic import atomic_path, write_json_atomic
 from ml_code.package.loader import open_package
 from ml_code.contract import emit_metric, parse_hyperparameters, processing_input, processing_output, run_entry_point
-from .drift import DEFAULT_BINS, DriftThresholds, bin_counts, psi_edges, write_json_atomic
+from .drift import DEFAULT_BINS, DriftThresholds, bin_counts, psi_edges
 from .features import FEATURE_NAMES, PIXEL_FEATURES, batch_features
 
 STATISTICS = "statistics.json"
@@ -207,9 +208,8 @@ def _case_mix(splits_dir: Path) -> pd.DataFrame | None:
 
 
 def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str | Path,
@@ -235,8 +235,8 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
     if case_mix is not None:
         _write_parquet_atomic(case_mix, out_dir / CASE_MIX)
     statistics = feature_statistics(feats, n_bins, case_mix)
-    write_json_atomic(out_dir / STATISTICS, statistics)
-    write_json_atomic(out_dir / CONSTRAINTS, feature_constraints(statistics, thresholds))
+    write_json_atomic(out_dir / STATISTICS, statistics, sort_keys=True, default=float)
+    write_json_atomic(out_dir / CONSTRAINTS, feature_constraints(statistics, thresholds), sort_keys=True, default=float)
 
     # Embeddings + predicted classes on held-out images (see module docstring).
     held_out = next((s for s in ("val", "test", "train") if (splits_dir / f"{s}_images.npy").is_file()
@@ -248,13 +248,12 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
         module, model = load_packaged_model(model_tar, work)
         emb, probs = embed_and_predict(module, model, np.asarray(images[pick]))
     classes = list(model.classes)
-    tmp_npy = out_dir / f".{EMBEDDINGS}.tmp.npy"
-    np.save(tmp_npy, emb)
-    tmp_npy.replace(out_dir / EMBEDDINGS)
+    with atomic_path(out_dir / EMBEDDINGS, suffix=".npy") as tmp_npy:
+        np.save(tmp_npy, emb)
     predicted = np.bincount(probs.argmax(axis=1), minlength=len(classes))
     distribution = {c: float(n) / max(1, int(predicted.sum())) for c, n in zip(classes, predicted)}
     write_json_atomic(out_dir / PREDICTIONS, {"split": held_out, "n": int(len(pick)), "classes": classes,
-                                              "distribution": distribution})
+                                              "distribution": distribution}, sort_keys=True, default=float)
     return {"item_count": int(len(feats)), "features": list(feats.columns), "case_mix": case_mix is not None,
             "embedding_split": held_out, "n_embeddings": int(len(emb)),
             "embedding_dim": int(emb.shape[1]) if emb.ndim == 2 else 0, "prediction_distribution": distribution}

@@ -50,10 +50,8 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +61,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ml_code.atomic import write_json_atomic
 from ml_code.monitoring.casemix import UNKNOWN, with_context
 
 PSI_EPS = 1e-4
@@ -373,9 +372,6 @@ class DriftVerdict:
     case_mix: list[CaseMixDrift] = field(default_factory=list)
     context_share: ContextShare | None = None
 
-    def feature_table(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(f) for f in self.features])
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -509,23 +505,8 @@ def constraint_violations(verdict: DriftVerdict, incomplete: int = 0) -> dict[st
     return {"violations": violations}
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
-    """Write JSON to ``path`` via a temporary file and os.replace (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True, default=float)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_constraint_violations(path: str | os.PathLike, verdict: DriftVerdict, incomplete: int = 0) -> Path:
-    return write_json_atomic(path, constraint_violations(verdict, incomplete))
+    return write_json_atomic(path, constraint_violations(verdict, incomplete), sort_keys=True, default=float)
 
 
 # -- report rendering -------------------------------------------------------------------

@@ -16,7 +16,7 @@ What it adds over the container, because the local backend has no blue/green fle
   to 1) and only then swaps the active model reference. Requests in flight finish on the
   model they started with; a package that fails the check is never swapped in (409).
 * Data capture is buffered and published by a background thread about once a second as
-  NEW files (temp name + ``os.replace``) whose keys only ever increase, so a reader
+  NEW files (``ml_code.atomic``: temp name + ``os.replace``) whose keys only ever increase, so a reader
   can remember the last key it read and never sees half a file.
 
 Only the standard library and Pillow are imported here; the handlers bring torch.
@@ -48,6 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ml_code.atomic import write_bytes_atomic, write_json_atomic
 from ml_code.package.loader import OpenedPackage, PackageError, open_package
 from ml_code.package.requests import content_type_of
 from ml_code.serving.transform import InferenceError, transform
@@ -257,18 +258,10 @@ class CaptureWriter:
         folder = self.base / when.strftime("%Y/%m/%d/%H")
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{when.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.jsonl"
-        tmp = folder / f".{final.name}.{uuid.uuid4().hex[:6]}.tmp"  # skipped by store listings
         payload = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
-        try:
-            # 0600: captured requests are patient images and clinical context
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # 0600: captured requests are patient images and clinical context. The temporary
+        # file is a dot-name, which store listings skip.
+        write_bytes_atomic(final, payload, mode=0o600)
         self.files_written += 1
         self.records_written += len(records)
         return final
@@ -368,7 +361,7 @@ class EndpointState:
             return
         self.state_info.update(package_version=model.version, model_tar=str(Path(model.model_tar).resolve()),
                                model_loaded_at=_iso(model.loaded_at))
-        write_state_file(self.state_file, self.state_info)
+        write_json_atomic(self.state_file, self.state_info)
 
     def count(self, status: int) -> None:
         with self._lock:
@@ -555,13 +548,6 @@ def make_server(state: EndpointState, host: str, port: int) -> ThreadingHTTPServ
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
-
-
-def write_state_file(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
 
 
 def remove_state_file(path: Path) -> None:

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +40,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ml_code import CLASSES
+from ml_code.atomic import write_bytes_atomic
 
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 JPEG_QUALITY = 92
@@ -296,18 +295,6 @@ def _encode_jpeg(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 SYNTHETIC_NOTE = """SYNTHETIC DATA - NOT REAL PATIENT IMAGES
 ========================================
 
@@ -374,12 +361,12 @@ def generate_demo_dataset(
             for _ in range(rng.integers(lo, hi + 1)):
                 image_no += 1
                 image_id = f"SYN_{image_no:07d}"
-                _atomic_write(images_dir / f"{image_id}.jpg", _encode_jpeg(_render(lesion, rng, width, height)))
+                write_bytes_atomic(images_dir / f"{image_id}.jpg", _encode_jpeg(_render(lesion, rng, width, height)))
                 rows.append(",".join([lesion_id, image_id, dx, "synthetic", age, sex, site]))
-    _atomic_write(out / "HAM10000_metadata.csv", ("\n".join(rows) + "\n").encode())
+    write_bytes_atomic(out / "HAM10000_metadata.csv", ("\n".join(rows) + "\n").encode())
     note = SYNTHETIC_NOTE.format(seed=seed, per_class=per_class, ipl=f"{lo}-{hi}", w=width, h=height,
                                  n_lesions=lesion_no, n_images=image_no)
-    _atomic_write(out / "SYNTHETIC_DATA.txt", note.encode())
+    write_bytes_atomic(out / "SYNTHETIC_DATA.txt", note.encode())
     return out
 
 

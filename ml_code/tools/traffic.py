@@ -26,9 +26,7 @@ import base64
 import io
 import ipaddress
 import json
-import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -42,6 +40,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from ml_code.atomic import atomic_open
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 REQUEST_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"  # the endpoint echoes it as X-Inference-Id
@@ -137,19 +137,13 @@ def encode_request(path: Path, perturb: str | None, context: dict[str, Any] | No
 
 
 def write_labels_atomic(folder: str | Path, rows: list[tuple[str, str]]) -> Path:
-    """Drop ``inference_id,label`` rows as a new CSV, published atomically (temp + rename)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Drop ``inference_id,label`` rows as a new CSV, published atomically (:mod:`ml_code.atomic`),
+    owner-only (0600) as the captured requests they label."""
     name = f"labels-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}.csv"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            pd.DataFrame(rows, columns=["inference_id", "label"]).to_csv(fh, index=False)
-        os.replace(tmp, folder / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return folder / name
+    path = Path(folder) / name
+    with atomic_open(path, 0o600, text=True) as fh:
+        pd.DataFrame(rows, columns=["inference_id", "label"]).to_csv(fh, index=False)
+    return path
 
 
 def simulate_traffic(endpoint: str, images: Sequence[Path], *, rate: float = 5.0, limit: int = 100,

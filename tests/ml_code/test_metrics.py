@@ -135,3 +135,104 @@ def test_operating_point_reaches_target_sensitivity_on_val(scored):
     assert op.test_sensitivity == pytest.approx(np.mean(pred[y[200:] == 4]))
     with pytest.raises(ValueError, match="no items of class"):
         M.operating_point(4, np.zeros(5, int), p[:5], y, p)
+
+
+def test_auc_over_present_classes_only():
+    # Class 2 never occurs in y_true: no AUC for it, the macro mean is over classes 0 and 1
+    # (the ISIC scorer's convention), where sklearn's multi_class="ovr" refuses the input.
+    y = np.array([0, 0, 1, 1, 1])
+    p = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.3, 0.3, 0.4]])
+    per_class, macro = M.roc_auc_ovr(y, p)
+    assert np.isnan(per_class[2])
+    expected = [skm.roc_auc_score(y == k, p[:, k]) for k in (0, 1)]
+    np.testing.assert_allclose(per_class[:2], expected)
+    assert macro == pytest.approx(np.mean(expected))
+    with pytest.raises(ValueError):
+        skm.roc_auc_score(y, p, multi_class="ovr")
+
+
+def test_single_class_inputs():
+    y = np.zeros(6, dtype=int)
+    p = np.tile([0.7, 0.2, 0.1], (6, 1))
+    p[1] = [0.2, 0.7, 0.1]
+    per_class, macro = M.roc_auc_ovr(y, p)
+    assert np.isnan(per_class).all() and np.isnan(macro)
+    pred = p.argmax(1)
+    assert M.balanced_accuracy(y, pred, 3) == pytest.approx(5 / 6)
+    assert M.accuracy(y, pred) == pytest.approx(5 / 6)
+    sens, spec = M.sensitivity_specificity(y, pred, 3)
+    assert sens[0] == pytest.approx(5 / 6) and np.isnan(sens[1]) and np.isnan(spec[0])
+    assert M.precision_recall_f1(y, pred, 3).support.tolist() == [6, 0, 0]
+    assert np.isnan(M.bootstrap_macro_auc(y, p, n_resamples=20).low)
+
+
+def test_probabilities_not_summing_to_one(scored):
+    y, p = scored
+    scaled = p * 0.5  # AUC depends on each column's order only; log loss takes p[true] as given
+    _, macro = M.roc_auc_ovr(y, scaled)
+    assert macro == pytest.approx(M.roc_auc_ovr(y, p)[1])
+    assert M.log_loss(y, scaled) == pytest.approx(M.log_loss(y, p) + np.log(2))
+    assert M.reliability(y, scaled, 10).count.sum() == len(y)
+    # A zero probability for the true class is clipped at 1e-12, not at machine epsilon.
+    assert M.log_loss(np.array([0]), np.array([[0.0, 1.0]])) == pytest.approx(-np.log(1e-12))
+
+
+def test_empty_inputs():
+    e = np.array([], dtype=int)
+    assert M.confusion_matrix(e, e, 3).tolist() == [[0] * 3] * 3
+    assert np.isnan(M.accuracy(e, e))
+    assert M.balanced_accuracy(e, e, 3) == 0.0
+    assert M.precision_recall_f1(e, e, 3).macro_f1 == 0.0
+    assert M.reliability(e, np.zeros((0, 3)), 4).ece == 0.0
+
+
+def test_labels_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="labels must lie"):
+        M.confusion_matrix([0, 3], [0, 0], 3)
+    with pytest.raises(ValueError, match="labels must lie"):
+        M.precision_recall_f1([0, 1], [0, -1], 3)
+
+
+def test_reliability_matches_sklearn_calibration_curve(scored):
+    from sklearn.calibration import calibration_curve
+
+    y, p = scored
+    rel = M.reliability(y, p, 15)
+    acc, conf = calibration_curve(p.argmax(1) == y, p.max(1), n_bins=15, strategy="uniform")
+    used = rel.count > 0
+    np.testing.assert_allclose(rel.accuracy[used], acc)
+    np.testing.assert_allclose(rel.confidence[used], conf)
+    assert rel.ece == pytest.approx(np.sum(rel.count[used] * np.abs(acc - conf)) / len(y))
+
+
+def test_bootstrap_matches_scipy_percentile_bootstrap(scored):
+    """Same resamples and percentiles as scipy.stats.bootstrap(method="percentile") where every
+    resample's metric is defined (scipy would return NaN otherwise; ours drops those resamples)."""
+    from scipy import stats
+
+    y, p = scored
+    pred = p.argmax(1)
+
+    def stat(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.array([skm.balanced_accuracy_score(y[i], pred[i]) for i in idx.reshape(-1, len(y))])
+
+    res = stats.bootstrap((np.arange(len(y)),), stat, n_resamples=300, vectorized=True, method="percentile",
+                          rng=np.random.default_rng(11))
+    ours = M.bootstrap_label_metrics(y, pred, K, n_resamples=300, seed=11)["balanced_accuracy"]
+    assert (ours.low, ours.high) == pytest.approx(tuple(res.confidence_interval), rel=1e-12)
+    assert ours.std == pytest.approx(res.standard_error, rel=1e-12)
+
+
+def test_model_package_does_not_import_metrics_or_sklearn():
+    """ml_code/package ships inside model.tar.gz; the inference container need not have scikit-learn."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "ml_code" / "package"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.col_offset == 0:
+                assert not (node.module or "").startswith(("ml_code", "sklearn")), f"{path.name}: {node.module}"
+                assert "metrics" not in {a.name for a in node.names}, path.name
+            if isinstance(node, ast.Import) and node.col_offset == 0:
+                assert not any(a.name.startswith(("ml_code", "sklearn")) for a in node.names), path.name
