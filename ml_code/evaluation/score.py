@@ -34,7 +34,7 @@ from ml_code.package import descriptors
 from ml_code.data import ingest
 from ml_code.evaluation.evaluate import predict_split, served_views
 from ml_code.package.loader import open_package
-from ml_code.training.train import atomic_write_text
+from ml_code.training.checkpoints import atomic_write_text
 
 #: ISIC 2018 Task 3 column order and names.
 ISIC_CHALLENGE_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")

@@ -17,7 +17,8 @@ from ml_code import CLASSES as CLASSES_LIST, contract, metrics
 from ml_code.package import descriptors, inference
 from ml_code.package import model as package_model
 from ml_code.package import views as d4
-from ml_code.training.train import fit_fusion, load_splits
+from ml_code.data.split_reader import load_splits
+from ml_code.training.fusion import fit_fusion
 from tests.ml_code.synth_splits import make_splits
 
 REPO = Path(__file__).resolve().parents[2]
