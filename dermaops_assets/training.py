@@ -111,7 +111,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, proces
     best = max(history, key=lambda h: h.get("val_balanced_accuracy", -1.0), default={})
     metadata: dict = {
         "arch": arch,
-        "recipe": config.recipe or "default",
+        "recipe": hps.get("recipe") or "default",  # also when DERMAOPS_TRAIN_RECIPE chose it
         "epochs_run": len(history),
         "training_seconds": float(result.wall_seconds),
         "billable_seconds": float(result.billable_seconds),
