@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 from ml_code import metrics  # noqa: E402
 from ml_code.evaluation.evaluate import served_views  # noqa: E402
 from ml_code.package.loader import open_package  # noqa: E402
-from ml_code.training.train import fit_fusion, load_splits  # noqa: E402
+from ml_code.data.split_reader import load_splits  # noqa: E402
+from ml_code.training.fusion import fit_fusion  # noqa: E402
 
 BALANCES = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -2,12 +2,16 @@
 the same ``code/inference.py`` handlers the endpoint will serve."""
 
 
+from typing import Optional
+
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from dermaops_resources.handles import EvaluationHandle, ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec
 from dermaops_resources.object_store import ObjectStore, join_uri
+from ml_code.evaluation.options import DEPRECATED_ALIASES, EvaluationOptions, parse_evaluation_options
+from ml_code.options import config_fields
 
 from .versioning import code_version
 from .ui import job_callbacks, png_markdown, table_markdown
@@ -17,11 +21,35 @@ HEADLINE = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "weighted_
             "macro_recall", "melanoma_sensitivity", "ece")
 
 
-class EvaluationConfig(dg.Config):
-    melanoma_target_sensitivity: float = Field(default=0.85, description="operating point chosen on validation")
-    bootstrap_samples: int = 1000
-    tta: bool = Field(default=True, description="average the network over the package's test-time views "
-                      "(flips, quarter turns), as the endpoint serves it; false scores one view")
+class EvaluationConfigBase(dg.Config):
+    """Deprecated spellings of the old asset config (kept so saved run configs still launch)
+    and the mapping to the job's hyperparameters; the option fields come from
+    :class:`ml_code.evaluation.options.EvaluationOptions`."""
+
+    bootstrap_samples: Optional[int] = Field(default=None, description="DEPRECATED: use n_bootstrap")
+    melanoma_target_sensitivity: Optional[float] = Field(default=None, description="DEPRECATED: use target_sensitivity")
+
+    def hyperparameters(self) -> dict:
+        """The job's SM_HPS: every option (the job defaults are the field defaults), with a
+        deprecated spelling mapped to its option. Raises dg.Failure on a bad value."""
+        values = {name: getattr(self, name) for name in (*EvaluationOptions.model_fields, *DEPRECATED_ALIASES)}
+        for old, new in DEPRECATED_ALIASES.items():
+            # The typed field always holds a value (its default when unset): an old spelling
+            # given next to an untouched new field wins; two different explicit values are refused.
+            if values[old] is not None and values[new] == EvaluationOptions.model_fields[new].default:
+                values.pop(new)
+        try:
+            opts = parse_evaluation_options(values)
+        except ValueError as exc:
+            raise dg.Failure(f"evaluation_report config: {exc}") from exc
+        return {k: v for k, v in opts.model_dump().items() if v is not None}  # None: the job decides (tta_views)
+
+
+EvaluationConfig = create_model(
+    "EvaluationConfig", __base__=EvaluationConfigBase, __module__=__name__,
+    __doc__="Evaluation options: the fields of ml_code.evaluation.options.EvaluationOptions, same names and defaults.",
+    **config_fields(EvaluationOptions, unset_default=False),
+)
 
 
 @dg.asset(
@@ -41,8 +69,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
                    entry_point="ml_code.evaluation.evaluate",
                    inputs={"model": trained_model.model_uri.rsplit("/", 1)[0], "splits": processed_splits.splits_uri},
                    outputs=["evaluation"], output_uri=output_uri,
-                   hyperparameters={"target_sensitivity": config.melanoma_target_sensitivity,
-                                    "n_bootstrap": config.bootstrap_samples, "tta": config.tta})
+                   hyperparameters=config.hyperparameters())
     result = jobs.run(spec, store, on_log=on_log, on_metric=on_metric)
     report_uri = result.output_uris["evaluation"]
     report = store.get_json(join_uri(report_uri, "report.json"))

@@ -6,11 +6,13 @@ import hashlib
 import json
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
 from dermaops_resources.jobs import JobRunner, JobSpec
 from dermaops_resources.object_store import ObjectStore, join_uri
+from ml_code.data.options import PreprocessOptions, output_options, parse_preprocess_options
+from ml_code.options import config_fields
 
 from .versioning import code_version
 from .ui import job_callbacks, table_markdown
@@ -18,12 +20,24 @@ from .ui import job_callbacks, table_markdown
 PREPROCESS_CODE_VERSION = code_version("ml_code.data.preprocess")
 
 
-class SplitsConfig(dg.Config):
-    image_size: int = Field(default=64, description="square side in pixels (64-96 on CPU, 224 on GPU)")
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 42
+class SplitsConfigBase(dg.Config):
+    """Asset-only fields; the option fields come from :class:`ml_code.data.options.PreprocessOptions`."""
+
     processing_instances: int = Field(default=1, description="SageMaker instances (images sharded by key)")
+
+    def options(self) -> PreprocessOptions:
+        """The job's options as set in this config; dg.Failure on a bad value."""
+        try:
+            return parse_preprocess_options({name: getattr(self, name) for name in PreprocessOptions.model_fields})
+        except ValueError as exc:
+            raise dg.Failure(f"processed_splits config: {exc}") from exc
+
+
+SplitsConfig = create_model(
+    "SplitsConfig", __base__=SplitsConfigBase, __module__=__name__,
+    __doc__="Preprocessing options: the fields of ml_code.data.options.PreprocessOptions, same names and defaults.",
+    **config_fields(PreprocessOptions, unset_default=False),
+)
 
 
 def _complete_splits(store: ObjectStore, splits_uri: str) -> bool:
@@ -51,8 +65,8 @@ def _complete_splits(store: ObjectStore, splits_uri: str) -> bool:
 )
 def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, raw_images: RawImagesHandle,
                      store: ObjectStore, jobs: JobRunner) -> dg.Output[ProcessedSplitsHandle]:
-    params = {"image_size": config.image_size, "val_fraction": config.val_fraction,
-              "test_fraction": config.test_fraction, "seed": config.seed}
+    opts = config.options()
+    params = output_options(opts)  # what the splits depend on: the content hash; num_workers is not
     content_hash = hashlib.sha256(json.dumps(
         [raw_images.manifest_hash, params, PREPROCESS_CODE_VERSION], sort_keys=True).encode()).hexdigest()
     output_uri = store.uri("processed", f"splits/{content_hash[:16]}")
@@ -65,7 +79,8 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
                        entry_point="ml_code.data.preprocess",
                        inputs={"manifest": raw_images.manifest_uri.rsplit("/", 1)[0],
                                "images": raw_images.images_prefix_uri},
-                       outputs=["splits"], output_uri=output_uri, hyperparameters=params,
+                       outputs=["splits"], output_uri=output_uri,
+                       hyperparameters={k: v for k, v in opts.model_dump().items() if v is not None},
                        instance_count=config.processing_instances,
                        sharded_inputs=["images"] if config.processing_instances > 1 else [])
         result = jobs.run(spec, store, on_log=on_log, on_metric=on_metric)

@@ -5,73 +5,77 @@ training job. The asset records the experiment: hyperparameters, data and code v
 import hashlib
 import json
 import time
-from typing import Optional
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from dermaops_resources.handles import ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec, read_training_record
 from dermaops_resources.object_store import ObjectStore
 from dermaops_resources.settings import Settings
 from ml_code.evaluation.curves import curves_png
+from ml_code.options import config_fields
+from ml_code.training.options import RECIPES, TrainOptions, validate_options
 
 from .versioning import code_version
 from .ui import job_callbacks, png_markdown, table_markdown
 
 TRAIN_CODE_VERSION = code_version("ml_code.training.train")
+EXTRA_HINT = "set each option as a field of trained_model's config instead, e.g. mixup: 0.2, tta_views: 8"
 
 
-class TrainConfig(dg.Config):
-    """Training hyperparameters. Unset fields take ml_code/train.py's defaults, or the named
-    recipe's (``recipe: ham10000`` is the tuned real-data recipe); set fields override both."""
+class TrainConfigBase(dg.Config):
+    """Asset-only fields and the mapping to the job's hyperparameters; the option fields are
+    added from :class:`ml_code.training.options.TrainOptions` by :data:`TrainConfig`."""
 
-    recipe: str = Field(default="", description="named recipe in ml_code/train.py RECIPES, e.g. ham10000")
-    arch: Optional[str] = Field(default=None, description="resnet18 (default) | efficientnet_b0 | dermanet | dermanet_d4 | ...")
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    lr: Optional[float] = None
-    weight_decay: Optional[float] = None
-    label_smoothing: Optional[float] = None
-    amp: Optional[bool] = Field(default=None, description="bf16 autocast on CPU, fp16 + GradScaler on CUDA (default on)")
-    seed: Optional[int] = None
-    weights_path: str = Field(default="", description="local ImageNet state_dict; never downloaded")
-    max_minutes: Optional[float] = Field(default=None, description="training time budget (fits the schedule to it)")
-    extra_hyperparameters: str = Field(default="{}", description="JSON object of further train.py options")
+    recipe: str = Field(default="", description=f"named recipe in ml_code.training.options RECIPES "
+                        f"({', '.join(sorted(RECIPES))}); unset: the deployment's DERMAOPS_TRAIN_RECIPE, else the "
+                        "job defaults. Fields set here override the recipe")
     gpu: bool = Field(default=True, description="on AWS: train on the configured GPU instance type")
+    extra_hyperparameters: str = Field(default="{}", description="DEPRECATED, must stay {}: every training option "
+                                       "is a typed field of this config")
 
     def hyperparameters(self) -> dict:
-        named = ("arch", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "amp", "seed",
-                 "weights_path", "max_minutes")
-        hps = {k: getattr(self, k) for k in named if getattr(self, k) not in (None, "")}
+        """The job's SM_HPS: the options set in this config, plus the recipe. Unset options are
+        left out, so the job applies the recipe's value or its own default."""
+        if self.extra_hyperparameters.strip() not in ("", "{}"):
+            raise dg.Failure(f"trained_model config extra_hyperparameters is no longer read "
+                             f"({self.extra_hyperparameters[:80]!r}): {EXTRA_HINT}")
+        hps = {name: getattr(self, name) for name in TrainOptions.model_fields
+               if name != "recipe" and getattr(self, name) not in (None, "")}
         # Retrains started by sensors and schedules carry no run config: they follow the
-        # deployment's recipe (DERMAOPS_TRAIN_RECIPE) instead of train.py's plain defaults.
+        # deployment's recipe (DERMAOPS_TRAIN_RECIPE) instead of the job's plain defaults.
         recipe = self.recipe or Settings.from_env().train_recipe
         if recipe:
             hps["recipe"] = recipe
-        hint = 'for example {"mixup": 0.2, "tta_views": 8}'
-        try:
-            extra = json.loads(self.extra_hyperparameters)
-        except json.JSONDecodeError as exc:
-            raise dg.Failure(f"trained_model config extra_hyperparameters is not valid JSON ({exc}); give a JSON "
-                             f"object, {hint}") from exc
-        if not isinstance(extra, dict):
-            raise dg.Failure(f"trained_model config extra_hyperparameters must be a JSON object of train.py "
-                             f"options, not a {type(extra).__name__} ({self.extra_hyperparameters[:80]!r}); {hint}")
-        return {**hps, **extra}
+        return hps
+
+
+# The launchpad config: one typed, optional field per TrainOptions option (None = the
+# recipe's value or the job default), so names, types and help exist once, in ml_code;
+# Dagster rejects an unknown field when the run is launched.
+TrainConfig = create_model(
+    "TrainConfig", __base__=TrainConfigBase, __module__=__name__,
+    __doc__="Training options: every field of ml_code.training.options.TrainOptions, unset = recipe or job default.",
+    **config_fields(TrainOptions, unset_default=True, skip=("recipe",)),
+)
 
 
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "sagemaker"},
     code_version=TRAIN_CODE_VERSION,
-    description="Lesion classifier trained by ml_code/train.py as a training job (SageMaker contract: channels, "
+    description="Lesion classifier trained by ml_code.training.train as a training job (SageMaker contract: channels, "
     "SM_MODEL_DIR, SM_HPS; checkpoint every epoch and resume; class imbalance handled). Output: model.tar.gz "
     "(state_dict + code/inference.py) under a content-addressed key.",
 )
 def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, processed_splits: ProcessedSplitsHandle,
                   store: ObjectStore, jobs: JobRunner) -> dg.Output[TrainedModelHandle]:
     hps = config.hyperparameters()
+    try:  # values (ranges, choices, recipe name) are checked before a paid-for job starts
+        validate_options(hps)
+    except ValueError as exc:
+        raise dg.Failure(f"trained_model config: {exc}") from exc
     # Checkpoints are keyed by inputs and by the root run, so a retried run (or a spot
     # interruption) resumes where it stopped, while a fresh run trains from the start.
     run_key = hashlib.sha256(json.dumps([processed_splits.content_hash, hps, TRAIN_CODE_VERSION,
@@ -93,7 +97,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, proces
     # the streamed metric lines are a fallback.
     record = read_training_record(store, result.output_uris.get("output"))
     history = record.get("history") or [h for h in history if "epoch" in h]
-    resolved = record.get("config") or hps
+    resolved = record.get("options") or record.get("config") or hps  # "config": records before options
     arch = str(resolved.get("arch") or "resnet18")
     handle = TrainedModelHandle(
         model_uri=model_uri, model_hash=model_hash, arch=arch, image_size=processed_splits.image_size,
@@ -104,7 +108,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, proces
     best = max(history, key=lambda h: h.get("val_balanced_accuracy", -1.0), default={})
     metadata: dict = {
         "arch": arch,
-        "recipe": config.recipe or "default",
+        "recipe": hps.get("recipe") or "default",  # also when DERMAOPS_TRAIN_RECIPE chose it
         "epochs_run": len(history),
         "training_seconds": float(result.wall_seconds),
         "billable_seconds": float(result.billable_seconds),

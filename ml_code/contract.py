@@ -162,3 +162,30 @@ def run_entry_point(main) -> None:
     except BaseException as exc:  # noqa: BLE001 - the container must always report why
         write_failure(f"{type(exc).__name__}: {exc}")
         raise
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this training process sits in a (possibly distributed) job."""
+
+    world: int
+    rank: int
+    local_rank: int
+
+
+def process_placement(env: TrainingEnv) -> Placement:
+    """World size and ranks from torchrun (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``) or, with one
+    process per host, from ``SM_HOSTS`` (rank = position, rendezvous at the first host, port
+    29500, set as ``MASTER_ADDR``/``MASTER_PORT`` for ``torch.distributed``)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world <= 1 and len(env.hosts) > 1:
+        world, rank = len(env.hosts), env.hosts.index(env.current_host)
+        os.environ.setdefault("MASTER_ADDR", env.hosts[0])
+        os.environ.setdefault("MASTER_PORT", "29500")
+    return Placement(world, rank, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def request_deterministic_cublas() -> None:
+    """cuBLAS needs this workspace setting before deterministic algorithms can be enforced."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+

@@ -7,8 +7,9 @@ inputs   ``manifest`` (folder holding manifest.csv), ``images`` (the raw images 
          files at ``<images>/<image_key>``)
 output   ``splits``: ``{split}_images.npy`` uint8 (N, S, S, 3) RGB, ``{split}_labels.npy``
          int64 (N,), ``{split}_index.csv``, ``classes.json``, ``summary.json``, ``quarantine.csv``
-hyperparameters  ``image_size`` (64), ``val_fraction`` (0.15), ``test_fraction`` (0.15),
-         ``seed`` (42), optional ``num_workers`` (decoding threads; default: CPU count)
+hyperparameters  :class:`ml_code.data.options.PreprocessOptions`: ``image_size`` (64),
+         ``val_fraction`` (0.15), ``test_fraction`` (0.15), ``seed`` (42), optional
+         ``num_workers`` (decoding threads; default: CPU count); an unknown one fails the job
 
 Each image is centre-cropped to a square on its shorter side and resized with
 Lanczos, so lesions are not squashed. Arrays are written through
@@ -32,6 +33,7 @@ import pandas as pd
 
 from ml_code import CLASSES, contract
 from ml_code.atomic import atomic_open, atomic_path, write_text_atomic
+from ml_code.data.options import DEFAULTS, parse_preprocess_options
 from ml_code.data.splits import SPLITS, check_no_leakage, grouped_stratified_split
 
 #: Per-split index. ``age``/``sex``/``localization`` are the clinical context the descriptor
@@ -162,11 +164,11 @@ def run(
     manifest_input: Path,
     images_dir: Path,
     out_dir: Path,
-    image_size: int = 64,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 42,
-    num_workers: int | None = None,
+    image_size: int = DEFAULTS.image_size,
+    val_fraction: float = DEFAULTS.val_fraction,
+    test_fraction: float = DEFAULTS.test_fraction,
+    seed: int = DEFAULTS.seed,
+    num_workers: int | None = DEFAULTS.num_workers,
 ) -> dict:
     """Do the whole job; returns the summary written to summary.json."""
     if not isinstance(image_size, int) or not (8 <= image_size <= 1024):
@@ -239,16 +241,12 @@ def run(
 
 
 def main() -> None:
-    hps = contract.parse_hyperparameters()
+    opts = parse_preprocess_options(contract.parse_hyperparameters())  # unknown option: ValueError
     run(
         manifest_input=contract.processing_input("manifest"),
         images_dir=contract.processing_input("images"),
         out_dir=contract.processing_output("splits"),
-        image_size=int(hps.get("image_size", 64)),
-        val_fraction=float(hps.get("val_fraction", 0.15)),
-        test_fraction=float(hps.get("test_fraction", 0.15)),
-        seed=int(hps.get("seed", 42)),
-        num_workers=int(hps["num_workers"]) if hps.get("num_workers") else None,
+        **opts.model_dump(),
     )
 
 

@@ -8,12 +8,9 @@ The model is loaded through the packaged ``code/inference.py`` handlers (``model
 exactly what the endpoint will serve - temperature included. Everything is measured on
 the test split; validation is used only to choose the melanoma operating point.
 
-Options (SM_HPS or ``--key value``): ``tta`` (test-time augmentation, default true: the
-package's own ``tta_views``, the views its temperature and fusion were fitted on and the
-endpoint serves; false scores one view) with ``tta_views`` to override that number for an
-ablation (2: identity + hflip; 8: all flips x 90-degree rotations),
-``n_bootstrap`` (1000), ``seed`` (0), ``target_sensitivity`` (0.9, for ``mel``),
-``gradcam_per_class`` (2), ``ece_bins`` (15).
+Options (SM_HPS or ``--key value``): :class:`ml_code.evaluation.options.EvaluationOptions`
+(``tta``, ``tta_views``, ``n_bootstrap``, ``seed``, ``target_sensitivity``, ``gradcam_per_class``,
+``ece_bins``, ``melanoma_class``); an unknown option fails the job before any work.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -33,12 +29,9 @@ from ml_code import contract, metrics
 from ml_code.atomic import write_bytes_atomic, write_text_atomic
 from ml_code.package.loader import open_package
 from ml_code.package.views import check_views
-from ml_code.training.train import load_splits
+from ml_code.data.split_reader import load_splits
+from ml_code.evaluation.options import parse_evaluation_options
 
-DEFAULTS: dict[str, Any] = {
-    "tta": True, "tta_views": None, "n_bootstrap": 1000, "seed": 0, "target_sensitivity": 0.9,
-    "gradcam_per_class": 2, "ece_bins": 15, "melanoma_class": "mel",
-}
 
 
 def served_views(model: Any) -> int:
@@ -241,10 +234,7 @@ def write_per_class(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(k for k in opts if k not in DEFAULTS and not k.startswith(("sagemaker_", "_")))
-    if unknown:
-        print(f"WARNING: ignoring unknown evaluation options {unknown}; known: {sorted(DEFAULTS)}", file=sys.stderr, flush=True)
-    opts = {**DEFAULTS, **{k: v for k, v in opts.items() if k in DEFAULTS}}
+    opts = parse_evaluation_options(opts).model_dump()  # ValueError naming an unknown or invalid option
     splits, classes = load_splits(splits_dir)
     if "test" not in splits or len(splits["test"].labels) == 0:
         raise ValueError(f"the splits input {splits_dir} has no test split (test_images.npy/test_labels.npy)")
@@ -259,7 +249,7 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
         # What the endpoint serves: the package's views, unless an ablation asks otherwise.
         if not opts["tta"]:
             views = 1
-        elif opts["tta_views"] in (None, ""):
+        elif opts["tta_views"] is None:
             views = served_views(model)
         else:
             views = int(opts["tta_views"])

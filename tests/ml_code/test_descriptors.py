@@ -19,7 +19,8 @@ from ml_code.package import descriptors, inference
 from ml_code.package import image_policy
 from ml_code.package import model as package_model
 from ml_code.training import models
-from ml_code.training.train import fit_fusion, write_model_dir
+from ml_code.training.fusion import fit_fusion
+from ml_code.training.packaging import write_model_dir
 from tests.conftest import HAM10000, requires_ham10000
 
 SIZE = 24

@@ -108,3 +108,13 @@ def test_missing_model_artifact_fails_clearly(trained, tmp_path):
     proc = run_evaluate(tmp_path, empty, splits, tmp_path / "out")
     assert proc.returncode != 0
     assert "No model.tar.gz" in (tmp_path / "eval-output" / "failure").read_text()
+
+
+def test_unknown_option_fails_the_job_naming_it(trained, tmp_path):
+    """A misspelt option (here the old asset name with a typo) stops the job before any work,
+    instead of a warning and an evaluation with the default."""
+    _, splits, model_in = trained
+    proc = run_evaluate(tmp_path, model_in, splits, tmp_path / "out", {"n_bootstraps": 50})
+    assert proc.returncode != 0
+    reason = (tmp_path / "eval-output" / "failure").read_text()
+    assert "unknown evaluation option(s) ['n_bootstraps']" in reason and "'n_bootstrap'" in reason

@@ -18,7 +18,7 @@ from ml_code.package import image_policy
 from ml_code.package import networks
 from ml_code.package import model as package_model
 from ml_code.training import models
-from ml_code.training.train import write_model_dir
+from ml_code.training.packaging import write_model_dir
 
 SIZE = 24
 

@@ -17,7 +17,9 @@ from ml_code import CLASSES as CLASSES_LIST, contract, metrics
 from ml_code.package import descriptors, inference
 from ml_code.package import model as package_model
 from ml_code.package import views as d4
-from ml_code.training.train import fit_fusion, load_splits
+from ml_code.data.split_reader import load_splits
+from ml_code.training.fusion import fit_fusion
+from ml_code.training.options import TrainOptions
 from tests.ml_code.synth_splits import make_splits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,6 +109,14 @@ def test_trains_and_writes_model_dir(splits, tmp_path):
     assert not (tmp_path / "output" / "failure").exists()
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-epoch-*.pt"))
     assert ckpts == ["checkpoint-epoch-0002.pt", "checkpoint-epoch-0003.pt"]  # keep_checkpoints=2
+    # The resolved options (every option, recipe and defaults applied) travel with the model.
+    options = config["training_options"]
+    assert set(options) == set(TrainOptions.model_fields)
+    assert (options["epochs"], options["batch_size"], options["lr"], options["arch"]) == (3, 32, 0.003, "resnet18")
+    assert options["num_threads"] == 1 and options["balance"] == "sampler"  # set / default
+    assert history["options"] == options
+    for name in ckpts:
+        assert torch.load(tmp_path / "checkpoints" / name, map_location="cpu", weights_only=False)["options"] == options
 
 
 def test_temperature_and_fusion_are_fitted_on_the_served_views(splits, tmp_path):
@@ -185,6 +195,14 @@ def test_missing_splits_writes_failure_file(tmp_path):
     assert proc.returncode != 0
     reason = (tmp_path / "nochannel" / "output" / "failure").read_text()
     assert "Training channel 'splits' is missing" in reason
+
+
+def test_unknown_hyperparameter_is_refused(splits, tmp_path):
+    """A misspelt option fails the job at parse time, naming it, instead of training without it."""
+    proc = run_train(tmp_path, splits, {"epochs": 1, "mixupp": 0.2})
+    assert proc.returncode != 0
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert "unknown training option(s) ['mixupp']" in reason and "'mixup'" in reason
 
 
 def test_bad_hyperparameter_is_reported(splits, tmp_path):
