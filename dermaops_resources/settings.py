@@ -46,6 +46,16 @@ class Settings:
     endpoint_port: int = 0
     train_recipe: str = ""
     """Recipe for training runs whose config names none (sensor, schedule and CLI retrains)."""
+    landing_quiet_seconds: float = 60.0
+    """A landed batch without a completion marker is complete once the landing sensor's own
+    observations see no change in it for this long (DERMAOPS_LANDING_QUIET_SECONDS)."""
+    landing_max_files: int = 5000
+    """Files of new landed batches the landing sensor lists per tick (DERMAOPS_LANDING_MAX_BATCH);
+    more batches wait for the next tick, so a tick stays well inside Dagster's 60 s limit."""
+    landing_verify_files: int = 2000
+    """Files of already-requested batches re-listed per tick, in rotation, to notice late files
+    and rewritten objects (DERMAOPS_LANDING_VERIFY_FILES). A change in an old batch is seen
+    within (files landed / this) ticks."""
     sagemaker_executor: str = ""
     """Test-only hook (module:function) that runs job entry points when a fake SageMaker does not."""
 
@@ -80,4 +90,7 @@ class Settings:
             use_spot=_env("DERMAOPS_USE_SPOT", "true").lower() not in ("0", "false", "no"),
             train_recipe=_env("DERMAOPS_TRAIN_RECIPE", ""),
             sagemaker_executor=_env("DERMAOPS_SAGEMAKER_EXECUTOR", ""),
+            landing_quiet_seconds=float(_env("DERMAOPS_LANDING_QUIET_SECONDS", "60")),
+            landing_max_files=int(_env("DERMAOPS_LANDING_MAX_BATCH", "5000")),
+            landing_verify_files=int(_env("DERMAOPS_LANDING_VERIFY_FILES", "2000")),
         )
