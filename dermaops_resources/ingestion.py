@@ -93,7 +93,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
             if not position:
                 raise
             ref = batch_ref(label, salt)
-            reason = f"metadata unreadable, batch not ingested: {exc}"
+            reason = f"metadata unreadable, batch not ingested: {_without_location(str(exc), uri, f'batch {ref}')}"
             stats.quarantined_batches.append((ref, reason))
             quarantine_frames.append(ingest.quarantine_frame([
                 {"image_id": "", "stage": "batch", "reason": f"landed batch {label!r} (ref {ref}): {reason}"}]))
@@ -183,6 +183,16 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
         source_uri=" + ".join(_redact(uri) for uri in ingested_uris), source_layout="+".join(dict.fromkeys(layouts)),
     )
     return handle, stats
+
+
+def _without_location(text: str, uri: str, stand_in: str) -> str:
+    """``text`` with the batch's location and folder name replaced: a folder may be named after
+    a patient, and the reason reaches logs and the UI."""
+    local = str(Path(uri.removeprefix("file://")).expanduser())
+    for variant in sorted({uri, uri.rstrip("/"), local, _redact(uri)}, key=len, reverse=True):
+        if variant:
+            text = text.replace(variant, stand_in)
+    return text
 
 
 def _csv(df: pd.DataFrame) -> bytes:
