@@ -167,7 +167,8 @@ def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landin
         name = names[ref]
         files = landing_files(store, landing_uri, name)
         listed += len(files)
-        marked[ref] = any(f.key == f"{name}/{m}" for m in LANDING_MARKERS)
+        markers = {f"{name}/{m}" for m in LANDING_MARKERS}
+        marked[ref] = any(f.key in markers for f in files)
         return _digest(files), len(files)
 
     def note(ref: str, digest: str, n: int) -> None:
