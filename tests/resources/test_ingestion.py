@@ -271,3 +271,16 @@ def test_symbolic_links_are_never_followed(demo: Path, tmp_path: Path) -> None:
     quarantine = pd.read_csv(store.local_path(handle.quarantine_uri), dtype=str, keep_default_na=False)
     assert quarantine.loc[quarantine["image_id"] == "IN_0002", "reason"].tolist() == [SYMLINK_REASON]
     assert SYMLINK_REASON in dict(stats.quarantined_batches)[batch_ref("b-linked", "s")]
+
+
+def test_a_linked_folder_inside_a_dataset_is_listed_as_a_link_not_walked(tmp_path: Path) -> None:
+    from dermaops_resources.raw_source import RawSource
+
+    outside = tmp_path / "elsewhere"
+    _draw_batch(outside, [("OUT_0001", "nv", "50")])
+    _draw_batch(tmp_path / "ds", [("IN_0001", "nv", "50")])
+    (tmp_path / "ds" / "ISIC-images").symlink_to(outside / "images", target_is_directory=True)
+    source = RawSource(str(tmp_path / "ds"))
+    assert "ISIC-images" in source.links
+    assert not [k for k in source._keys if k.startswith("ISIC-images/")]
+    assert "OUT_0001" not in source.image_index
