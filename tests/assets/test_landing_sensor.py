@@ -24,7 +24,7 @@ from dermaops_assets.sensors import LANDING_STATE_PREFIX, landing_tick
 from dermaops_resources.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore, ObjectStore
 from dermaops_resources.raw_source import landed_batches
-from ml_code.demo_data import generate_demo_dataset
+from tests.resources.test_ingestion import _draw_batch
 
 SALT = "landing-test-salt"
 QUIET = 60.0
@@ -183,7 +183,13 @@ def instance():
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    return generate_demo_dataset(tmp_path_factory.mktemp("base"), n_lesions_per_class=1, image_size=(48, 40), seed=3)
+    return base_dataset(tmp_path_factory.mktemp("base"))
+
+
+def base_dataset(folder: Path) -> Path:
+    """A small base dataset drawn here (no dependency on where the demo generator lives)."""
+    _draw_batch(folder, [("BASE_1", "nv", "50"), ("BASE_2", "mel", "61"), ("BASE_3", "bkl", "70")])
+    return folder
 
 
 def test_mtime_preserved_copy_midway_is_not_taken(instance, tmp_path):

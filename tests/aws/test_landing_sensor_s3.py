@@ -12,9 +12,8 @@ import pytest
 
 from dermaops_assets.sensors import landing_tick
 from dermaops_resources.raw_source import landed_batches
-from ml_code.demo_data import generate_demo_dataset
 from tests.assets.test_landing_sensor import (
-    SALT, Lander, metadata, scenario_copy_in_progress_is_not_taken, scenario_corrected_metadata_under_the_same_key_lands_again,
+    SALT, Lander, base_dataset, metadata, scenario_copy_in_progress_is_not_taken, scenario_corrected_metadata_under_the_same_key_lands_again,
     scenario_late_arrivals_sorting_before_are_seen, scenario_marker_completes_at_once,
     scenario_no_folder_name_in_anything_emitted,
 )
@@ -49,7 +48,7 @@ def test_s3_late_batch_and_late_file_sorting_before_are_seen(instance, lander):
 
 
 def test_s3_corrected_metadata_under_the_same_key_is_a_new_landing(instance, lander, tmp_path: Path):
-    base = generate_demo_dataset(tmp_path / "base", n_lesions_per_class=1, image_size=(48, 40), seed=3)
+    base = base_dataset(tmp_path / "base")
     scenario_corrected_metadata_under_the_same_key_lands_again(instance, lander, base)
 
 

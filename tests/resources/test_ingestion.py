@@ -184,11 +184,12 @@ def test_real_ham10000_ingests(tmp_path: Path) -> None:
 # -- a bad batch fails alone (case C08 kind), symbolic links ---------------------------------
 
 def _draw_batch(folder: Path, rows: list[tuple[str, str, str]], metadata: bytes | None = None,
-                name: str = "HAM10000_metadata.csv") -> None:
-    """A clinic batch: one PNG drawn per (image_id, dx, age) row; ``metadata`` overrides the CSV."""
+                name: str = "HAM10000_metadata.csv", shade: int = 0) -> None:
+    """A clinic batch: one PNG drawn per (image_id, dx, age) row; ``metadata`` overrides the CSV;
+    folders meant to be ingested together need different ``shade``s (identical bytes are duplicates)."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for i, (image_id, _, _) in enumerate(rows):
-        Image.new("RGB", (48, 40), (40 + 30 * i, 90, 200 - 20 * i)).save(folder / "images" / f"{image_id}.png")
+        Image.new("RGB", (48, 40), (40 + 30 * i, 90 + shade, 200 - 20 * i)).save(folder / "images" / f"{image_id}.png")
     if metadata is None:
         lines = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
         lines += [f"L_{image_id},{image_id},{dx},histo,{age},female,back" for image_id, dx, age in rows]
