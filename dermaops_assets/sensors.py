@@ -33,7 +33,7 @@ import dagster as dg
 from dermaops_resources.ingestion import pseudonym_salt
 from dermaops_resources.notifier import Notifier
 from dermaops_resources.object_store import LandedFile, ObjectStore, landing_files, landing_folders
-from dermaops_resources.raw_source import batch_ref
+from dermaops_resources.raw_source import LANDING_STATE_PREFIX, batch_ref
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
 
@@ -73,14 +73,11 @@ def retrain_blocked(instance: dg.DagsterInstance, what: str) -> str | None:
     return None
 
 
-LANDING_STATE_PREFIX = "sensor-state/raw_landing"
-"""Where the landing sensor keeps what it has observed: one small immutable JSON object per
-state change in the ``logs`` bucket, ``<prefix>/<seq>.json``, holding per pending batch
-[digest, time the sensor first saw that digest, files] and per completed batch its digest,
-all keyed by batch reference. The cursor holds only ``seq`` (and the verification position):
-the state stays out of Dagster's tick history and is small whatever the bucket holds, and a
-tick that fails after writing ``seq + 1`` leaves the committed cursor on ``seq``, so an
-observation is never half-applied. The last few states are kept."""
+# LANDING_STATE_PREFIX (raw_source): the landing sensor's state lives in the store, one small
+# immutable object per state change; the cursor holds only its sequence number (and the
+# verification position). That keeps the state out of Dagster's tick history and small whatever
+# the bucket holds, and a tick that fails after writing ``seq + 1`` leaves the committed cursor
+# on ``seq``, so an observation is never half-applied. The last few states are kept.
 LANDING_MARKERS = ("_SUCCESS", "manifest.json")
 """Completion markers an uploader may write last, at the top of the batch folder."""
 _STATES_KEPT = 3
@@ -150,6 +147,13 @@ def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landin
         legacy_key = legacy_key[len(lead):] if lead and legacy_key.startswith(lead) else legacy_key
     log = context.log.info if getattr(context, "log", None) else (lambda msg: None)
     state = _load_landing_state(store, seq, log)
+    if not seq:
+        # No cursor (first start, or reset by hand): observe afresh, but number after any state
+        # already written, so the newest state stays the highest key (ingestion reads it) and a
+        # run key is never reused (Dagster drops a request whose run key it has seen).
+        existing = list(store.list(store.uri("logs", LANDING_STATE_PREFIX)))
+        seq = max((int(o.key.rsplit("/", 1)[-1].split(".")[0]) for o in existing
+                   if o.key.rsplit("/", 1)[-1].split(".")[0].isdigit()), default=0)
     pending: dict[str, list] = state["pending"]
     done: dict[str, str] = state["done"]
     names = {batch_ref(name, salt): name for name in landing_folders(store, landing_uri)}
@@ -231,7 +235,8 @@ def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landin
         _save_landing_state(store, seq + 1, state)
     if ready:
         refs = sorted(ready)
-        requests = [_retrain_request("new-data", f"raw-landing:{seq + 1}", {
+        what = hashlib.sha256(json.dumps([[r, done[r]] for r in refs]).encode()).hexdigest()[:12]
+        requests = [_retrain_request("new-data", f"raw-landing:{seq + 1}:{what}", {
             "dermaops/landing_batches": str(len(refs)), "dermaops/landing_files": str(files),
             "dermaops/landing_state": str(seq + 1),
             "dermaops/landing_batch_refs": ",".join(refs[:10]) + (",..." if len(refs) > 10 else "")})]

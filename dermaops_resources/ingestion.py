@@ -24,7 +24,7 @@ from ml_code import ingest
 
 from .handles import RawImagesHandle
 from .object_store import ObjectStore
-from .raw_source import SYMLINK_REASON, NotFollowed, RawSource, RawSourceError, batch_ref
+from .raw_source import SYMLINK_REASON, NotFollowed, RawSource, RawSourceError, batch_ref, batches_still_arriving
 
 BATCH_ERRORS = (RawSourceError, ingest.MetadataError, PermissionError, IsADirectoryError)
 """What makes a landed batch unreadable as a whole (its own fault, not the platform's): it is
@@ -38,6 +38,8 @@ class IngestStats:
     already_stored: int = 0
     quarantined_batches: list[tuple[str, str]] = field(default_factory=list)
     """(batch_ref, reason) of each landed batch left out whole; the reason names no file or folder."""
+    arriving_batches: list[str] = field(default_factory=list)
+    """batch_ref of each landed batch skipped because the landing sensor has not yet seen it complete."""
 
 
 def pseudonym_salt(home: Path) -> str:
@@ -72,7 +74,8 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     cannot be read at all, or which is a symbolic link, is quarantined as a whole with its
     reason (``IngestStats.quarantined_batches`` and one ``stage=batch`` quarantine row) and
     everything else is ingested exactly as if it were absent: one clinic's broken export must
-    not stop every retraining."""
+    not stop every retraining. A landed batch the landing sensor still sees arriving is left
+    for the run the sensor requests once it is complete (``batches_still_arriving``)."""
     limits = limits or ingest.ImageLimits()
     uris = [source_uri] if isinstance(source_uri, str) else list(source_uri)
     sources: list[RawSource] = []
@@ -80,8 +83,13 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     first_source: dict[str, str] = {}
     stats = IngestStats()
     ingested_uris = []
+    arriving = batches_still_arriving(store) if len(uris) > 1 else set()
     for position, uri in enumerate(uris):
         label = _redact(uri)
+        if position and batch_ref(_folder_name(uri), salt) in arriving:
+            stats.arriving_batches.append(batch_ref(_folder_name(uri), salt))
+            log(f"landed batch {batch_ref(_folder_name(uri), salt)} is still arriving (landing sensor); left for its own run")
+            continue
         try:
             source = RawSource(uri)
             if position and source.root_is_link:
@@ -92,7 +100,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
         except BATCH_ERRORS as exc:
             if not position:
                 raise
-            ref = batch_ref(label, salt)
+            ref = batch_ref(_folder_name(uri), salt)
             reason = f"metadata unreadable, batch not ingested: {_without_location(str(exc), uri, f'batch {ref}')}"
             stats.quarantined_batches.append((ref, reason))
             quarantine_frames.append(ingest.quarantine_frame([
@@ -112,7 +120,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
                 for image_id, where in zip(ids[clash], earlier[clash])])], ignore_index=True)
             good, ids = good[~clash], ids[~clash]
         first_source.update(dict.fromkeys(ids, label))
-        log(f"metadata of {label if not position else batch_ref(label, salt)}: {len(metadata)} rows in {layout} "
+        log(f"metadata of {label if not position else batch_ref(_folder_name(uri), salt)}: {len(metadata)} rows in {layout} "
             f"layout ({dialect}), {len(good)} valid, {len(quarantined)} quarantined")
         frames.append(good.assign(_source=len(sources)))
         quarantine_frames.append(quarantined)
@@ -185,11 +193,16 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     return handle, stats
 
 
+def _folder_name(uri: str) -> str:
+    """A landed batch's folder name, as the landing sensor names it (its reference is a hash of it)."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
 def _without_location(text: str, uri: str, stand_in: str) -> str:
     """``text`` with the batch's location and folder name replaced: a folder may be named after
     a patient, and the reason reaches logs and the UI."""
     local = str(Path(uri.removeprefix("file://")).expanduser())
-    for variant in sorted({uri, uri.rstrip("/"), local, _redact(uri)}, key=len, reverse=True):
+    for variant in sorted({uri, uri.rstrip("/"), local, _redact(uri), _folder_name(uri)}, key=len, reverse=True):
         if variant:
             text = text.replace(variant, stand_in)
     return text

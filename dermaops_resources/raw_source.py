@@ -35,6 +35,25 @@ class NotFollowed(RawSourceError):
         self.reason = reason
 
 
+LANDING_STATE_PREFIX = "sensor-state/raw_landing"
+"""Where the landing sensor keeps what it has observed (``dermaops_assets.sensors``): one small
+immutable JSON object per state change in the ``logs`` bucket, ``<prefix>/<seq>.json``, holding
+per pending batch [digest, time the sensor first saw that digest, files] and per completed
+batch its digest, all keyed by ``batch_ref``."""
+
+
+def batches_still_arriving(store) -> set[str]:
+    """References of the landed batches the landing sensor has seen but not yet judged complete
+    (newest state it wrote; empty when it has written none, e.g. no sensor runs here).
+
+    Ingestion skips them: a run started for another batch, or by drift, must not take a batch
+    that is still being copied; the sensor requests its own run once the batch is complete."""
+    states = list(store.list(store.uri("logs", LANDING_STATE_PREFIX)))
+    if not states:
+        return set()
+    return set(store.get_json(states[-1].uri).get("pending", {}))
+
+
 def batch_ref(name: str, salt: str) -> str:
     """A stable pseudonym for a landed batch folder (12 hex of a salted sha256).
 

@@ -173,6 +173,33 @@ def scenario_no_folder_name_in_anything_emitted(instance, lander: Lander) -> Non
     assert b"Smith" not in state
 
 
+def scenario_ingestion_leaves_a_batch_still_arriving(instance, lander: Lander, base: Path) -> None:
+    from dermaops_resources.raw_source import batch_ref
+
+    def ingested_ids():
+        handle, stats = ingest_dataset([str(base), *landed_batches(lander.landing_uri)], lander.store, salt=SALT)
+        manifest = pd.read_csv(io.BytesIO(lander.store.get_bytes(handle.manifest_uri)), dtype=str)
+        quarantine = pd.read_csv(io.BytesIO(lander.store.get_bytes(handle.quarantine_uri)), dtype=str)
+        return set(manifest["image_id"]), set(quarantine["image_id"].dropna()), stats
+
+    tick, t = Ticker(instance, lander), 1_000_000.0
+    lander.write("a/HAM10000_metadata.csv", metadata(("A_1", 50)), True)
+    lander.write("a/images/A_1.png", png(10), True)
+    lander.write("a/_SUCCESS", b"", True)
+    lander.write("b/HAM10000_metadata.csv", metadata(("B_1", 50), ("B_2", 60)), True)
+    lander.write("b/images/B_1.png", png(11), True)  # B_2 is still being copied
+    (request,) = tick(t)
+    assert request.tags["dermaops/landing_batches"] == "1"
+    ids, quarantined, stats = ingested_ids()  # what the requested run ingests
+    assert "A_1" in ids and not {"B_1", "B_2"} & (ids | quarantined)  # b is not taken, nor called broken
+    assert stats.arriving_batches == [batch_ref("b", SALT)]
+    lander.write("b/images/B_2.png", png(12), True)
+    assert tick(t + 1) == []
+    (request,) = tick(t + QUIET + 2)
+    ids, quarantined, stats = ingested_ids()
+    assert {"A_1", "B_1", "B_2"} <= ids and stats.arriving_batches == []
+
+
 # -- local runs ------------------------------------------------------------------------------
 
 @pytest.fixture()
@@ -210,6 +237,10 @@ def test_completion_marker_completes_the_batch_at_once(instance, tmp_path):
 
 def test_patient_named_folder_never_reaches_keys_tags_cursor_or_config(instance, tmp_path):
     scenario_no_folder_name_in_anything_emitted(instance, local_lander(tmp_path))
+
+
+def test_ingestion_leaves_a_batch_the_sensor_still_sees_arriving(instance, tmp_path, base):
+    scenario_ingestion_leaves_a_batch_still_arriving(instance, local_lander(tmp_path), base)
 
 
 def test_symlinks_in_landing_are_not_followed(instance, tmp_path):

@@ -14,7 +14,8 @@ from dermaops_assets.sensors import landing_tick
 from dermaops_resources.raw_source import landed_batches
 from tests.assets.test_landing_sensor import (
     SALT, Lander, base_dataset, metadata, scenario_copy_in_progress_is_not_taken, scenario_corrected_metadata_under_the_same_key_lands_again,
-    scenario_late_arrivals_sorting_before_are_seen, scenario_marker_completes_at_once,
+    scenario_ingestion_leaves_a_batch_still_arriving, scenario_late_arrivals_sorting_before_are_seen,
+    scenario_marker_completes_at_once,
     scenario_no_folder_name_in_anything_emitted,
 )
 
@@ -58,6 +59,10 @@ def test_s3_marker_completes_the_batch_at_once(instance, lander):
 
 def test_s3_patient_named_folder_never_reaches_keys_tags_cursor_or_config(instance, lander):
     scenario_no_folder_name_in_anything_emitted(instance, lander)
+
+
+def test_s3_ingestion_leaves_a_batch_still_arriving(instance, lander, tmp_path: Path):
+    scenario_ingestion_leaves_a_batch_still_arriving(instance, lander, base_dataset(tmp_path / "base"))
 
 
 def test_s3_sibling_prefix_is_not_a_batch(instance, lander, store):
