@@ -280,3 +280,15 @@ def test_older_last_key_cursor_does_not_request_old_batches_again(instance, tmp_
     (request,) = landing_tick(ctx, lander.store, lander.landing_uri, quiet_seconds=0.0, salt=SALT).run_requests
     assert request.tags["dermaops/landing_batches"] == "1"  # only the batch after the old cursor
     assert request.tags["dermaops/landing_files"] == "1"
+
+
+def test_a_reset_cursor_never_reuses_a_run_key(instance, tmp_path):
+    lander = local_lander(tmp_path)
+    lander.write("a/HAM10000_metadata.csv", metadata(("A_1", 30)), True)
+    lander.write("a/_SUCCESS", b"", True)
+    first = Ticker(instance, lander)
+    (r1,) = first(1.0)
+    again = Ticker(instance, lander)  # the cursor was reset by hand: everything is observed afresh
+    (r2,) = again(2.0)
+    assert r2.run_key != r1.run_key  # Dagster would silently drop a request under a key it has seen
+    assert json.loads(again.cursor)["seq"] > json.loads(first.cursor)["seq"]
