@@ -277,7 +277,9 @@ def test_older_last_key_cursor_does_not_request_old_batches_again(instance, tmp_
     lander.write("2026-02-b/y.jpg", b"y", True)
     ctx = dg.build_sensor_context(instance=instance, cursor=json.dumps({"last_key": "2026-01-a/x.jpg"}),
                                   resources={"store": lander.store})
-    (request,) = landing_tick(ctx, lander.store, lander.landing_uri, quiet_seconds=0.0, salt=SALT).run_requests
+    result = landing_tick(ctx, lander.store, lander.landing_uri, quiet_seconds=0.0, max_files=1, salt=SALT)
+    (request,) = result.run_requests
+    assert "last_key" not in json.loads(result.cursor)
     assert request.tags["dermaops/landing_batches"] == "1"  # only the batch after the old cursor
     assert request.tags["dermaops/landing_files"] == "1"
 
