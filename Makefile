@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export DERMAOPS_HOME ?= $(CURDIR)/.dermaops
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo demo-data ui monitor test test-fast validate endpoint-status endpoint-stop bench clean
+.PHONY: venv demo demo-data ui monitor test test-fast test-infra infra-scan validate endpoint-status endpoint-stop bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ test: venv
 
 test-fast: venv
 	$(BIN)/pytest -q -rs -m "not slow"
+
+test-infra: venv
+	$(BIN)/pytest -q -rs tests/infra tests/deploy
+
+# checkov (Terraform, Dockerfiles) and hadolint, in their own venv (.venv-checkov/)
+infra-scan:
+	bash .ci/checkov
 
 endpoint-status: venv
 	$(BIN)/dermaops endpoint status

@@ -2,11 +2,11 @@
 
     python benchmarks/cuda_amp_training.py --splits DIR [--arch resnet18] [--epochs 4] [--out DIR]
 
-Runs ``ml_code.train`` exactly as a SageMaker training job would (SM_* environment, channel
+Runs ``ml_code.training.train`` exactly as a SageMaker training job would (SM_* environment, channel
 ``splits`` = a preprocess output folder) twice on the same data: ``amp=false`` (baseline) and
 ``amp=true`` (fp16 autocast + GradScaler on CUDA, bf16 autocast on CPU), and prints the
 per-epoch time of each and their ratio. It then resumes the AMP run for two more epochs from
-its checkpoints (the spot-interruption path) and evaluates the result with ``ml_code.evaluate``.
+its checkpoints (the spot-interruption path) and evaluates the result with ``ml_code.evaluation.evaluate``.
 Meant for a GPU machine; on CPU it runs too, slowly.
 """
 
@@ -33,7 +33,7 @@ def train(splits: Path, work: Path, hps: dict) -> tuple[list[dict], str]:
            "SM_CHANNELS": '["splits"]', "SM_MODEL_DIR": str(work / "model"), "SM_OUTPUT_DIR": str(work / "output"),
            "SM_OUTPUT_DATA_DIR": str(work / "output/data"), "SM_CHECKPOINT_DIR": str(work / "checkpoints"),
            "SM_HPS": json.dumps(hps)}
-    proc = subprocess.run([sys.executable, "-m", "ml_code.train"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "ml_code.training.train"], env=env, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise SystemExit(f"training failed:\n{log[-4000:]}")
@@ -52,7 +52,7 @@ def evaluate(splits: Path, work: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "SM_PROCESSING_INPUT_MODEL": str(model_in),
            "SM_PROCESSING_INPUT_SPLITS": str(splits), "SM_PROCESSING_OUTPUT_EVALUATION": str(out),
            "SM_OUTPUT_DIR": str(work / "output"), "SM_HPS": json.dumps({"bootstrap_samples": 200})}
-    proc = subprocess.run([sys.executable, "-m", "ml_code.evaluate"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "ml_code.evaluation.evaluate"], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"evaluation failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     return json.loads((out / "report.json").read_text())["headline"]

@@ -7,7 +7,7 @@
 splits/<hash>/splits``). Scores the test split with the package's own code: the network
 alone, the descriptor model alone (with the clinical context from the split index) and the
 served fusion; then refits the fusion on validation with ``fusion_balance`` 0 .. 1
-(``ml_code.train.fit_fusion``, what training does) and prints each setting's test macro AUC
+(``ml_code.training.train.fit_fusion``, what training does) and prints each setting's test macro AUC
 and balanced accuracy with its ratio to the served package's. Reads only; changes nothing.
 """
 
@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ml_code import metrics  # noqa: E402
-from ml_code.evaluate import extract_model, load_handlers, served_views  # noqa: E402
-from ml_code.train import fit_fusion, load_splits  # noqa: E402
+from ml_code.evaluation.evaluate import served_views  # noqa: E402
+from ml_code.package.loader import open_package  # noqa: E402
+from ml_code.training.train import fit_fusion, load_splits  # noqa: E402
 
 BALANCES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -44,20 +45,20 @@ def main() -> int:
     args = parser.parse_args()
     splits, _ = load_splits(args.splits)
     with tempfile.TemporaryDirectory(prefix="dermaops-fusion-") as tmp:
-        handlers = load_handlers(model_dir := extract_model(args.model, Path(tmp)))
-        model = handlers.model_fn(str(model_dir))
+        package = open_package(args.model, Path(tmp), "fusion")
+        handlers, model = package.api, package.model
         if model.descriptor_model is None:
             print(f"{args.model} has no descriptor model: nothing to compare", file=sys.stderr)
             return 2
-        descriptors = handlers._load_descriptors_module()
+        descriptors = handlers.descriptors
         views = served_views(model) if args.views is None else args.views
         log_net, log_desc = {}, {}
         for name in ("val", "test"):
             split = splits[name]
             x = handlers.preprocess_array(np.asarray(split.images), model)
-            log_net[name] = handlers._network_log_probs(x, model, views, 1.0)
+            log_net[name] = handlers.network_log_probs(x, model, views, 1.0)
             if name == "test":  # the evaluation's network-only ablation: temperature-scaled, as served alone
-                network_alone = np.exp(handlers._network_log_probs(x, model, views, model.temperature))
+                network_alone = np.exp(handlers.network_log_probs(x, model, views, model.temperature))
             log_desc[name] = model.descriptor_model.log_proba(
                 descriptors.descriptor_matrix(np.asarray(split.images), split.clinical))
     y_val, y_test = splits["val"].labels, splits["test"].labels

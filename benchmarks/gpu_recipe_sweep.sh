@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Recipe sweep on a GPU machine: several ml_code.train configurations in parallel on one
+# Recipe sweep on a GPU machine: several ml_code.training.train configurations in parallel on one
 # preprocess output folder (the `splits` of processed_splits), each evaluated on the test split.
 #
 #   bash benchmarks/gpu_recipe_sweep.sh SPLITS_DIR [EPOCHS] [OUT_DIR]

@@ -76,7 +76,7 @@ def run_pipeline(home: Path, data: Path, image_size: int, train_config: dict, mi
 def score_external(model_path: Path, images: Path, labels: Path, out: Path) -> None:
     """The trained model on an independent labelled set (reported, not tuned for)."""
     sys.path.insert(0, str(REPO))
-    from ml_code.score import score
+    from ml_code.evaluation.score import score
 
     result = score(model_path, images, out, labels)
     print(f"== external set {images} ({result['scored']} scored, {result['skipped']} skipped; "
@@ -117,7 +117,7 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--minutes", type=float, default=16.5,
                         help="the network's training budget; the descriptor model adds about 1.5 min")
-    parser.add_argument("--arch", help="network instead of the recipe's (see ml_code.models.ARCHS)")
+    parser.add_argument("--arch", help="network instead of the recipe's (see ml_code.training.models.ARCHS)")
     parser.add_argument("--seed", type=int, help="seed instead of the recipe's")
     parser.add_argument("--home", type=Path, help="keep state here instead of a temporary folder")
     parser.add_argument("--with-baseline", action="store_true")

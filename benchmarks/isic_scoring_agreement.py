@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/isic_scoring_agreement.py --truth GT.csv --predictions predictions.csv \
         [--isic-bin /path/to/isic-challenge-scoring]
 
-``predictions.csv`` is what ``dermaops score`` / ``python -m ml_code.score`` writes (ISIC
+``predictions.csv`` is what ``dermaops score`` / ``python -m ml_code.evaluation.score`` writes (ISIC
 format); ``GT.csv`` an ISIC ground-truth file (``image`` + one-hot class columns).
 ``isic-challenge-scoring`` needs pandas<3, so it lives in its own venv:
 ``python3 -m venv /tmp/isic && /tmp/isic/bin/pip install isic-challenge-scoring 'pandas<3'``.
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ml_code import metrics  # noqa: E402
-from ml_code.score import ISIC_CHALLENGE_COLUMNS  # noqa: E402
+from ml_code.evaluation.score import ISIC_CHALLENGE_COLUMNS  # noqa: E402
 
 
 def ours(truth: Path, predictions: Path) -> dict[str, float]:

@@ -6,7 +6,7 @@
 #   e.g. bash benchmarks/recipe_runs.sh <home>/recipe/store/processed/splits/<hash>/splits /tmp/runs \
 #          dermanet-seed7='{"recipe":"ham10000","seed":7}' d4-seed7='{"recipe":"ham10000","arch":"dermanet_d4","seed":7}'
 #
-# Each run is `python -m ml_code.train` then `python -m ml_code.evaluate` (200 bootstrap
+# Each run is `python -m ml_code.training.train` then `python -m ml_code.evaluation.evaluate` (200 bootstrap
 # resamples) under the SageMaker container contract, as the pipeline's jobs run them; prints
 # one line per run with the test metrics of the served model and of its network alone, the
 # training wall time and the epochs that fitted. Compares networks or seeds on the same split
@@ -26,12 +26,12 @@ for spec in "$@"; do
   D=$OUT/$NAME
   rm -rf "$D" && mkdir -p "$D/model" "$D/out" "$D/output" "$D/ckpt" "$D/modelin" "$D/eval"
   if ! PYTHONPATH=$REPO SM_CHANNEL_SPLITS=$SPLITS SM_MODEL_DIR=$D/model SM_OUTPUT_DATA_DIR=$D/out \
-      SM_OUTPUT_DIR=$D/output SM_CHECKPOINT_DIR=$D/ckpt SM_HPS=$HPS "$PY" -m ml_code.train > "$D/train.log" 2>&1; then
+      SM_OUTPUT_DIR=$D/output SM_CHECKPOINT_DIR=$D/ckpt SM_HPS=$HPS "$PY" -m ml_code.training.train > "$D/train.log" 2>&1; then
     echo "$NAME: training failed, see $D/train.log and $D/output/failure" >&2; continue
   fi
   tar -czf "$D/modelin/model.tar.gz" -C "$D/model" .
   if ! PYTHONPATH=$REPO SM_PROCESSING_INPUT_MODEL=$D/modelin SM_PROCESSING_INPUT_SPLITS=$SPLITS \
-      SM_PROCESSING_OUTPUT_EVALUATION=$D/eval SM_HPS='{"n_bootstrap":200}' "$PY" -m ml_code.evaluate > "$D/eval.log" 2>&1; then
+      SM_PROCESSING_OUTPUT_EVALUATION=$D/eval SM_HPS='{"n_bootstrap":200}' "$PY" -m ml_code.evaluation.evaluate > "$D/eval.log" 2>&1; then
     echo "$NAME: evaluation failed, see $D/eval.log" >&2; continue
   fi
   "$PY" - "$NAME" "$D" <<'PY'

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/tta_latency.py --model MODEL.tar.gz|MODEL_DIR [--images DIR] [--requests 100]
 
 A package with ``tta_views`` 8 averages the network over eight flips/rotations of each image.
-The endpoint (``ml_code.inference._network_log_probs``) sends those views through the
+The endpoint (``ml_code.package.inference.network_log_probs``) sends those views through the
 network as one batch; the baseline, measured in the same run on the same images, is how it
 used to be done: one forward pass per view. Each request is one image, as the endpoint gets
 them (decoded from the file's bytes by ``input_fn``). Prints the p50/p95 milliseconds of the
@@ -28,17 +28,20 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ml_code import inference  # noqa: E402
-from ml_code.evaluate import extract_model  # noqa: E402
+from ml_code.package import inference  # noqa: E402
+from ml_code.package import views as d4
+from ml_code.package import imaging
+from ml_code.package import model as package_model
+from ml_code.package.loader import extract  # noqa: E402
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "ham10000" / "images"
 
 
 @torch.no_grad()
-def view_by_view(x: torch.Tensor, model: inference.ServedModel, views: int) -> np.ndarray:
+def view_by_view(x: torch.Tensor, model: package_model.ServedModel, views: int) -> np.ndarray:
     """The baseline: the view average with one forward pass per view."""
-    order = inference.view_order(views)
-    p = sum(torch.softmax(model(inference.dihedral_view(x, v)).float(), dim=1) for v in order)
+    order = d4.view_order(views)
+    p = sum(torch.softmax(model(d4.dihedral_view(x, v)).float(), dim=1) for v in order)
     return (p / len(order)).numpy()
 
 
@@ -69,20 +72,20 @@ def main() -> int:
         print(f"no .jpg/.png images in {args.images}; pass --images DIR", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="dermaops-tta-") as tmp:
-        model_dir = args.model if args.model.is_dir() else extract_model(args.model, Path(tmp))
+        model_dir = args.model if args.model.is_dir() else extract(args.model, Path(tmp))
         model = inference.model_fn(str(model_dir))
     views = model.tta_views
     bodies = [(p.read_bytes(), "image/png" if p.suffix.lower() == ".png" else "image/jpeg") for p in files]
-    tensors = [inference.preprocess_array(inference.load_image_square(body, model.image_size)[None], model)
+    tensors = [package_model.preprocess_array(imaging.load_image_square(body, model.image_size)[None], model)
                for body, _ in bodies]
-    batched = per_request_ms(lambda x: inference._network_log_probs(x, model, views, 1.0), tensors)
+    batched = per_request_ms(lambda x: package_model.network_log_probs(x, model, views, 1.0), tensors)
     baseline = per_request_ms(lambda x: view_by_view(x, model, views), tensors)
-    agree = max(float(np.abs(np.exp(inference._network_log_probs(x, model, views, 1.0))
+    agree = max(float(np.abs(np.exp(package_model.network_log_probs(x, model, views, 1.0))
                              - view_by_view(x, model, views)).max()) for x in tensors[:10])
 
     def whole_request(body_and_type: tuple[bytes, str], n: int) -> np.ndarray:
         data = inference.input_fn(*body_and_type)  # what the endpoint does with a bare image
-        image = inference.load_image_square(data["image_bytes"], model.image_size)[None]
+        image = imaging.load_image_square(data["image_bytes"], model.image_size)[None]
         return inference.predict_fn({"images": image, "views": n}, model)
 
     handler = {n: per_request_ms(lambda b, n=n: whole_request(b, n), bodies) for n in sorted({views, 1}, reverse=True)}

@@ -7,7 +7,7 @@ import dagster as dg
 from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
 from dermaops_resources.jobs import read_split_index
 from dermaops_resources.object_store import ObjectStore
-from ml_code.splits import SPLITS, check_no_leakage
+from ml_code.data.splits import SPLITS, check_no_leakage
 
 from .ui import table_markdown
 

@@ -9,9 +9,10 @@ from dermaops_resources.handles import EvaluationHandle, ProcessedSplitsHandle, 
 from dermaops_resources.jobs import JobRunner, JobSpec
 from dermaops_resources.object_store import ObjectStore, join_uri
 
-from .ui import code_version, job_callbacks, png_markdown, table_markdown
+from .versioning import code_version
+from .ui import job_callbacks, png_markdown, table_markdown
 
-EVALUATE_CODE_VERSION = code_version("evaluate", "metrics", "inference", "descriptors")
+EVALUATE_CODE_VERSION = code_version("ml_code.evaluation.evaluate")
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "weighted_f1", "macro_precision",
             "macro_recall", "melanoma_sensitivity", "ece")
 
@@ -37,7 +38,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     output_uri = store.uri("models", f"evaluations/{trained_model.model_hash[:16]}-{EVALUATE_CODE_VERSION}")
     on_log, on_metric, _ = job_callbacks(context, "evaluate")
     spec = JobSpec(job_type="processing", name=f"dermaops-evaluate-{trained_model.model_hash[:12]}-{context.run_id[:8]}",
-                   entry_point="ml_code.evaluate",
+                   entry_point="ml_code.evaluation.evaluate",
                    inputs={"model": trained_model.model_uri.rsplit("/", 1)[0], "splits": processed_splits.splits_uri},
                    outputs=["evaluation"], output_uri=output_uri,
                    hyperparameters={"target_sensitivity": config.melanoma_target_sensitivity,

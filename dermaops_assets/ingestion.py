@@ -9,9 +9,10 @@ from dermaops_resources.ingestion import ingest_dataset, pseudonym_salt
 from dermaops_resources.object_store import ObjectStore
 from dermaops_resources.raw_source import landed_batches
 from dermaops_resources.settings import Settings
-from ml_code import ingest
+from ml_code.data import ingest
 
-from .ui import code_version, table_markdown
+from .versioning import code_version
+from .ui import table_markdown
 
 
 class RawImagesConfig(dg.Config):
@@ -26,7 +27,7 @@ class RawImagesConfig(dg.Config):
 @dg.asset(
     group_name="ingestion",
     kinds={"python", "s3"},
-    code_version=code_version("ingest"),
+    code_version=code_version("ml_code.data.ingest", "dermaops_resources.ingestion"),
     description="Dermoscopy images and metadata from DERMAOPS_RAW_URI (HAM10000 or ISIC layout) plus every "
     "batch landed under DERMAOPS_LANDING_URI, validated with a pandera schema and per-image checks; bad rows "
     "and files are quarantined with a reason; good images stored once under content-addressed keys. Data "
@@ -38,7 +39,8 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
                                 min_side=config.min_side_px, max_side=config.max_side_px)
     batches = landed_batches(settings.landing_uri) if config.include_landed else []
     handle, stats = ingest_dataset([config.source_uri or settings.raw_uri, *batches], store,
-                                   pseudonym_salt(settings.home), limits, log=context.log.info)
+                                   pseudonym_salt(settings.home_path, settings.pseudonym_salt,
+                                                  settings.pseudonym_salt_secret_arn, settings.region), limits, log=context.log.info)
     context.log.info(f"{handle.num_images} images accepted ({stats.copied} newly stored, "
                      f"{stats.already_stored} already in the store), {handle.num_quarantined} quarantined")
     return dg.Output(

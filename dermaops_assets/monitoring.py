@@ -1,7 +1,7 @@
 """Monitoring: the architecture document's Model Monitor boxes as assets.
 
 - ``model_baseline``: statistics/constraints/embeddings of a trained model (processing job
-  ``ml_code.baseline``), indexed by model hash so the monitor finds the *deployed* model's.
+  ``ml_code.monitoring.baseline``), indexed by model hash so the monitor finds the *deployed* model's.
 - ``inference_log``: reads only capture files not read before (cursor in the logs bucket),
   validates rows (pandera) and appends parquet + image parts.
 - ``drift_report``: recent traffic vs the deployed model's baseline (PSI/KS per feature,
@@ -41,12 +41,12 @@ from dermaops_resources.notifier import Notifier
 from dermaops_resources.object_store import ObjectStore, join_uri
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
-from ml_code.capture import parse_capture_bytes, rows_to_parquet_bytes, validate_rows, views_to_npy_bytes
-from ml_code.drift import (
+from ml_code.monitoring.capture import parse_capture_bytes, rows_to_parquet_bytes, validate_rows, views_to_npy_bytes
+from ml_code.monitoring.drift import (
     case_mix_drift, category_drift, constraint_violations, drift_report_markdown, drift_verdict, feature_drift,
     mmd_test, psi_plot_data_uri,
 )
-from ml_code.quality import QUALITY_WINDOW_COLUMNS, live_accuracy, quality_by_window, quality_report_markdown
+from ml_code.monitoring.quality import QUALITY_WINDOW_COLUMNS, live_accuracy, quality_by_window, quality_report_markdown
 
 
 # -- assets -----------------------------------------------------------------------------
@@ -56,14 +56,14 @@ from ml_code.quality import QUALITY_WINDOW_COLUMNS, live_accuracy, quality_by_wi
           "(statistics.json/constraints.json), held-out embeddings and predicted-class distribution.")
 def model_baseline(context: dg.AssetExecutionContext, trained_model: TrainedModelHandle,
                    processed_splits: ProcessedSplitsHandle, store: ObjectStore, jobs: JobRunner) -> dg.Output[BaselineHandle]:
-    from ml_code.baseline import case_mix_counts
+    from ml_code.monitoring.baseline import case_mix_counts
 
-    name = f"baseline-{trained_model.model_hash[:12]}-{int(time.time())}"
+    name = f"dermaops-baseline-{trained_model.model_hash[:12]}-{int(time.time())}"  # IAM scopes jobs to dermaops-*
     inputs = {"model": trained_model.model_uri.rsplit("/", 1)[0], "splits": processed_splits.splits_uri}
     manifest_prefix = store.uri("raw", f"manifests/{processed_splits.raw_manifest_hash}")
     if store.exists(join_uri(manifest_prefix, "manifest.csv")):
         inputs["manifest"] = manifest_prefix  # original width/height for the geometry features
-    spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.baseline", inputs=inputs,
+    spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.monitoring.baseline", inputs=inputs,
                    output_uri=job_output_prefix(store, "models", "baseline", name), outputs=["baseline"])
     result = jobs.run(spec, store, on_log=context.log.info)
     baseline_uri = result.output_uris["baseline"]
@@ -150,7 +150,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
                  model_baseline: BaselineHandle, live_endpoint: EndpointHandle, store: ObjectStore,
                  registry: ModelRegistry, metrics: MetricsPublisher,
                  notifier: Notifier) -> dg.Output[DriftReportHandle]:
-    from ml_code.baseline import embed_and_predict, load_baseline, load_packaged_model
+    from ml_code.monitoring.baseline import embed_and_predict, load_baseline, load_packaged_model
 
     baseline, matches = baseline_for_deployed_model(store, registry, live_endpoint, model_baseline, context.log)
     cursor = store.get_json_or(inference_log.cursor_uri, {"parts": 0})

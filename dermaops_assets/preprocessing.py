@@ -12,9 +12,10 @@ from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
 from dermaops_resources.jobs import JobRunner, JobSpec
 from dermaops_resources.object_store import ObjectStore, join_uri
 
-from .ui import code_version, job_callbacks, table_markdown
+from .versioning import code_version
+from .ui import job_callbacks, table_markdown
 
-PREPROCESS_CODE_VERSION = code_version("preprocess", "splits")
+PREPROCESS_CODE_VERSION = code_version("ml_code.data.preprocess")
 
 
 class SplitsConfig(dg.Config):
@@ -61,7 +62,7 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
     else:
         on_log, on_metric, _ = job_callbacks(context, "preprocess")
         spec = JobSpec(job_type="processing", name=f"dermaops-preprocess-{content_hash[:12]}",
-                       entry_point="ml_code.preprocess",
+                       entry_point="ml_code.data.preprocess",
                        inputs={"manifest": raw_images.manifest_uri.rsplit("/", 1)[0],
                                "images": raw_images.images_prefix_uri},
                        outputs=["splits"], output_uri=output_uri, hyperparameters=params,

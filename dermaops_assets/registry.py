@@ -1,7 +1,6 @@
 """Conditional registration: the model enters the registry only if it clears the quality gates."""
 
 
-import os
 
 import dagster as dg
 from pydantic import Field
@@ -14,7 +13,7 @@ from dermaops_resources.settings import Settings
 
 
 def _auto_approve_default() -> bool:
-    return os.environ.get("DERMAOPS_AUTO_APPROVE", "false").strip().lower() in ("1", "true", "yes")
+    return Settings.from_env().auto_approve
 
 
 class RegistrationConfig(dg.Config):

@@ -25,7 +25,6 @@ retrain run is already queued or running; the report-driven ones also wait
 
 import hashlib
 import json
-import os
 import time
 
 import dagster as dg
@@ -44,7 +43,7 @@ IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.D
 # A report-driven retrain waits this long after the last retraining started: drift or a quality
 # drop that persists (the new package may still await approval) is reported every hour, and
 # each report would otherwise start another full retraining on the same data.
-RETRAIN_COOLDOWN_HOURS = float(os.environ.get("DERMAOPS_RETRAIN_COOLDOWN_HOURS", "24"))
+RETRAIN_COOLDOWN_HOURS = Settings.from_env().retrain_cooldown_hours  # DERMAOPS_RETRAIN_COOLDOWN_HOURS
 DRIFT_SCORE_THRESHOLD = 0.5  # drift_verdict scores >= 0.5 exactly when drift is detected
 ACCURACY_DROP_POINTS = 5.0
 
@@ -78,6 +77,10 @@ def retrain_blocked(instance: dg.DagsterInstance, what: str) -> str | None:
 # verification position). That keeps the state out of Dagster's tick history and small whatever
 # the bucket holds, and a tick that fails after writing ``seq + 1`` leaves the committed cursor
 # on ``seq``, so an observation is never half-applied. The last few states are kept.
+LANDING_VERIFY_FILES = 2000
+"""Files of already-requested batches re-listed per tick, in rotation, to notice late files and
+objects rewritten under a known key: a change in an old batch is seen within (files landed /
+this) ticks, and a tick's cost stays bounded on a big bucket (benchmarks/landing_sensor_tick.py)."""
 LANDING_MARKERS = ("_SUCCESS", "manifest.json")
 """Completion markers an uploader may write last, at the top of the batch folder."""
 _STATES_KEPT = 3
@@ -131,12 +134,14 @@ def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landin
     ``verify_files`` more files, to notice late files and objects rewritten under a known key.
     The cost is therefore bounded by those budgets, not by the bucket's size."""
     settings = None
-    if None in (quiet_seconds, max_files, verify_files, salt):
+    if None in (quiet_seconds, max_files, salt):
         settings = Settings.from_env()
     quiet_seconds = settings.landing_quiet_seconds if quiet_seconds is None else quiet_seconds
-    max_files = settings.landing_max_files if max_files is None else max_files
-    verify_files = settings.landing_verify_files if verify_files is None else verify_files
-    salt = pseudonym_salt(settings.home) if salt is None else salt
+    max_files = settings.landing_max_batch if max_files is None else max_files
+    verify_files = LANDING_VERIFY_FILES if verify_files is None else verify_files
+    if salt is None:  # the salt raw_images uses, so batch references agree in tags and in its metadata
+        salt = pseudonym_salt(settings.home_path, settings.pseudonym_salt, settings.pseudonym_salt_secret_arn,
+                              settings.region)
     now = time.time() if now is None else now
 
     cursor = json.loads(context.cursor) if context.cursor else {}
@@ -145,6 +150,10 @@ def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landin
     if legacy_key:
         lead = _legacy_lead(store, landing_uri)
         legacy_key = legacy_key[len(lead):] if lead and legacy_key.startswith(lead) else legacy_key
+        # The one migration tick lists every batch (as the older sensor's first tick did): a
+        # batch deferred now would later look new and be requested again, and the older cursor,
+        # which names a file, must not be carried forward.
+        max_files = 10**12
     log = context.log.info if getattr(context, "log", None) else (lambda msg: None)
     state = _load_landing_state(store, seq, log)
     if not seq:

@@ -14,11 +14,12 @@ from dermaops_resources.handles import ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec, read_training_record
 from dermaops_resources.object_store import ObjectStore
 from dermaops_resources.settings import Settings
-from ml_code.curves import curves_png
+from ml_code.evaluation.curves import curves_png
 
-from .ui import code_version, job_callbacks, png_markdown, table_markdown
+from .versioning import code_version
+from .ui import job_callbacks, png_markdown, table_markdown
 
-TRAIN_CODE_VERSION = code_version("train", "models", "inference", "descriptors", "metrics")
+TRAIN_CODE_VERSION = code_version("ml_code.training.train")
 
 
 class TrainConfig(dg.Config):
@@ -78,7 +79,7 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, proces
                                         default=str).encode()).hexdigest()[:16]
     job_name = f"dermaops-train-{time.strftime('%Y%m%d-%H%M%S')}-{context.run_id[:8]}"
     on_log, on_metric, history = job_callbacks(context, "train")
-    spec = JobSpec(job_type="training", name=job_name, entry_point="ml_code.train",
+    spec = JobSpec(job_type="training", name=job_name, entry_point="ml_code.training.train",
                    inputs={"splits": processed_splits.splits_uri}, hyperparameters=hps,
                    output_uri=store.uri("models", f"jobs/train/{job_name}"),
                    checkpoint_uri=store.uri("models", f"checkpoints/{run_key}"), gpu=config.gpu)

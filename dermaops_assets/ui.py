@@ -1,25 +1,12 @@
-"""Helpers that turn job outputs into Dagster UI metadata (tables, small images, versions)."""
+"""Helpers that turn job outputs into Dagster UI metadata (tables, small images)."""
 
 
 import base64
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import dagster as dg
 
-ML_CODE = Path(__file__).resolve().parent.parent / "ml_code"
 MAX_INLINE_IMAGE_BYTES = 400_000
-
-
-def code_version(*modules: str) -> str:
-    """Hash of the ml_code modules a stage runs: changing them marks the asset stale in the UI."""
-    h = hashlib.sha256()
-    for name in sorted(modules):
-        path = ML_CODE / f"{name}.py"
-        h.update(name.encode())
-        h.update(path.read_bytes() if path.exists() else b"missing")
-    return h.hexdigest()[:12]
 
 
 def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from .settings import REPO_ROOT, Settings
+from .settings import REPO_ROOT, Settings, child_environment
 
 
 def _resources():
@@ -28,7 +27,7 @@ def _resources():
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from ml_code.demo_data import generate_demo_dataset
+    from ml_code.tools.demo_data import generate_demo_dataset
 
     out = Path(args.out or Settings.from_env().raw_uri)
     if (out / "HAM10000_metadata.csv").exists() and not args.force:
@@ -77,7 +76,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_traffic(args: argparse.Namespace, rest: list[str]) -> int:
-    from ml_code.traffic import main as traffic_main
+    from ml_code.tools.traffic import main as traffic_main
 
     return int(traffic_main(rest) or 0)
 
@@ -88,7 +87,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     from dermaops_assets.sensors import retrain_in_progress
 
-    env = dict(os.environ)
+    env = child_environment()
     env.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
     # `dagster job execute` runs in this process, outside the run queue that keeps retraining
     # to one run at a time, so the check the sensors and schedule make is made here too.
@@ -115,7 +114,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     """Score a registered model package (default: the newest Approved) on an external set."""
     import tempfile
 
-    from ml_code.score import score
+    from ml_code.evaluation.score import score
 
     model_path = Path(args.model) if args.model else None
     with tempfile.TemporaryDirectory(prefix="dermaops-score-") as tmp:

@@ -1,6 +1,6 @@
 """Endpoint deployer: puts an Approved model package behind a live HTTP endpoint.
 
-``LocalEndpointDeployer`` runs ``ml_code.serve`` as a detached server process on
+``LocalEndpointDeployer`` runs ``ml_code.serving.serve`` as a detached server process on
 127.0.0.1 that outlives the Dagster run; ``SageMakerEndpointDeployer``
 (``dermaops_resources.aws.endpoint``) creates a SageMaker endpoint with auto-scaling.
 """
@@ -31,7 +31,7 @@ from pydantic import Field
 from .handles import EndpointHandle
 from .object_store import ObjectStore, file_uri_to_path, join_uri, sha256_file
 from .registry import ModelPackage
-from .settings import REPO_ROOT
+from .settings import REPO_ROOT, child_environment
 
 
 class DeploymentFailed(RuntimeError):
@@ -55,10 +55,10 @@ class EndpointDeployer(dg.ConfigurableResource, ABC):
 
 
 # ------------------------------------------------------------------------------------------
-# Local backend: ml_code.serve as a detached process on 127.0.0.1
+# Local backend: ml_code.serving.serve as a detached process on 127.0.0.1
 # ------------------------------------------------------------------------------------------
-SERVER_MODULE = "ml_code.serve"
-ADMIN_TOKEN_HEADER = "X-Admin-Token"  # must match ml_code.serve.ADMIN_TOKEN_HEADER
+SERVER_MODULE = "ml_code.serving.serve"
+ADMIN_TOKEN_HEADER = "X-Admin-Token"  # must match ml_code.serving.serve.ADMIN_TOKEN_HEADER
 
 
 def _pid_alive(pid: int) -> bool:
@@ -85,7 +85,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _is_our_server(pid: int) -> bool:
-    """Guard against pid reuse: only signal a process that runs ml_code.serve."""
+    """Guard against pid reuse: only signal a process that runs ml_code.serving.serve."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -121,7 +121,7 @@ def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 class LocalEndpointDeployer(EndpointDeployer):
-    """Serves packages with ``python -m ml_code.serve`` running detached on ``host``.
+    """Serves packages with ``python -m ml_code.serving.serve`` running detached on ``host``.
 
     The server outlives the Dagster run that deployed it (its own session, its own log
     file), exactly as a SageMaker endpoint outlives the pipeline execution. Redeploys do
@@ -138,6 +138,8 @@ class LocalEndpointDeployer(EndpointDeployer):
     port: int = 0
     host: str = "127.0.0.1"
     startup_timeout_seconds: float = 120
+    max_inflight: int = Field(default=8, description="invocations the server scores at once (DERMAOPS_ENDPOINT_MAX_INFLIGHT)")
+    log_level: str = Field(default="INFO", description="the server's log level (DERMAOPS_SERVE_LOG_LEVEL)")
 
     # -- paths ------------------------------------------------------------------------
     @property
@@ -258,8 +260,9 @@ class LocalEndpointDeployer(EndpointDeployer):
         cmd = [sys.executable, "-m", SERVER_MODULE, "--model-tar", str(model_tar), "--host", self.host,
                "--port", str(port), "--capture-dir", str(capture_dir), "--endpoint-name", self.endpoint_name,
                "--package-version", str(version), "--state-file", str(self._state_file),
-               "--admin-token-file", str(self._token_file)]
-        env = dict(os.environ)
+               "--admin-token-file", str(self._token_file), "--max-inflight", str(self.max_inflight),
+               "--log-level", self.log_level]
+        env = child_environment()
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         env["PYTHONUNBUFFERED"] = "1"
         with open(self._log_file, "ab") as logfh:

@@ -18,20 +18,23 @@ from .registry import SqliteModelRegistry
 from .settings import Settings
 
 RESOURCE_KEYS = ("store", "jobs", "registry", "endpoint", "notifier", "metrics")
+"""Resources each backend builds; the factory adds ``io_manager`` and ``settings`` to them."""
 
 
 def build_local_resources(settings: Settings) -> dict[str, Any]:
-    home = settings.home
+    home = settings.home_path
     store = LocalObjectStore(root=str(home / "store"))
     return {
         "store": store,
-        "jobs": LocalJobRunner(work_root=str(home / "jobs")),
+        "jobs": LocalJobRunner(work_root=str(home / "jobs"), num_gpus=settings.local_num_gpus),
         "registry": SqliteModelRegistry(db_path=str(home / "registry.db")),
         "endpoint": LocalEndpointDeployer(
             state_dir=str(home / "endpoint"),
             capture_uri=store.uri("logs", "datacapture"),
             endpoint_name=settings.endpoint_name,
             port=settings.endpoint_port,
+            max_inflight=settings.endpoint_max_inflight,
+            log_level=settings.serve_log_level,
         ),
         "notifier": LocalNotifier(alerts_path=str(home / "alerts.jsonl"), webhook_url=settings.webhook_url),
         "metrics": LocalMetricsStore(db_path=str(home / "metrics.db")),
@@ -51,4 +54,5 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
     if missing:
         raise RuntimeError(f"backend {settings.backend!r} lacks resources {sorted(missing)}")
     resources["io_manager"] = HandleIOManager(store=resources["store"])
+    resources["settings"] = settings
     return resources

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml_code import ingest
+from ml_code.data import ingest
 
 from .handles import RawImagesHandle
 from .object_store import ObjectStore
@@ -42,19 +43,54 @@ class IngestStats:
     """batch_ref of each landed batch skipped because the landing sensor has not yet seen it complete."""
 
 
-def pseudonym_salt(home: Path) -> str:
-    """Salt for pseudonymising patient identifiers: from DERMAOPS_PSEUDONYM_SALT, else a random
-    secret created once under DERMAOPS_HOME (0600). Never committed, never logged."""
-    env = os.environ.get("DERMAOPS_PSEUDONYM_SALT", "")
-    if env:
-        return env
+MIN_SALT_CHARS = 32
+"""Shortest pseudonym salt accepted: 128 bits of entropy as hex. A short or empty salt makes the
+salted patient references guessable from a list of patient ids."""
+
+
+def pseudonym_salt(home: Path, configured: str = "", secret_arn: str = "", region: str = "") -> str:
+    """The salt for pseudonymising patient identifiers, never logged or committed.
+
+    In order: ``configured`` (DERMAOPS_PSEUDONYM_SALT); the AWS Secrets Manager secret
+    ``secret_arn`` (the AWS backend, created by infra/); else a random salt created once under
+    ``home/secrets/pseudonym_salt`` (0600), written to a temporary file and linked into place,
+    so two first runs at once end with one salt, and a crash leaves no empty file behind.
+    Raises ValueError when the salt found is shorter than :data:`MIN_SALT_CHARS`.
+    """
+    if configured:
+        return _checked_salt(configured, "DERMAOPS_PSEUDONYM_SALT")
+    if secret_arn:
+        import boto3
+
+        client = boto3.client("secretsmanager", region_name=region or None)
+        return _checked_salt(client.get_secret_value(SecretId=secret_arn)["SecretString"].strip(),
+                             "the Secrets Manager secret DERMAOPS_PSEUDONYM_SALT_SECRET_ARN names")
     path = home / "secrets" / "pseudonym_salt"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".salt-", dir=path.parent)  # mkstemp creates it 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)  # atomic create-if-absent: the first run's salt wins
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    return _checked_salt(path.read_text().strip(), f"the salt file {path}")
+
+
+def _checked_salt(salt: str, where: str) -> str:
+    if len(salt) < MIN_SALT_CHARS:
+        raise ValueError(
+            f"{where} holds a pseudonym salt of {len(salt)} characters, fewer than {MIN_SALT_CHARS}: patient "
+            "references would be guessable. Restore the salt from your backup (references made with it only "
+            "match with it), or, for a new deployment with nothing ingested yet, set a random one "
+            "(`python -c 'import secrets; print(secrets.token_hex(32))'`) or delete the file to generate one.")
+    return salt
 
 
 def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: str,
@@ -63,7 +99,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     """Validate every metadata row and image of the source(s); store accepted images once.
 
     Works the same for a local folder and an ``s3://`` prefix; the per-row and per-file
-    rules are ``ml_code.ingest``'s. Several sources (the dataset, then landed batches) make
+    rules are ``ml_code.data.ingest``'s. Several sources (the dataset, then landed batches) make
     one manifest; an image id that an earlier source already holds is quarantined, since a
     batch may add pictures but not silently replace a labelled one. Two rows whose files
     have identical bytes keep only the first (the same picture under two ids would otherwise

@@ -28,10 +28,10 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from ml_code.contract import parse_metric_line
-from ml_code.splits import SPLITS
+from ml_code.data.splits import SPLITS
 
 from .object_store import ObjectStore, file_uri_to_path, join_uri
-from .settings import REPO_ROOT
+from .settings import REPO_ROOT, child_environment
 
 LogFn = Callable[[str], None]
 MetricFn = Callable[[dict[str, Any]], None]
@@ -52,7 +52,7 @@ class JobSpec(BaseModel):
 
     job_type: Literal["processing", "training"]
     name: str = Field(description="unique job name (SageMaker rules: [a-zA-Z0-9-], <= 63 chars)")
-    entry_point: str = Field(description="module run with python -m, e.g. ml_code.train")
+    entry_point: str = Field(description="module run with python -m, e.g. ml_code.training.train")
     inputs: dict[str, str] = Field(description="channel / processing input name -> store prefix URI")
     output_uri: str = Field(description="store prefix for everything the job writes")
     outputs: list[str] = Field(default_factory=list, description="processing output names")
@@ -95,6 +95,7 @@ class LocalJobRunner(JobRunner):
     work_root: str
     python: str = sys.executable
     timeout_seconds: int = 6 * 3600
+    num_gpus: int = Field(default=0, description="GPUs offered to training jobs as SM_NUM_GPUS (DERMAOPS_LOCAL_NUM_GPUS)")
 
     def _channel_dir(self, store: ObjectStore, uri: str, scratch: Path) -> Path:
         return store.materialize_dir(uri, scratch)
@@ -107,7 +108,7 @@ class LocalJobRunner(JobRunner):
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "DAGSTER_"))}
+        env = child_environment(drop_prefixes=("SM_", "DAGSTER_"))
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["PYTHONUNBUFFERED"] = "1"
         args: list[str] = []
@@ -134,7 +135,7 @@ class LocalJobRunner(JobRunner):
                 "SM_CHECKPOINT_DIR": str(ckpt),
                 "SM_HOSTS": json.dumps(["algo-1"]),
                 "SM_CURRENT_HOST": "algo-1",
-                "SM_NUM_GPUS": os.environ.get("DERMAOPS_LOCAL_NUM_GPUS", "0"),
+                "SM_NUM_GPUS": str(self.num_gpus),
             })
             for key, value in spec.hyperparameters.items():
                 args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]

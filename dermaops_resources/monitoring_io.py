@@ -26,7 +26,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from ml_code.casemix import CASE_MIX_COLUMNS
+from ml_code.monitoring.casemix import CASE_MIX_COLUMNS
 
 from .handles import EndpointHandle
 from .monitoring_handles import BaselineHandle
@@ -131,7 +131,7 @@ def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int
 
 
 def case_mix_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """The case-mix columns (``ml_code.casemix``) of inference-log rows, without the rows of
+    """The case-mix columns (``ml_code.monitoring.casemix``) of inference-log rows, without the rows of
     parts written before the log kept them: their ``sex`` is missing rather than "unknown",
     and whether those requests carried clinical context cannot be told."""
     if "sex" not in rows.columns:

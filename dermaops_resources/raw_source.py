@@ -12,9 +12,9 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ml_code.ingest import IMAGE_SUBDIRS, METADATA_FILE_NAMES
+from ml_code.data.ingest import IMAGE_SUBDIRS, METADATA_FILE_NAMES
 
-# ml_code.ingest's image folders ("" = the dataset root), plus the ISIC Archive download's folder.
+# ml_code.data.ingest's image folders ("" = the dataset root), plus the ISIC Archive download's folder.
 IMAGE_DIRS = frozenset([*(d or "." for d in IMAGE_SUBDIRS), "ISIC-images"])
 
 

@@ -35,15 +35,35 @@ locals {
   bucket_arns = [for b in local.buckets : aws_s3_bucket.store[b].arn]
   object_arns = [for b in local.buckets : "${aws_s3_bucket.store[b].arn}/*"]
 
+  # Buckets holding patient data (images, metadata, captured requests): audited by CloudTrail
+  # data events and S3 server access logs.
+  phi_buckets = toset(["raw", "processed", "logs"])
+
   sm_arn = "arn:${local.partition}:sagemaker:${var.region}:${local.account}"
   # AWS Deep Learning Containers (PyTorch framework images) live in this account.
   dlc_repos = "arn:${local.partition}:ecr:${var.region}:763104351884:repository/pytorch-*"
+
+  # Prefixes the application writes (dermaops_assets/training.py, dermaops_resources/aws/endpoint.py):
+  # training checkpoints in the models bucket, model packages (content-addressed model.tar.gz)
+  # in the models bucket, endpoint data capture in the logs bucket.
+  checkpoint_prefix = "checkpoints/"
+  package_prefix    = "sha256/"
+  capture_prefix    = "datacapture/"
+
+  # kms:ViaService values: the roles may use the key only through these services, never directly.
+  via = { for s in ["s3", "sagemaker", "ec2", "sns", "secretsmanager", "ecr", "logs"] : s => "${s}.${var.region}.amazonaws.com" }
+
+  trail_name = "dermaops-audit"
+  trail_arn  = "arn:${local.partition}:cloudtrail:${var.region}:${local.account}:trail/${local.trail_name}"
 }
 
 # ---------------------------------------------------------------------------------------
 # KMS: one customer key for buckets, job volumes/outputs, endpoint capture, SNS, logs.
 # ---------------------------------------------------------------------------------------
 data "aws_iam_policy_document" "kms" {
+  #checkov:skip=CKV_AWS_109:Key policy: "*" means this key only; the account root statement is AWS's default delegation to IAM policies
+  #checkov:skip=CKV_AWS_111:Key policy: "*" means this key only; service statements are limited by source account or encryption context
+  #checkov:skip=CKV_AWS_356:Key policy: "*" is the only resource a key policy can name (the key itself)
   statement {
     sid       = "AccountAdministers"
     actions   = ["kms:*"]
@@ -62,6 +82,11 @@ data "aws_iam_policy_document" "kms" {
       type        = "Service"
       identifiers = ["cloudwatch.amazonaws.com", "sns.amazonaws.com"]
     }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account]
+    }
   }
 
   statement {
@@ -75,7 +100,51 @@ data "aws_iam_policy_document" "kms" {
     condition {
       test     = "ArnLike"
       variable = "kms:EncryptionContext:aws:logs:arn"
-      values   = ["arn:${local.partition}:logs:${var.region}:${local.account}:log-group:/aws/sagemaker/*"]
+      values = [
+        "arn:${local.partition}:logs:${var.region}:${local.account}:log-group:/aws/sagemaker/*",
+        "arn:${local.partition}:logs:${var.region}:${local.account}:log-group:/dermaops/*",
+      ]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.create_trail ? [1] : []
+    content {
+      sid       = "CloudTrailEncryptsLogs"
+      actions   = ["kms:GenerateDataKey*"]
+      resources = ["*"]
+      principals {
+        type        = "Service"
+        identifiers = ["cloudtrail.amazonaws.com"]
+      }
+      condition {
+        test     = "StringLike"
+        variable = "kms:EncryptionContext:aws:cloudtrail:arn"
+        values   = ["arn:${local.partition}:cloudtrail:*:${local.account}:trail/*"]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "aws:SourceArn"
+        values   = [local.trail_arn]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.create_trail ? [1] : []
+    content {
+      sid       = "CloudTrailDescribesKey"
+      actions   = ["kms:DescribeKey"]
+      resources = ["*"]
+      principals {
+        type        = "Service"
+        identifiers = ["cloudtrail.amazonaws.com"]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "aws:SourceArn"
+        values   = [local.trail_arn]
+      }
     }
   }
 }
@@ -96,6 +165,8 @@ resource "aws_kms_alias" "dermaops" {
 # S3: raw, processed, models, logs.
 # ---------------------------------------------------------------------------------------
 resource "aws_s3_bucket" "store" {
+  #checkov:skip=CKV2_AWS_62:Nothing consumes S3 event notifications; Dagster sensors poll the landing prefixes
+  #checkov:skip=CKV_AWS_144:Single-region deployment; cross-region replication of patient data needs a data-residency decision first
   for_each = local.buckets
   bucket   = local.names[each.key]
 }
@@ -164,7 +235,20 @@ resource "aws_s3_bucket_policy" "store" {
   depends_on = [aws_s3_bucket_public_access_block.store]
 }
 
-# Raw and processed data: keep noncurrent versions 90 days; clean failed uploads.
+# S3 server access logs of every store bucket (the three holding patient data and the models)
+# go to the dedicated access-log bucket (audit.tf), one prefix per bucket.
+resource "aws_s3_bucket_logging" "store" {
+  for_each      = local.buckets
+  bucket        = aws_s3_bucket.store[each.key].id
+  target_bucket = aws_s3_bucket.access_logs.id
+  target_prefix = "s3/${local.names[each.key]}/"
+}
+
+# Lifecycle, on every bucket: unpublished writes of the atomic publish (`_tmp/`) expire after a
+# day; failed multipart uploads are aborted; old versions expire; delete markers left without
+# versions are removed.
+
+# Raw and processed data: keep noncurrent versions 90 days.
 resource "aws_s3_bucket_lifecycle_configuration" "data" {
   for_each   = toset(["raw", "processed"])
   bucket     = aws_s3_bucket.store[each.key].id
@@ -188,14 +272,18 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
     abort_incomplete_multipart_upload {
       days_after_initiation = 7
     }
+    expiration {
+      expired_object_delete_marker = true
+    }
     noncurrent_version_expiration {
-      noncurrent_days = 90
+      noncurrent_days = var.noncurrent_version_retention_days
     }
   }
 }
 
 # Models: old job artifacts move to Intelligent-Tiering, then Glacier Instant Retrieval
-# (a rollback can still read them in milliseconds).
+# (a rollback can still read them in milliseconds). Training checkpoints (only needed to
+# resume an interrupted spot job) expire.
 resource "aws_s3_bucket_lifecycle_configuration" "models" {
   bucket     = aws_s3_bucket.store["models"].id
   depends_on = [aws_s3_bucket_versioning.store]
@@ -208,6 +296,20 @@ resource "aws_s3_bucket_lifecycle_configuration" "models" {
     }
     expiration {
       days = 1
+    }
+  }
+
+  rule {
+    id     = "training-checkpoints"
+    status = "Enabled"
+    filter {
+      prefix = local.checkpoint_prefix
+    }
+    expiration {
+      days = var.checkpoint_retention_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
     }
   }
 
@@ -232,16 +334,39 @@ resource "aws_s3_bucket_lifecycle_configuration" "models" {
     noncurrent_version_expiration {
       noncurrent_days = 365
     }
+  }
+
+  rule {
+    id     = "housekeeping"
+    status = "Enabled"
+    filter {}
     abort_incomplete_multipart_upload {
       days_after_initiation = 7
+    }
+    expiration {
+      expired_object_delete_marker = true
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 365
     }
   }
 }
 
-# Logs (data capture, alerts): 30 days.
+# Logs (data capture, inference log, alerts): `logs_retention_days`.
 resource "aws_s3_bucket_lifecycle_configuration" "logs" {
   bucket     = aws_s3_bucket.store["logs"].id
   depends_on = [aws_s3_bucket_versioning.store]
+
+  rule {
+    id     = "unpublished-writes"
+    status = "Enabled"
+    filter {
+      prefix = "_tmp/"
+    }
+    expiration {
+      days = 1
+    }
+  }
 
   rule {
     id     = "expire-logs"
@@ -257,10 +382,21 @@ resource "aws_s3_bucket_lifecycle_configuration" "logs" {
       days_after_initiation = 2
     }
   }
+
+  rule {
+    id     = "delete-markers"
+    status = "Enabled"
+    filter {}
+    expiration {
+      expired_object_delete_marker = true
+    }
+  }
 }
 
 # ---------------------------------------------------------------------------------------
-# SageMaker execution role: what training/processing jobs and the endpoint may touch.
+# SageMaker roles. Jobs (processing, training) run as `dermaops-sagemaker-execution`; the
+# endpoint runs as `dermaops-sagemaker-endpoint`, which reads model packages and writes data
+# capture and nothing else: no access to the raw or processed data.
 # ---------------------------------------------------------------------------------------
 data "aws_iam_policy_document" "sagemaker_assume" {
   statement {
@@ -282,8 +418,14 @@ resource "aws_iam_role" "sagemaker_execution" {
   assume_role_policy = data.aws_iam_policy_document.sagemaker_assume.json
 }
 
-# What both roles need of the data: the buckets' objects and the key that encrypts them.
-# One document, merged into each role's policy, so the two cannot drift apart.
+resource "aws_iam_role" "sagemaker_endpoint" {
+  name               = "dermaops-sagemaker-endpoint"
+  assume_role_policy = data.aws_iam_policy_document.sagemaker_assume.json
+}
+
+# What jobs and the orchestrator need of the data: the buckets' objects and the key that
+# encrypts them, the key only through S3 and SageMaker (kms:ViaService),
+# and only to decrypt and make data keys. One document, merged into both roles' policies.
 data "aws_iam_policy_document" "store_access" {
   statement {
     sid       = "ListBuckets"
@@ -298,14 +440,49 @@ data "aws_iam_policy_document" "store_access" {
   }
 
   statement {
-    sid       = "UseKey"
-    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
+    sid       = "UseKeyThroughServices"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"]
     resources = [aws_kms_key.dermaops.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.via["s3"], local.via["sagemaker"]]
+    }
+  }
+}
+
+# SageMaker in the private subnets (enable_vpc): the service creates network interfaces as the
+# role it runs with, in this VPC only.
+data "aws_iam_policy_document" "sagemaker_vpc" {
+  statement {
+    sid = "DescribeNetwork"
+    actions = [
+      "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeDhcpOptions",
+      "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
+    ]
+    resources = ["*"]
+  }
+
+  statement {
+    sid = "NetworkInterfacesInDermaOpsVpc"
+    actions = [
+      "ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission",
+      "ec2:DeleteNetworkInterface", "ec2:DeleteNetworkInterfacePermission",
+    ]
+    resources = ["*"]
+    condition {
+      test     = "ArnEquals"
+      variable = "ec2:Vpc"
+      values   = [var.enable_vpc ? aws_vpc.dermaops[0].arn : "arn:${local.partition}:ec2:${var.region}:${local.account}:vpc/none"]
+    }
   }
 }
 
 data "aws_iam_policy_document" "sagemaker_execution" {
-  source_policy_documents = [data.aws_iam_policy_document.store_access.json]
+  source_policy_documents = concat(
+    [data.aws_iam_policy_document.store_access.json],
+    var.enable_vpc ? [data.aws_iam_policy_document.sagemaker_vpc.json] : [],
+  )
 
   statement {
     sid       = "EncryptJobVolumes"
@@ -315,6 +492,12 @@ data "aws_iam_policy_document" "sagemaker_execution" {
       test     = "Bool"
       variable = "kms:GrantIsForAWSResource"
       values   = ["true"]
+    }
+    # Volume encryption: SageMaker creates the grant, for EC2/EBS to use.
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.via["sagemaker"], local.via["ec2"]]
     }
   }
 
@@ -327,7 +510,7 @@ data "aws_iam_policy_document" "sagemaker_execution" {
   statement {
     sid       = "EcrPull"
     actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
-    resources = concat([for r in aws_ecr_repository.images : r.arn], [local.dlc_repos])
+    resources = [aws_ecr_repository.images["dermaops-training"].arn, local.dlc_repos]
   }
 
   statement {
@@ -352,6 +535,98 @@ resource "aws_iam_role_policy" "sagemaker_execution" {
   name   = "dermaops-sagemaker-execution"
   role   = aws_iam_role.sagemaker_execution.id
   policy = data.aws_iam_policy_document.sagemaker_execution.json
+}
+
+# The endpoint: model packages (models bucket, `sha256/`) in, data capture (logs bucket,
+# `datacapture/`) out. Nothing on the raw or processed buckets (tests/infra checks this).
+data "aws_iam_policy_document" "sagemaker_endpoint" {
+  source_policy_documents = var.enable_vpc ? [data.aws_iam_policy_document.sagemaker_vpc.json] : []
+
+  statement {
+    sid       = "ListModelPackages"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.store["models"].arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${local.package_prefix}*"]
+    }
+  }
+
+  statement {
+    sid       = "ReadModelPackages"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.store["models"].arn}/${local.package_prefix}*"]
+  }
+
+  statement {
+    sid       = "WriteDataCapture"
+    actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
+    resources = ["${aws_s3_bucket.store["logs"].arn}/${local.capture_prefix}*"]
+  }
+
+  statement {
+    sid       = "UseKeyForPackagesAndCapture"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"]
+    resources = [aws_kms_key.dermaops.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.via["s3"], local.via["sagemaker"]]
+    }
+  }
+
+  statement {
+    sid       = "EncryptEndpointVolume"
+    actions   = ["kms:CreateGrant"]
+    resources = [aws_kms_key.dermaops.arn]
+    condition {
+      test     = "Bool"
+      variable = "kms:GrantIsForAWSResource"
+      values   = ["true"]
+    }
+    # Volume encryption: SageMaker creates the grant, for EC2/EBS to use.
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.via["sagemaker"], local.via["ec2"]]
+    }
+  }
+
+  statement {
+    sid       = "EcrToken"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid       = "EcrPull"
+    actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
+    resources = [aws_ecr_repository.images["dermaops-inference"].arn, local.dlc_repos]
+  }
+
+  statement {
+    sid       = "EndpointLogs"
+    actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = ["arn:${local.partition}:logs:${var.region}:${local.account}:log-group:/aws/sagemaker/Endpoints/*"]
+  }
+
+  statement {
+    sid       = "EndpointMetrics"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"]
+    condition {
+      test     = "StringLike"
+      variable = "cloudwatch:namespace"
+      values   = ["/aws/sagemaker/*"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "sagemaker_endpoint" {
+  name   = "dermaops-sagemaker-endpoint"
+  role   = aws_iam_role.sagemaker_endpoint.id
+  policy = data.aws_iam_policy_document.sagemaker_endpoint.json
 }
 
 # ---------------------------------------------------------------------------------------
@@ -392,8 +667,11 @@ resource "aws_iam_role" "dagster" {
 }
 
 data "aws_iam_policy_document" "dagster" {
+  #checkov:skip=CKV_AWS_356:List/Describe calls without resource-level permissions; PutMetricData limited by namespace
   source_policy_documents = [data.aws_iam_policy_document.store_access.json]
 
+  # Job names must start with `dermaops-` (dermaops_assets: dermaops-preprocess-*, dermaops-train-*,
+  # dermaops-evaluate-*; tests/infra checks the scope).
   statement {
     sid = "Jobs"
     actions = [
@@ -401,7 +679,7 @@ data "aws_iam_policy_document" "dagster" {
       "sagemaker:CreateProcessingJob", "sagemaker:DescribeProcessingJob", "sagemaker:StopProcessingJob",
       "sagemaker:AddTags",
     ]
-    resources = ["${local.sm_arn}:training-job/*", "${local.sm_arn}:processing-job/*"]
+    resources = ["${local.sm_arn}:training-job/dermaops-*", "${local.sm_arn}:processing-job/dermaops-*"]
   }
 
   statement {
@@ -431,10 +709,28 @@ data "aws_iam_policy_document" "dagster" {
     ]
   }
 
+  # CreateEndpoint/UpdateEndpoint with an encrypted storage volume (endpoint config KmsKeyId):
+  # SageMaker creates the grant as the caller.
   statement {
-    sid       = "PassExecutionRoleToSageMakerOnly"
+    sid       = "EncryptEndpointVolumes"
+    actions   = ["kms:CreateGrant"]
+    resources = [aws_kms_key.dermaops.arn]
+    condition {
+      test     = "Bool"
+      variable = "kms:GrantIsForAWSResource"
+      values   = ["true"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.via["sagemaker"], local.via["ec2"]]
+    }
+  }
+
+  statement {
+    sid       = "PassSageMakerRolesToSageMakerOnly"
     actions   = ["iam:PassRole"]
-    resources = [aws_iam_role.sagemaker_execution.arn]
+    resources = [aws_iam_role.sagemaker_execution.arn, aws_iam_role.sagemaker_endpoint.arn]
     condition {
       test     = "StringEquals"
       variable = "iam:PassedToService"
@@ -448,12 +744,32 @@ data "aws_iam_policy_document" "dagster" {
     resources = ["arn:${local.partition}:logs:${var.region}:${local.account}:log-group:/aws/sagemaker/*"]
   }
 
+  # Application Auto Scaling: the scalable target's ARN carries a generated id, not the endpoint
+  # name, so writes are limited to SageMaker variant instance counts in this account and region.
+  # Describe* calls have no resource-level permissions.
   statement {
     sid = "EndpointAutoScaling"
     actions = [
       "application-autoscaling:RegisterScalableTarget", "application-autoscaling:DeregisterScalableTarget",
-      "application-autoscaling:PutScalingPolicy", "application-autoscaling:DescribeScalableTargets",
-      "application-autoscaling:DescribeScalingPolicies",
+      "application-autoscaling:PutScalingPolicy", "application-autoscaling:DeleteScalingPolicy",
+    ]
+    resources = ["arn:${local.partition}:application-autoscaling:${var.region}:${local.account}:scalable-target/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "application-autoscaling:service-namespace"
+      values   = ["sagemaker"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "application-autoscaling:scalable-dimension"
+      values   = ["sagemaker:variant:DesiredInstanceCount"]
+    }
+  }
+
+  statement {
+    sid = "EndpointAutoScalingRead"
+    actions = [
+      "application-autoscaling:DescribeScalableTargets", "application-autoscaling:DescribeScalingPolicies",
     ]
     resources = ["*"]
   }
@@ -461,7 +777,7 @@ data "aws_iam_policy_document" "dagster" {
   statement {
     sid       = "AutoScalingServiceLinkedRole"
     actions   = ["iam:CreateServiceLinkedRole"]
-    resources = ["*"]
+    resources = ["arn:${local.partition}:iam::${local.account}:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/*"]
     condition {
       test     = "StringEquals"
       variable = "iam:AWSServiceName"
@@ -496,6 +812,25 @@ data "aws_iam_policy_document" "dagster" {
     sid       = "Notify"
     actions   = ["sns:Publish", "sns:CreateTopic", "sns:GetTopicAttributes"]
     resources = [aws_sns_topic.alerts.arn]
+  }
+
+  # Ingestion (dermaops_assets/ingestion.py) runs in the Dagster run process and pseudonymises
+  # patient ids with this salt (DERMAOPS_PSEUDONYM_SALT).
+  statement {
+    sid       = "UseKeyForAlertsAndSalt"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
+    resources = [aws_kms_key.dermaops.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.via["sns"], local.via["secretsmanager"]]
+    }
+  }
+
+  statement {
+    sid       = "ReadPseudonymSalt"
+    actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+    resources = [aws_secretsmanager_secret.pseudonym_salt.arn]
   }
 }
 
@@ -542,6 +877,7 @@ resource "aws_ecr_lifecycle_policy" "images" {
 }
 
 resource "aws_cloudwatch_log_group" "sagemaker" {
+  #checkov:skip=CKV_AWS_338:Job and endpoint logs are operational (logs_retention_days, 30 by default); the audit record is CloudTrail
   for_each          = toset(["/aws/sagemaker/TrainingJobs", "/aws/sagemaker/ProcessingJobs", "/aws/sagemaker/Endpoints/${var.endpoint_name}"])
   name              = each.key
   retention_in_days = var.logs_retention_days

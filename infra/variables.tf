@@ -68,3 +68,142 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "noncurrent_version_retention_days" {
+  description = "Days to keep noncurrent (overwritten or deleted) versions in the raw and processed buckets."
+  type        = number
+  default     = 90
+}
+
+variable "checkpoint_retention_days" {
+  description = "Days before training checkpoints (models bucket, checkpoints/) expire; they only serve to resume an interrupted spot job."
+  type        = number
+  default     = 14
+}
+
+# ---- audit -------------------------------------------------------------------------------
+
+variable "create_cloudtrail" {
+  description = "Create the DermaOps CloudTrail trail (management events incl. KMS, S3 data events on the patient-data buckets). Set false, or set existing_trail_arn, when an organisation trail already records them."
+  type        = bool
+  default     = true
+}
+
+variable "existing_trail_arn" {
+  description = "ARN of an existing (organisation) trail that records S3 data events on the raw, processed and logs buckets; when set, no trail is created."
+  type        = string
+  default     = ""
+}
+
+variable "audit_log_retention_days" {
+  description = "Days to keep S3 server access logs and CloudTrail log files."
+  type        = number
+  default     = 365
+}
+
+# ---- network -----------------------------------------------------------------------------
+
+variable "enable_vpc" {
+  description = "Create private subnets and VPC endpoints (S3, SageMaker API/runtime, CloudWatch Logs/monitoring, KMS, STS, ECR, Secrets Manager) for SageMaker and Dagster. Outputs feed DERMAOPS_VPC_SUBNETS / DERMAOPS_VPC_SECURITY_GROUPS."
+  type        = bool
+  default     = false
+}
+
+variable "vpc_cidr" {
+  description = "CIDR of the DermaOps VPC (enable_vpc)."
+  type        = string
+  default     = "10.42.0.0/16"
+}
+
+variable "vpc_az_count" {
+  description = "Number of availability zones (one private subnet each)."
+  type        = number
+  default     = 2
+}
+
+# ---- delivery (GitHub Actions, .github/workflows/cd.yml) ---------------------------------
+
+variable "github_repository" {
+  description = "GitHub repository (owner/name) whose v* tags may assume the deploy role; empty: no OIDC provider or deploy role."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.github_repository == "" || can(regex("^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", var.github_repository))
+    error_message = "github_repository must be owner/name, without wildcards."
+  }
+}
+
+variable "github_oidc_provider_arn" {
+  description = "Existing token.actions.githubusercontent.com OIDC provider (one per account); empty: create it."
+  type        = string
+  default     = ""
+}
+
+variable "terraform_state_bucket" {
+  description = "S3 bucket holding the Terraform state (backend), read by the deploy role for `terraform plan`."
+  type        = string
+  default     = "dermaops-terraform-state"
+}
+
+variable "terraform_state_key" {
+  description = "Backend key of the state."
+  type        = string
+  default     = "dermaops/terraform.tfstate"
+}
+
+variable "terraform_state_workspace_key_prefix" {
+  description = "Backend workspace_key_prefix (the S3 backend's default is env:)."
+  type        = string
+  default     = "env:"
+}
+
+variable "terraform_workspace" {
+  description = "The named workspace cd.yml plans against (TF_WORKSPACE)."
+  type        = string
+  default     = "prod"
+}
+
+variable "terraform_state_kms_key_arn" {
+  description = "KMS key of the state bucket, if it is SSE-KMS encrypted with a customer key."
+  type        = string
+  default     = ""
+}
+
+# ---- Dagster on AWS ----------------------------------------------------------------------
+
+variable "enable_dagster_on_aws" {
+  description = "Run Dagster on ECS Fargate (webserver + daemon, EcsRunLauncher) with an RDS PostgreSQL instance (deploy/dagster.aws.yaml). Needs enable_vpc and dagster_image."
+  type        = bool
+  default     = false
+}
+
+variable "dagster_image" {
+  description = "Image with the DermaOps code location and DAGSTER_HOME=/opt/dagster/dagster_home holding deploy/dagster.aws.yaml as dagster.yaml."
+  type        = string
+  default     = ""
+}
+
+variable "dagster_db_instance_class" {
+  description = "RDS instance class of the Dagster database."
+  type        = string
+  default     = "db.t4g.small"
+}
+
+variable "dagster_db_multi_az" {
+  description = "Standby in a second availability zone."
+  type        = bool
+  default     = true
+}
+
+variable "dagster_db_app_user" {
+  description = "Database user Dagster connects as with IAM authentication (DAGSTER_PG_USERNAME); created once, see README."
+  type        = string
+  default     = "dagster_app"
+}
+
+variable "dagster_webserver_allowed_cidrs" {
+  description = "Operator networks (VPN, Direct Connect) allowed to reach the Dagster UI on port 3000; empty: none."
+  type        = list(string)
+  default     = []
+}

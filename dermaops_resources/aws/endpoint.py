@@ -46,8 +46,12 @@ class SageMakerEndpointDeployer(EndpointDeployer):
     """Creates / blue-green updates one SageMaker endpoint and its auto-scaling policy."""
 
     endpoint_name: str = "dermaops-lesion-endpoint"
-    role_arn: str = ""
+    role_arn: str = Field(default="", description="the endpoint's own execution role: model packages in, data capture "
+                          "out, nothing on raw or processed data (DERMAOPS_SAGEMAKER_ENDPOINT_ROLE_ARN)")
     region: str = "us-east-1"
+    subnets: list[str] = Field(default_factory=list, description="VPC subnets of the model (DERMAOPS_VPC_SUBNETS)")
+    security_group_ids: list[str] = Field(default_factory=list, description="DERMAOPS_VPC_SECURITY_GROUPS")
+    network_isolation: bool = Field(default=False, description="no outbound network for the model container")
     endpoint_url: str | None = None
     instance_type: str = "ml.m5.large"
     framework_version: str = "2.5"
@@ -127,7 +131,8 @@ class SageMakerEndpointDeployer(EndpointDeployer):
             raise DeploymentFailed(f"Model package {package.group} v{package.version} is {package.status}; "
                                    "only Approved packages are deployed (`dermaops registry approve`).")
         if not self.role_arn:
-            raise ValueError("SageMakerEndpointDeployer.role_arn is empty; set DERMAOPS_SAGEMAKER_ROLE_ARN.")
+            raise ValueError("SageMakerEndpointDeployer.role_arn is empty; set DERMAOPS_SAGEMAKER_ENDPOINT_ROLE_ARN "
+                             "(terraform output sagemaker_endpoint_role_arn).")
         sm = self.client()
         capture_uri = store.uri("logs", self.capture_prefix)
         stamp = _stamp()
@@ -137,10 +142,15 @@ class SageMakerEndpointDeployer(EndpointDeployer):
                 {"Key": "dermaops:package_arn", "Value": package.arn or "-"},
                 {"Key": "dermaops:model_hash", "Value": package.model_hash[:64] or "-"}]
 
-        sm.create_model(ModelName=model_name, ExecutionRoleArn=self.role_arn, Tags=tags, PrimaryContainer={
+        model: dict[str, Any] = dict(ModelName=model_name, ExecutionRoleArn=self.role_arn, Tags=tags, PrimaryContainer={
             "Image": self.inference_image(), "ModelDataUrl": package.model_uri,
             "Environment": {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
                             "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": self.region}})
+        if self.subnets:
+            model["VpcConfig"] = {"Subnets": list(self.subnets), "SecurityGroupIds": list(self.security_group_ids)}
+        if self.network_isolation:
+            model["EnableNetworkIsolation"] = True
+        sm.create_model(**model)
         capture: dict[str, Any] = {
             "EnableCapture": True, "InitialSamplingPercentage": self.capture_sampling_percent,
             "DestinationS3Uri": capture_uri,

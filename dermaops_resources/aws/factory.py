@@ -25,6 +25,8 @@ def build_aws_resources(settings: Settings) -> dict[str, dg.ConfigurableResource
         raise ValueError(f"DERMAOPS_BACKEND=aws needs {', '.join(missing)}; take the values from "
                          "`terraform -chdir=infra output` (see infra/README.md).")
     region = settings.region
+    subnets, groups = settings.id_list(settings.vpc_subnets), settings.id_list(settings.vpc_security_groups)
+    job_image = {"image_uri": settings.job_image_uri, "container_requirements": []} if settings.job_image_uri else {}
     return {
         "store": S3ObjectStore(buckets=dict(settings.buckets), region=region, kms_key_id=settings.kms_key_id),
         "jobs": SageMakerJobRunner(
@@ -32,14 +34,15 @@ def build_aws_resources(settings: Settings) -> dict[str, dg.ConfigurableResource
             training_instance_type=settings.training_instance_type,
             processing_instance_type=settings.processing_instance_type,
             volume_kms_key_id=settings.kms_key_id, output_kms_key_id=settings.kms_key_id,
-            use_spot=settings.use_spot,
-            # Test hook only (the moto end-to-end test runs entry points locally); empty in production.
-            executor=settings.sagemaker_executor,
+            use_spot=settings.use_spot, subnets=subnets, security_group_ids=groups,
+            network_isolation=settings.network_isolation, **job_image,
         ),
         "registry": SageMakerModelRegistry(region=region),
         "endpoint": SageMakerEndpointDeployer(
-            endpoint_name=settings.endpoint_name, role_arn=settings.role_arn, region=region,
-            instance_type=settings.endpoint_instance_type, kms_key_id=settings.kms_key_id),
+            endpoint_name=settings.endpoint_name, role_arn=settings.endpoint_role_arn or settings.role_arn,
+            region=region, instance_type=settings.endpoint_instance_type, kms_key_id=settings.kms_key_id,
+            subnets=subnets, security_group_ids=groups, network_isolation=settings.network_isolation,
+            inference_image_uri=settings.inference_image_uri),
         "notifier": SnsNotifier(region=region, topic_arn=settings.sns_topic_arn, topic_name=ALERTS_TOPIC_NAME),
         "metrics": CloudWatchMetrics(region=region, alarm_topic_arn=settings.sns_topic_arn,
                                      alarm_topic_name=ALERTS_TOPIC_NAME),

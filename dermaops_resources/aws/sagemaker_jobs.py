@@ -16,17 +16,15 @@ must not leave a GPU instance billing). Results have the local runner's shape:
 ``model_uri`` for training and ``output_uris[name]`` prefixes; the training container's
 ``output.tar.gz`` is unpacked to ``<output_uri>/output/``.
 
-Test hook: ``executor`` names a ``module:function`` called right after the job is
-created (``fn(runner=, spec=, request=, store=, client=)``). Production leaves it empty;
-the AWS end-to-end test uses it to run the entry point locally against moto's S3, since
-moto marks jobs Completed without running anything. Everything else is the same path.
+Creating the job is one method, :meth:`SageMakerJobRunner.start_job`; the moto tests subclass
+it (``tests/resources/aws/moto_executor.py``) to also play the container's part, since moto
+marks jobs Completed without running anything. Everything else is the production path.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib
 import io
 import json
 import re
@@ -189,7 +187,11 @@ class SageMakerJobRunner(JobRunner):
         default_factory=lambda: ["pandera>=0.20"],
         description="pip requirements installed in the container before the entry point (empty: none)")
     max_attempts: int = 10
-    executor: str = Field(default="", description="test hook 'module:function' run after create; empty in prod")
+    subnets: list[str] = Field(default_factory=list, description="VPC subnets the jobs run in (DERMAOPS_VPC_SUBNETS)")
+    security_group_ids: list[str] = Field(default_factory=list,
+                                          description="their security groups (DERMAOPS_VPC_SECURITY_GROUPS)")
+    network_isolation: bool = Field(default=False, description="no network at all inside the job containers "
+                                    "(DERMAOPS_NETWORK_ISOLATION); needs an image with the dependencies baked in")
 
     _clients: dict = PrivateAttr(default_factory=dict)
     _images: dict = PrivateAttr(default_factory=dict)
@@ -233,10 +235,17 @@ class SageMakerJobRunner(JobRunner):
             raise ValueError(f"Job name {spec.name!r} is not valid on SageMaker: use letters, digits and "
                              "hyphens only, start with a letter or digit, at most 63 characters.")
         if not MODULE_RE.match(spec.entry_point):
-            raise ValueError(f"Entry point {spec.entry_point!r} is not a dotted module name like ml_code.train.")
+            raise ValueError(f"Entry point {spec.entry_point!r} is not a dotted module name like ml_code.training.train.")
         if not self.role_arn:
             raise ValueError("SageMakerJobRunner.role_arn is empty; set DERMAOPS_SAGEMAKER_ROLE_ARN to the role "
                              "from `terraform output sagemaker_execution_role_arn`.")
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise ValueError("A VPC needs both DERMAOPS_VPC_SUBNETS and DERMAOPS_VPC_SECURITY_GROUPS (terraform output "
+                             "private_subnet_ids / sagemaker_security_group_ids with enable_vpc = true).")
+        if self.network_isolation and self.container_requirements:
+            raise ValueError(f"Network-isolated jobs cannot pip install {self.container_requirements} at start: build "
+                             "docker/Dockerfile.training, push it and set DERMAOPS_JOB_IMAGE_URI (jobs on that image "
+                             "install nothing).")
         unknown = set(spec.sharded_inputs) - set(spec.inputs)
         if unknown:
             raise ValueError(f"sharded_inputs {sorted(unknown)} are not inputs of job {spec.name} "
@@ -298,6 +307,10 @@ class SageMakerJobRunner(JobRunner):
             "Tags": [{"Key": "dermaops:entry_point", "Value": spec.entry_point},
                      {"Key": "dermaops:job_type", "Value": "training"}],
         }
+        if self.subnets:
+            request["VpcConfig"] = self._vpc()
+        if self.network_isolation:
+            request["EnableNetworkIsolation"] = True
         # Spot without checkpoints restarts from scratch after a reclaim: always give one.
         checkpoint = spec.checkpoint_uri or (join_uri(spec.output_uri, "checkpoints") if self.use_spot else None)
         if checkpoint:
@@ -335,7 +348,7 @@ class SageMakerJobRunner(JobRunner):
                   "python -m pip install --quiet -r /opt/ml/code/requirements.txt; fi; "
                   'export PYTHONPATH="/opt/ml/code${PYTHONPATH:+:$PYTHONPATH}"; '
                   'exec python -m "$DERMAOPS_ENTRY_POINT"')
-        return {
+        request: dict[str, Any] = {
             "ProcessingJobName": spec.name,
             "ProcessingInputs": inputs,
             "ProcessingOutputConfig": output_config,
@@ -349,32 +362,39 @@ class SageMakerJobRunner(JobRunner):
             "Tags": [{"Key": "dermaops:entry_point", "Value": spec.entry_point},
                      {"Key": "dermaops:job_type", "Value": "processing"}],
         }
+        network: dict[str, Any] = {}
+        if self.subnets:
+            network["VpcConfig"] = self._vpc()
+        if self.network_isolation:
+            network["EnableNetworkIsolation"] = True
+        if network:
+            request["NetworkConfig"] = network
+        return request
+
+    def _vpc(self) -> dict[str, list[str]]:
+        return {"Subnets": list(self.subnets), "SecurityGroupIds": list(self.security_group_ids)}
 
     # -- running --------------------------------------------------------------------------
-    def _resolve_executor(self) -> Callable[..., None] | None:
-        if not self.executor:
-            return None
-        module, _, attr = self.executor.partition(":")
-        if not attr:
-            raise ValueError(f"executor {self.executor!r} must look like 'package.module:function'.")
-        return getattr(importlib.import_module(module), attr)
+    def start_job(self, spec: JobSpec, request: dict[str, Any], store: ObjectStore) -> None:
+        """Create the SageMaker job from ``request`` (the job runs on AWS from here on)."""
+        sm = self.client("sagemaker")
+        if spec.job_type == "training":
+            sm.create_training_job(**request)
+        else:
+            sm.create_processing_job(**request)
 
     def run(self, spec: JobSpec, store: ObjectStore, on_log: LogFn | None = None,
             on_metric: MetricFn | None = None) -> JobResult:
         on_log = on_log or (lambda line: None)
         on_metric = on_metric or (lambda rec: None)
         self._validate(spec)
-        sm = self.client("sagemaker")
         training = spec.job_type == "training"
         code_uri = self.upload_code(store)
         request = self.training_request(spec, code_uri) if training else self.processing_request(spec, code_uri)
         instance_type = (request["ResourceConfig"]["InstanceType"] if training
                          else request["ProcessingResources"]["ClusterConfig"]["InstanceType"])
         started = time.monotonic()
-        if training:
-            sm.create_training_job(**request)
-        else:
-            sm.create_processing_job(**request)
+        self.start_job(spec, request, store)
         on_log(f"[{spec.name}] created SageMaker {spec.job_type} job on {spec.instance_count} x {instance_type}"
                f"{' (managed spot)' if training and self.use_spot else ''}: {spec.entry_point}")
 
@@ -392,9 +412,6 @@ class SageMakerJobRunner(JobRunner):
         tail = _LogTail(self.client("logs"), group, spec.name, on_line)
         terminal = False
         try:
-            executor = self._resolve_executor()
-            if executor is not None:
-                executor(runner=self, spec=spec, request=request, store=store, client=sm)
             desc = self._poll(spec, training, tail, on_log)
             terminal = True
         except BaseException:

@@ -8,7 +8,7 @@ import dagster as dg
 
 from dermaops_assets.ingestion import raw_images
 from dermaops_resources.object_store import LocalObjectStore
-from ml_code.demo_data import generate_demo_dataset
+from ml_code.tools.demo_data import generate_demo_dataset
 from tests.resources.test_ingestion import _land_batch
 
 

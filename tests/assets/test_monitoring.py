@@ -25,9 +25,11 @@ from dermaops_resources.monitoring_handles import BaselineHandle
 from dermaops_resources.notifier import LocalNotifier
 from dermaops_resources.object_store import LocalObjectStore
 from dermaops_resources.registry import SqliteModelRegistry
-from ml_code import inference
-from ml_code.baseline import case_mix_counts, compute_baseline
-from ml_code.serve import capture_record
+from ml_code.package import inference
+from ml_code.package import networks
+from ml_code.package.loader import write_code
+from ml_code.monitoring.baseline import case_mix_counts, compute_baseline
+from ml_code.serving.serve import capture_record
 from tests.ml_code.monitoring_synth import contrast_stretched, lesion_images
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
@@ -61,12 +63,12 @@ class _HandleIO(dg.IOManager):
 def _package(tmp: Path) -> Path:
     torch.manual_seed(0)
     model_dir = tmp / "pkg"
-    (model_dir / "code").mkdir(parents=True)
-    torch.save(inference.build_network("dermanet", len(CLASSES)).state_dict(), model_dir / "model.pt")
+    model_dir.mkdir(parents=True)
+    torch.save(networks.build_network("dermanet", len(CLASSES)).state_dict(), model_dir / "model.pt")
     (model_dir / "model_config.json").write_text(json.dumps({
         "arch": "dermanet", "classes": CLASSES, "image_size": SIZE, "mean": [0.6, 0.45, 0.4],
         "std": [0.2, 0.2, 0.2], "temperature": 1.0}))
-    shutil.copy(inference.__file__, model_dir / "code" / "inference.py")
+    write_code(model_dir)
     tar_path = tmp / "model.tar.gz"
     with tarfile.open(tar_path, "w:gz") as tar:
         for p in sorted(model_dir.rglob("*")):

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dermaops_assets.jobs import RETRAIN_JOB, RETRAIN_REASON_TAG, all_jobs
+from dermaops_assets.jobs import RETRAIN_JOB, RETRAIN_REASON_TAG
 from dermaops_assets.schedules import monthly_retrain_schedule
 from dermaops_assets.sensors import (
     approval_sensor, drift_sensor, landing_tick, model_quality_sensor, raw_landing_sensor,
@@ -16,6 +16,8 @@ from dermaops_assets.sensors import (
 from dermaops_resources.notifier import LocalNotifier
 from dermaops_resources.object_store import LocalObjectStore, walk_after
 from dermaops_resources.registry import SqliteModelRegistry
+
+TEST_SALT = "landing-tests-salt-" + "0" * 32  # pseudonym salts have at least 32 characters
 
 
 def _land(root: Path, *keys: str, age: float = 0.0) -> None:
@@ -55,7 +57,7 @@ def test_local_walk_resumes_after_cursor_in_component_order(tmp_path: Path) -> N
 
 
 def test_each_batch_completes_on_its_own_quiet_window_and_cursor_is_a_sequence(tmp_path: Path, instance, monkeypatch) -> None:
-    monkeypatch.setenv("DERMAOPS_PSEUDONYM_SALT", "s")
+    monkeypatch.setenv("DERMAOPS_PSEUDONYM_SALT", TEST_SALT)
     store = LocalObjectStore(root=str(tmp_path / "store"))
     landing = tmp_path / "landing"
     _land(landing, "batch1/img_001.jpg", "batch1/img_002.jpg", "batch2/img_001.jpg", age=3600)
@@ -92,7 +94,7 @@ def test_landing_sensor_definition_reads_settings(tmp_path: Path, instance, monk
     landing = tmp_path / "landing"
     _land(landing, "b/x.jpg", "b/_SUCCESS", age=3600)
     monkeypatch.setenv("DERMAOPS_LANDING_URI", str(landing))
-    monkeypatch.setenv("DERMAOPS_PSEUDONYM_SALT", "s")
+    monkeypatch.setenv("DERMAOPS_PSEUDONYM_SALT", TEST_SALT)
     store = LocalObjectStore(root=str(tmp_path / "store"))
     ctx = dg.build_sensor_context(instance=instance, resources={"store": store})
     result = raw_landing_sensor(ctx)

@@ -2,9 +2,10 @@
 
 moto accepts CreateTrainingJob / CreateProcessingJob and marks the job Completed at
 once without running anything. ``execute`` (plugged in with
-``SageMakerJobRunner(executor="tests.aws.moto_executor:execute")`` or
-``DERMAOPS_SAGEMAKER_EXECUTOR``) closes the gap: right after the job is created it plays
-the container's part from the *request the runner sent*:
+:class:`PlayedJobRunner`, a test subclass of the production runner, or :func:`install` for a
+``dagster`` subprocess, see ``python -m tests.aws.moto_executor --dagster``) closes the gap:
+right after the job is created it plays the container's part from the *request the runner
+sent*:
 
 - unpacks the uploaded sourcedir.tar.gz (so a file missing from the tarball fails here,
   as it would on AWS) and runs it the way the container would: training through the
@@ -27,6 +28,8 @@ stdin closes).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import argparse
 import json
@@ -255,7 +258,41 @@ def _process(request: dict[str, Any], store: Any, work: Path, code: Path,
     return rc, lines, failure
 
 
-def _serve(argv: list[str] | None = None) -> None:
+def played(player: Callable[..., None]) -> Callable[..., None]:
+    """A ``start_job`` that creates the job as production does, then calls ``player``."""
+    from dermaops_resources.aws.sagemaker_jobs import SageMakerJobRunner
+
+    def start_job(runner: Any, spec: Any, request: dict[str, Any], store: Any) -> None:
+        SageMakerJobRunner.start_job(runner, spec, request, store)
+        player(runner=runner, spec=spec, request=request, store=store, client=runner.client("sagemaker"))
+
+    return start_job
+
+
+def played_runner(player: Callable[..., None], **fields: Any) -> Any:
+    """The production SageMakerJobRunner whose ``start_job`` also runs ``player`` (default: the job)."""
+    from dermaops_resources.aws.sagemaker_jobs import SageMakerJobRunner
+
+    runner_cls = type("PlayedJobRunner", (SageMakerJobRunner,), {"start_job": played(player)})
+    return runner_cls(**fields)
+
+
+def install() -> None:
+    """Make every SageMakerJobRunner of this process play its jobs (the dagster subprocess)."""
+    from dermaops_resources.aws.sagemaker_jobs import SageMakerJobRunner
+
+    SageMakerJobRunner.start_job = played(execute)  # type: ignore[method-assign]
+
+
+def _main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--dagster"]:  # `dagster ARGS...` with jobs played against moto
+        install()
+        from dagster._cli import main as dagster_main
+
+        sys.argv = ["dagster", *argv[1:]]
+        dagster_main()
+        return
     parser = argparse.ArgumentParser(description="moto server with the DermaOps job-state hook (tests only)")
     parser.add_argument("--serve", type=int, required=True, metavar="PORT")
     args = parser.parse_args(argv)
@@ -267,4 +304,4 @@ def _serve(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    _serve()
+    _main()

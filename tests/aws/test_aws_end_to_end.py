@@ -4,7 +4,7 @@ Driven the way a user drives it: ``dagster asset materialize -m dermaops_assets`
 subprocess whose only link to "AWS" is the environment (``AWS_ENDPOINT_URL`` and the
 ``DERMAOPS_*`` settings), so the definitions, the AWS factory and every resource are the
 production ones. moto accepts SageMaker jobs without running them;
-``tests.aws.moto_executor`` (``DERMAOPS_SAGEMAKER_EXECUTOR``) runs the real ``ml_code``
+``tests.aws.moto_executor`` (``python -m tests.aws.moto_executor --dagster ...``) runs the real ``ml_code``
 entry points from the uploaded sourcedir on the job's declared S3 inputs, so the model
 that gets registered and deployed was really trained and evaluated.
 
@@ -37,7 +37,7 @@ import yaml
 
 from dermaops_resources.aws.endpoint import VARIANT
 from dermaops_resources.metrics import ALARMS
-from ml_code.demo_data import generate_demo_dataset
+from ml_code.tools.demo_data import generate_demo_dataset
 
 from .conftest import REGION, ROLE_ARN
 
@@ -120,7 +120,6 @@ def test_whole_graph_on_aws_backend_against_moto(private_moto_server: str, tmp_p
         "DERMAOPS_SAGEMAKER_ROLE_ARN": ROLE_ARN,
         **{f"DERMAOPS_{b.upper()}_BUCKET": name for b, name in buckets.items()},
         "DERMAOPS_SNS_TOPIC_ARN": topic_arn,
-        "DERMAOPS_SAGEMAKER_EXECUTOR": "tests.aws.moto_executor:execute",
         "DERMAOPS_HOME": str(tmp_path / "home"),
         "DERMAOPS_RAW_URI": f"s3://{source_bucket}/drops/ham10000-demo",
         "DERMAOPS_LABELS_URI": f"s3://{buckets['logs']}/labels-landing",
@@ -134,7 +133,7 @@ def test_whole_graph_on_aws_backend_against_moto(private_moto_server: str, tmp_p
     })
 
     proc = subprocess.run(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "dermaops_assets", "--select", ",".join(STAGES + MONITORING),
+        [sys.executable, "-m", "tests.aws.moto_executor", "--dagster", "asset", "materialize", "-m", "dermaops_assets", "--select", ",".join(STAGES + MONITORING),
          "-c", str(config)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"materialize failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"

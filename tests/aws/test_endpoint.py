@@ -152,3 +152,19 @@ def test_successful_blue_green_update(store, kms_key_arn, monkeypatch):
     assert canary["Type"] == "CANARY" and canary["CanarySize"] == {"Type": "CAPACITY_PERCENT", "Value": 10}
     alarms = [a["AlarmName"] for a in deployer.deployment_config()["AutoRollbackConfiguration"]["Alarms"]]
     assert alarms == ["dermaops-endpoint-errors", "dermaops-latency-p95"]
+
+
+def test_model_runs_as_the_endpoint_role_in_the_vpc_isolated(store, kms_key_arn):
+    endpoint_role = "arn:aws:iam::123456789012:role/dermaops-sagemaker-endpoint"
+    deployer = SageMakerEndpointDeployer(
+        endpoint_name=f"dermaops-vpc-{uuid.uuid4().hex[:6]}", role_arn=endpoint_role, region=REGION,
+        kms_key_id=kms_key_arn, poll_seconds=0.0, subnets=["subnet-a"], security_group_ids=["sg-1"],
+        network_isolation=True)
+    sent: list[dict] = []
+    deployer.client().meta.events.register("provide-client-params.sagemaker.CreateModel",
+                                           lambda params, **_: sent.append(dict(params)))
+    deployer.deploy(_package(store, 4), store)
+    (model,) = sent
+    assert model["ExecutionRoleArn"] == endpoint_role
+    assert model["VpcConfig"] == {"Subnets": ["subnet-a"], "SecurityGroupIds": ["sg-1"]}
+    assert model["EnableNetworkIsolation"] is True

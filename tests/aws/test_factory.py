@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 
@@ -24,7 +23,9 @@ def _settings(monkeypatch, tmp_path, **env) -> Settings:
 def test_aws_factory_builds_every_resource(monkeypatch, tmp_path):
     settings = _settings(monkeypatch, tmp_path, DERMAOPS_KMS_KEY_ID="arn:aws:kms:us-east-1:1:key/k",
                          DERMAOPS_SAGEMAKER_ROLE_ARN="arn:aws:iam::1:role/r", DERMAOPS_BUCKET_PREFIX="acme",
-                         DERMAOPS_SAGEMAKER_EXECUTOR="tests.aws.moto_executor:execute", DERMAOPS_USE_SPOT="false")
+                         DERMAOPS_USE_SPOT="false", DERMAOPS_SAGEMAKER_ENDPOINT_ROLE_ARN="arn:aws:iam::1:role/ep",
+                         DERMAOPS_VPC_SUBNETS="subnet-1, subnet-2", DERMAOPS_VPC_SECURITY_GROUPS="sg-9",
+                         DERMAOPS_JOB_IMAGE_URI="1.dkr.ecr.us-east-1.amazonaws.com/dermaops-training:v1")
     resources = build_aws_resources(settings)
     assert set(resources) == set(RESOURCE_KEYS)
     store = resources["store"]
@@ -32,7 +33,11 @@ def test_aws_factory_builds_every_resource(monkeypatch, tmp_path):
     assert store.split_uri("s3://acme-logs/datacapture/x") == ("logs", "datacapture/x")
     jobs = resources["jobs"]
     assert jobs.volume_kms_key_id == jobs.output_kms_key_id == settings.kms_key_id
-    assert jobs.executor == "tests.aws.moto_executor:execute" and jobs.use_spot is False
+    assert jobs.use_spot is False and jobs.subnets == ["subnet-1", "subnet-2"] and jobs.security_group_ids == ["sg-9"]
+    assert jobs.image_uri.endswith("dermaops-training:v1") and jobs.container_requirements == []  # baked in
+    # the endpoint runs as its own role, never the jobs' (which can read every raw patient image)
+    assert resources["endpoint"].role_arn == "arn:aws:iam::1:role/ep" != jobs.role_arn
+    assert resources["endpoint"].subnets == ["subnet-1", "subnet-2"]
     assert resources["endpoint"].kms_key_id == settings.kms_key_id
 
 
@@ -42,7 +47,7 @@ def test_aws_factory_names_the_missing_settings(monkeypatch, tmp_path):
     settings = _settings(monkeypatch, tmp_path)
     with pytest.raises(ValueError, match="DERMAOPS_KMS_KEY_ID, DERMAOPS_SAGEMAKER_ROLE_ARN"):
         build_aws_resources(settings)
-    ok = dataclasses.replace(settings, kms_key_id="k", role_arn="r")
+    ok = settings.model_copy(update={"kms_key_id": "k", "role_arn": "r"})
     assert set(build_aws_resources(ok)) == set(RESOURCE_KEYS)
 
 

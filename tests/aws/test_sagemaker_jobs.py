@@ -18,6 +18,7 @@ from dermaops_resources.jobs import JobFailed, JobSpec
 from dermaops_resources.settings import REPO_ROOT
 
 from .conftest import REGION, ROLE_ARN
+from .moto_executor import execute, played_runner
 
 pytestmark = pytest.mark.aws
 
@@ -89,11 +90,12 @@ def toy_code(tmp_path) -> Path:
     return pkg
 
 
-def _runner(**kw) -> SageMakerJobRunner:
+def _runner(player=None, **kw) -> SageMakerJobRunner:
+    """The production runner, or (with ``player``) one whose job creation also plays the job."""
     base = dict(role_arn=ROLE_ARN, region=REGION, poll_seconds=0.0, volume_kms_key_id="vol-key",
                 output_kms_key_id="out-key")
     base.update(kw)
-    return SageMakerJobRunner(**base)
+    return played_runner(player, **base) if player else SageMakerJobRunner(**base)
 
 
 def _capture(runner: SageMakerJobRunner, operation: str) -> list[dict]:
@@ -112,7 +114,7 @@ def test_training_job_request_shape(store):
     sent = _capture(runner, "CreateTrainingJob")
     store.put_bytes("processed", "jobs/preprocess/p1/splits/data.csv", b"1,2\n")
     name = _name("train")
-    spec = JobSpec(job_type="training", name=name, entry_point="ml_code.train",
+    spec = JobSpec(job_type="training", name=name, entry_point="ml_code.training.train",
                    inputs={"splits": store.uri("processed", "jobs/preprocess/p1/splits")},
                    output_uri=store.uri("models", f"jobs/train/{name}"),
                    hyperparameters={"arch": "resnet18", "epochs": 3, "amp": True, "lr": 0.001},
@@ -131,14 +133,14 @@ def test_training_job_request_shape(store):
     hps = req["HyperParameters"]
     assert hps["sagemaker_program"] == LAUNCHER
     assert hps["arch"] == "resnet18" and hps["epochs"] == "3" and hps["amp"] == "true" and hps["lr"] == "0.001"
-    assert req["Environment"]["DERMAOPS_ENTRY_POINT"] == "ml_code.train"
+    assert req["Environment"]["DERMAOPS_ENTRY_POINT"] == "ml_code.training.train"
     channel = req["InputDataConfig"][0]
     assert channel["ChannelName"] == "splits"
     assert channel["DataSource"]["S3DataSource"]["S3Uri"].endswith("/splits/")  # no sibling-prefix leaks
     # the code tarball is in S3: launcher + the real ml_code package, no bytecode
     with tarfile.open(fileobj=io.BytesIO(store.get_bytes(hps["sagemaker_submit_directory"]))) as tar:
         names = tar.getnames()
-    assert LAUNCHER in names and "ml_code/contract.py" in names and "ml_code/train.py" in names
+    assert LAUNCHER in names and "ml_code/contract.py" in names and "ml_code/training/train.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     with tarfile.open(fileobj=io.BytesIO(store.get_bytes(hps["sagemaker_submit_directory"]))) as tar:
         assert tar.extractfile("requirements.txt").read().decode().split() == ["pandera>=0.20"]
@@ -166,7 +168,7 @@ def test_processing_job_request_shape(store):
     runner = _runner()
     sent = _capture(runner, "CreateProcessingJob")
     name = _name("prep")
-    spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.preprocess",
+    spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.data.preprocess",
                    inputs={"manifest": store.uri("raw", "manifests/abc"), "images": store.uri("raw", "images")},
                    output_uri=store.uri("processed", f"jobs/preprocess/{name}"), outputs=["splits"],
                    hyperparameters={"image_size": 64, "seed": 42}, instance_count=2, sharded_inputs=["images"])
@@ -188,9 +190,9 @@ def test_processing_job_request_shape(store):
     assert result.output_uris == {"splits": f"{spec.output_uri}/splits"}
 
 
-def test_training_runs_through_executor_hook(store, toy_code):
+def test_training_runs_through_the_played_container(store, toy_code):
     """The whole path: code tarball -> container-like run -> artifacts in S3 -> logs -> result."""
-    runner = _runner(code_dir=str(toy_code), executor="tests.aws.moto_executor:execute")
+    runner = _runner(code_dir=str(toy_code), player=execute)
     rows = "\n".join(f"{x},{3 * x + 1}" for x in [0.0, 0.1, 0.2, 0.5, 0.7, 1.0])
     store.put_bytes("processed", "toy/splits/data.csv", rows.encode())
     name = _name("toytrain")
@@ -217,8 +219,8 @@ def test_training_runs_through_executor_hook(store, toy_code):
     assert result.estimated_cost_usd == pytest.approx(desc["BillableTimeInSeconds"] * 1.408 / 3600, rel=1e-6)
 
 
-def test_processing_runs_through_executor_hook(store, toy_code):
-    runner = _runner(code_dir=str(toy_code), executor="tests.aws.moto_executor:execute")
+def test_processing_runs_through_the_played_container(store, toy_code):
+    runner = _runner(code_dir=str(toy_code), player=execute)
     store.put_bytes("raw", "toy/table/data.csv", b"1\n2\n3\n")
     name = _name("toyproc")
     spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.toy_process",
@@ -231,7 +233,7 @@ def test_processing_runs_through_executor_hook(store, toy_code):
 
 
 def test_failing_entry_point_raises_job_failed_with_container_reason(store, toy_code):
-    runner = _runner(code_dir=str(toy_code), executor="tests.aws.moto_executor:execute")
+    runner = _runner(code_dir=str(toy_code), player=execute)
     store.put_bytes("processed", "toy/splits/data.csv", b"0,1\n1,4\n")
     name = _name("toyfail")
     spec = JobSpec(job_type="training", name=name, entry_point="ml_code.toy_train",
@@ -263,12 +265,12 @@ def mark_in_progress(runner, spec, request, store, client):
 
 
 def _train_spec(store, name: str) -> JobSpec:
-    return JobSpec(job_type="training", name=name, entry_point="ml_code.train",
+    return JobSpec(job_type="training", name=name, entry_point="ml_code.training.train",
                    inputs={"splits": store.uri("processed", "x")}, output_uri=store.uri("models", f"jobs/{name}"))
 
 
 def test_failure_reason_from_sagemaker_surfaces_in_job_failed(store):
-    runner = _runner(executor="tests.aws.test_sagemaker_jobs:mark_failed")
+    runner = _runner(player=mark_failed)
     name = _name("cap")
     with pytest.raises(JobFailed, match="CapacityError: Unable to provision") as err:
         runner.run(_train_spec(store, name), store)
@@ -276,7 +278,7 @@ def test_failure_reason_from_sagemaker_surfaces_in_job_failed(store):
 
 
 def test_interrupted_run_stops_the_training_job(store, monkeypatch):
-    runner = _runner(executor="tests.aws.test_sagemaker_jobs:mark_in_progress")
+    runner = _runner(player=mark_in_progress)
     stopped: list[str] = []
     sm = runner.client("sagemaker")
     # moto lacks StopTrainingJob: record the call on the real client instead
@@ -293,7 +295,7 @@ def test_interrupted_run_stops_the_training_job(store, monkeypatch):
 
 
 def test_interrupted_run_stops_the_processing_job(store, monkeypatch):
-    runner = _runner(executor="tests.aws.test_sagemaker_jobs:mark_in_progress")
+    runner = _runner(player=mark_in_progress)
 
     class RunCancelled(BaseException):  # like dagster's DagsterExecutionInterruptedError
         pass
@@ -303,7 +305,7 @@ def test_interrupted_run_stops_the_processing_job(store, monkeypatch):
 
     monkeypatch.setattr(sagemaker_jobs, "_sleep", cancelled)
     name = _name("pcancel")
-    spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.preprocess",
+    spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.data.preprocess",
                    inputs={"manifest": store.uri("raw", "m")}, outputs=["splits"],
                    output_uri=store.uri("processed", f"jobs/{name}"))
     with pytest.raises(RunCancelled):
@@ -327,20 +329,20 @@ def test_bad_specs_are_refused_before_anything_is_created(store):
 
 @pytest.mark.slow
 def test_spot_interruption_resumes_real_training_from_s3_checkpoints(store, tmp_path):
-    """The real ml_code.train through SageMaker: a first job stops after epoch 2 with its
+    """The real ml_code.training.train through SageMaker: a first job stops after epoch 2 with its
     checkpoints synced to CheckpointConfig.S3Uri (what managed spot does before an interruption);
     the restarted job gets them back in /opt/ml/checkpoints and continues at epoch 3."""
     from tests.ml_code.synth_splits import make_splits
 
     splits = make_splits(tmp_path / "splits", size=16, n_train=140, n_val=42, n_test=42)
     prefix = store.upload_dir("processed", "spot/splits", splits)
-    runner = _runner(executor="tests.aws.moto_executor:execute")
+    runner = _runner(player=execute)
     checkpoint_uri = store.uri("models", f"checkpoints/{_name('spot')}")
     hps = {"arch": "dermanet", "batch_size": 32, "num_threads": 1, "seed": 3}
 
     def job(epochs: int):
         name = _name("spot")
-        spec = JobSpec(job_type="training", name=name, entry_point="ml_code.train", inputs={"splits": prefix},
+        spec = JobSpec(job_type="training", name=name, entry_point="ml_code.training.train", inputs={"splits": prefix},
                        output_uri=store.uri("models", f"jobs/train/{name}"), checkpoint_uri=checkpoint_uri,
                        hyperparameters={**hps, "epochs": epochs})
         logs: list[str] = []
@@ -354,3 +356,29 @@ def test_spot_interruption_resumes_real_training_from_s3_checkpoints(store, tmp_
     assert [m["epoch"] for m in second.metrics if "epoch" in m] == [3, 4]
     history = store.get_json(second.output_uris["output"] + "/history.json")
     assert [h["epoch"] for h in history["history"]] == [1, 2, 3, 4]
+
+
+def test_vpc_and_network_isolation_reach_both_job_kinds(store):
+    """Configured subnets, security groups and isolation are in what SageMaker receives."""
+    vpc = dict(subnets=["subnet-a", "subnet-b"], security_group_ids=["sg-1"], network_isolation=True,
+               image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/dermaops-training:1", container_requirements=[])
+    runner = _runner(**vpc)
+    training, processing = _capture(runner, "CreateTrainingJob"), _capture(runner, "CreateProcessingJob")
+    store.put_bytes("processed", "vpc/splits/data.csv", b"1,2\n")
+    runner.run(JobSpec(job_type="training", name=_name("vpc-train"), entry_point="ml_code.training.train",
+                       inputs={"splits": store.uri("processed", "vpc/splits")},
+                       output_uri=store.uri("models", "jobs/vpc-train")), store)
+    runner.run(JobSpec(job_type="processing", name=_name("vpc-proc"), entry_point="ml_code.data.preprocess",
+                       inputs={"manifest": store.uri("processed", "vpc/splits")}, outputs=["splits"],
+                       output_uri=store.uri("processed", "jobs/vpc-proc")), store)
+    expected = {"Subnets": ["subnet-a", "subnet-b"], "SecurityGroupIds": ["sg-1"]}
+    assert training[0]["VpcConfig"] == expected and training[0]["EnableNetworkIsolation"] is True
+    assert processing[0]["NetworkConfig"] == {"VpcConfig": expected, "EnableNetworkIsolation": True}
+    assert "pip install" not in processing[0]["AppSpecification"]["ContainerEntrypoint"][2] or \
+        "requirements.txt ]" in processing[0]["AppSpecification"]["ContainerEntrypoint"][2]
+
+
+def test_isolated_jobs_refuse_to_pip_install(store):
+    runner = _runner(network_isolation=True)  # default image + pandera pip requirement
+    with pytest.raises(ValueError, match="DERMAOPS_JOB_IMAGE_URI"):
+        runner.run(_train_spec(store, _name("iso")), store)

@@ -1,4 +1,4 @@
-"""A tiny synthetic splits folder in the ``ml_code.preprocess`` output format, for the
+"""A tiny synthetic splits folder in the ``ml_code.data.preprocess`` output format, for the
 train/evaluate/inference tests: each of the 7 classes has its own base colour and a
 class-dependent bright blob, plus per-image noise, so a small net can learn it in seconds."""
 

@@ -7,12 +7,11 @@ import io
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from ml_code.capture import model_view, parse_capture_bytes, parse_lines, validate_rows
-from ml_code.features import batch_features
-from ml_code.serve import capture_record
+from ml_code.monitoring.capture import model_view, parse_capture_bytes, parse_lines, validate_rows
+from ml_code.monitoring.features import batch_features
+from ml_code.serving.serve import capture_record
 
 from .monitoring_synth import lesion_images
 
@@ -92,7 +91,7 @@ def test_model_view_matches_the_preprocessed_split() -> None:
     captured JPEG equals what the preprocess job stored for the same file."""
     import io
 
-    from ml_code.preprocess import load_image_square as preprocess_view  # what the split stores
+    from ml_code.data.preprocess import load_image_square as preprocess_view  # what the split stores
 
     img = Image.fromarray(np.concatenate([lesion_images(1, 30, seed=4)[0]] * 2, axis=1))  # 60x30
     buf = io.BytesIO()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_code.casemix import BODY_REGIONS, body_region, case_mix_frame, with_context
-from ml_code.descriptors import SITE_REGIONS
+from ml_code.monitoring.casemix import BODY_REGIONS, body_region, case_mix_frame, with_context
+from ml_code.package.descriptors import SITE_REGIONS
 
 
 def test_ages_are_capped_at_90_and_nonsense_is_unknown() -> None:

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from ml_code.curves import curves_png
+from ml_code.evaluation.curves import curves_png
 
 
 def test_curves_image_from_history() -> None:

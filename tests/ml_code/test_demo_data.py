@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ml_code import CLASSES
-from ml_code.demo_data import generate_demo_dataset, main
+from ml_code.tools.demo_data import generate_demo_dataset, main
 
 
 def _digest(folder: Path) -> dict[str, str]:

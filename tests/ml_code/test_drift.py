@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ml_code.drift import (
+from ml_code.monitoring.drift import (
     DriftThresholds, _mmd2_batch, case_mix_drift, category_drift, drift_report_markdown, drift_verdict,
     feature_drift, ks_test, mmd_test, psi, psi_edges, psi_plot_data_uri, write_constraint_violations,
 )
-from ml_code.features import PIXEL_FEATURES, batch_features
+from ml_code.monitoring.features import PIXEL_FEATURES, batch_features
 
 from .monitoring_synth import colour_normalised, contrast_stretched, lesion_images
 
@@ -137,7 +137,7 @@ def test_drift_report_markdown_and_psi_plot(baseline_features) -> None:
 def _clinic(n: int, seed: int, *, ages=(50.0, 16.0), male=0.54, sites=("back", "lower extremity", "face", "hand"),
             context=1.0):
     """A case mix like HAM10000's (or shifted): ``context`` is the share of rows that carry any."""
-    from ml_code.casemix import case_mix_frame
+    from ml_code.monitoring.casemix import case_mix_frame
 
     rng = np.random.default_rng(seed)
     age = np.clip(rng.normal(*ages, size=n), 0, 85).round(-1)

@@ -1,4 +1,4 @@
-"""``python -m ml_code.evaluate`` on a tiny trained model, through the packaged handlers."""
+"""``python -m ml_code.evaluation.evaluate`` on a tiny trained model, through the packaged handlers."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def run_evaluate(root: Path, model_in: Path, splits: Path, out: Path, hps: dict 
         SM_PROCESSING_OUTPUT_EVALUATION=str(out), SM_OUTPUT_DIR=str(root / "eval-output"),
         SM_HPS=json.dumps(hps or {"n_bootstrap": 300}), PYTHONPATH=str(REPO),
     )
-    return subprocess.run([sys.executable, "-m", "ml_code.evaluate"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run([sys.executable, "-m", "ml_code.evaluation.evaluate"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
 
 
 def test_evaluation_outputs(trained):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_code.features import FEATURE_NAMES, batch_features, image_features
+from ml_code.monitoring.features import FEATURE_NAMES, batch_features, image_features
 
 from .monitoring_synth import lesion_images
 

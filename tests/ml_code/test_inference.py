@@ -11,8 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ml_code import CLASSES, inference, models
-from ml_code.train import write_model_dir
+from ml_code import CLASSES
+from ml_code.package import inference
+from ml_code.package import views as d4
+from ml_code.package import imaging
+from ml_code.package import networks
+from ml_code.package import model as package_model
+from ml_code.training import models
+from ml_code.training.train import write_model_dir
 
 SIZE = 24
 
@@ -46,9 +52,9 @@ def image_bytes(fmt: str, size=(200, 150), mode="RGB") -> bytes:
 @pytest.mark.parametrize("arch", models.ARCHS)
 @pytest.mark.parametrize("small_input", [False, True])
 def test_served_builder_matches_training_builder(arch, small_input):
-    """models.build_model (training) and inference.build_network (serving) must stay in sync."""
+    """models.build_model (training) and networks.build_network (serving) must stay in sync."""
     trained = models.build_model(arch, 7, small_input=small_input).state_dict()
-    served = inference.build_network(arch, 7, small_input=small_input).state_dict()
+    served = networks.build_network(arch, 7, small_input=small_input).state_dict()
     assert list(trained) == list(served)
     assert all(trained[k].shape == served[k].shape for k in trained)
 
@@ -74,7 +80,7 @@ def test_png_with_alpha_and_grayscale_are_accepted(served):
 
 
 def test_temperature_is_applied(served):
-    x = inference.preprocess_array(np.full((2, SIZE, SIZE, 3), 128, np.uint8), served)
+    x = package_model.preprocess_array(np.full((2, SIZE, SIZE, 3), 128, np.uint8), served)
     logits = served(x.to(served.device)).detach().cpu()
     expected = torch.softmax(logits / 1.7, 1).numpy()
     np.testing.assert_allclose(inference.predict_fn(x, served), expected, rtol=1e-5, atol=1e-6)
@@ -85,23 +91,24 @@ def test_views_batched_in_one_pass_equal_a_pass_per_view(served, views):
     """40 images x 8 views crosses the 256-view chunk boundary; each row must not depend on
     the others in its batch (eval-mode batch norm), so batching changes nothing."""
     rng = np.random.default_rng(3)
-    x = inference.preprocess_array(rng.integers(0, 255, (40, SIZE, SIZE, 3), dtype=np.uint8), served)
+    x = package_model.preprocess_array(rng.integers(0, 255, (40, SIZE, SIZE, 3), dtype=np.uint8), served)
     with torch.no_grad():
-        per_view = sum(torch.softmax(served(inference.dihedral_view(x, v)).float() / 1.7, 1)
-                       for v in inference.view_order(views)) / views
-    np.testing.assert_allclose(np.exp(inference._network_log_probs(x, served, views, 1.7)), per_view.numpy(),
+        per_view = sum(torch.softmax(served(d4.dihedral_view(x, v)).float() / 1.7, 1)
+                       for v in d4.view_order(views)) / views
+    np.testing.assert_allclose(np.exp(package_model.network_log_probs(x, served, views, 1.7)), per_view.numpy(),
                                rtol=1e-4, atol=1e-6)
 
 
 def test_bad_content_type_and_corrupt_bytes(served):
-    with pytest.raises(ValueError, match="Unsupported content type 'text/csv'"):
+    with pytest.raises(ValueError, match="unsupported Content-Type") as refused:
         inference.input_fn(b"1,2,3", "text/csv")
+    assert refused.value.status_code == 415
     with pytest.raises(ValueError, match="Could not decode"):
         inference.input_fn(b"\xff\xd8\xff\xe0 definitely not a jpeg", "image/jpeg")
     truncated = image_bytes("PNG")[:200]
     with pytest.raises(ValueError, match="Could not decode"):
         inference.input_fn(truncated, "image/png")
-    with pytest.raises(ValueError, match="Empty request body"):
+    with pytest.raises(ValueError, match="empty request body"):
         inference.input_fn(b"", "image/png")
     with pytest.raises(ValueError, match="application/json"):
         inference.output_fn(np.full((1, 7), 1 / 7), "text/csv")
@@ -140,19 +147,19 @@ def test_model_fn_reports_missing_files(tmp_path):
 
 def test_preprocess_and_embeddings(served, model_dir):
     imgs = np.random.default_rng(0).integers(0, 255, size=(5, SIZE, SIZE, 3), dtype=np.uint8)
-    x = inference.preprocess_array(imgs, served)
+    x = package_model.preprocess_array(imgs, served)
     assert x.shape == (5, 3, SIZE, SIZE) and x.dtype == torch.float32
     config = json.loads((model_dir / "model_config.json").read_text())
-    torch.testing.assert_close(inference.preprocess_array(imgs, config), x)
+    torch.testing.assert_close(package_model.preprocess_array(imgs, config), x)
     expected = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255 - torch.tensor(config["mean"]).view(1, 3, 1, 1)) \
         / torch.tensor(config["std"]).view(1, 3, 1, 1)
     torch.testing.assert_close(x, expected)
-    emb = inference.embed_fn(x, served)
+    emb = package_model.embed_fn(x, served)
     assert emb.shape == (5, 512) and np.isfinite(emb).all()
     # The embedding is exactly what the head sees: head(emb) reproduces the logits.
     logits = served.net.fc(torch.from_numpy(emb).to(served.device)).detach().cpu()
     torch.testing.assert_close(logits, served(x.to(served.device)).detach().cpu(), rtol=1e-4, atol=1e-4)
-    cams = inference.gradcam(served, x, [0, 1, 2, 3, 4])
+    cams = package_model.gradcam(served, x, [0, 1, 2, 3, 4])
     assert cams.shape == (5, SIZE, SIZE) and cams.min() >= 0 and cams.max() <= 1
 
 
@@ -164,15 +171,15 @@ def test_endpoint_decoding_is_a_centre_crop_resize_shared_with_preprocess(fmt):
 
     from PIL import Image
 
-    from ml_code import preprocess
+    from ml_code.data import preprocess
 
-    assert preprocess.load_image_square is inference.load_image_square
+    assert preprocess.load_image_square is imaging.load_image_square
     for size in (32, 64):
         body = image_bytes(fmt, size=(600, 450))
         with Image.open(io.BytesIO(body)) as img:
             ref = np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS,
                                                        box=(75, 0, 525, 450)), dtype=np.float64)
-        got = inference.load_image_square(body, size).astype(np.float64)
+        got = imaging.load_image_square(body, size).astype(np.float64)
         assert got.shape == (size, size, 3)
         if fmt == "PNG":
             np.testing.assert_array_equal(got, ref)
@@ -196,28 +203,28 @@ def test_dermanet_d4_gives_one_answer_for_every_view_of_a_lesion(size):
     """The D4 net's logits for a quarter-turned or mirrored image equal the original's (even
     sizes included: strides pool on a grid every view maps onto itself)."""
     torch.manual_seed(0)
-    net = _randomised_batch_norm(inference.build_network("dermanet_d4", 7))
+    net = _randomised_batch_norm(networks.build_network("dermanet_d4", 7))
     x = torch.randn(3, 3, size, size)
     with torch.no_grad():
         reference = net(x)
         for v in range(8):
-            torch.testing.assert_close(net(inference.dihedral_view(x, v)), reference, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(net(d4.dihedral_view(x, v)), reference, rtol=1e-4, atol=1e-5)
     # The plain DermaNet is not invariant by construction: the test can tell the difference.
-    plain = _randomised_batch_norm(inference.build_network("dermanet", 7))
+    plain = _randomised_batch_norm(networks.build_network("dermanet", 7))
     with torch.no_grad():
-        assert not torch.allclose(plain(inference.dihedral_view(x, 1)), plain(x), atol=1e-3)
+        assert not torch.allclose(plain(d4.dihedral_view(x, 1)), plain(x), atol=1e-3)
 
 
 def test_dermanet_d4_feature_maps_turn_with_the_image():
     """Equivariance layer by layer: the stem's maps of a quarter-turned image are the turned
     maps, with each group channel's 8 orientations permuted among themselves."""
     torch.manual_seed(1)
-    net = _randomised_batch_norm(inference.build_network("dermanet_d4", 7))
+    net = _randomised_batch_norm(networks.build_network("dermanet_d4", 7))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        maps, turned = net.stem(x), net.stem(inference.dihedral_view(x, 1))
+        maps, turned = net.stem(x), net.stem(d4.dihedral_view(x, 1))
     b, c8, h, w = maps.shape
-    expected = inference.dihedral_view(maps, 1).reshape(b, c8 // 8, 8, h, w)
+    expected = d4.dihedral_view(maps, 1).reshape(b, c8 // 8, 8, h, w)
     got = turned.reshape(b, c8 // 8, 8, h, w)
     # some permutation of the 8 orientations, the same for every group channel
     perm = [next(k for k in range(8) if torch.allclose(got[:, 0, k], expected[:, 0, j], atol=1e-5)) for j in range(8)]
@@ -232,10 +239,10 @@ def test_dermanet_d4_serves_embeddings_and_gradcam(tmp_path):
               "std": [0.15, 0.15, 0.17]}
     write_model_dir(tmp_path, net.state_dict(), config)
     served = inference.model_fn(str(tmp_path))
-    x = inference.preprocess_array(np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), served)
-    emb = inference.embed_fn(x, served)
+    x = package_model.preprocess_array(np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), served)
+    emb = package_model.embed_fn(x, served)
     assert emb.shape == (4, 32) and np.isfinite(emb).all()
-    cams = inference.gradcam(served, x, [0, 1, 2, 3])
+    cams = package_model.gradcam(served, x, [0, 1, 2, 3])
     assert cams.shape == (4, 32, 32) and cams.min() >= 0 and cams.max() <= 1
 
 
@@ -243,8 +250,8 @@ def test_dermanet_d4_serving_cache_follows_new_weights():
     """Serving keeps the expanded filters between requests; loading other weights must not
     serve the old ones, and training must not see a stale copy."""
     torch.manual_seed(0)
-    net = _randomised_batch_norm(inference.build_network("dermanet_d4", 7))
-    other = _randomised_batch_norm(inference.build_network("dermanet_d4", 7))
+    net = _randomised_batch_norm(networks.build_network("dermanet_d4", 7))
+    other = _randomised_batch_norm(networks.build_network("dermanet_d4", 7))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         first = net(x)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ml_code.ingest import (
+from ml_code.data.ingest import (
     METADATA_COLUMNS,
     ImageLimits,
     ImageRejected,

@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from ml_code import CLASSES
-from ml_code.demo_data import generate_demo_dataset
+from ml_code.tools.demo_data import generate_demo_dataset
 from dermaops_resources.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore
-from ml_code.ingest import canonical_manifest_csv
-from ml_code.preprocess import load_image_square
-from ml_code.splits import check_no_leakage
+from ml_code.data.ingest import canonical_manifest_csv
+from ml_code.data.preprocess import load_image_square
+from ml_code.data.splits import check_no_leakage
 
 REPO = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "val", "test")
@@ -65,7 +65,7 @@ def _run_job(job_inputs: dict, out: Path, hps: dict) -> subprocess.CompletedProc
         "SM_HPS": json.dumps(hps),
         "PYTHONPATH": str(REPO),
     }
-    return subprocess.run([sys.executable, "-m", "ml_code.preprocess"], env=env, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "ml_code.data.preprocess"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 

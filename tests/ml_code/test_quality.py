@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from ml_code.quality import QUALITY_WINDOW_COLUMNS, live_accuracy, quality_by_window, quality_report_markdown
+from ml_code.monitoring.quality import QUALITY_WINDOW_COLUMNS, live_accuracy, quality_by_window, quality_report_markdown
 
 
 def _joined() -> pd.DataFrame:

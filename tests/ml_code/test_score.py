@@ -1,4 +1,4 @@
-"""``ml_code.score``: an external labelled set scored into ISIC challenge format."""
+"""``ml_code.evaluation.score``: an external labelled set scored into ISIC challenge format."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from ml_code import CLASSES
-from ml_code.score import ISIC_CHALLENGE_COLUMNS, main, score
+from ml_code.evaluation.score import ISIC_CHALLENGE_COLUMNS, main, score
 from tests.ml_code.test_descriptors import fused_model_dir  # noqa: F401 - the fixture
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ml_code import CLASSES
-from ml_code.splits import (
+from ml_code.data.splits import (
     check_no_leakage,
     class_coverage,
     group_ids,

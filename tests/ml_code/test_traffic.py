@@ -9,12 +9,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from ml_code.traffic import check_loopback, main, simulate_traffic, list_images
+from ml_code.tools.traffic import check_loopback, main, simulate_traffic, list_images
 
 from .monitoring_synth import lesion_images
 

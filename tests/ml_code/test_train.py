@@ -1,4 +1,4 @@
-"""``python -m ml_code.train`` as the container runs it: SM_* env vars in, model dir out."""
+"""``python -m ml_code.training.train`` as the container runs it: SM_* env vars in, model dir out."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ml_code import contract, descriptors, inference, metrics
-from ml_code.train import fit_fusion, load_splits
+from ml_code import CLASSES as CLASSES_LIST, contract, metrics
+from ml_code.package import descriptors, inference
+from ml_code.package import model as package_model
+from ml_code.package import views as d4
+from ml_code.training.train import fit_fusion, load_splits
 from tests.ml_code.synth_splits import make_splits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +33,7 @@ def run_train(tmp: Path, splits: Path | None, hps: dict, ckpt: Path | None = Non
     if splits is not None:
         env["SM_CHANNEL_SPLITS"] = str(splits)
     return subprocess.run(
-        [sys.executable, "-m", "ml_code.train"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "ml_code.training.train"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -41,6 +45,30 @@ def metric_lines(stdout: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory) -> Path:
     return make_splits(tmp_path_factory.mktemp("splits") / "splits")
+
+
+def assert_package_serves_alone(model_dir: Path) -> None:
+    """What the SageMaker PyTorch container does: a fresh interpreter imports ``inference`` with
+    only ``code/`` on sys.path (ml_code and dermaops_* made unimportable) and serves one image."""
+    script = textwrap.dedent("""
+        import io, json, sys
+        for name in ("ml_code", "dermaops_assets", "dermaops_resources"):
+            sys.modules[name] = None  # any import of the repository fails
+        sys.path.insert(0, sys.argv[1] + "/code")
+        import inference
+        from PIL import Image
+        model = inference.model_fn(sys.argv[1])
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), (180, 120, 90)).save(buf, format="JPEG")
+        answer = inference.output_fn(inference.predict_fn(inference.input_fn(buf.getvalue(), "image/jpeg"), model),
+                                     "application/json")
+        print(json.dumps(json.loads(answer)["probabilities"]))
+    """)
+    proc = subprocess.run([sys.executable, "-I", "-c", script, str(model_dir)], capture_output=True, text=True,
+                          cwd=model_dir.parent, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(probs) == set(CLASSES_LIST) and abs(sum(probs.values()) - 1) < 1e-4
 
 
 def test_trains_and_writes_model_dir(splits, tmp_path):
@@ -62,10 +90,12 @@ def test_trains_and_writes_model_dir(splits, tmp_path):
     assert config["val_balanced_accuracy"] == pytest.approx(best_ba)
     state = torch.load(model_dir / "model.pt", weights_only=True)
     assert state["fc.weight"].shape == (7, 512)
-    assert (model_dir / "code" / "inference.py").read_text() == (REPO / "ml_code" / "inference.py").read_text()
+    # code/ is ml_code/package verbatim (as code/dermaops_model) behind the SageMaker entry point.
+    for source in (REPO / "ml_code" / "package").glob("*.py"):
+        assert (model_dir / "code" / "dermaops_model" / source.name).read_text() == source.read_text()
     assert (model_dir / "code" / "requirements.txt").exists()
+    assert_package_serves_alone(model_dir)
     # The descriptor model ships with its reader, and the fusion was fitted on val.
-    assert (model_dir / "code" / "descriptors.py").read_text() == (REPO / "ml_code" / "descriptors.py").read_text()
     assert (model_dir / "descriptors.npz").is_file()
     assert set(config["fusion"]) >= {"cnn_scale", "descriptor_scale", "class_bias"}
     assert len(config["fusion"]["class_bias"]) == 7
@@ -88,11 +118,11 @@ def test_temperature_and_fusion_are_fitted_on_the_served_views(splits, tmp_path)
     served = inference.model_fn(str(tmp_path / "model"))
     assert served.tta_views == 4 and served.config["tta_views"] == 4
     val = load_splits(splits)[0]["val"]
-    x = inference.preprocess_array(np.asarray(val.images), served)
+    x = package_model.preprocess_array(np.asarray(val.images), served)
     with torch.no_grad():
-        view_logits = np.stack([served(inference.dihedral_view(x, v)).float().numpy() for v in range(4)])
+        view_logits = np.stack([served(d4.dihedral_view(x, v)).float().numpy() for v in range(4)])
     assert served.temperature == pytest.approx(metrics.fit_temperature(view_logits, val.labels, lo=0.2, hi=10.0), rel=1e-3)
-    cnn_val = inference._network_log_probs(x, served, 4, 1.0)
+    cnn_val = package_model.network_log_probs(x, served, 4, 1.0)
     np.testing.assert_allclose(cnn_val, np.log(metrics.view_probs(view_logits)), atol=1e-5)
     refit = fit_fusion(cnn_val, served.descriptor_model.log_proba(descriptors.descriptor_matrix(
         np.asarray(val.images), val.clinical)), val.labels, 7, served.fusion["balance"])
@@ -100,9 +130,9 @@ def test_temperature_and_fusion_are_fitted_on_the_served_views(splits, tmp_path)
                                [served.fusion["cnn_scale"], served.fusion["descriptor_scale"], *served.fusion["class_bias"]],
                                atol=2e-3)
     images = np.asarray(val.images[:8])
-    default = inference.predict_images(images, served, val.clinical[:8])
-    one_view = inference.predict_images(images, served, val.clinical[:8], views=1)
-    np.testing.assert_allclose(default, inference.predict_images(images, served, val.clinical[:8], views=4))
+    default = package_model.predict_images(images, served, val.clinical[:8])
+    one_view = package_model.predict_images(images, served, val.clinical[:8], views=1)
+    np.testing.assert_allclose(default, package_model.predict_images(images, served, val.clinical[:8], views=4))
     assert np.abs(np.log(default) - np.log(one_view)).max() > 1e-3  # compared in log space: confident rows
 
 
@@ -117,8 +147,8 @@ def test_view_invariant_network_trains_and_serves_one_view(splits, tmp_path):
     served = inference.model_fn(str(tmp_path / "model"))
     assert served.config["arch"] == "dermanet_d4" and served.tta_views == 1
     images = np.asarray(load_splits(splits)[0]["val"].images[:6])
-    np.testing.assert_allclose(inference.predict_images(images, served, views=8),
-                               inference.predict_images(images, served, views=1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(package_model.predict_images(images, served, views=8),
+                               package_model.predict_images(images, served, views=1), rtol=1e-4, atol=1e-6)
 
 
 def test_tta_views_out_of_range_is_refused(splits, tmp_path):
@@ -186,7 +216,7 @@ def test_killed_mid_run_resumes_from_its_last_checkpoint(splits, tmp_path):
     env.update(SM_MODEL_DIR=str(work / "model"), SM_OUTPUT_DATA_DIR=str(work / "output" / "data"),
                SM_OUTPUT_DIR=str(work / "output"), SM_CHECKPOINT_DIR=str(ckpt), SM_CHANNEL_SPLITS=str(splits),
                SM_HPS=json.dumps({k: str(v) for k, v in hps.items()}), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "ml_code.train"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "ml_code.training.train"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline and not (ckpt / "checkpoint-epoch-0002.pt").exists() and proc.poll() is None:

@@ -13,8 +13,8 @@ from PIL import Image
 from dermaops_resources.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore
 from dermaops_resources.raw_source import landed_batches
-from ml_code import ingest
-from ml_code.demo_data import generate_demo_dataset
+from ml_code.data import ingest
+from ml_code.tools.demo_data import generate_demo_dataset
 from tests.conftest import HAM10000, requires_ham10000
 
 

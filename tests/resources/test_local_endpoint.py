@@ -29,6 +29,7 @@ from dermaops_resources.endpoint import DeploymentFailed, LocalEndpointDeployer,
 from dermaops_resources.object_store import join_uri, LocalObjectStore, file_uri_to_path, sha256_file
 from dermaops_resources.registry import ModelPackage
 from dermaops_resources.settings import REPO_ROOT
+from ml_code.package.loader import write_code
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 IMAGE_SIZE = 16
@@ -116,7 +117,7 @@ def build_package(out: Path, *, seed: int = 0, model_fn_hook: str = "pass", prob
 
 
 def build_real_package(out: Path) -> Path:
-    """A package with the project's own ml_code/inference.py and a torchvision resnet18 (32 px)."""
+    """A package with the project's own code (``ml_code/package``) and a torchvision resnet18 (32 px)."""
     import torchvision
 
     src = out.with_suffix("")
@@ -126,7 +127,7 @@ def build_real_package(out: Path) -> Path:
     (src / "model_config.json").write_text(json.dumps({
         "arch": "resnet18", "classes": CLASSES, "image_size": 32,
         "mean": [0.76, 0.55, 0.57], "std": [0.14, 0.15, 0.17], "temperature": 1.0}))
-    (src / "code" / "inference.py").write_bytes((REPO_ROOT / "ml_code" / "inference.py").read_bytes())
+    write_code(src)
     with tarfile.open(out, "w:gz", compresslevel=1) as tar:
         for path in sorted(src.rglob("*")):
             tar.add(path, arcname=path.relative_to(src).as_posix(), recursive=False)
@@ -412,7 +413,7 @@ def test_server_outlives_the_deploying_process_and_stops_cleanly(env):
     deployer = make_deployer(env, "detached")
     tar = build_package(env["tars"] / "detached.tar.gz", seed=3)
     package = register(env["store"], tar, 3)
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import json, sys
         from dermaops_resources.endpoint import LocalEndpointDeployer
         from dermaops_resources.object_store import LocalObjectStore
@@ -453,11 +454,11 @@ def test_server_outlives_the_deploying_process_and_stops_cleanly(env):
 
 def test_a_saturated_endpoint_answers_503_with_retry_after(tmp_path, monkeypatch):
     """Requests beyond the in-flight limit wait briefly for a slot, then get 503, not a thread each."""
-    from ml_code import serve
+    from ml_code.serving import serve
 
     monkeypatch.setattr(serve, "QUEUE_WAIT_SECONDS", 0.2)
     state = serve.EndpointState(endpoint_name="busy", capture=serve.CaptureWriter(tmp_path, "busy"),
-                                admin_token=None, slots=threading.BoundedSemaphore(1))
+                                admin_token=None, max_inflight=1)
     server = serve.make_server(state, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/invocations"
@@ -478,11 +479,11 @@ def test_a_saturated_endpoint_answers_503_with_retry_after(tmp_path, monkeypatch
 def test_a_client_that_stalls_mid_body_is_dropped_without_holding_a_slot(tmp_path, monkeypatch):
     import socket
 
-    from ml_code import serve
+    from ml_code.serving import serve
 
     monkeypatch.setattr(serve.EndpointHandler, "timeout", 0.5)
     state = serve.EndpointState(endpoint_name="stall", capture=serve.CaptureWriter(tmp_path, "stall"),
-                                admin_token=None, slots=threading.BoundedSemaphore(1))
+                                admin_token=None, max_inflight=1)
     server = serve.make_server(state, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

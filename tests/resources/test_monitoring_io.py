@@ -10,7 +10,7 @@ import pandas as pd
 
 from dermaops_resources.monitoring_io import LOG_PREFIX, case_mix_rows, load_inference_log, read_labels
 from dermaops_resources.object_store import LocalObjectStore
-from ml_code.capture import rows_to_parquet_bytes, views_to_npy_bytes
+from ml_code.monitoring.capture import rows_to_parquet_bytes, views_to_npy_bytes
 
 
 def test_read_labels_from_folder_and_store_prefix(tmp_path: Path) -> None:

@@ -1,0 +1,676 @@
+"""Validation for raw dermoscopy uploads: metadata rows and image files.
+
+The ``raw_images`` asset calls these functions; they decide what enters the
+content-addressed raw store and what goes to quarantine. The rule is that one
+bad row or file never stops a batch: it is quarantined with a reason that says
+which column or file, what value, and how to fix it. Only a metadata file whose
+layout cannot be recognised at all raises (``MetadataError``).
+
+Two public layouts are understood:
+
+* ``ham10000``: ``HAM10000_metadata.csv`` with
+  ``lesion_id,image_id,dx,dx_type,age,sex,localization`` (Tschandl et al. 2018).
+* ``isic``: an ISIC Archive export ``metadata.csv`` with ``isic_id`` and either the
+  legacy ``diagnosis`` column or the current hierarchy ``diagnosis_1`` ..
+  ``diagnosis_5``, plus optional ``age_approx``, ``sex``, ``anatom_site_general``,
+  ``lesion_id``, ``patient_id``, ``diagnosis_confirm_type``, ``image_type``.
+
+Both are mapped onto the internal manifest (docs/ARCHITECTURE.md, "Raw manifest").
+Privacy: an ISIC ``patient_id`` is replaced by ``patient_ref``, a salted sha256
+prefix, so splits can still group a patient's lesions while the raw identifier
+never leaves this module (it is not in the manifest, the quarantine or any message).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from PIL import Image, UnidentifiedImageError
+
+from ml_code import CLASSES
+
+Layout = Literal["ham10000", "isic"]
+
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "image_id", "lesion_id", "patient_ref", "dx", "dx_type", "age", "sex", "localization",
+    "image_key", "sha256", "format", "width", "height", "source_layout",
+)
+"""Column order of ``manifest.csv`` (docs/ARCHITECTURE.md)."""
+
+METADATA_COLUMNS: tuple[str, ...] = (
+    "image_id", "lesion_id", "patient_ref", "dx", "dx_type", "age", "sex", "localization", "source_layout",
+)
+"""What ``normalise_metadata`` returns: the manifest columns that come from metadata."""
+
+QUARANTINE_COLUMNS: tuple[str, ...] = ("image_id", "stage", "reason")
+
+HAM10000_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
+ISIC_DIAGNOSIS_LEVELS: tuple[str, ...] = tuple(f"diagnosis_{i}" for i in range(1, 6))
+
+IMAGE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+"""Image ids become file names: letters, digits, ``_``, ``.``, ``-`` only (no paths)."""
+
+AGE_RANGE = (0.0, 120.0)
+SEX_VALUES = ("male", "female", "unknown")
+
+# --------------------------------------------------------------------------------------
+# Diagnosis mapping onto the seven HAM10000 classes
+# --------------------------------------------------------------------------------------
+
+DIAGNOSIS_MAP: dict[str, str] = {
+    # HAM10000 codes themselves
+    **{c: c for c in CLASSES},
+    # melanoma (HAM10000 "mel" includes in-situ melanoma)
+    "melanoma": "mel",
+    "melanoma, nos": "mel",
+    "melanoma invasive": "mel",
+    "melanoma in situ": "mel",
+    "malignant melanocytic proliferations (melanoma)": "mel",
+    # melanocytic nevi
+    "nevus": "nv",
+    "benign melanocytic proliferations": "nv",
+    # basal cell carcinoma
+    "basal cell carcinoma": "bcc",
+    "malignant adnexal epithelial proliferations - follicular": "bcc",
+    # actinic keratosis and intraepithelial carcinoma (Bowen's disease) = HAM10000 "akiec"
+    "actinic keratosis": "akiec",
+    "solar or actinic keratosis": "akiec",
+    "squamous cell carcinoma in situ": "akiec",
+    "squamous cell carcinoma in situ, bowens disease": "akiec",
+    "bowen's disease": "akiec",
+    "bowens disease": "akiec",
+    # benign keratosis-like lesions
+    "seborrheic keratosis": "bkl",
+    "solar lentigo": "bkl",
+    "lichenoid keratosis": "bkl",
+    "lichen planus like keratosis": "bkl",
+    "pigmented benign keratosis": "bkl",
+    # dermatofibroma
+    "dermatofibroma": "df",
+    # vascular lesions (HAM10000: angiomas, angiokeratomas, pyogenic granulomas)
+    "vascular lesion": "vasc",
+    "angioma": "vasc",
+    "hemangioma": "vasc",
+    "cherry angioma": "vasc",
+    "angiokeratoma": "vasc",
+    "pyogenic granuloma": "vasc",
+    "benign soft tissue proliferations - vascular": "vasc",
+}
+"""Diagnosis term (lower-cased, whitespace collapsed) -> HAM10000 class.
+
+Decisions, so that a mapped label means what HAM10000's label means:
+
+* ``akiec`` in HAM10000 is "actinic keratoses and intraepithelial carcinoma
+  (Bowen's disease)", so actinic keratosis and *in-situ* SCC map to it. Invasive
+  or unspecified squamous cell carcinoma ("squamous cell carcinoma",
+  "Squamous cell carcinoma, NOS", "..., Invasive") is outside the seven classes and
+  is quarantined rather than silently merged.
+* ``bkl`` covers seborrheic keratosis, solar lentigo and lichen-planus-like
+  keratosis, as in HAM10000; "lentigo NOS" and "lentigo simplex" are melanocytic or
+  unspecified and are quarantined.
+* ``nv`` covers "nevus" and the hierarchy node "Benign melanocytic proliferations";
+  melanoma includes in-situ. "atypical melanocytic proliferation", "AIMP",
+  melanoma metastasis, "other" and "unknown" are quarantined.
+* For the ISIC hierarchy the most specific level is tried first
+  (``diagnosis_5`` .. ``diagnosis_1``), so "Blue nevus" under "Nevus" maps via "Nevus".
+"""
+
+DX_TYPE_MAP: dict[str, str] = {
+    "histopathology": "histo",
+    "histo": "histo",
+    "serial imaging showing no change": "follow_up",
+    "follow_up": "follow_up",
+    "single image expert consensus": "consensus",
+    "consensus": "consensus",
+    "confocal microscopy with consensus dermoscopy": "confocal",
+    "confocal": "confocal",
+    "synthetic": "synthetic",
+}
+"""How the diagnosis was confirmed, in HAM10000's vocabulary; anything else -> 'unknown'."""
+
+_SEX_MAP = {"male": "male", "m": "male", "female": "female", "f": "female"}
+
+
+class MetadataError(ValueError):
+    """The metadata file as a whole is unusable (no recognisable layout)."""
+
+
+class ImageRejected(ValueError):
+    """One image file failed a check; ``reason`` says which check and how to fix it."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------
+# Schemas
+# --------------------------------------------------------------------------------------
+
+HAM10000_INPUT_SCHEMA = pa.DataFrameSchema(
+    {c: pa.Column(nullable=True) for c in HAM10000_COLUMNS},
+    strict=False,
+    name="HAM10000 metadata",
+)
+"""Structure only: the columns must exist. Row-level problems are quarantined, not raised."""
+
+ISIC_INPUT_SCHEMA = pa.DataFrameSchema(
+    {"isic_id": pa.Column(nullable=True)},
+    checks=[
+        pa.Check(
+            lambda df: "diagnosis" in df.columns or any(c in df.columns for c in ISIC_DIAGNOSIS_LEVELS),
+            error="ISIC metadata needs a 'diagnosis' column or the 'diagnosis_1'..'diagnosis_5' hierarchy",
+        )
+    ],
+    strict=False,
+    name="ISIC Archive metadata",
+)
+
+METADATA_SCHEMA = pa.DataFrameSchema(
+    {
+        "image_id": pa.Column(str, pa.Check.str_matches(IMAGE_ID_PATTERN), unique=True),
+        "lesion_id": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "patient_ref": pa.Column(str, pa.Check.str_matches(r"^([0-9a-f]{16})?$")),
+        "dx": pa.Column(str, pa.Check.isin(CLASSES)),
+        "dx_type": pa.Column(str),
+        "age": pa.Column(float, pa.Check.in_range(*AGE_RANGE), nullable=True),
+        "sex": pa.Column(str, pa.Check.isin(SEX_VALUES)),
+        "localization": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "source_layout": pa.Column(str, pa.Check.isin(("ham10000", "isic"))),
+    },
+    strict=True,
+    ordered=True,
+    name="normalised metadata",
+)
+"""Output of ``normalise_metadata``: every row here is safe to ingest."""
+
+MANIFEST_SCHEMA = pa.DataFrameSchema(
+    {
+        **{name: METADATA_SCHEMA.columns[name] for name in METADATA_COLUMNS if name != "source_layout"},
+        "image_key": pa.Column(str, pa.Check.str_matches(r"^[0-9a-f]{2}/[0-9a-f]{64}\.(jpg|png)$")),
+        "sha256": pa.Column(str, pa.Check.str_matches(r"^[0-9a-f]{64}$")),
+        "format": pa.Column(str, pa.Check.isin(("JPEG", "PNG"))),
+        "width": pa.Column(int, pa.Check.gt(0)),
+        "height": pa.Column(int, pa.Check.gt(0)),
+        "source_layout": METADATA_SCHEMA.columns["source_layout"],
+    },
+    strict=True,
+    ordered=True,
+    name="raw manifest",
+)
+"""The internal ``manifest.csv`` (docs/ARCHITECTURE.md): columns in ``MANIFEST_COLUMNS`` order."""
+
+
+# --------------------------------------------------------------------------------------
+# Metadata
+# --------------------------------------------------------------------------------------
+
+
+def detect_layout(df: pd.DataFrame) -> Layout:
+    """Tell a HAM10000 metadata table from an ISIC Archive export, or raise ``MetadataError``."""
+    cols = {str(c).strip() for c in df.columns}
+    if "isic_id" in cols:
+        try:
+            ISIC_INPUT_SCHEMA.validate(df.rename(columns=lambda c: str(c).strip()).head(0))
+        except (pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
+            raise MetadataError(
+                "metadata has 'isic_id' (ISIC Archive layout) but no diagnosis column: expected 'diagnosis' "
+                f"or 'diagnosis_1'..'diagnosis_5'. Columns found: {sorted(cols)}. Re-export the metadata "
+                "from the ISIC Archive with the diagnosis fields included."
+            ) from exc
+        return "isic"
+    missing = [c for c in HAM10000_COLUMNS if c not in cols]
+    if not missing:
+        return "ham10000"
+    raise MetadataError(
+        "metadata layout not recognised. HAM10000 needs columns "
+        f"{list(HAM10000_COLUMNS)} (missing: {missing}); an ISIC Archive export needs 'isic_id' and "
+        f"'diagnosis' or 'diagnosis_1'..'diagnosis_5'. Columns found: {sorted(cols)}"
+        + (f" (read with {describe_dialect(df)}; separators tried: comma, semicolon, tab, pipe)."
+           if describe_dialect(df) else ".")
+    )
+
+
+def _norm_text(value: object) -> str:
+    """Lower-case, strip and collapse whitespace; missing -> ''."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    return re.sub(r"\s+", " ", str(value)).strip().lower()
+
+
+def _raw_text(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    return str(value).strip()
+
+
+def patient_ref(patient_id: str, salt: str) -> str:
+    """Salted sha256 prefix (16 hex) of a patient id; '' when there is no id.
+
+    The salt is a deployment secret, so the reference cannot be reversed by
+    hashing candidate ids; 64 bits keep collisions negligible for any cohort.
+    """
+    if not patient_id:
+        return ""
+    return hashlib.sha256(f"{salt}\x00{patient_id}".encode()).hexdigest()[:16]
+
+
+def map_diagnosis(terms: list[str]) -> str | None:
+    """First term (most specific first) that ``DIAGNOSIS_MAP`` knows, mapped to its class."""
+    for term in terms:
+        cls = DIAGNOSIS_MAP.get(_norm_text(term))
+        if cls:
+            return cls
+    return None
+
+
+def _parse_age(value: object) -> tuple[float, str | None]:
+    """(age, problem): missing -> NaN; non-numeric or outside 0..120 -> a problem."""
+    text = _raw_text(value)
+    if text == "" or text.lower() in ("nan", "unknown", "none", "null"):
+        return math.nan, None
+    try:
+        age = float(text)
+    except ValueError:
+        return math.nan, f"age {text!r} is not a number; give age in years (0-120) or leave it empty"
+    if not math.isfinite(age) or not (AGE_RANGE[0] <= age <= AGE_RANGE[1]):
+        return math.nan, f"age {text!r} is outside {AGE_RANGE[0]:.0f}-{AGE_RANGE[1]:.0f} years; fix it or leave it empty"
+    return age, None
+
+
+def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Map a HAM10000 or ISIC table onto the internal schema; split good rows from quarantine.
+
+    Returns ``(good, quarantined)``: ``good`` has ``METADATA_COLUMNS`` and passes
+    ``METADATA_SCHEMA``; ``quarantined`` has ``image_id, stage, reason`` with one row
+    per rejected source row. Row-level problems never raise.
+
+    Field rules: ``sex`` -> male/female/unknown; ``age`` numeric years or NaN when
+    missing (out-of-range or non-numeric ages quarantine the row); ``localization``
+    lower-case or 'unknown'; a missing ISIC ``lesion_id`` makes the image its own
+    lesion (``lesion_id = isic_id``), which is the conservative choice for grouped
+    splits only if the archive really has one image per unlabelled lesion;
+    ``patient_id`` becomes ``patient_ref`` and is then dropped. ISIC rows whose
+    ``image_type`` is present and not dermoscopic are quarantined: the model is
+    trained on dermoscopy only.
+    """
+    if layout not in ("ham10000", "isic"):
+        raise MetadataError(f"unknown layout {layout!r}; expected 'ham10000' or 'isic' (see detect_layout)")
+    df = df.rename(columns=lambda c: str(c).strip())
+    detected = detect_layout(df)
+    if detected != layout:
+        raise MetadataError(f"metadata looks like the {detected!r} layout, not {layout!r}")
+
+    good_rows: list[dict[str, object]] = []
+    quarantine: list[dict[str, str]] = []
+    seen: dict[str, int] = {}  # image_id -> index in good_rows
+    first_line: dict[str, int] = {}
+    conflicted: set[str] = set()
+
+    def col(name: str) -> list[object]:
+        return df[name].tolist() if name in df.columns else [None] * len(df)
+
+    if layout == "ham10000":
+        image_ids, lesion_ids = col("image_id"), col("lesion_id")
+        dx_terms = [[v] for v in col("dx")]
+        dx_types, ages, sexes, sites = col("dx_type"), col("age"), col("sex"), col("localization")
+        patients: list[object] = [None] * len(df)
+        image_types: list[object] = [None] * len(df)
+    else:
+        image_ids, lesion_ids = col("isic_id"), col("lesion_id")
+        levels = [c for c in reversed(ISIC_DIAGNOSIS_LEVELS) if c in df.columns]
+        if "diagnosis" in df.columns:
+            levels.insert(0, "diagnosis")
+        level_values = [col(c) for c in levels]
+        dx_terms = [[vals[i] for vals in level_values] for i in range(len(df))]
+        dx_types, ages, sexes = col("diagnosis_confirm_type"), col("age_approx"), col("sex")
+        sites, patients, image_types = col("anatom_site_general"), col("patient_id"), col("image_type")
+
+    id_column = "image_id" if layout == "ham10000" else "isic_id"
+    for i in range(len(df)):
+        line = i + 2  # 1-based, after the header: what an editor shows
+        image_id = _raw_text(image_ids[i])
+        where = f"row {line}"
+
+        def reject(reason: str) -> None:
+            quarantine.append({"image_id": image_id, "stage": "metadata", "reason": f"{where}: {reason}"})
+
+        if not image_id:
+            reject(f"'{id_column}' is empty; every row needs the id of its image file")
+            continue
+        if not re.match(IMAGE_ID_PATTERN, image_id):
+            reject(f"'{id_column}' {image_id!r} is not a safe file name (letters, digits, '_', '.', '-' only, "
+                   "at most 128 characters); rename the image and its row")
+            continue
+        terms = [_raw_text(t) for t in dx_terms[i]]
+        dx = map_diagnosis(terms)
+        if dx is None:
+            shown = [t for t in terms if t] or ["<empty>"]
+            reject(f"diagnosis {' / '.join(shown)!r} does not map to any of {list(CLASSES)}; "
+                   "correct the diagnosis or add the term to ml_code.data.ingest.DIAGNOSIS_MAP if it belongs to a class")
+            continue
+        age, age_problem = _parse_age(ages[i])
+        if age_problem:
+            reject(age_problem)
+            continue
+        image_type = _norm_text(image_types[i])
+        if image_type and image_type != "dermoscopic":
+            reject(f"image_type {image_type!r} is not dermoscopic; only dermoscopy images are accepted")
+            continue
+        lesion_id = _raw_text(lesion_ids[i])
+        if not lesion_id:
+            if layout == "ham10000":
+                reject("'lesion_id' is empty; HAM10000 rows need the lesion they belong to (splits group by it)")
+                continue
+            lesion_id = image_id  # ISIC: an image with no lesion id is its own lesion
+        sex = _SEX_MAP.get(_norm_text(sexes[i]), "unknown")
+        site = _norm_text(sites[i]) or "unknown"
+        dx_type = DX_TYPE_MAP.get(_norm_text(dx_types[i]), "unknown")
+        row = {
+            "image_id": image_id,
+            "lesion_id": lesion_id,
+            "patient_ref": patient_ref(_raw_text(patients[i]), salt),
+            "dx": dx,
+            "dx_type": dx_type,
+            "age": age,
+            "sex": sex,
+            "localization": site,
+            "source_layout": layout,
+        }
+        if image_id in seen:
+            previous = good_rows[seen[image_id]]
+            same = all(
+                (previous[k] == row[k]) or (k == "age" and math.isnan(previous[k]) and math.isnan(row[k]))  # type: ignore[arg-type]
+                for k in row
+            )
+            if same:
+                reject(f"duplicate of row {first_line[image_id]} (same image_id {image_id!r}, same metadata); "
+                       "the first row is kept, delete this one")
+            else:
+                conflicted.add(image_id)
+                reject(f"image_id {image_id!r} also appears at row {first_line[image_id]} with different metadata; "
+                       "both rows are quarantined until one is removed")
+            continue
+        seen[image_id] = len(good_rows)
+        first_line[image_id] = line
+        good_rows.append(row)
+
+    for image_id in sorted(conflicted):
+        quarantine.append({
+            "image_id": image_id,
+            "stage": "metadata",
+            "reason": f"row {first_line[image_id]}: image_id {image_id!r} appears again later with different "
+                      "metadata; both rows are quarantined until one is removed",
+        })
+        good_rows[seen[image_id]] = {}
+    good = pd.DataFrame([r for r in good_rows if r], columns=list(METADATA_COLUMNS))
+    good["age"] = pd.to_numeric(good["age"], errors="coerce").astype(float)
+    for c in METADATA_COLUMNS:
+        if c != "age":
+            good[c] = good[c].astype(str)
+    good = METADATA_SCHEMA.validate(good.reset_index(drop=True))
+    return good, quarantine_frame(quarantine)
+
+
+def quarantine_frame(rows: list[dict[str, str]] | None = None) -> pd.DataFrame:
+    """A quarantine table (``image_id, stage, reason``), empty when ``rows`` is empty."""
+    return pd.DataFrame(rows or [], columns=list(QUARANTINE_COLUMNS)).astype(str)
+
+
+CSV_DELIMITERS: tuple[str, ...] = (",", ";", "\t", "|")
+"""Separators a metadata export may use: spreadsheets in European locales write ``;`` (the comma
+is their decimal mark), some exports tabs or pipes. Nothing else is guessed."""
+
+NUMERIC_METADATA_COLUMNS: tuple[str, ...] = ("age", "age_approx")
+"""Columns read as numbers, where a decimal comma (``80,0``) is accepted as ``80.0``."""
+
+_DELIMITER_NAMES = {",": "comma (,)", ";": "semicolon (;)", "\t": "tab", "|": "pipe (|)"}
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d*\s*$")
+_KNOWN_HEADER_NAMES = frozenset([*HAM10000_COLUMNS, "isic_id", "diagnosis", *ISIC_DIAGNOSIS_LEVELS,
+                                 "age_approx", "anatom_site_general", "patient_id"])
+
+
+def _header_delimiter(header: str) -> str:
+    """The separator that splits the header line into the most known column names (then the most
+    columns): robust where csv.Sniffer is not, e.g. on one-row files or ids containing commas."""
+    def score(sep: str) -> tuple[int, int]:
+        names = [n.strip().strip('"').strip() for n in header.split(sep)]
+        return sum(n in _KNOWN_HEADER_NAMES for n in names), len(names)
+
+    best = max(CSV_DELIMITERS, key=score)  # max keeps the first on ties: ',' wins when nothing splits
+    return best
+
+
+def read_metadata(path: str | Path, data: bytes | None = None) -> pd.DataFrame:
+    """Read a metadata CSV as text columns (no type guessing: ids like '0001' stay strings).
+
+    ``data`` gives the file's bytes when it does not live on this filesystem (an S3 object);
+    ``path`` then only names it in errors. Spreadsheet exports are read as they come: a UTF-8
+    byte-order mark is dropped, CRLF line ends are fine, the separator is detected among
+    ``CSV_DELIMITERS`` from the header line, and decimal commas in ``age``/``age_approx``
+    (``80,0``, written by European-locale spreadsheets) become ``80.0``. What was detected is
+    kept in ``df.attrs["csv_dialect"]`` so errors and logs can name it. A file that is not
+    UTF-8 text or not CSV raises ``MetadataError`` saying what was found and how to re-export."""
+    path = Path(path)
+    raw = data if data is not None else path.read_bytes()
+    if b"\x00" in raw[:4096]:
+        raise MetadataError(f"{path.name} is not a text file (it contains NUL bytes: a spreadsheet workbook, an "
+                            "image or a damaged file?); export the sheet as CSV UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")  # utf-8-sig drops a leading byte-order mark
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{path.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                            "export it as 'CSV UTF-8' (a spreadsheet's plain 'CSV' may use a local code page)") from exc
+    header = text.lstrip("\r\n").split("\n", 1)[0]
+    sep = _header_delimiter(header)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise MetadataError(f"cannot parse {path.name} as CSV with {_DELIMITER_NAMES[sep]} separators ({exc}); "
+                            "export it as CSV UTF-8 with one header row") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    decimal_comma = False
+    for column in NUMERIC_METADATA_COLUMNS:
+        if column in df.columns:
+            values = df[column]
+            commas = values.notna() & values.astype(str).str.match(_DECIMAL_COMMA)
+            if commas.any():
+                decimal_comma = True
+                df.loc[commas, column] = values[commas].str.replace(",", ".", regex=False)
+    df.attrs["csv_dialect"] = {"delimiter": sep, "decimal_comma": decimal_comma}
+    return df
+
+
+def describe_dialect(df: pd.DataFrame) -> str:
+    """'semicolon (;) separators, decimal commas' for logs and errors ('' when unknown)."""
+    dialect = df.attrs.get("csv_dialect")
+    if not dialect:
+        return ""
+    return _DELIMITER_NAMES[dialect["delimiter"]] + " separators" + (
+        ", decimal commas" if dialect["decimal_comma"] else "")
+
+
+# --------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Acceptance limits for one image file."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    min_side: int = 32
+    max_side: int = 8192
+    formats: tuple[str, ...] = ("JPEG", "PNG")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ingestion records about an accepted image."""
+
+    format: str
+    width: int
+    height: int
+    sha256: str
+    extension: str
+
+    @property
+    def image_key(self) -> str:
+        """Content-addressed key under the raw images prefix: ``<sha[:2]>/<sha><ext>``."""
+        return image_key(self.sha256, self.extension)
+
+
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png"}
+_CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "RGBX"}
+
+
+def image_key(sha256: str, extension: str) -> str:
+    return f"{sha256[:2]}/{sha256}{extension}"
+
+
+def inspect_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -> ImageInfo:
+    """Check one image file and describe it, or raise ``ImageRejected`` saying why.
+
+    Checks, cheapest first: byte size, decodable header, format by content (not
+    by extension), dimensions, full decode (catches truncated files), colour mode.
+    """
+    size = len(data)
+    if size == 0:
+        raise ImageRejected(f"{name}: file is empty (0 bytes); re-export or re-upload the image")
+    if size > limits.max_bytes:
+        raise ImageRejected(
+            f"{name}: file is {size / 1e6:.1f} MB, over the {limits.max_bytes / 1e6:.1f} MB limit; "
+            "downscale or recompress it"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ImageRejected(
+                f"{name}: not a recognisable image (first bytes {data[:8]!r}); allowed formats are "
+                f"{', '.join(limits.formats)}"
+            ) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected(f"{name}: image is too large to decode safely ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - any decoder error is a property of the file
+            raise ImageRejected(
+                f"{name}: image header is unreadable ({type(exc).__name__}: {exc}); the file is probably "
+                "truncated or corrupt, re-copy it from the source"
+            ) from None
+        with img:
+            fmt = img.format or "unknown"
+            if fmt not in limits.formats:
+                raise ImageRejected(
+                    f"{name}: format is {fmt}, allowed formats are {', '.join(limits.formats)}; convert it "
+                    "(e.g. to PNG) before upload"
+                )
+            width, height = img.size
+            if min(width, height) < limits.min_side:
+                raise ImageRejected(
+                    f"{name}: {width}x{height} px is smaller than the {limits.min_side} px minimum side; "
+                    "upload the original-resolution image"
+                )
+            if max(width, height) > limits.max_side:
+                raise ImageRejected(
+                    f"{name}: {width}x{height} px exceeds the {limits.max_side} px maximum side; downscale it"
+                )
+            try:
+                img.load()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ImageRejected(f"{name}: image is too large to decode safely ({exc})") from None
+            except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raise many types
+                raise ImageRejected(
+                    f"{name}: image data does not decode fully ({type(exc).__name__}: {exc}); the file is "
+                    "probably truncated or corrupt, re-copy it from the source"
+                ) from None
+            if img.mode not in _CONVERTIBLE_MODES:
+                raise ImageRejected(
+                    f"{name}: colour mode {img.mode} is not supported (need RGB, RGBA or greyscale); "
+                    "re-export as 8-bit sRGB"
+                )
+    return ImageInfo(
+        format=fmt,
+        width=int(width),
+        height=int(height),
+        sha256=hashlib.sha256(data).hexdigest(),
+        extension=_EXTENSIONS[fmt],
+    )
+
+
+METADATA_FILE_NAMES: tuple[str, ...] = ("HAM10000_metadata.csv", "metadata.csv", "HAM10000_metadata")
+"""Where a dataset's metadata CSV may be, in order of preference (HAM10000, then an ISIC export)."""
+IMAGE_SUBDIRS: tuple[str, ...] = ("", "images", "HAM10000_images_part_1", "HAM10000_images_part_2")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+def find_image_file(images_dir: str | Path, image_id: str) -> Path | None:
+    """Locate ``<image_id>.<ext>`` in ``images_dir`` or its usual sub-folders, or None.
+
+    ``images_dir`` may be the dataset root or the images folder itself: HAM10000
+    ships images either in ``images/`` or split across ``HAM10000_images_part_1``
+    and ``_part_2``; ISIC exports put them next to ``metadata.csv``.
+    """
+    if not image_id or not re.match(IMAGE_ID_PATTERN, image_id):
+        return None  # never build a path from an unsafe id
+    root = Path(images_dir)
+    for sub in IMAGE_SUBDIRS:
+        folder = root / sub if sub else root
+        for ext in IMAGE_EXTENSIONS:
+            candidate = folder / f"{image_id}{ext}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------
+
+
+def canonical_manifest_csv(manifest_df: pd.DataFrame) -> bytes:
+    """The manifest as canonical CSV bytes: fixed column order, sorted by image_id, '\\n' endings."""
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest_df.columns]
+    if missing:
+        raise ValueError(f"manifest is missing columns {missing}; expected {list(MANIFEST_COLUMNS)}")
+    df = manifest_df.loc[:, list(MANIFEST_COLUMNS)].sort_values("image_id", kind="mergesort")
+    df = df.copy()
+    df["age"] = pd.to_numeric(df["age"], errors="coerce").astype(float)
+    for c in ("width", "height"):
+        df[c] = pd.to_numeric(df[c]).astype(np.int64)
+    return df.to_csv(index=False, lineterminator="\n", float_format="%.1f", na_rep="").encode()
+
+
+def manifest_hash(manifest_df: pd.DataFrame) -> str:
+    """sha256 of the canonical manifest CSV: the raw data version, independent of row order."""
+    return hashlib.sha256(canonical_manifest_csv(manifest_df)).hexdigest()
+
+
+def manifest_row(meta: dict[str, object], info: ImageInfo) -> dict[str, object]:
+    """One manifest row from a normalised metadata row and its accepted image."""
+    row = {k: meta[k] for k in METADATA_COLUMNS}
+    row.update(image_key=info.image_key, sha256=info.sha256, format=info.format, width=info.width, height=info.height)
+    return {c: row[c] for c in MANIFEST_COLUMNS}
+
+
+def build_manifest(rows: list[dict[str, object]]) -> pd.DataFrame:
+    """Manifest rows (from ``manifest_row``) as a typed, schema-validated DataFrame."""
+    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    manifest["age"] = manifest["age"].astype(float)
+    for c in ("width", "height"):
+        manifest[c] = manifest[c].astype(np.int64)
+    for c in MANIFEST_COLUMNS:
+        if c not in ("age", "width", "height"):
+            manifest[c] = manifest[c].astype(str)
+    return MANIFEST_SCHEMA.validate(manifest)

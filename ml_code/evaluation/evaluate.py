@@ -1,0 +1,305 @@
+"""Evaluation processing job: ``python -m ml_code.evaluation.evaluate``.
+
+Inputs: ``model`` (a folder holding ``model.tar.gz``, or an already-extracted model dir)
+and ``splits`` (the preprocess output). Output: ``evaluation``.
+
+The model is loaded through the packaged ``code/inference.py`` handlers (``model_fn``,
+``preprocess_array``, ``predict_fn``) from the extracted archive, so the numbers describe
+exactly what the endpoint will serve - temperature included. Everything is measured on
+the test split; validation is used only to choose the melanoma operating point.
+
+Options (SM_HPS or ``--key value``): ``tta`` (test-time augmentation, default true: the
+package's own ``tta_views``, the views its temperature and fusion were fitted on and the
+endpoint serves; false scores one view) with ``tta_views`` to override that number for an
+ablation (2: identity + hflip; 8: all flips x 90-degree rotations),
+``n_bootstrap`` (1000), ``seed`` (0), ``target_sensitivity`` (0.9, for ``mel``),
+``gradcam_per_class`` (2), ``ece_bins`` (15).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ml_code import contract, metrics
+from ml_code.package.loader import open_package
+from ml_code.package.views import check_views
+from ml_code.training.train import atomic_write_text, load_splits
+
+DEFAULTS: dict[str, Any] = {
+    "tta": True, "tta_views": None, "n_bootstrap": 1000, "seed": 0, "target_sensitivity": 0.9,
+    "gradcam_per_class": 2, "ece_bins": 15, "melanoma_class": "mel",
+}
+
+
+def served_views(model: Any) -> int:
+    """The test-time views a loaded package serves by default (packages from before
+    ``tta_views`` was recorded served one)."""
+    return int(getattr(model, "tta_views", 1))
+
+
+def predict_split(handlers: ModuleType, model: Any, images: np.ndarray, views: int | None = None,
+                  clinical: np.ndarray | None = None, chunk: int = 512, network_only: bool = False) -> np.ndarray:
+    """Served probabilities for uint8 NHWC ``images`` (network averaged over ``views`` D4
+    transforms - None: the package's own, as served - fused with the descriptor model given
+    ``clinical`` rows when the package has one)."""
+    views = check_views(served_views(model) if views is None else views, "tta_views")
+    out = []
+    for start in range(0, len(images), chunk):
+        batch = {"images": np.asarray(images[start : start + chunk]), "views": views, "network_only": network_only,
+                 "clinical": None if clinical is None else clinical[start : start + chunk]}
+        out.append(np.asarray(handlers.predict_fn(batch, model), dtype=np.float64))
+    return np.concatenate(out) if out else np.zeros((0, len(model.classes)))
+
+
+def _mq(value: float, std: float | None = None) -> dict[str, Any]:
+    """A ModelQuality metric entry; SageMaker writes the string "NaN" for an unknown deviation."""
+    return {"value": float(value), "standard_deviation": float(std) if std is not None and np.isfinite(std) else "NaN"}
+
+
+def compute_report(
+    classes: list[str], y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray, opts: dict[str, Any]
+) -> dict[str, Any]:
+    k = len(classes)
+    pred = p_test.argmax(1)
+    prf = metrics.precision_recall_f1(y_test, pred, k)
+    sens, spec = metrics.sensitivity_specificity(y_test, pred, k)
+    aucs, macro_auc = metrics.roc_auc_ovr(y_test, p_test)
+    cm = metrics.confusion_matrix(y_test, pred, k)
+    rel = metrics.reliability(y_test, p_test, int(opts["ece_bins"]))
+    n_boot, seed = int(opts["n_bootstrap"]), int(opts["seed"])
+    label_ci = metrics.bootstrap_label_metrics(y_test, pred, k, n_boot, seed=seed)
+    auc_ci = metrics.bootstrap_macro_auc(y_test, p_test, n_boot, seed=seed)
+    mel = str(opts["melanoma_class"])
+    mel_idx = classes.index(mel) if mel in classes else None
+    op = None
+    if mel_idx is not None and (y_val == mel_idx).any():
+        op = metrics.operating_point(mel_idx, y_val, p_val, y_test, p_test, float(opts["target_sensitivity"]))
+    majority = int(np.bincount(y_test, minlength=k).argmax())
+    const = metrics.precision_recall_f1(y_test, np.full_like(y_test, majority), k)
+
+    def nan_none(v: float) -> float | None:
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    per_class = [
+        {
+            "class": c, "support": int(prf.support[i]), "precision": float(prf.precision[i]), "recall": float(prf.recall[i]),
+            "f1": float(prf.f1[i]), "sensitivity": nan_none(sens[i]), "specificity": nan_none(spec[i]), "auc": nan_none(aucs[i]),
+        }
+        for i, c in enumerate(classes)
+    ]
+    headline = {
+        "accuracy": label_ci["accuracy"].estimate,
+        "balanced_accuracy": label_ci["balanced_accuracy"].estimate,
+        "macro_auc": macro_auc,
+        "macro_f1": prf.macro_f1,
+        "weighted_f1": prf.weighted_f1,
+        "melanoma_sensitivity": nan_none(sens[mel_idx]) if mel_idx is not None else None,
+        "ece": rel.ece,
+        "balanced_accuracy_ci_low": label_ci["balanced_accuracy"].low,
+        "balanced_accuracy_ci_high": label_ci["balanced_accuracy"].high,
+        "macro_auc_ci_low": auc_ci.low,
+        "macro_auc_ci_high": auc_ci.high,
+    }
+    confusion = {a: {p: int(cm[i, j]) for j, p in enumerate(classes)} for i, a in enumerate(classes)}
+    mq = {
+        "accuracy": _mq(label_ci["accuracy"].estimate, label_ci["accuracy"].std),
+        "weighted_recall": _mq(prf.weighted_recall, label_ci["weighted_recall"].std),
+        "weighted_precision": _mq(prf.weighted_precision, label_ci["weighted_precision"].std),
+        "weighted_f0_5": _mq(label_ci["weighted_f0_5"].estimate, label_ci["weighted_f0_5"].std),
+        "weighted_f1": _mq(prf.weighted_f1, label_ci["weighted_f1"].std),
+        "weighted_f2": _mq(label_ci["weighted_f2"].estimate, label_ci["weighted_f2"].std),
+        "accuracy_best_constant_classifier": _mq(metrics.accuracy(y_test, np.full_like(y_test, majority))),
+        "weighted_recall_best_constant_classifier": _mq(const.weighted_recall),
+        "weighted_precision_best_constant_classifier": _mq(const.weighted_precision),
+        "weighted_f1_best_constant_classifier": _mq(const.weighted_f1),
+        "confusion_matrix": confusion,
+    }
+    return {
+        "classes": classes,
+        "n_test": int(len(y_test)),
+        "n_val": int(len(y_val)),
+        "tta_views": int(opts["tta_views"]),
+        "headline": headline,
+        "macro_precision": prf.macro_precision,
+        "macro_recall": prf.macro_recall,
+        "weighted_precision": prf.weighted_precision,
+        "weighted_recall": prf.weighted_recall,
+        "log_loss": metrics.log_loss(y_test, p_test),
+        "confidence_intervals": {
+            "method": f"percentile bootstrap over test items, {n_boot} resamples, seed {seed}, 95%",
+            **{name: vars(iv) for name, iv in label_ci.items()},
+            "macro_auc": vars(auc_ci),
+        },
+        "per_class": per_class,
+        "confusion_matrix": confusion,
+        "reliability": {
+            "bins": int(opts["ece_bins"]), "edges": rel.edges.tolist(), "count": rel.count.tolist(),
+            "confidence": [nan_none(v) for v in rel.confidence], "accuracy": [nan_none(v) for v in rel.accuracy],
+            "ece": rel.ece,
+        },
+        "melanoma_operating_point": vars(op) if op else None,
+        "model_quality": {"multiclass_classification_metrics": mq},
+    }
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, label="row-normalised recall")
+    ax.set_title("Test confusion matrix")
+    _save_fig(fig, path)
+
+
+def plot_reliability(rel: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = np.array(rel["edges"])
+    centers = (edges[:-1] + edges[1:]) / 2
+    acc = np.array([np.nan if v is None else v for v in rel["accuracy"]], dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.bar(centers, np.nan_to_num(acc), width=edges[1] - edges[0], edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set_xlabel("confidence (max probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (ECE {rel['ece']:.3f})")
+    ax.legend(loc="upper left")
+    _save_fig(fig, path)
+
+
+def plot_gradcam(handlers: ModuleType, model: Any, images: np.ndarray, labels: np.ndarray, classes: list[str],
+                 per_class: int, path: Path, served: np.ndarray) -> int:
+    """A grid of test images with their Grad-CAM heat map for the true class, titled with the
+    served prediction (``served``: the split's probabilities); returns how many."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = [int(i) for c in range(len(classes)) for i in np.flatnonzero(labels == c)[:per_class]]
+    if not picks:
+        return 0
+    x = handlers.preprocess_array(np.asarray(images[picks]), model)
+    cams = handlers.gradcam(model, x, labels[picks])
+    probs = np.asarray(served)[picks]
+    cols = min(len(picks), 2 * per_class)
+    rows = int(np.ceil(len(picks) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for n, (i, cam) in enumerate(zip(picks, cams)):
+        ax = axes.ravel()[n]
+        ax.imshow(np.asarray(images[i]))
+        ax.imshow(cam, cmap="jet", alpha=0.4)
+        ax.set_title(f"{classes[labels[i]]} -> {classes[int(probs[n].argmax())]}", fontsize=7)
+    fig.suptitle("Grad-CAM, true class (test)", fontsize=9)
+    _save_fig(fig, path)
+    return len(picks)
+
+
+def _save_fig(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def write_per_class(rows: list[dict[str, Any]], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(k for k in opts if k not in DEFAULTS and not k.startswith(("sagemaker_", "_")))
+    if unknown:
+        print(f"WARNING: ignoring unknown evaluation options {unknown}; known: {sorted(DEFAULTS)}", file=sys.stderr, flush=True)
+    opts = {**DEFAULTS, **{k: v for k, v in opts.items() if k in DEFAULTS}}
+    splits, classes = load_splits(splits_dir)
+    if "test" not in splits or len(splits["test"].labels) == 0:
+        raise ValueError(f"the splits input {splits_dir} has no test split (test_images.npy/test_labels.npy)")
+    with tempfile.TemporaryDirectory(prefix="dermaops-eval-") as tmp:
+        package = open_package(model_input, Path(tmp), "eval")
+        handlers, model = package.api, package.model
+        if list(model.classes) != list(classes):
+            raise ValueError(f"model classes {model.classes} differ from the splits' classes {classes}")
+        test, val = splits["test"], splits["val"]
+        if model.image_size != test.images.shape[1]:
+            raise ValueError(f"model expects {model.image_size}px images but the splits hold {test.images.shape[1]}px")
+        # What the endpoint serves: the package's views, unless an ablation asks otherwise.
+        if not opts["tta"]:
+            views = 1
+        elif opts["tta_views"] in (None, ""):
+            views = served_views(model)
+        else:
+            views = int(opts["tta_views"])
+        opts["tta_views"] = views
+        p_test = predict_split(handlers, model, test.images, views, test.clinical)
+        p_val = predict_split(handlers, model, val.images, views, val.clinical)
+        report = compute_report(classes, val.labels, p_val, test.labels, p_test, opts)
+        report["model"] = {k: model.config.get(k) for k in ("arch", "image_size", "temperature", "best_epoch", "small_input")}
+        report["model"]["descriptor_model"] = model.descriptor_model is not None
+        if model.descriptor_model is not None:
+            # Requests without clinical context (a bare image POSTed to the endpoint) get the
+            # image-only path; report it too, so nobody mistakes one figure for the other.
+            report["model"]["fusion"] = model.fusion
+            # The network alone is the ablation that shows what the descriptor model adds.
+            for name, probs in (("image_only", predict_split(handlers, model, test.images, views, None)),
+                                ("network_only", predict_split(handlers, model, test.images, views, network_only=True))):
+                report[name] = {
+                    "balanced_accuracy": metrics.balanced_accuracy(test.labels, probs.argmax(1), len(classes)),
+                    "macro_auc": metrics.roc_auc_ovr(test.labels, probs)[1],
+                }
+            report["image_only"]["clinical_context_used"] = test.clinical is not None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_confusion(metrics.confusion_matrix(test.labels, p_test.argmax(1), len(classes)), classes, out_dir / "confusion_matrix.png")
+        plot_reliability(report["reliability"], out_dir / "reliability.png")
+        report["gradcam_images"] = plot_gradcam(handlers, model, test.images, test.labels, classes,
+                                                int(opts["gradcam_per_class"]), out_dir / "gradcam.png", p_test)
+    write_per_class(report["per_class"], out_dir / "per_class.csv")
+    evaluation = {**report["model_quality"], "dermaops": {k: v for k, v in report.items() if k != "model_quality"}}
+    atomic_write_text(out_dir / "evaluation.json", json.dumps(evaluation, indent=2, default=float))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=float))
+    contract.emit_metric(**report["headline"])
+    return report
+
+
+def main() -> None:
+    hps = contract.parse_hyperparameters()
+    evaluate(contract.processing_input("model"), contract.processing_input("splits"), contract.processing_output("evaluation"), hps)
+
+
+if __name__ == "__main__":
+    contract.run_entry_point(main)

@@ -1,0 +1,302 @@
+"""Model Monitor baseline for one trained model (processing job ``python -m ml_code.monitoring.baseline``).
+
+Inputs (processing inputs): ``model`` (folder with ``model.tar.gz``), ``splits`` (the
+preprocess output), optionally ``manifest`` (folder with the raw ``manifest.csv``, for the
+original image geometry). Output ``baseline``:
+
+- ``statistics.json``   Model Monitor layout: dataset.item_count, features[] with
+  numerical_statistics (mean, std, min, max, quantile sketch and histogram buckets; the
+  PSI bin edges under ``distribution.dermaops``); with a case mix also ``age`` and the
+  categorical ``sex`` / ``body_region`` (string_statistics, counts per category).
+- ``constraints.json``  Model Monitor layout, plus the drift thresholds this baseline is
+  judged with (``monitoring_config.dermaops_drift_thresholds``).
+- ``baseline_features.parquet``  per-image features of the training split (KS needs the sample).
+- ``embeddings.npy``    penultimate-layer embeddings of up to ``max_embeddings`` held-out images.
+- ``prediction_distribution.json``  predicted-class proportions on the same held-out images.
+- ``baseline_case_mix.parquet``  age (capped at 90), sex and body region per training image
+  (``ml_code.monitoring.casemix``), from ``train_index.csv``; absent when the split has no clinical
+  columns, and then the case-mix test is skipped.
+
+Why held-out images for embeddings and predictions: the model has memorised its training
+images, so their embeddings are tighter and their predictions more confident than on any
+new image. Comparing live traffic with *training* embeddings would flag drift on perfectly
+in-distribution traffic. Pixel features do not depend on the model, so they use the
+larger training split.
+
+Hyperparameters: ``max_embeddings`` (2000), ``n_bins`` (10), ``seed`` (0), and any
+``DriftThresholds`` field to override a threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .casemix import UNKNOWN, case_mix_frame
+from ml_code.package.loader import open_package
+from ml_code.contract import emit_metric, parse_hyperparameters, processing_input, processing_output, run_entry_point
+from .drift import DEFAULT_BINS, DriftThresholds, bin_counts, psi_edges, write_json_atomic
+from .features import FEATURE_NAMES, PIXEL_FEATURES, batch_features
+
+STATISTICS = "statistics.json"
+CONSTRAINTS = "constraints.json"
+FEATURES = "baseline_features.parquet"
+EMBEDDINGS = "embeddings.npy"
+PREDICTIONS = "prediction_distribution.json"
+CASE_MIX = "baseline_case_mix.parquet"
+
+
+# -- the packaged model ---------------------------------------------------------------
+
+def load_packaged_model(model_tar: str | Path, workdir: str | Path) -> tuple[Any, Any]:
+    """(helper api, model) of ``model.tar.gz`` opened through its own code
+    (:func:`ml_code.package.loader.open_package`): the baseline then sees exactly what the
+    endpoint serving this package sees."""
+    if not Path(model_tar).is_file():
+        raise FileNotFoundError(f"model package {model_tar} not found; pass the folder holding model.tar.gz "
+                                "as the processing input 'model'.")
+    package = open_package(model_tar, workdir, "baseline")
+    return package.api, package.model
+
+
+def embed_and_predict(module: Any, model: Any, images: np.ndarray,
+                      batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings (N, D), probabilities (N, C)) for uint8 NHWC model-view images."""
+    embs, probs = [], []
+    for i in range(0, len(images), batch):
+        chunk = np.ascontiguousarray(images[i:i + batch])
+        x = module.preprocess_array(chunk, model)
+        embs.append(np.asarray(module.embed_fn(x, model), dtype=np.float32))
+        # uint8 pixels, like a bare image POSTed to the endpoint: the served (fused) output
+        probs.append(np.asarray(module.predict_fn(chunk, model), dtype=np.float64))
+    if not embs:
+        return np.zeros((0, 0), np.float32), np.zeros((0, len(model.classes)))
+    return np.concatenate(embs), np.concatenate(probs)
+
+
+# -- statistics / constraints ---------------------------------------------------------
+
+def _numerical_feature(name: str, values: np.ndarray, n_bins: int) -> dict[str, Any]:
+    """One numerical feature of ``statistics.json`` (NaN = missing), with the PSI bins."""
+    v = np.asarray(values, dtype=np.float64)
+    present = v[np.isfinite(v)]
+    edges = psi_edges(present, n_bins)
+    counts = bin_counts(present, edges)
+    bounds = [float(present.min())] + [float(e) for e in edges[1:-1]] + [float(present.max())]
+    buckets = [{"lower_bound": bounds[i], "upper_bound": bounds[i + 1], "count": float(counts[i + 1])}
+               for i in range(len(bounds) - 1)]
+    return {
+        "name": name,
+        "inferred_type": "Fractional",
+        "numerical_statistics": {
+            "common": {"num_present": int(present.size), "num_missing": int(v.size - present.size)},
+            "mean": float(present.mean()), "sum": float(present.sum()),
+            "std_dev": float(present.std()), "min": float(present.min()), "max": float(present.max()),
+            "distribution": {
+                "kll": {
+                    "buckets": buckets,
+                    # An exact quantile summary in the KLL sketch's place (not a KLL sketch).
+                    "sketch": {"parameters": {"c": 0.64, "k": 2048.0},
+                               "data": [np.quantile(present, np.linspace(0, 1, 101)).tolist()]},
+                },
+                "dermaops": {"psi_edges": edges.tolist(), "psi_counts": counts.tolist()},
+            },
+        },
+    }
+
+
+def _string_feature(name: str, values: pd.Series) -> dict[str, Any]:
+    """One categorical feature of ``statistics.json``; ``unknown`` counts as missing."""
+    present = values[values != UNKNOWN]
+    counts = present.value_counts()
+    return {
+        "name": name,
+        "inferred_type": "String",
+        "string_statistics": {
+            "common": {"num_present": int(len(present)), "num_missing": int(len(values) - len(present))},
+            "distinct_count": float(len(counts)),
+            "distribution": {"categorical": {"buckets": [{"value": str(k), "count": float(n)}
+                                                         for k, n in counts.items()]}},
+        },
+    }
+
+
+def feature_statistics(features: pd.DataFrame, n_bins: int = DEFAULT_BINS,
+                       case_mix: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Model Monitor ``statistics.json`` for a per-image feature table, and the case mix
+    (``age`` numerical, ``sex`` and ``body_region`` categorical) when given. Only aggregates:
+    counts per category and quantiles of the capped ages, nothing per image."""
+    out = [_numerical_feature(name, features[name].to_numpy(dtype=np.float64), n_bins) for name in features.columns]
+    if case_mix is not None:
+        if case_mix["age"].notna().any():
+            out.append(_numerical_feature("age", case_mix["age"].to_numpy(dtype=np.float64), n_bins))
+        out += [_string_feature(name, case_mix[name]) for name in ("sex", "body_region")]
+    return {"version": 0.0, "dataset": {"item_count": int(len(features))}, "features": out}
+
+
+def feature_constraints(statistics: Mapping[str, Any], thresholds: DriftThresholds) -> dict[str, Any]:
+    """Model Monitor ``constraints.json`` derived from statistics, with our drift thresholds."""
+    feats = []
+    n = max(1, statistics["dataset"]["item_count"])
+    for f in statistics["features"]:
+        if f["inferred_type"] == "String":
+            stats_ = f["string_statistics"]
+            feats.append({"name": f["name"], "inferred_type": "String",
+                          "completeness": stats_["common"]["num_present"] / n,
+                          "string_constraints": {"domains": [b["value"] for b in
+                                                             stats_["distribution"]["categorical"]["buckets"]]}})
+            continue
+        num = f["numerical_statistics"]
+        feats.append({"name": f["name"], "inferred_type": "Fractional",
+                      "completeness": num["common"]["num_present"] / n,
+                      "num_constraints": {"is_non_negative": bool(num["min"] >= 0)}})
+    return {
+        "version": 0.0,
+        "features": feats,
+        "monitoring_config": {
+            "evaluate_constraints": "Enabled",
+            "emit_metrics": "Enabled",
+            "distribution_constraints": {"perform_comparison": "Enabled", "comparison_threshold": thresholds.psi,
+                                         "comparison_method": "Robust"},
+            "dermaops_drift_thresholds": asdict(thresholds),
+        },
+    }
+
+
+def case_mix_counts(statistics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Training images per sex and per body region, from ``statistics.json`` (empty for a
+    baseline without a case mix): what the baseline's materialization shows in the UI."""
+    return {f["name"]: {b["value"]: b["count"] for b in f["string_statistics"]["distribution"]["categorical"]["buckets"]}
+            for f in statistics.get("features", []) if f.get("inferred_type") == "String"}
+
+
+def edges_from_statistics(statistics: Mapping[str, Any]) -> dict[str, list[float]]:
+    """PSI bin edges per feature as stored by :func:`feature_statistics`."""
+    return {f["name"]: f["numerical_statistics"]["distribution"]["dermaops"]["psi_edges"]
+            for f in statistics.get("features", [])
+            if "dermaops" in f.get("numerical_statistics", {}).get("distribution", {})}
+
+
+def _geometry(splits_dir: Path, manifest_dir: Path | None) -> pd.DataFrame | None:
+    """Original width/height of the training images, from the raw manifest (if given)."""
+    if manifest_dir is None or not (manifest_dir / "manifest.csv").is_file():
+        return None
+    index = pd.read_csv(splits_dir / "train_index.csv", usecols=["image_id"])
+    manifest = pd.read_csv(manifest_dir / "manifest.csv", usecols=["image_id", "width", "height"])
+    merged = index.merge(manifest.drop_duplicates("image_id"), on="image_id", how="left")
+    w, h = merged["width"].to_numpy(float), merged["height"].to_numpy(float)
+    return pd.DataFrame({"width": w, "height": h, "aspect_ratio": w / np.where(h > 0, h, np.nan)})
+
+
+def _case_mix(splits_dir: Path) -> pd.DataFrame | None:
+    """The training split's case mix, or None when its index has no clinical columns."""
+    index_path = splits_dir / "train_index.csv"
+    if not index_path.is_file():
+        return None
+    index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
+    if not {"age", "sex", "localization"} <= set(index.columns):
+        return None
+    return case_mix_frame(index["age"].tolist(), index["sex"].tolist(), index["localization"].tolist())
+
+
+def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str | Path,
+                     manifest_dir: str | Path | None = None, max_embeddings: int = 2000, n_bins: int = DEFAULT_BINS,
+                     seed: int = 0, thresholds: DriftThresholds | None = None) -> dict[str, Any]:
+    """Write every baseline file into ``out_dir``; returns a small summary."""
+    splits_dir, out_dir = Path(splits_dir), Path(out_dir)
+    thresholds = thresholds or DriftThresholds()
+    train_path = splits_dir / "train_images.npy"
+    if not train_path.is_file():
+        raise FileNotFoundError(f"{train_path} not found; the 'splits' input must be the preprocess job's "
+                                "output folder (train_images.npy, val_images.npy, classes.json, ...).")
+    train = np.load(train_path, mmap_mode="r")
+    if len(train) == 0:
+        raise ValueError(f"{train_path} holds no images; cannot baseline an empty training split.")
+    feats = batch_features(train)[list(PIXEL_FEATURES)]
+    geometry = _geometry(splits_dir, Path(manifest_dir) if manifest_dir else None)
+    if geometry is not None:
+        feats = pd.concat([feats, geometry], axis=1)[list(FEATURE_NAMES)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_parquet_atomic(feats, out_dir / FEATURES)
+    case_mix = _case_mix(splits_dir)
+    if case_mix is not None:
+        _write_parquet_atomic(case_mix, out_dir / CASE_MIX)
+    statistics = feature_statistics(feats, n_bins, case_mix)
+    write_json_atomic(out_dir / STATISTICS, statistics)
+    write_json_atomic(out_dir / CONSTRAINTS, feature_constraints(statistics, thresholds))
+
+    # Embeddings + predicted classes on held-out images (see module docstring).
+    held_out = next((s for s in ("val", "test", "train") if (splits_dir / f"{s}_images.npy").is_file()
+                     and len(np.load(splits_dir / f"{s}_images.npy", mmap_mode="r")) > 0), "train")
+    images = np.load(splits_dir / f"{held_out}_images.npy", mmap_mode="r")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(images), min(max_embeddings, len(images)), replace=False))
+    with tempfile.TemporaryDirectory(prefix="dermaops-baseline-") as work:
+        module, model = load_packaged_model(model_tar, work)
+        emb, probs = embed_and_predict(module, model, np.asarray(images[pick]))
+    classes = list(model.classes)
+    tmp_npy = out_dir / f".{EMBEDDINGS}.tmp.npy"
+    np.save(tmp_npy, emb)
+    tmp_npy.replace(out_dir / EMBEDDINGS)
+    predicted = np.bincount(probs.argmax(axis=1), minlength=len(classes))
+    distribution = {c: float(n) / max(1, int(predicted.sum())) for c, n in zip(classes, predicted)}
+    write_json_atomic(out_dir / PREDICTIONS, {"split": held_out, "n": int(len(pick)), "classes": classes,
+                                              "distribution": distribution})
+    return {"item_count": int(len(feats)), "features": list(feats.columns), "case_mix": case_mix is not None,
+            "embedding_split": held_out, "n_embeddings": int(len(emb)),
+            "embedding_dim": int(emb.shape[1]) if emb.ndim == 2 else 0, "prediction_distribution": distribution}
+
+
+def load_baseline(baseline_dir: str | Path) -> dict[str, Any]:
+    """Everything drift detection needs from a baseline folder."""
+    d = Path(baseline_dir)
+    missing = [n for n in (STATISTICS, CONSTRAINTS, FEATURES, EMBEDDINGS, PREDICTIONS) if not (d / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"baseline at {d} lacks {missing}; re-materialize model_baseline.")
+    statistics = json.loads((d / STATISTICS).read_text())
+    constraints = json.loads((d / CONSTRAINTS).read_text())
+    return {
+        "statistics": statistics,
+        "constraints": constraints,
+        "thresholds": DriftThresholds.from_mapping(
+            constraints.get("monitoring_config", {}).get("dermaops_drift_thresholds")),
+        "features": pd.read_parquet(d / FEATURES),
+        "edges": edges_from_statistics(statistics),
+        "embeddings": np.load(d / EMBEDDINGS),
+        "prediction_distribution": json.loads((d / PREDICTIONS).read_text())["distribution"],
+        "case_mix": pd.read_parquet(d / CASE_MIX) if (d / CASE_MIX).is_file() else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    hps = parse_hyperparameters(argv)
+    model_dir, splits_dir = processing_input("model"), processing_input("splits")
+    tars = sorted(model_dir.glob("*.tar.gz")) if model_dir.is_dir() else []
+    if not tars:
+        raise FileNotFoundError(f"no model.tar.gz in processing input 'model' ({model_dir})")
+    manifest_dir = processing_input("manifest")
+    thresholds = DriftThresholds.from_mapping(hps)
+    summary = compute_baseline(
+        splits_dir, model_dir / "model.tar.gz" if (model_dir / "model.tar.gz").is_file() else tars[0],
+        processing_output("baseline"), manifest_dir=manifest_dir if manifest_dir.is_dir() else None,
+        max_embeddings=int(hps.get("max_embeddings", 2000)), n_bins=int(hps.get("n_bins", DEFAULT_BINS)),
+        seed=int(hps.get("seed", 0)), thresholds=thresholds)
+    emit_metric(baseline_item_count=summary["item_count"], baseline_embeddings=summary["n_embeddings"])
+    print(json.dumps({k: v for k, v in summary.items() if k != "prediction_distribution"}), flush=True)
+
+
+if __name__ == "__main__":
+    run_entry_point(main)

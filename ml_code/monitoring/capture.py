@@ -1,0 +1,265 @@
+"""Parse SageMaker data-capture JSONL into rows the monitors can use.
+
+Each captured request carries the base64 image the client sent and the JSON the model
+answered. Monitoring needs, per request: when, which ids (to join late ground-truth
+labels), which model version, what it predicted, and what the *input* looked like. The
+image features are computed on the same view the model sees (centre-crop to a square,
+Lanczos resize to the model's input size, exactly as ``code/inference.py`` and the
+preprocess job do), so they are comparable with the baseline's training-split features;
+width/height/aspect ratio are taken from the image as sent. A JSON request's clinical
+context (``age``, ``sex``, ``anatom_site``) is kept only as the coarse case mix of
+``ml_code.monitoring.casemix`` (age capped at 90, sex, body region), never as the text sent.
+
+Capture files are written by other processes and can hold anything, so parsing never
+raises on bad content: a malformed line is skipped and counted under a named reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from .casemix import BODY_REGIONS, CASE_MIX_COLUMNS, UNKNOWN, case_mix_frame
+from .features import FEATURE_NAMES, GEOMETRY_FEATURES, PIXEL_FEATURES, image_features
+
+#: Columns of the parsed capture table (features follow these).
+BASE_COLUMNS: tuple[str, ...] = (
+    "inference_time", "inference_id", "event_id", "model_version", "status",
+    "predicted_class", "probabilities",
+)
+
+
+def model_view(raw: bytes, size: int) -> np.ndarray:
+    """What the model is fed: the served handlers' own decode, centre crop and resize.
+
+    Features of traffic are only comparable with baseline features of the preprocessed
+    split if both went through the same geometry, so this calls the packaged
+    ``ml_code.package.imaging.load_image_square`` rather than a copy of it.
+    """
+    from ml_code.package.imaging import load_image_square
+
+    return load_image_square(raw, size)
+
+
+@dataclass(frozen=True)
+class CapturedRequest:
+    """A captured request body, decoded: the image and any clinical context it carried."""
+
+    image: bytes
+    size: tuple[int, int]  # (width, height) as sent
+    age: Any = None
+    sex: Any = None
+    site: Any = None
+
+
+def decode_request(data: str | bytes, encoding: str = "BASE64") -> CapturedRequest:
+    """Decode a captured request body (an image, or the JSON request with a base64 ``image``
+    and optional ``age``/``sex``/``anatom_site``); ValueError if there is no decodable image."""
+    if encoding.upper() != "BASE64":
+        raise ValueError(f"image body encoding {encoding!r} is not BASE64")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValueError(f"body is not valid base64: {exc}") from exc
+    context: dict[str, Any] = {}
+    if raw[:1] == b"{":  # an application/json request: the image is its base64 "image" field
+        try:
+            request = json.loads(raw)
+            raw = base64.b64decode(request["image"], validate=True)
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise ValueError(f"JSON body has no decodable base64 'image': {exc}") from exc
+        context = {"age": request.get("age"), "sex": request.get("sex"), "site": request.get("anatom_site")}
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+            return CapturedRequest(raw, img.size, **context)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"body is not a decodable image: {exc}") from exc
+
+
+@dataclass
+class CaptureBatch:
+    """Parsed rows plus what was skipped and why (reason -> count)."""
+
+    rows: pd.DataFrame
+    skipped: Counter = field(default_factory=Counter)
+    images: list[np.ndarray] = field(default_factory=list)  # model views, aligned with rows (when kept)
+
+    @property
+    def n_skipped(self) -> int:
+        return int(sum(self.skipped.values()))
+
+
+def _parse_output(out: dict[str, Any]) -> tuple[str, str | None, dict[str, float] | None]:
+    """(status, predicted class, probabilities) from endpointOutput."""
+    text = out.get("data")
+    enc = str(out.get("encoding", "JSON")).upper()
+    if enc == "BASE64" and isinstance(text, str):
+        text = base64.b64decode(text).decode("utf-8", "replace")
+    payload = json.loads(text) if isinstance(text, str) else text
+    if isinstance(payload, list):
+        payload = payload[0] if payload else {}
+    if not isinstance(payload, dict):
+        raise ValueError("output is not a JSON object")
+    if "predicted_class" not in payload:
+        return "error", None, None
+    probs = payload.get("probabilities") or {}
+    return "ok", str(payload["predicted_class"]), {str(k): float(v) for k, v in probs.items()}
+
+
+def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
+                keep_images: bool = False) -> CaptureBatch:
+    """Parse capture lines into rows; malformed lines are skipped and counted by reason.
+
+    ``image_size``: the model's input size. When given, each request image is decoded and
+    its features computed on the model view (see :func:`model_view`); when None, only the
+    ids and predictions are parsed (cheap, for joins with labels).
+    """
+    skipped: Counter = Counter()
+    records: list[dict[str, Any]] = []
+    views: list[np.ndarray] = []
+    requests: list[CapturedRequest] = []
+    for raw in lines:
+        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            skipped["invalid_json"] += 1
+            continue
+        if not isinstance(rec, dict):
+            skipped["not_an_object"] += 1
+            continue
+        cap = rec.get("captureData")
+        meta = rec.get("eventMetadata")
+        if not isinstance(cap, dict) or not isinstance(meta, dict):
+            skipped["missing_captureData_or_eventMetadata"] += 1
+            continue
+        inp, out = cap.get("endpointInput"), cap.get("endpointOutput")
+        if not isinstance(inp, dict) or not isinstance(out, dict):
+            skipped["missing_endpointInput_or_endpointOutput"] += 1
+            continue
+        when = pd.to_datetime(meta.get("inferenceTime"), utc=True, errors="coerce")
+        if pd.isna(when):
+            skipped["bad_inferenceTime"] += 1
+            continue
+        try:
+            status, predicted, probs = _parse_output(out)
+        except (ValueError, TypeError, binascii.Error):
+            skipped["malformed_endpointOutput"] += 1
+            continue
+        if status != "ok":
+            skipped["error_response"] += 1
+            continue
+        view = None
+        if image_size is not None:
+            try:
+                request = decode_request(inp.get("data", ""), str(inp.get("encoding", "BASE64")))
+            except ValueError:
+                skipped["undecodable_image"] += 1
+                continue
+            requests.append(request)
+            view = model_view(request.image, image_size)
+        version = meta.get("modelPackageVersion")
+        records.append({
+            "inference_time": when,
+            "inference_id": str(meta.get("inferenceId") or meta.get("eventId") or ""),
+            "event_id": str(meta.get("eventId") or ""),
+            "model_version": int(version) if isinstance(version, (int, float, str)) and str(version).lstrip("-").isdigit() else -1,
+            "status": status,
+            "predicted_class": predicted,
+            "probabilities": json.dumps(probs, sort_keys=True),
+        })
+        if view is not None:
+            views.append(view)
+    rows = pd.DataFrame.from_records(records, columns=list(BASE_COLUMNS))
+    rows["inference_time"] = pd.to_datetime(rows["inference_time"], utc=True)
+    rows["model_version"] = rows["model_version"].astype("int64")
+    if image_size is not None:
+        feats = image_features(views) if views else pd.DataFrame(columns=list(FEATURE_NAMES), dtype=float)
+        for name in PIXEL_FEATURES:
+            rows[name] = feats[name].to_numpy(dtype=float) if len(feats) else np.zeros(0)
+        geo = np.array([r.size for r in requests], dtype=float).reshape(-1, 2)
+        rows["width"], rows["height"] = geo[:, 0], geo[:, 1]
+        rows["aspect_ratio"] = geo[:, 0] / np.where(geo[:, 1] > 0, geo[:, 1], np.nan)
+        assert set(GEOMETRY_FEATURES) <= set(rows.columns)
+        mix = case_mix_frame([r.age for r in requests], [r.sex for r in requests], [r.site for r in requests])
+        for name in CASE_MIX_COLUMNS:
+            rows[name] = mix[name].to_numpy()
+    return CaptureBatch(rows=rows, skipped=skipped, images=views if keep_images else [])
+
+
+def parse_capture_bytes(data: bytes, image_size: int | None = None, keep_images: bool = False) -> CaptureBatch:
+    """Parse one capture file's bytes (JSONL)."""
+    return parse_lines(data.splitlines(), image_size=image_size, keep_images=keep_images)
+
+
+def capture_schema():
+    """Pandera schema of the inference log (parsed capture rows with image features).
+
+    Built lazily so importing this module stays cheap for the endpoint and the simulator.
+    """
+    import pandera.pandas as pa
+
+    def utc(series: pd.Series) -> bool:
+        return isinstance(series.dtype, pd.DatetimeTZDtype) and str(series.dtype.tz) == "UTC"
+
+    non_negative = pa.Check.ge(0.0)
+    columns: dict[str, pa.Column] = {
+        "inference_time": pa.Column(checks=pa.Check(utc, error="inference_time must be tz-aware UTC")),
+        "inference_id": pa.Column(str, checks=pa.Check.str_length(min_value=1)),
+        "event_id": pa.Column(str),
+        "model_version": pa.Column("int64"),
+        "status": pa.Column(str, checks=pa.Check.isin(["ok"])),
+        "predicted_class": pa.Column(str),
+        "probabilities": pa.Column(str),
+    }
+    for name in PIXEL_FEATURES:
+        columns[name] = pa.Column(float, checks=non_negative)
+    for name in GEOMETRY_FEATURES:
+        columns[name] = pa.Column(float, checks=pa.Check.gt(0.0), nullable=True)
+    # The case mix (ml_code.monitoring.casemix); optional, since parts written before it lack the columns.
+    columns["age"] = pa.Column(float, checks=pa.Check.in_range(0.0, 90.0), nullable=True, required=False)
+    columns["sex"] = pa.Column(str, checks=pa.Check.isin(["male", "female", UNKNOWN]), required=False)
+    columns["body_region"] = pa.Column(str, checks=pa.Check.isin([*BODY_REGIONS, UNKNOWN]), required=False)
+    return pa.DataFrameSchema(columns, strict=False, coerce=True,
+                              unique=["inference_id"], report_duplicates="exclude_first")
+
+
+def validate_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Validate parsed rows against :func:`capture_schema` (raises pandera SchemaErrors, lazily)."""
+    return capture_schema().validate(rows, lazy=True)
+
+
+# -- inference-log parts ------------------------------------------------------------------
+
+def rows_to_parquet_bytes(rows: pd.DataFrame) -> bytes:
+    """Validated capture rows as the bytes of one inference-log part (``parts/<seq>.parquet``).
+
+    Parquet keeps the dtypes ``validate_rows`` established (tz-aware UTC times, int64
+    versions, float features), so the monitors read back exactly what was validated, and
+    lets them read only the columns they need."""
+    buf = io.BytesIO()
+    rows.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def views_to_npy_bytes(views: np.ndarray) -> bytes:
+    """Model-view images (N, size, size, 3) uint8 as the bytes of one ``parts/<seq>.npy``.
+
+    Stored beside the parquet part, row for row, so drift can embed what the model saw
+    without decoding the captured JPEG/PNG bodies again."""
+    buf = io.BytesIO()
+    np.save(buf, views)
+    return buf.getvalue()

@@ -1,0 +1,100 @@
+"""SageMaker PyTorch inference handlers for the DermaOps lesion classifier: the four handlers only.
+
+In ``model.tar.gz`` this package ships as ``code/dermaops_model/`` beside a two-line
+``code/inference.py`` that re-exports these handlers (see ``ml_code.package.loader``): the
+AWS PyTorch inference container imports ``inference`` with ``code/`` on ``sys.path``, where
+``ml_code`` is not installed, so the package imports only torch, torchvision, Pillow, NumPy,
+the standard library and its own modules (relative imports).
+
+- :func:`model_fn` loads the network, its normalisation and temperature, and the descriptor model;
+- :func:`input_fn` checks a body (:mod:`requests`), raising ``RequestError`` with an HTTP status;
+- :func:`predict_fn` scores it (:func:`model.predict_images`);
+- :func:`output_fn` renders ``{"predicted_class", "probabilities", "model_arch"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import descriptors
+from .imaging import load_image_square
+from .model import Probabilities, ServedModel, load_model, network_log_probs, predict_images
+from .requests import RESPONSE_CONTENT_TYPE, RequestError, negotiate_accept, parse_request
+
+
+def model_fn(model_dir: str | os.PathLike) -> ServedModel:
+    """Load ``model_config.json`` + ``model.pt`` (+ ``descriptors.npz``) from ``model_dir``."""
+    return load_model(model_dir)
+
+
+def input_fn(body: bytes | bytearray, content_type: str) -> dict[str, Any]:
+    """Check and pass on a request body: ``{"image_bytes", "clinical"}``. The model's input size
+    is not known here, so :func:`predict_fn` decodes to that size (JPEG draft decoding needs it).
+    Raises ``RequestError`` (a ValueError carrying ``status_code``) for what the client must fix."""
+    return parse_request(body, content_type)
+
+
+def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
+    """Class probabilities ``(N, C)``: what the endpoint serves.
+
+    ``data`` is what :func:`input_fn` returned, a uint8 ``(N, S, S, 3)`` array, or a dict
+    ``{"images": uint8 array, "clinical": (N, M) array or None, "views": 1..8 or None,
+    "network_only": bool}`` (batch scoring with clinical context; ``views`` overrides the
+    package's test-time views, ``network_only`` is for ablations): all go through
+    :func:`model.predict_images`, so the descriptor model is fused in when the package has one.
+    A normalised float tensor ``(N, 3, S, S)`` gets the network's temperature-scaled
+    probabilities only (no pixels left for descriptors; Grad-CAM titles use this).
+    """
+    if isinstance(data, dict) and "image_bytes" in data:
+        context, clinical = data.get("clinical"), None
+        if context and model.descriptor_model is not None:
+            clinical = descriptors.clinical_features([context.get("age")], [context.get("sex")],
+                                                     [context.get("site")])
+        probs = predict_images(load_image_square(data["image_bytes"], model.image_size)[None], model, clinical)
+    elif isinstance(data, dict) and "images" in data:
+        views = data.get("views")
+        probs = predict_images(data["images"], model, data.get("clinical"), None if views is None else int(views),
+                               network_only=bool(data.get("network_only", False)))
+    elif isinstance(data, np.ndarray):
+        probs = predict_images(data, model)
+    elif isinstance(data, torch.Tensor):
+        x = data if data.ndim == 4 else data[None]
+        probs = np.exp(network_log_probs(x, model, 1, model.temperature))
+    else:
+        raise ValueError(f"predict_fn got {type(data).__name__}; expected input_fn output, array, dict or tensor")
+    out = np.asarray(probs, dtype=np.float32).view(Probabilities)
+    out.classes, out.arch = list(model.classes), str(model.config["arch"])
+    return out
+
+
+def output_fn(prediction: np.ndarray, accept: str | None = RESPONSE_CONTENT_TYPE) -> str:
+    """JSON ``{"predicted_class", "probabilities": {class: p}, "model_arch"}`` per image
+    (a list when the request held several images). An Accept it cannot meet is a 406 RequestError."""
+    negotiate_accept(accept)
+    classes = list(getattr(prediction, "classes", []) or [])
+    arch = getattr(prediction, "arch", "") or ""
+    probs = np.asarray(prediction, dtype=np.float64)
+    if probs.ndim == 1:
+        probs = probs[None]
+    if len(classes) != probs.shape[1]:
+        raise ValueError(
+            f"output_fn needs the Probabilities returned by predict_fn (with class names); got "
+            f"{type(prediction).__name__} of shape {probs.shape}"
+        )
+    records = [
+        {
+            "predicted_class": classes[int(np.argmax(p))],
+            "probabilities": {c: float(v) for c, v in zip(classes, p)},
+            "model_arch": arch,
+        }
+        for p in probs
+    ]
+    return json.dumps(records[0] if len(records) == 1 else records)
+
+
+__all__ = ["RequestError", "input_fn", "model_fn", "output_fn", "predict_fn"]

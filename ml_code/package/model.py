@@ -1,0 +1,243 @@
+"""The served model: network + normalisation + temperature + optional descriptor model.
+
+Ships inside ``model.tar.gz``. Besides loading (:func:`load_model`) and scoring
+(:func:`predict_images`) it holds what other stages reuse so that everything sees exactly what
+the endpoint serves:
+
+- :func:`preprocess_array` - uint8 NHWC arrays (the preprocess job's format) -> model input;
+- :func:`embed_fn` - penultimate-layer embeddings (monitoring builds drift baselines on them);
+- :func:`gradcam` - class-activation heat maps (the evaluation job's Grad-CAM grid).
+
+A model may carry a second, descriptor model (``descriptors.npz``, read by the sibling
+:mod:`descriptors`): boosted trees over colour/texture descriptors and the clinical context
+(age, sex, body site). :func:`predict_images` fuses its log-probabilities with the network's by
+the stacker fitted on validation at training time (:func:`fuse_log_probs`); without clinical
+values it scores the image alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import descriptors
+from .networks import build_network, feature_layer, head_layer
+from .views import check_views, dihedral_view, view_order
+
+
+class ServedModel(nn.Module):
+    """A network plus what serving needs to know about it (classes, normalisation, temperature)."""
+
+    def __init__(self, net: nn.Module, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.net = net
+        self.config = config
+        self.classes: list[str] = list(config["classes"])
+        self.image_size = int(config["image_size"])
+        self.temperature = float(config.get("temperature", 1.0) or 1.0)
+        # The test-time views the temperature and fusion were fitted on: what the endpoint
+        # serves by default (packages from before this key served one view).
+        self.tta_views = check_views(int(config.get("tta_views", 1)), "model_config.json tta_views")
+        self.register_buffer("mean", torch.tensor(config["mean"], dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(config["std"], dtype=torch.float32).view(1, 3, 1, 1))
+        self.descriptor_model: Any = None  # descriptors.BoostedTrees, when the package has one
+        self.fusion: dict[str, Any] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for already-normalised NCHW input."""
+        return self.net(x)
+
+
+
+def fuse_log_probs(cnn_log_probs: np.ndarray, descriptor_log_probs: np.ndarray, fusion: dict[str, Any]) -> np.ndarray:
+    """Fused class probabilities ``softmax(a * log p_cnn + w * log p_descriptors + b)``.
+
+    ``a``, ``w`` and the per-class bias ``b`` (``fusion``: ``cnn_scale``, ``descriptor_scale``,
+    ``class_bias``) are fitted on validation by ``ml_code.training.train``: a logistic-regression
+    stacker, which also calibrates, so no separate temperature applies to fused output.
+    """
+    z = (float(fusion["cnn_scale"]) * np.asarray(cnn_log_probs, np.float64)
+         + float(fusion["descriptor_scale"]) * np.asarray(descriptor_log_probs, np.float64)
+         + np.asarray(fusion["class_bias"], np.float64)[None, :])
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.net if isinstance(model, ServedModel) else model
+
+
+
+def load_model(model_dir: str | os.PathLike) -> ServedModel:
+    """Load ``model_config.json`` + ``model.pt`` (+ the descriptor model) from ``model_dir``."""
+    model_dir = Path(model_dir)
+    config_path, weights_path = model_dir / "model_config.json", model_dir / "model.pt"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path.name} not found in {model_dir}; model.tar.gz must hold model.pt and "
+                "model_config.json at its root (written by ml_code.training.train)."
+            )
+    config = json.loads(config_path.read_text())
+    missing = [k for k in ("arch", "classes", "image_size", "mean", "std") if k not in config]
+    if missing:
+        raise ValueError(f"{config_path} lacks keys {missing}")
+    net = build_network(config["arch"], len(config["classes"]), bool(config.get("small_input", False)))
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    model = ServedModel(net, config)
+    desc = config.get("descriptors")
+    if desc:
+        if int(desc.get("version", 0)) != descriptors.DESCRIPTOR_VERSION:
+            raise ValueError(f"{config_path} wants descriptor version {desc.get('version')} but the shipped "
+                             f"descriptors.py computes version {descriptors.DESCRIPTOR_VERSION}; re-package the model")
+        model.descriptor_model = descriptors.BoostedTrees.load(model_dir / desc["file"])
+        model.fusion = dict(config["fusion"])
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval()
+    return model
+
+
+
+def preprocess_array(images: np.ndarray, model: Any, std: Any = None) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` RGB -> float32 ``(N, 3, H, W)`` normalised as the model expects.
+
+    ``model`` is the :func:`model_fn` result or a ``model_config.json`` dict (their 0-1 scale
+    per-channel ``mean``/``std`` are used); ``preprocess_array(images, mean, std)`` also works.
+    """
+    if isinstance(model, ServedModel):
+        mean, std = model.mean.detach().cpu().view(3), model.std.detach().cpu().view(3)
+    elif isinstance(model, dict):
+        mean, std = model["mean"], model["std"]
+    elif std is not None:
+        mean = model
+    else:
+        raise ValueError("preprocess_array needs the served model, its config dict, or mean and std")
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (N, H, W, 3) images, got dtype {arr.dtype} shape {arr.shape}")
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # memory-mapped splits are read-only; torch wants writable memory
+        arr = arr.copy()
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+
+@torch.no_grad()
+def network_log_probs(x: torch.Tensor, model: ServedModel, views: int, temperature: float) -> np.ndarray:
+    """log of the network's softmax(logits / T), averaged over ``views`` D4 views (:func:`view_order`).
+
+    The views of a chunk go through the network as one batch (at most 256 views a pass): a
+    single-image request then costs one forward pass of 8 rather than 8 passes of 1, about
+    twice as fast on 2 CPU cores (``benchmarks/tta_latency.py``). Eval-mode batch norm makes each
+    row independent of its batch, so the result is the per-view loop's.
+    """
+    order = view_order(views)
+    model.eval()
+    out = []
+    for chunk in torch.split(x, max(1, 256 // len(order))):
+        chunk = chunk.to(model.device, torch.float32)
+        logits = model(torch.cat([dihedral_view(chunk, v) for v in order])).float() / temperature
+        out.append(torch.softmax(logits, dim=1).view(len(order), len(chunk), -1).mean(0).cpu())
+    return torch.log(torch.cat(out).clamp_min(1e-12)).numpy().astype(np.float64)
+
+
+def predict_images(images: np.ndarray, model: ServedModel, clinical: np.ndarray | None = None,
+                   views: int | None = None, network_only: bool = False) -> np.ndarray:
+    """Probabilities ``(N, C)`` for uint8 ``(N, S, S, 3)`` images at the model's size.
+
+    With a descriptor model: the fused output (:func:`fuse_log_probs`), ``clinical`` being
+    ``descriptors.clinical_features`` rows (None = unknown). Without: the network's
+    temperature-scaled softmax (also with ``network_only``). ``views`` averages the network
+    over D4 views; None serves the package's own ``tta_views`` (what its fusion was fitted on).
+    """
+    views = model.tta_views if views is None else views
+    x = preprocess_array(images, model)
+    if model.descriptor_model is None or model.fusion is None or network_only:
+        return np.exp(network_log_probs(x, model, views, model.temperature))
+    cnn = network_log_probs(x, model, views, 1.0)
+    desc = model.descriptor_model.log_proba(descriptors.descriptor_matrix(np.asarray(images), clinical))
+    return fuse_log_probs(cnn, desc, model.fusion)
+
+
+
+class Probabilities(np.ndarray):
+    """Class probabilities ``(N, C)`` that remember the class names and arch they belong to.
+
+    SageMaker's ``output_fn`` does not receive the model, so the labels travel with the
+    array; it is otherwise a plain ndarray (sums, argmax and indexing work as usual)."""
+
+    classes: list[str]
+    arch: str
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.classes = getattr(obj, "classes", [])
+        self.arch = getattr(obj, "arch", "")
+
+
+@torch.no_grad()
+def embed_fn(batch: torch.Tensor, model: nn.Module) -> np.ndarray:
+    """Penultimate-layer embeddings ``(N, D)`` for a normalised NCHW batch (the head's input)."""
+    net = _unwrap(model)
+    device = next(net.parameters()).device
+    captured: list[torch.Tensor] = []
+    handle = head_layer(net).register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach()))
+    try:
+        net.eval()
+        for chunk in torch.split(batch, 256):
+            net(chunk.to(device, torch.float32))
+    finally:
+        handle.remove()
+    return torch.cat(captured).float().cpu().numpy()
+
+
+def gradcam(model: nn.Module, tensor: torch.Tensor, class_idx: int | list[int] | torch.Tensor) -> np.ndarray:
+    """Grad-CAM heat maps in [0, 1], shape ``(N, H, W)`` at the input resolution.
+
+    Weights the last conv stage's activations by the spatially pooled gradient of the
+    ``class_idx`` logit (Selvaraju et al. 2017).
+    """
+    net = _unwrap(model)
+    device = next(net.parameters()).device
+    x = (tensor if tensor.ndim == 4 else tensor[None]).to(device, torch.float32)
+    idx = torch.as_tensor(class_idx, device=device).long().reshape(-1).expand(x.shape[0])
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        store["act"] = out
+        out.register_hook(lambda g: store.__setitem__("grad", g))
+
+    handle = feature_layer(net).register_forward_hook(hook)
+    try:
+        net.eval()
+        with torch.enable_grad():
+            logits = net(x)
+            logits.gather(1, idx[:, None]).sum().backward()
+    finally:
+        handle.remove()
+    act, grad = store["act"].detach(), store["grad"].detach()
+    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * act).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    flat = cam.flatten(1)
+    lo, hi = flat.min(1, keepdim=True)[0], flat.max(1, keepdim=True)[0]
+    cam = ((flat - lo) / (hi - lo).clamp_min(1e-8)).view_as(cam)
+    net.zero_grad(set_to_none=True)
+    return cam.cpu().numpy()

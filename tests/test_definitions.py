@@ -1,0 +1,44 @@
+"""The one Definitions loads and every job, schedule and sensor resolves (seconds, no training)."""
+
+import dagster as dg
+
+from dermaops_assets import defs
+
+EXPECTED_JOBS = {"ingest_job", "retrain_job", "deploy_job", "monitoring_job"}
+STAGE_ASSETS = {"raw_images", "processed_splits", "trained_model", "evaluation_report",
+                "registered_model_package", "live_endpoint", "inference_log", "drift_report",
+                "model_quality_report", "model_baseline"}
+
+
+def test_every_job_resolves_against_the_asset_graph():
+    repo = defs.get_repository_def()  # resolves selections, resources and schedules/sensors' jobs
+    jobs = {job.name for job in repo.get_all_jobs()}
+    assert EXPECTED_JOBS <= jobs
+    for name in EXPECTED_JOBS:
+        job = defs.resolve_job_def(name)
+        assert job.asset_layer.executable_asset_keys, f"{name} selects no asset"
+    graph_keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert STAGE_ASSETS <= graph_keys
+
+
+def test_schedules_and_sensors_target_existing_jobs():
+    repo = defs.get_repository_def()
+    jobs = {job.name for job in repo.get_all_jobs()}
+    for schedule in repo.schedule_defs:
+        assert schedule.job_name in jobs, schedule.name
+    for sensor in repo.sensor_defs:
+        for target in sensor.targets:
+            assert target.job_name in jobs, sensor.name
+
+
+def test_retrain_job_runs_the_chain_without_deploying():
+    keys = {k.to_user_string() for k in defs.resolve_job_def("retrain_job").asset_layer.executable_asset_keys}
+    assert {"raw_images", "processed_splits", "trained_model", "evaluation_report", "registered_model_package",
+            "model_baseline"} <= keys
+    assert "live_endpoint" not in keys
+
+
+def test_validates_with_the_dagster_cli_loader():
+    """What `dagster definitions validate -m dermaops_assets` loads."""
+    assert isinstance(defs, dg.Definitions)
+    assert defs.resolve_all_asset_specs()
