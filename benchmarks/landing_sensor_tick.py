@@ -1,17 +1,19 @@
-"""Benchmark: one landing-sensor tick with a cursor vs a full listing, over 100,000 landed files.
+"""Benchmark: one landing-sensor tick vs a full listing, over 100,000 landed files.
 
     python benchmarks/landing_sensor_tick.py [--files 100000] [--new 5] [--dir /tmp/x]
 
-Lays out ``--files`` existing files (1,000 per folder, like daily upload batches) plus
-``--new`` fresh ones, then times, in the same run:
+Lays out ``--files`` existing files (1,000 per folder, like daily upload batches), lets the
+sensor take them over from an older ``last_key`` cursor (the one-time migration tick, which
+lists everything, is timed separately), then lands a new batch of ``--new`` files plus a
+``_SUCCESS`` marker and times, in the same run:
 
-- cursor tick: ``landing_tick`` with the cursor at the newest already-ingested key (the
-  pruned sorted walk opens only the folders on the cursor path and after it);
-- full-listing baseline: listing every key and filtering on the cursor, which is what a
-  listing without ``start_after`` pruning (``LocalObjectStore.list`` / dagster-aws
-  ``get_objects``) costs on every tick.
+- sensor tick: ``landing_tick`` as deployed: one listing of the batch folders, the new
+  batch in full, and ``--verify-files`` files of already-requested batches in rotation
+  (how late files and rewritten objects in old batches are noticed);
+- full-listing baseline: listing every key, which is what watching every object on every
+  tick (``LocalObjectStore.list`` / dagster-aws ``get_objects``) costs.
 
-Prints both times and their ratio as JSON. Files are empty: only listing cost is measured.
+Prints the times and their ratio as JSON. Files are empty: only listing cost is measured.
 """
 
 import argparse
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--files", type=int, default=100_000)
     p.add_argument("--new", type=int, default=5)
+    p.add_argument("--verify-files", type=int, default=2000, help="DERMAOPS_LANDING_VERIFY_FILES")
     p.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed afterwards)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dermaops-landing-bench-", dir=args.dir) as tmp:
@@ -54,27 +57,36 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         cursor_key = lay_out(landing, args.files)
         layout_s = time.perf_counter() - t0
-        new_folder = landing / "batch-99999"
-        new_folder.mkdir()
-        old = time.time() - 3600
-        for j in range(args.new):
-            f = new_folder / f"new_{j:03d}.jpg"
-            f.touch()
-            os.utime(f, (old, old))
         with dg.instance_for_test() as instance:
-            ctx = dg.build_sensor_context(instance=instance, cursor=json.dumps({"last_key": cursor_key}),
-                                          resources={"store": store})
+            def tick(cursor):
+                ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"store": store})
+                return landing_tick(ctx, store, str(landing), quiet_seconds=60, max_files=10**9,
+                                    verify_files=args.verify_files, salt="bench")
+
             t0 = time.perf_counter()
-            result = landing_tick(ctx, store, str(landing), quiet_seconds=60)
+            migrated = tick(json.dumps({"last_key": cursor_key}))  # every existing batch: already requested
+            migrate_s = time.perf_counter() - t0
+            assert not migrated.run_requests
+            new_folder = landing / "batch-99999"
+            new_folder.mkdir()
+            old = time.time() - 3600
+            for j in range(args.new):
+                f = new_folder / f"new_{j:03d}.jpg"
+                f.touch()
+                os.utime(f, (old, old))
+            (new_folder / "_SUCCESS").touch()
+            t0 = time.perf_counter()
+            result = tick(migrated.cursor)
             cursor_s = time.perf_counter() - t0
-        assert result.run_requests and result.run_requests[0].tags["dermaops/landing_files"] == str(args.new)
+        assert result.run_requests and result.run_requests[0].tags["dermaops/landing_files"] == str(args.new + 1)
         t0 = time.perf_counter()
         prefix = store.uri("raw", "landing")
         full = [o.key for o in store.list(prefix)]
         new_full = [k for k in full if k > f"landing/{cursor_key}"]
         full_s = time.perf_counter() - t0
-        assert len(new_full) == args.new and len(full) == args.files + args.new
+        assert len(new_full) == args.new + 1 and len(full) == args.files + args.new + 1
     print(json.dumps({"existing_files": args.files, "new_files": args.new, "layout_seconds": round(layout_s, 2),
+                      "migration_tick_seconds": round(migrate_s, 4), "verify_files_per_tick": args.verify_files,
                       "cursor_tick_seconds": round(cursor_s, 4), "full_listing_seconds": round(full_s, 4),
                       "speedup": round(full_s / cursor_s, 1)}, indent=2))
     return 0

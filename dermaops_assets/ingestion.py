@@ -57,6 +57,12 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
             "num_quarantined": handle.num_quarantined,
             "newly_stored": stats.copied,
             "landed_batches": len(batches),
+            # A landed batch whose metadata could not be read is left out whole; shown by its
+            # reference (a salted hash: folder names may name a patient), never by name.
+            "quarantined_batches": len(stats.quarantined_batches),
+            "landed_batches_still_arriving": len(stats.arriving_batches),
+            "quarantined_batch_reasons": table_markdown(
+                [{"batch": ref, "reason": reason.replace("|", "\\|")} for ref, reason in stats.quarantined_batches]),
             "class_counts": table_markdown([{"dx": k, "images": v} for k, v in handle.class_counts.items()]),
             "layout": handle.source_layout,
             "manifest_uri": dg.MetadataValue.path(handle.manifest_uri),

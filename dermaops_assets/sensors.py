@@ -1,13 +1,17 @@
 """Sensors: the EventBridge rules and Lambda triggers of the architecture document.
 
-- ``raw_landing_sensor``: new raw files in the landing location -> ``retrain_job`` (reason
-  ``new-data``), whose ``raw_images`` ingests the dataset plus every landed batch (a folder
-  per batch, in either public layout). Lists only keys after the cursor (S3 ``StartAfter`` /
-  a pruned sorted walk locally), so a tick costs O(new files), not O(all files); a burst of
-  uploads is coalesced into one run by waiting for ``quiet_seconds`` without new files (or
-  ``max_batch`` files). Because the cursor is a key, batches must be named so that they sort
-  in arrival order (a date-stamped folder such as ``2026-11-27-clinic-a/``): a batch that
-  sorts before one already seen is ingested by the next retraining, not by its own.
+- ``raw_landing_sensor``: a batch landed in the landing location (a folder per batch, in
+  either public layout) is complete -> ``retrain_job`` (reason ``new-data``), whose
+  ``raw_images`` ingests the dataset plus every landed batch. Completeness never trusts file
+  modification times (``cp -p``, ``rsync -a`` and unzip preserve old ones, so a batch looked
+  finished mid-copy): a batch is complete at once when its uploader wrote a marker
+  (``_SUCCESS`` or ``manifest.json`` at the top of the batch folder), else when no object in
+  it (key, size, ETag / local change fingerprint) changed across the sensor's own
+  observations spanning ``DERMAOPS_LANDING_QUIET_SECONDS``. A batch is known by a salted hash
+  of its folder name (folder names may name a patient; they never reach run keys, tags, the
+  cursor or skip messages), so a batch that sorts before others is seen when it arrives, and
+  a completed batch whose content changes (a corrected metadata file under the same key, a
+  late file) is a new landing. State: see ``LANDING_STATE_PREFIX``.
 - ``drift_sensor`` / ``model_quality_sensor``: the latest drift / quality report's metadata
   -> ``retrain_job`` tagged with the reason.
 - ``approval_sensor``: the newest Approved model package changed (an approval, or a rollback
@@ -19,14 +23,16 @@ retrain run is already queued or running; the report-driven ones also wait
 """
 
 
+import hashlib
 import json
-import os
 import time
 
 import dagster as dg
 
+from dermaops_resources.ingestion import pseudonym_salt
 from dermaops_resources.notifier import Notifier
-from dermaops_resources.object_store import ObjectStore, list_after
+from dermaops_resources.object_store import LandedFile, ObjectStore, landing_files, landing_folders
+from dermaops_resources.raw_source import LANDING_STATE_PREFIX, batch_ref
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
 
@@ -34,12 +40,10 @@ from .jobs import RETRAIN_JOB, RETRAIN_REASON_TAG, deploy_job, retrain_job
 
 IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED]
-QUIET_SECONDS = float(os.environ.get("DERMAOPS_LANDING_QUIET_SECONDS", "60"))
-MAX_BATCH = int(os.environ.get("DERMAOPS_LANDING_MAX_BATCH", "5000"))
 # A report-driven retrain waits this long after the last retraining started: drift or a quality
 # drop that persists (the new package may still await approval) is reported every hour, and
 # each report would otherwise start another full retraining on the same data.
-RETRAIN_COOLDOWN_HOURS = float(os.environ.get("DERMAOPS_RETRAIN_COOLDOWN_HOURS", "24"))
+RETRAIN_COOLDOWN_HOURS = Settings.from_env().retrain_cooldown_hours  # DERMAOPS_RETRAIN_COOLDOWN_HOURS
 DRIFT_SCORE_THRESHOLD = 0.5  # drift_verdict scores >= 0.5 exactly when drift is detected
 ACCURACY_DROP_POINTS = 5.0
 
@@ -68,36 +72,194 @@ def retrain_blocked(instance: dg.DagsterInstance, what: str) -> str | None:
     return None
 
 
+# LANDING_STATE_PREFIX (raw_source): the landing sensor's state lives in the store, one small
+# immutable object per state change; the cursor holds only its sequence number (and the
+# verification position). That keeps the state out of Dagster's tick history and small whatever
+# the bucket holds, and a tick that fails after writing ``seq + 1`` leaves the committed cursor
+# on ``seq``, so an observation is never half-applied. The last few states are kept.
+LANDING_VERIFY_FILES = 2000
+"""Files of already-requested batches re-listed per tick, in rotation, to notice late files and
+objects rewritten under a known key: a change in an old batch is seen within (files landed /
+this) ticks, and a tick's cost stays bounded on a big bucket (benchmarks/landing_sensor_tick.py)."""
+LANDING_MARKERS = ("_SUCCESS", "manifest.json")
+"""Completion markers an uploader may write last, at the top of the batch folder."""
+_STATES_KEPT = 3
+
+
+def _digest(files: list[LandedFile]) -> str:
+    """A batch's content fingerprint: every key with its size and change fingerprint."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.key}\x00{f.size}\x00{f.version}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _load_landing_state(store: ObjectStore, seq: int, log) -> dict:
+    empty = {"pending": {}, "done": {}}
+    if not seq:
+        return empty
+    state = store.get_json_or(store.uri("logs", f"{LANDING_STATE_PREFIX}/{seq:012d}.json"), None)
+    if state is None:
+        log(f"landing sensor state {seq} is missing from the logs bucket; starting over: every batch present "
+            "is observed again and requested once complete")
+        return empty
+    return state
+
+
+def _save_landing_state(store: ObjectStore, seq: int, state: dict) -> None:
+    store.put_bytes("logs", f"{LANDING_STATE_PREFIX}/{seq:012d}.json",
+                    json.dumps(state, separators=(",", ":"), sort_keys=True).encode())
+    if seq > _STATES_KEPT:
+        store.delete(store.uri("logs", f"{LANDING_STATE_PREFIX}/{seq - _STATES_KEPT:012d}.json"))
+
+
+def _legacy_lead(store: ObjectStore, landing_uri: str) -> str:
+    """The key prefix an older ``last_key`` cursor carried before the landing-relative key."""
+    if landing_uri.startswith("s3://"):
+        return landing_uri[5:].partition("/")[2].rstrip("/") + "/"
+    try:
+        return store.split_uri(landing_uri)[1] + "/"
+    except ValueError:
+        return ""
+
+
 def landing_tick(context: dg.SensorEvaluationContext, store: ObjectStore, landing_uri: str,
-                 quiet_seconds: float = QUIET_SECONDS, max_batch: int = MAX_BATCH,
-                 now: float | None = None) -> dg.SensorResult | dg.SkipReason:
-    """One evaluation of the landing sensor (separate from the decorator so it is testable)."""
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    last_key = cursor.get("last_key")
-    new = list_after(store, landing_uri, last_key, max_batch + 1)
-    if not new:
-        return dg.SkipReason(f"No new files in {landing_uri} after {last_key or 'the start'}.")
+                 quiet_seconds: float | None = None, max_files: int | None = None,
+                 verify_files: int | None = None, now: float | None = None,
+                 salt: str | None = None) -> dg.SensorResult | dg.SkipReason:
+    """One evaluation of the landing sensor (separate from the decorator so it is testable).
+
+    Per tick: one listing of the batch folders; a full listing of every pending batch; new
+    batches up to ``max_files`` files; then completed batches, in rotation, up to
+    ``verify_files`` more files, to notice late files and objects rewritten under a known key.
+    The cost is therefore bounded by those budgets, not by the bucket's size."""
+    settings = None
+    if None in (quiet_seconds, max_files, salt):
+        settings = Settings.from_env()
+    quiet_seconds = settings.landing_quiet_seconds if quiet_seconds is None else quiet_seconds
+    max_files = settings.landing_max_batch if max_files is None else max_files
+    verify_files = LANDING_VERIFY_FILES if verify_files is None else verify_files
+    if salt is None:  # the salt raw_images uses, so batch references agree in tags and in its metadata
+        salt = pseudonym_salt(settings.home_path, settings.pseudonym_salt, settings.pseudonym_salt_secret_arn,
+                              settings.region)
     now = time.time() if now is None else now
-    newest_mtime = max(f.modified for f in new)
-    if len(new) <= max_batch and now - newest_mtime < quiet_seconds:
-        return dg.SkipReason(f"{len(new)} new file(s) in {landing_uri}; last arrived {now - newest_mtime:.0f}s ago, "
-                             f"waiting for {quiet_seconds:.0f}s of quiet so the upload burst becomes one run.")
-    if retrain_in_progress(context.instance):
-        # Keep the cursor: these files are requested once the run in flight (which may have
-        # listed the landing location before they arrived) has finished.
-        return dg.SkipReason(f"{len(new)} new file(s) in {landing_uri}, but a retrain_job run is already queued "
-                             "or running; retraining on them once it ends.")
-    batch = new[:max_batch]
-    newest = batch[-1].key
-    request = _retrain_request("new-data", f"raw-landing:{newest}",
-                               {"dermaops/landing_files": str(len(batch)), "dermaops/landing_last_key": newest[-200:]})
-    return dg.SensorResult(run_requests=[request], cursor=json.dumps({"last_key": newest}))
+
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    seq = int(cursor.get("seq", 0))
+    legacy_key = cursor.get("last_key")  # the older cursor: the newest key requested
+    if legacy_key:
+        lead = _legacy_lead(store, landing_uri)
+        legacy_key = legacy_key[len(lead):] if lead and legacy_key.startswith(lead) else legacy_key
+        # The one migration tick lists every batch (as the older sensor's first tick did): a
+        # batch deferred now would later look new and be requested again, and the older cursor,
+        # which names a file, must not be carried forward.
+        max_files = 10**12
+    log = context.log.info if getattr(context, "log", None) else (lambda msg: None)
+    state = _load_landing_state(store, seq, log)
+    if not seq:
+        # No cursor (first start, or reset by hand): observe afresh, but number after any state
+        # already written, so the newest state stays the highest key (ingestion reads it) and a
+        # run key is never reused (Dagster drops a request whose run key it has seen).
+        existing = list(store.list(store.uri("logs", LANDING_STATE_PREFIX)))
+        seq = max((int(o.key.rsplit("/", 1)[-1].split(".")[0]) for o in existing
+                   if o.key.rsplit("/", 1)[-1].split(".")[0].isdigit()), default=0)
+    pending: dict[str, list] = state["pending"]
+    done: dict[str, str] = state["done"]
+    names = {batch_ref(name, salt): name for name in landing_folders(store, landing_uri)}
+    changed = False
+    for table in (pending, done):
+        for ref in [r for r in table if r not in names]:  # the folder is gone
+            del table[ref]
+            changed = True
+
+    listed = 0
+    marked: dict[str, bool] = {}
+
+    def observe(ref: str) -> tuple[str, int]:
+        nonlocal listed
+        name = names[ref]
+        files = landing_files(store, landing_uri, name)
+        listed += len(files)
+        markers = {f"{name}/{m}" for m in LANDING_MARKERS}
+        marked[ref] = any(f.key in markers for f in files)
+        return _digest(files), len(files)
+
+    def note(ref: str, digest: str, n: int) -> None:
+        """Record an observation of a pending batch: its quiet time restarts when it changed."""
+        nonlocal changed
+        if ref not in pending or pending[ref][0] != digest:
+            pending[ref] = [digest, now, n]
+            changed = True
+
+    for ref in sorted(pending, key=names.get):
+        note(ref, *observe(ref))
+    deferred = 0
+    for ref in sorted((r for r in names if r not in pending and r not in done), key=names.get):
+        if listed >= max_files:
+            deferred += 1
+            continue
+        digest, n = observe(ref)
+        if legacy_key and n and all(f.key <= legacy_key for f in landing_files(store, landing_uri, names[ref])):
+            done[ref] = digest  # requested under the older cursor already
+            changed = True
+            continue
+        note(ref, digest, n)
+    rotation = sorted(r for r in done if r in names)
+    position = cursor.get("rot", "")
+    start = next((i for i, r in enumerate(rotation) if r > position), 0)
+    budget = listed + verify_files
+    verified = 0
+    for ref in rotation[start:] + rotation[:start]:
+        if verified and listed >= budget:
+            break
+        digest, n = observe(ref)
+        verified += 1
+        position = ref
+        if digest != done[ref]:  # a late file, or an object rewritten under its key: a new landing
+            del done[ref]
+            note(ref, digest, n)
+
+    ready = [ref for ref, (digest, since, n) in pending.items()
+             if n and ref in marked and (marked[ref] or now - since >= quiet_seconds)]
+    waiting = len(pending) - len(ready)
+    requests, message = [], ""
+    if ready and retrain_in_progress(context.instance):
+        # Kept pending: requested once the run in flight (which may have listed the landing
+        # location before they were complete) has finished.
+        message = (f"{len(ready)} landed batch(es) complete, but a retrain_job run is already queued or running; "
+                   "retraining on them once it ends.")
+        ready = []
+    elif not ready:
+        message = (f"{waiting} landed batch(es) still arriving (complete at a {'/'.join(LANDING_MARKERS)} marker "
+                   f"or after {quiet_seconds:.0f}s without any change)" if waiting else "No new or changed landed batches")
+        message += f" in {landing_uri}" + (f"; {deferred} more batch(es) to list next tick." if deferred else ".")
+    files = 0
+    for ref in sorted(ready):
+        digest, _, n = pending.pop(ref)
+        done[ref] = digest
+        files += n
+        changed = True
+    new_cursor = {"seq": seq + 1 if changed else seq, "rot": position}
+    if changed:
+        _save_landing_state(store, seq + 1, state)
+    if ready:
+        refs = sorted(ready)
+        what = hashlib.sha256(json.dumps([[r, done[r]] for r in refs]).encode()).hexdigest()[:12]
+        requests = [_retrain_request("new-data", f"raw-landing:{seq + 1}:{what}", {
+            "dermaops/landing_batches": str(len(refs)), "dermaops/landing_files": str(files),
+            "dermaops/landing_state": str(seq + 1),
+            "dermaops/landing_batch_refs": ",".join(refs[:10]) + (",..." if len(refs) > 10 else "")})]
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_cursor))
+    if json.dumps(new_cursor) == (context.cursor or ""):
+        return dg.SkipReason(message)
+    return dg.SensorResult(skip_reason=message, cursor=json.dumps(new_cursor))
 
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="New raw files in the landing location (DERMAOPS_LANDING_URI) -> retrain_job (reason "
-           "new-data), one run per upload burst; lists only keys after the cursor, so name batch folders to sort "
-           "in arrival order (e.g. date-stamped).")
+           description="A landed batch (a folder under DERMAOPS_LANDING_URI) is complete -> retrain_job (reason "
+           "new-data). Complete at a _SUCCESS or manifest.json marker, else after DERMAOPS_LANDING_QUIET_SECONDS "
+           "without any change the sensor itself observed; a batch whose content changes later lands again. "
+           "Batches are named by a salted hash in keys and tags; the sensor's state is in the logs bucket.")
 def raw_landing_sensor(context: dg.SensorEvaluationContext, store: ObjectStore):
     return landing_tick(context, store, Settings.from_env().landing_uri)
 

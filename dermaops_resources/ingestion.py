@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -25,13 +25,22 @@ from ml_code.data import ingest
 
 from .handles import RawImagesHandle
 from .object_store import ObjectStore
-from .raw_source import RawSource
+from .raw_source import SYMLINK_REASON, NotFollowed, RawSource, RawSourceError, batch_ref, batches_still_arriving
+
+BATCH_ERRORS = (RawSourceError, ingest.MetadataError, PermissionError, IsADirectoryError)
+"""What makes a landed batch unreadable as a whole (its own fault, not the platform's): it is
+quarantined and the rest ingested. Other errors (a network failure) still fail the run, which
+Dagster retries, rather than silently dropping a good batch."""
 
 
 @dataclass
 class IngestStats:
     copied: int = 0
     already_stored: int = 0
+    quarantined_batches: list[tuple[str, str]] = field(default_factory=list)
+    """(batch_ref, reason) of each landed batch left out whole; the reason names no file or folder."""
+    arriving_batches: list[str] = field(default_factory=list)
+    """batch_ref of each landed batch skipped because the landing sensor has not yet seen it complete."""
 
 
 MIN_SALT_CHARS = 32
@@ -94,19 +103,48 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     one manifest; an image id that an earlier source already holds is quarantined, since a
     batch may add pictures but not silently replace a labelled one. Two rows whose files
     have identical bytes keep only the first (the same picture under two ids would otherwise
-    leak across splits)."""
+    leak across splits).
+
+    The first source is the dataset: if its metadata cannot be read the run fails with that
+    error (there is nothing to train on). A later source (a landed batch) whose metadata
+    cannot be read at all, or which is a symbolic link, is quarantined as a whole with its
+    reason (``IngestStats.quarantined_batches`` and one ``stage=batch`` quarantine row) and
+    everything else is ingested exactly as if it were absent: one clinic's broken export must
+    not stop every retraining. A landed batch the landing sensor still sees arriving is left
+    for the run the sensor requests once it is complete (``batches_still_arriving``)."""
     limits = limits or ingest.ImageLimits()
     uris = [source_uri] if isinstance(source_uri, str) else list(source_uri)
     sources: list[RawSource] = []
     frames, quarantine_frames, layouts = [], [], []
     first_source: dict[str, str] = {}
-    for uri in uris:
-        source = RawSource(uri)
-        name = source.metadata_name()
-        metadata = ingest.read_metadata(name, source.read(name))
-        layout = ingest.detect_layout(metadata)
-        good, quarantined = ingest.normalise_metadata(metadata, layout, salt)
+    stats = IngestStats()
+    ingested_uris = []
+    arriving = batches_still_arriving(store) if len(uris) > 1 else set()
+    for position, uri in enumerate(uris):
         label = _redact(uri)
+        if position and batch_ref(_folder_name(uri), salt) in arriving:
+            stats.arriving_batches.append(batch_ref(_folder_name(uri), salt))
+            log(f"landed batch {batch_ref(_folder_name(uri), salt)} is still arriving (landing sensor); left for its own run")
+            continue
+        try:
+            source = RawSource(uri)
+            if position and source.root_is_link:
+                raise NotFollowed(f"the batch folder is a {SYMLINK_REASON}")
+            name = source.metadata_name()
+            metadata = ingest.read_metadata(name, source.read(name))
+            layout = ingest.detect_layout(metadata)
+        except BATCH_ERRORS as exc:
+            if not position:
+                raise
+            ref = batch_ref(_folder_name(uri), salt)
+            reason = f"metadata unreadable, batch not ingested: {_without_location(str(exc), uri, f'batch {ref}')}"
+            stats.quarantined_batches.append((ref, reason))
+            quarantine_frames.append(ingest.quarantine_frame([
+                {"image_id": "", "stage": "batch", "reason": f"landed batch {label!r} (ref {ref}): {reason}"}]))
+            log(f"landed batch {ref} quarantined as a whole: {reason}")
+            continue
+        good, quarantined = ingest.normalise_metadata(metadata, layout, salt)
+        dialect = ingest.describe_dialect(metadata)
         ids = good["image_id"].astype(str)
         earlier = ids.map(first_source)  # the source that already holds each id, NaN if none
         clash = earlier.notna()
@@ -118,15 +156,15 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
                 for image_id, where in zip(ids[clash], earlier[clash])])], ignore_index=True)
             good, ids = good[~clash], ids[~clash]
         first_source.update(dict.fromkeys(ids, label))
-        log(f"metadata of {label}: {len(metadata)} rows in {layout} layout, {len(good)} valid, "
-            f"{len(quarantined)} quarantined")
+        log(f"metadata of {label if not position else batch_ref(_folder_name(uri), salt)}: {len(metadata)} rows in {layout} "
+            f"layout ({dialect}), {len(good)} valid, {len(quarantined)} quarantined")
         frames.append(good.assign(_source=len(sources)))
         quarantine_frames.append(quarantined)
         layouts.append(layout)
         sources.append(source)
+        ingested_uris.append(uri)
     good = pd.concat(frames, ignore_index=True)
 
-    stats = IngestStats()
     lock = threading.Lock()
 
     def check_one(meta: dict) -> tuple[dict, ingest.ImageInfo | None, bytes | None, str]:
@@ -139,7 +177,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
         try:
             data = source.read(file_name)
             return meta, ingest.inspect_image(data, Path(file_name).name, limits), data, ""
-        except ingest.ImageRejected as exc:
+        except (ingest.ImageRejected, NotFollowed) as exc:
             return meta, None, None, exc.reason
 
     rows: list[dict] = []
@@ -186,9 +224,24 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
         manifest_uri=manifest_uri, manifest_hash=mhash, images_prefix_uri=store.uri("raw", "images"),
         quarantine_uri=quarantine_uri, num_images=len(manifest), num_quarantined=len(quarantine),
         class_counts={str(k): int(v) for k, v in counts.items()},
-        source_uri=" + ".join(_redact(uri) for uri in uris), source_layout="+".join(dict.fromkeys(layouts)),
+        source_uri=" + ".join(_redact(uri) for uri in ingested_uris), source_layout="+".join(dict.fromkeys(layouts)),
     )
     return handle, stats
+
+
+def _folder_name(uri: str) -> str:
+    """A landed batch's folder name, as the landing sensor names it (its reference is a hash of it)."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _without_location(text: str, uri: str, stand_in: str) -> str:
+    """``text`` with the batch's location and folder name replaced: a folder may be named after
+    a patient, and the reason reaches logs and the UI."""
+    local = str(Path(uri.removeprefix("file://")).expanduser())
+    for variant in sorted({uri, uri.rstrip("/"), local, _redact(uri), _folder_name(uri)}, key=len, reverse=True):
+        if variant:
+            text = text.replace(variant, stand_in)
+    return text
 
 
 def _csv(df: pd.DataFrame) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat as stat_mod
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
@@ -34,6 +35,14 @@ class StoredObject:
     key: str
     size: int
     modified: float
+    version: str = ""
+    """What changes whenever the bytes change: the ETag on S3; locally size, mtime, ctime and
+    inode (ctime cannot be preserved by ``cp -p``/``rsync -a``/unzip, mtime can)."""
+
+
+def local_version(st: os.stat_result) -> str:
+    """A local file's change fingerprint (see ``StoredObject.version``)."""
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -84,6 +93,24 @@ class ObjectStore(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def delete(self, uri: str) -> None: ...
+
+    def list_level(self, prefix_uri: str) -> tuple[list[str], list[StoredObject]]:
+        """One level of a folder-like prefix: (names of the sub-folders, objects directly in it).
+
+        The prefix is a folder: ``landing`` never matches ``landing-archive/``. Backends
+        override this with a cheaper call (S3 ``Delimiter='/'``); this fallback lists all."""
+        base = prefix_uri.rstrip("/") + "/"
+        folders: set[str] = set()
+        objects = []
+        for obj in self.list(prefix_uri):
+            if not obj.uri.startswith(base):
+                continue
+            rel = obj.uri[len(base):]
+            if "/" in rel:
+                folders.add(rel.split("/", 1)[0])
+            else:
+                objects.append(obj)
+        return sorted(folders), objects
 
     def local_path(self, uri: str) -> Path | None:
         """A filesystem path for ``uri`` when the bytes are already local (no copy), else None."""
@@ -161,7 +188,7 @@ def walk_after(root: str | os.PathLike, start_after: str | None = None) -> Itera
                 here_on_path = entry.name == after[depth]
             if entry.is_dir(follow_symlinks=False):
                 yield from walk(entry.path, rel + [entry.name], here_on_path)
-            elif entry.is_file(follow_symlinks=False):
+            elif entry.is_file(follow_symlinks=False):  # a symbolic link is neither: never followed
                 if here_on_path and depth == len(after) - 1:
                     continue  # the cursor file itself
                 yield "/".join(rel + [entry.name]), entry.stat().st_mtime
@@ -248,7 +275,8 @@ class LocalObjectStore(ObjectStore):
         if base.is_file():
             if start_after is None or prefix > start_after:
                 stat = base.stat()
-                yield StoredObject(uri=base.as_uri(), key=prefix, size=stat.st_size, modified=stat.st_mtime)
+                yield StoredObject(uri=base.as_uri(), key=prefix, size=stat.st_size, modified=stat.st_mtime,
+                                   version=local_version(stat))
             return
         lead = f"{prefix}/" if prefix else ""
         relative_after = None
@@ -259,7 +287,9 @@ class LocalObjectStore(ObjectStore):
             if start_after is not None and relative_after is None and key <= start_after:
                 continue
             path = base / rel
-            yield StoredObject(uri=path.as_uri(), key=key, size=path.stat().st_size, modified=modified)
+            stat = path.stat(follow_symlinks=False)
+            yield StoredObject(uri=path.as_uri(), key=key, size=stat.st_size, modified=modified,
+                               version=local_version(stat))
 
     def delete(self, uri: str) -> None:
         self._path(uri).unlink(missing_ok=True)
@@ -271,18 +301,54 @@ class LocalObjectStore(ObjectStore):
 
 @dataclass(frozen=True)
 class LandedFile:
-    """A file found in a landing location: key relative to it, modification time."""
+    """A file in a landing location: key relative to it, size, change fingerprint, mtime."""
 
     key: str
-    modified: float
+    size: int = 0
+    version: str = ""
+    modified: float = 0.0
 
 
-def list_after(store: ObjectStore, landing_uri: str, start_after: str | None, limit: int) -> list[LandedFile]:
-    """Up to ``limit`` files after the cursor ``start_after`` (a key relative to ``landing_uri``),
-    from the store (s3://, file://) or a plain folder: what the landing sensor lists per tick."""
-    if landing_uri.startswith(("s3://", "file://")):
-        found = (LandedFile(obj.key, obj.modified) for obj in store.list(landing_uri, start_after=start_after)
-                 if not obj.key.rsplit("/", 1)[-1].startswith("."))
-    else:
-        found = (LandedFile(key, modified) for key, modified in walk_after(landing_uri, start_after))
-    return list(islice(found, limit))
+def _local_landing_root(landing_uri: str) -> Path:
+    return file_uri_to_path(landing_uri) if landing_uri.startswith("file://") else Path(landing_uri)
+
+
+def landing_folders(store: ObjectStore, landing_uri: str) -> list[str]:
+    """Names of the folders directly under the landing location (the candidate batches), sorted.
+
+    One cheap call whatever the number of files: S3 ``Delimiter='/'`` on ``<prefix>/`` (so
+    ``landing-archive/`` is not inside ``landing``), one ``scandir`` locally. Hidden names and
+    symbolic links are not batches: a link is never followed."""
+    if landing_uri.startswith("s3://"):
+        folders, _ = store.list_level(landing_uri)
+        return [f for f in folders if not f.startswith(".")]
+    try:
+        with os.scandir(_local_landing_root(landing_uri)) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def landing_files(store: ObjectStore, landing_uri: str, folder: str) -> list[LandedFile]:
+    """Every file of one landed batch folder, keys relative to ``landing_uri``, in key order.
+
+    Hidden files are included (an upload tool's in-progress temporary file is a change the
+    landing sensor must see); symbolic links are skipped, never followed."""
+    if landing_uri.startswith("s3://"):
+        base = landing_uri.rstrip("/") + "/"
+        return [LandedFile(obj.uri[len(base):], obj.size, obj.version, obj.modified)
+                for obj in store.list(base + folder) if obj.uri.startswith(base + folder + "/")]
+    root = _local_landing_root(landing_uri)
+    found = []
+    for here, dirs, files in os.walk(root / folder, followlinks=False):
+        dirs.sort()
+        rel = Path(here).relative_to(root).as_posix()
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(here, name))
+            except FileNotFoundError:
+                continue  # removed while listing
+            if not stat_mod.S_ISREG(st.st_mode):
+                continue  # a symbolic link (or a socket, a fifo): not landed data
+            found.append(LandedFile(f"{rel}/{name}", st.st_size, local_version(st), st.st_mtime))
+    return sorted(found, key=lambda f: f.key)

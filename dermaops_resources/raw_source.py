@@ -6,6 +6,8 @@ export, or a hospital drop. It is only read, never modified.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,8 +18,50 @@ from ml_code.data.ingest import IMAGE_SUBDIRS, METADATA_FILE_NAMES
 IMAGE_DIRS = frozenset([*(d or "." for d in IMAGE_SUBDIRS), "ISIC-images"])
 
 
+SYMLINK_REASON = "symbolic link: not followed; copy the file itself"
+"""Why a link in a raw or landing folder is skipped: following it would let a drop read (and
+publish into the raw store) any file the worker can reach, e.g. another patient's records."""
+
+
 class RawSourceError(ValueError):
     """The raw dataset location is unusable as a whole (missing, no metadata file...)."""
+
+
+class NotFollowed(RawSourceError):
+    """A name in the dataset is a symbolic link, which is never followed; ``reason`` says so."""
+
+    def __init__(self, reason: str = SYMLINK_REASON):
+        super().__init__(reason)
+        self.reason = reason
+
+
+LANDING_STATE_PREFIX = "sensor-state/raw_landing"
+"""Where the landing sensor keeps what it has observed (``dermaops_assets.sensors``): one small
+immutable JSON object per state change in the ``logs`` bucket, ``<prefix>/<seq>.json``, holding
+per pending batch [digest, time the sensor first saw that digest, files] and per completed
+batch its digest, all keyed by ``batch_ref``."""
+
+
+def batches_still_arriving(store) -> set[str]:
+    """References of the landed batches the landing sensor has seen but not yet judged complete
+    (newest state it wrote; empty when it has written none, e.g. no sensor runs here).
+
+    Ingestion skips them: a run started for another batch, or by drift, must not take a batch
+    that is still being copied; the sensor requests its own run once the batch is complete."""
+    states = list(store.list(store.uri("logs", LANDING_STATE_PREFIX)))
+    if not states:
+        return set()
+    return set(store.get_json(states[-1].uri).get("pending", {}))
+
+
+def batch_ref(name: str, salt: str) -> str:
+    """A stable pseudonym for a landed batch folder (12 hex of a salted sha256).
+
+    Folder names are chosen by uploaders and may name a patient (``Smith_John_MRN12345/``), so
+    run keys, tags, sensor cursors and UI metadata carry this reference instead; the name stays
+    in the store. Salted with the deployment's pseudonym secret so it cannot be reversed by
+    hashing candidate names."""
+    return hashlib.sha256(f"{salt}\x00landing-batch\x00{name}".encode()).hexdigest()[:12]
 
 
 class RawSource:
@@ -26,6 +70,7 @@ class RawSource:
     def __init__(self, uri: str):
         self.uri = uri.rstrip("/")
         self.is_s3 = uri.startswith("s3://")
+        self.root_is_link = False
         if self.is_s3:
             import boto3
 
@@ -34,6 +79,9 @@ class RawSource:
             self._s3 = boto3.client("s3")
         else:
             self.root = Path(uri[7:] if uri.startswith("file://") else uri).expanduser()
+            # A configured dataset root may be a link (the operator chose it); a landed batch
+            # folder that is a link is refused by ingestion (see ``root_is_link``).
+            self.root_is_link = self.root.is_symlink()
             if not self.root.is_dir():
                 raise RawSourceError(
                     f"Raw dataset folder {self.root} does not exist. Set DERMAOPS_RAW_URI to a folder holding "
@@ -43,20 +91,42 @@ class RawSource:
     # -- listing ------------------------------------------------------------------------
     @cached_property
     def _keys(self) -> list[str]:
-        """Relative names of every file in the dataset (one listing, reused)."""
+        """Relative names of every file in the dataset (one listing, reused).
+
+        S3 lists ``<prefix>/``, with its slash: without it a sibling such as ``landing-archive/``
+        would be read as part of ``landing``. Locally the walk never follows a symbolic link:
+        links are listed (so a row naming one is quarantined with ``SYMLINK_REASON`` rather than
+        called missing) but their targets are never opened."""
         if self.is_s3:
             names = []
-            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            folder = f"{self.prefix.rstrip('/')}/" if self.prefix.strip("/") else ""
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder)
             for page in pages:
                 for obj in page.get("Contents", []):
-                    names.append(obj["Key"][len(self.prefix):].lstrip("/"))
+                    names.append(obj["Key"][len(folder):])
             return names
-        return [p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()]
+        names, links = [], []
+        for folder, dirs, files in os.walk(self.root, followlinks=False):
+            rel = Path(folder).relative_to(self.root)
+            for d in dirs:
+                if os.path.islink(os.path.join(folder, d)):
+                    links.append((rel / d).as_posix())
+            names.extend((rel / f).as_posix() for f in files)  # files include links to files
+        self._links = {n for n in names if os.path.islink(self.root / n)} | set(links)
+        return sorted(names)
+
+    @property
+    def links(self) -> set[str]:
+        """Relative names that are symbolic links (never followed); always empty on S3."""
+        self._keys  # noqa: B018 - the walk fills it
+        return getattr(self, "_links", set())
 
     def metadata_name(self) -> str:
         keys = set(self._keys)
         for name in METADATA_FILE_NAMES:
             if name in keys:
+                if name in self.links:
+                    raise NotFollowed(f"metadata file {name} is a {SYMLINK_REASON}")
                 return name
         raise RawSourceError(
             f"No metadata CSV in {self.uri}: expected one of {', '.join(METADATA_FILE_NAMES[:2])} at its top level "
@@ -77,10 +147,23 @@ class RawSource:
         return index
 
     def read(self, name: str) -> bytes:
+        """The bytes of one file; ``NotFollowed`` for a symbolic link (checked on every folder
+        below the root and, with O_NOFOLLOW, on the file itself as it is opened)."""
         if self.is_s3:
             key = f"{self.prefix.rstrip('/')}/{name}" if self.prefix else name
             return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        return (self.root / name).read_bytes()
+        path = self.root / name
+        parts = Path(name).parts
+        if any((self.root.joinpath(*parts[:i])).is_symlink() for i in range(1, len(parts))):
+            raise NotFollowed()
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            if path.is_symlink():
+                raise NotFollowed() from exc
+            raise
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read()
 
 
 def landed_batches(landing_uri: str) -> list[str]:
@@ -95,10 +178,14 @@ def landed_batches(landing_uri: str) -> list[str]:
         return []
     if not uri.startswith("s3://") and not Path(uri.removeprefix("file://")).expanduser().is_dir():
         return []
+    source = RawSource(uri)
     batches = set()
-    for key in RawSource(uri)._keys:
+    for key in source._keys:
         folder, _, file_name = key.partition("/")
         if file_name in METADATA_FILE_NAMES:  # a metadata CSV directly inside a top-level folder
             batches.add(folder)
+    # A top-level link to a folder is offered too (its target is not read here), so that
+    # ingestion quarantines it with SYMLINK_REASON instead of ignoring it without a word.
+    batches.update(link for link in source.links if "/" not in link and (source.root / link).is_dir())
     return [f"{uri}/{name}" for name in sorted(batches)]
 

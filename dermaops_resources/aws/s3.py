@@ -11,7 +11,9 @@ Why the shape:
   in case the process dies before its own cleanup.
 - Large files use multipart upload and multipart copy (boto3 ``TransferConfig``).
 - Listing uses ``StartAfter`` with the paginator, so a sensor that remembers its last
-  key pays only for new keys.
+  key pays only for new keys; a prefix is always listed as a folder (``<prefix>/``), so
+  ``landing`` never includes ``landing-archive/``. Each object carries its ETag, which
+  changes when the bytes do (the landing sensor's change signal; LastModified is not).
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ class S3ObjectStore(ObjectStore):
                     continue  # an unpublished write
                 found = True
                 yield StoredObject(uri=f"s3://{name}/{obj['Key']}", key=obj["Key"], size=int(obj["Size"]),
-                                   modified=obj["LastModified"].timestamp())
+                                   modified=obj["LastModified"].timestamp(), version=obj.get("ETag", ""))
         if not found and folder and (start_after is None or key > start_after):
             # The prefix may name one object (LocalObjectStore lists a file as itself).
             try:
@@ -197,7 +199,23 @@ class S3ObjectStore(ObjectStore):
                     return
                 raise
             yield StoredObject(uri=f"s3://{name}/{key}", key=key, size=int(head["ContentLength"]),
-                               modified=head["LastModified"].timestamp())
+                               modified=head["LastModified"].timestamp(), version=head.get("ETag", ""))
+
+    def list_level(self, prefix_uri: str) -> tuple[list[str], list[StoredObject]]:
+        """One level under ``<prefix>/`` with ``Delimiter='/'``: pages of folder names, not every key,
+        and the trailing slash keeps a sibling (``landing-archive/``) out of ``landing``."""
+        name, key = parse_s3_uri(prefix_uri)
+        folder = key.rstrip("/") + "/" if key.rstrip("/") else ""
+        folders, objects = [], []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=name, Prefix=folder, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                sub = common["Prefix"][len(folder):].rstrip("/")
+                if sub and f"{folder}{sub}/" != TMP_PREFIX:
+                    folders.append(sub)
+            for obj in page.get("Contents", []):
+                objects.append(StoredObject(uri=f"s3://{name}/{obj['Key']}", key=obj["Key"], size=int(obj["Size"]),
+                                            modified=obj["LastModified"].timestamp(), version=obj.get("ETag", "")))
+        return sorted(folders), objects
 
     def delete(self, uri: str) -> None:
         name, key = parse_s3_uri(uri)

@@ -189,7 +189,9 @@ def detect_layout(df: pd.DataFrame) -> Layout:
     raise MetadataError(
         "metadata layout not recognised. HAM10000 needs columns "
         f"{list(HAM10000_COLUMNS)} (missing: {missing}); an ISIC Archive export needs 'isic_id' and "
-        f"'diagnosis' or 'diagnosis_1'..'diagnosis_5'. Columns found: {sorted(cols)}."
+        f"'diagnosis' or 'diagnosis_1'..'diagnosis_5'. Columns found: {sorted(cols)}"
+        + (f" (read with {describe_dialect(df)}; separators tried: comma, semicolon, tab, pipe)."
+           if describe_dialect(df) else ".")
     )
 
 
@@ -387,17 +389,77 @@ def quarantine_frame(rows: list[dict[str, str]] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows or [], columns=list(QUARANTINE_COLUMNS)).astype(str)
 
 
+CSV_DELIMITERS: tuple[str, ...] = (",", ";", "\t", "|")
+"""Separators a metadata export may use: spreadsheets in European locales write ``;`` (the comma
+is their decimal mark), some exports tabs or pipes. Nothing else is guessed."""
+
+NUMERIC_METADATA_COLUMNS: tuple[str, ...] = ("age", "age_approx")
+"""Columns read as numbers, where a decimal comma (``80,0``) is accepted as ``80.0``."""
+
+_DELIMITER_NAMES = {",": "comma (,)", ";": "semicolon (;)", "\t": "tab", "|": "pipe (|)"}
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d*\s*$")
+_KNOWN_HEADER_NAMES = frozenset([*HAM10000_COLUMNS, "isic_id", "diagnosis", *ISIC_DIAGNOSIS_LEVELS,
+                                 "age_approx", "anatom_site_general", "patient_id"])
+
+
+def _header_delimiter(header: str) -> str:
+    """The separator that splits the header line into the most known column names (then the most
+    columns): robust where csv.Sniffer is not, e.g. on one-row files or ids containing commas."""
+    def score(sep: str) -> tuple[int, int]:
+        names = [n.strip().strip('"').strip() for n in header.split(sep)]
+        return sum(n in _KNOWN_HEADER_NAMES for n in names), len(names)
+
+    best = max(CSV_DELIMITERS, key=score)  # max keeps the first on ties: ',' wins when nothing splits
+    return best
+
+
 def read_metadata(path: str | Path, data: bytes | None = None) -> pd.DataFrame:
     """Read a metadata CSV as text columns (no type guessing: ids like '0001' stay strings).
 
     ``data`` gives the file's bytes when it does not live on this filesystem (an S3 object);
-    ``path`` then only names it in errors."""
+    ``path`` then only names it in errors. Spreadsheet exports are read as they come: a UTF-8
+    byte-order mark is dropped, CRLF line ends are fine, the separator is detected among
+    ``CSV_DELIMITERS`` from the header line, and decimal commas in ``age``/``age_approx``
+    (``80,0``, written by European-locale spreadsheets) become ``80.0``. What was detected is
+    kept in ``df.attrs["csv_dialect"]`` so errors and logs can name it. A file that is not
+    UTF-8 text or not CSV raises ``MetadataError`` saying what was found and how to re-export."""
     path = Path(path)
+    raw = data if data is not None else path.read_bytes()
+    if b"\x00" in raw[:4096]:
+        raise MetadataError(f"{path.name} is not a text file (it contains NUL bytes: a spreadsheet workbook, an "
+                            "image or a damaged file?); export the sheet as CSV UTF-8")
     try:
-        source = io.BytesIO(data) if data is not None else path
-        return pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise MetadataError(f"cannot parse {path.name} as CSV ({exc}); export it as UTF-8 comma-separated values") from exc
+        text = raw.decode("utf-8-sig")  # utf-8-sig drops a leading byte-order mark
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{path.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                            "export it as 'CSV UTF-8' (a spreadsheet's plain 'CSV' may use a local code page)") from exc
+    header = text.lstrip("\r\n").split("\n", 1)[0]
+    sep = _header_delimiter(header)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise MetadataError(f"cannot parse {path.name} as CSV with {_DELIMITER_NAMES[sep]} separators ({exc}); "
+                            "export it as CSV UTF-8 with one header row") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    decimal_comma = False
+    for column in NUMERIC_METADATA_COLUMNS:
+        if column in df.columns:
+            values = df[column]
+            commas = values.notna() & values.astype(str).str.match(_DECIMAL_COMMA)
+            if commas.any():
+                decimal_comma = True
+                df.loc[commas, column] = values[commas].str.replace(",", ".", regex=False)
+    df.attrs["csv_dialect"] = {"delimiter": sep, "decimal_comma": decimal_comma}
+    return df
+
+
+def describe_dialect(df: pd.DataFrame) -> str:
+    """'semicolon (;) separators, decimal commas' for logs and errors ('' when unknown)."""
+    dialect = df.attrs.get("csv_dialect")
+    if not dialect:
+        return ""
+    return _DELIMITER_NAMES[dialect["delimiter"]] + " separators" + (
+        ", decimal commas" if dialect["decimal_comma"] else "")
 
 
 # --------------------------------------------------------------------------------------

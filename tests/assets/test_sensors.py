@@ -17,6 +17,8 @@ from dermaops_resources.notifier import LocalNotifier
 from dermaops_resources.object_store import LocalObjectStore, walk_after
 from dermaops_resources.registry import SqliteModelRegistry
 
+TEST_SALT = "landing-tests-salt-" + "0" * 32  # pseudonym salts have at least 32 characters
+
 
 def _land(root: Path, *keys: str, age: float = 0.0) -> None:
     for key in keys:
@@ -54,47 +56,45 @@ def test_local_walk_resumes_after_cursor_in_component_order(tmp_path: Path) -> N
     assert [o.key for o in store.list(prefix, start_after="landing/b/1.jpg")] == []
 
 
-def test_landing_burst_is_coalesced_and_cursor_advances(tmp_path: Path, instance) -> None:
+def test_each_batch_completes_on_its_own_quiet_window_and_cursor_is_a_sequence(tmp_path: Path, instance, monkeypatch) -> None:
+    monkeypatch.setenv("DERMAOPS_PSEUDONYM_SALT", TEST_SALT)
     store = LocalObjectStore(root=str(tmp_path / "store"))
     landing = tmp_path / "landing"
-    _land(landing, "batch1/img_001.jpg", "batch1/img_002.jpg")  # just arrived: still uploading
+    _land(landing, "batch1/img_001.jpg", "batch1/img_002.jpg", "batch2/img_001.jpg", age=3600)
     ctx = dg.build_sensor_context(instance=instance, resources={"store": store})
-    result = landing_tick(ctx, store, str(landing), quiet_seconds=60)
-    assert isinstance(result, dg.SkipReason) and "quiet" in result.skip_message
-    _land(landing, "batch1/img_003.jpg")
-    later = time.time() + 61  # a minute without new files: one run for the whole burst
+    first = landing_tick(ctx, store, str(landing), quiet_seconds=60)
+    assert not first.run_requests and "still arriving" in first.skip_reason.skip_message  # old mtimes prove nothing
+    _land(landing, "batch1/img_003.jpg", age=3600)
+    later = time.time() + 61
+    ctx = dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"store": store})
     result = landing_tick(ctx, store, str(landing), quiet_seconds=60, now=later)
-    assert len(result.run_requests) == 1
-    req = result.run_requests[0]
-    assert req.run_key == "raw-landing:batch1/img_003.jpg"
+    (req,) = result.run_requests  # batch2 was quiet for 60 s of the sensor's clock; batch1 just changed
+    assert req.tags["dermaops/landing_batches"] == "1" and req.tags["dermaops/landing_files"] == "1"
     assert req.job_name == RETRAIN_JOB and req.tags[RETRAIN_REASON_TAG] == "new-data"
-    assert req.tags["dermaops/landing_files"] == "3"
-    assert json.loads(result.cursor) == {"last_key": "batch1/img_003.jpg"}
-    # next tick from that cursor sees nothing; a new file is picked up alone
+    assert req.run_key.startswith(f"raw-landing:{json.loads(result.cursor)['seq']}:")
     ctx2 = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"store": store})
-    assert isinstance(landing_tick(ctx2, store, str(landing), now=later), dg.SkipReason)
-    _land(landing, "batch2/img_001.jpg", age=120)
-    result2 = landing_tick(ctx2, store, str(landing), quiet_seconds=60)
-    assert result2.run_requests[0].tags["dermaops/landing_files"] == "1"
-    assert result2.run_requests[0].run_key != req.run_key
+    result2 = landing_tick(ctx2, store, str(landing), quiet_seconds=60, now=later + 61)
+    (req2,) = result2.run_requests
+    assert req2.tags["dermaops/landing_files"] == "3" and req2.run_key != req.run_key
+    ctx3 = dg.build_sensor_context(instance=instance, cursor=result2.cursor, resources={"store": store})
+    assert isinstance(landing_tick(ctx3, store, str(landing), quiet_seconds=60, now=later + 300), dg.SkipReason)
 
 
-def test_landing_max_batch_and_store_listing(tmp_path: Path, instance) -> None:
+def test_landing_inside_the_store_ignores_a_sibling_prefix(tmp_path: Path, instance) -> None:
     store = LocalObjectStore(root=str(tmp_path / "store"))
-    for i in range(5):
-        store.put_bytes("raw", f"landing/img_{i:03d}.jpg", b"x")
-    prefix = store.uri("raw", "landing")
+    for key in ("landing/b1/img_000.jpg", "landing/b1/_SUCCESS", "landing-archive/old/HAM10000_metadata.csv"):
+        store.put_bytes("raw", key, b"x")
     ctx = dg.build_sensor_context(instance=instance, resources={"store": store})
-    # files are fresh, but the batch is full: request now rather than wait forever
-    result = landing_tick(ctx, store, prefix, quiet_seconds=3600, max_batch=3)
-    assert result.run_requests[0].tags["dermaops/landing_files"] == "3"
-    assert json.loads(result.cursor)["last_key"] == "landing/img_002.jpg"
+    result = landing_tick(ctx, store, store.uri("raw", "landing"), quiet_seconds=3600, salt="s")
+    (req,) = result.run_requests  # the marker completes b1 at once; landing-archive/ is not in landing/
+    assert req.tags["dermaops/landing_batches"] == "1" and req.tags["dermaops/landing_files"] == "2"
 
 
 def test_landing_sensor_definition_reads_settings(tmp_path: Path, instance, monkeypatch) -> None:
     landing = tmp_path / "landing"
-    _land(landing, "x.jpg", age=3600)
+    _land(landing, "b/x.jpg", "b/_SUCCESS", age=3600)
     monkeypatch.setenv("DERMAOPS_LANDING_URI", str(landing))
+    monkeypatch.setenv("DERMAOPS_PSEUDONYM_SALT", TEST_SALT)
     store = LocalObjectStore(root=str(tmp_path / "store"))
     ctx = dg.build_sensor_context(instance=instance, resources={"store": store})
     result = raw_landing_sensor(ctx)
@@ -136,13 +136,16 @@ def test_retrain_requests_skip_while_retrain_in_flight(instance, tmp_path: Path)
     assert not result.run_requests
     with dg.build_schedule_context(instance=instance) as sctx:
         assert isinstance(monthly_retrain_schedule(sctx), dg.SkipReason)
-    # Landed files wait, cursor unmoved, so the run after this one retrains on them.
-    _land(tmp_path / "landing", "2026-11-27-clinic-a/HAM10000_metadata.csv", age=3600)
+    # A complete batch stays pending, so the run after this one retrains on it.
+    _land(tmp_path / "landing", "2026-11-27-clinic-a/HAM10000_metadata.csv", "2026-11-27-clinic-a/_SUCCESS", age=3600)
     store = LocalObjectStore(root=str(tmp_path / "store"))
     ctx = dg.build_sensor_context(instance=instance, resources={"store": store})
-    result = landing_tick(ctx, store, str(tmp_path / "landing"))
-    assert isinstance(result, dg.SkipReason) and "already queued or running" in result.skip_message
-    assert ctx.cursor is None
+    result = landing_tick(ctx, store, str(tmp_path / "landing"), salt="s")
+    assert not result.run_requests and "already queued or running" in result.skip_reason.skip_message
+    instance.handle_run_event(run.run_id, dg.DagsterEvent(event_type_value=dg.DagsterEventType.RUN_SUCCESS.value,
+                                                          job_name=RETRAIN_JOB))
+    ctx = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"store": store})
+    assert len(landing_tick(ctx, store, str(tmp_path / "landing"), salt="s").run_requests) == 1
 
 
 def test_persisting_drift_waits_for_the_cooldown_after_a_retrain(instance, monkeypatch) -> None:

@@ -179,3 +179,109 @@ def test_real_ham10000_ingests(tmp_path: Path) -> None:
     assert handle.num_images + handle.num_quarantined == 10015
     assert handle.num_images >= 10000
     assert handle.class_counts["nv"] > 6600 and set(handle.class_counts) == set(ingest.CLASSES)
+
+
+# -- a bad batch fails alone (case C08 kind), symbolic links ---------------------------------
+
+def _draw_batch(folder: Path, rows: list[tuple[str, str, str]], metadata: bytes | None = None,
+                name: str = "HAM10000_metadata.csv", shade: int = 0) -> None:
+    """A clinic batch: one PNG drawn per (image_id, dx, age) row; ``metadata`` overrides the CSV;
+    folders meant to be ingested together need different ``shade``s (identical bytes are duplicates)."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for i, (image_id, _, _) in enumerate(rows):
+        Image.new("RGB", (48, 40), (40 + 30 * i, 90 + shade, 200 - 20 * i)).save(folder / "images" / f"{image_id}.png")
+    if metadata is None:
+        lines = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
+        lines += [f"L_{image_id},{image_id},{dx},histo,{age},female,back" for image_id, dx, age in rows]
+        metadata = ("\n".join(lines) + "\n").encode()
+    (folder / name).write_bytes(metadata)
+
+
+def test_european_spreadsheet_batch_ingests_with_the_right_ages(demo: Path, tmp_path: Path) -> None:
+    batch = tmp_path / "landing" / "2026-11-30-clinic-eu"
+    rows = [("EU_0001", "bkl", "80,0"), ("EU_0002", "mel", "42,5"), ("EU_0003", "nv", "")]
+    text = "lesion_id;image_id;dx;dx_type;age;sex;localization\r\n" + "".join(
+        f"L_{i};{i};{dx};histo;{age};male;upper extremity\r\n" for i, dx, age in rows)
+    _draw_batch(batch, rows, metadata=b"\xef\xbb\xbf" + text.encode())  # BOM + ';' + decimal commas + CRLF
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    handle, stats = ingest_dataset([str(demo), str(batch)], store, salt="s")
+    assert stats.quarantined_batches == []
+    manifest = _published_manifest(store, handle.manifest_uri)
+    ages = manifest.set_index("image_id")["age"]
+    assert ages["EU_0001"] == 80.0 and ages["EU_0002"] == 42.5 and pd.isna(ages["EU_0003"])
+    assert set(manifest.set_index("image_id").loc[["EU_0001", "EU_0002"], "localization"]) == {"upper extremity"}
+    # read_metadata names what it found, so a refusal can say it too
+    df = ingest.read_metadata("m.csv", b"\xef\xbb\xbf" + text.encode())
+    assert list(df.columns)[0] == "lesion_id" and ingest.describe_dialect(df) == "semicolon (;) separators, decimal commas"
+    tabbed = ingest.read_metadata("m.csv", b"isic_id\tdiagnosis\tage_approx\nISIC_1\tnevus\t35,0\n")
+    assert ingest.detect_layout(tabbed) == "isic" and tabbed["age_approx"].iloc[0] == "35.0"
+
+
+def test_unreadable_batch_is_quarantined_whole_and_everything_else_ingests(demo: Path, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    _draw_batch(landing / "a-good", [("GOOD_0001", "nv", "50"), ("GOOD_0002", "bcc", "61")])
+    _draw_batch(landing / "b-binary", [("BIN_0001", "nv", "50")], metadata=b"PK\x03\x04\x00\x00" + bytes(range(256)))
+    _draw_batch(landing / "c-no-columns", [("COL_0001", "nv", "50")], metadata=b"foo;bar\r\n1;2\r\n")
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    batches = landed_batches(str(landing))
+    assert len(batches) == 3
+    handle, stats = ingest_dataset([str(demo), *batches], store, salt="s")
+    reference, _ = ingest_dataset([str(demo), str(landing / "a-good")], LocalObjectStore(root=str(tmp_path / "s2")),
+                                  salt="s")
+    # the dataset and the good batch ingest exactly as if the bad batches were not there
+    assert handle.manifest_hash == reference.manifest_hash
+    assert {"GOOD_0001", "GOOD_0002"} <= set(_published_manifest(store, handle.manifest_uri)["image_id"])
+    reasons = dict(stats.quarantined_batches)
+    assert len(reasons) == 2
+    from dermaops_resources.raw_source import batch_ref
+
+    assert "NUL bytes" in reasons[batch_ref("b-binary", "s")]
+    no_columns = reasons[batch_ref("c-no-columns", "s")]
+    assert "layout not recognised" in no_columns and "semicolon (;) separators" in no_columns
+    assert not any("b-binary" in r or "c-no-columns" in r for r in reasons.values())  # no folder names
+    quarantine = pd.read_csv(store.local_path(handle.quarantine_uri), dtype=str, keep_default_na=False)
+    assert (quarantine["stage"] == "batch").sum() == 2
+    assert "b-binary" not in handle.source_uri and "a-good" in handle.source_uri
+
+
+def test_unreadable_dataset_itself_is_a_clear_error(tmp_path: Path) -> None:
+    _draw_batch(tmp_path / "ds", [("X_1", "nv", "50")], metadata=b"foo;bar\r\n1;2\r\n")
+    with pytest.raises(ingest.MetadataError, match=r"layout not recognised.*semicolon \(;\) separators"):
+        ingest_dataset(str(tmp_path / "ds"), LocalObjectStore(root=str(tmp_path / "s")), salt="s")
+
+
+def test_symbolic_links_are_never_followed(demo: Path, tmp_path: Path) -> None:
+    from dermaops_resources.raw_source import SYMLINK_REASON, batch_ref
+
+    outside = tmp_path / "elsewhere"
+    _draw_batch(outside, [("OUT_0001", "nv", "50"), ("OUT_0002", "mel", "70")])
+    landing = tmp_path / "landing"
+    batch = landing / "a-batch"
+    _draw_batch(batch, [("IN_0001", "nv", "50")])
+    (batch / "images" / "IN_0002.png").symlink_to(outside / "images" / "OUT_0001.png")  # a file outside the folder
+    (batch / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,dx_type,age,sex,localization\n"
+                                                 "L1,IN_0001,nv,histo,50,male,back\nL2,IN_0002,mel,histo,60,male,back\n")
+    (landing / "b-linked").symlink_to(outside, target_is_directory=True)  # a whole batch folder as a link
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    batches = landed_batches(str(landing))
+    assert batches == [str(batch), str(landing / "b-linked")]
+    handle, stats = ingest_dataset([str(demo), *batches], store, salt="s")
+    manifest = _published_manifest(store, handle.manifest_uri)
+    assert "IN_0001" in set(manifest["image_id"])
+    assert not {"IN_0002", "OUT_0001", "OUT_0002"} & set(manifest["image_id"])
+    quarantine = pd.read_csv(store.local_path(handle.quarantine_uri), dtype=str, keep_default_na=False)
+    assert quarantine.loc[quarantine["image_id"] == "IN_0002", "reason"].tolist() == [SYMLINK_REASON]
+    assert SYMLINK_REASON in dict(stats.quarantined_batches)[batch_ref("b-linked", "s")]
+
+
+def test_a_linked_folder_inside_a_dataset_is_listed_as_a_link_not_walked(tmp_path: Path) -> None:
+    from dermaops_resources.raw_source import RawSource
+
+    outside = tmp_path / "elsewhere"
+    _draw_batch(outside, [("OUT_0001", "nv", "50")])
+    _draw_batch(tmp_path / "ds", [("IN_0001", "nv", "50")])
+    (tmp_path / "ds" / "ISIC-images").symlink_to(outside / "images", target_is_directory=True)
+    source = RawSource(str(tmp_path / "ds"))
+    assert "ISIC-images" in source.links
+    assert not [k for k in source._keys if k.startswith("ISIC-images/")]
+    assert "OUT_0001" not in source.image_index
