@@ -19,7 +19,7 @@
 
 Every retraining request carries ``dermaops/retrain_reason`` and is skipped while a
 retrain run is already queued or running; the report-driven ones also wait
-``RETRAIN_COOLDOWN_HOURS`` after the last retraining started.
+``DERMAOPS_RETRAIN_COOLDOWN_HOURS`` (the ``settings`` resource) after the last retraining started.
 """
 
 
@@ -30,7 +30,6 @@ import time
 import dagster as dg
 
 from dermaops_resources.ingestion import pseudonym_salt
-from dermaops_resources.notifier import Notifier
 from dermaops_resources.object_store import LandedFile, ObjectStore, landing_files, landing_folders
 from dermaops_resources.raw_source import LANDING_STATE_PREFIX, batch_ref
 from dermaops_resources.registry import ModelRegistry
@@ -40,10 +39,6 @@ from .jobs import RETRAIN_JOB, RETRAIN_REASON_TAG, deploy_job, retrain_job
 
 IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED]
-# A report-driven retrain waits this long after the last retraining started: drift or a quality
-# drop that persists (the new package may still await approval) is reported every hour, and
-# each report would otherwise start another full retraining on the same data.
-RETRAIN_COOLDOWN_HOURS = Settings.from_env().retrain_cooldown_hours  # DERMAOPS_RETRAIN_COOLDOWN_HOURS
 DRIFT_SCORE_THRESHOLD = 0.5  # drift_verdict scores >= 0.5 exactly when drift is detected
 ACCURACY_DROP_POINTS = 5.0
 
@@ -61,13 +56,17 @@ def hours_since_last_retrain(instance: dg.DagsterInstance) -> float | None:
     return (time.time() - records[0].create_timestamp.timestamp()) / 3600.0
 
 
-def retrain_blocked(instance: dg.DagsterInstance, what: str) -> str | None:
-    """Why a report-driven retrain must not start now (one in flight, or within the cooldown), or None."""
+def retrain_blocked(instance: dg.DagsterInstance, what: str, cooldown_hours: float) -> str | None:
+    """Why a report-driven retrain must not start now (one in flight, or within the cooldown), or None.
+
+    The cooldown (``Settings.retrain_cooldown_hours``) exists because drift or a quality drop that
+    persists (the new package may still await approval) is reported every hour, and each report
+    would otherwise start another full retraining on the same data."""
     if retrain_in_progress(instance):
         return f"{what}, but a retrain_job run is already queued or running."
     since = hours_since_last_retrain(instance)
-    if since is not None and since < RETRAIN_COOLDOWN_HOURS:
-        return (f"{what}, but the last retraining started {since:.1f} h ago (cooldown {RETRAIN_COOLDOWN_HOURS:g} h, "
+    if since is not None and since < cooldown_hours:
+        return (f"{what}, but the last retraining started {since:.1f} h ago (cooldown {cooldown_hours:g} h, "
                 "DERMAOPS_RETRAIN_COOLDOWN_HOURS); if it persists, a report after the cooldown retrains.")
     return None
 
@@ -285,7 +284,7 @@ def _retrain_request(reason: str, run_key: str, extra: dict[str, str]) -> dg.Run
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Retrain when the newest drift_report says drift_detected (or drift_score >= 0.5).")
-def drift_sensor(context: dg.SensorEvaluationContext):
+def drift_sensor(context: dg.SensorEvaluationContext, settings: Settings):
     latest = _latest_report(context, "drift_report")
     if latest is None:
         return dg.SkipReason("No new drift_report materialization.")
@@ -294,7 +293,7 @@ def drift_sensor(context: dg.SensorEvaluationContext):
     if not (bool(md.get("drift_detected")) or score >= DRIFT_SCORE_THRESHOLD):
         return dg.SensorResult(skip_reason=f"drift_report {storage_id}: no drift (score {score:.2f}).",
                                cursor=str(storage_id))
-    blocked = retrain_blocked(context.instance, "Drift detected")
+    blocked = retrain_blocked(context.instance, "Drift detected", settings.retrain_cooldown_hours)
     if blocked:  # the run in flight (or just done) answers this report; do not queue another for it later
         return dg.SensorResult(skip_reason=blocked, cursor=str(storage_id))
     return dg.SensorResult(run_requests=[_retrain_request("drift", f"drift:{storage_id}",
@@ -303,8 +302,9 @@ def drift_sensor(context: dg.SensorEvaluationContext):
 
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Retrain (and page the team) when the live balanced accuracy dropped more than 5 points.")
-def model_quality_sensor(context: dg.SensorEvaluationContext, notifier: Notifier):
+           description="Retrain when the live balanced accuracy dropped more than 5 points. The page itself is the "
+           "accuracy-drop alarm that model_quality_report raises (once per breach), not this sensor's.")
+def model_quality_sensor(context: dg.SensorEvaluationContext, settings: Settings):
     latest = _latest_report(context, "model_quality_report")
     if latest is None:
         return dg.SkipReason("No new model_quality_report materialization.")
@@ -313,13 +313,9 @@ def model_quality_sensor(context: dg.SensorEvaluationContext, notifier: Notifier
     if not drop > ACCURACY_DROP_POINTS:
         return dg.SensorResult(skip_reason=f"model_quality_report {storage_id}: drop {drop:.1f} points.",
                                cursor=str(storage_id))
-    blocked = retrain_blocked(context.instance, "Accuracy dropped")
+    blocked = retrain_blocked(context.instance, "Accuracy dropped", settings.retrain_cooldown_hours)
     if blocked:
         return dg.SensorResult(skip_reason=blocked, cursor=str(storage_id))
-    notifier.notify("DermaOps: model accuracy dropped, retraining",
-                    f"Live balanced accuracy is {drop:.1f} points below the deployed model's evaluation "
-                    f"(threshold {ACCURACY_DROP_POINTS:g}); retrain_job requested.", severity="critical",
-                    attributes={"accuracy_drop_points": f"{drop:.2f}"})
     return dg.SensorResult(run_requests=[_retrain_request("quality-drop", f"quality-drop:{storage_id}",
                                                           {"dermaops/accuracy_drop": f"{drop:.2f}"})],
                            cursor=str(storage_id))

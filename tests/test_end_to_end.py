@@ -16,6 +16,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from dermaops_resources.settings import Settings
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -131,7 +133,6 @@ def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> No
     import dagster as dg
 
     from dermaops_assets.sensors import drift_sensor, model_quality_sensor
-    from dermaops_resources.notifier import LocalNotifier
 
     held_out = deployed.tmp / "held-out"
     deployed.cli("dermaops", "demo-data", "--out", str(held_out), "--lesions-per-class", "5", "--seed", "7")
@@ -154,7 +155,7 @@ def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> No
     assert drifted["drift_detected"] is True, drifted
     # The drift sensor reads the newest drift_report: this one asks for a retraining run.
     instance = dg.DagsterInstance.from_config(str(deployed.dagster_home))
-    drift_result = drift_sensor(dg.build_sensor_context(instance=instance))
+    drift_result = drift_sensor(dg.build_sensor_context(instance=instance, resources={"settings": Settings.from_env({})}))
     drift_requests = drift_result.run_requests if hasattr(drift_result, "run_requests") else list(drift_result or [])
     assert drift_requests and drift_requests[0].tags["dermaops/retrain_reason"] == "drift"
 
@@ -170,8 +171,8 @@ def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> No
     assert any(a["severity"] == "critical" for a in alerts), alerts
     assert "drift" in subjects and "accuracy" in subjects
 
-    notifier = LocalNotifier(alerts_path=str(deployed.home / "alerts.jsonl"))
-    quality_result = model_quality_sensor(dg.build_sensor_context(instance=instance, resources={"notifier": notifier}))
+    quality_result = model_quality_sensor(dg.build_sensor_context(instance=instance,
+                                                                  resources={"settings": Settings.from_env({})}))
     quality_requests = quality_result.run_requests if hasattr(quality_result, "run_requests") \
         else list(quality_result or [])
     assert quality_requests and quality_requests[0].tags["dermaops/retrain_reason"] == "quality-drop"

@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 
 import dagster as dg
+
+from dermaops_resources.settings import Settings
 import pytest
 
 from dermaops_assets.jobs import RETRAIN_JOB, RETRAIN_REASON_TAG
@@ -13,7 +15,6 @@ from dermaops_assets.schedules import monthly_retrain_schedule
 from dermaops_assets.sensors import (
     approval_sensor, drift_sensor, landing_tick, model_quality_sensor, raw_landing_sensor,
 )
-from dermaops_resources.notifier import LocalNotifier
 from dermaops_resources.object_store import LocalObjectStore, walk_after
 from dermaops_resources.registry import SqliteModelRegistry
 
@@ -105,20 +106,23 @@ def _report(instance, asset: str, **metadata) -> None:
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, metadata=metadata))
 
 
+SETTINGS = {"settings": Settings.from_env({})}  # defaults, whatever the developer's environment says
+
+
 def test_drift_sensor_fires_once_per_drifting_report(instance) -> None:
-    ctx = dg.build_sensor_context(instance=instance)
+    ctx = dg.build_sensor_context(instance=instance, resources=SETTINGS)
     assert isinstance(drift_sensor(ctx), dg.SkipReason)  # no report yet
     _report(instance, "drift_report", drift_detected=False, drift_score=0.1)
     quiet = drift_sensor(ctx)
     assert not quiet.run_requests and quiet.cursor
     _report(instance, "drift_report", drift_detected=True, drift_score=0.9)
-    ctx = dg.build_sensor_context(instance=instance, cursor=quiet.cursor)
+    ctx = dg.build_sensor_context(instance=instance, cursor=quiet.cursor, resources=SETTINGS)
     fired = drift_sensor(ctx)
     assert len(fired.run_requests) == 1
     req = fired.run_requests[0]
     assert req.job_name == RETRAIN_JOB and req.tags[RETRAIN_REASON_TAG] == "drift"
     assert req.run_key.startswith("drift:")
-    again = drift_sensor(dg.build_sensor_context(instance=instance, cursor=fired.cursor))
+    again = drift_sensor(dg.build_sensor_context(instance=instance, cursor=fired.cursor, resources=SETTINGS))
     assert isinstance(again, dg.SkipReason)  # the same report never triggers twice
 
 
@@ -128,11 +132,10 @@ def test_retrain_requests_skip_while_retrain_in_flight(instance, tmp_path: Path)
                                                           job_name=RETRAIN_JOB))
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
     _report(instance, "drift_report", drift_detected=True, drift_score=0.8)
-    result = drift_sensor(dg.build_sensor_context(instance=instance))
+    result = drift_sensor(dg.build_sensor_context(instance=instance, resources=SETTINGS))
     assert not result.run_requests and "already" in result.skip_reason.skip_message
     _report(instance, "model_quality_report", accuracy_drop=12.0)
-    notifier = LocalNotifier(alerts_path=str(tmp_path / "alerts.jsonl"))
-    result = model_quality_sensor(dg.build_sensor_context(instance=instance, resources={"notifier": notifier}))
+    result = model_quality_sensor(dg.build_sensor_context(instance=instance, resources=SETTINGS))
     assert not result.run_requests
     with dg.build_schedule_context(instance=instance) as sctx:
         assert isinstance(monthly_retrain_schedule(sctx), dg.SkipReason)
@@ -148,34 +151,34 @@ def test_retrain_requests_skip_while_retrain_in_flight(instance, tmp_path: Path)
     assert len(landing_tick(ctx, store, str(tmp_path / "landing"), salt="s").run_requests) == 1
 
 
-def test_persisting_drift_waits_for_the_cooldown_after_a_retrain(instance, monkeypatch) -> None:
+def test_persisting_drift_waits_for_the_cooldown_after_a_retrain(instance) -> None:
     import dermaops_assets.sensors as sensors
+
+    day = {"settings": Settings.from_env({})}  # the default 24 h, whatever the developer's environment says
 
     run = instance.create_run_for_job(dg.GraphDefinition(name="noop", node_defs=[]).to_job(RETRAIN_JOB))
     for event in (dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS):
         instance.handle_run_event(run.run_id, dg.DagsterEvent(event_type_value=event.value, job_name=RETRAIN_JOB))
     assert 0 <= sensors.hours_since_last_retrain(instance) < 0.1
     _report(instance, "drift_report", drift_detected=True, drift_score=0.8)
-    result = drift_sensor(dg.build_sensor_context(instance=instance))
+    result = drift_sensor(dg.build_sensor_context(instance=instance, resources=day))
     assert not result.run_requests and "cooldown 24 h" in result.skip_reason.skip_message
     _report(instance, "drift_report", drift_detected=True, drift_score=0.8)  # still drifting, cooldown over
-    monkeypatch.setattr(sensors, "RETRAIN_COOLDOWN_HOURS", 0.0)
-    result = drift_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+    over = {"settings": Settings.from_env({"DERMAOPS_RETRAIN_COOLDOWN_HOURS": "0.0001"})}
+    result = drift_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=over))
     assert result.run_requests[0].tags[RETRAIN_REASON_TAG] == "drift"
 
 
-def test_model_quality_sensor_retrains_and_pages(instance, tmp_path: Path) -> None:
-    notifier = LocalNotifier(alerts_path=str(tmp_path / "alerts.jsonl"))
+def test_model_quality_sensor_retrains_without_a_second_page(instance) -> None:
+    """The accuracy-drop alarm of model_quality_report pages once (tests/assets/test_monitoring.py);
+    the sensor only requests the retrain, so a quality drop is one critical notification, not two."""
     _report(instance, "model_quality_report", accuracy_drop=3.0)
-    ctx = dg.build_sensor_context(instance=instance, resources={"notifier": notifier})
-    first = model_quality_sensor(ctx)
+    settings = {"settings": Settings.from_env({})}
+    first = model_quality_sensor(dg.build_sensor_context(instance=instance, resources=settings))
     assert not first.run_requests
     _report(instance, "model_quality_report", accuracy_drop=7.5)
-    fired = model_quality_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor,
-                                                         resources={"notifier": notifier}))
+    fired = model_quality_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=settings))
     assert fired.run_requests[0].tags[RETRAIN_REASON_TAG] == "quality-drop"
-    alerts = notifier.read_alerts()
-    assert len(alerts) == 1 and alerts[0]["severity"] == "critical"
 
 
 def test_monthly_schedule_tags_reason(instance) -> None:
