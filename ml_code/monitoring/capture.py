@@ -62,23 +62,47 @@ class CapturedRequest:
     site: Any = None
 
 
-def decode_request(data: str | bytes, encoding: str = "BASE64") -> CapturedRequest:
-    """Decode a captured request body (an image, or the JSON request with a base64 ``image``
-    and optional ``age``/``sex``/``anatom_site``); ValueError if there is no decodable image."""
-    if encoding.upper() != "BASE64":
-        raise ValueError(f"image body encoding {encoding!r} is not BASE64")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ValueError(f"body is not valid base64: {exc}") from exc
+CAPTURE_ENCODINGS: tuple[str, ...] = ("BASE64", "JSON", "CSV")
+"""How SageMaker data capture writes a body: BASE64 for binary content types, JSON (inline text)
+for the endpoint config's ``JsonContentTypes``, CSV (inline text) for its ``CsvContentTypes``."""
+
+
+def _body_bytes(data: Any, encoding: str) -> bytes:
+    """The request body as the client sent it, whatever encoding the capture line used."""
+    enc = (encoding or "BASE64").upper()
+    if enc not in CAPTURE_ENCODINGS:
+        raise ValueError(f"capture encoding {encoding!r} is not one SageMaker writes ({', '.join(CAPTURE_ENCODINGS)})")
+    if enc == "BASE64":
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError, TypeError) as exc:
+            raise ValueError(f"body is not valid base64: {exc}") from exc
+    if isinstance(data, (dict, list)):  # a JSON body some writers embed as an object, not a string
+        return json.dumps(data).encode("utf-8")
+    if not isinstance(data, str):
+        raise ValueError(f"{enc} body is not text")
+    return data.encode("utf-8")
+
+
+def decode_request(data: Any, encoding: str = "BASE64") -> CapturedRequest:
+    """Decode a captured request body (an image, or the JSON request with a base64 ``image`` and
+    optional ``age``/``sex``/``anatom_site``) from any encoding SageMaker writes: BASE64, JSON or
+    CSV (a CSV body is text; one that holds a base64 image is read as such). ValueError if there
+    is no decodable image."""
+    raw = _body_bytes(data, encoding)
     context: dict[str, Any] = {}
-    if raw[:1] == b"{":  # an application/json request: the image is its base64 "image" field
+    if raw.lstrip()[:1] == b"{":  # an application/json request: the image is its base64 "image" field
         try:
             request = json.loads(raw)
             raw = base64.b64decode(request["image"], validate=True)
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise ValueError(f"JSON body has no decodable base64 'image': {exc}") from exc
         context = {"age": request.get("age"), "sex": request.get("sex"), "site": request.get("anatom_site")}
+    elif (encoding or "").upper() == "CSV":
+        try:
+            raw = base64.b64decode(raw.strip().split(b",")[0], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"CSV body holds no base64 image: {exc}") from exc
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
@@ -118,12 +142,15 @@ def _parse_output(out: dict[str, Any]) -> tuple[str, str | None, dict[str, float
 
 
 def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
-                keep_images: bool = False) -> CaptureBatch:
+                keep_images: bool = False, model_version: int = -1) -> CaptureBatch:
     """Parse capture lines into rows; malformed lines are skipped and counted by reason.
 
     ``image_size``: the model's input size. When given, each request image is decoded and
     its features computed on the model view (see :func:`model_view`); when None, only the
-    ids and predictions are parsed (cheap, for joins with labels).
+    ids and predictions are parsed (cheap, for joins with labels). ``model_version``: the
+    package version that answered these lines when they do not say it themselves (SageMaker
+    writes no version; the caller knows it from the capture path's variant and the
+    deployment record); the local endpoint writes ``eventMetadata.modelPackageVersion``.
     """
     skipped: Counter = Counter()
     records: list[dict[str, Any]] = []
@@ -176,7 +203,8 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
             "inference_time": when,
             "inference_id": str(meta.get("inferenceId") or meta.get("eventId") or ""),
             "event_id": str(meta.get("eventId") or ""),
-            "model_version": int(version) if isinstance(version, (int, float, str)) and str(version).lstrip("-").isdigit() else -1,
+            "model_version": (int(version) if isinstance(version, (int, float, str)) and str(version).lstrip("-").isdigit()
+                              else model_version),
             "status": status,
             "predicted_class": predicted,
             "probabilities": json.dumps(probs, sort_keys=True),
@@ -200,9 +228,10 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
     return CaptureBatch(rows=rows, skipped=skipped, images=views if keep_images else [])
 
 
-def parse_capture_bytes(data: bytes, image_size: int | None = None, keep_images: bool = False) -> CaptureBatch:
-    """Parse one capture file's bytes (JSONL)."""
-    return parse_lines(data.splitlines(), image_size=image_size, keep_images=keep_images)
+def parse_capture_bytes(data: bytes, image_size: int | None = None, keep_images: bool = False,
+                        model_version: int = -1) -> CaptureBatch:
+    """Parse one capture file's bytes (JSONL); see :func:`parse_lines`."""
+    return parse_lines(data.splitlines(), image_size=image_size, keep_images=keep_images, model_version=model_version)
 
 
 def capture_schema():

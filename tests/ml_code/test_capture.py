@@ -97,3 +97,58 @@ def test_model_view_matches_the_preprocessed_split() -> None:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=95)
     np.testing.assert_array_equal(model_view(buf.getvalue(), 12), preprocess_view(buf.getvalue(), 12))
+
+
+def _sagemaker_line(data, encoding: str, content_type: str, inference_id: str | None, answer: str,
+                    answer_encoding: str = "JSON", answer_type: str = "application/json") -> str:
+    """One line exactly as SageMaker data capture writes it (no modelPackageVersion: AWS writes none)."""
+    meta = {"eventId": f"ev-{inference_id or 'none'}", "inferenceTime": "2026-11-30T10:00:00Z"}
+    if inference_id:
+        meta["inferenceId"] = inference_id
+    return json.dumps({
+        "captureData": {
+            "endpointInput": {"observedContentType": content_type, "mode": "INPUT", "data": data, "encoding": encoding},
+            "endpointOutput": {"observedContentType": answer_type, "mode": "OUTPUT", "data": answer,
+                               "encoding": answer_encoding}},
+        "eventMetadata": meta, "eventVersion": "0"})
+
+
+def test_every_encoding_sagemaker_writes_gives_the_same_image_and_context() -> None:
+    """C11's kind: a JSON request captured inline (encoding JSON, no inferenceId), the same request
+    BASE64-encoded, a bare image whose answer was captured BASE64 as text/html, and a CSV body."""
+    image = _jpeg(lesion_images(1, size=40, seed=3)[0])
+    request = json.dumps({"image": base64.b64encode(image).decode(), "age": 55, "sex": "female",
+                          "anatom_site": "back"})
+    answer = json.dumps({"predicted_class": "nv", "probabilities": {"nv": 0.8, "mel": 0.2}})
+    lines = [
+        _sagemaker_line(request, "JSON", "application/json", None, answer),
+        _sagemaker_line(base64.b64encode(request.encode()).decode(), "BASE64", "application/json", "b", answer),
+        _sagemaker_line(base64.b64encode(image).decode(), "BASE64", "image/png", None,
+                        base64.b64encode(answer.encode()).decode(), "BASE64", "text/html"),
+        _sagemaker_line(base64.b64encode(image).decode(), "CSV", "text/csv", "d", answer),
+    ]
+    batch = parse_lines(lines, image_size=16, keep_images=True, model_version=7)
+    assert batch.n_skipped == 0, batch.skipped
+    assert len(batch.rows) == 4
+    for view in batch.images[1:]:
+        np.testing.assert_array_equal(view, batch.images[0])  # one image, whatever the encoding
+    assert batch.rows["model_version"].tolist() == [7, 7, 7, 7]  # the version the caller knows
+    assert batch.rows["predicted_class"].tolist() == ["nv"] * 4
+    assert batch.rows.loc[0, "age"] == batch.rows.loc[1, "age"] == 55  # the context of the JSON request
+    assert batch.rows.loc[0, "sex"] == batch.rows.loc[1, "sex"] == "female"
+
+
+def test_the_real_format_case_lines_parse(tmp_path) -> None:
+    """The real-format capture lines of ../shared/cases (C11) when present: every line parses."""
+    import pytest
+
+    from dermaops_resources.settings import REPO_ROOT
+
+    case = REPO_ROOT.parent / "shared" / "cases" / "C11-capture-json-encoding" / "capture.jsonl"
+    if not case.is_file():
+        pytest.skip(f"{case} not present")
+    batch = parse_capture_bytes(case.read_bytes(), image_size=32, keep_images=True)
+    assert batch.n_skipped == 0, batch.skipped
+    assert len(batch.rows) == len([l for l in case.read_text().splitlines() if l.strip()])
+    for view in batch.images[1:]:
+        np.testing.assert_array_equal(view, batch.images[0])
