@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import dagster as dg
-from pydantic import Field, create_model
+from pydantic import create_model
 
 from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
 from dermaops_resources.jobs import JobRunner, JobSpec
@@ -21,9 +21,12 @@ PREPROCESS_CODE_VERSION = code_version("ml_code.data.preprocess")
 
 
 class SplitsConfigBase(dg.Config):
-    """Asset-only fields; the option fields come from :class:`ml_code.data.options.PreprocessOptions`."""
+    """Asset-only fields; the option fields come from :class:`ml_code.data.options.PreprocessOptions`.
 
-    processing_instances: int = Field(default=1, description="SageMaker instances (images sharded by key)")
+    The job runs on one instance. Sharding the images across instances (ShardedByS3Key) was
+    offered and lost data: every shard read the whole manifest, quarantined the images it
+    lacked and wrote the same output keys, so about 1/N of the images survived. It comes back
+    only with per-shard outputs and a merge step, tested against one shard byte for byte."""
 
     def options(self) -> PreprocessOptions:
         """The job's options as set in this config; dg.Failure on a bad value."""
@@ -80,9 +83,7 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
                        inputs={"manifest": raw_images.manifest_uri.rsplit("/", 1)[0],
                                "images": raw_images.images_prefix_uri},
                        outputs=["splits"], output_uri=output_uri,
-                       hyperparameters={k: v for k, v in opts.model_dump().items() if v is not None},
-                       instance_count=config.processing_instances,
-                       sharded_inputs=["images"] if config.processing_instances > 1 else [])
+                       hyperparameters={k: v for k, v in opts.model_dump().items() if v is not None})
         result = jobs.run(spec, store, on_log=on_log, on_metric=on_metric)
         splits_uri = result.output_uris["splits"]
     summary = store.get_json(join_uri(splits_uri, "summary.json"))
