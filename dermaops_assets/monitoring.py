@@ -41,6 +41,7 @@ from dermaops_resources.notifier import Notifier
 from dermaops_resources.object_store import ObjectStore, join_uri
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
+from ml_code.monitoring.health import HEALTH_COLUMNS, health_events, keep_recent, window_figures
 from ml_code.monitoring.capture import parse_capture_bytes, rows_to_parquet_bytes, validate_rows, views_to_npy_bytes
 from ml_code.monitoring.drift import (
     case_mix_drift, category_drift, constraint_violations, drift_report_markdown, drift_verdict, feature_drift,
@@ -91,9 +92,11 @@ class InferenceLogConfig(dg.Config):
 
 @dg.asset(group_name="monitoring", kinds={"s3", "pandas"},
           description="Captured endpoint traffic, read incrementally (only capture files newer than the cursor), "
-          "validated with a pandera schema and stored as parquet parts with the model-view images.")
+          "validated with a pandera schema and stored as parquet parts with the model-view images. Also the "
+          "endpoint's health over the last hour (5xx count, worst 5-minute p95 latency), published as "
+          "EndpointErrors / EndpointLatencyMs and judged by their alarms.")
 def inference_log(context: dg.AssetExecutionContext, config: InferenceLogConfig, live_endpoint: EndpointHandle,
-                  store: ObjectStore) -> dg.Output[InferenceLogHandle]:
+                  store: ObjectStore, metrics: MetricsPublisher, notifier: Notifier) -> dg.Output[InferenceLogHandle]:
     cursor_uri = store.uri("logs", CURSOR_KEY)
     cursor = store.get_json_or(cursor_uri, {"last_key": None, "total": 0, "parts": 0, "skipped": {}})
     capture_prefix = join_uri(live_endpoint.capture_uri, live_endpoint.name, live_endpoint.variant)
@@ -102,8 +105,11 @@ def inference_log(context: dg.AssetExecutionContext, config: InferenceLogConfig,
     with tempfile.TemporaryDirectory(prefix="dermaops-log-") as scratch:
         image_size = int(read_model_config(store, live_endpoint.model_uri, Path(scratch))["image_size"])
     frames, images, skipped = [], [], dict(cursor.get("skipped", {}))
+    health = [pd.DataFrame(cursor.get("health", []), columns=list(HEALTH_COLUMNS))]
     for obj in files:
-        batch = parse_capture_bytes(store.get_bytes(obj.uri), image_size=image_size, keep_images=True)
+        data = store.get_bytes(obj.uri)
+        health.append(health_events(data.splitlines()))
+        batch = parse_capture_bytes(data, image_size=image_size, keep_images=True)
         frames.append(batch.rows)
         images.extend(batch.images)
         for reason, n in batch.skipped.items():
@@ -125,7 +131,20 @@ def inference_log(context: dg.AssetExecutionContext, config: InferenceLogConfig,
         cursor["last_key"] = files[-1].key
     cursor["total"] = int(cursor["total"]) + new
     cursor["skipped"] = skipped
-    cursor["updated_at"] = time.time()
+    now = time.time()
+    events = pd.concat([h for h in health if len(h)], ignore_index=True) if any(len(h) for h in health) \
+        else health[0]
+    cursor["health"] = keep_recent(events, now)
+    cursor["updated_at"] = now
+    # Only the local endpoint writes status and latency into its capture; on AWS, SageMaker's own
+    # Invocation5XXErrors and ModelLatency feed the CloudWatch alarms and nothing is judged here.
+    cursor["health_seen"] = bool(cursor.get("health_seen")) or bool(len(events))
+    figures = window_figures(events, now) if cursor["health_seen"] else {}
+    for name, value in figures.items():
+        metrics.put(name, value, "Count" if name == "EndpointErrors" else "Milliseconds",
+                    {"EndpointName": live_endpoint.name, "VariantName": live_endpoint.variant})
+    # Alarm state first, cursor last: a crash in between re-judges the same hour, notifying at most once.
+    evaluate_alarms(metrics, notifier, figures)
     store.put_json("logs", CURSOR_KEY, cursor)
     handle = InferenceLogHandle(log_uri=store.uri("logs", LOG_PREFIX), cursor_uri=cursor_uri,
                                 capture_prefix_uri=capture_prefix, total_records=cursor["total"],
@@ -133,6 +152,8 @@ def inference_log(context: dg.AssetExecutionContext, config: InferenceLogConfig,
     return dg.Output(handle, metadata={
         "num_new_records": new, "total": handle.total_records, "files_read": len(files),
         "cursor_last_key": cursor["last_key"] or "", "skipped": dg.MetadataValue.json(skipped),
+        "endpoint_errors_last_hour": figures.get("EndpointErrors", float("nan")),
+        "latency_p95_ms_worst_5min": figures.get("EndpointLatencyMs", float("nan")),
     })
 
 

@@ -165,8 +165,10 @@ def _iso(ts: float) -> str:
 
 
 def capture_record(*, body: bytes, content_type: str, response_text: str, event_id: str,
-                   inference_id: str, inference_time: float, package_version: int) -> dict[str, Any]:
-    """One line of SageMaker data capture (plus our modelPackageVersion)."""
+                   inference_id: str, inference_time: float, package_version: int,
+                   status: int = 200, latency_ms: float = 0.0) -> dict[str, Any]:
+    """One line of SageMaker data capture, plus what SageMaker keeps in CloudWatch instead: the
+    package version, the HTTP status and the latency (``ml_code.monitoring.health`` reads them)."""
     return {
         "captureData": {
             "endpointInput": {
@@ -187,6 +189,8 @@ def capture_record(*, body: bytes, content_type: str, response_text: str, event_
             "inferenceId": inference_id,
             "inferenceTime": _iso(inference_time),
             "modelPackageVersion": package_version,
+            "dermaopsStatus": int(status),
+            "dermaopsLatencyMs": round(float(latency_ms), 3),
         },
         "eventVersion": "0",
     }
@@ -509,7 +513,8 @@ class EndpointHandler(BaseHTTPRequestHandler):
             body=body if not 400 <= status < 500 else b"",
             content_type=content_type or "application/octet-stream", response_text=payload,
             event_id=event_id, inference_id=inference_id, inference_time=started,
-            package_version=version if version is not None else -1))
+            package_version=version if version is not None else -1, status=status,
+            latency_ms=(time.time() - started) * 1000))
         LOG.log(logging.DEBUG if status < 400 else logging.INFO,
                 "invocation id=%s status=%d version=%s bytes=%d ms=%.1f",
                 inference_id, status, version, len(body), (time.time() - started) * 1000)
