@@ -34,7 +34,8 @@ deploy_job = dg.define_asset_job(
     description="Deploy the newest Approved model package.")
 
 monitoring_job = dg.define_asset_job(
-    "monitoring_job", selection=dg.AssetSelection.assets("inference_log", "drift_report", "model_quality_report"),
-    description="Read new data capture, then drift and model-quality reports (metrics + alarms).")
+    "monitoring_job", selection=dg.AssetSelection.assets("inference_log", "drift_report", "model_quality_report",
+                                                         "cost_report"),
+    description="Read new data capture, then drift, model-quality and cost reports (metrics + alarms).")
 
 all_jobs = [ingest_job, retrain_job, deploy_job, monitoring_job]

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from dermaops_resources.alarms import evaluate_alarms
+from dermaops_resources.cost import JobCost, monthly_cost
 from dermaops_resources.handles import EndpointHandle, ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec, job_output_prefix
 from dermaops_resources.metrics import MetricsPublisher
@@ -48,6 +49,7 @@ from ml_code.monitoring.drift import (
     mmd_test, psi_plot_data_uri,
 )
 from ml_code.monitoring.quality import QUALITY_WINDOW_COLUMNS, live_accuracy, quality_by_window, quality_report_markdown
+from .ui import table_markdown
 
 
 # -- assets -----------------------------------------------------------------------------
@@ -275,3 +277,46 @@ def model_quality_report(context: dg.AssetExecutionContext, config: QualityConfi
         "report": dg.MetadataValue.md(quality_report_markdown(status, n, live_endpoint.package_version, reference,
                                                               table)),
     })
+
+
+COSTED_JOB_ASSETS: dict[str, str] = {"trained_model": "training", "processed_splits": "processing",
+                                     "evaluation_report": "processing", "model_baseline": "processing"}
+
+
+def _jobs_last_30_days(instance: dg.DagsterInstance, settings: Settings) -> list[JobCost]:
+    """Billable seconds of the jobs behind the last 30 days' materializations, on the instance
+    types they ran on (AWS) or would run on (local runs, priced as the configured types)."""
+    since, jobs = time.time() - 30 * 86400, []
+    for asset, kind in COSTED_JOB_ASSETS.items():
+        for record in instance.fetch_materializations(dg.AssetKey(asset), limit=500).records:
+            if record.timestamp < since:
+                continue
+            md = record.asset_materialization.metadata if record.asset_materialization else {}
+            seconds = getattr(md.get("billable_seconds"), "value", None)
+            if seconds:
+                itype = settings.training_instance_type if kind == "training" else settings.processing_instance_type
+                jobs.append(JobCost(kind, float(seconds), itype))
+    return jobs
+
+
+@dg.asset(group_name="monitoring", kinds={"python"}, deps=["inference_log"],
+          description="What the platform costs a month on AWS (endpoint instance-hours, the last 30 days of "
+          "training and processing jobs, stored bytes, at list prices): EstimatedMonthlyCostUSD for the $500 "
+          "warning, training cost per run and inference cost per 1,000 requests.")
+def cost_report(context: dg.AssetExecutionContext, live_endpoint: EndpointHandle, store: ObjectStore,
+                settings: Settings, metrics: MetricsPublisher, notifier: Notifier) -> dg.MaterializeResult:
+    stored = sum(obj.size for bucket in ("raw", "processed", "models", "logs")
+                 for obj in store.list(store.uri(bucket, "")))
+    cursor = store.get_json_or(store.uri("logs", CURSOR_KEY), {"parts": 0})
+    day, _ = load_inference_log(store, cursor, since=datetime.now(timezone.utc) - timedelta(days=1),
+                                columns=["inference_time"])
+    cost = monthly_cost(endpoint_instance_type=settings.endpoint_instance_type,
+                        endpoint_instances=live_endpoint.instance_count,
+                        jobs_last_30_days=_jobs_last_30_days(context.instance, settings),
+                        stored_bytes=stored, requests_per_month=len(day) * 30.0)
+    metrics.put("EstimatedMonthlyCostUSD", cost.total_usd, "None")
+    evaluate_alarms(metrics, notifier, {"EstimatedMonthlyCostUSD": cost.total_usd})
+    figures = cost.as_dict()
+    return dg.MaterializeResult(metadata={
+        **figures, "breakdown": table_markdown([{"item": k, "usd_per_month": v} for k, v in figures.items()
+                                                if k.endswith("_usd")])})

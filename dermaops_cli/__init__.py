@@ -6,6 +6,7 @@
     dermaops traffic --endpoint URL --images DIR [...]
     dermaops retrain --reason manual
     dermaops alerts
+    dermaops cost [--json]
     dermaops score --images DIR [--labels CSV] [--version N | --model PATH] [--out DIR]
 """
 
@@ -16,7 +17,7 @@ import sys
 
 from .data import cmd_demo_data, cmd_score, cmd_traffic
 from .endpoint import cmd_endpoint
-from .operations import cmd_alerts, cmd_retrain
+from .operations import cmd_alerts, cmd_cost, cmd_retrain
 from .registry import cmd_registry
 
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("retrain", help="start the retraining job now (manual trigger)")
     rt.add_argument("--reason", default="manual")
 
+    co = sub.add_parser("cost", help="what the platform costs a month on AWS, broken down (the newest cost_report)")
+    co.add_argument("--json", action="store_true")
+
     al = sub.add_parser("alerts", help="print the most recent local alerts")
     al.add_argument("--last", type=int, default=20)
 
@@ -70,6 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "registry" and args.action == "reject" and not args.reason:
         parser.error("registry reject needs --reason TEXT (it is kept with the package)")
     handler = {"demo-data": cmd_demo_data, "registry": cmd_registry, "endpoint": cmd_endpoint,
-               "retrain": cmd_retrain, "alerts": cmd_alerts, "score": cmd_score}[args.command]
+               "retrain": cmd_retrain, "alerts": cmd_alerts, "cost": cmd_cost, "score": cmd_score}[args.command]
     return handler(args)
 

@@ -40,3 +40,24 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     for alert in alerts[-args.last:]:
         print(json.dumps(alert, sort_keys=True))
     return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    """The newest cost_report, broken down (``make monitor`` or monitoring_job materializes it)."""
+    import dagster as dg
+
+    home = child_environment().get("DAGSTER_HOME") or str(REPO_ROOT / ".dagster_home")
+    with dg.DagsterInstance.from_config(home) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("cost_report"))
+    if event is None or event.asset_materialization is None:
+        print("no cost_report yet: run `make monitor` (or materialize cost_report in the UI)", file=sys.stderr)
+        return 2
+    md = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items() if k != "breakdown"}
+    if args.json:
+        print(json.dumps(md, indent=2, sort_keys=True))
+        return 0
+    for key in ("endpoint_usd", "training_usd", "processing_usd", "storage_usd", "total_usd"):
+        print(f"{key.removesuffix('_usd'):>12}: ${md.get(key, 0.0):,.2f} / month")
+    print(f"training cost per run: ${md.get('training_usd_per_run', 0.0):,.2f} over {md.get('training_runs', 0):.0f} "
+          f"run(s) in 30 days; inference cost per 1,000 requests: ${md.get('inference_usd_per_1000_requests', 0):,.4f}")
+    return 0

@@ -20,6 +20,7 @@ from . import aws_client
 
 log = logging.getLogger("dermaops.aws.cloudwatch")
 SUBJECT_MAX = 100
+SAGEMAKER_NAMESPACE = "AWS/SageMaker"
 MESSAGE_MAX = 250_000  # SNS allows 256 KB; keep headroom for attributes
 
 
@@ -32,13 +33,20 @@ def _resolve_topic(client: Any, topic_arn: str, topic_name: str) -> str:
 
 
 class CloudWatchMetrics(MetricsPublisher):
-    """``put`` -> PutMetricData in namespace DermaOps; ``ensure_alarms`` -> the five ALARMS."""
+    """``put`` -> PutMetricData in namespace DermaOps; ``ensure_alarms`` -> the five ALARMS.
+
+    The endpoint's error and latency alarms watch SageMaker's own ``Invocation5XXErrors`` and
+    ``ModelLatency`` for this endpoint and variant; the others watch what the monitoring assets
+    publish here. The blue/green deployment's auto-rollback names the first two."""
 
     region: str = "us-east-1"
     endpoint_url: str | None = None
     namespace: str = NAMESPACE
     alarm_topic_arn: str = Field(default="", description="SNS topic for alarm actions")
     alarm_topic_name: str = Field(default="", description="used (create_topic) when no ARN is given")
+    endpoint_name: str = Field(default="dermaops-lesion-endpoint",
+                               description="the endpoint whose AWS/SageMaker metrics the endpoint alarms watch")
+    variant_name: str = "AllTraffic"
     max_attempts: int = 10
 
     _clients: dict = PrivateAttr(default_factory=dict)
@@ -79,6 +87,11 @@ class CloudWatchMetrics(MetricsPublisher):
                 "AlarmActions": actions,
                 "OKActions": actions,
             }
+            if spec.aws_metric:  # SageMaker publishes it: nothing of ours has to run for the alarm to fire
+                kwargs.update(Namespace=SAGEMAKER_NAMESPACE, MetricName=spec.aws_metric,
+                              Threshold=float(spec.threshold) * spec.aws_threshold_scale,
+                              Dimensions=[{"Name": "EndpointName", "Value": self.endpoint_name},
+                                          {"Name": "VariantName", "Value": self.variant_name}])
             if spec.statistic.startswith("p"):
                 kwargs["ExtendedStatistic"] = spec.statistic
             else:

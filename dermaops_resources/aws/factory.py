@@ -45,5 +45,6 @@ def build_aws_resources(settings: Settings) -> dict[str, dg.ConfigurableResource
             inference_image_uri=settings.inference_image_uri),
         "notifier": SnsNotifier(region=region, topic_arn=settings.sns_topic_arn, topic_name=ALERTS_TOPIC_NAME),
         "metrics": CloudWatchMetrics(region=region, alarm_topic_arn=settings.sns_topic_arn,
+                                     endpoint_name=settings.endpoint_name,
                                      alarm_topic_name=ALERTS_TOPIC_NAME),
     }

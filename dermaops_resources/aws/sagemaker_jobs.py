@@ -41,18 +41,15 @@ from pydantic import Field, PrivateAttr
 
 from ml_code.contract import parse_metric_line
 
+from ..cost import INSTANCE_PRICES
 from ..jobs import JobFailed, JobResult, JobRunner, JobSpec, LogFn, MetricFn
 from ..object_store import ObjectStore, join_uri
 from ..settings import REPO_ROOT
 from . import aws_client, error_code, is_not_found
 
-# On-demand USD per instance-hour (us-east-1, SageMaker training/processing). Spot savings
-# show up in BillableTimeInSeconds, so cost = billable seconds x rate x instance count.
-DEFAULT_PRICES: dict[str, float] = {
-    "ml.g5.xlarge": 1.408, "ml.g5.2xlarge": 1.515, "ml.g5.4xlarge": 2.03, "ml.g4dn.xlarge": 0.736,
-    "ml.g4dn.2xlarge": 0.94, "ml.p3.2xlarge": 3.825, "ml.m5.large": 0.115, "ml.m5.xlarge": 0.23,
-    "ml.m5.2xlarge": 0.461, "ml.m5.4xlarge": 0.922, "ml.c5.xlarge": 0.204, "ml.c5.2xlarge": 0.408,
-}
+# On-demand USD per instance-hour, one table for jobs and the cost report. Spot savings show
+# up in BillableTimeInSeconds, so cost = billable seconds x rate x instance count.
+DEFAULT_PRICES: dict[str, float] = dict(INSTANCE_PRICES)
 TERMINAL = ("Completed", "Failed", "Stopped")
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

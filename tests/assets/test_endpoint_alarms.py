@@ -75,6 +75,7 @@ def test_eleven_server_errors_in_an_hour_page_once(world):
     pages = _pages(resources, "dermaops-endpoint-errors")
     assert len(pages) == 1 and pages[0]["severity"] == "critical"
     assert resources["metrics"].alarm_states()["dermaops-endpoint-errors"] == "ALARM"
+    assert {"EndpointErrors", "EndpointLatencyMs"} <= resources["metrics"].metric_names()
     # The breach lasts, the monitor runs again: no second page.
     assert _monitor(resources)["endpoint_errors_last_hour"] == 11
     assert len(_pages(resources, "dermaops-endpoint-errors")) == 1

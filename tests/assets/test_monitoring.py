@@ -197,6 +197,7 @@ def test_in_distribution_then_shifted_traffic(world) -> None:
                                                           for v in violations}
     alerts = resources["notifier"].read_alerts()
     assert {a["attributes"]["alarm"] for a in alerts} == {"dermaops-data-drift", "dermaops-accuracy-drop"}
+    assert {"DriftDetected", "AccuracyDropPoints"} <= resources["metrics"].metric_names()
 
     md = _run(resources, window=120)  # nothing new: the cursor holds, no duplicate rows
     assert md["inference_log"]["num_new_records"] == 0 and md["inference_log"]["total"] == 240

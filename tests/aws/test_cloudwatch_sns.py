@@ -38,8 +38,15 @@ def test_ensure_alarms_creates_all_five_idempotently(topic_and_queue):
     assert set(alarms) == set(names)
     for spec in ALARMS:
         alarm = alarms[spec.name]
-        assert alarm["Namespace"] == "DermaOps" and alarm["MetricName"] == spec.metric
-        assert alarm["Threshold"] == spec.threshold and alarm["ComparisonOperator"] == spec.comparison
+        if spec.aws_metric:  # the endpoint's own metrics, for this endpoint and variant
+            assert alarm["Namespace"] == "AWS/SageMaker" and alarm["MetricName"] == spec.aws_metric
+            assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == {
+                "EndpointName": "dermaops-lesion-endpoint", "VariantName": "AllTraffic"}
+            assert alarm["Threshold"] == spec.threshold * spec.aws_threshold_scale
+        else:
+            assert alarm["Namespace"] == "DermaOps" and alarm["MetricName"] == spec.metric
+            assert alarm["Threshold"] == spec.threshold
+        assert alarm["ComparisonOperator"] == spec.comparison
         assert alarm["Period"] == spec.period_seconds and alarm["AlarmActions"] == [topic]
         assert spec.severity in alarm["AlarmDescription"]
     assert alarms["dermaops-latency-p95"]["ExtendedStatistic"] == "p95"
@@ -82,3 +89,22 @@ def test_sns_notifier_creates_topic_by_name(moto_server):
     assert notifier.resolved_topic_arn().endswith(f":{name}")
     arns = [t["TopicArn"] for t in boto3.client("sns").list_topics()["Topics"]]
     assert notifier.resolved_topic_arn() in arns
+
+
+def test_every_alarm_watches_a_metric_that_is_emitted(topic_and_queue):
+    """Each CloudWatch alarm names a metric SageMaker publishes for the endpoint, or one a DermaOps
+    asset publishes (PUBLISHED_BY; the asset tests find each one in the metrics store). An alarm on
+    a metric nobody emits can never fire: TreatMissingData=notBreaching keeps it OK forever."""
+    from dermaops_resources.metrics import PUBLISHED_BY, SAGEMAKER_ENDPOINT_METRICS
+
+    topic, _ = topic_and_queue
+    CloudWatchMetrics(region=REGION, alarm_topic_arn=topic).ensure_alarms()
+    alarms = boto3.client("cloudwatch").describe_alarms(AlarmNames=[a.name for a in ALARMS])["MetricAlarms"]
+    assert len(alarms) == len(ALARMS)
+    for alarm in alarms:
+        if alarm["Namespace"] == "AWS/SageMaker":
+            assert alarm["MetricName"] in SAGEMAKER_ENDPOINT_METRICS, alarm["AlarmName"]
+        else:
+            assert alarm["MetricName"] in PUBLISHED_BY, f"nothing publishes {alarm['MetricName']} ({alarm['AlarmName']})"
+    latency = next(a for a in alarms if a["AlarmName"] == "dermaops-latency-p95")
+    assert latency["MetricName"] == "ModelLatency" and latency["Threshold"] == 1_000_000  # microseconds
