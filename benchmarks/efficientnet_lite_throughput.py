@@ -11,7 +11,7 @@ autocast (``amp=True`` on CPU) or fp32. Data loading and augmentation are not in
 recipe's batch augmentation adds a few %).
 
 Rows: ``dermanet`` at 64 px (the served ``ham10000`` recipe's network, the baseline), then
-Lite0 at each ``--sizes``, fp32 and bf16; ``--freeze N`` adds Lite0 bf16 rows with the stem
+Lite0 at each ``--sizes``, fp32 and bf16; ``--freeze N`` adds Lite0 rows (``--freeze-dtype``) with the stem
 and the first N MBConv blocks frozen (``freeze_backbone``; 3 = the 112/56 px stages at
 224-equivalent, 6 = also the 28 px stage). Reported: median step time over ``--steps`` steps
 after ``--warmup``, the configurations stepped round-robin (median and round-robin, because the
@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--freeze", type=int, nargs="*", default=[3, 6], help="extra Lite0 bf16 rows with N blocks frozen")
+    ap.add_argument("--freeze", type=int, nargs="*", default=[3, 6], help="extra Lite0 rows with N blocks frozen")
     ap.add_argument("--freeze-size", type=int, default=112)
+    ap.add_argument("--freeze-dtype", choices=("fp32", "bf16"), default="fp32",
+                    help="dtype of the frozen rows (fp32: the faster one for Lite0 on CPU, measured)")
     ap.add_argument("--variant", default="lite0")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.freeze:
         net = build_efficientnet_lite(args.variant, 7)
         freeze_backbone(net, n)
-        configs.append(Config(lite, net, args.freeze_size, args.batch, True, n))
+        configs.append(Config(lite, net, args.freeze_size, args.batch, args.freeze_dtype == "bf16", n))
     # Round-robin, one step of each configuration per round: on a shared machine every row
     # then sees the same contention, so the ratios hold even when the absolute numbers drift.
     t0 = time.perf_counter()
