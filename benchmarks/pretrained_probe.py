@@ -24,6 +24,10 @@ Protocol:
 - probe: StandardScaler + multinomial LogisticRegression (``C``, class-balanced), the same
   for both; test balanced accuracy (ISIC 2018 metric) and macro one-vs-rest ROC AUC.
 
+Measured (2026-11-30, 2 shared cores, seed 0, C 0.1, 288 train / 295 test images):
+128 px: pretrained balanced accuracy 0.448, macro AUC 0.794; random 0.214 / 0.584 (40 s);
+ 96 px: pretrained 0.456 / 0.793; random 0.225 / 0.568 (23 s).
+
 Prints one row per feature set and their ratio, then a JSON line. Exits 0 with a message when
 the data is absent (the data is CC BY-NC-SA and never in the repository).
 """

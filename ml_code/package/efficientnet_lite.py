@@ -221,8 +221,8 @@ class EfficientNetLite(nn.Module):
 
     Input ``(N, 3, H, W)`` normalised with :data:`TF_MEAN`/:data:`TF_STD`; any ``H, W`` >= 32
     works (the net downsamples 32x: 128 px gives a 4 x 4 final map). Outputs ``(N, num_classes)``
-    logits. Parameters: Lite0 4.65 M with the 1000-class ImageNet head (3.39 M of them in the
-    backbone), Lite1 5.42 M, Lite2 6.09 M.
+    logits. Parameters: Lite0 4.65 M with the 1000-class ImageNet head (3.37 M of them before the
+    head), Lite1 5.42 M, Lite2 6.09 M.
 
     - :meth:`forward_features`: last conv stage after ReLU6, ``(N, 1280, H/32, W/32)``;
     - :meth:`embed`: its global average, ``(N, 1280)`` (the classifier's input; OOD/drift use it);
