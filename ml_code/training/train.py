@@ -39,7 +39,7 @@ from ml_code.training.data import Normalizer, build_train_data, channel_stats
 from ml_code.training.fusion import fit_descriptor_fusion
 from ml_code.training.loop import (build_network, configure_threads, evaluate, follow_rank0, plan_after_epoch,
                                    seed_everything, setup_runtime, shutdown, train_one_epoch)
-from ml_code.training.models import IMAGENET_MEAN, IMAGENET_STD, default_small_input
+from ml_code.training.models import default_small_input, input_normalisation
 from ml_code.training.options import format_help, parse_options
 from ml_code.training.packaging import calibrate, model_config, write_history, write_model_dir
 
@@ -58,7 +58,7 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
     train_split, val_split = splits["train"], splits["val"]
     k, image_size = len(classes), int(train_split.images.shape[1])
     small_input = default_small_input(opts.arch, image_size) if opts.small_input is None else bool(opts.small_input)
-    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if opts.weights_path else channel_stats(train_split.images)
+    mean, std = input_normalisation(opts.arch, opts.weights_path) or channel_stats(train_split.images)
     log = (lambda *a: print(*a, flush=True)) if rt.is_main else (lambda *a: None)
     counts = np.bincount(train_split.labels, minlength=k)
     log(f"train {len(train_split.labels)} / val {len(val_split.labels)} images at {image_size}px; "

@@ -33,3 +33,36 @@ def test_extra_hyperparameters_is_refused_unless_empty(monkeypatch) -> None:
     with pytest.raises(dg.Failure, match="no longer read") as err:
         TrainConfig(extra_hyperparameters='{"mixup": 0.2}').hyperparameters()
     assert "field of trained_model's config" in str(err.value) and "mixup: 0.2" in str(err.value)
+
+
+def test_real_data_trains_the_pretrained_recipe_with_no_setting(monkeypatch):
+    """Pointed at real data, a run with no config trains the real-data recipe (the pretrained
+    network); the synthetic demo keeps the quick defaults; a named recipe still wins."""
+    monkeypatch.delenv("DERMAOPS_TRAIN_RECIPE", raising=False)
+    assert TrainConfig().hyperparameters(real_data=True)["recipe"] == "ham10000"
+    assert "recipe" not in TrainConfig().hyperparameters(real_data=False)
+    assert TrainConfig(recipe="ham10000_scratch").hyperparameters(real_data=True)["recipe"] == "ham10000_scratch"
+    from ml_code.training.options import RECIPES
+
+    assert RECIPES["ham10000"]["arch"] == "efficientnet_lite0"
+
+
+def test_real_data_splits_default_to_the_recipes_image_size(tmp_path):
+    import pandas as pd
+
+    from dermaops_assets.preprocessing import REAL_DATA_IMAGE_SIZE, SplitsConfig, is_real_data
+    from dermaops_resources.handles import RawImagesHandle
+    from dermaops_resources.object_store import LocalObjectStore
+
+    store = LocalObjectStore(root=str(tmp_path))
+
+    def handle(dx_types: list[str]) -> RawImagesHandle:
+        uri = store.put_bytes("raw", f"manifests/{len(dx_types)}/manifest.csv",
+                              pd.DataFrame({"dx_type": dx_types}).to_csv(index=False).encode())
+        return RawImagesHandle.model_construct(manifest_uri=uri)
+
+    synthetic, real = handle(["synthetic"] * 3), handle(["synthetic", "histo", "follow_up", "consensus"])
+    assert not is_real_data(store, synthetic) and is_real_data(store, real)
+    assert SplitsConfig().options(real_data=True).image_size == REAL_DATA_IMAGE_SIZE == 96
+    assert SplitsConfig().options(real_data=False).image_size == 64
+    assert SplitsConfig(image_size=128).options(real_data=True).image_size == 128

