@@ -93,6 +93,12 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         metadata["melanoma_operating_point"] = dg.MetadataValue.json(operating_point)
     if report.get("per_class"):
         metadata["per_class"] = table_markdown(report["per_class"])
+    if report.get("subgroups"):  # age bands, sex, body regions: a model failing on one shows here
+        metadata["subgroups"] = table_markdown(report["subgroups"])
+        small = [g for g in report["subgroups"] if g["balanced_accuracy"] is not None]
+        if small:
+            worst = min(small, key=lambda g: g["balanced_accuracy"])
+            metadata["worst_subgroup"] = f"{worst['subgroup']} (n={worst['n']}): balanced accuracy {worst['balanced_accuracy']:.3f}"
     for image, alt in (("confusion_matrix.png", "confusion matrix"), ("reliability.png", "reliability diagram"),
                        ("gradcam.png", "Grad-CAM")):
         uri = join_uri(report_uri, image)

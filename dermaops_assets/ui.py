@@ -2,6 +2,7 @@
 
 
 import base64
+import io
 from collections.abc import Iterable, Mapping, Sequence
 
 import dagster as dg
@@ -9,10 +10,22 @@ import dagster as dg
 MAX_INLINE_IMAGE_BYTES = 400_000
 
 
-def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
-    if len(png) > MAX_INLINE_IMAGE_BYTES:
-        return dg.MetadataValue.text(f"{alt}: image of {len(png)} bytes kept in the store (too large to inline)")
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+def png_markdown(png: bytes, alt: str, max_bytes: int = MAX_INLINE_IMAGE_BYTES) -> dg.MetadataValue:
+    """A PNG inline in the UI. One too large to inline (a Grad-CAM grid) is shown downscaled
+    until it fits, saying so; the full-size image stays in the store beside the report."""
+    note = ""
+    if len(png) > max_bytes:
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(png)).convert("RGB")
+        full = img.size
+        while len(png) > max_bytes and min(img.size) > 64:
+            img = img.resize((max(1, img.width * 3 // 4), max(1, img.height * 3 // 4)), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG", optimize=True)
+            png = buf.getvalue()
+        note = f"\n\n_{alt}: downscaled from {full[0]}x{full[1]} to {img.width}x{img.height} px; full size in the store._"
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()}){note}")
 
 
 def table_markdown(rows: Sequence[Mapping[str, object]], columns: Iterable[str] | None = None,

@@ -24,9 +24,11 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ml_code import contract, metrics
 from ml_code.atomic import write_bytes_atomic, write_text_atomic
+from ml_code.evaluation.subgroups import subgroup_metrics
 from ml_code.package.loader import open_package
 from ml_code.package.views import check_views
 from ml_code.data.split_reader import load_splits
@@ -257,6 +259,9 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
         p_test = predict_split(handlers, model, test.images, views, test.clinical)
         p_val = predict_split(handlers, model, val.images, views, val.clinical)
         report = compute_report(classes, val.labels, p_val, test.labels, p_test, opts)
+        index_path = Path(splits_dir) / "test_index.csv"
+        if index_path.is_file():  # per age band, sex and body region, with counts ("too few" under 30)
+            report["subgroups"] = subgroup_metrics(pd.read_csv(index_path), test.labels, p_test, classes)
         report["model"] = {k: model.config.get(k) for k in ("arch", "image_size", "temperature", "best_epoch", "small_input")}
         report["model"]["descriptor_model"] = model.descriptor_model is not None
         if model.descriptor_model is not None:
