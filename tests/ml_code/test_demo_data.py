@@ -68,7 +68,8 @@ def test_views_of_one_lesion_differ(small_set: Path) -> None:
 
 
 def test_classes_are_separable_by_a_simple_lesion_held_out_classifier(tmp_path: Path) -> None:
-    """Colour/texture statistics + nearest centroid, held out by lesion: far above chance (1/7)."""
+    """Colour/texture statistics + nearest centroid, held out by lesion: far above chance (1/7), though
+    a fifth of the lesions mimic another class (MIMIC_RATE), so the demo is not solved by colour alone."""
     root = generate_demo_dataset(tmp_path, n_lesions_per_class=14, images_per_lesion=(1, 1),
                                  image_size=(64, 48), seed=5)
     meta = pd.read_csv(root / "HAM10000_metadata.csv", dtype=str)
@@ -86,7 +87,7 @@ def test_classes_are_separable_by_a_simple_lesion_held_out_classifier(tmp_path: 
     centroids = np.stack([feats[~test & (labels == k)].mean(0) for k in range(len(CLASSES))])
     pred = np.argmin(((feats[test, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
     recalls = [np.mean(pred[labels[test] == k] == k) for k in range(len(CLASSES))]
-    assert np.mean(recalls) > 0.6, recalls
+    assert 0.35 < np.mean(recalls) < 0.9, recalls
 
 
 def test_cli_writes_dataset(tmp_path: Path, capsys) -> None:
