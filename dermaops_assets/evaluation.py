@@ -2,14 +2,20 @@
 the same ``code/inference.py`` handlers the endpoint will serve."""
 
 
+import tempfile
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
+import numpy as np
 from pydantic import Field, create_model
 
 from dermaops_resources.handles import EvaluationHandle, ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec
 from dermaops_resources.object_store import ObjectStore, join_uri
+from dermaops_resources.registry import ModelRegistry
+from dermaops_resources.settings import Settings
+from ml_code.evaluation.compare import PROBABILITIES, compare_on_same_images
 from ml_code.evaluation.options import DEPRECATED_ALIASES, EvaluationOptions, parse_evaluation_options
 from ml_code.options import config_fields
 
@@ -52,33 +58,66 @@ EvaluationConfig = create_model(
 )
 
 
+def _evaluate(context: dg.AssetExecutionContext, config: EvaluationConfig, model_uri: str, model_hash: str,
+              processed_splits: ProcessedSplitsHandle, store: ObjectStore, jobs: JobRunner, role: str) -> str:
+    """Run the evaluation job on one package and the splits; the report's URI prefix."""
+    output_uri = store.uri("models", f"evaluations/{model_hash[:16]}-{processed_splits.content_hash[:12]}-"
+                                     f"{EVALUATE_CODE_VERSION}")
+    on_log, on_metric, _ = job_callbacks(context, f"evaluate-{role}")
+    spec = JobSpec(job_type="processing", name=f"dermaops-evaluate-{model_hash[:12]}-{context.run_id[:8]}",
+                   entry_point="ml_code.evaluation.evaluate",
+                   inputs={"model": model_uri.rsplit("/", 1)[0], "splits": processed_splits.splits_uri},
+                   outputs=["evaluation"], output_uri=output_uri,
+                   hyperparameters=config.hyperparameters())
+    return jobs.run(spec, store, on_log=on_log, on_metric=on_metric).output_uris["evaluation"]
+
+
+def _champion_comparison(context: dg.AssetExecutionContext, config: EvaluationConfig, report_uri: str,
+                         trained_model: TrainedModelHandle, processed_splits: ProcessedSplitsHandle,
+                         store: ObjectStore, jobs: JobRunner, registry: ModelRegistry,
+                         settings: Settings) -> dict | None:
+    """The Approved champion scored through its own package on the challenger's test images,
+    compared with a paired bootstrap; None when there is no other Approved package."""
+    champion = registry.latest(settings.model_package_group, status="Approved")
+    if champion is None or champion.model_hash == trained_model.model_hash:
+        return None
+    champion_uri = _evaluate(context, config, champion.model_uri, champion.model_hash, processed_splits, store,
+                             jobs, "champion")
+    with tempfile.TemporaryDirectory(prefix="dermaops-compare-") as tmp:
+        y = np.load(store.download_file(join_uri(processed_splits.splits_uri, "test_labels.npy"), Path(tmp) / "y.npy"))
+        new = np.load(store.download_file(join_uri(report_uri, PROBABILITIES), Path(tmp) / "new.npy"))
+        old = np.load(store.download_file(join_uri(champion_uri, PROBABILITIES), Path(tmp) / "old.npy"))
+    opts = config.hyperparameters()
+    result = compare_on_same_images(y, new, old, processed_splits.classes, int(opts.get("n_bootstrap", 1000)),
+                                    int(opts.get("seed", 0)))
+    return {"version": champion.version, "model_hash": champion.model_hash, **result}
+
+
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch", "sagemaker"},
     code_version=EVALUATE_CODE_VERSION,
     description="Accuracy, balanced multiclass accuracy (ISIC definition), macro/weighted P/R/F1, one-vs-rest "
-    "AUC, melanoma sensitivity, calibration, bootstrap CIs and Grad-CAM on the lesion-grouped test split; "
-    "evaluation.json in SageMaker ModelQuality layout.",
+    "AUC, melanoma sensitivity, calibration, bootstrap CIs, subgroups and Grad-CAM on the lesion-grouped test "
+    "split; evaluation.json in SageMaker ModelQuality layout. The Approved champion is scored on the same "
+    "test images through its own package, for the registration gate.",
 )
 def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig, trained_model: TrainedModelHandle,
-                      processed_splits: ProcessedSplitsHandle, store: ObjectStore,
-                      jobs: JobRunner) -> dg.Output[EvaluationHandle]:
-    output_uri = store.uri("models", f"evaluations/{trained_model.model_hash[:16]}-{EVALUATE_CODE_VERSION}")
-    on_log, on_metric, _ = job_callbacks(context, "evaluate")
-    spec = JobSpec(job_type="processing", name=f"dermaops-evaluate-{trained_model.model_hash[:12]}-{context.run_id[:8]}",
-                   entry_point="ml_code.evaluation.evaluate",
-                   inputs={"model": trained_model.model_uri.rsplit("/", 1)[0], "splits": processed_splits.splits_uri},
-                   outputs=["evaluation"], output_uri=output_uri,
-                   hyperparameters=config.hyperparameters())
-    result = jobs.run(spec, store, on_log=on_log, on_metric=on_metric)
-    report_uri = result.output_uris["evaluation"]
+                      processed_splits: ProcessedSplitsHandle, store: ObjectStore, jobs: JobRunner,
+                      registry: ModelRegistry, settings: Settings) -> dg.Output[EvaluationHandle]:
+    report_uri = _evaluate(context, config, trained_model.model_uri, trained_model.model_hash, processed_splits,
+                           store, jobs, "challenger")
     report = store.get_json(join_uri(report_uri, "report.json"))
     flat = {**report["headline"], **{k: report[k] for k in ("macro_precision", "macro_recall", "log_loss")
                                      if k in report}}
     metrics = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
+    if (report.get("melanoma_operating_point") or {}).get("test_sensitivity") is not None:
+        metrics["melanoma_sensitivity_at_operating_point"] = float(report["melanoma_operating_point"]["test_sensitivity"])
+    champion = _champion_comparison(context, config, report_uri, trained_model, processed_splits, store, jobs,
+                                    registry, settings)
     handle = EvaluationHandle(evaluation_uri=join_uri(report_uri, "evaluation.json"), report_uri=report_uri,
                               model_uri=trained_model.model_uri, model_hash=trained_model.model_hash,
-                              metrics=metrics)
+                              metrics=metrics, champion=champion)
     metadata: dict = {k: float(metrics[k]) for k in HEADLINE if k in metrics}
     image_only = report.get("image_only")
     if image_only:  # the fused model scored without clinical context (a bare image at the endpoint)
@@ -104,6 +143,13 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         uri = join_uri(report_uri, image)
         if store.exists(uri):
             metadata[alt.replace(" ", "_").replace("-", "").lower()] = png_markdown(store.get_bytes(uri), alt)
+    if champion:  # both on these test images: the gate's comparison, with the interval of the difference
+        ba = champion["balanced_accuracy"]
+        metadata["champion_version"] = champion["version"]
+        metadata["champion_balanced_accuracy_same_images"] = ba["champion"]
+        metadata["balanced_accuracy_difference"] = ba["difference"]
+        metadata["balanced_accuracy_difference_ci95"] = f"[{ba['ci_low']:.3f}, {ba['ci_high']:.3f}]"
+        metadata["recall_vs_champion"] = table_markdown([{"class": c, **r} for c, r in champion["recall"].items()])
     metadata["evaluation_uri"] = dg.MetadataValue.path(handle.evaluation_uri)
     metadata["model_hash"] = trained_model.model_hash
     return dg.Output(handle, metadata=metadata)

@@ -65,6 +65,8 @@ class EvaluationHandle(BaseModel):
     model_uri: str
     model_hash: str
     metrics: dict[str, float]
+    champion: dict[str, Any] | None = Field(default=None, description="the Approved package scored on the same "
+                                            "test images (ml_code.evaluation.compare), when there is one")
 
 
 class RegisteredPackageHandle(BaseModel):

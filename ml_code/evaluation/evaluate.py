@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from ml_code import contract, metrics
-from ml_code.atomic import write_bytes_atomic, write_text_atomic
+from ml_code.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from ml_code.evaluation.compare import PROBABILITIES
 from ml_code.evaluation.subgroups import subgroup_metrics
 from ml_code.package.loader import open_package
 from ml_code.package.views import check_views
@@ -282,6 +283,9 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
         report["gradcam_images"] = plot_gradcam(handlers, model, test.images, test.labels, classes,
                                                 int(opts["gradcam_per_class"]), out_dir / "gradcam.png", p_test)
     write_per_class(report["per_class"], out_dir / "per_class.csv")
+    # The served probabilities per test image: what the registration gate compares a champion's with.
+    with atomic_path(out_dir / PROBABILITIES, suffix=".npy") as tmp_npy:
+        np.save(tmp_npy, np.asarray(p_test, dtype=np.float32))
     evaluation = {**report["model_quality"], "dermaops": {k: v for k, v in report.items() if k != "model_quality"}}
     write_text_atomic(out_dir / "evaluation.json", json.dumps(evaluation, indent=2, default=float))
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=float))

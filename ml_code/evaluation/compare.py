@@ -1,0 +1,64 @@
+"""Challenger against champion on the same test images, with the bootstrap of the difference.
+
+A retrain's registration gate asks "is the new model at least as good as the Approved one?".
+Comparing the challenger's figure on its test split with the champion's figure from an older
+evaluation compares two different image sets; here both models' probabilities are for the SAME
+images, and the interval of the difference comes from a paired bootstrap (one resample of
+images, both models scored on it; Efron & Tibshirani 1993, ch. 13), so a difference inside the
+noise of this test set shows as an interval straddling 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ml_code import metrics
+
+PROBABILITIES = "test_probabilities.npy"
+"""Written by the evaluation job: float32 (N, C), the served probabilities of each test image in
+the split's order; what the champion comparison reads for both models."""
+
+
+def _recalls(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    cm = metrics.confusion_matrix(y, pred, k)
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+
+
+def compare_on_same_images(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, classes: Sequence[str],
+                           n_bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
+    """Both models on one test set: ``y`` (N,) labels, ``challenger``/``champion`` (N, C) probabilities.
+
+    Returns balanced accuracy of each, their difference (challenger - champion) with its paired
+    bootstrap ``1 - alpha`` interval, per-class recall of each (the "no class falls N points"
+    gate), and melanoma sensitivity of each (argmax) when the classes include ``mel``."""
+    y = np.asarray(y)
+    if challenger.shape != champion.shape or len(y) != len(challenger):
+        raise ValueError(f"the two models must be scored on the same images: labels {y.shape}, "
+                         f"challenger {challenger.shape}, champion {champion.shape}")
+    k = len(classes)
+    new_pred, old_pred = challenger.argmax(1), champion.argmax(1)
+    new_ba, old_ba = metrics.balanced_accuracy(y, new_pred, k), metrics.balanced_accuracy(y, old_pred, k)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(int(n_bootstrap)):
+        idx = rng.integers(0, len(y), len(y))
+        diffs.append(metrics.balanced_accuracy(y[idx], new_pred[idx], k)
+                     - metrics.balanced_accuracy(y[idx], old_pred[idx], k))
+    low, high = (np.quantile(diffs, [alpha / 2, 1 - alpha / 2]) if diffs else (np.nan, np.nan))
+    new_rec, old_rec = _recalls(y, new_pred, k), _recalls(y, old_pred, k)
+    out: dict[str, Any] = {
+        "n_images": int(len(y)),
+        "balanced_accuracy": {"challenger": float(new_ba), "champion": float(old_ba),
+                              "difference": float(new_ba - old_ba), "ci_low": float(low), "ci_high": float(high),
+                              "n_bootstrap": int(n_bootstrap)},
+        "recall": {c: {"challenger": None if np.isnan(a) else float(a), "champion": None if np.isnan(b) else float(b)}
+                   for c, a, b in zip(classes, new_rec, old_rec)},
+    }
+    if "mel" in classes:
+        out["melanoma_sensitivity"] = dict(out["recall"]["mel"])
+    return out
