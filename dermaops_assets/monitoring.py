@@ -111,7 +111,10 @@ def inference_log(context: dg.AssetExecutionContext, config: InferenceLogConfig,
     for obj in files:
         data = store.get_bytes(obj.uri)
         health.append(health_events(data.splitlines()))
-        batch = parse_capture_bytes(data, image_size=image_size, keep_images=True)
+        # SageMaker's capture lines name no model; the files under this endpoint and variant were
+        # answered by the package deployed there (the local endpoint writes its version per line).
+        batch = parse_capture_bytes(data, image_size=image_size, keep_images=True,
+                                    model_version=live_endpoint.package_version)
         frames.append(batch.rows)
         images.extend(batch.images)
         for reason, n in batch.skipped.items():
