@@ -262,8 +262,10 @@ def played(player: Callable[..., None]) -> Callable[..., None]:
     """A ``start_job`` that creates the job as production does, then calls ``player``."""
     from dermaops_resources.aws.sagemaker_jobs import SageMakerJobRunner
 
+    create = SageMakerJobRunner.start_job  # the production method, before install() replaces it
+
     def start_job(runner: Any, spec: Any, request: dict[str, Any], store: Any) -> None:
-        SageMakerJobRunner.start_job(runner, spec, request, store)
+        create(runner, spec, request, store)
         player(runner=runner, spec=spec, request=request, store=store, client=runner.client("sagemaker"))
 
     return start_job
