@@ -82,7 +82,7 @@ def test_a_non_loopback_bind_without_a_token_exits_2_and_never_listens(env, tmp_
         [sys.executable, "-m", "ml_code.serving.serve", "--model-tar", str(env["tar"]), "--host", "0.0.0.0",
          "--port", str(port), "--capture-dir", str(tmp_path / "capture"), "--package-version", "1",
          "--state-file", str(state_file)],
-        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=60)
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, proc.stderr
     assert "refusing to listen on 0.0.0.0" in proc.stderr
     assert "--invoke-token-file" in proc.stderr and "DERMAOPS_ENDPOINT_TOKEN" in proc.stderr
