@@ -169,6 +169,23 @@ def test_an_icc_profile_is_kept_and_decodes_the_same(tmp_path):
         assert np.array_equal(pixels(data), pixels(original)), name
 
 
+def test_a_png_icc_profile_keeps_its_profile_but_not_its_free_text_name():
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buf = io.BytesIO()
+    lesion().save(buf, format="PNG", icc_profile=profile)
+    data = buf.getvalue()
+    start = data.index(b"iCCP") - 4
+    length = struct.unpack(">I", data[start:start + 4])[0]
+    payload = data[start + 8:start + 8 + length]
+    named = b"Scanner of Dr Jane Roe" + b"\x00" + payload.split(b"\x00", 1)[1]
+    original = data[:start] + _png_chunk(b"iCCP", named) + data[start + 12 + length:]
+    result = scrub.scrub(original)
+    assert b"Jane Roe" not in result.data
+    with Image.open(io.BytesIO(result.data)) as img:
+        assert img.info["icc_profile"] == profile
+    assert np.array_equal(pixels(result.data), pixels(original))
+
+
 def test_an_mpo_keeps_only_its_first_frame(tmp_path):
     buf = io.BytesIO()
     lesion().save(buf, format="MPO", save_all=True, append_images=[lesion((96, 64), "L").convert("RGB")],
