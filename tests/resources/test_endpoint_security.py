@@ -107,6 +107,7 @@ def test_the_deployer_refuses_a_non_loopback_host_without_a_token_before_startin
         deployer.deploy(register(env["store"], env["tar"], 1), env["store"])
     assert "0.0.0.0" in str(info.value)
     assert deployer.status() is None and not (Path(deployer.state_dir) / "server.json").exists()
+    assert not (Path(deployer.state_dir) / "serve.log").exists()  # no server process was started
 
 
 # ------------------------------------------------------------------------------------------
