@@ -18,7 +18,13 @@ from dermaops_resources.object_store import LocalObjectStore, file_uri_to_path
 from dermaops_resources.settings import REPO_ROOT, Settings
 from ml_code.serving import serve
 from ml_code.tools.traffic import main as traffic_main
-from tests.resources.test_local_endpoint import build_package, lesion_image, post, register, wait_for
+from tests.resources.test_local_endpoint import (
+    build_package,
+    lesion_image,
+    post,
+    register,
+    wait_for,
+)
 
 TOKEN = "test-invocation-token-0123456789abcdef"
 
@@ -82,7 +88,8 @@ def test_a_non_loopback_bind_without_a_token_exits_2_and_never_listens(env, tmp_
         [sys.executable, "-m", "ml_code.serving.serve", "--model-tar", str(env["tar"]), "--host", "0.0.0.0",
          "--port", str(port), "--capture-dir", str(tmp_path / "capture"), "--package-version", "1",
          "--state-file", str(state_file)],
-        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=30)
+        check=False, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+        timeout=30)
     assert proc.returncode == 2, proc.stderr
     assert "refusing to listen on 0.0.0.0" in proc.stderr
     assert "--invoke-token-file" in proc.stderr and "DERMAOPS_ENDPOINT_TOKEN" in proc.stderr
