@@ -1,13 +1,15 @@
 """Endpoint deployer: puts an Approved model package behind a live HTTP endpoint.
 
 ``LocalEndpointDeployer`` runs ``ml_code.serving.serve`` as a detached server process on
-127.0.0.1 that outlives the Dagster run; ``SageMakerEndpointDeployer``
+127.0.0.1 (or ``DERMAOPS_ENDPOINT_HOST``, which needs ``DERMAOPS_ENDPOINT_TOKEN``) that outlives the Dagster run; ``SageMakerEndpointDeployer``
 (``dermaops_resources.aws.endpoint``) creates a SageMaker endpoint with auto-scaling.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -60,6 +62,18 @@ class EndpointDeployer(dg.ConfigurableResource, ABC):
 # ------------------------------------------------------------------------------------------
 SERVER_MODULE = "ml_code.serving.serve"
 ADMIN_TOKEN_HEADER = "X-Admin-Token"  # must match ml_code.serving.serve.ADMIN_TOKEN_HEADER
+TOKEN_ENV_VAR = "DERMAOPS_ENDPOINT_TOKEN"  # the setting named in errors (read only by settings.py)
+
+
+def _is_loopback(host: str) -> bool:
+    """As ml_code.serving.serve.is_loopback: ``localhost`` or a loopback IP address."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -122,13 +136,21 @@ class LocalEndpointDeployer(EndpointDeployer):
     Everything about the running server lives in ``state_dir``: ``server.json`` (written by
     the server once healthy), ``admin.token`` (0600, new per start), ``serve.log``,
     ``packages/v<N>/model.tar.gz`` and ``port`` (kept so a restarted server reuses it).
+
+    ``host`` other than a loopback address needs ``invoke_token`` (DERMAOPS_ENDPOINT_TOKEN):
+    clients then send ``Authorization: Bearer <token>`` to ``/invocations``. The token reaches the
+    server through ``invoke.token`` (0600), never its command line, and is never logged.
     """
 
     state_dir: str
     capture_uri: str = Field(description="file:// prefix of the logs bucket's datacapture folder")
     endpoint_name: str = "dermaops-lesion-endpoint"
     port: int = 0
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", description="address the server binds (DERMAOPS_ENDPOINT_HOST); "
+                                                        "a non-loopback one needs invoke_token")
+    invoke_token: str = Field(default="", repr=False,
+                              description="secret bearer token /invocations requires (DERMAOPS_ENDPOINT_TOKEN); "
+                                          "empty = none, allowed on loopback hosts only")
     startup_timeout_seconds: float = 120
     max_inflight: int = Field(default=8, description="invocations the server scores at once (DERMAOPS_ENDPOINT_MAX_INFLIGHT)")
     log_level: str = Field(default="INFO", description="the server's log level (DERMAOPS_SERVE_LOG_LEVEL)")
@@ -145,6 +167,10 @@ class LocalEndpointDeployer(EndpointDeployer):
     @property
     def _token_file(self) -> Path:
         return self._dir / "admin.token"
+
+    @property
+    def _invoke_token_file(self) -> Path:
+        return self._dir / "invoke.token"
 
     @property
     def _log_file(self) -> Path:
@@ -175,6 +201,23 @@ class LocalEndpointDeployer(EndpointDeployer):
         except (OSError, urllib.error.URLError):
             return None
         return body if status == 200 else None
+
+    def _admin_headers(self) -> dict[str, str]:
+        try:
+            return {ADMIN_TOKEN_HEADER: self._token_file.read_text().strip()}
+        except OSError:
+            return {}
+
+    def _serves_current_access(self, state: dict[str, Any]) -> bool:
+        """True when the running server was started with this deployer's host and invocation token."""
+        try:
+            running_token = self._invoke_token_file.read_text().strip()
+        except FileNotFoundError:
+            running_token = ""
+        except OSError:
+            return False
+        return state.get("host") == self.host and hmac.compare_digest(running_token.encode(),
+                                                                       self.invoke_token.strip().encode())
 
     def _running(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """(state file, ping body) of a live healthy server, else None."""
@@ -239,19 +282,34 @@ class LocalEndpointDeployer(EndpointDeployer):
                 return 0
         return previous
 
+    def _check_access_config(self) -> None:
+        if not _is_loopback(self.host) and not self.invoke_token.strip():
+            raise DeploymentFailed(
+                f"the local endpoint would listen on {self.host!r}, which is not a loopback address, without an "
+                f"invocation token: anyone on the network could send it images. Set {TOKEN_ENV_VAR} to a long random "
+                "secret (clients then send 'Authorization: Bearer <token>'), or set DERMAOPS_ENDPOINT_HOST back to "
+                "127.0.0.1.")
+
     def _start_server(self, model_tar: Path, version: int, log: Callable[[str], None]) -> dict[str, Any]:
+        self._check_access_config()
         self._dir.mkdir(parents=True, exist_ok=True)
         self._state_file.unlink(missing_ok=True)
         write_text_atomic(self._token_file, secrets.token_urlsafe(32), mode=0o600)
+        invoke_args: list[str] = []
+        if self.invoke_token.strip():
+            write_text_atomic(self._invoke_token_file, self.invoke_token.strip(), mode=0o600)
+            invoke_args = ["--invoke-token-file", str(self._invoke_token_file)]
+        else:
+            self._invoke_token_file.unlink(missing_ok=True)
         port = self._choose_port()
         capture_dir = self._capture_dir()
         capture_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", SERVER_MODULE, "--model-tar", str(model_tar), "--host", self.host,
                "--port", str(port), "--capture-dir", str(capture_dir), "--endpoint-name", self.endpoint_name,
                "--package-version", str(version), "--state-file", str(self._state_file),
-               "--admin-token-file", str(self._token_file), "--max-inflight", str(self.max_inflight),
+               "--admin-token-file", str(self._token_file), *invoke_args, "--max-inflight", str(self.max_inflight),
                "--log-level", self.log_level]
-        env = child_environment()
+        env = child_environment(drop_prefixes=(TOKEN_ENV_VAR,))  # the server reads the token file only
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         env["PYTHONUNBUFFERED"] = "1"
         with open(self._log_file, "ab") as logfh:
@@ -266,6 +324,7 @@ class LocalEndpointDeployer(EndpointDeployer):
             code = proc.poll()
             if code is not None:
                 self._token_file.unlink(missing_ok=True)
+                self._invoke_token_file.unlink(missing_ok=True)
                 raise DeploymentFailed(f"endpoint server for package v{version} exited with code {code} before "
                                        f"becoming healthy. Server log:\n{self._log_tail(offset)}")
             state = self._read_state()
@@ -276,6 +335,7 @@ class LocalEndpointDeployer(EndpointDeployer):
             time.sleep(0.2)
         self._kill(proc.pid, grace=5.0)
         self._token_file.unlink(missing_ok=True)
+        self._invoke_token_file.unlink(missing_ok=True)
         self._state_file.unlink(missing_ok=True)
         raise DeploymentFailed(f"endpoint server for package v{version} was not healthy within "
                                f"{self.startup_timeout_seconds:.0f}s (raise startup_timeout_seconds if the model "
@@ -327,6 +387,14 @@ class LocalEndpointDeployer(EndpointDeployer):
             model_tar = self._fetch_package(package, store, log)
             running = self._running()
             previous = None
+            if running is not None and not self._serves_current_access(running[0]):
+                self._check_access_config()  # before stopping a server that works
+                log(f"the endpoint's host or invocation token setting changed; restarting server pid "
+                    f"{running[0]['pid']} with the new access settings")
+                previous = running[1].get("package_version")
+                if _is_our_server(int(running[0]["pid"])):
+                    self._kill(int(running[0]["pid"]), grace=15.0)
+                running = None
             if running is None:
                 stale = self._read_state()
                 if stale is not None and _pid_alive(int(stale["pid"])) and _is_our_server(int(stale["pid"])):
@@ -355,7 +423,7 @@ class LocalEndpointDeployer(EndpointDeployer):
             "log_file": str(self._log_file),
         }
         try:
-            code, body = _http_json(f"{state['url']}/admin/status", timeout=3.0)
+            code, body = _http_json(f"{state['url']}/admin/status", headers=self._admin_headers(), timeout=3.0)
         except (OSError, urllib.error.URLError):
             return out
         if code == 200:
@@ -375,4 +443,5 @@ class LocalEndpointDeployer(EndpointDeployer):
                 was_running = True
         self._state_file.unlink(missing_ok=True)
         self._token_file.unlink(missing_ok=True)
+        self._invoke_token_file.unlink(missing_ok=True)
         return was_running

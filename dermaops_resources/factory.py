@@ -33,6 +33,8 @@ def build_local_resources(settings: Settings) -> dict[str, Any]:
             capture_uri=store.uri("logs", "datacapture"),
             endpoint_name=settings.endpoint_name,
             port=settings.endpoint_port,
+            host=settings.endpoint_host,
+            invoke_token=settings.endpoint_token,
             max_inflight=settings.endpoint_max_inflight,
             log_level=settings.serve_log_level,
         ),

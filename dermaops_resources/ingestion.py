@@ -176,7 +176,10 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
                                       "images/ and the HAM10000 part folders); add the file or drop the row")
         try:
             data = source.read(file_name)
-            return meta, ingest.inspect_image(data, Path(file_name).name, limits), data, ""
+            info = ingest.inspect_image(data, Path(file_name).name, limits)
+            # what is stored, hashed and keyed is the image without its metadata (EXIF dates, serials, GPS)
+            data, info = ingest.scrub_image(data, info, limits)
+            return meta, info, data, ""
         except (ingest.ImageRejected, NotFollowed) as exc:
             return meta, None, None, exc.reason
 

@@ -48,6 +48,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "webhook_url": ("DERMAOPS_ALERT_WEBHOOK_URL", ""),
     "use_spot": ("DERMAOPS_USE_SPOT", "true"),
     "endpoint_port": ("DERMAOPS_ENDPOINT_PORT", "0"),
+    "endpoint_host": ("DERMAOPS_ENDPOINT_HOST", "127.0.0.1"),
+    "endpoint_token": ("DERMAOPS_ENDPOINT_TOKEN", ""),
     "endpoint_max_inflight": ("DERMAOPS_ENDPOINT_MAX_INFLIGHT", "8"),
     "serve_log_level": ("DERMAOPS_SERVE_LOG_LEVEL", "INFO"),
     "train_recipe": ("DERMAOPS_TRAIN_RECIPE", ""),
@@ -103,6 +105,10 @@ class Settings(dg.ConfigurableResource):
     webhook_url: str = ""
     use_spot: bool = True
     endpoint_port: int = 0
+    endpoint_host: str = Field(default="127.0.0.1", description="address the local endpoint binds; a non-loopback "
+                                                                "one needs endpoint_token")
+    endpoint_token: str = Field(default="", repr=False, description="secret bearer token of the local endpoint's "
+                                                                    "/invocations; empty = none (loopback only)")
     endpoint_max_inflight: int = 8
     serve_log_level: str = "INFO"
     train_recipe: str = Field(default="", description="recipe of training runs whose config names none "

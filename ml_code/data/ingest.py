@@ -30,7 +30,7 @@ import hashlib
 import io
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +39,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from ml_code import CLASSES
-from ml_code.data import diagnosis
+from ml_code.data import diagnosis, scrub
 from ml_code.data.near_duplicates import phash_hex
 from ml_code.package import image_policy
 
@@ -553,6 +553,37 @@ def inspect_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
         extension=_EXTENSIONS[facts.format],
         phash=phash,
     )
+
+
+def scrub_image(data: bytes, info: ImageInfo, limits: ImageLimits = ImageLimits()) -> tuple[bytes, ImageInfo]:
+    """The bytes to store for an accepted image and its ``ImageInfo`` re-described for them.
+
+    Metadata (EXIF dates, GPS, serials, maker notes, XMP, IPTC, comments, text chunks, MPO
+    frames) is removed losslessly by :func:`ml_code.data.scrub.scrub`; ``sha256`` (and so
+    the content-addressed key) is that of the stored bytes. The stored file must decode, by
+    the image policy, to exactly the original's pixels: when it does not, or when the file
+    cannot be walked, the policy's decoded pixels are stored instead as a lossless PNG
+    (``format`` PNG) with no metadata at all. Size and perceptual hash do not change.
+    """
+    facts = image_policy.probe(data, max_pixels=limits.max_pixels)
+    try:
+        stored, fmt = scrub.scrub(data, orientation=facts.orientation).data, facts.format
+    except scrub.ScrubError:
+        stored, fmt = b"", ""
+    if stored != data:
+        with image_policy.open_image(data, max_pixels=limits.max_pixels) as decoded:
+            same = False
+            if stored:
+                try:
+                    with image_policy.open_image(stored, max_pixels=limits.max_pixels) as again:
+                        same = np.array_equal(np.asarray(decoded), np.asarray(again))
+                except image_policy.ImageRefused:
+                    pass
+            if not same:  # untagged 8-bit RGB: the policy reads it back as exactly these pixels
+                buf = io.BytesIO()
+                decoded.save(buf, format="PNG")
+                stored, fmt = buf.getvalue(), "PNG"
+    return stored, replace(info, sha256=hashlib.sha256(stored).hexdigest(), format=fmt, extension=_EXTENSIONS[fmt])
 
 
 METADATA_FILE_NAMES: tuple[str, ...] = ("HAM10000_metadata.csv", "metadata.csv", "HAM10000_metadata")

@@ -1,7 +1,7 @@
 """Local stand-in for a SageMaker PyTorch inference container.
 
 ``python -m ml_code.serving.serve --model-tar PATH --port P --capture-dir DIR --endpoint-name NAME
---package-version N --state-file PATH [--admin-token-file PATH] [--host 127.0.0.1]``
+--package-version N --state-file PATH [--admin-token-file PATH] [--invoke-token-file PATH] [--host 127.0.0.1]``
 
 Why a server of our own rather than the real container: the local backend must give
 the same HTTP contract (``GET /ping``, ``POST /invocations``), the same handler contract
@@ -19,6 +19,14 @@ What it adds over the container, because the local backend has no blue/green fle
   NEW files (``ml_code.atomic``: temp name + ``os.replace``) whose keys only ever increase, so a reader
   can remember the last key it read and never sees half a file.
 
+Access: the server is not an open door. Every request must name this server in its ``Host``
+header (the bound address, or a loopback name for a loopback bind): a web page that rebinds
+its own DNS name to 127.0.0.1 is answered 421 (DNS rebinding). ``/admin/*`` needs the admin
+token (``X-Admin-Token``). ``/invocations`` needs ``Authorization: Bearer <token>`` when
+``--invoke-token-file`` is given, and the server refuses to bind a non-loopback address
+without one (exit code 2). ``/ping`` stays open to health checks. Tokens are read from
+0600 files, never from the command line, and never logged.
+
 Only the standard library and Pillow are imported here; the handlers bring torch.
 Logs carry request ids, sizes, status codes and latencies: never image bytes or PHI.
 """
@@ -29,6 +37,7 @@ import argparse
 import base64
 import hmac
 import io
+import ipaddress
 import json
 import logging
 import math
@@ -36,6 +45,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -56,6 +66,8 @@ from ml_code.serving.transform import InferenceError, transform
 LOG = logging.getLogger("dermaops.serve")
 
 ADMIN_TOKEN_HEADER = "X-Admin-Token"
+AUTHORIZATION_HEADER = "Authorization"  # "Bearer <token>" on /invocations when an invoke token is set
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"  # what SageMaker's InferenceId becomes
 MAX_BODY_BYTES = 10 * 1024 * 1024
 #: Invocations decoded and scored at once; more wait up to ``QUEUE_WAIT_SECONDS`` for a slot,
@@ -307,6 +319,9 @@ class EndpointState:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
     max_inflight: int = MAX_INFLIGHT
+    invoke_token: str | None = None
+    #: Host header names (lower case, no port) this server answers; filled by make_server
+    allowed_hosts: frozenset[str] = frozenset()
     slots: threading.BoundedSemaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -443,8 +458,42 @@ class EndpointHandler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length) if length else b""
 
+    # -- access -------------------------------------------------------------------------
+    def _host_ok(self) -> bool:
+        """True when the Host header names this server; else answers 421 (DNS rebinding guard)."""
+        name = host_header_name(self.headers.get("Host"))
+        if name is not None and name in self.state.allowed_hosts:
+            return True
+        self.state.count(421)
+        LOG.info("refused a request with Host header %r (not one of this server's names)",
+                 (self.headers.get("Host") or "")[:100])
+        self._send_json(HTTPStatus.MISDIRECTED_REQUEST,
+                        {"error": "the Host header does not name this server; send the request to the address the "
+                                  f"endpoint is bound to ({', '.join(sorted(self.state.allowed_hosts))})"})
+        return False
+
+    def _admin_ok(self) -> bool:
+        """True when the admin token was sent; else answers 403."""
+        token = self.state.admin_token
+        if token and _same_token(self.headers.get(ADMIN_TOKEN_HEADER, ""), token):
+            return True
+        self.state.count(403)
+        self._send_json(403, {"error": f"admin routes need the {ADMIN_TOKEN_HEADER} header "
+                                       f"with the token from the server's admin token file"})
+        return False
+
+    def _invoker_ok(self) -> bool:
+        """True when no invoke token is configured or the right bearer token was sent."""
+        token = self.state.invoke_token
+        if not token:
+            return True
+        scheme, _, offered = self.headers.get(AUTHORIZATION_HEADER, "").strip().partition(" ")
+        return scheme.lower() == "bearer" and _same_token(offered.strip(), token)
+
     # -- routes -------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        if not self._host_ok():
+            return
         path = self.path.split("?", 1)[0]
         if path == "/ping":
             if self.state.healthy():
@@ -452,11 +501,14 @@ class EndpointHandler(BaseHTTPRequestHandler):
             else:
                 self._send_json(503, {"status": "unhealthy"})
         elif path == "/admin/status":
-            self._send_json(200, self.state.status())
+            if self._admin_ok():
+                self._send_json(200, self.state.status())
         else:
             self._send_json(404, {"error": f"no route GET {path}; use /ping, /admin/status"})
 
     def do_POST(self) -> None:  # noqa: N802
+        if not self._host_ok():
+            return
         path = self.path.split("?", 1)[0]
         if path == "/invocations":
             self._invoke()
@@ -471,6 +523,17 @@ class EndpointHandler(BaseHTTPRequestHandler):
         asked_id = self.headers.get(INFERENCE_ID_HEADER, "")
         inference_id = asked_id if _SAFE_ID.match(asked_id) else event_id
         content_type = content_type_of(self.headers.get("Content-Type"))
+        if not self._invoker_ok():  # before the body is read: a stranger cannot make us read 10 MB
+            payload = json.dumps({"error": f"/invocations needs the header '{AUTHORIZATION_HEADER}: Bearer <token>' "
+                                           "with the endpoint's invocation token"})
+            self._send_json(401, payload, {"WWW-Authenticate": 'Bearer realm="dermaops"',
+                                           "X-Inference-Id": inference_id})
+            self.state.count(401)
+            self.state.capture.add(capture_record(  # captured without its body, as every 4xx
+                body=b"", content_type=content_type or "application/octet-stream", response_text=payload,
+                event_id=event_id, inference_id=inference_id, inference_time=started, package_version=-1))
+            LOG.info("invocation id=%s status=401 (no or wrong invocation token)", inference_id)
+            return
         try:
             body = self._read_body(MAX_BODY_BYTES)
         except OSError as exc:  # the client stalled past the timeout or went away mid-body
@@ -520,11 +583,7 @@ class EndpointHandler(BaseHTTPRequestHandler):
                 inference_id, status, version, len(body), (time.time() - started) * 1000)
 
     def _swap(self) -> None:
-        token = self.state.admin_token
-        offered = self.headers.get(ADMIN_TOKEN_HEADER, "")
-        if not token or not hmac.compare_digest(offered.encode(), token.encode()):
-            self._send_json(403, {"error": f"admin routes need the {ADMIN_TOKEN_HEADER} header "
-                                           f"with the token from the server's admin token file"})
+        if not self._admin_ok():
             return
         body = self._read_body(1 << 16)
         if body is None:
@@ -548,9 +607,55 @@ class EndpointHandler(BaseHTTPRequestHandler):
         self._send_json(200, {"swapped": True, "package_version": new.version, "status": self.state.status()})
 
 
+def _same_token(offered: str, token: str) -> bool:
+    """Constant-time comparison (the time taken does not tell how much of a guess was right)."""
+    return hmac.compare_digest(offered.encode("utf-8", "replace"), token.encode("utf-8"))
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1); False for names and ``0.0.0.0``."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_header_name(value: str | None) -> str | None:
+    """The host name of a Host header, lower case, without port or IPv6 brackets; None if absent/garbled."""
+    value = (value or "").strip().lower()
+    if not value:
+        return None
+    if value.startswith("["):  # [::1]:8080
+        end = value.find("]")
+        return value[1:end] if end > 0 else None
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".") or None
+
+
+def allowed_host_names(host: str, extra: tuple[str, ...] = ()) -> frozenset[str]:
+    """Host header names a server bound to ``host`` answers: the bound address, the loopback names
+    (a DNS-rebinding page cannot make a browser send those) and any ``extra`` names."""
+    names = {host.strip().strip("[]").lower(), *LOOPBACK_NAMES, *(h.strip().lower() for h in extra)}
+    return frozenset(n for n in names if n)
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL (IPv6 addresses in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def make_server(state: EndpointState, host: str, port: int) -> ThreadingHTTPServer:
+    if not state.allowed_hosts:
+        state.allowed_hosts = allowed_host_names(host)
     handler = type("BoundEndpointHandler", (EndpointHandler,), {"state": state})
-    server = ThreadingHTTPServer((host, port), handler)
+    server_class = ThreadingHTTPServer
+    if ":" in host:  # an IPv6 address such as ::1
+        server_class = type("ThreadingHTTPServerV6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+    server = server_class((host.strip("[]"), port), handler)
     server.daemon_threads = True
     return server
 
@@ -573,7 +678,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--endpoint-name", default="dermaops-lesion-endpoint")
     p.add_argument("--package-version", type=int, required=True)
     p.add_argument("--state-file", required=True, help="JSON written once healthy, removed at shutdown")
-    p.add_argument("--admin-token-file", default=None, help="file holding the token /admin/swap requires")
+    p.add_argument("--admin-token-file", default=None, help="file holding the token /admin/* require (X-Admin-Token)")
+    p.add_argument("--invoke-token-file", default=None,
+                   help="file holding the token /invocations requires ('Authorization: Bearer <token>'); "
+                        "required to bind a non-loopback --host")
+    p.add_argument("--allowed-host", action="append", default=[],
+                   help="another name clients may send in the Host header (repeatable); the bound address "
+                        "and, always, 127.0.0.1, localhost and ::1 are accepted")
     p.add_argument("--capture-interval", type=float, default=1.0)
     p.add_argument("--max-inflight", type=int, default=MAX_INFLIGHT,
                    help="invocations scored at once; more wait up to 10 s, then get 503")
@@ -585,16 +696,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    token = None
-    if args.admin_token_file:
-        try:
-            token = Path(args.admin_token_file).read_text().strip() or None
-        except OSError as exc:
-            LOG.error("cannot read the admin token file %s: %s", args.admin_token_file, exc)
-            return 2
+    tokens: dict[str, str | None] = {}
+    for what, path in (("admin", args.admin_token_file), ("invocation", args.invoke_token_file)):
+        tokens[what] = None
+        if path:
+            try:
+                tokens[what] = Path(path).read_text().strip() or None
+            except OSError as exc:
+                LOG.error("cannot read the %s token file %s: %s", what, path, exc)
+                return 2
+            if tokens[what] is None:
+                LOG.error("the %s token file %s is empty; write the token into it (or leave the option out)",
+                          what, path)
+                return 2
+    if not is_loopback(args.host) and tokens["invocation"] is None:
+        LOG.error("refusing to listen on %s: a non-loopback address would let anyone on the network send patient "
+                  "images to the model. Configure an invocation token (--invoke-token-file FILE; the local deployer "
+                  "writes it from DERMAOPS_ENDPOINT_TOKEN), or bind 127.0.0.1 (DERMAOPS_ENDPOINT_HOST).", args.host)
+        return 2
     capture = CaptureWriter(Path(args.capture_dir), args.endpoint_name, interval=args.capture_interval)
-    state = EndpointState(endpoint_name=args.endpoint_name, capture=capture, admin_token=token,
-                          max_inflight=max(1, args.max_inflight))
+    state = EndpointState(endpoint_name=args.endpoint_name, capture=capture, admin_token=tokens["admin"],
+                          max_inflight=max(1, args.max_inflight), invoke_token=tokens["invocation"],
+                          allowed_hosts=allowed_host_names(args.host, tuple(args.allowed_host)))
     try:
         state.install(load_package(args.model_tar, args.package_version))
     except PackageError as exc:
@@ -620,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True)
     serving.start()
     state_file = Path(args.state_file)
-    url = f"http://{args.host}:{port}"
+    url = f"http://{url_host(args.host)}:{port}"
     state.state_file = state_file
     state.state_info = {
         "pid": os.getpid(), "url": url, "host": args.host, "port": port,
@@ -628,7 +751,8 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": _iso(state.started_at),
     }
     state.publish_state()
-    LOG.info("serving endpoint %s at %s", args.endpoint_name, url)
+    LOG.info("serving endpoint %s at %s (invocation token %s)", args.endpoint_name, url,
+             "required" if state.invoke_token else "not required: loopback only")
     try:
         while not stop.wait(0.5):
             pass

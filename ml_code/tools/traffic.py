@@ -8,11 +8,15 @@ simulate a quality drop) feed the model-quality monitor.
     python -m ml_code.tools.traffic --endpoint http://127.0.0.1:8080 --images DIR \
         [--rate 5] [--limit 100] [--max-seconds 300] [--perturb colour-shift|blur|brightness|contrast] \
         [--metadata HAM10000_metadata.csv] [--with-context] [--labels-out DIR] [--wrong-labels 0.3] \
-        [--allow-remote]
+        [--allow-remote] [--token-file FILE]
 
 ``--with-context`` sends each image as the JSON request with its clinical context from
 ``--metadata`` (``age``, ``sex``, ``localization`` as ``anatom_site``), as a clinic's
 system would, so the case-mix monitor has something to watch.
+
+``--token-file`` names a file holding the endpoint's invocation token (a local endpoint
+configured with ``DERMAOPS_ENDPOINT_TOKEN``); it is sent as ``Authorization: Bearer <token>``
+and never printed.
 
 Safety: only loopback endpoints are contacted unless ``--allow-remote`` is given, and every
 run is bounded by ``--limit`` requests and ``--max-seconds``. Labels files hold only
@@ -80,6 +84,18 @@ def check_loopback(url: str, allow_remote: bool = False) -> str:
                          "127.0.0.1/localhost unless you pass --allow-remote deliberately.")
     base = url.rstrip("/")
     return base[: -len("/invocations")] if base.endswith("/invocations") else base
+
+
+def read_token(path: str | Path) -> str:
+    """The invocation token held in ``path`` (surrounding whitespace removed); ValueError if unreadable or empty."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"--token-file {path}: cannot read it ({exc.strerror or exc}); give the file holding the "
+                         "endpoint's invocation token") from None
+    if not token:
+        raise ValueError(f"--token-file {path} is empty; write the endpoint's invocation token into it")
+    return token
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -151,11 +167,13 @@ def simulate_traffic(endpoint: str, images: Sequence[Path], *, rate: float = 5.0
                      labels: dict[str, str] | None = None, labels_out: str | Path | None = None,
                      wrong_labels: float = 0.0, seed: int = 0, timeout: float = 30.0,
                      allow_remote: bool = False, classes: Sequence[str] | None = None,
-                     context: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                     context: dict[str, dict[str, Any]] | None = None,
+                     token: str | None = None) -> dict[str, Any]:
     """Send up to ``limit`` images at ``rate`` req/s for at most ``max_seconds``; return a summary.
 
     ``context`` (from :func:`load_context`) sends each image whose stem it lists as a JSON
-    request with that clinical context; other images go as bare image bodies."""
+    request with that clinical context; other images go as bare image bodies. ``token`` is sent
+    as ``Authorization: Bearer <token>`` (an endpoint with an invocation token)."""
     base = check_loopback(endpoint, allow_remote)
     if rate <= 0 or limit <= 0 or max_seconds <= 0:
         raise ValueError("--rate, --limit and --max-seconds must be positive")
@@ -181,7 +199,8 @@ def simulate_traffic(endpoint: str, images: Sequence[Path], *, rate: float = 5.0
         asked = f"sim-{uuid.uuid4().hex}"
         req = urllib.request.Request(f"{base}/invocations", data=body, method="POST",
                                      headers={"Content-Type": ctype, "Accept": "application/json",
-                                              REQUEST_ID_HEADER: asked})
+                                              REQUEST_ID_HEADER: asked,
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
         t0 = time.monotonic()
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -244,6 +263,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback endpoint")
+    p.add_argument("--token-file", help="file holding the endpoint's invocation token (sent as a bearer token)")
     return p.parse_args(argv)
 
 
@@ -259,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             max_seconds=args.max_seconds, perturb=args.perturb,
             labels=load_labels(args.metadata) if args.metadata else None, labels_out=args.labels_out,
             wrong_labels=args.wrong_labels, seed=args.seed, timeout=args.timeout, allow_remote=args.allow_remote,
-            context=load_context(args.metadata) if args.with_context else None)
+            context=load_context(args.metadata) if args.with_context else None,
+            token=read_token(args.token_file) if args.token_file else None)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

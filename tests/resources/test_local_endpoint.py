@@ -488,7 +488,7 @@ def test_a_client_that_stalls_mid_body_is_dropped_without_holding_a_slot(tmp_pat
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with socket.create_connection(server.server_address, timeout=5) as sock:
-            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                          b"Content-Length: 1000\r\n\r\n12345")  # promises 1000 bytes, sends 5
             wait_for(lambda: state.counters.client_errors == 1, timeout=5, what="the stalled request to time out")
         assert state.slots.acquire(timeout=0.1)  # it never took the only slot
