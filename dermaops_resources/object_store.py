@@ -44,6 +44,11 @@ PRIVATE_FILE_MODE = 0o600
 """Modes of everything DermaOps creates under ``DERMAOPS_HOME`` (patient images, registry,
 metrics, alerts, job folders): only the owner may read. Set explicitly on each folder and
 file, never through the process umask, which library code must not change."""
+CHILD_UMASK = 0o077
+"""Umask of the child processes DermaOps starts (local jobs, the local endpoint server), given
+to ``subprocess.Popen(umask=...)``: it applies in the child only, so whatever ``ml_code``
+writes there (checkpoints, captures, failure files) is owner-only without this process's
+umask changing."""
 
 
 def private_dir(path: str | os.PathLike) -> Path:
@@ -121,14 +126,19 @@ def private_sqlite(db_path: str | os.PathLike) -> Path:
     return path
 
 
-def open_private_append(path: str | os.PathLike):
-    """``open(path, "a")`` (text, UTF-8) on an owner-only file: created 0600, tightened if older."""
+def open_private_append(path: str | os.PathLike, binary: bool = False):
+    """``open(path, "a")`` (text, UTF-8; ``"ab"`` with ``binary``) on an owner-only file:
+    created 0600, tightened if older. Appends of one ``write`` each stay whole lines."""
     path = Path(path)
     private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE_MODE)
-    if os.fstat(fd).st_mode & 0o777 != PRIVATE_FILE_MODE:
-        os.fchmod(fd, PRIVATE_FILE_MODE)
-    return os.fdopen(fd, "a", encoding="utf-8")
+    try:
+        if os.fstat(fd).st_mode & 0o777 != PRIVATE_FILE_MODE:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab") if binary else os.fdopen(fd, "a", encoding="utf-8")
 
 
 def local_version(st: os.stat_result) -> str:
@@ -378,9 +388,14 @@ class LocalObjectStore(ObjectStore):
         return path.read_bytes()
 
     def download_file(self, uri: str, dest: str | os.PathLike) -> Path:
+        """A copy of the object at ``dest``, owner-only (0600) like the object itself."""
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self._path(uri), dest)
+        src = self._path(uri)
+        private_dir(dest.parent)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+            os.fchmod(out.fileno(), PRIVATE_FILE_MODE)
+            shutil.copyfileobj(fh, out, 1 << 20)
         return dest
 
     def exists(self, uri: str) -> bool:
