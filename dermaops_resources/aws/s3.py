@@ -144,7 +144,7 @@ class S3ObjectStore(ObjectStore):
                 for entry in [*listing.get("Versions", []), *listing.get("DeleteMarkers", [])]:
                     if entry["Key"] == tmp_key:
                         self.client.delete_object(Bucket=name, Key=tmp_key, VersionId=entry["VersionId"])
-        except Exception:  # noqa: BLE001 - the _tmp/ lifecycle rule removes leftovers
+        except Exception:  # noqa: BLE001, S110 - the _tmp/ lifecycle rule removes leftovers
             pass
 
     def put_bytes(self, bucket: Bucket, key: str, data: bytes) -> str:

@@ -24,7 +24,8 @@ def test_concurrent_breaches_notify_exactly_once(tmp_path: Path) -> None:
         results: list[bool] = []
         errors: list[BaseException] = []
 
-        def monitor() -> None:
+        def monitor(barrier: threading.Barrier = barrier, results: list[bool] = results,
+                    errors: list[BaseException] = errors) -> None:
             # one store and notifier per "process", as two Dagster runs would have
             metrics, notifier = LocalMetricsStore(db_path=str(db)), LocalNotifier(alerts_path=str(alerts))
             try:

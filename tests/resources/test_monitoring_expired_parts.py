@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from dermaops_resources.monitoring_io import LOG_PREFIX, load_inference_log
 from dermaops_resources.object_store import LocalObjectStore
 from ml_code.monitoring.capture import rows_to_parquet_bytes, views_to_npy_bytes
 
-START = datetime(2024, 5, 1, tzinfo=timezone.utc)
+START = datetime(2024, 5, 1, tzinfo=UTC)
 
 
 def _write_parts(store: LocalObjectStore, parts: int) -> None:
