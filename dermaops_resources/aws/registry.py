@@ -124,8 +124,14 @@ class SageMakerModelRegistry(ModelRegistry):
         """The ARN of the AWS identity making the calls (``sts:GetCallerIdentity``): the actor of
         the audit trail. It needs no IAM permission, and it is what CloudTrail records too."""
         if not self._caller:
-            sts = aws_client("sts", self.region, None, self.max_attempts)
-            self._caller = str(sts.get_caller_identity()["Arn"])
+            try:
+                sts = aws_client("sts", self.region, None, self.max_attempts)
+                self._caller = str(sts.get_caller_identity()["Arn"])
+            except Exception as exc:  # noqa: BLE001 - any failure means: no actor, so no change
+                raise RegistryError(f"Cannot tell who is making this registry change (sts:GetCallerIdentity in "
+                                    f"{self.region} failed: {exc}); nothing was changed, since a status change "
+                                    "is only recorded with its actor. Check the AWS credentials and that STS is "
+                                    "reachable, then retry.") from exc
         return self._caller
 
     def inference_image(self) -> str:
