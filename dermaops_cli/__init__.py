@@ -1,7 +1,7 @@
 """``dermaops``: what a user does by hand beside the Dagster UI.
 
     dermaops demo-data [--out DIR] [--lesions-per-class N] [--seed S]
-    dermaops registry list | approve --version N | reject --version N --reason TEXT
+    dermaops registry list | approve --version N | reject --version N --reason TEXT | history --version N
     dermaops endpoint status | stop
     dermaops traffic --endpoint URL --images DIR [...]
     dermaops retrain --reason manual
@@ -31,12 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--force", action="store_true", help="regenerate even if present")
 
-    reg = sub.add_parser("registry", help="list, approve or reject model packages")
-    reg.add_argument("action", choices=["list", "approve", "reject"])
-    reg.add_argument("--version", type=int, help="package version (approve/reject)")
+    reg = sub.add_parser("registry", help="list, approve or reject model packages; show who did it (history)")
+    reg.add_argument("action", choices=["list", "approve", "reject", "history"])
+    reg.add_argument("--version", type=int, help="package version (approve/reject/history)")
     reg.add_argument("--reason", default="", help="why (recorded in the registry)")
     reg.add_argument("--group", help="model package group (default DERMAOPS_MODEL_PACKAGE_GROUP)")
-    reg.add_argument("--json", action="store_true", help="machine-readable list")
+    reg.add_argument("--json", action="store_true", help="machine-readable list or history")
 
     ep = sub.add_parser("endpoint", help="status or stop of the live endpoint")
     ep.add_argument("action", choices=["status", "stop"])
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_traffic(argparse.Namespace(), argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "registry" and args.action in ("approve", "reject") and args.version is None:
+    if args.command == "registry" and args.action in ("approve", "reject", "history") and args.version is None:
         parser.error(f"registry {args.action} needs --version N (see `dermaops registry list`)")
     if args.command == "registry" and args.action == "reject" and not args.reason:
         parser.error("registry reject needs --reason TEXT (it is kept with the package)")

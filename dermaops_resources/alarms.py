@@ -31,7 +31,9 @@ def evaluate_alarms(metrics: MetricsPublisher, notifier: Notifier, values: Mappi
 
     Backends that keep alarm state (``set_alarm_state`` returning the previous state, as
     ``LocalMetricsStore`` does) get change-only notifications; others are notified on every
-    breach, which is the safe side.
+    breach, which is the safe side. ``set_alarm_state`` is an atomic check-and-set, so only
+    the caller that performed the OK -> ALARM transition sees a non-ALARM ``previous`` and
+    pages: two monitors evaluating the same breach at once send one notification.
     """
     set_state = getattr(metrics, "set_alarm_state", None)
     if set_state is not None:

@@ -32,7 +32,16 @@ from pydantic import Field
 from ml_code.atomic import atomic_path, write_text_atomic
 
 from .handles import EndpointHandle
-from .object_store import ObjectStore, file_uri_to_path, join_uri, sha256_file
+from .object_store import (
+    CHILD_UMASK,
+    PRIVATE_FILE_MODE,
+    ObjectStore,
+    file_uri_to_path,
+    join_uri,
+    open_private_append,
+    private_dir,
+    sha256_file,
+)
 from .registry import ModelPackage
 from .settings import REPO_ROOT, child_environment
 
@@ -230,8 +239,9 @@ class LocalEndpointDeployer(EndpointDeployer):
     # -- fetching -----------------------------------------------------------------------
     def _fetch_package(self, package: ModelPackage, store: ObjectStore, log: Callable[[str], None]) -> Path:
         dest = self._dir / "packages" / f"v{package.version}" / "model.tar.gz"
+        private_dir(dest.parent)
         try:
-            with atomic_path(dest) as tmp:
+            with atomic_path(dest, PRIVATE_FILE_MODE) as tmp:
                 local = store.local_path(package.model_uri)
                 if local is not None:
                     shutil.copyfile(local, tmp)
@@ -292,7 +302,7 @@ class LocalEndpointDeployer(EndpointDeployer):
 
     def _start_server(self, model_tar: Path, version: int, log: Callable[[str], None]) -> dict[str, Any]:
         self._check_access_config()
-        self._dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self._dir)
         self._state_file.unlink(missing_ok=True)
         write_text_atomic(self._token_file, secrets.token_urlsafe(32), mode=0o600)
         invoke_args: list[str] = []
@@ -303,7 +313,7 @@ class LocalEndpointDeployer(EndpointDeployer):
             self._invoke_token_file.unlink(missing_ok=True)
         port = self._choose_port()
         capture_dir = self._capture_dir()
-        capture_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(capture_dir)
         cmd = [sys.executable, "-m", SERVER_MODULE, "--model-tar", str(model_tar), "--host", self.host,
                "--port", str(port), "--capture-dir", str(capture_dir), "--endpoint-name", self.endpoint_name,
                "--package-version", str(version), "--state-file", str(self._state_file),
@@ -312,12 +322,13 @@ class LocalEndpointDeployer(EndpointDeployer):
         env = child_environment(drop_prefixes=(TOKEN_ENV_VAR,))  # the server reads the token file only
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         env["PYTHONUNBUFFERED"] = "1"
-        with open(self._log_file, "ab") as logfh:
+        with open_private_append(self._log_file, binary=True) as logfh:
             offset = logfh.tell()
             logfh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting package v{version} ===\n".encode())
             logfh.flush()
             proc = subprocess.Popen(cmd, cwd=str(self._dir), env=env, stdin=subprocess.DEVNULL, stdout=logfh,
-                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                    umask=CHILD_UMASK)  # its state file and captures: owner-only
         log(f"started {SERVER_MODULE} (pid {proc.pid}) for package v{version}; log: {self._log_file}")
         deadline = time.monotonic() + self.startup_timeout_seconds
         while time.monotonic() < deadline:
@@ -329,7 +340,7 @@ class LocalEndpointDeployer(EndpointDeployer):
                                        f"becoming healthy. Server log:\n{self._log_tail(offset)}")
             state = self._read_state()
             if state is not None and int(state["pid"]) == proc.pid and self._ping(state["url"], 2.0) is not None:
-                self._port_file.write_text(str(state["port"]))
+                write_text_atomic(self._port_file, str(state["port"]), mode=PRIVATE_FILE_MODE)
                 log(f"endpoint {self.endpoint_name} healthy at {state['url']} serving v{version}")
                 return state
             time.sleep(0.2)
@@ -381,8 +392,8 @@ class LocalEndpointDeployer(EndpointDeployer):
     def deploy(self, package: ModelPackage, store: ObjectStore,
                on_log: Callable[[str], None] | None = None) -> EndpointHandle:
         log = on_log or (lambda _msg: None)
-        self._dir.mkdir(parents=True, exist_ok=True)
-        with open(self._dir / "deploy.lock", "a+") as lockfh:
+        private_dir(self._dir)
+        with open_private_append(self._dir / "deploy.lock") as lockfh:
             fcntl.flock(lockfh, fcntl.LOCK_EX)  # one rollout at a time, across processes
             model_tar = self._fetch_package(package, store, log)
             running = self._running()

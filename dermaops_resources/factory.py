@@ -13,7 +13,7 @@ from .io_manager import HandleIOManager
 from .jobs import LocalJobRunner
 from .metrics import LocalMetricsStore
 from .notifier import LocalNotifier
-from .object_store import LocalObjectStore
+from .object_store import LocalObjectStore, secure_home
 from .registry import SqliteModelRegistry
 from .settings import Settings
 
@@ -22,7 +22,10 @@ RESOURCE_KEYS = ("store", "jobs", "registry", "endpoint", "notifier", "metrics")
 
 
 def build_local_resources(settings: Settings) -> dict[str, Any]:
-    home = settings.home_path
+    """The local backend, all of it under ``DERMAOPS_HOME``: the home is made (or tightened
+    to) 0700 here, and each resource creates its own folders 0700 and files 0600, so patient
+    images, the registry, metrics, alerts and job folders are readable by their owner only."""
+    home = secure_home(settings.home_path)
     store = LocalObjectStore(root=str(home / "store"))
     return {
         "store": store,

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from ml_code.contract import parse_metric_line
 from ml_code.data.splits import SPLITS
 
-from .object_store import ObjectStore, file_uri_to_path, join_uri
+from .object_store import CHILD_UMASK, PRIVATE_FILE_MODE, ObjectStore, file_uri_to_path, join_uri, private_dir
 from .settings import REPO_ROOT, child_environment
 
 LogFn = Callable[[str], None]
@@ -84,7 +84,10 @@ class JobRunner(dg.ConfigurableResource, ABC):
 
 
 def _safe_tar(tar_path: Path, src_dir: Path) -> None:
-    with tarfile.open(tar_path, "w:gz") as tar:
+    """model.tar.gz of ``src_dir``, created 0600 (it is under DERMAOPS_HOME/jobs); members keep
+    their own (owner-only) modes, so a local endpoint that extracts it keeps them private too."""
+    fd = os.open(tar_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
         for path in sorted(src_dir.rglob("*")):
             tar.add(path, arcname=path.relative_to(src_dir).as_posix(), recursive=False)
 
@@ -107,7 +110,7 @@ class LocalJobRunner(JobRunner):
         work = Path(self.work_root) / spec.name
         if work.exists():
             shutil.rmtree(work)
-        work.mkdir(parents=True)
+        private_dir(work)  # 0700; a failed job's folder stays behind for debugging, owner-only
         env = child_environment(drop_prefixes=("SM_", "DAGSTER_"))
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["PYTHONUNBUFFERED"] = "1"
@@ -115,8 +118,8 @@ class LocalJobRunner(JobRunner):
         output_dirs: dict[str, Path] = {}
         if spec.job_type == "training":
             model_dir, out_dir = work / "model", work / "output"
-            (out_dir / "data").mkdir(parents=True)
-            model_dir.mkdir()
+            private_dir(out_dir / "data")
+            private_dir(model_dir)
             for name, uri in spec.inputs.items():
                 env[f"SM_CHANNEL_{name.upper()}"] = str(self._channel_dir(store, uri, work / "input" / name))
             ckpt = work / "checkpoints"
@@ -125,7 +128,7 @@ class LocalJobRunner(JobRunner):
                 ckpt = file_uri_to_path(spec.checkpoint_uri)
             elif spec.checkpoint_uri:
                 store.download_dir(spec.checkpoint_uri, ckpt)
-            ckpt.mkdir(parents=True, exist_ok=True)
+            private_dir(ckpt)
             env.update({
                 "SM_CHANNELS": json.dumps(sorted(spec.inputs)),
                 "SM_MODEL_DIR": str(model_dir),
@@ -141,13 +144,13 @@ class LocalJobRunner(JobRunner):
                 args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
         else:
             out_dir = work / "output"
-            out_dir.mkdir()
+            private_dir(out_dir)
             for name, uri in spec.inputs.items():
                 env[f"SM_PROCESSING_INPUT_{name.upper()}"] = str(
                     self._channel_dir(store, uri, work / "input" / name))
             for name in spec.outputs:
                 output_dirs[name] = work / "processing-output" / name
-                output_dirs[name].mkdir(parents=True)
+                private_dir(output_dirs[name])
                 env[f"SM_PROCESSING_OUTPUT_{name.upper()}"] = str(output_dirs[name])
             env["SM_OUTPUT_DIR"] = str(out_dir)
             env["SM_HPS"] = json.dumps(spec.hyperparameters)
@@ -156,8 +159,9 @@ class LocalJobRunner(JobRunner):
         metrics: list[dict[str, Any]] = []
         cmd = [self.python, "-m", spec.entry_point, *args]
         on_log(f"[{spec.name}] starting {spec.job_type} job: {spec.entry_point}")
+        # umask in the child only: what the job writes (checkpoints, model, failure file) is owner-only
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, start_new_session=True)
+                                text=True, bufsize=1, start_new_session=True, umask=CHILD_UMASK)
         tail: list[str] = []
         try:
             assert proc.stdout is not None

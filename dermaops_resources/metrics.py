@@ -12,9 +12,10 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
+
+from .object_store import private_sqlite
 
 NAMESPACE = "DermaOps"
 
@@ -82,19 +83,23 @@ class MetricsPublisher(dg.ConfigurableResource, ABC):
 
 
 class LocalMetricsStore(MetricsPublisher):
+    """Metrics and alarm states in one SQLite file (0600, under ``DERMAOPS_HOME``).
+
+    Connections are in autocommit mode; the one read-then-write, an alarm transition, is an
+    explicit ``BEGIN IMMEDIATE`` transaction, so concurrent monitors serialise on it."""
+
     db_path: str
 
     @contextmanager
     def _conn(self):
-        Path(self.db_path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.db_path, timeout=30)
+        private_sqlite(self.db_path)
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS metrics (name TEXT, value REAL, unit TEXT, "
                          "dimensions TEXT, at REAL)")
             conn.execute("CREATE TABLE IF NOT EXISTS alarms (name TEXT PRIMARY KEY, metric TEXT, threshold REAL, "
                          "comparison TEXT, severity TEXT, state TEXT DEFAULT 'INSUFFICIENT_DATA')")
             yield conn
-            conn.commit()
         finally:
             conn.close()
 
@@ -114,11 +119,27 @@ class LocalMetricsStore(MetricsPublisher):
         return [spec.name for spec in ALARMS]
 
     def set_alarm_state(self, name: str, state: str) -> str:
-        """Record an alarm's state; returns the previous one (so callers notify on change only)."""
+        """Move an alarm to ``state``; returns the state it had *for this caller*.
+
+        Check and set are one ``BEGIN IMMEDIATE`` transaction: the write lock is taken before
+        the read, so of two monitors that see the same breach at once, the second reads the
+        first one's ALARM and does not page again (``evaluate_alarms`` notifies on
+        ``previous != "ALARM"`` only). An alarm not created by ``ensure_alarms`` yet is
+        recorded here rather than silently left without state."""
         with self._conn() as conn:
-            row = conn.execute("SELECT state FROM alarms WHERE name = ?", (name,)).fetchone()
-            conn.execute("UPDATE alarms SET state = ? WHERE name = ?", (state, name))
-        return row[0] if row else "INSUFFICIENT_DATA"
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT state FROM alarms WHERE name = ?", (name,)).fetchone()
+                previous = row[0] if row else "INSUFFICIENT_DATA"
+                if row is None:
+                    conn.execute("INSERT INTO alarms(name, state) VALUES (?, ?)", (name, state))
+                elif previous != state:
+                    conn.execute("UPDATE alarms SET state = ? WHERE name = ?", (state, name))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return previous
 
     def alarm_states(self) -> dict[str, str]:
         with self._conn() as conn:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from .settings import Settings
 LOG_PREFIX = "monitoring/inference_log"
 """Key prefix (``logs`` bucket) of the inference log: ``cursor.json`` and ``parts/``."""
 CURSOR_KEY = f"{LOG_PREFIX}/cursor.json"
+log = logging.getLogger("dermaops.monitoring")
 BASELINE_INDEX = "baselines/by-model"
 """Key prefix (``models`` bucket) of the baseline index: ``<model_hash>.json`` -> ``BaselineHandle``."""
 
@@ -100,14 +102,32 @@ def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int
     The log only grows, and the monitors look at a recent window, so reading backwards from
     the cursor's last part keeps a run's cost bounded by the window, not by the log's age.
     Rows come back in log order (oldest first); with ``max_rows`` only the newest rows are
-    kept, and their images stay aligned with them."""
+    kept, and their images stay aligned with them.
+
+    Parts the cursor lists may be gone: the ``logs`` bucket expires them after 30 days (see
+    ``infra/main.tf``), so after a quiet month every part can be. A missing part (or half of
+    one: its ``.parquet``, or its ``.npy`` when images are wanted) is skipped, not an error;
+    how many were skipped is in ``rows.attrs["missing_parts"]`` and in a warning. One listing
+    of ``parts/`` tells which exist, so a long-expired log costs no failed reads."""
     frames: list[pd.DataFrame] = []
     images: list[np.ndarray] = []
     n = 0
-    for seq in range(int(cursor.get("parts", 0)) - 1, -1, -1):
-        base = store.uri("logs", f"{LOG_PREFIX}/parts/{seq:08d}")
-        frame = pd.read_parquet(io.BytesIO(store.get_bytes(base + ".parquet")), columns=columns)
-        imgs = np.load(io.BytesIO(store.get_bytes(base + ".npy"))) if with_images else None
+    missing = 0
+    parts_uri = store.uri("logs", f"{LOG_PREFIX}/parts")
+    total = int(cursor.get("parts", 0))
+    present = {obj.key.rsplit("/", 1)[-1] for obj in store.list(parts_uri)} if total else set()
+    for seq in range(total - 1, -1, -1):
+        name = f"{seq:08d}"
+        if f"{name}.parquet" not in present or (with_images and f"{name}.npy" not in present):
+            missing += 1
+            continue
+        base = store.uri("logs", f"{LOG_PREFIX}/parts/{name}")
+        try:
+            frame = pd.read_parquet(io.BytesIO(store.get_bytes(base + ".parquet")), columns=columns)
+            imgs = np.load(io.BytesIO(store.get_bytes(base + ".npy"))) if with_images else None
+        except FileNotFoundError:  # expired between the listing and the read
+            missing += 1
+            continue
         if since is not None:
             keep = (frame["inference_time"] >= since).to_numpy()
             frame = frame[keep]
@@ -118,8 +138,13 @@ def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int
         n += len(frame)
         if (max_rows is not None and n >= max_rows) or (since is not None and len(frame) == 0):
             break
+    if missing:
+        log.warning("inference log: %d of %d part(s) listed in the cursor are gone from the store (expired by "
+                    "the 30-day rule or deleted) and were skipped.", missing, total)
     if not frames:
-        return pd.DataFrame(columns=columns or []), []
+        empty = pd.DataFrame(columns=columns or [])
+        empty.attrs["missing_parts"] = missing
+        return empty, []
     rows = pd.concat(frames[::-1], ignore_index=True)
     images = images[::-1]
     if max_rows is not None and len(rows) > max_rows:
@@ -127,6 +152,7 @@ def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int
         rows = rows.iloc[cut:].reset_index(drop=True)
         flat = [img for part in images for img in part][cut:]
         images = [np.stack(flat)] if flat else []
+    rows.attrs["missing_parts"] = missing
     return rows, images
 
 

@@ -18,6 +18,8 @@ from typing import Literal
 
 import dagster as dg
 
+from .object_store import open_private_append
+
 Severity = Literal["info", "warning", "critical"]
 log = logging.getLogger("dermaops.notifier")
 
@@ -47,9 +49,8 @@ class LocalNotifier(Notifier):
         line = json.dumps(record, sort_keys=True)
         log.log(logging.CRITICAL if severity == "critical" else logging.WARNING if severity == "warning"
                 else logging.INFO, "[%s] %s: %s", severity.upper(), subject, message)
-        path = Path(self.alerts_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as fh:  # one write of one line: readers never see half a record
+        # 0600: alerts name models and metrics, not patients, but DERMAOPS_HOME is owner-only throughout
+        with open_private_append(self.alerts_path) as fh:  # one write of one line: readers never see half a record
             fh.write(line + "\n")
         if self.webhook_url:
             req = urllib.request.Request(self.webhook_url, data=line.encode(), method="POST",

@@ -39,6 +39,108 @@ class StoredObject:
     inode (ctime cannot be preserved by ``cp -p``/``rsync -a``/unzip, mtime can)."""
 
 
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+"""Modes of everything DermaOps creates under ``DERMAOPS_HOME`` (patient images, registry,
+metrics, alerts, job folders): only the owner may read. Set explicitly on each folder and
+file, never through the process umask, which library code must not change."""
+CHILD_UMASK = 0o077
+"""Umask of the child processes DermaOps starts (local jobs, the local endpoint server), given
+to ``subprocess.Popen(umask=...)``: it applies in the child only, so whatever ``ml_code``
+writes there (checkpoints, captures, failure files) is owner-only without this process's
+umask changing."""
+
+
+def private_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` where every folder it creates is ``0700`` (existing folders are left as
+    they are: ``secure_home`` tightens the top one).
+
+    ``Path.mkdir(parents=True, mode=...)`` applies ``mode`` to the last folder only and the
+    umask to all of them, so each missing folder is made and chmodded here, top down."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    missing: list[Path] = []
+    here = path
+    while not here.exists():
+        missing.append(here)
+        if here.parent == here:
+            break
+        here = here.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue  # made by a concurrent writer (with this same function)
+        os.chmod(folder, PRIVATE_DIR_MODE)  # the umask may have taken owner bits away
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} exists and is not a folder; move it away so DermaOps can use it.")
+    return path
+
+
+def secure_home(path: str | os.PathLike) -> Path:
+    """``DERMAOPS_HOME``: created ``0700``, and tightened to ``0700`` when it already exists
+    with wider permissions (a home made by an older DermaOps), so that nothing below it is
+    reachable by other users even where older files are still ``0644``."""
+    path = private_dir(path)
+    st = path.stat()
+    if st.st_mode & 0o077:
+        if st.st_uid != os.getuid():
+            raise PermissionError(f"DERMAOPS_HOME {path} is readable by other users and belongs to uid "
+                                  f"{st.st_uid}, not to this user ({os.getuid()}); point DERMAOPS_HOME at a "
+                                  "folder of your own.")
+        os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def _tighten(path: Path) -> None:
+    """chmod ``path`` to 0600 when it is wider (a file written before this rule existed)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return
+    if mode != PRIVATE_FILE_MODE:
+        os.chmod(path, PRIVATE_FILE_MODE)
+
+
+def private_file(path: str | os.PathLike) -> Path:
+    """Make sure ``path`` exists as an owner-only (0600) file, creating it empty if missing."""
+    path = Path(path)
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE_MODE)
+    os.close(fd)
+    _tighten(path)
+    return path
+
+
+def private_sqlite(db_path: str | os.PathLike) -> Path:
+    """Prepare a SQLite database path so that the database and its ``-wal``/``-shm``/``-journal``
+    companions are 0600: SQLite creates the companions with the database file's own
+    permissions, so the database is created 0600 first (an empty file is a valid empty
+    database); companions left by an older version are tightened too."""
+    path = private_file(db_path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        _tighten(Path(f"{path}{suffix}"))
+    return path
+
+
+def open_private_append(path: str | os.PathLike, binary: bool = False):
+    """``open(path, "a")`` (text, UTF-8; ``"ab"`` with ``binary``) on an owner-only file:
+    created 0600, tightened if older. Appends of one ``write`` each stay whole lines."""
+    path = Path(path)
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != PRIVATE_FILE_MODE:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab") if binary else os.fdopen(fd, "a", encoding="utf-8")
+
+
 def local_version(st: os.stat_result) -> str:
     """A local file's change fingerprint (see ``StoredObject.version``)."""
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
@@ -203,35 +305,63 @@ def file_uri_to_path(uri: str) -> Path:
 
 
 class LocalObjectStore(ObjectStore):
-    """Buckets are folders under ``root``; publish is write-to-temp + ``os.replace``."""
+    """Buckets are folders under ``root``; publish is write-to-temp + ``os.replace``.
+
+    Every key stays inside ``root``: a key with a ``..`` part, a bucket that is not a plain
+    folder name, or a folder that is a symbolic link out of the store is refused with
+    ``ValueError`` on write and on read (patient data must not be written, or read, from
+    wherever a crafted key points). Folders are created 0700 and objects 0600."""
 
     root: str
 
     _made: set = PrivateAttr(default_factory=set)
 
     def _bucket_dir(self, bucket: Bucket) -> Path:
+        if not bucket or bucket in (".", "..") or "/" in bucket or "\\" in bucket or bucket.startswith("."):
+            raise ValueError(f"Bucket {bucket!r} is not a plain folder name; use one of the DermaOps buckets "
+                             "(raw, processed, models, logs).")
         path = Path(self.root) / bucket
         if bucket not in self._made:
-            path.mkdir(parents=True, exist_ok=True)
+            private_dir(path)
             self._made.add(bucket)
         return path
 
+    def _key_path(self, bucket: Bucket, key: str) -> Path:
+        """``root/bucket/key``, refusing keys that climb out with ``..`` (checked on the text:
+        a missing folder cannot be resolved yet)."""
+        rel = key.lstrip("/")
+        if any(part == ".." for part in rel.replace("\\", "/").split("/")):
+            raise ValueError(f"Key {key!r} in bucket {bucket!r} has a '..' part and would escape the local object "
+                             f"store at {self.root}; use a key without '..'.")
+        return self._bucket_dir(bucket) / rel
+
+    def _inside(self, path: Path, what: str) -> Path:
+        """``path`` resolved (symbolic links followed), or ValueError when that is outside ``root``."""
+        resolved = path.resolve()
+        root = Path(self.root).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise ValueError(f"{what} resolves to {resolved}, outside the local object store at {root} (a symbolic "
+                             "link or '..' leads out of it); remove the link or use another key.")
+        return resolved
+
     def uri(self, bucket: Bucket, key: str) -> str:
-        return (self._bucket_dir(bucket) / key.lstrip("/")).as_uri()
+        return self._key_path(bucket, key).as_uri()
 
     def _path(self, uri: str) -> Path:
-        path = file_uri_to_path(uri).resolve()
-        root = Path(self.root).resolve()
-        if root not in path.parents and path != root:
-            raise ValueError(f"{uri!r} is outside the local object store at {root}")
-        return path
+        return self._inside(file_uri_to_path(uri), repr(uri))
 
     def _publish(self, bucket: Bucket, key: str, write) -> str:
-        final = self._bucket_dir(bucket) / key.lstrip("/")
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final = self._key_path(bucket, key)
+        where = f"The folder of key {key!r} in bucket {bucket!r}"
+        existing = final.parent
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        self._inside(existing, where)  # before creating folders: never mkdir through a link out
+        private_dir(final.parent)
+        self._inside(final.parent, where)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".{uuid.uuid4().hex[:6]}.tmp", dir=final.parent)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with os.fdopen(fd, "wb") as fh:  # mkstemp creates the file 0600, which os.replace keeps
                 write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -258,9 +388,14 @@ class LocalObjectStore(ObjectStore):
         return path.read_bytes()
 
     def download_file(self, uri: str, dest: str | os.PathLike) -> Path:
+        """A copy of the object at ``dest``, owner-only (0600) like the object itself."""
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self._path(uri), dest)
+        src = self._path(uri)
+        private_dir(dest.parent)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+            os.fchmod(out.fileno(), PRIVATE_FILE_MODE)
+            shutil.copyfileobj(fh, out, 1 << 20)
         return dest
 
     def exists(self, uri: str) -> bool:

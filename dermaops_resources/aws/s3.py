@@ -5,7 +5,9 @@ Why the shape:
   copy), with the customer key, instead of trusting the bucket default: a bucket whose
   default encryption was changed by hand still receives only KMS-encrypted lesion images.
 - Atomic publish: bytes go to ``_tmp/<uuid>/<key>``, their size is checked, then the
-  object is copied under the final key and the temporary one deleted. A crashed or
+  object is copied under the final key and the temporary one deleted *by version id*
+  (the buckets are versioned: a plain delete would keep the bytes as a noncurrent
+  version). A crashed or
   truncated upload therefore never appears under a name that readers (sensors, jobs)
   trust; the ``_tmp/`` prefix also expires by lifecycle rule (see ``infra/main.tf``)
   in case the process dies before its own cleanup.
@@ -101,24 +103,49 @@ class S3ObjectStore(ObjectStore):
         if not final_key or final_key.startswith(TMP_PREFIX):
             raise ValueError(f"Cannot write key {key!r}: it must be non-empty and outside {TMP_PREFIX!r}.")
         tmp_key = f"{TMP_PREFIX}{uuid.uuid4().hex}/{final_key}"
+        version_id: str | None = None
         try:
             upload(name, tmp_key)
-            self._commit(name, tmp_key, final_key, expected_size)
+            version_id = self._commit(name, tmp_key, final_key, expected_size)
         finally:
-            try:
-                self.client.delete_object(Bucket=name, Key=tmp_key)
-            except Exception:  # noqa: BLE001 - the _tmp/ lifecycle rule removes leftovers
-                pass
+            self._discard_tmp(name, tmp_key, version_id)
         return f"s3://{name}/{final_key}"
 
-    def _commit(self, name: str, tmp_key: str, final_key: str, expected_size: int) -> None:
-        """Check the temporary object is complete, then copy it (server side, SSE-KMS) to the final key."""
+    def _commit(self, name: str, tmp_key: str, final_key: str, expected_size: int) -> str:
+        """Check the temporary object is complete, then copy it (server side, SSE-KMS) to the final key.
+
+        Returns the temporary object's VersionId ("" on an unversioned bucket), so that
+        ``_discard_tmp`` deletes exactly that version. On an incomplete upload it raises before
+        returning, and ``_discard_tmp`` finds the version by listing."""
         head = self.client.head_object(Bucket=name, Key=tmp_key)
         if int(head["ContentLength"]) != expected_size:
             raise OSError(f"Upload of s3://{name}/{final_key} is incomplete: {head['ContentLength']} of "
                           f"{expected_size} bytes arrived; nothing was published, retry the write.")
         self.client.copy({"Bucket": name, "Key": tmp_key}, name, final_key,
                          ExtraArgs={**self._sse, "MetadataDirective": "COPY"}, Config=self._transfer)
+        return str(head.get("VersionId") or "")
+
+    def _discard_tmp(self, name: str, tmp_key: str, version_id: str | None) -> None:
+        """Remove the temporary object for good, leaving no noncurrent copy of patient data.
+
+        On a versioned bucket a plain DeleteObject only adds a delete marker and keeps the bytes
+        as a noncurrent version (for ``noncurrent_days``); deleting by VersionId removes them.
+        ``version_id`` is the one ``_commit`` returned ("" = unversioned bucket: a plain delete is
+        final). When the write failed before that (None), every version and delete marker of
+        exactly this key is listed and deleted (needs s3:ListBucketVersions). Failures are
+        swallowed: the ``_tmp/`` lifecycle rule removes leftovers (see ``infra/main.tf``)."""
+        try:
+            if version_id:
+                self.client.delete_object(Bucket=name, Key=tmp_key, VersionId=version_id)
+            elif version_id == "":
+                self.client.delete_object(Bucket=name, Key=tmp_key)
+            else:
+                listing = self.client.list_object_versions(Bucket=name, Prefix=tmp_key)
+                for entry in [*listing.get("Versions", []), *listing.get("DeleteMarkers", [])]:
+                    if entry["Key"] == tmp_key:
+                        self.client.delete_object(Bucket=name, Key=tmp_key, VersionId=entry["VersionId"])
+        except Exception:  # noqa: BLE001, S110 - the _tmp/ lifecycle rule removes leftovers
+            pass
 
     def put_bytes(self, bucket: Bucket, key: str, data: bytes) -> str:
         def upload(name: str, tmp_key: str) -> None:
