@@ -7,9 +7,9 @@ import pandas as pd
 from pydantic import Field
 
 from dermaops_resources.handles import RawImagesHandle
-from dermaops_resources.ingestion import ingest_dataset, pseudonym_salt
+from dermaops_services.ingestion import ingest_dataset, pseudonym_salt
 from dermaops_resources.object_store import ObjectStore
-from dermaops_resources.raw_source import landed_batches
+from dermaops_services.raw_source import landed_batches
 from dermaops_resources.settings import Settings
 from ml_code.data import ingest, near_duplicates
 
@@ -29,7 +29,7 @@ class RawImagesConfig(dg.Config):
 @dg.asset(
     group_name="ingestion",
     kinds={"python", "s3"},
-    code_version=code_version("ml_code.data.ingest", "dermaops_resources.ingestion"),
+    code_version=code_version("ml_code.data.ingest", "dermaops_services.ingestion"),
     description="Dermoscopy images and metadata from DERMAOPS_RAW_URI (HAM10000 or ISIC layout) plus every "
     "batch landed under DERMAOPS_LANDING_URI, validated with a pandera schema and per-image checks; bad rows "
     "and files are quarantined with a reason; good images stored once under content-addressed keys. Data "

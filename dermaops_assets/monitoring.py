@@ -10,7 +10,7 @@
   accuracy / balanced accuracy vs the deployed model's evaluation -> ``AccuracyDropPoints``.
 
 The statistics and report rendering live in ``ml_code`` (no Dagster there); reading the
-inference log, baselines and labels from the store lives in ``dermaops_resources.monitoring_io``;
+inference log, baselines and labels from the store lives in ``dermaops_services.monitoring``;
 this module wires them together and turns results into metadata.
 """
 
@@ -26,7 +26,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from dermaops_resources.alarms import evaluate_alarms
+from dermaops_services.alarms import evaluate_alarms
 from dermaops_resources.cost import JobCost, monthly_cost
 from dermaops_resources.handles import EndpointHandle, ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec, job_output_prefix
@@ -34,7 +34,7 @@ from dermaops_resources.metrics import MetricsPublisher
 from dermaops_resources.monitoring_handles import (
     BaselineHandle, DriftReportHandle, InferenceLogHandle, ModelQualityHandle,
 )
-from dermaops_resources.monitoring_io import (
+from dermaops_services.monitoring import (
     BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, baseline_for_deployed_model, case_mix_rows, load_inference_log,
     local_copy, read_labels, read_model_config,
 )

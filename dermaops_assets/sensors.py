@@ -29,9 +29,9 @@ import time
 
 import dagster as dg
 
-from dermaops_resources.ingestion import pseudonym_salt
+from dermaops_services.ingestion import pseudonym_salt
 from dermaops_resources.object_store import LandedFile, ObjectStore, landing_files, landing_folders
-from dermaops_resources.raw_source import LANDING_STATE_PREFIX, batch_ref
+from dermaops_services.raw_source import LANDING_STATE_PREFIX, batch_ref
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
 

@@ -12,7 +12,7 @@ from dermaops_resources.metrics import LocalMetricsStore
 from dermaops_resources.notifier import LocalNotifier
 from dermaops_resources.object_store import LocalObjectStore
 from dermaops_resources.settings import Settings
-from tests.assets.test_monitoring import _HandleIO
+from tests.support.dagster_io import HandleIO as _HandleIO
 
 
 def _run(tmp_path, instance, instances: int, endpoint_type: str = "ml.m5.large"):

@@ -13,8 +13,8 @@ from dermaops_assets.monitoring import inference_log
 from dermaops_resources.handles import EndpointHandle
 from dermaops_resources.metrics import LocalMetricsStore
 from dermaops_resources.notifier import LocalNotifier
-from tests.assets.test_monitoring import _HandleIO
-from tests.resources.test_local_endpoint import build_package, make_deployer, post, register, wait_for
+from tests.support.dagster_io import HandleIO as _HandleIO
+from tests.support.endpoint_packages import build_package, make_deployer, post, register, wait_for
 
 # predict_fn of the test package: a white image is a server error, a grey one takes 1.2 s.
 FAILS_ON_WHITE_SLOW_ON_GREY = ("(1 / 0) if float(x.mean()) > 1.5 else "

@@ -2,7 +2,7 @@
 markers, and no patient-identifying names in anything it emits.
 
 Each scenario takes a ``Lander`` (how files arrive) so the same checks run on a local folder
-here and on moto S3 in tests/aws/test_landing_sensor_s3.py."""
+here and on moto S3 in tests/resources/aws/test_landing_sensor_s3.py."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from PIL import Image
 
 from dermaops_assets.jobs import RETRAIN_JOB, RETRAIN_REASON_TAG
 from dermaops_assets.sensors import LANDING_STATE_PREFIX, landing_tick
-from dermaops_resources.ingestion import ingest_dataset
+from dermaops_services.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore, ObjectStore
-from dermaops_resources.raw_source import landed_batches
+from dermaops_services.raw_source import landed_batches
 from tests.resources.test_ingestion import _draw_batch
 
 SALT = "landing-test-salt"
@@ -174,7 +174,7 @@ def scenario_no_folder_name_in_anything_emitted(instance, lander: Lander) -> Non
 
 
 def scenario_ingestion_leaves_a_batch_still_arriving(instance, lander: Lander, base: Path) -> None:
-    from dermaops_resources.raw_source import batch_ref
+    from dermaops_services.raw_source import batch_ref
 
     def ingested_ids():
         handle, stats = ingest_dataset([str(base), *landed_batches(lander.landing_uri)], lander.store, salt=SALT)

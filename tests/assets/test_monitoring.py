@@ -18,7 +18,6 @@ from PIL import Image
 
 from dermaops_assets.monitoring import drift_report, inference_log, model_quality_report
 from dermaops_resources.handles import EndpointHandle
-import importlib
 
 from dermaops_resources.metrics import LocalMetricsStore
 from dermaops_resources.monitoring_handles import BaselineHandle
@@ -30,34 +29,11 @@ from ml_code.package import networks
 from ml_code.package.loader import write_code
 from ml_code.monitoring.baseline import case_mix_counts, compute_baseline
 from ml_code.serving.serve import capture_record
-from tests.ml_code.monitoring_synth import contrast_stretched, lesion_images
+from tests.support.dagster_io import HandleIO as _HandleIO
+from tests.support.monitoring_synth import contrast_stretched, lesion_images
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 SIZE = 16
-
-
-class _HandleIO(dg.IOManager):
-    """Same JSON layout as dermaops_resources.io_manager.HandleIOManager (models/handles/<key>.json).
-
-    Kept local because HandleIOManager(store=...) currently rejects a store instance
-    (its ``store`` field is typed ResourceDependency); swap back once that is fixed.
-    """
-
-    def __init__(self, store: LocalObjectStore) -> None:
-        self.store = store
-
-    def _key(self, key: dg.AssetKey) -> str:
-        return "handles/" + "/".join(key.path) + ".json"
-
-    def handle_output(self, context, obj) -> None:
-        cls = type(obj)
-        self.store.put_json("models", self._key(context.asset_key), {
-            "type": f"{cls.__module__}:{cls.__qualname__}", "handle": json.loads(obj.model_dump_json())})
-
-    def load_input(self, context):
-        payload = self.store.get_json(self.store.uri("models", self._key(context.asset_key)))
-        module, _, name = payload["type"].partition(":")
-        return getattr(importlib.import_module(module), name).model_validate(payload["handle"])
 
 
 def _package(tmp: Path) -> Path:

@@ -11,7 +11,7 @@ from dermaops_resources.metrics import LocalMetricsStore
 from dermaops_resources.notifier import LocalNotifier
 from dermaops_resources.object_store import LocalObjectStore
 from dermaops_resources.registry import SqliteModelRegistry
-from tests.assets.test_monitoring import _HandleIO
+from tests.support.dagster_io import HandleIO as _HandleIO
 
 GOOD = {"balanced_accuracy": 0.8, "melanoma_sensitivity_at_operating_point": 0.85}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ml_code.synth_splits import make_splits
+from tests.support.synth_splits import make_splits
 from tests.ml_code.test_train import run_train
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.ml_code.synth_splits import make_splits
+from tests.support.synth_splits import make_splits
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "recipe_runs.sh"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.ml_code.monitoring_synth import lesion_images
-from tests.ml_code.synth_splits import make_splits
+from tests.support.monitoring_synth import lesion_images
+from tests.support.synth_splits import make_splits
 from tests.ml_code.test_train import run_train
 
 REPO = Path(__file__).resolve().parents[2]

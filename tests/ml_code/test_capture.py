@@ -13,7 +13,7 @@ from ml_code.monitoring.capture import model_view, parse_capture_bytes, parse_li
 from ml_code.monitoring.features import batch_features
 from ml_code.serving.serve import capture_record
 
-from .monitoring_synth import lesion_images
+from tests.support.monitoring_synth import lesion_images
 
 
 def _jpeg(arr: np.ndarray) -> bytes:

@@ -14,7 +14,7 @@ from ml_code.monitoring.drift import (
 )
 from ml_code.monitoring.features import PIXEL_FEATURES, batch_features
 
-from .monitoring_synth import colour_normalised, contrast_stretched, lesion_images
+from tests.support.monitoring_synth import colour_normalised, contrast_stretched, lesion_images
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ml_code import contract
-from tests.ml_code.synth_splits import make_splits
+from tests.support.synth_splits import make_splits
 from tests.ml_code.test_train import REPO, run_train
 
 MQ_KEYS = {"accuracy", "weighted_recall", "weighted_precision", "weighted_f0_5", "weighted_f1", "weighted_f2", "confusion_matrix"}

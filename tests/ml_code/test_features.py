@@ -7,7 +7,7 @@ import pytest
 
 from ml_code.monitoring.features import FEATURE_NAMES, batch_features, image_features
 
-from .monitoring_synth import lesion_images
+from tests.support.monitoring_synth import lesion_images
 
 
 def test_constant_grey_image_has_known_features() -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ml_code import CLASSES
 from ml_code.tools.demo_data import generate_demo_dataset
-from dermaops_resources.ingestion import ingest_dataset
+from dermaops_services.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore
 from ml_code.data.ingest import canonical_manifest_csv
 from ml_code.data.preprocess import decode_square as load_image_square

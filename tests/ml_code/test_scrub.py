@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageCms, PngImagePlugin
 
-from dermaops_resources.ingestion import ingest_dataset
+from dermaops_services.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore
 from ml_code.data import ingest, scrub
 from ml_code.package.image_policy import decode_square, open_image

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ml_code.tools.traffic import check_loopback, main, simulate_traffic, list_images
 
-from .monitoring_synth import lesion_images
+from tests.support.monitoring_synth import lesion_images
 
 
 class _Handler(BaseHTTPRequestHandler):

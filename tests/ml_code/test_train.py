@@ -20,7 +20,7 @@ from ml_code.package import views as d4
 from ml_code.data.split_reader import load_splits
 from ml_code.training.fusion import fit_fusion
 from ml_code.training.options import TrainOptions
-from tests.ml_code.synth_splits import make_splits
+from tests.support.synth_splits import make_splits
 
 REPO = Path(__file__).resolve().parents[2]
 

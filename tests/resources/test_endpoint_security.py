@@ -18,7 +18,7 @@ from dermaops_resources.object_store import LocalObjectStore, file_uri_to_path
 from dermaops_resources.settings import REPO_ROOT, Settings
 from ml_code.serving import serve
 from ml_code.tools.traffic import main as traffic_main
-from tests.resources.test_local_endpoint import (
+from tests.support.endpoint_packages import (
     build_package,
     lesion_image,
     post,

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from dermaops_resources.alarms import evaluate_alarms
+from dermaops_services.alarms import evaluate_alarms
 from dermaops_resources.factory import build_local_resources
 from dermaops_resources.jobs import JobFailed, JobSpec
 from dermaops_resources.object_store import LocalObjectStore
 from dermaops_resources.settings import Settings
 
-ENTRY = "tests.resources.contract_probe"
+ENTRY = "tests.support.contract_probe"
 
 
 @pytest.fixture

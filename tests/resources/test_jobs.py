@@ -8,7 +8,7 @@ import pytest
 from dermaops_resources.jobs import JobFailed, JobSpec, LocalJobRunner, read_split_index, read_training_record
 from dermaops_resources.object_store import LocalObjectStore
 
-ENTRY = "tests.resources.contract_probe"
+ENTRY = "tests.support.contract_probe"
 
 
 @pytest.fixture

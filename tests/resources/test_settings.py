@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from dermaops_resources.ingestion import MIN_SALT_CHARS, pseudonym_salt
+from dermaops_services.ingestion import MIN_SALT_CHARS, pseudonym_salt
 from dermaops_resources.settings import ENV_VARS, REPO_ROOT, Settings, all_env_var_names
 
-CODE_DIRS = ("dermaops_assets", "dermaops_resources", "ml_code")
+CODE_DIRS = ("dermaops_assets", "dermaops_resources", "dermaops_services", "dermaops_cli", "ml_code")
 #: Names that are not user settings: the SageMaker launcher's own variable, set by the runner
 #: inside the container (ml_code's container contract), never by a user.
 CONTAINER_CONTRACT = {"DERMAOPS_ENTRY_POINT"}

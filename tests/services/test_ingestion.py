@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermaops_resources.ingestion import ingest_dataset
+from dermaops_services.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore
-from dermaops_resources.raw_source import landed_batches
+from dermaops_services.raw_source import landed_batches
 from ml_code.data import ingest
 from ml_code.tools.demo_data import generate_demo_dataset
 from tests.conftest import HAM10000, requires_ham10000
@@ -162,7 +162,7 @@ def test_bad_files_and_duplicate_bytes_are_quarantined_and_hash_is_order_indepen
 
 
 def test_missing_metadata_is_a_clear_error(tmp_path: Path) -> None:
-    from dermaops_resources.raw_source import RawSourceError
+    from dermaops_services.raw_source import RawSourceError
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(RawSourceError, match="No metadata CSV"):
@@ -233,7 +233,7 @@ def test_unreadable_batch_is_quarantined_whole_and_everything_else_ingests(demo:
     assert {"GOOD_0001", "GOOD_0002"} <= set(_published_manifest(store, handle.manifest_uri)["image_id"])
     reasons = dict(stats.quarantined_batches)
     assert len(reasons) == 2
-    from dermaops_resources.raw_source import batch_ref
+    from dermaops_services.raw_source import batch_ref
 
     assert "NUL bytes" in reasons[batch_ref("b-binary", "s")]
     no_columns = reasons[batch_ref("c-no-columns", "s")]
@@ -251,7 +251,7 @@ def test_unreadable_dataset_itself_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_symbolic_links_are_never_followed(demo: Path, tmp_path: Path) -> None:
-    from dermaops_resources.raw_source import SYMLINK_REASON, batch_ref
+    from dermaops_services.raw_source import SYMLINK_REASON, batch_ref
 
     outside = tmp_path / "elsewhere"
     _draw_batch(outside, [("OUT_0001", "nv", "50"), ("OUT_0002", "mel", "70")])
@@ -275,7 +275,7 @@ def test_symbolic_links_are_never_followed(demo: Path, tmp_path: Path) -> None:
 
 
 def test_a_linked_folder_inside_a_dataset_is_listed_as_a_link_not_walked(tmp_path: Path) -> None:
-    from dermaops_resources.raw_source import RawSource
+    from dermaops_services.raw_source import RawSource
 
     outside = tmp_path / "elsewhere"
     _draw_batch(outside, [("OUT_0001", "nv", "50")])

@@ -4,7 +4,7 @@ Driven the way a user drives it: ``dagster asset materialize -m dermaops_assets`
 subprocess whose only link to "AWS" is the environment (``AWS_ENDPOINT_URL`` and the
 ``DERMAOPS_*`` settings), so the definitions, the AWS factory and every resource are the
 production ones. moto accepts SageMaker jobs without running them;
-``tests.aws.moto_executor`` (``python -m tests.aws.moto_executor --dagster ...``) runs the real ``ml_code``
+``tests.support.moto_executor`` (``python -m tests.support.moto_executor --dagster ...``) runs the real ``ml_code``
 entry points from the uploaded sourcedir on the job's declared S3 inputs, so the model
 that gets registered and deployed was really trained and evaluated.
 
@@ -127,13 +127,13 @@ def test_whole_graph_on_aws_backend_against_moto(private_moto_server: str, tmp_p
         "DERMAOPS_MODEL_PACKAGE_GROUP": group,
         "DAGSTER_HOME": str(dagster_home),
         "DAGSTER_TELEMETRY_DISABLED": "1",
-        "PYTHONPATH": str(REPO),  # the dagster process imports the executor from tests.aws
+        "PYTHONPATH": str(REPO),  # the dagster process imports the executor from tests.support
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",  # 2 shared cores
     })
 
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.aws.moto_executor", "--dagster", "asset", "materialize", "-m", "dermaops_assets", "--select", ",".join(STAGES + MONITORING),
+        [sys.executable, "-m", "tests.support.moto_executor", "--dagster", "asset", "materialize", "-m", "dermaops_assets", "--select", ",".join(STAGES + MONITORING),
          "-c", str(config)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"materialize failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"

@@ -21,7 +21,7 @@ import pytest
 
 from dermaops_resources.aws.s3 import S3ObjectStore
 
-from .moto_executor import start_moto_server
+from tests.support.moto_executor import start_moto_server
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -74,7 +74,7 @@ def private_moto_server(monkeypatch: pytest.MonkeyPatch):
     url = f"http://127.0.0.1:{port}"
     repo = Path(__file__).resolve().parents[2]
     child_env = {**os.environ, "PYTHONPATH": str(repo)}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.aws.moto_executor", "--serve", str(port)], cwd=repo,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.moto_executor", "--serve", str(port)], cwd=repo,
                             env=child_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60

@@ -23,9 +23,9 @@ import pandas as pd
 
 from ml_code.data import ingest
 
-from .handles import RawImagesHandle
-from .object_store import ObjectStore
-from .raw_source import SYMLINK_REASON, NotFollowed, RawSource, RawSourceError, batch_ref, batches_still_arriving
+from dermaops_resources.handles import RawImagesHandle
+from dermaops_resources.object_store import ObjectStore
+from dermaops_services.raw_source import SYMLINK_REASON, NotFollowed, RawSource, RawSourceError, batch_ref, batches_still_arriving
 
 BATCH_ERRORS = (RawSourceError, ingest.MetadataError, PermissionError, IsADirectoryError)
 """What makes a landed batch unreadable as a whole (its own fault, not the platform's): it is

@@ -18,7 +18,7 @@ from dermaops_resources.jobs import JobFailed, JobSpec
 from dermaops_resources.settings import REPO_ROOT
 
 from .conftest import REGION, ROLE_ARN
-from .moto_executor import execute, played_runner
+from tests.support.moto_executor import execute, played_runner
 
 pytestmark = pytest.mark.aws
 
@@ -332,7 +332,7 @@ def test_spot_interruption_resumes_real_training_from_s3_checkpoints(store, tmp_
     """The real ml_code.training.train through SageMaker: a first job stops after epoch 2 with its
     checkpoints synced to CheckpointConfig.S3Uri (what managed spot does before an interruption);
     the restarted job gets them back in /opt/ml/checkpoints and continues at epoch 3."""
-    from tests.ml_code.synth_splits import make_splits
+    from tests.support.synth_splits import make_splits
 
     splits = make_splits(tmp_path / "splits", size=16, n_train=140, n_val=42, n_test=42)
     prefix = store.upload_dir("processed", "spot/splits", splits)

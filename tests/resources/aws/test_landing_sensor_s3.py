@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from dermaops_assets.sensors import landing_tick
-from dermaops_resources.raw_source import landed_batches
+from dermaops_services.raw_source import landed_batches
 from tests.assets.test_landing_sensor import (
     SALT, Lander, base_dataset, metadata, scenario_copy_in_progress_is_not_taken, scenario_corrected_metadata_under_the_same_key_lands_again,
     scenario_ingestion_leaves_a_batch_still_arriving, scenario_late_arrivals_sorting_before_are_seen,

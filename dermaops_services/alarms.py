@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .metrics import ALARMS, AlarmSpec, MetricsPublisher, breached
-from .notifier import Notifier
+from dermaops_resources.metrics import ALARMS, AlarmSpec, MetricsPublisher, breached
+from dermaops_resources.notifier import Notifier
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dermaops_resources.monitoring_io import LOG_PREFIX, case_mix_rows, load_inference_log, read_labels
+from dermaops_services.monitoring import LOG_PREFIX, case_mix_rows, load_inference_log, read_labels
 from dermaops_resources.object_store import LocalObjectStore
 from ml_code.monitoring.capture import rows_to_parquet_bytes, views_to_npy_bytes
 

@@ -29,11 +29,11 @@ import pandas as pd
 
 from ml_code.monitoring.casemix import CASE_MIX_COLUMNS
 
-from .handles import EndpointHandle
-from .monitoring_handles import BaselineHandle
-from .object_store import ObjectStore
-from .registry import ModelRegistry, RegistryError
-from .settings import Settings
+from dermaops_resources.handles import EndpointHandle
+from dermaops_resources.monitoring_handles import BaselineHandle
+from dermaops_resources.object_store import ObjectStore
+from dermaops_resources.registry import ModelRegistry, RegistryError
+from dermaops_resources.settings import Settings
 
 LOG_PREFIX = "monitoring/inference_log"
 """Key prefix (``logs`` bucket) of the inference log: ``cursor.json`` and ``parts/``."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from dermaops_resources.alarms import evaluate_alarms
+from dermaops_services.alarms import evaluate_alarms
 from dermaops_resources.metrics import LocalMetricsStore
 from dermaops_resources.notifier import LocalNotifier
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermaops_resources.monitoring_io import LOG_PREFIX, load_inference_log
+from dermaops_services.monitoring import LOG_PREFIX, load_inference_log
 from dermaops_resources.object_store import LocalObjectStore
 from ml_code.monitoring.capture import rows_to_parquet_bytes, views_to_npy_bytes
 

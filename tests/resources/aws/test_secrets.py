@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dermaops_resources.ingestion import pseudonym_salt
+from dermaops_services.ingestion import pseudonym_salt
 
 
 def test_salt_from_secrets_manager(moto_server):

@@ -3,7 +3,7 @@
 moto accepts CreateTrainingJob / CreateProcessingJob and marks the job Completed at
 once without running anything. ``execute`` (plugged in with
 :class:`PlayedJobRunner`, a test subclass of the production runner, or :func:`install` for a
-``dagster`` subprocess, see ``python -m tests.aws.moto_executor --dagster``) closes the gap:
+``dagster`` subprocess, see ``python -m tests.support.moto_executor --dagster``) closes the gap:
 right after the job is created it plays the container's part from the *request the runner
 sent*:
 
@@ -23,7 +23,7 @@ Job state changes go straight into moto's backend when the server runs in this p
 (the unit tests); from another process (the ``dagster asset materialize`` subprocess of the
 end-to-end test) they go to the ``JOB_STATE_PATH`` route that ``start_moto_server`` adds in
 front of moto, which applies them in the server's process. ``python -m
-tests.aws.moto_executor --serve PORT`` runs such a server as a process of its own (until its
+tests.support.moto_executor --serve PORT`` runs such a server as a process of its own (until its
 stdin closes).
 """
 
@@ -88,7 +88,7 @@ def _update_job(region: str, name: str, training: bool, fields: dict[str, Any]) 
             resp.read()
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"moto server refused the update of job {name}: {exc.code} {exc.read()[:300]!r}; "
-                           "is it the test server of tests/aws/conftest.py (with the job-state hook)?") from exc
+                           "is it the test server of tests/resources/aws/conftest.py (with the job-state hook)?") from exc
 
 
 class JobStateHook:
