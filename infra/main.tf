@@ -439,6 +439,25 @@ data "aws_iam_policy_document" "store_access" {
     resources = local.object_arns
   }
 
+  # Publishing writes a temporary key under _tmp/ and deletes it by version id, so no noncurrent
+  # copy stays behind on the versioned buckets; only those temporary keys' versions.
+  statement {
+    sid       = "RemoveTemporaryVersions"
+    actions   = ["s3:DeleteObjectVersion"]
+    resources = [for arn in local.bucket_arns : "${arn}/_tmp/*"]
+  }
+
+  statement {
+    sid       = "ListTemporaryVersions"
+    actions   = ["s3:ListBucketVersions"]
+    resources = local.bucket_arns
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["_tmp/*"]
+    }
+  }
+
   statement {
     sid       = "UseKeyThroughServices"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"]
