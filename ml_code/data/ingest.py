@@ -271,108 +271,13 @@ def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str,
     detected = detect_layout(df)
     if detected != layout:
         raise MetadataError(f"metadata looks like the {detected!r} layout, not {layout!r}")
-
-    good_rows: list[dict[str, object]] = []
-    quarantine: list[dict[str, str]] = []
-    seen: dict[str, int] = {}  # image_id -> index in good_rows
-    first_line: dict[str, int] = {}
-    conflicted: set[str] = set()
-
-    def col(name: str) -> list[object]:
-        return df[name].tolist() if name in df.columns else [None] * len(df)
-
-    if layout == "ham10000":
-        image_ids, lesion_ids = col("image_id"), col("lesion_id")
-        hierarchy: list[list[object]] = [[] for _ in range(len(df))]
-        legacy_terms = col("dx")
-        dx_types, ages, sexes, sites = col("dx_type"), col("age"), col("sex"), col("localization")
-        patients: list[object] = [None] * len(df)
-        image_types: list[object] = [None] * len(df)
-    else:
-        image_ids, lesion_ids = col("isic_id"), col("lesion_id")
-        level_values = [col(c) for c in ISIC_DIAGNOSIS_LEVELS]  # general -> specific; absent -> None
-        hierarchy = [[vals[i] for vals in level_values] for i in range(len(df))]
-        legacy_terms = col("diagnosis")
-        dx_types, ages, sexes = col("diagnosis_confirm_type"), col("age_approx"), col("sex")
-        sites, patients, image_types = col("anatom_site_general"), col("patient_id"), col("image_type")
-
-    id_column = "image_id" if layout == "ham10000" else "isic_id"
+    columns = _layout_columns(df, layout)
+    rows: list[tuple[int, dict[str, object] | None, str]] = []
     for i in range(len(df)):
-        line = i + 2  # 1-based, after the header: what an editor shows
-        image_id = _raw_text(image_ids[i])
-        where = f"row {line}"
-
-        def reject(reason: str) -> None:
-            quarantine.append({"image_id": image_id, "stage": "metadata", "reason": f"{where}: {reason}"})
-
-        if not image_id:
-            reject(f"'{id_column}' is empty; every row needs the id of its image file")
-            continue
-        if not re.match(IMAGE_ID_PATTERN, image_id):
-            reject(f"'{id_column}' {image_id!r} is not a safe file name (letters, digits, '_', '.', '-' only, "
-                   "at most 128 characters); rename the image and its row")
-            continue
-        mapped = map_diagnosis([_raw_text(t) for t in hierarchy[i]], _raw_text(legacy_terms[i]),
-                               other_class=other_class)
-        if mapped.dx is None:
-            reject(mapped.reason)
-            continue
-        dx = mapped.dx
-        age, age_problem = _parse_age(ages[i])
-        if age_problem:
-            reject(age_problem)
-            continue
-        image_type = _norm_text(image_types[i])
-        if image_type and image_type != "dermoscopic":
-            reject(f"image_type {image_type!r} is not dermoscopic; only dermoscopy images are accepted")
-            continue
-        lesion_id = _raw_text(lesion_ids[i])
-        if not lesion_id:
-            if layout == "ham10000":
-                reject("'lesion_id' is empty; HAM10000 rows need the lesion they belong to (splits group by it)")
-                continue
-            lesion_id = image_id  # ISIC: an image with no lesion id is its own lesion
-        sex = _SEX_MAP.get(_norm_text(sexes[i]), "unknown")
-        site = _norm_text(sites[i]) or "unknown"
-        dx_type = DX_TYPE_MAP.get(_norm_text(dx_types[i]), "unknown")
-        row = {
-            "image_id": image_id,
-            "lesion_id": lesion_id,
-            "patient_ref": patient_ref(_raw_text(patients[i]), salt),
-            "dx": dx,
-            "dx_type": dx_type,
-            "age": age,
-            "sex": sex,
-            "localization": site,
-            "source_layout": layout,
-        }
-        if image_id in seen:
-            previous = good_rows[seen[image_id]]
-            same = all(
-                (previous[k] == row[k]) or (k == "age" and math.isnan(previous[k]) and math.isnan(row[k]))  # type: ignore[arg-type]
-                for k in row
-            )
-            if same:
-                reject(f"duplicate of row {first_line[image_id]} (same image_id {image_id!r}, same metadata); "
-                       "the first row is kept, delete this one")
-            else:
-                conflicted.add(image_id)
-                reject(f"image_id {image_id!r} also appears at row {first_line[image_id]} with different metadata; "
-                       "both rows are quarantined until one is removed")
-            continue
-        seen[image_id] = len(good_rows)
-        first_line[image_id] = line
-        good_rows.append(row)
-
-    for image_id in sorted(conflicted):
-        quarantine.append({
-            "image_id": image_id,
-            "stage": "metadata",
-            "reason": f"row {first_line[image_id]}: image_id {image_id!r} appears again later with different "
-                      "metadata; both rows are quarantined until one is removed",
-        })
-        good_rows[seen[image_id]] = {}
-    good = pd.DataFrame([r for r in good_rows if r], columns=list(METADATA_COLUMNS))
+        row, problem = _normalise_row(columns, i, layout, salt, other_class)
+        rows.append((i + 2, row, problem))  # 1-based line after the header: what an editor shows
+    good_rows, quarantine = _drop_duplicates(rows, columns["image_id"])
+    good = pd.DataFrame(good_rows, columns=list(METADATA_COLUMNS))
     good["age"] = pd.to_numeric(good["age"], errors="coerce").astype(float)
     for c in METADATA_COLUMNS:
         if c != "age":
@@ -382,6 +287,97 @@ def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str,
         schema = schema.update_column("dx", checks=[pa.Check.isin((*CLASSES, other_class))])
     good = schema.validate(good.reset_index(drop=True))
     return good, quarantine_frame(quarantine)
+
+
+def _layout_columns(df: pd.DataFrame, layout: Layout) -> dict[str, list[object]]:
+    """The source columns of each internal field, as lists (absent columns -> None values)."""
+    def col(name: str) -> list[object]:
+        return df[name].tolist() if name in df.columns else [None] * len(df)
+
+    if layout == "ham10000":
+        return {"image_id": col("image_id"), "lesion_id": col("lesion_id"),
+                "hierarchy": [[] for _ in range(len(df))], "legacy": col("dx"), "dx_type": col("dx_type"),
+                "age": col("age"), "sex": col("sex"), "site": col("localization"),
+                "patient": [None] * len(df), "image_type": [None] * len(df)}
+    levels = [col(c) for c in ISIC_DIAGNOSIS_LEVELS]  # general -> specific; absent -> None
+    return {"image_id": col("isic_id"), "lesion_id": col("lesion_id"),
+            "hierarchy": [[vals[i] for vals in levels] for i in range(len(df))], "legacy": col("diagnosis"),
+            "dx_type": col("diagnosis_confirm_type"), "age": col("age_approx"), "sex": col("sex"),
+            "site": col("anatom_site_general"), "patient": col("patient_id"), "image_type": col("image_type")}
+
+
+def _normalise_row(columns: dict[str, list[object]], i: int, layout: Layout, salt: str,
+                   other_class: str | None) -> tuple[dict[str, object] | None, str]:
+    """(row in the internal schema, "") or (None, why the row is quarantined)."""
+    id_column = "image_id" if layout == "ham10000" else "isic_id"
+    image_id = _raw_text(columns["image_id"][i])
+    if not image_id:
+        return None, f"'{id_column}' is empty; every row needs the id of its image file"
+    if not re.match(IMAGE_ID_PATTERN, image_id):
+        return None, (f"'{id_column}' {image_id!r} is not a safe file name (letters, digits, '_', '.', '-' only, "
+                      "at most 128 characters); rename the image and its row")
+    mapped = map_diagnosis([_raw_text(t) for t in columns["hierarchy"][i]], _raw_text(columns["legacy"][i]),
+                           other_class=other_class)
+    if mapped.dx is None:
+        return None, mapped.reason
+    age, age_problem = _parse_age(columns["age"][i])
+    if age_problem:
+        return None, age_problem
+    image_type = _norm_text(columns["image_type"][i])
+    if image_type and image_type != "dermoscopic":
+        return None, f"image_type {image_type!r} is not dermoscopic; only dermoscopy images are accepted"
+    lesion_id = _raw_text(columns["lesion_id"][i])
+    if not lesion_id:
+        if layout == "ham10000":
+            return None, "'lesion_id' is empty; HAM10000 rows need the lesion they belong to (splits group by it)"
+        lesion_id = image_id  # ISIC: an image with no lesion id is its own lesion
+    return {
+        "image_id": image_id,
+        "lesion_id": lesion_id,
+        "patient_ref": patient_ref(_raw_text(columns["patient"][i]), salt),
+        "dx": mapped.dx,
+        "dx_type": DX_TYPE_MAP.get(_norm_text(columns["dx_type"][i]), "unknown"),
+        "age": age,
+        "sex": _SEX_MAP.get(_norm_text(columns["sex"][i]), "unknown"),
+        "localization": _norm_text(columns["site"][i]) or "unknown",
+        "source_layout": layout,
+    }, ""
+
+
+def _same_row(a: dict[str, object], b: dict[str, object]) -> bool:
+    return all(a[k] == b[k] or (k == "age" and math.isnan(a[k]) and math.isnan(b[k]))  # type: ignore[arg-type]
+               for k in a)
+
+
+def _drop_duplicates(rows: list[tuple[int, dict[str, object] | None, str]],
+                     image_ids: list[object]) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
+    """Good rows and quarantine: a repeated image id with the same metadata keeps the first row;
+    with different metadata, every row of that id is quarantined until one is removed."""
+    kept: dict[str, tuple[int, dict[str, object]]] = {}
+    quarantine: list[dict[str, str]] = []
+    conflicted: set[str] = set()
+    for line, row, problem in rows:
+        image_id = _raw_text(image_ids[line - 2])
+        if row is None:
+            quarantine.append({"image_id": image_id, "stage": "metadata", "reason": f"row {line}: {problem}"})
+            continue
+        if image_id not in kept:
+            kept[image_id] = (line, row)
+            continue
+        first = kept[image_id][0]
+        if _same_row(kept[image_id][1], row):
+            reason = (f"duplicate of row {first} (same image_id {image_id!r}, same metadata); the first row is "
+                      "kept, delete this one")
+        else:
+            conflicted.add(image_id)
+            reason = (f"image_id {image_id!r} also appears at row {first} with different metadata; both rows "
+                      "are quarantined until one is removed")
+        quarantine.append({"image_id": image_id, "stage": "metadata", "reason": f"row {line}: {reason}"})
+    for image_id in sorted(conflicted):
+        quarantine.append({"image_id": image_id, "stage": "metadata",
+                           "reason": f"row {kept[image_id][0]}: image_id {image_id!r} appears again later with "
+                                     "different metadata; both rows are quarantined until one is removed"})
+    return [row for image_id, (_, row) in kept.items() if image_id not in conflicted], quarantine
 
 
 def quarantine_frame(rows: list[dict[str, str]] | None = None) -> pd.DataFrame:

@@ -178,9 +178,24 @@ def _resize_field(field: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(field, dtype=np.float32)).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def _render(lesion: _Lesion, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """One view of a lesion on skin: float RGB (H, W, 3) in [0, 1]."""
-    style, (core, rim, accent) = lesion.style, lesion.colours
+@dataclass
+class _View:
+    """Where a lesion sits in one image: lesion coordinates (u, v), radius and angle of each pixel
+    (``r``, ``theta``), the outline-relative radius ``rho`` (1 at the outline), and the texture
+    fields sampled at each pixel."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    theta: np.ndarray
+    rho: np.ndarray
+    coarse: np.ndarray
+    fine: np.ndarray
+
+
+def _view(lesion: _Lesion, rng: np.random.Generator, width: int, height: int) -> _View:
+    """A random placement of the lesion: centre offset, rotation and scale."""
     ys, xs = _grid(width, height)
     # view: centre offset, rotation, scale
     cx = width / 2 + rng.normal(0, width * 0.05)
@@ -206,14 +221,26 @@ def _render(lesion: _Lesion, rng: np.random.Generator, width: int, height: int) 
     coarse = _sample_field(lesion.coarse, coeffs, width, height)
     fine = _sample_field(lesion.fine, coeffs, width, height)
 
-    # skin: tone, lighting gradient, mottling
+    return _View(xs, ys, u, v, theta, rho, coarse, fine)
+
+
+def _skin(lesion: _Lesion, rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, width: int,
+          height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(skin RGB (H, W, 3), lighting gradient (H, W)): tone, light from one side, mottling."""
     tone = _rgb([0.90, 0.72, 0.62]) * rng.uniform(0.78, 1.05) + rng.normal(0, 0.025, 3).astype(np.float32)
     g_angle = rng.uniform(0, 2 * np.pi)
     light = 1.0 + rng.uniform(0.0, 0.18) * ((xs - width / 2) * math.cos(g_angle) + (ys - height / 2) * math.sin(g_angle)) / width
     mottle = _resize_field(np.ascontiguousarray(lesion.fine[:8, :8]), width, height)
     skin = tone[None, None, :] * (1.0 + 0.03 * mottle)[..., None]
 
-    # lesion base colour: core -> rim gradient
+    return skin, light
+
+
+def _texture(lesion: _Lesion, g: _View) -> tuple[np.ndarray, np.ndarray]:
+    """(lesion colour (H, W, 3), mask (H, W)): the base gradient and the class's dermoscopic
+    structures (network, blotches and veil, cysts, scar, scale, vessels, lacunae)."""
+    style, (core, rim, accent) = lesion.style, lesion.colours
+    u, v, theta, rho, coarse, fine = g.u, g.v, g.theta, g.rho, g.coarse, g.fine
     t = np.clip(rho, 0, 1)[..., None]
     colour = core * (1 - t**2) + rim * t**2
     softness = 0.05 if style.texture in ("cysts", "lacunae") else 0.12 if style.texture != "scale" else 0.2
@@ -269,9 +296,12 @@ def _render(lesion: _Lesion, rng: np.random.Generator, width: int, height: int) 
         colour = rim * (1 - lac) + (core * 0.5 + accent * 0.5) * lac
         colour = colour * (1 + 0.15 * np.clip(coarse, -1, 1))[..., None]
 
-    img = skin * (1 - mask[..., None]) + np.clip(colour, 0, 1) * mask[..., None]
-    img = img * light[..., None]
+    return colour, mask
 
+
+def _finish(img: np.ndarray, rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, width: int,
+            height: int) -> np.ndarray:
+    """Hairs, a dermatoscope vignette on some images, sensor noise."""
     # hairs: a few dark, slightly curved lines crossing the image
     for _ in range(rng.integers(0, 5)):
         h_angle = rng.uniform(0, np.pi)
@@ -292,6 +322,15 @@ def _render(lesion: _Lesion, rng: np.random.Generator, width: int, height: int) 
 
     img = img + np.float32(0.015) * rng.standard_normal((height, width, 1), dtype=np.float32)
     return np.clip(img, 0, 1)
+
+
+def _render(lesion: _Lesion, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """One view of a lesion on skin: float RGB (H, W, 3) in [0, 1]."""
+    g = _view(lesion, rng, width, height)
+    skin, light = _skin(lesion, rng, g.xs, g.ys, width, height)
+    colour, mask = _texture(lesion, g)
+    img = skin * (1 - mask[..., None]) + np.clip(colour, 0, 1) * mask[..., None]
+    return _finish(img * light[..., None], rng, g.xs, g.ys, width, height)
 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
