@@ -13,6 +13,10 @@ import dagster as dg
 
 RETRAIN_JOB = "retrain_job"
 RETRAIN_REASON_TAG = "dermaops/retrain_reason"
+RETRAIN_OUTCOME_TAG = "dermaops/retrain_outcome"
+"""Set on a retrain_job run that found nothing new to learn (value NOTHING_NEW): it trained nothing."""
+NOTHING_NEW = "nothing-new"
+FORCE_RETRAIN_TAG = "dermaops/force_retrain"
 
 ingest_job = dg.define_asset_job(
     "ingest_job", selection=dg.AssetSelection.assets("raw_images"),

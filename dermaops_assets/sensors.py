@@ -35,7 +35,7 @@ from dermaops_services.raw_source import LANDING_STATE_PREFIX, batch_ref
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
 
-from .jobs import RETRAIN_JOB, RETRAIN_REASON_TAG, deploy_job, retrain_job
+from .jobs import NOTHING_NEW, RETRAIN_OUTCOME_TAG, RETRAIN_JOB, RETRAIN_REASON_TAG, deploy_job, retrain_job
 
 IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED]
@@ -64,6 +64,10 @@ def retrain_blocked(instance: dg.DagsterInstance, what: str, cooldown_hours: flo
     would otherwise start another full retraining on the same data."""
     if retrain_in_progress(instance):
         return f"{what}, but a retrain_job run is already queued or running."
+    last = instance.get_run_records(dg.RunsFilter(job_name=RETRAIN_JOB), limit=1)
+    if last and last[0].dagster_run.tags.get(RETRAIN_OUTCOME_TAG) == NOTHING_NEW:
+        return (f"{what}, but the last retraining found nothing new to learn, and retraining on the same data "
+                "gives the same model; new data (a landed batch or labelled captures) starts a retrain itself.")
     since = hours_since_last_retrain(instance)
     if since is not None and since < cooldown_hours:
         return (f"{what}, but the last retraining started {since:.1f} h ago (cooldown {cooldown_hours:g} h, "

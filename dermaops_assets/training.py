@@ -12,11 +12,13 @@ from pydantic import Field, create_model
 from dermaops_resources.handles import ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec, read_training_record
 from dermaops_resources.object_store import ObjectStore
+from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
 from ml_code.evaluation.curves import curves_png
 from ml_code.options import config_fields
 from ml_code.training.options import RECIPES, TrainOptions, validate_options
 
+from .jobs import FORCE_RETRAIN_TAG, NOTHING_NEW, RETRAIN_OUTCOME_TAG, RETRAIN_REASON_TAG
 from .versioning import code_version
 from .ui import job_callbacks, png_markdown, table_markdown
 
@@ -71,10 +73,18 @@ TrainConfig = create_model(
     code_version=TRAIN_CODE_VERSION,
     description="Lesion classifier trained by ml_code.training.train as a training job (SageMaker contract: channels, "
     "SM_MODEL_DIR, SM_HPS; checkpoint every epoch and resume; class imbalance handled). Output: model.tar.gz "
-    "(state_dict + code/inference.py) under a content-addressed key.",
+    "(state_dict + code/inference.py) under a content-addressed key. In a retrain_job run (the 'Check Data' "
+    "step of the architecture) it trains only when the splits differ from the serving model's data; otherwise "
+    "the run ends here, tagged dermaops/retrain_outcome=nothing-new.",
+    output_required=False,
 )
 def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, processed_splits: ProcessedSplitsHandle,
-                  store: ObjectStore, jobs: JobRunner) -> dg.Output[TrainedModelHandle]:
+                  store: ObjectStore, jobs: JobRunner, registry: ModelRegistry, settings: Settings):
+    nothing_new = nothing_new_to_learn(context, processed_splits, registry, settings)
+    if nothing_new:
+        context.log.info(nothing_new)
+        context.instance.add_run_tags(context.run_id, {RETRAIN_OUTCOME_TAG: NOTHING_NEW})
+        return  # no output: evaluation, registration and the baseline are skipped
     hps = config.hyperparameters(real_data=processed_splits.real_data)
     try:  # values (ranges, choices, recipe name) are checked before a paid-for job starts
         validate_options(hps)
@@ -139,4 +149,21 @@ def trained_model(context: dg.AssetExecutionContext, config: TrainConfig, proces
         png = curves_png(history)
         if png:
             metadata["curves"] = png_markdown(png, "training curves")
-    return dg.Output(handle, data_version=dg.DataVersion(model_hash[:16]), metadata=metadata)
+    yield dg.Output(handle, data_version=dg.DataVersion(model_hash[:16]), metadata=metadata)
+
+
+def nothing_new_to_learn(context: dg.AssetExecutionContext, processed_splits: ProcessedSplitsHandle,
+                         registry: ModelRegistry, settings: Settings) -> str | None:
+    """Why a retrain_job run has nothing to train on, or None: the splits (new raw batches and
+    labelled captures change them) are the ones the serving, Approved package was trained on.
+    Runs not started as retrains (a user's materialization) and runs tagged
+    ``dermaops/force_retrain=true`` (``dermaops retrain --force``) always train."""
+    tags = context.run.tags
+    if RETRAIN_REASON_TAG not in tags or tags.get(FORCE_RETRAIN_TAG, "").lower() == "true":
+        return None
+    serving = registry.latest(settings.model_package_group, status="Approved")
+    if serving is None or serving.lineage.get("data_version") != processed_splits.content_hash[:16]:
+        return None
+    return (f"Nothing new to learn: the data ({processed_splits.content_hash[:16]}) is what the serving "
+            f"v{serving.version} was trained on; no new landed batch or labelled capture since. Not training "
+            f"(force with `dermaops retrain --force` or the tag {FORCE_RETRAIN_TAG}=true).")

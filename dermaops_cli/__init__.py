@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rt = sub.add_parser("retrain", help="start the retraining job now (manual trigger)")
     rt.add_argument("--reason", default="manual")
+    rt.add_argument("--force", action="store_true", help="train even when nothing new landed since the serving model")
 
     co = sub.add_parser("cost", help="what the platform costs a month on AWS, broken down (the newest cost_report)")
     co.add_argument("--json", action="store_true")

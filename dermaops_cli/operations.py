@@ -29,7 +29,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                 print("A retrain_job run is already queued or running (see the UI's Runs page); not starting "
                       "another. Wait for it, or cancel it first.", file=sys.stderr)
                 return 3
-    tags = json.dumps({"dermaops/retrain_reason": args.reason})
+    tags = {"dermaops/retrain_reason": args.reason}
+    if getattr(args, "force", False):
+        tags["dermaops/force_retrain"] = "true"  # train even on the serving model's data
+    tags = json.dumps(tags)
     cmd = ["dagster", "job", "execute", "-m", "dermaops_assets", "-j", "retrain_job", "--tags", tags]
     return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
 
