@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import hmac
-import ipaddress
 import json
 import os
 import secrets
@@ -30,6 +29,7 @@ import dagster as dg
 from pydantic import Field
 
 from ml_code.atomic import atomic_path, write_text_atomic
+from ml_code.serving.serve import ADMIN_TOKEN_HEADER, is_loopback
 
 from .handles import EndpointHandle
 from .object_store import (
@@ -69,20 +69,8 @@ class EndpointDeployer(dg.ConfigurableResource, ABC):
 # ------------------------------------------------------------------------------------------
 # Local backend: ml_code.serving.serve as a detached process on 127.0.0.1
 # ------------------------------------------------------------------------------------------
-SERVER_MODULE = "ml_code.serving.serve"
-ADMIN_TOKEN_HEADER = "X-Admin-Token"  # must match ml_code.serving.serve.ADMIN_TOKEN_HEADER
+SERVER_MODULE = "ml_code.serving.serve"  # its ADMIN_TOKEN_HEADER and is_loopback are used here too
 TOKEN_ENV_VAR = "DERMAOPS_ENDPOINT_TOKEN"  # the setting named in errors (read only by settings.py)
-
-
-def _is_loopback(host: str) -> bool:
-    """As ml_code.serving.serve.is_loopback: ``localhost`` or a loopback IP address."""
-    host = host.strip().strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -293,7 +281,7 @@ class LocalEndpointDeployer(EndpointDeployer):
         return previous
 
     def _check_access_config(self) -> None:
-        if not _is_loopback(self.host) and not self.invoke_token.strip():
+        if not is_loopback(self.host) and not self.invoke_token.strip():
             raise DeploymentFailed(
                 f"the local endpoint would listen on {self.host!r}, which is not a loopback address, without an "
                 f"invocation token: anyone on the network could send it images. Set {TOKEN_ENV_VAR} to a long random "
