@@ -34,7 +34,6 @@ TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Update
 # Auto-rollback watches the endpoint-health alarms of the architecture's thresholds.
 ROLLBACK_ALARMS = tuple(a.name for a in ALARMS if a.metric in ("EndpointErrors", "EndpointLatencyMs"))
 
-_sleep = time.sleep  # module attribute so tests can make waiting instant
 
 
 def _stamp() -> str:
@@ -121,7 +120,7 @@ class SageMakerEndpointDeployer(EndpointDeployer):
             if time.monotonic() > deadline:
                 raise DeploymentFailed(f"Endpoint {self.endpoint_name} still {status} after "
                                        f"{self.max_wait_seconds}s; check it in the SageMaker console.")
-            _sleep(self.poll_seconds)
+            time.sleep(self.poll_seconds)
 
     # -- deploy ---------------------------------------------------------------------------
     def deploy(self, package: ModelPackage, store: ObjectStore,
@@ -247,7 +246,7 @@ class SageMakerEndpointDeployer(EndpointDeployer):
         while self._describe() is not None:
             if time.monotonic() > deadline:
                 raise DeploymentFailed(f"Endpoint {self.endpoint_name} was not deleted in {self.max_wait_seconds}s.")
-            _sleep(self.poll_seconds)
+            time.sleep(self.poll_seconds)
 
     # -- auto-scaling ---------------------------------------------------------------------
     def _register_scaling(self) -> None:

@@ -72,7 +72,6 @@ PROC_OUTPUT = "/opt/ml/processing/output"
 # What the training job logs each epoch (train.py); the test metrics come from the evaluation job.
 METRIC_NAMES = ("train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy")
 
-_sleep = time.sleep  # module attribute so tests can make polling instant
 
 
 def build_sourcedir(code_dir: Path, requirements: list[str] | tuple[str, ...] = ()) -> bytes:
@@ -442,7 +441,7 @@ class SageMakerJobRunner(JobRunner):
             if desc["TrainingJobStatus" if training else "ProcessingJobStatus"] in TERMINAL:
                 tail.pump()  # the last lines land just before the status flips
                 return desc
-            _sleep(delay)
+            time.sleep(delay)
             delay = min(delay * self.poll_backoff, self.poll_max_seconds)
 
     def _stop(self, spec: JobSpec, training: bool, on_log: LogFn) -> None:

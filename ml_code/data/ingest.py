@@ -110,13 +110,6 @@ class ImageRejected(ValueError):
 # Schemas
 # --------------------------------------------------------------------------------------
 
-HAM10000_INPUT_SCHEMA = pa.DataFrameSchema(
-    {c: pa.Column(nullable=True) for c in HAM10000_COLUMNS},
-    strict=False,
-    name="HAM10000 metadata",
-)
-"""Structure only: the columns must exist. Row-level problems are quarantined, not raised."""
-
 ISIC_INPUT_SCHEMA = pa.DataFrameSchema(
     {"isic_id": pa.Column(nullable=True)},
     checks=[

@@ -20,11 +20,6 @@ from .conftest import REGION, ROLE_ARN
 pytestmark = pytest.mark.aws
 
 
-@pytest.fixture(autouse=True)
-def fast_waits(monkeypatch):
-    monkeypatch.setattr(endpoint_mod, "_sleep", lambda s: None)
-
-
 def _package(store, version: int = 1, status: str = "Approved") -> ModelPackage:
     uri = store.put_bytes("models", f"jobs/train/t{version}/model.tar.gz", b"weights")
     now = time.time()

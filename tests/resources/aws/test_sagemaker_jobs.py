@@ -12,7 +12,6 @@ from pathlib import Path
 import boto3
 import pytest
 
-from dermaops_resources.aws import sagemaker_jobs
 from dermaops_resources.aws.sagemaker_jobs import LAUNCHER, SageMakerJobRunner, build_sourcedir
 from dermaops_resources.jobs import JobFailed, JobSpec
 from dermaops_resources.settings import REPO_ROOT
@@ -70,11 +69,6 @@ def main():
 if __name__ == "__main__":
     run_entry_point(main)
 '''
-
-
-@pytest.fixture(autouse=True)
-def fast_polling(monkeypatch):
-    monkeypatch.setattr(sagemaker_jobs, "_sleep", lambda s: None)
 
 
 @pytest.fixture()
@@ -277,6 +271,20 @@ def test_failure_reason_from_sagemaker_surfaces_in_job_failed(store):
     assert err.value.job_name == name and err.value.status == "Failed"
 
 
+def cancel_while_polling(monkeypatch, client, operation: str, exc: BaseException) -> None:
+    """The run is cancelled while the runner polls the job: the second status request raises,
+    as Dagster's interrupt does when it lands during the wait between two of them."""
+    real, calls = getattr(client, operation), []
+
+    def describe(**kwargs):
+        calls.append(kwargs)
+        if len(calls) > 1:
+            raise exc
+        return real(**kwargs)
+
+    monkeypatch.setattr(client, operation, describe)
+
+
 def test_interrupted_run_stops_the_training_job(store, monkeypatch):
     runner = _runner(player=mark_in_progress)
     stopped: list[str] = []
@@ -284,10 +292,7 @@ def test_interrupted_run_stops_the_training_job(store, monkeypatch):
     # moto lacks StopTrainingJob: record the call on the real client instead
     monkeypatch.setattr(sm, "stop_training_job", lambda TrainingJobName: stopped.append(TrainingJobName))
 
-    def cancelled(_seconds):
-        raise KeyboardInterrupt("dagster run cancelled")
-
-    monkeypatch.setattr(sagemaker_jobs, "_sleep", cancelled)
+    cancel_while_polling(monkeypatch, sm, "describe_training_job", KeyboardInterrupt("dagster run cancelled"))
     name = _name("cancel")
     with pytest.raises(KeyboardInterrupt):
         runner.run(_train_spec(store, name), store)
@@ -300,10 +305,7 @@ def test_interrupted_run_stops_the_processing_job(store, monkeypatch):
     class RunCancelled(BaseException):  # like dagster's DagsterExecutionInterruptedError
         pass
 
-    def cancelled(_seconds):
-        raise RunCancelled()
-
-    monkeypatch.setattr(sagemaker_jobs, "_sleep", cancelled)
+    cancel_while_polling(monkeypatch, runner.client("sagemaker"), "describe_processing_job", RunCancelled())
     name = _name("pcancel")
     spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.data.preprocess",
                    inputs={"manifest": store.uri("raw", "m")}, outputs=["splits"],
