@@ -13,8 +13,6 @@ import hashlib
 import os
 import shutil
 import stat as stat_mod
-import tempfile
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +21,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import dagster as dg
+
+from ml_code.atomic import atomic_open
 from pydantic import PrivateAttr
 
 Bucket = str  # one of settings.BUCKETS
@@ -357,16 +357,8 @@ class LocalObjectStore(ObjectStore):
         self._inside(existing, where)  # before creating folders: never mkdir through a link out
         private_dir(final.parent)
         self._inside(final.parent, where)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".{uuid.uuid4().hex[:6]}.tmp", dir=final.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:  # mkstemp creates the file 0600, which os.replace keeps
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(final, mode=0o600) as fh:  # patient data: owner only
+            write(fh)
         return final.as_uri()
 
     def put_bytes(self, bucket: Bucket, key: str, data: bytes) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import Field, PrivateAttr
+
+from ml_code.atomic import atomic_path
 
 from ..object_store import Bucket, ObjectStore, StoredObject
 from . import is_not_found
@@ -180,14 +181,11 @@ class S3ObjectStore(ObjectStore):
         name, key = parse_s3_uri(uri)
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        os.close(fd)
         try:
-            self.client.download_file(name, key, tmp, Config=self._transfer)
-            os.replace(tmp, dest)
-        except BaseException as exc:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(exc, Exception) and is_not_found(exc):
+            with atomic_path(dest, mode=0o600) as tmp:  # a download is patient data: owner only
+                self.client.download_file(name, key, str(tmp), Config=self._transfer)
+        except Exception as exc:
+            if is_not_found(exc):
                 raise FileNotFoundError(f"No object at {uri}") from exc
             raise
         return dest
