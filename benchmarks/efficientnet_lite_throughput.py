@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ml_code.inference import build_network  # noqa: E402
+from ml_code.package.networks import build_network  # noqa: E402
 from ml_code.package.efficientnet_lite import build_efficientnet_lite, freeze_backbone  # noqa: E402
 
 TRAIN_IMAGES = 7000

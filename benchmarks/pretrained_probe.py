@@ -13,7 +13,7 @@ Protocol:
   so one per lesion makes the split lesion-grouped by construction), ``n_images // 7``
   lesions per class or all of a class's lesions when it has fewer (df: 73); each class's
   lesions split in halves, train / test (stratified);
-- images: the pipeline's own decode, ``ml_code.inference.load_image_square`` (centre crop of
+- images: the pipeline's own decode, ``ml_code.package.image_policy.decode_square`` (centre crop of
   the shorter side, Lanczos resize to ``size`` px), normalised with the TF scaling the Lite
   weights were trained with, ``(pixel - 127) / 128``;
 - features: global-average-pooled last conv stage (1280-d) of the pretrained net (BatchNorm
@@ -49,7 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ml_code.inference import load_image_square, preprocess_array  # noqa: E402
+from ml_code.package.image_policy import decode_square as load_image_square  # noqa: E402
+from ml_code.package.model import preprocess_array  # noqa: E402
 from ml_code.package.efficientnet_lite import (  # noqa: E402
     TF_MEAN, TF_STD, build_efficientnet_lite, load_pretrained,
 )

@@ -28,7 +28,8 @@ TINY_RUN_CONFIG = {
         "processed_splits": {"config": {"image_size": 32}},
         "trained_model": {"config": {"epochs": 8, "batch_size": 32, "arch": "dermanet"}},
         "evaluation_report": {"config": {"bootstrap_samples": 100}},
-        "registered_model_package": {"config": {"min_balanced_accuracy": 0.0, "auto_approve": True}},
+        "registered_model_package": {"config": {"min_balanced_accuracy": 0.0, "min_melanoma_sensitivity": 0.0,
+                                                   "auto_approve": True}},
     }
 }
 

@@ -45,7 +45,7 @@ kept at their B0 widths when scaling (``fix_head_stem``).
 Input scaling: the Lite checkpoints were trained on ``(pixel - 127) / 128`` (TF
 ``efficientnet_lite_builder.py``: ``MEAN_RGB = [127.0] * 3``, ``STDDEV_RGB = [128.0] * 3``), not
 on the torchvision ImageNet mean/std. On the [0, 1] tensors the DermaOps pipeline
-normalises (``ml_code.inference.preprocess_array``: ``(x / 255 - mean) / std``), that is
+normalises (``ml_code.package.model.preprocess_array``: ``(x / 255 - mean) / std``), that is
 :data:`TF_MEAN` / :data:`TF_STD` below.
 """
 
@@ -227,7 +227,7 @@ class EfficientNetLite(nn.Module):
     - :meth:`forward_features`: last conv stage after ReLU6, ``(N, 1280, H/32, W/32)``;
     - :meth:`embed`: its global average, ``(N, 1280)`` (the classifier's input; OOD/drift use it);
     - :meth:`feature_layer`: the module whose output :meth:`forward_features` returns, to hook
-      for Grad-CAM (``ml_code.inference.gradcam``).
+      for Grad-CAM (``ml_code.package.model.gradcam``).
     """
 
     def __init__(self, variant: str = "lite0", num_classes: int = 1000, dropout: float | None = None,

@@ -70,6 +70,6 @@ def test_after_nothing_new_the_drift_trigger_waits_for_new_data(world):
                                                                   job_name="retrain_job"))
         instance.report_runless_asset_event(dg.AssetMaterialization(
             "drift_report", metadata={"drift_detected": True, "drift_score": 0.9}))
-        no_cooldown = {"settings": Settings.from_env({"DERMAOPS_RETRAIN_COOLDOWN_HOURS": "0.0001"})}
+        no_cooldown = {"settings": Settings.from_env({"DERMAOPS_RETRAIN_COOLDOWN_HOURS": "0"})}
         result = drift_sensor(dg.build_sensor_context(instance=instance, resources=no_cooldown))
         assert not result.run_requests and "nothing new to learn" in result.skip_reason.skip_message

@@ -9,7 +9,7 @@ import dagster as dg
 from dermaops_assets.ingestion import raw_images
 from dermaops_resources.object_store import LocalObjectStore
 from ml_code.tools.demo_data import generate_demo_dataset
-from tests.resources.test_ingestion import _land_batch
+from tests.support.batches import land_batch as _land_batch
 
 
 def test_raw_images_ingests_landed_batches_unless_told_not_to(dermaops_home: Path, tmp_path: Path,

@@ -24,7 +24,7 @@ from dermaops_assets.sensors import LANDING_STATE_PREFIX, landing_tick
 from dermaops_services.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore, ObjectStore
 from dermaops_services.raw_source import landed_batches
-from tests.resources.test_ingestion import _draw_batch
+from tests.support.batches import draw_batch as _draw_batch
 
 SALT = "landing-test-salt"
 QUIET = 60.0

@@ -9,7 +9,7 @@ import dagster as dg
 from dermaops_assets.ingestion import raw_images
 from dermaops_resources.object_store import LocalObjectStore
 from dermaops_services.raw_source import batch_ref
-from tests.resources.test_ingestion import _draw_batch
+from tests.support.batches import draw_batch as _draw_batch
 
 TEST_SALT = "landing-tests-salt-" + "0" * 32  # pseudonym salts have at least 32 characters
 

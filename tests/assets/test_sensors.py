@@ -164,7 +164,7 @@ def test_persisting_drift_waits_for_the_cooldown_after_a_retrain(instance) -> No
     result = drift_sensor(dg.build_sensor_context(instance=instance, resources=day))
     assert not result.run_requests and "cooldown 24 h" in result.skip_reason.skip_message
     _report(instance, "drift_report", drift_detected=True, drift_score=0.8)  # still drifting, cooldown over
-    over = {"settings": Settings.from_env({"DERMAOPS_RETRAIN_COOLDOWN_HOURS": "0.0001"})}
+    over = {"settings": Settings.from_env({"DERMAOPS_RETRAIN_COOLDOWN_HOURS": "0"})}
     result = drift_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=over))
     assert result.run_requests[0].tags[RETRAIN_REASON_TAG] == "drift"
 

@@ -134,7 +134,7 @@ def test_outputs_match_reference_implementation(variant: str, size: int) -> None
 
 
 def test_normalisation_constants_are_tf_lite_scaling() -> None:
-    from ml_code.inference import preprocess_array
+    from ml_code.package.model import preprocess_array
 
     pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
     got = preprocess_array(pixels, TF_MEAN, TF_STD).double()
@@ -159,7 +159,8 @@ def test_imagenet_head_names_known_images_best_with_tf_scaling() -> None:
     ImageNet mean/std or unnormalised [0, 1] input do (measured: 0.23 vs 0.10 / 0.09)."""
     from torchvision.models import ResNet18_Weights
 
-    from ml_code.inference import load_image_square, preprocess_array
+    from ml_code.package.image_policy import decode_square as load_image_square
+    from ml_code.package.model import preprocess_array
 
     categories = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # the 1000 ImageNet names, offline
     net = build_efficientnet_lite("lite0", 1000).eval()
@@ -246,10 +247,11 @@ def test_module_imports_only_torch_and_the_standard_library() -> None:
 
 
 def test_embedding_gradcam_layer_and_training_step() -> None:
-    """Pooled features are the head's input (what ``ml_code.inference.embed_fn`` hooks), the
+    """Pooled features are the head's input (what ``ml_code.package.model.embed_fn`` hooks), the
     Grad-CAM layer yields the last stage map ``(N, 1280, H/32, W/32)`` with gradients, and one
     channels-last bf16-autocast training step (stochastic depth on) gives finite gradients."""
-    from ml_code.inference import embed_fn, head_layer
+    from ml_code.package.model import embed_fn
+    from ml_code.package.networks import head_layer
 
     torch.manual_seed(0)
     net = build_efficientnet_lite("lite0", 7).eval()

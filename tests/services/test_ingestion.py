@@ -16,6 +16,7 @@ from dermaops_services.raw_source import landed_batches
 from ml_code.data import ingest
 from ml_code.tools.demo_data import generate_demo_dataset
 from tests.conftest import HAM10000, requires_ham10000
+from tests.support.batches import draw_batch, land_batch
 
 
 @pytest.fixture(scope="module")
@@ -83,23 +84,11 @@ def test_reingesting_unchanged_data_copies_nothing_and_keeps_the_version(demo: P
     assert store.get_bytes(first.manifest_uri) == store.get_bytes(second.manifest_uri)
 
 
-def _land_batch(batch: Path, base: Path) -> pd.DataFrame:
-    """A clinic's export dropped as a landed batch: new lesions under ids of its own, plus one
-    row re-sending an image id the base dataset already holds. Returns the new rows."""
-    generate_demo_dataset(batch, n_lesions_per_class=1, image_size=(64, 48), seed=2)
-    meta = pd.read_csv(batch / "HAM10000_metadata.csv", dtype=str)
-    for image_id in meta["image_id"]:
-        (batch / "images" / f"{image_id}.jpg").rename(batch / "images" / f"CLINIC_{image_id}.jpg")
-    meta["image_id"], meta["lesion_id"] = "CLINIC_" + meta["image_id"], "CLINIC_" + meta["lesion_id"]
-    clash = pd.read_csv(base / "HAM10000_metadata.csv", dtype=str).iloc[[0]]
-    shutil.copy(base / "images" / f"{clash['image_id'].iloc[0]}.jpg", batch / "images")
-    pd.concat([meta, clash]).to_csv(batch / "HAM10000_metadata.csv", index=False)
-    return meta
 
 
 def test_landed_batches_join_the_dataset_in_one_manifest(demo: Path, tmp_path: Path) -> None:
     landing = tmp_path / "landing"
-    new_rows = _land_batch(landing / "2026-11-27-clinic-a", demo)
+    new_rows = land_batch(landing / "2026-11-27-clinic-a", demo)
     (landing / "stray.jpg").write_bytes(b"not in a batch folder")
     (landing / "still-uploading" / "images").mkdir(parents=True)  # no metadata yet: not a batch
     assert landed_batches(str(landing)) == [str(landing / "2026-11-27-clinic-a")]
@@ -183,18 +172,6 @@ def test_real_ham10000_ingests(tmp_path: Path) -> None:
 
 # -- a bad batch fails alone (case C08 kind), symbolic links ---------------------------------
 
-def _draw_batch(folder: Path, rows: list[tuple[str, str, str]], metadata: bytes | None = None,
-                name: str = "HAM10000_metadata.csv", shade: int = 0) -> None:
-    """A clinic batch: one PNG drawn per (image_id, dx, age) row; ``metadata`` overrides the CSV;
-    folders meant to be ingested together need different ``shade``s (identical bytes are duplicates)."""
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    for i, (image_id, _, _) in enumerate(rows):
-        Image.new("RGB", (48, 40), (40 + 30 * i, 90 + shade, 200 - 20 * i)).save(folder / "images" / f"{image_id}.png")
-    if metadata is None:
-        lines = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
-        lines += [f"L_{image_id},{image_id},{dx},histo,{age},female,back" for image_id, dx, age in rows]
-        metadata = ("\n".join(lines) + "\n").encode()
-    (folder / name).write_bytes(metadata)
 
 
 def test_european_spreadsheet_batch_ingests_with_the_right_ages(demo: Path, tmp_path: Path) -> None:
@@ -202,7 +179,7 @@ def test_european_spreadsheet_batch_ingests_with_the_right_ages(demo: Path, tmp_
     rows = [("EU_0001", "bkl", "80,0"), ("EU_0002", "mel", "42,5"), ("EU_0003", "nv", "")]
     text = "lesion_id;image_id;dx;dx_type;age;sex;localization\r\n" + "".join(
         f"L_{i};{i};{dx};histo;{age};male;upper extremity\r\n" for i, dx, age in rows)
-    _draw_batch(batch, rows, metadata=b"\xef\xbb\xbf" + text.encode())  # BOM + ';' + decimal commas + CRLF
+    draw_batch(batch, rows, metadata=b"\xef\xbb\xbf" + text.encode())  # BOM + ';' + decimal commas + CRLF
     store = LocalObjectStore(root=str(tmp_path / "store"))
     handle, stats = ingest_dataset([str(demo), str(batch)], store, salt="s")
     assert stats.quarantined_batches == []
@@ -219,9 +196,9 @@ def test_european_spreadsheet_batch_ingests_with_the_right_ages(demo: Path, tmp_
 
 def test_unreadable_batch_is_quarantined_whole_and_everything_else_ingests(demo: Path, tmp_path: Path) -> None:
     landing = tmp_path / "landing"
-    _draw_batch(landing / "a-good", [("GOOD_0001", "nv", "50"), ("GOOD_0002", "bcc", "61")])
-    _draw_batch(landing / "b-binary", [("BIN_0001", "nv", "50")], metadata=b"PK\x03\x04\x00\x00" + bytes(range(256)))
-    _draw_batch(landing / "c-no-columns", [("COL_0001", "nv", "50")], metadata=b"foo;bar\r\n1;2\r\n")
+    draw_batch(landing / "a-good", [("GOOD_0001", "nv", "50"), ("GOOD_0002", "bcc", "61")])
+    draw_batch(landing / "b-binary", [("BIN_0001", "nv", "50")], metadata=b"PK\x03\x04\x00\x00" + bytes(range(256)))
+    draw_batch(landing / "c-no-columns", [("COL_0001", "nv", "50")], metadata=b"foo;bar\r\n1;2\r\n")
     store = LocalObjectStore(root=str(tmp_path / "store"))
     batches = landed_batches(str(landing))
     assert len(batches) == 3
@@ -245,7 +222,7 @@ def test_unreadable_batch_is_quarantined_whole_and_everything_else_ingests(demo:
 
 
 def test_unreadable_dataset_itself_is_a_clear_error(tmp_path: Path) -> None:
-    _draw_batch(tmp_path / "ds", [("X_1", "nv", "50")], metadata=b"foo;bar\r\n1;2\r\n")
+    draw_batch(tmp_path / "ds", [("X_1", "nv", "50")], metadata=b"foo;bar\r\n1;2\r\n")
     with pytest.raises(ingest.MetadataError, match=r"layout not recognised.*semicolon \(;\) separators"):
         ingest_dataset(str(tmp_path / "ds"), LocalObjectStore(root=str(tmp_path / "s")), salt="s")
 
@@ -254,10 +231,10 @@ def test_symbolic_links_are_never_followed(demo: Path, tmp_path: Path) -> None:
     from dermaops_services.raw_source import SYMLINK_REASON, batch_ref
 
     outside = tmp_path / "elsewhere"
-    _draw_batch(outside, [("OUT_0001", "nv", "50"), ("OUT_0002", "mel", "70")])
+    draw_batch(outside, [("OUT_0001", "nv", "50"), ("OUT_0002", "mel", "70")])
     landing = tmp_path / "landing"
     batch = landing / "a-batch"
-    _draw_batch(batch, [("IN_0001", "nv", "50")])
+    draw_batch(batch, [("IN_0001", "nv", "50")])
     (batch / "images" / "IN_0002.png").symlink_to(outside / "images" / "OUT_0001.png")  # a file outside the folder
     (batch / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,dx_type,age,sex,localization\n"
                                                  "L1,IN_0001,nv,histo,50,male,back\nL2,IN_0002,mel,histo,60,male,back\n")
@@ -278,8 +255,8 @@ def test_a_linked_folder_inside_a_dataset_is_listed_as_a_link_not_walked(tmp_pat
     from dermaops_services.raw_source import RawSource
 
     outside = tmp_path / "elsewhere"
-    _draw_batch(outside, [("OUT_0001", "nv", "50")])
-    _draw_batch(tmp_path / "ds", [("IN_0001", "nv", "50")])
+    draw_batch(outside, [("OUT_0001", "nv", "50")])
+    draw_batch(tmp_path / "ds", [("IN_0001", "nv", "50")])
     (tmp_path / "ds" / "ISIC-images").symlink_to(outside / "images", target_is_directory=True)
     source = RawSource(str(tmp_path / "ds"))
     assert "ISIC-images" in source.links

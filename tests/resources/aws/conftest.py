@@ -72,7 +72,7 @@ def private_moto_server(monkeypatch: pytest.MonkeyPatch):
     """
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     child_env = {**os.environ, "PYTHONPATH": str(repo)}
     proc = subprocess.Popen([sys.executable, "-m", "tests.support.moto_executor", "--serve", str(port)], cwd=repo,
                             env=child_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

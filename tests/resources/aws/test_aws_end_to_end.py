@@ -43,7 +43,7 @@ from .conftest import REGION, ROLE_ARN
 
 pytestmark = [pytest.mark.aws, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 STAGES = ("raw_images", "processed_splits", "trained_model", "evaluation_report", "registered_model_package",
           "live_endpoint")
@@ -56,7 +56,8 @@ TINY_RUN_CONFIG = {
         "processed_splits": {"config": {"image_size": 32}},
         "trained_model": {"config": {"epochs": 2, "batch_size": 32, "arch": "resnet18", "amp": False}},
         "evaluation_report": {"config": {"bootstrap_samples": 50}},
-        "registered_model_package": {"config": {"min_balanced_accuracy": 0.0, "auto_approve": True}},
+        "registered_model_package": {"config": {"min_balanced_accuracy": 0.0, "min_melanoma_sensitivity": 0.0,
+                                                   "auto_approve": True}},
     }
 }
 
