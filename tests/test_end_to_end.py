@@ -136,7 +136,8 @@ def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> No
     from dermaops_assets.sensors import drift_sensor, model_quality_sensor
 
     held_out = deployed.tmp / "held-out"
-    deployed.cli("dermaops", "demo-data", "--out", str(held_out), "--lesions-per-class", "5", "--seed", "7")
+    # 12 lesions a class: 60 requests then come from many lesions, so the case mix is not one of a few patients
+    deployed.cli("dermaops", "demo-data", "--out", str(held_out), "--lesions-per-class", "12", "--seed", "7")
     images = str(held_out / "images")
     traffic = ["dermaops", "traffic", "--endpoint", deployed.url, "--images", images, "--rate", "50",
                "--limit", "60"]
