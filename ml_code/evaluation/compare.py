@@ -43,13 +43,17 @@ def compare_on_same_images(y: np.ndarray, challenger: np.ndarray, champion: np.n
     k = len(classes)
     new_pred, old_pred = challenger.argmax(1), champion.argmax(1)
     new_ba, old_ba = metrics.balanced_accuracy(y, new_pred, k), metrics.balanced_accuracy(y, old_pred, k)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(int(n_bootstrap)):
-        idx = rng.integers(0, len(y), len(y))
-        diffs.append(metrics.balanced_accuracy(y[idx], new_pred[idx], k)
-                     - metrics.balanced_accuracy(y[idx], old_pred[idx], k))
-    low, high = (np.quantile(diffs, [alpha / 2, 1 - alpha / 2]) if diffs else (np.nan, np.nan))
+    # One paired percentile bootstrap (metrics.bootstrap_ci): both models' columns side by side,
+    # so every resample scores the challenger and the champion on the same images.
+    k2 = challenger.shape[1]
+
+    def difference(labels: np.ndarray, both: np.ndarray) -> float:
+        return (metrics.balanced_accuracy(labels, both[:, :k2].argmax(1), k)
+                - metrics.balanced_accuracy(labels, both[:, k2:].argmax(1), k))
+
+    interval = metrics.bootstrap_ci(y, np.concatenate([challenger, champion], axis=1), difference,
+                                    int(n_bootstrap), alpha, seed)
+    low, high = interval.low, interval.high
     new_rec, old_rec = _recalls(y, new_pred, k), _recalls(y, old_pred, k)
     out: dict[str, Any] = {
         "n_images": int(len(y)),
