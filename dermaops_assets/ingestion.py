@@ -8,6 +8,7 @@ from pydantic import Field
 
 from dermaops_resources.handles import RawImagesHandle
 from dermaops_services.ingestion import ingest_dataset, pseudonym_salt
+from dermaops_services.labelling import labelled_capture_batches
 from dermaops_resources.object_store import ObjectStore
 from dermaops_services.raw_source import landed_batches
 from dermaops_resources.settings import Settings
@@ -21,6 +22,8 @@ class RawImagesConfig(dg.Config):
     source_uri: str = Field(default="", description="dataset folder or s3:// prefix; default DERMAOPS_RAW_URI")
     include_landed: bool = Field(default=True, description="also ingest every batch landed under "
                                  "DERMAOPS_LANDING_URI (one folder per batch, in either layout)")
+    include_labelled_captures: bool = Field(default=True, description="also ingest the labelled-capture batches "
+                                            "(reviewed endpoint requests, written by labelled_captures)")
     max_file_mb: float = Field(default=20.0, description="larger image files are quarantined")
     min_side_px: int = 32
     max_side_px: int = 8192
@@ -30,8 +33,9 @@ class RawImagesConfig(dg.Config):
     group_name="ingestion",
     kinds={"python", "s3"},
     code_version=code_version("ml_code.data.ingest", "dermaops_services.ingestion"),
+    deps=["labelled_captures"],
     description="Dermoscopy images and metadata from DERMAOPS_RAW_URI (HAM10000 or ISIC layout) plus every "
-    "batch landed under DERMAOPS_LANDING_URI, validated with a pandera schema and per-image checks; bad rows "
+    "batch landed under DERMAOPS_LANDING_URI and every labelled-capture batch, validated with a pandera schema and per-image checks; bad rows "
     "and files are quarantined with a reason; good images stored once under content-addressed keys. Data "
     "version = manifest hash.",
 )
@@ -40,7 +44,8 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
     limits = ingest.ImageLimits(max_bytes=int(config.max_file_mb * 1024 * 1024),
                                 min_side=config.min_side_px, max_side=config.max_side_px)
     batches = landed_batches(settings.landing_uri) if config.include_landed else []
-    handle, stats = ingest_dataset([config.source_uri or settings.raw_uri, *batches], store,
+    labelled = labelled_capture_batches(store) if config.include_labelled_captures else []
+    handle, stats = ingest_dataset([config.source_uri or settings.raw_uri, *batches, *labelled], store,
                                    pseudonym_salt(settings.home_path, settings.pseudonym_salt,
                                                   settings.pseudonym_salt_secret_arn, settings.region), limits, log=context.log.info)
     context.log.info(f"{handle.num_images} images accepted ({stats.copied} newly stored, "
@@ -57,6 +62,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
             "num_quarantined": handle.num_quarantined,
             "newly_stored": stats.copied,
             "landed_batches": len(batches),
+            "labelled_capture_batches": len(labelled),
             # A landed batch whose metadata could not be read is left out whole; shown by its
             # reference (a salted hash: folder names may name a patient), never by name.
             "quarantined_batches": len(stats.quarantined_batches),

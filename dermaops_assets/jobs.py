@@ -2,9 +2,10 @@
 
 - ``ingest_job``: validate and store the raw data and landed batches (``raw_images``) alone.
 - ``retrain_job``: the whole training chain from raw data to a registered package, plus the
-  new model's monitoring baseline; never deploys (deployment waits for approval).
+  new model's monitoring baseline; never deploys (deployment waits for approval). It starts by
+  promoting newly labelled captures (``labelled_captures``), so every retrain learns from them.
 - ``deploy_job``: put the newest Approved package behind the endpoint.
-- ``monitoring_job``: read new captures, then drift and model-quality reports.
+- ``monitoring_job``: read new captures, then drift and model-quality reports, and the labelling queue.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ retrain_job = dg.define_asset_job(
     RETRAIN_JOB,
     selection=(dg.AssetSelection.assets("raw_images").downstream()
                - dg.AssetSelection.groups("monitoring") - dg.AssetSelection.assets("live_endpoint").downstream())
-    | dg.AssetSelection.assets("model_baseline"),
-    description="Retrain: ingest -> preprocess -> train -> evaluate -> conditional registration, and the new "
+    | dg.AssetSelection.assets("model_baseline", "labelled_captures"),
+    description="Retrain: promote labelled captures -> ingest -> preprocess -> train -> evaluate -> conditional registration, and the new "
     "model's monitoring baseline. Tag runs with dermaops/retrain_reason (drift|quality-drop|scheduled|manual|new-data).",
     # "dermaops/retrain" is limited to one run at a time by dagster.yaml's run coordinator.
     tags={RETRAIN_REASON_TAG: "manual", "dermaops/retrain": "true"},
@@ -39,7 +40,8 @@ deploy_job = dg.define_asset_job(
 
 monitoring_job = dg.define_asset_job(
     "monitoring_job", selection=dg.AssetSelection.assets("inference_log", "drift_report", "model_quality_report",
-                                                         "cost_report"),
-    description="Read new data capture, then drift, model-quality and cost reports (metrics + alarms).")
+                                                         "cost_report", "labelling_queue"),
+    description="Read new data capture, then drift, model-quality and cost reports (metrics + alarms), and the "
+    "queue of captured requests most worth a dermatologist's label.")
 
 all_jobs = [ingest_job, retrain_job, deploy_job, monitoring_job]

@@ -165,7 +165,7 @@ def case_mix_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.loc[rows["sex"].notna(), list(CASE_MIX_COLUMNS)].reset_index(drop=True)
 
 
-def read_labels(store: ObjectStore, labels_uri: str) -> pd.DataFrame:
+def read_labels(store: ObjectStore, labels_uri: str, extra_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     """All ``inference_id,label`` CSVs in the labels landing location (folder or store prefix).
 
     Ground truth arrives late and in batches from whoever reviews the cases, as CSV files
@@ -176,7 +176,13 @@ def read_labels(store: ObjectStore, labels_uri: str) -> pd.DataFrame:
 
     Labels come back as class codes (``mel``, ...): any spelling the shared diagnosis table knows
     (``MEL``, ``Melanoma``, a hierarchy path) is normalised by ``known_labels``; the rest are
-    dropped, never scored as a wrong answer, and counted in ``.attrs["unknown_labels"]``."""
+    dropped, never scored as a wrong answer, and counted in ``.attrs["unknown_labels"]``.
+
+    A row whose label is empty is not labelled yet (a ``labelling_queue`` CSV dropped here with
+    rows the reviewer skipped): it is left out before the later-file-wins rule, so it neither
+    counts as an unknown label nor erases a label given elsewhere; ``.attrs["unlabelled"]`` counts
+    them. ``extra_columns`` (e.g. ``patient_id``, read by label promotion only) come back too,
+    empty where a file lacks them."""
     frames: list[pd.DataFrame] = []
     if labels_uri.startswith(("s3://", "file://")):
         for obj in store.list(labels_uri):
@@ -187,11 +193,17 @@ def read_labels(store: ObjectStore, labels_uri: str) -> pd.DataFrame:
         for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
             if not path.name.startswith("."):
                 frames.append(pd.read_csv(path, dtype=str))
-    frames = [f for f in frames if {"inference_id", "label"} <= set(f.columns)]
+    columns = ["inference_id", "label", *extra_columns]
+    frames = [f.reindex(columns=columns) for f in frames if {"inference_id", "label"} <= set(f.columns)]
     if not frames:
-        return known_labels(pd.DataFrame({"inference_id": pd.Series(dtype=str), "label": pd.Series(dtype=str)}))
-    return known_labels(pd.concat(frames, ignore_index=True)[["inference_id", "label"]]
-                        .drop_duplicates("inference_id", keep="last"))
+        empty = known_labels(pd.DataFrame({c: pd.Series(dtype=str) for c in columns}))
+        empty.attrs["unlabelled"] = 0
+        return empty
+    rows = pd.concat(frames, ignore_index=True)
+    blank = rows["label"].fillna("").astype(str).str.strip() == ""
+    out = known_labels(rows[~blank].drop_duplicates("inference_id", keep="last"))
+    out.attrs["unlabelled"] = int(blank.sum())
+    return out
 
 
 def known_labels(labels: pd.DataFrame) -> pd.DataFrame:

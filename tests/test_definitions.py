@@ -7,7 +7,7 @@ from dermaops_assets import defs
 EXPECTED_JOBS = {"ingest_job", "retrain_job", "deploy_job", "monitoring_job"}
 STAGE_ASSETS = {"raw_images", "processed_splits", "trained_model", "evaluation_report",
                 "registered_model_package", "live_endpoint", "inference_log", "drift_report",
-                "model_quality_report", "model_baseline"}
+                "model_quality_report", "model_baseline", "labelled_captures", "labelling_queue"}
 
 
 def test_every_job_resolves_against_the_asset_graph():
@@ -34,8 +34,10 @@ def test_schedules_and_sensors_target_existing_jobs():
 def test_retrain_job_runs_the_chain_without_deploying():
     keys = {k.to_user_string() for k in defs.resolve_job_def("retrain_job").asset_layer.executable_asset_keys}
     assert {"raw_images", "processed_splits", "trained_model", "evaluation_report", "registered_model_package",
-            "model_baseline"} <= keys
-    assert "live_endpoint" not in keys
+            "model_baseline", "labelled_captures"} <= keys
+    assert "live_endpoint" not in keys and "labelling_queue" not in keys
+    monitoring = {k.to_user_string() for k in defs.resolve_job_def("monitoring_job").asset_layer.executable_asset_keys}
+    assert {"inference_log", "drift_report", "model_quality_report", "labelling_queue"} <= monitoring
 
 
 def test_validates_with_the_dagster_cli_loader():

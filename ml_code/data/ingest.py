@@ -291,7 +291,9 @@ def _layout_columns(df: pd.DataFrame, layout: Layout) -> dict[str, list[object]]
         return {"image_id": col("image_id"), "lesion_id": col("lesion_id"),
                 "hierarchy": [[] for _ in range(len(df))], "legacy": col("dx"), "dx_type": col("dx_type"),
                 "age": col("age"), "sex": col("sex"), "site": col("localization"),
-                "patient": [None] * len(df), "image_type": [None] * len(df)}
+                "patient": [None] * len(df), "image_type": [None] * len(df),
+                # optional: a reference DermaOps made itself (labelled captures, dermaops_services.labelling)
+                "patient_ref": col("patient_ref")}
     levels = [col(c) for c in ISIC_DIAGNOSIS_LEVELS]  # general -> specific; absent -> None
     return {"image_id": col("isic_id"), "lesion_id": col("lesion_id"),
             "hierarchy": [[vals[i] for vals in levels] for i in range(len(df))], "legacy": col("diagnosis"),
@@ -327,7 +329,7 @@ def _normalise_row(columns: dict[str, list[object]], i: int, layout: Layout, sal
     return {
         "image_id": image_id,
         "lesion_id": lesion_id,
-        "patient_ref": patient_ref(_raw_text(columns["patient"][i]), salt),
+        "patient_ref": _row_patient_ref(columns, i, salt),
         "dx": mapped.dx,
         "dx_type": DX_TYPE_MAP.get(_norm_text(columns["dx_type"][i]), "unknown"),
         "age": age,
@@ -335,6 +337,17 @@ def _normalise_row(columns: dict[str, list[object]], i: int, layout: Layout, sal
         "localization": _norm_text(columns["site"][i]) or "unknown",
         "source_layout": layout,
     }, ""
+
+
+def _row_patient_ref(columns: dict[str, list[object]], i: int, salt: str) -> str:
+    """The row's pseudonymous patient reference. An optional ``patient_ref`` column (HAM10000
+    layout) that already holds one (16 lower-case hex, as :func:`patient_ref` makes) is kept, so
+    a batch DermaOps writes itself groups with the same patient's earlier lesions without the
+    raw id being stored; any other value there is treated as a raw id and pseudonymised."""
+    given = _raw_text((columns.get("patient_ref") or [None] * (i + 1))[i])
+    if re.fullmatch(r"[0-9a-f]{16}", given):
+        return given
+    return patient_ref(given or _raw_text(columns["patient"][i]), salt)
 
 
 def _same_row(a: dict[str, object], b: dict[str, object]) -> bool:
