@@ -103,4 +103,16 @@ def registered_model_package(context: dg.AssetExecutionContext, config: Registra
         "registered": True, "version": package.version, "status": package.status, "package_arn": package.arn,
         "balanced_accuracy": float(evaluation_report.metrics.get("balanced_accuracy", 0.0)),
         "previous_approved_version": approved.version if approved else 0,
+        **_champion_metadata(evaluation_report.champion),
     })
+
+
+def _champion_metadata(champion: dict | None) -> dict:
+    """What the champion gate compared: both models' balanced accuracy on the same test images
+    (empty for a first model)."""
+    if not champion:
+        return {}
+    ba = champion["balanced_accuracy"]
+    return {"champion_version": champion["version"], "champion_test_images": champion["n_images"],
+            "champion_balanced_accuracy_same_images": float(ba["champion"]),
+            "challenger_balanced_accuracy_same_images": float(ba["challenger"])}
