@@ -30,7 +30,7 @@ demo: venv demo-data $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dermaops endpoint status
 
 monitor: venv $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize -m dermaops_assets --select 'inference_log,drift_report,model_quality_report,cost_report'
+	$(BIN)/dagster asset materialize -m dermaops_assets --select 'inference_log,drift_report,model_quality_report,cost_report,labelling_queue'
 
 ui: venv $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000

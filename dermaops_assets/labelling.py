@@ -12,7 +12,7 @@ The logic is in ``dermaops_services.labelling`` and ``ml_code.monitoring.labelli
 """
 
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -23,7 +23,11 @@ from dermaops_resources.monitoring_handles import InferenceLogHandle
 from dermaops_resources.object_store import ObjectStore
 from dermaops_resources.settings import Settings
 from dermaops_services.ingestion import pseudonym_salt
-from dermaops_services.labelling import promote_labelled_captures, publish_queue, review_queue
+from dermaops_services.labelling import (
+    promote_labelled_captures,
+    publish_queue,
+    review_queue,
+)
 from dermaops_services.monitoring import load_inference_log, local_copy, read_labels
 from ml_code.monitoring.labelling import committee_probabilities, review_scores
 
@@ -81,7 +85,7 @@ def labelling_queue(context: dg.AssetExecutionContext, config: LabellingQueueCon
     from ml_code.monitoring.baseline import load_packaged_model
 
     cursor = store.get_json_or(inference_log.cursor_uri, {"parts": 0})
-    since = datetime.now(timezone.utc) - timedelta(hours=config.window_hours)
+    since = datetime.now(UTC) - timedelta(hours=config.window_hours)
     rows, images = load_inference_log(store, cursor, max_rows=config.max_requests, since=since, with_images=True)
     labelled = set(read_labels(store, settings.labels_uri)["inference_id"])
     with tempfile.TemporaryDirectory(prefix="dermaops-queue-") as scratch:

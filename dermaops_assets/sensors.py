@@ -363,4 +363,28 @@ def _approval_cursor(text: str | None) -> dict[str, int]:
     return json.loads(text)
 
 
-all_sensors = [raw_landing_sensor, drift_sensor, model_quality_sensor, approval_sensor]
+# -- labelled captures ------------------------------------------------------------------------
+
+@dg.sensor(job=retrain_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Retrain when at least DERMAOPS_RETRAIN_MIN_NEW_LABELS labels for captured requests wait to be "
+           "promoted into training data (labelled_captures runs first in retrain_job); after the cooldown.")
+def new_labels_sensor(context: dg.SensorEvaluationContext, store: ObjectStore, settings: Settings):
+    from dermaops_services.labelling import unpromoted_labels
+
+    # The cursor is the number of unpromoted labels left when it last asked: labels whose capture
+    # is gone never get promoted, so only labels beyond those count as new.
+    pending = len(unpromoted_labels(store, settings.labels_uri))
+    stale = min(int(context.cursor or 0), pending)
+    if pending - stale < settings.retrain_min_new_labels:
+        return dg.SensorResult(skip_reason=f"{pending - stale} new label(s), fewer than "
+                               f"{settings.retrain_min_new_labels} (DERMAOPS_RETRAIN_MIN_NEW_LABELS).", cursor=str(stale))
+    since = hours_since_last_retrain(context.instance)
+    if retrain_in_progress(context.instance) or (since is not None and since < settings.retrain_cooldown_hours):
+        return dg.SensorResult(skip_reason=f"{pending - stale} new labels wait for the running retrain or the "
+                               "cooldown (DERMAOPS_RETRAIN_COOLDOWN_HOURS).", cursor=str(stale))
+    return dg.SensorResult(run_requests=[_retrain_request("new-labels", f"new-labels:{time.time():.0f}",
+                                                          {"dermaops/new_labels": str(pending - stale)})],
+                           cursor=str(pending))
+
+
+all_sensors = [raw_landing_sensor, drift_sensor, model_quality_sensor, approval_sensor, new_labels_sensor]

@@ -55,6 +55,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "train_recipe": ("DERMAOPS_TRAIN_RECIPE", ""),
     "auto_approve": ("DERMAOPS_AUTO_APPROVE", "false"),
     "retrain_cooldown_hours": ("DERMAOPS_RETRAIN_COOLDOWN_HOURS", "24"),
+    "retrain_min_new_labels": ("DERMAOPS_RETRAIN_MIN_NEW_LABELS", "20"),
     "landing_quiet_seconds": ("DERMAOPS_LANDING_QUIET_SECONDS", "60"),
     "landing_max_batch": ("DERMAOPS_LANDING_MAX_BATCH", "5000"),
     "local_num_gpus": ("DERMAOPS_LOCAL_NUM_GPUS", "0"),
@@ -115,6 +116,7 @@ class Settings(dg.ConfigurableResource):
                                                       "(sensor, schedule and CLI retrains)")
     auto_approve: bool = False
     retrain_cooldown_hours: float = 24.0
+    retrain_min_new_labels: int = Field(default=20, description="new labels (not yet promoted) that start a retrain")
     landing_quiet_seconds: float = 60.0
     landing_max_batch: int = 5000
     local_num_gpus: int = 0
@@ -150,7 +152,8 @@ class Settings(dg.ConfigurableResource):
         for field in ("use_spot", "auto_approve", "network_isolation"):
             values[field] = raw[field].lower() in TRUE_WORDS
         numbers = {"endpoint_port": int, "endpoint_max_inflight": int, "landing_max_batch": int,
-                   "local_num_gpus": int, "retrain_cooldown_hours": float, "landing_quiet_seconds": float}
+                   "local_num_gpus": int, "retrain_cooldown_hours": float,
+                   "retrain_min_new_labels": int, "landing_quiet_seconds": float}
         for field, kind in numbers.items():
             try:
                 values[field] = kind(raw[field])

@@ -39,12 +39,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 from PIL import Image
 
-from ml_code.data.ingest import HAM10000_COLUMNS, patient_ref
-from ml_code.monitoring.capture import CapturedRequest, decode_request
-
 from dermaops_resources.object_store import ObjectStore, join_uri
 from dermaops_services.monitoring import read_labels
 from dermaops_services.raw_source import landed_batches
+from ml_code.data.ingest import HAM10000_COLUMNS, patient_ref
+from ml_code.monitoring.capture import CapturedRequest, decode_request
 
 PROMOTED_PREFIX = "labelled-captures"
 """Key prefix (``raw`` bucket) of the labelled-capture batches."""
@@ -105,6 +104,13 @@ def promoted_labels(store: ObjectStore) -> dict[str, str]:
         for row in store.get_json_or(join_uri(batch_uri, RECORD_NAME), []):
             out[str(row["inference_id"])] = str(row["label"])
     return out
+
+
+def unpromoted_labels(store: ObjectStore, labels_uri: str) -> set[str]:
+    """Inference ids with a known label in the labels location that are not promoted yet
+    (including any whose capture is gone: the caller must not wait for those forever)."""
+    labels = read_labels(store, labels_uri)
+    return set(labels["inference_id"].astype(str)) - set(promoted_labels(store))
 
 
 def find_captures(store: ObjectStore, capture_root: str, wanted: set[str]) -> dict[str, tuple[dict, dict]]:

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from dermaops_assets.jobs import NOTHING_NEW, RETRAIN_OUTCOME_TAG, RETRAIN_REASON_TAG
+from dermaops_assets.sensors import new_labels_sensor
 from dermaops_resources.settings import Settings
 from dermaops_services.labelling import capture_image_id
 from ml_code.tools.demo_data import generate_demo_dataset
@@ -96,6 +97,8 @@ def loop(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setenv("DERMAOPS_HOME", str(tmp / "home"))
     patch.setenv("DERMAOPS_BACKEND", "local")
+    patch.setenv("DERMAOPS_RETRAIN_COOLDOWN_HOURS", "0")
+    patch.setenv("DERMAOPS_RETRAIN_MIN_NEW_LABELS", "5")
     for name in ("DERMAOPS_RAW_URI", "DERMAOPS_LANDING_URI", "DERMAOPS_LABELS_URI", "DERMAOPS_TRAIN_RECIPE",
                  "DERMAOPS_AUTO_APPROVE", "DERMAOPS_ENDPOINT_TOKEN"):
         patch.delenv(name, raising=False)
@@ -144,8 +147,14 @@ def test_labels_for_captured_requests_retrain_and_redeploy(loop: Loop) -> None:
     labels.mkdir(parents=True, exist_ok=True)
     queue.to_csv(labels / "reviewed.csv", index=False)
 
-    # 5. the retrain learns from them: new data version, the captures in raw_images, a new package
-    retrain = loop.run("retrain_job", {**TINY, **_gates(auto_approve=False)}, {RETRAIN_REASON_TAG: "quality-drop"})
+    # 5. the new labels start a retrain, which learns from them: new data version, the captures in
+    #    raw_images, a new package
+    sensor_resources = {"store": loop.resources["store"], "settings": loop.settings}
+    sensor_context = dg.build_sensor_context(instance=loop.instance, resources=sensor_resources)
+    asked = new_labels_sensor(sensor_context)
+    request = asked.run_requests[0]
+    assert request.tags[RETRAIN_REASON_TAG] == "new-labels" and request.tags["dermaops/new_labels"] == str(len(sent) - 1)
+    retrain = loop.run("retrain_job", {**TINY, **_gates(auto_approve=False)}, request.tags)
     promoted = loop.metadata("labelled_captures")
     assert promoted["promoted"] == len(sent) - 1 and promoted["unknown_labels"] == 0
     raw = loop.metadata("raw_images")
@@ -173,7 +182,9 @@ def test_labels_for_captured_requests_retrain_and_redeploy(loop: Loop) -> None:
     image = next(iter((held_out / "images").glob("*.jpg")))
     assert _invoke(url, image, {})[2] == "2"
 
-    # 7. a retrain with nothing new: promotion finds nothing, the data is v2's, no training
+    # 7. no new label since: the sensor waits; a retrain anyway finds nothing new and does not train
+    assert not new_labels_sensor(dg.build_sensor_context(instance=loop.instance, resources=sensor_resources,
+                                                         cursor=asked.cursor)).run_requests
     again = loop.run("retrain_job", {**TINY, **_gates(auto_approve=False)}, {RETRAIN_REASON_TAG: "drift"})
     assert loop.metadata("labelled_captures")["promoted"] == 0
     assert loop.metadata("labelled_captures")["already_promoted"] == len(sent) - 1
