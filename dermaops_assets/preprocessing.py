@@ -77,6 +77,12 @@ def _complete_splits(store: ObjectStore, splits_uri: str) -> bool:
     return bool(splits) and all(store.exists(join_uri(splits_uri, name)) for name in names)
 
 
+def splits_uri_for(store: ObjectStore, data_version: str) -> str:
+    """Where the splits of a data version (the content hash's first 16 digits, which a trained
+    model records as its ``data_version``) are stored."""
+    return join_uri(store.uri("processed", f"splits/{data_version}"), "splits")
+
+
 def split_rule_text(summary: dict) -> str:
     """How the splits were assigned, for the UI: the rule, its key and each split's interval of
     hash positions (``summary.json``'s ``split_rule``; splits from before it existed say so)."""
@@ -103,8 +109,8 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
     params = output_options(opts)  # what the splits depend on: the content hash; num_workers is not
     content_hash = hashlib.sha256(json.dumps(
         [raw_images.manifest_hash, params, PREPROCESS_CODE_VERSION], sort_keys=True).encode()).hexdigest()
-    output_uri = store.uri("processed", f"splits/{content_hash[:16]}")
-    splits_uri = join_uri(output_uri, "splits")
+    splits_uri = splits_uri_for(store, content_hash[:16])
+    output_uri = splits_uri.rsplit("/", 1)[0]
     if _complete_splits(store, splits_uri):
         context.log.info(f"splits for these inputs already exist at {splits_uri}; not recomputing")
     else:

@@ -223,7 +223,8 @@ def grouped_stratified_split(
 
     Shapes: ``df`` has ``group_cols``, ``dx_col``; optional ``patient_ref`` and ``phash``.
     ValueError on fractions outside [0, 1) or summing to 1 or more; KeyError naming a
-    missing column. Linear in rows: about 5 s for a million rows on one core
+    missing column. Linear in rows without ``phash`` (near-duplicate pairing is quadratic): 7.8 s
+    for a million rows with the leakage check, on a shared 2-core machine
     (``benchmarks/split_scale.py``).
     """
     intervals = split_intervals(val_fraction, test_fraction)
