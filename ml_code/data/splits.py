@@ -125,23 +125,24 @@ def group_ids(df: pd.DataFrame, group_cols: tuple[str, ...] = ("lesion_id",),
     ValueError when a row has no value in any grouping column."""
     cols = _grouping_columns(df, group_cols)
     n = len(df)
+    if n == 0:
+        return pd.Series([], index=df.index, dtype=object, name="group")
     values = [df[c].fillna("").astype(str).str.strip().to_numpy(dtype=object) for c in cols]
-    present = np.stack([v != "" for v in values], axis=1) if n else np.zeros((0, len(cols)), dtype=bool)
-    if n and not present.any(axis=1).all():
+    present = np.stack([v != "" for v in values], axis=1)
+    if not present.any(axis=1).all():
         row = int(np.flatnonzero(~present.any(axis=1))[0])
         raise ValueError(f"row {row} has no value in any of {cols}; every image needs a lesion_id")
     # one node per distinct (column, value); rows are edges from their first value to the others
-    labels = [np.where(present[:, k], f"{c}=", "").astype(object) + values[k] for k, c in enumerate(cols)]
-    flat = np.concatenate(labels) if labels else np.empty(0, dtype=object)
-    codes, nodes = pd.factorize(flat)
+    labels = [np.where(present[:, k], f"{c}=" + values[k], None) for k, c in enumerate(cols)]
+    codes, nodes = pd.factorize(np.concatenate(labels))
     codes = codes.reshape(len(cols), n).T  # (n, len(cols)); -1 where empty
-    anchor = codes[np.arange(n), present.argmax(axis=1)] if n else np.empty(0, dtype=np.int64)
+    anchor = codes[np.arange(n), present.argmax(axis=1)]
     src, dst = [anchor], [anchor]
     for k in range(len(cols)):
         keep = present[:, k]
         src.append(anchor[keep])
         dst.append(codes[keep, k])
-    if near_duplicate_threshold is not None and "phash" in df.columns and n:
+    if near_duplicate_threshold is not None and "phash" in df.columns:
         root = near_duplicate_groups(df["phash"], near_duplicate_threshold)
         src.append(anchor)
         dst.append(anchor[root])

@@ -169,7 +169,7 @@ def test_a_relabelled_lesion_keeps_its_split() -> None:
     assert _lesion_splits(relabelled).equals(before)
 
 
-def test_a_million_row_split_has_no_per_row_python() -> None:
+def test_a_200_000_row_split_keeps_groups_whole_at_the_fractions() -> None:
     """Scale shape, not speed: 200,000 rows split in one call (the timing is in
     benchmarks/split_scale.py); every group is whole and the shares are the fractions."""
     df = synthetic_metadata(200_000, seed=1)
