@@ -111,7 +111,7 @@ def test_adding_20_percent_new_lesions_keeps_every_old_lesion_in_its_split() -> 
                                                                                 "dx"]].to_numpy()
     known = old.loc[old["patient_ref"] != "", "patient_ref"].drop_duplicates().iloc[:150].to_numpy()
     new_lesions = new["lesion_id"].iloc[200:].drop_duplicates().iloc[:150].to_numpy()
-    new["patient_ref"] = new["lesion_id"].map(dict(zip(new_lesions, known))).fillna(new["patient_ref"])
+    new["patient_ref"] = new["lesion_id"].map(dict(zip(new_lesions, known, strict=True))).fillna(new["patient_ref"])
     before = _lesion_splits(old)
     grown = pd.concat([old, new], ignore_index=True)
     grown["split"] = grouped_stratified_split(grown)
@@ -122,7 +122,7 @@ def test_adding_20_percent_new_lesions_keeps_every_old_lesion_in_its_split() -> 
     assert old_test < new_test
     assert not new_test & set(before.index[before == "train"])
     # a new lesion of a known patient joined that patient's split
-    patient_of = dict(zip(new_lesions, known))
+    patient_of = dict(zip(new_lesions, known, strict=True))
     old_patient_split = old.assign(split=grouped_stratified_split(old)).groupby("patient_ref")["split"].first()
     assert all(after[lesion] == old_patient_split[ref] for lesion, ref in patient_of.items())
 
