@@ -2,23 +2,26 @@
 the same ``code/inference.py`` handlers the endpoint will serve."""
 
 
+import io
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 from pydantic import Field, create_model
 
 from dermaops_resources.handles import EvaluationHandle, ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec
 from dermaops_resources.object_store import ObjectStore, join_uri
-from dermaops_resources.registry import ModelRegistry
+from dermaops_resources.registry import ModelPackage, ModelRegistry
 from dermaops_resources.settings import Settings
 from ml_code.evaluation.compare import PROBABILITIES, compare_on_same_images
 from ml_code.evaluation.options import DEPRECATED_ALIASES, EvaluationOptions, parse_evaluation_options
 from ml_code.options import config_fields
 
+from .preprocessing import splits_uri_for
 from .versioning import code_version
 from .ui import job_callbacks, png_markdown, table_markdown
 
@@ -72,6 +75,25 @@ def _evaluate(context: dg.AssetExecutionContext, config: EvaluationConfig, model
     return jobs.run(spec, store, on_log=on_log, on_metric=on_metric).output_uris["evaluation"]
 
 
+def champion_trained_on_test(store: ObjectStore, champion: ModelPackage,
+                             processed_splits: ProcessedSplitsHandle) -> int | None:
+    """How many of the challenger's test images are of lesions in the champion's train split
+    (found from the ``data_version`` in its lineage); None when that split is not in the store.
+
+    Zero when both models come from keyed-hash splits of growing data (ml_code.data.splits): old
+    lesions never move into test. A champion trained on an earlier permutation split, or a test
+    lesion that new rows joined to a training lesion's group, shows here; the champion's figure
+    on those images is flattered, so the gate is stricter than it reads."""
+    version = champion.lineage.get("data_version", "")
+    train_uri = join_uri(splits_uri_for(store, version), "train_index.csv") if version else ""
+    if not train_uri or not store.exists(train_uri):
+        return None
+    trained = pd.read_csv(io.BytesIO(store.get_bytes(train_uri)), usecols=["lesion_id"], dtype=str)["lesion_id"]
+    test = pd.read_csv(io.BytesIO(store.get_bytes(join_uri(processed_splits.splits_uri, "test_index.csv"))),
+                       usecols=["lesion_id"], dtype=str)["lesion_id"]
+    return int(test.isin(set(trained)).sum())
+
+
 def _champion_comparison(context: dg.AssetExecutionContext, config: EvaluationConfig, report_uri: str,
                          trained_model: TrainedModelHandle, processed_splits: ProcessedSplitsHandle,
                          store: ObjectStore, jobs: JobRunner, registry: ModelRegistry,
@@ -90,7 +112,12 @@ def _champion_comparison(context: dg.AssetExecutionContext, config: EvaluationCo
     opts = config.hyperparameters()
     result = compare_on_same_images(y, new, old, processed_splits.classes, int(opts.get("n_bootstrap", 1000)),
                                     int(opts.get("seed", 0)))
-    return {"version": champion.version, "model_hash": champion.model_hash, **result}
+    overlap = champion_trained_on_test(store, champion, processed_splits)
+    if overlap:
+        context.log.warning(f"the Approved v{champion.version} trained on the lesions of {overlap} of these "
+                            f"{result['n_images']} test images; its figure on them is flattered")
+    return {"version": champion.version, "model_hash": champion.model_hash,
+            "trained_on_test_images": overlap, **result}
 
 
 @dg.asset(
@@ -149,6 +176,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         metadata["champion_balanced_accuracy_same_images"] = ba["champion"]
         metadata["balanced_accuracy_difference"] = ba["difference"]
         metadata["balanced_accuracy_difference_ci95"] = f"[{ba['ci_low']:.3f}, {ba['ci_high']:.3f}]"
+        trained = champion.get("trained_on_test_images")
+        metadata["champion_trained_on_test_images"] = "unknown" if trained is None else trained
         metadata["recall_vs_champion"] = table_markdown([{"class": c, **r} for c, r in champion["recall"].items()])
     metadata["evaluation_uri"] = dg.MetadataValue.path(handle.evaluation_uri)
     metadata["model_hash"] = trained_model.model_hash

@@ -77,11 +77,29 @@ def _complete_splits(store: ObjectStore, splits_uri: str) -> bool:
     return bool(splits) and all(store.exists(join_uri(splits_uri, name)) for name in names)
 
 
+def splits_uri_for(store: ObjectStore, data_version: str) -> str:
+    """Where the splits of a data version (the content hash's first 16 digits, which a trained
+    model records as its ``data_version``) are stored."""
+    return join_uri(store.uri("processed", f"splits/{data_version}"), "splits")
+
+
+def split_rule_text(summary: dict) -> str:
+    """How the splits were assigned, for the UI: the rule, its key and each split's interval of
+    hash positions (``summary.json``'s ``split_rule``; splits from before it existed say so)."""
+    rule = summary.get("split_rule")
+    if not rule:
+        return f"seeded per-class permutation (before keyed-hash splits), seed {summary.get('seed')}"
+    spans = ", ".join(f"{s} [{lo:g}, {hi:g})" for s, (lo, hi) in rule["intervals"].items())
+    return (f"{rule['method']}: {rule['hash']} hash (key {rule['key']!r}) of each lesion group's id, "
+            f"read as a position in [0, 1): {spans}. A lesion keeps its split as data grows")
+
+
 @dg.asset(
     group_name="preprocessing",
     kinds={"python", "sagemaker"},
     code_version=PREPROCESS_CODE_VERSION,
-    description="Train/val/test split grouped by lesion_id and stratified by diagnosis; images centre-cropped "
+    description="Train/val/test split grouped by lesion_id (and patient), stable as data grows (a keyed hash of "
+    "the lesion group decides), every diagnosis in every split; images centre-cropped "
     "and resized into uint8 .npy arrays that training memory-maps. Runs as a processing job.",
 )
 def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, raw_images: RawImagesHandle,
@@ -91,8 +109,8 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
     params = output_options(opts)  # what the splits depend on: the content hash; num_workers is not
     content_hash = hashlib.sha256(json.dumps(
         [raw_images.manifest_hash, params, PREPROCESS_CODE_VERSION], sort_keys=True).encode()).hexdigest()
-    output_uri = store.uri("processed", f"splits/{content_hash[:16]}")
-    splits_uri = join_uri(output_uri, "splits")
+    splits_uri = splits_uri_for(store, content_hash[:16])
+    output_uri = splits_uri.rsplit("/", 1)[0]
     if _complete_splits(store, splits_uri):
         context.log.info(f"splits for these inputs already exist at {splits_uri}; not recomputing")
     else:
@@ -120,6 +138,7 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
             "real_data": real_data,
             **{f"num_{s}": sum(split_counts[s].values()) for s in ("train", "val", "test")},
             "lesions_per_split": dg.MetadataValue.json(summary.get("lesions", {})),
+            "split_rule": split_rule_text(summary),
             "split_counts": table_markdown(rows),
             "splits_uri": dg.MetadataValue.path(splits_uri),
         },

@@ -18,7 +18,8 @@ class PreprocessOptions(OptionsModel):
     image_size: int = option(64, "square side in pixels (64-96 on CPU, 224 on GPU)", minimum=8, maximum=1024)
     val_fraction: float = option(0.15, "share of lesions in validation", minimum=0, maximum=1)
     test_fraction: float = option(0.15, "share of lesions in test", minimum=0, maximum=1)
-    seed: int = option(42, "seed of the lesion-grouped stratified split")
+    seed: int = option(42, "key of the lesion split's hash (dermaops-split-v1:seed=<seed>); "
+                       "a new seed reassigns every lesion")
     num_workers: Optional[int] = option(None, "decoding threads; unset or 0: the CPU count", minimum=0)
 
 

@@ -34,7 +34,7 @@ import pandas as pd
 from ml_code import CLASSES, contract
 from ml_code.atomic import atomic_open, atomic_path, write_text_atomic
 from ml_code.data.options import DEFAULTS, parse_preprocess_options
-from ml_code.data.splits import SPLITS, check_no_leakage, grouped_stratified_split
+from ml_code.data.splits import SPLITS, check_no_leakage, describe_split, grouped_stratified_split
 
 #: Per-split index. ``age``/``sex``/``localization`` are the clinical context the descriptor
 #: model reads (``ml_code.package.descriptors``); empty when the manifest has none.
@@ -221,6 +221,7 @@ def run(
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "seed": seed,
+        "split_rule": describe_split(val_fraction, test_fraction, seed),
         "manifest_sha256": hashlib.sha256(manifest_file.read_bytes()).hexdigest(),
     }
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))

@@ -1,11 +1,23 @@
-"""processed_splits reuses an earlier job's splits only when every file of them is stored."""
+"""processed_splits reuses an earlier job's splits only when every file of them is stored, and keeps
+every lesion in its split when data grows."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dermaops_assets.preprocessing import _complete_splits
+import dagster as dg
+import pandas as pd
+
+from dermaops_assets.checks import no_lesion_leakage
+from dermaops_assets.preprocessing import _complete_splits, processed_splits
+from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
+from dermaops_resources.jobs import LocalJobRunner, read_split_index
 from dermaops_resources.object_store import LocalObjectStore
+from dermaops_services.ingestion import ingest_dataset
+from ml_code.data.splits import SPLITS
+from ml_code.tools.demo_data import generate_demo_dataset
+from tests.support.batches import land_batch
+from tests.support.dagster_io import HandleIO
 
 
 def test_a_summary_without_its_arrays_is_not_reused(tmp_path: Path) -> None:
@@ -22,3 +34,54 @@ def test_a_summary_without_its_arrays_is_not_reused(tmp_path: Path) -> None:
         for part in ("images.npy", "labels.npy", "index.csv"):
             store.put_bytes("processed", f"{prefix}/{split}_{part}", b"x")
     assert _complete_splits(store, splits_uri)
+
+
+def _materialize_splits(store: LocalObjectStore, raw: RawImagesHandle, work: Path):
+    """processed_splits and its no_lesion_leakage check, as a run materialises them."""
+    store.put_json("models", "handles/raw_images.json", {
+        "type": f"{RawImagesHandle.__module__}:{RawImagesHandle.__qualname__}", "handle": raw.model_dump()})
+    result = dg.materialize(
+        [dg.AssetSpec("raw_images"), processed_splits, no_lesion_leakage],
+        resources={"store": store, "io_manager": HandleIO(store), "jobs": LocalJobRunner(work_root=str(work))},
+        selection=["processed_splits"],
+        run_config={"ops": {"processed_splits": {"config": {"image_size": 16, "num_workers": 1}}}})
+    assert result.success
+    (check,) = result.get_asset_check_evaluations()
+    (mat,) = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+    index = read_split_index(store, result.output_for_node("processed_splits").splits_uri)
+    return index, check, {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+
+
+def test_a_landed_batch_keeps_every_lesion_in_its_split_and_the_check_still_blocks(tmp_path: Path) -> None:
+    """Data grows by a landed batch (a fifth more lesions): every old image stays in its split,
+    the new test split holds the old one, the split rule is on the asset; a planted leak in the
+    stored splits still fails the blocking check."""
+    base = generate_demo_dataset(tmp_path / "base", n_lesions_per_class=5, images_per_lesion=(1, 2),
+                                 image_size=(40, 30), seed=4)
+    batch = tmp_path / "batch"
+    land_batch(batch, base)
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    first, _ = ingest_dataset(str(base), store, salt="t")
+    grown, _ = ingest_dataset([str(base), str(batch)], store, salt="t")
+    assert grown.num_images > first.num_images
+    before, check_before, metadata = _materialize_splits(store, first, tmp_path / "jobs1")
+    after, check_after, _ = _materialize_splits(store, grown, tmp_path / "jobs2")
+    assert check_before.passed and check_after.passed
+    assert "keyed-hash-v1" in metadata["split_rule"] and "dermaops-split-v1:seed=42" in metadata["split_rule"]
+    old = before.set_index("image_id")["split"]
+    assert after.set_index("image_id")["split"].reindex(old.index).equals(old)
+    assert set(before.loc[before["split"] == "test", "image_id"]) <= set(after.loc[after["split"] == "test", "image_id"])
+    assert len(after) > len(before)
+
+    # a planted leak: one lesion's image copied into another split's stored index
+    splits_uri = store.uri("processed", "leaky")
+    leaked = after[after["split"] == "train"].iloc[[0]]
+    for split in SPLITS:
+        rows = after[after["split"] == split]
+        if split == "test":
+            rows = pd.concat([rows, leaked.assign(image_id="LEAK")])
+        store.put_bytes("processed", f"leaky/{split}_index.csv", rows.drop(columns="split").to_csv(index=False).encode())
+    leaky = ProcessedSplitsHandle(splits_uri=splits_uri, content_hash="c", image_size=16, classes=[], split_counts={},
+                                  raw_manifest_hash=grown.manifest_hash)
+    result = no_lesion_leakage(leaky, grown, store)
+    assert not result.passed and result.metadata["lesions_in_several_splits"].value == 1

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dagster as dg
+import pandas as pd
 import pytest
 
+from dermaops_assets.evaluation import champion_trained_on_test
+from dermaops_assets.preprocessing import splits_uri_for
 from dermaops_assets.registry import RegistrationConfig, registered_model_package, registration_gates
-from dermaops_resources.handles import EvaluationHandle, TrainedModelHandle
+from dermaops_resources.handles import EvaluationHandle, ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.metrics import LocalMetricsStore
 from dermaops_resources.notifier import LocalNotifier
 from dermaops_resources.object_store import LocalObjectStore
-from dermaops_resources.registry import SqliteModelRegistry
+from dermaops_resources.registry import ModelPackage, SqliteModelRegistry
+from ml_code.data.splits import grouped_stratified_split
+from ml_code.tools.synthetic_metadata import synthetic_metadata
 from tests.support.dagster_io import HandleIO as _HandleIO
 
 GOOD = {"balanced_accuracy": 0.8, "melanoma_sensitivity_at_operating_point": 0.85}
@@ -77,3 +82,34 @@ def test_a_model_clearing_the_gates_is_registered_pending_approval(tmp_path):
     md, resources = _materialize(tmp_path, evaluation)
     assert md["registered"] is True and md["status"] == "PendingManualApproval"
     assert not resources["notifier"].read_alerts()
+
+
+def _write_index(store: LocalObjectStore, splits_uri: str, split: str, rows: pd.DataFrame) -> None:
+    store.put_bytes("processed", splits_uri.split("/processed/", 1)[1] + f"/{split}_index.csv",
+                    rows[["image_id", "lesion_id", "dx"]].to_csv(index=False).encode())
+
+
+def test_after_new_data_the_champion_never_trained_on_the_challengers_test_images(tmp_path):
+    """The gate's comparison is only fair if the champion did not train on the test images both
+    are scored on. With keyed-hash splits a retrain on grown data keeps old train lesions out of
+    test; a champion from another split (here: one lesion planted) is counted and reported."""
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    old = synthetic_metadata(3_000, seed=21)
+    grown = pd.concat([old, synthetic_metadata(600, seed=22, prefix="NEW")], ignore_index=True)
+    old["split"], grown["split"] = grouped_stratified_split(old), grouped_stratified_split(grown)
+    champion_splits = splits_uri_for(store, "champ0123456789ab")
+    _write_index(store, champion_splits, "train", old[old["split"] == "train"])
+    challenger = ProcessedSplitsHandle(splits_uri=splits_uri_for(store, "chall0123456789a"), content_hash="c",
+                                       image_size=8, classes=[], split_counts={}, raw_manifest_hash="r")
+    _write_index(store, challenger.splits_uri, "test", grown[grown["split"] == "test"])
+    champion = ModelPackage(group="g", version=3, status="Approved", created_at=0, updated_at=0, model_uri="m",
+                            model_hash="old", lineage={"data_version": "champ0123456789ab"})
+    assert champion_trained_on_test(store, champion, challenger) == 0
+    assert (grown["split"] == "test").sum() > (old["split"] == "test").sum()  # same images + the new ones
+
+    planted = grown[grown["split"] == "test"].iloc[[0]].assign(split="train")
+    _write_index(store, champion_splits, "train", pd.concat([old[old["split"] == "train"], planted]))
+    lesion_images = (grown["lesion_id"] == planted["lesion_id"].item()).sum()
+    assert champion_trained_on_test(store, champion, challenger) == lesion_images
+    unknown = champion.model_copy(update={"lineage": {"data_version": "nowhere00000000"}})
+    assert champion_trained_on_test(store, unknown, challenger) is None
