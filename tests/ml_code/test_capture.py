@@ -10,10 +10,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ml_code.monitoring.capture import model_view, parse_capture_bytes, parse_lines, validate_rows
+from ml_code.monitoring.capture import (
+    model_view,
+    parse_capture_bytes,
+    parse_lines,
+    validate_rows,
+)
 from ml_code.monitoring.features import batch_features
 from ml_code.serving.serve import capture_record
-
 from tests.support.monitoring_synth import lesion_images
 
 
@@ -92,7 +96,9 @@ def test_model_view_matches_the_preprocessed_split() -> None:
     captured JPEG equals what the preprocess job stored for the same file."""
     import io
 
-    from ml_code.data.preprocess import decode_square as preprocess_view  # what the split stores
+    from ml_code.data.preprocess import (
+        decode_square as preprocess_view,  # what the split stores
+    )
 
     img = Image.fromarray(np.concatenate([lesion_images(1, 30, seed=4)[0]] * 2, axis=1))  # 60x30
     buf = io.BytesIO()

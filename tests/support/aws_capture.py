@@ -56,7 +56,7 @@ def sagemaker_record(local: dict[str, Any], event_id: str | None = None) -> dict
     if int(meta.get("dermaopsStatus", 200)) != 200:
         return None
     inp, out = local["captureData"]["endpointInput"], local["captureData"]["endpointOutput"]
-    when = datetime.fromisoformat(meta["inferenceTime"].replace("Z", "+00:00"))
+    when = datetime.fromisoformat(meta["inferenceTime"])
     new_meta: dict[str, Any] = {"eventId": event_id or str(uuid.uuid4())}
     if meta.get("inferenceId") and meta["inferenceId"] != meta.get("eventId"):
         new_meta["inferenceId"] = meta["inferenceId"]
@@ -92,7 +92,7 @@ def publish_sagemaker_capture(store: Any, capture_uri: str, endpoint: str, varia
             record = sagemaker_record(local)
             if record is None:
                 continue
-            when = datetime.fromisoformat(local["eventMetadata"]["inferenceTime"].replace("Z", "+00:00"))
+            when = datetime.fromisoformat(local["eventMetadata"]["inferenceTime"])
             by_hour.setdefault(when.strftime("%Y/%m/%d/%H"), []).append((when, json.dumps(record)))
         for hour, lines in sorted(by_hour.items()):
             first = lines[0][0]

@@ -43,16 +43,30 @@ import torch
 from botocore.stub import Stubber
 from PIL import Image
 
-from dermaops_assets.monitoring import cost_report, drift_report, inference_log, model_quality_report
+from dermaops_assets.monitoring import (
+    cost_report,
+    drift_report,
+    inference_log,
+    model_quality_report,
+)
 from dermaops_resources.aws import endpoint as endpoint_mod
 from dermaops_resources.aws.cloudwatch import CloudWatchMetrics, SnsNotifier
 from dermaops_resources.aws.endpoint import SageMakerEndpointDeployer
 from dermaops_resources.aws.s3 import S3ObjectStore
 from dermaops_resources.endpoint import LocalEndpointDeployer
-from dermaops_resources.metrics import ALARMS, NAMESPACE, SAGEMAKER_ENDPOINT_METRICS, LocalMetricsStore
+from dermaops_resources.metrics import (
+    ALARMS,
+    NAMESPACE,
+    SAGEMAKER_ENDPOINT_METRICS,
+    LocalMetricsStore,
+)
 from dermaops_resources.monitoring_handles import BaselineHandle
 from dermaops_resources.notifier import LocalNotifier
-from dermaops_resources.object_store import LocalObjectStore, file_uri_to_path, sha256_file
+from dermaops_resources.object_store import (
+    LocalObjectStore,
+    file_uri_to_path,
+    sha256_file,
+)
 from dermaops_resources.registry import ModelPackage, SqliteModelRegistry
 from dermaops_resources.settings import Settings
 from dermaops_services.monitoring import BASELINE_INDEX, LOG_PREFIX

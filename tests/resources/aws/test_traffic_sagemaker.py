@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 import urllib.request
+import uuid
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -26,7 +26,13 @@ from PIL import Image
 
 from dermaops_cli import main as dermaops
 from dermaops_resources.object_store import LocalObjectStore
-from tests.support.endpoint_packages import build_real_package, make_deployer, read_captures, register, wait_for
+from tests.support.endpoint_packages import (
+    build_real_package,
+    make_deployer,
+    read_captures,
+    register,
+    wait_for,
+)
 from tests.support.monitoring_synth import lesion_images
 
 from .conftest import ACCOUNT, REGION
@@ -92,8 +98,8 @@ def test_sagemaker_traffic_sends_what_local_traffic_sends_and_reads_the_answers(
                                  env["store"])
         local = _run(capsys, ["--endpoint", handle.url, *common, "--labels-out", str(tmp_path / "local-labels")])
         assert local["ok"] == 6
-        captured = wait_for(lambda: (lambda r: r if len(r) >= 6 else None)(read_captures(deployer)), 20,
-                            "6 captured requests")
+        wait_for(lambda: len(read_captures(deployer)) >= 6, 20, "6 captured requests")
+        captured = read_captures(deployer)
     finally:
         deployer.stop()
     captured.sort(key=lambda r: r["eventMetadata"]["inferenceTime"])
