@@ -145,7 +145,7 @@ def _monitor(resources: dict, with_cost: bool = False) -> dict[str, dict]:
               model_quality_report, *([cost_report] if with_cost else [])]
     selection = ["inference_log", "drift_report", "model_quality_report", *(["cost_report"] if with_cost else [])]
     result = dg.materialize(assets, resources=resources, selection=selection, run_config={"ops": {
-        "drift_report": {"config": {"max_requests": 200, "mmd_permutations": 199}}}})
+        "drift_report": {"config": {"max_requests": 200, "mmd_permutations": 99}}}})
     assert result.success
     mats = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
     return {m.asset_key.to_user_string(): {k: getattr(v, "value", v) for k, v in m.metadata.items()} for m in mats}
@@ -187,19 +187,19 @@ def parity(moto_server, kms_key_arn, tmp_path_factory):
     # the baseline of v2 (the model serving when the monitors run), in both stores
     splits = tmp / "splits"
     splits.mkdir()
-    np.save(splits / "train_images.npy", lesion_images(300, SIZE, seed=1))
-    np.save(splits / "val_images.npy", lesion_images(120, SIZE, seed=2))
+    np.save(splits / "train_images.npy", lesion_images(200, SIZE, seed=1))
+    np.save(splits / "val_images.npy", lesion_images(80, SIZE, seed=2))
     rng = np.random.default_rng(3)
-    pd.DataFrame({"image_id": [f"ISIC_{i:07d}" for i in range(300)], "age": rng.integers(3, 17, 300) * 5.0,
-                  "sex": rng.choice(["male", "female"], 300), "localization": rng.choice(["back", "face"], 300)}
+    pd.DataFrame({"image_id": [f"ISIC_{i:07d}" for i in range(200)], "age": rng.integers(3, 17, 200) * 5.0,
+                  "sex": rng.choice(["male", "female"], 200), "localization": rng.choice(["back", "face"], 200)}
                  ).to_csv(splits / "train_index.csv", index=False)
-    summary = compute_baseline(splits, tars[2], tmp / "baseline", max_embeddings=120)
+    summary = compute_baseline(splits, tars[2], tmp / "baseline", max_embeddings=80)
     baselines = {}
     for backend, store in (("local", local_store), ("aws", aws_store)):
         uri = store.upload_dir("models", "jobs/baseline/b2/baseline", tmp / "baseline")
         baselines[backend] = BaselineHandle(baseline_uri=uri, model_uri=packages[backend][2].model_uri,
-                                            model_hash=packages[backend][2].model_hash, item_count=300,
-                                            n_embeddings=120, embedding_split="val", features=summary["features"])
+                                            model_hash=packages[backend][2].model_hash, item_count=200,
+                                            n_embeddings=80, embedding_split="val", features=summary["features"])
         store.put_json("models", f"{BASELINE_INDEX}/{packages[backend][2].model_hash}.json",
                        baselines[backend].model_dump())
 
