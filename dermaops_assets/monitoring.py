@@ -28,6 +28,7 @@ import pandas as pd
 
 from dermaops_services.alarms import evaluate_alarms
 from dermaops_resources.cost import JobCost, monthly_cost
+from dermaops_resources.endpoint import deployment_timeline
 from dermaops_resources.handles import EndpointHandle, ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec, job_output_prefix
 from dermaops_resources.metrics import MetricsPublisher
@@ -107,14 +108,17 @@ def inference_log(context: dg.AssetExecutionContext, config: InferenceLogConfig,
     with tempfile.TemporaryDirectory(prefix="dermaops-log-") as scratch:
         image_size = int(read_model_config(store, live_endpoint.model_uri, Path(scratch))["image_size"])
     frames, images, skipped = [], [], dict(cursor.get("skipped", {}))
+    # [awscapture] SageMaker's capture lines name no model: the endpoint variant's deployment record
+    # says which package served at each line's inferenceTime (an update can fall inside one hour).
+    timeline = deployment_timeline(store, live_endpoint.name, live_endpoint.variant)
     health = [pd.DataFrame(cursor.get("health", []), columns=list(HEALTH_COLUMNS))]
     for obj in files:
         data = store.get_bytes(obj.uri)
         health.append(health_events(data.splitlines()))
-        # SageMaker's capture lines name no model; the files under this endpoint and variant were
-        # answered by the package deployed there (the local endpoint writes its version per line).
+        # Without a deployment record (an endpoint deployed before records were kept), the package
+        # deployed now is assumed; the local endpoint writes its version on every line.
         batch = parse_capture_bytes(data, image_size=image_size, keep_images=True,
-                                    model_version=live_endpoint.package_version)
+                                    model_version=live_endpoint.package_version, timeline=timeline)
         frames.append(batch.rows)
         images.extend(batch.images)
         for reason, n in batch.skipped.items():

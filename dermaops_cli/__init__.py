@@ -3,7 +3,7 @@
     dermaops demo-data [--out DIR] [--lesions-per-class N] [--seed S]
     dermaops registry list | approve --version N | reject --version N --reason TEXT | history --version N
     dermaops endpoint status | stop
-    dermaops traffic --endpoint URL --images DIR [...]
+    dermaops traffic --endpoint URL | --endpoint-name NAME --images DIR [...]   (NAME: SageMaker, billed inference)
     dermaops retrain --reason manual
     dermaops alerts
     dermaops cost [--json]
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep = sub.add_parser("endpoint", help="status or stop of the live endpoint")
     ep.add_argument("action", choices=["status", "stop"])
 
-    sub.add_parser("traffic", help="send images to an endpoint (see dermaops traffic --help)", add_help=False)
+    sub.add_parser("traffic", help="send images to an endpoint: a URL, or a SageMaker endpoint by name (real, "
+                   "billed inference on AWS; see dermaops traffic --help)", add_help=False)
 
     rt = sub.add_parser("retrain", help="start the retraining job now (manual trigger)")
     rt.add_argument("--reason", default="manual")

@@ -50,6 +50,43 @@ class DeploymentFailed(RuntimeError):
     """The new package did not pass its health check; the previous one keeps serving."""
 
 
+DEPLOYMENT_RECORD_PREFIX = "deployments"
+"""Models-bucket folder of the deployment records: ``deployments/<endpoint>/<variant>.json``."""
+
+
+def deployment_record_uri(store: ObjectStore, endpoint_name: str, variant: str) -> str:
+    return store.uri("models", f"{DEPLOYMENT_RECORD_PREFIX}/{endpoint_name}/{variant}.json")
+
+
+def record_deployment(store: ObjectStore, endpoint_name: str, variant: str, *, version: int, endpoint_config: str,
+                      kind: str, requested_at: float, finished_at: float, outcome: str) -> str:
+    """Append one deployment attempt to the endpoint variant's record (read by
+    :func:`deployment_timeline`). Why: SageMaker's capture lines name no model, and SageMaker
+    keeps no history of which endpoint config served when, so this record is the only way to
+    say which package answered a captured request. Times are epoch seconds; ``kind`` is
+    ``create`` or ``update``; ``outcome`` is ``in_service``, ``rolled_back``, ``failed`` or
+    ``interrupted`` (see ``ml_code.monitoring.capture.VersionTimeline``). One deployment runs at a
+    time per endpoint, so read-append-write is safe; the object is replaced whole (S3 PUT)."""
+    uri = deployment_record_uri(store, endpoint_name, variant)
+    record = store.get_json_or(uri, {"endpoint": endpoint_name, "variant": variant, "deployments": []})
+    record["deployments"].append({"version": int(version), "endpoint_config": endpoint_config, "kind": kind,
+                                  "requested_at": float(requested_at), "finished_at": float(finished_at),
+                                  "outcome": outcome})
+    return store.put_json("models", f"{DEPLOYMENT_RECORD_PREFIX}/{endpoint_name}/{variant}.json", record)
+
+
+def deployment_timeline(store: ObjectStore, endpoint_name: str, variant: str):
+    """The variant's ``VersionTimeline`` from its deployment record, or None when there is no record
+    (an endpoint deployed before records were kept, or the local endpoint, whose capture lines carry
+    their version)."""
+    from ml_code.monitoring.capture import VersionTimeline
+
+    record = store.get_json_or(deployment_record_uri(store, endpoint_name, variant), None)
+    if record is None:
+        return None
+    return VersionTimeline.from_deployments(record.get("deployments", []))
+
+
 class EndpointDeployer(dg.ConfigurableResource, ABC):
     @abstractmethod
     def deploy(self, package: ModelPackage, store: ObjectStore,

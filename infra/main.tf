@@ -954,11 +954,13 @@ resource "aws_cloudwatch_dashboard" "dermaops" {
       {
         type = "metric", x = 0, y = 0, width = 12, height = 6
         properties = {
-          title  = "Endpoint errors and latency (app metrics)"
+          # DermaOps/EndpointErrors and EndpointLatencyMs come from the local endpoint only; on AWS
+          # SageMaker's Invocation5XXErrors and ModelLatency (next widget) are the endpoint's health.
+          title  = "Drift score and live balanced accuracy"
           region = var.region
           metrics = [
-            ["DermaOps", "EndpointErrors", { stat = "Sum", period = 3600 }],
-            ["DermaOps", "EndpointLatencyMs", { stat = "p95", period = 300, yAxis = "right" }],
+            ["DermaOps", "DriftScore", { stat = "Maximum", period = 3600 }],
+            ["DermaOps", "LiveBalancedAccuracy", { stat = "Minimum", period = 3600, yAxis = "right" }],
           ]
         }
       },

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr
 
-from ..endpoint import DeploymentFailed, EndpointDeployer
+from ..endpoint import DeploymentFailed, EndpointDeployer, record_deployment
 from ..handles import EndpointHandle
 from ..metrics import ALARMS
 from ..object_store import ObjectStore
@@ -34,6 +34,16 @@ TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Update
 # Auto-rollback watches the endpoint-health alarms of the architecture's thresholds.
 ROLLBACK_ALARMS = tuple(a.name for a in ALARMS if a.metric in ("EndpointErrors", "EndpointLatencyMs"))
 
+
+
+def _finished_at(requested_at: float, desc: dict[str, Any] | None) -> float:
+    """When a deployment ended: SageMaker's LastModifiedTime of the endpoint when it lies between
+    the request and now (the status change), else now (we saw it end no later than this)."""
+    now = time.time()
+    modified = (desc or {}).get("LastModifiedTime")
+    if modified is not None and hasattr(modified, "timestamp") and requested_at <= modified.timestamp() <= now:
+        return float(modified.timestamp())
+    return now
 
 
 def _stamp() -> str:
@@ -178,10 +188,17 @@ class SageMakerEndpointDeployer(EndpointDeployer):
             self._wait_deleted()
             current = None
 
+        def record(kind: str, requested_at: float, desc: dict[str, Any] | None, outcome: str) -> None:
+            record_deployment(store, self.endpoint_name, VARIANT, version=package.version,
+                              endpoint_config=config_name, kind=kind, requested_at=requested_at,
+                              finished_at=_finished_at(requested_at, desc), outcome=outcome)
+
         if current is None:
             log(f"creating endpoint {self.endpoint_name} with {config_name}")
+            requested_at = time.time()
             sm.create_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=config_name, Tags=tags)
             desc = self._wait(log)
+            record("create", requested_at, desc, "in_service" if desc["EndpointStatus"] == "InService" else "failed")
             if desc["EndpointStatus"] != "InService":
                 self._cleanup(model_name, config_name)
                 raise DeploymentFailed(f"Endpoint {self.endpoint_name} ended {desc['EndpointStatus']}: "
@@ -193,13 +210,20 @@ class SageMakerEndpointDeployer(EndpointDeployer):
             # Application Auto Scaling must let go of the variant during an update; it is
             # registered again below on whichever config ends up serving.
             self._deregister_scaling()
+            requested_at = time.time()
+            updating = False
             try:
                 sm.update_endpoint(EndpointName=self.endpoint_name, EndpointConfigName=config_name,
                                    DeploymentConfig=self.deployment_config())
+                updating = True
                 desc = self._wait(log)
             except BaseException:
+                if updating:  # the canary may be live: no line from now on can be attributed until the next deploy
+                    record("update", requested_at, None, "interrupted")
                 self._register_scaling_if_serving()
                 raise
+            went_live = desc["EndpointStatus"] == "InService" and desc["EndpointConfigName"] == config_name
+            record("update", requested_at, desc, "in_service" if went_live else "rolled_back")
             if desc["EndpointStatus"] != "InService" or desc["EndpointConfigName"] != config_name:
                 reason = desc.get("FailureReason") or "rolled back by SageMaker (alarm or health check)"
                 self._register_scaling_if_serving()

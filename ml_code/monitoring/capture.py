@@ -111,6 +111,92 @@ def decode_request(data: Any, encoding: str = "BASE64") -> CapturedRequest:
         raise ValueError(f"body is not a decodable image: {exc}") from exc
 
 
+UNKNOWN_VERSION = -1
+"""``model_version`` of a row no deployment record can attribute to one package."""
+UNSTATED_VERSION = -(2 ** 62)
+"""Internal marker while parsing: the line names no version (SageMaker's never do)."""
+
+
+@dataclass(frozen=True)
+class VersionTimeline:
+    """Which package version an endpoint variant served when, from its deployment record.
+
+    SageMaker's capture lines name the endpoint and variant (the folder) and the time
+    (``eventMetadata.inferenceTime``), never the model, and one hour's folder can hold lines
+    of two packages when the endpoint was updated within that hour. Built from the deployment
+    record the endpoint deployer keeps (``dermaops_resources.endpoint.record_deployment``):
+    one entry per attempt, ``{"version", "endpoint_config", "kind": "create"|"update",
+    "requested_at", "finished_at" (epoch seconds), "outcome": "in_service"|"rolled_back"|"failed"|"interrupted"}``.
+
+    Rules (a blue/green update keeps the old fleet answering while the new one takes a canary
+    share, so neither version can be claimed for a line inside an update window):
+
+    - before the first deployment: ``UNKNOWN_VERSION``;
+    - a *create* serves its version from ``requested_at`` (nothing else could answer);
+    - an *update* window ``[requested_at, finished_at)`` is ``UNKNOWN_VERSION``; from
+      ``finished_at`` on, the new version if it went in service, else the previous one again;
+      an ``interrupted`` update (the deployer stopped watching it) stays unknown until the next entry.
+    """
+
+    starts: tuple[float, ...] = ()  # epoch seconds, ascending
+    versions: tuple[int, ...] = ()
+    configs: tuple[str, ...] = ()  # endpoint config in force from each start ("" inside an update)
+
+    @classmethod
+    def from_deployments(cls, deployments: Iterable[dict[str, Any]]) -> VersionTimeline:
+        """ValueError naming the entry when one lacks a field or has times out of order."""
+        starts: list[float] = []
+        versions: list[int] = []
+        configs: list[str] = []
+        serving, serving_config = UNKNOWN_VERSION, ""
+        ordered = sorted(deployments, key=lambda d: float(d.get("requested_at", 0.0)))
+        for i, entry in enumerate(ordered):
+            try:
+                version, requested, finished = int(entry["version"]), float(entry["requested_at"]), \
+                    float(entry["finished_at"])
+                kind, outcome, config = str(entry["kind"]), str(entry["outcome"]), str(entry.get("endpoint_config", ""))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"deployment record entry {i} ({entry!r}) lacks or garbles {exc}; expected "
+                                 "version, kind, requested_at, finished_at, outcome") from exc
+            if finished < requested:
+                raise ValueError(f"deployment record entry {i} (v{version}) finished before it was requested")
+            went_live = outcome == "in_service"
+            if kind == "create":
+                if went_live:
+                    starts.append(requested), versions.append(version), configs.append(config)
+                    serving, serving_config = version, config
+                continue
+            starts.append(requested), versions.append(UNKNOWN_VERSION), configs.append("")
+            if outcome == "interrupted":  # the deployer lost track mid-update: unknown until the next entry
+                serving, serving_config = UNKNOWN_VERSION, ""
+                continue
+            if went_live:
+                serving, serving_config = version, config
+            starts.append(finished), versions.append(serving), configs.append(serving_config)
+        return cls(tuple(starts), tuple(versions), tuple(configs))
+
+    def _index(self, times: Any) -> np.ndarray:
+        series = pd.Series(times)
+        if pd.api.types.is_numeric_dtype(series):  # epoch seconds, as the record keeps them
+            seconds = series.to_numpy(dtype=float)
+        else:
+            stamps = pd.to_datetime(series, utc=True)
+            seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+        return np.searchsorted(np.asarray(self.starts, dtype=float), seconds, side="right") - 1
+
+    def versions_at(self, times: Any) -> np.ndarray:
+        """int64 version per time (epoch seconds, UTC timestamps or ISO strings); ``UNKNOWN_VERSION`` where
+        unattributable."""
+        idx = self._index(times)
+        table = np.asarray((*self.versions, UNKNOWN_VERSION), dtype="int64")  # idx -1 -> the sentinel
+        return table[np.where(idx >= 0, idx, len(self.versions))]
+
+    def config_at(self, when: Any) -> str:
+        """The endpoint config in force at ``when`` ("" before the first deployment or inside an update)."""
+        (idx,) = self._index([when])
+        return self.configs[idx] if idx >= 0 else ""
+
+
 @dataclass
 class CaptureBatch:
     """Parsed rows plus what was skipped and why (reason -> count)."""
@@ -142,15 +228,18 @@ def _parse_output(out: dict[str, Any]) -> tuple[str, str | None, dict[str, float
 
 
 def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
-                keep_images: bool = False, model_version: int = -1) -> CaptureBatch:
+                keep_images: bool = False, model_version: int = -1,
+                timeline: VersionTimeline | None = None) -> CaptureBatch:
     """Parse capture lines into rows; malformed lines are skipped and counted by reason.
 
     ``image_size``: the model's input size. When given, each request image is decoded and
     its features computed on the model view (see :func:`model_view`); when None, only the
-    ids and predictions are parsed (cheap, for joins with labels). ``model_version``: the
-    package version that answered these lines when they do not say it themselves (SageMaker
-    writes no version; the caller knows it from the capture path's variant and the
-    deployment record); the local endpoint writes ``eventMetadata.modelPackageVersion``.
+    ids and predictions are parsed (cheap, for joins with labels). Which package answered a
+    line: the local endpoint writes ``eventMetadata.modelPackageVersion``; SageMaker writes
+    no version, so a line without one takes the version ``timeline`` (the endpoint variant's
+    deployment record, :class:`VersionTimeline`) says served at its ``inferenceTime``, or
+    ``model_version`` when no timeline is given. ``-1``: unknown (outside every deployment, or
+    inside a blue/green update when both fleets answered).
     """
     skipped: Counter = Counter()
     records: list[dict[str, Any]] = []
@@ -204,7 +293,7 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
             "inference_id": str(meta.get("inferenceId") or meta.get("eventId") or ""),
             "event_id": str(meta.get("eventId") or ""),
             "model_version": (int(version) if isinstance(version, (int, float, str)) and str(version).lstrip("-").isdigit()
-                              else model_version),
+                              else UNSTATED_VERSION),
             "status": status,
             "predicted_class": predicted,
             "probabilities": json.dumps(probs, sort_keys=True),
@@ -214,6 +303,10 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
     rows = pd.DataFrame.from_records(records, columns=list(BASE_COLUMNS))
     rows["inference_time"] = pd.to_datetime(rows["inference_time"], utc=True)
     rows["model_version"] = rows["model_version"].astype("int64")
+    unstated = rows["model_version"].to_numpy() == UNSTATED_VERSION
+    if unstated.any():  # SageMaker's lines: the deployment record says who answered at that time
+        rows.loc[unstated, "model_version"] = (
+            timeline.versions_at(rows.loc[unstated, "inference_time"]) if timeline is not None else model_version)
     if image_size is not None:
         feats = image_features(views) if views else pd.DataFrame(columns=list(FEATURE_NAMES), dtype=float)
         for name in PIXEL_FEATURES:
@@ -229,9 +322,10 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
 
 
 def parse_capture_bytes(data: bytes, image_size: int | None = None, keep_images: bool = False,
-                        model_version: int = -1) -> CaptureBatch:
+                        model_version: int = -1, timeline: VersionTimeline | None = None) -> CaptureBatch:
     """Parse one capture file's bytes (JSONL); see :func:`parse_lines`."""
-    return parse_lines(data.splitlines(), image_size=image_size, keep_images=keep_images, model_version=model_version)
+    return parse_lines(data.splitlines(), image_size=image_size, keep_images=keep_images, model_version=model_version,
+                       timeline=timeline)
 
 
 def capture_schema():

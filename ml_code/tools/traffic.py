@@ -18,9 +18,15 @@ system would, so the case-mix monitor has something to watch.
 configured with ``DERMAOPS_ENDPOINT_TOKEN``); it is sent as ``Authorization: Bearer <token>``
 and never printed.
 
-Safety: only loopback endpoints are contacted unless ``--allow-remote`` is given, and every
-run is bounded by ``--limit`` requests and ``--max-seconds``. Labels files hold only
-inference ids and diagnosis labels (no patient data).
+``--endpoint-name NAME`` sends the same requests to a SageMaker endpoint through
+``sagemaker-runtime`` InvokeEndpoint (boto3, your AWS credentials and region), each with an
+``InferenceId`` so its data-capture line can be joined with the labels written here. That is
+real inference on AWS, billed per request and captured like a clinic's.
+
+Safety: only loopback endpoints are contacted unless ``--allow-remote`` is given (a SageMaker
+endpoint is named explicitly with ``--endpoint-name``), and every run is bounded by
+``--limit`` requests and ``--max-seconds``. Labels files hold only inference ids and
+diagnosis labels (no patient data).
 """
 
 from __future__ import annotations
@@ -152,6 +158,75 @@ def encode_request(path: Path, perturb: str | None, context: dict[str, Any] | No
     return json.dumps({"image": base64.b64encode(body).decode("ascii"), **context}).encode(), "application/json"
 
 
+Sender = Callable[[bytes, str, str, float], tuple[int, str, str]]
+"""Sends one request: (body, content type, inference id asked for, timeout s) -> (HTTP status,
+inference id the endpoint reports, response text). Raises OSError when nothing came back."""
+
+
+def http_sender(endpoint: str, allow_remote: bool = False, token: str | None = None) -> Sender:
+    """POST to ``<endpoint>/invocations`` (the local endpoint or any server with the SageMaker HTTP
+    contract); the id the endpoint echoes in ``X-Inference-Id`` wins over the one asked for."""
+    base = check_loopback(endpoint, allow_remote)
+
+    def send(body: bytes, content_type: str, asked: str, timeout: float) -> tuple[int, str, str]:
+        req = urllib.request.Request(f"{base}/invocations", data=body, method="POST",
+                                     headers={"Content-Type": content_type, "Accept": "application/json",
+                                              REQUEST_ID_HEADER: asked,
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, headers, text = resp.status, resp.headers, resp.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            status, headers, text = exc.code, exc.headers, exc.read().decode("utf-8", "replace")
+        except urllib.error.URLError as exc:
+            raise OSError(str(exc.reason)) from exc
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError:
+            payload = {}
+        reported = headers.get("X-Inference-Id") or (payload.get("inference_id") if isinstance(payload, dict)
+                                                     else None) or asked
+        return status, reported, text
+
+    return send
+
+
+def sagemaker_sender(endpoint_name: str, region: str | None = None, timeout: float = 30.0) -> Sender:
+    """InvokeEndpoint on the SageMaker endpoint ``endpoint_name`` (boto3 ``sagemaker-runtime``; the
+    usual credential chain, ``AWS_ENDPOINT_URL`` honoured). Each call is real, billed inference.
+
+    The asked id goes as ``InferenceId``: SageMaker writes it into the capture line's
+    ``eventMetadata.inferenceId``, the only id a label can be joined on (the line's ``eventId`` is
+    never returned to the caller). A model error (the container answered 4xx/5xx) keeps the
+    container's status and message (``OriginalStatusCode``/``OriginalMessage``)."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = boto3.client("sagemaker-runtime", region_name=region,
+                              config=Config(read_timeout=timeout, retries={"mode": "standard", "max_attempts": 3}))
+    except BotoCoreError as exc:  # typically NoRegionError
+        raise ValueError(f"cannot reach SageMaker endpoint {endpoint_name!r}: {exc}; pass --region or set "
+                         "AWS_DEFAULT_REGION") from exc
+
+    def send(body: bytes, content_type: str, asked: str, _timeout: float) -> tuple[int, str, str]:
+        try:
+            resp = client.invoke_endpoint(EndpointName=endpoint_name, Body=body, ContentType=content_type,
+                                          Accept="application/json", InferenceId=asked)
+            return 200, asked, resp["Body"].read().decode("utf-8", "replace")
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            status = exc.response.get("OriginalStatusCode") or exc.response.get("ResponseMetadata", {}).get(
+                "HTTPStatusCode") or 500
+            message = exc.response.get("OriginalMessage") or error.get("Message") or error.get("Code", "")
+            return int(status), asked, json.dumps({"error": str(message)})
+        except BotoCoreError as exc:  # no credentials, no connection, read timeout
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+
+    return send
+
+
 def write_labels_atomic(folder: str | Path, rows: list[tuple[str, str]]) -> Path:
     """Drop ``inference_id,label`` rows as a new CSV, published atomically (:mod:`ml_code.atomic`),
     owner-only (0600) as the captured requests they label."""
@@ -168,13 +243,16 @@ def simulate_traffic(endpoint: str, images: Sequence[Path], *, rate: float = 5.0
                      wrong_labels: float = 0.0, seed: int = 0, timeout: float = 30.0,
                      allow_remote: bool = False, classes: Sequence[str] | None = None,
                      context: dict[str, dict[str, Any]] | None = None,
-                     token: str | None = None) -> dict[str, Any]:
+                     token: str | None = None, sender: Sender | None = None) -> dict[str, Any]:
     """Send up to ``limit`` images at ``rate`` req/s for at most ``max_seconds``; return a summary.
 
     ``context`` (from :func:`load_context`) sends each image whose stem it lists as a JSON
     request with that clinical context; other images go as bare image bodies. ``token`` is sent
-    as ``Authorization: Bearer <token>`` (an endpoint with an invocation token)."""
-    base = check_loopback(endpoint, allow_remote)
+    as ``Authorization: Bearer <token>`` (an endpoint with an invocation token). ``sender``
+    replaces the HTTP POST to ``endpoint`` (e.g. :func:`sagemaker_sender`); the requests, the
+    order and the labels are built the same way whichever sends them."""
+    send = sender or http_sender(endpoint, allow_remote, token)
+    base = endpoint if sender is not None else check_loopback(endpoint, allow_remote)
     if rate <= 0 or limit <= 0 or max_seconds <= 0:
         raise ValueError("--rate, --limit and --max-seconds must be positive")
     if not 0.0 <= wrong_labels <= 1.0:
@@ -197,17 +275,10 @@ def simulate_traffic(endpoint: str, images: Sequence[Path], *, rate: float = 5.0
             time.sleep(due - now)
         body, ctype = encode_request(path, perturb, (context or {}).get(path.stem))
         asked = f"sim-{uuid.uuid4().hex}"
-        req = urllib.request.Request(f"{base}/invocations", data=body, method="POST",
-                                     headers={"Content-Type": ctype, "Accept": "application/json",
-                                              REQUEST_ID_HEADER: asked,
-                                              **({"Authorization": f"Bearer {token}"} if token else {})})
         t0 = time.monotonic()
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                status, headers, text = resp.status, resp.headers, resp.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as exc:
-            status, headers, text = exc.code, exc.headers, exc.read().decode("utf-8", "replace")
-        except (urllib.error.URLError, OSError) as exc:
+            status, inference_id, text = send(body, ctype, asked, timeout)
+        except OSError as exc:
             statuses[f"connection_error:{type(exc).__name__}"] += 1
             continue
         latencies.append((time.monotonic() - t0) * 1000.0)
@@ -216,8 +287,6 @@ def simulate_traffic(endpoint: str, images: Sequence[Path], *, rate: float = 5.0
             payload = json.loads(text)
         except json.JSONDecodeError:
             payload = {}
-        inference_id = headers.get("X-Inference-Id") or (payload.get("inference_id") if isinstance(payload, dict)
-                                                         else None) or asked
         if status != 200 or not isinstance(payload, dict):
             continue
         predicted[str(payload.get("predicted_class"))] += 1
@@ -248,8 +317,16 @@ def simulate_traffic(endpoint: str, images: Sequence[Path], *, rate: float = 5.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ml_code.tools.traffic", description=__doc__.split("\n\n")[0])
-    p.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8080")
+    p = argparse.ArgumentParser(prog="python -m ml_code.tools.traffic", description=__doc__.split("\n\n")[0],
+                                epilog="--endpoint-name costs money: every request is real inference on the "
+                                       "SageMaker endpoint, billed by AWS, and is captured and monitored like "
+                                       "clinical traffic.")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--endpoint", help="base URL, e.g. http://127.0.0.1:8080")
+    target.add_argument("--endpoint-name", help="a SageMaker endpoint, invoked with boto3 sagemaker-runtime "
+                        "InvokeEndpoint and your AWS credentials: REAL INFERENCE ON AWS, billed per request "
+                        "(keep --limit small)")
+    p.add_argument("--region", help="AWS region of --endpoint-name (default: the AWS configuration's)")
     p.add_argument("--images", required=True, help="folder of .jpg/.png images (searched recursively)")
     p.add_argument("--rate", type=float, default=5.0, help="requests per second (default 5)")
     p.add_argument("--limit", type=int, default=100, help="maximum number of requests (default 100)")
@@ -274,8 +351,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--labels-out needs --metadata (the CSV of true labels per image_id)")
         if args.with_context and not args.metadata:
             raise ValueError("--with-context needs --metadata (the CSV with age, sex and localization per image_id)")
+        if args.endpoint_name and (args.token_file or args.allow_remote):
+            raise ValueError("--token-file and --allow-remote are for --endpoint URL; --endpoint-name uses your AWS "
+                             "credentials")
+        sender = sagemaker_sender(args.endpoint_name, args.region, args.timeout) if args.endpoint_name else None
         summary = simulate_traffic(
-            args.endpoint, list_images(args.images), rate=args.rate, limit=args.limit,
+            args.endpoint or f"sagemaker:{args.endpoint_name}", list_images(args.images), rate=args.rate,
+            limit=args.limit, sender=sender,
             max_seconds=args.max_seconds, perturb=args.perturb,
             labels=load_labels(args.metadata) if args.metadata else None, labels_out=args.labels_out,
             wrong_labels=args.wrong_labels, seed=args.seed, timeout=args.timeout, allow_remote=args.allow_remote,

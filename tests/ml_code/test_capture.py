@@ -7,12 +7,17 @@ import io
 import json
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
-from ml_code.monitoring.capture import model_view, parse_capture_bytes, parse_lines, validate_rows
+from ml_code.monitoring.capture import (
+    model_view,
+    parse_capture_bytes,
+    parse_lines,
+    validate_rows,
+)
 from ml_code.monitoring.features import batch_features
 from ml_code.serving.serve import capture_record
-
 from tests.support.monitoring_synth import lesion_images
 
 
@@ -91,7 +96,9 @@ def test_model_view_matches_the_preprocessed_split() -> None:
     captured JPEG equals what the preprocess job stored for the same file."""
     import io
 
-    from ml_code.data.preprocess import decode_square as preprocess_view  # what the split stores
+    from ml_code.data.preprocess import (
+        decode_square as preprocess_view,  # what the split stores
+    )
 
     img = Image.fromarray(np.concatenate([lesion_images(1, 30, seed=4)[0]] * 2, axis=1))  # 60x30
     buf = io.BytesIO()
@@ -152,3 +159,55 @@ def test_the_real_format_case_lines_parse(tmp_path) -> None:
     assert len(batch.rows) == len([l for l in case.read_text().splitlines() if l.strip()])
     for view in batch.images[1:]:
         np.testing.assert_array_equal(view, batch.images[0])
+
+
+# -- which package answered a SageMaker line (no version on it) ----------------------------
+
+def _served_line(i: int, when: float, client_id: bool) -> str:
+    """A local capture line rewritten the way SageMaker writes it (no version, optional inferenceId)."""
+    from tests.support.aws_capture import sagemaker_record
+
+    body = _jpeg(lesion_images(1, 20, seed=i)[0])
+    local = capture_record(body=body, content_type="image/png", event_id=f"local-{i}",
+                           inference_id=f"client-{i}" if client_id else f"local-{i}", inference_time=when,
+                           response_text=json.dumps({"predicted_class": "nv", "probabilities": {"nv": 1.0}}),
+                           package_version=99)
+    return json.dumps(sagemaker_record(local, event_id=f"sm-{i}"))
+
+
+def test_one_hours_sagemaker_lines_are_attributed_to_the_package_serving_at_their_time() -> None:
+    """v1 created at 10:00; blue/green update to v2 requested 10:20, in service 10:25 (both fleets
+    answer in between); update to v3 at 10:40 rolled back at 10:45. All in one hour's file."""
+    from ml_code.monitoring.capture import UNKNOWN_VERSION, VersionTimeline
+
+    t0 = 1_767_261_600.0  # 2026-01-01T10:00:00Z
+    minute = 60.0
+    timeline = VersionTimeline.from_deployments([
+        {"version": 2, "endpoint_config": "ep-v2-cfg", "kind": "update", "requested_at": t0 + 20 * minute,
+         "finished_at": t0 + 25 * minute, "outcome": "in_service"},  # out of order on purpose
+        {"version": 1, "endpoint_config": "ep-v1-cfg", "kind": "create", "requested_at": t0,
+         "finished_at": t0 + 4 * minute, "outcome": "in_service"},
+        {"version": 3, "endpoint_config": "ep-v3-cfg", "kind": "update", "requested_at": t0 + 40 * minute,
+         "finished_at": t0 + 45 * minute, "outcome": "rolled_back"},
+    ])
+    minutes = [-1, 1, 19, 22, 26, 39, 42, 50]
+    lines = [_served_line(i, t0 + m * minute + 0.4, client_id=i % 2 == 0) for i, m in enumerate(minutes)]
+    rows = parse_lines(lines, timeline=timeline).rows
+    assert rows["model_version"].tolist() == [UNKNOWN_VERSION, 1, 1, UNKNOWN_VERSION, 2, 2, UNKNOWN_VERSION, 2]
+    # no inferenceId written: the row's id is SageMaker's eventId, which no client label can name
+    assert rows["inference_id"].tolist() == [f"client-{i}" if i % 2 == 0 else f"sm-{i}" for i in range(8)]
+    assert [timeline.config_at(pd.Timestamp(t0 + m * minute, unit="s", tz="UTC")) for m in (1, 22, 30, 50)] == \
+        ["ep-v1-cfg", "", "ep-v2-cfg", "ep-v2-cfg"]
+    # without a record, every unversioned line takes the caller's version; a local line keeps its own
+    assert parse_lines(lines, model_version=7).rows["model_version"].tolist() == [7] * 8
+    local = _record(0, _jpeg(lesion_images(1, 20, seed=0)[0]), {"predicted_class": "nv", "probabilities": {"nv": 1.0}})
+    assert parse_lines([local], timeline=timeline).rows["model_version"].tolist() == [3]
+
+
+def test_a_deployment_record_entry_without_times_is_a_clear_error() -> None:
+    import pytest
+
+    from ml_code.monitoring.capture import VersionTimeline
+
+    with pytest.raises(ValueError, match="entry 0 .*requested_at"):
+        VersionTimeline.from_deployments([{"version": 1, "kind": "create", "outcome": "in_service"}])

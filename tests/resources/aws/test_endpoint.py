@@ -12,7 +12,7 @@ from botocore.stub import ANY, Stubber
 
 from dermaops_resources.aws import endpoint as endpoint_mod
 from dermaops_resources.aws.endpoint import SageMakerEndpointDeployer
-from dermaops_resources.endpoint import DeploymentFailed
+from dermaops_resources.endpoint import DeploymentFailed, deployment_record_uri, deployment_timeline
 from dermaops_resources.registry import ModelPackage
 
 from .conftest import REGION, ROLE_ARN
@@ -71,6 +71,11 @@ def test_first_deploy_creates_endpoint_with_capture_and_autoscaling(store, kms_k
     tracking = policy["TargetTrackingScalingPolicyConfiguration"]
     assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
 
+    (entry,) = store.get_json(deployment_record_uri(store, name, "AllTraffic"))["deployments"]
+    assert (entry["version"], entry["kind"], entry["outcome"]) == (3, "create", "in_service")
+    assert entry["endpoint_config"] == ep["EndpointConfigName"]
+    assert entry["requested_at"] <= entry["finished_at"] <= time.time()
+
     status = deployer.status()
     assert status["healthy"] is True and status["status"] == "InService"
     assert status["endpoint_config"] == ep["EndpointConfigName"] and status["package_version"] == 3
@@ -125,6 +130,8 @@ def test_failed_blue_green_update_keeps_previous_config(store, kms_key_arn):
             deployer.deploy(_package(store, 2), store)
         stub.assert_no_pending_responses()
     assert reason in str(err.value) and f"Still serving {old_cfg}" in str(err.value)
+    (entry,) = store.get_json(deployment_record_uri(store, name, "AllTraffic"))["deployments"]
+    assert (entry["version"], entry["kind"], entry["outcome"]) == (2, "update", "rolled_back")
     # the old config still serves and auto-scaling is back on it
     targets = boto3.client("application-autoscaling").describe_scalable_targets(
         ServiceNamespace="sagemaker", ResourceIds=[f"endpoint/{name}/variant/AllTraffic"])["ScalableTargets"]
@@ -142,6 +149,11 @@ def test_successful_blue_green_update(store, kms_key_arn, monkeypatch):
         handle = deployer.deploy(_package(store, 5), store, on_log=logs.append)
         stub.assert_no_pending_responses()
     assert handle.package_version == 5 and handle.instance_count == 2
+    (entry,) = store.get_json(deployment_record_uri(store, name, "AllTraffic"))["deployments"]
+    assert (entry["version"], entry["kind"], entry["outcome"], entry["endpoint_config"]) == \
+        (5, "update", "in_service", new_cfg)
+    timeline = deployment_timeline(store, name, "AllTraffic")  # v4's lines before the request stay unknown
+    assert timeline.versions_at([entry["requested_at"] - 1, entry["finished_at"] + 1]).tolist() == [-1, 5]
     assert any("canary 10%" in line for line in logs)
     canary = deployer.deployment_config()["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
     assert canary["Type"] == "CANARY" and canary["CanarySize"] == {"Type": "CAPACITY_PERCENT", "Value": 10}
