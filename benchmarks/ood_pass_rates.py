@@ -31,11 +31,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ml_code.data.split_reader import Split, load_splits  # noqa: E402
-from ml_code.package import inference  # noqa: E402
-from ml_code.package.image_policy import decode_square  # noqa: E402
-from ml_code.tools import non_dermoscopy  # noqa: E402
-from ml_code.training.ood import add_ood_stats  # noqa: E402
+from ml_code.data.split_reader import Split, load_splits
+from ml_code.package import inference
+from ml_code.package.image_policy import decode_square
+from ml_code.tools import non_dermoscopy
+from ml_code.training.ood import add_ood_stats
 
 RECIPE = Path("/tmp/bench18/seed42/recipe/store")
 DEFAULT_MODEL = RECIPE / "models/sha256/1b82c90acfe5031a6a03d6099bb5469a54884fd1308fbb13780e5affede32e42/model.tar.gz"

@@ -86,7 +86,7 @@ def add_ood_stats(model_dir: Path, train: Split, val: Split, log=print, seed: in
         "layer": "penultimate (the classification head's input), identity view", "dim": stats.dim,
         "threshold": stats.threshold, "quantile": PASS_QUANTILE,
         "val_pass_rate": float(stats.in_distribution(val_scores).mean()),
-        "n_train": int(len(train_emb)), "n_val": int(len(val_emb)),
+        "n_train": len(train_emb), "n_val": len(val_emb),
         "reference": "Lee et al. 2018, A Simple Unified Framework for Detecting Out-of-Distribution Samples "
                      "and Adversarial Attacks (NeurIPS)",
     }

@@ -85,7 +85,8 @@ def test_broken_files_listed_rerun_skips_and_isic_columns(package, tmp_path):
     assert rows[0] == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
     assert sorted(r[0] for r in rows[1:]) == ["clinic-b/lesion_9", "lesion_0", "lesion_1", "lesion_2", "lesion_3"]
     assert all(abs(sum(map(float, r[1:])) - 1) < 1e-6 for r in rows[1:])
-    skipped = {r["image"]: r["reason"] for r in csv.DictReader(open(out / "skipped.csv"))}
+    with open(out / "skipped.csv") as fh:
+        skipped = {r["image"]: r["reason"] for r in csv.DictReader(fh)}
     assert set(skipped) == {"truncated", "not_an_image"} and all("cannot decode" in r for r in skipped.values())
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     rec = records[0]
