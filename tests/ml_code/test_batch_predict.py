@@ -62,6 +62,7 @@ def run_job(tmp: Path, model: Path, images: Path, out: Path, previous: Path | No
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_broken_files_listed_rerun_skips_and_isic_columns(package, tmp_path):
     images = tmp_path / "images"
     (images / "clinic-b").mkdir(parents=True)
