@@ -49,6 +49,7 @@ from ml_code.monitoring.drift import (
     case_mix_drift, category_drift, constraint_violations, drift_report_markdown, drift_verdict, feature_drift,
     mmd_test, psi_plot_data_uri,
 )
+from ml_code.monitoring.ood_share import flagged_share
 from ml_code.monitoring.quality import QUALITY_WINDOW_COLUMNS, live_accuracy, quality_by_window, quality_report_markdown
 from .ui import table_markdown
 
@@ -210,8 +211,11 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     prefix = f"monitoring/drift_report/{stamp}"
     violations_uri = store.put_json("logs", f"{prefix}/constraint_violations.json", constraint_violations(verdict))
-    report_uri = store.put_json("logs", f"{prefix}/drift_report.json", verdict.to_dict())
+    ood = flagged_share(rows)  # requests the endpoint answered with in_distribution false
+    report_uri = store.put_json("logs", f"{prefix}/drift_report.json", {**verdict.to_dict(), "ood_flagged": ood})
     dims = {"EndpointName": live_endpoint.name}
+    if ood["share"] is not None:
+        metrics.put("OODFlaggedShare", float(ood["share"]), "None", dims)
     metrics.put("DriftDetected", 1.0 if verdict.drift_detected else 0.0, dimensions=dims)
     metrics.put("DriftScore", verdict.drift_score, dimensions=dims)
     if verdict.status != "insufficient_data":
@@ -227,6 +231,8 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
         "status": verdict.status,
         "insufficient_data": dg.MetadataValue.bool(verdict.status == "insufficient_data"),
         "n_requests": verdict.n_requests,
+        "ood_assessed": ood["assessed"], "ood_flagged": ood["flagged"],  # share: plotted across runs in the UI
+        **({"ood_flagged_share": dg.MetadataValue.float(ood["share"])} if ood["share"] is not None else {}),
         **({"clinical_context_share": dg.MetadataValue.float(verdict.context_share.current)}
            if verdict.context_share is not None else {}),
         "report": dg.MetadataValue.md(drift_report_markdown(verdict, psi_plot_data_uri(verdict))),

@@ -210,8 +210,10 @@ class CaptureBatch:
         return int(sum(self.skipped.values()))
 
 
-def _parse_output(out: dict[str, Any]) -> tuple[str, str | None, dict[str, float] | None]:
-    """(status, predicted class, probabilities) from endpointOutput."""
+def _parse_output(out: dict[str, Any]) -> tuple[str, str | None, dict[str, float] | None, float, float]:
+    """(status, predicted class, probabilities, ood_score, in_distribution) from endpointOutput;
+    the OOD fields are NaN when the answer has none (a package without OOD statistics, or older),
+    ``in_distribution`` 1.0/0.0 otherwise."""
     text = out.get("data")
     enc = str(out.get("encoding", "JSON")).upper()
     if enc == "BASE64" and isinstance(text, str):
@@ -222,9 +224,11 @@ def _parse_output(out: dict[str, Any]) -> tuple[str, str | None, dict[str, float
     if not isinstance(payload, dict):
         raise ValueError("output is not a JSON object")
     if "predicted_class" not in payload:
-        return "error", None, None
+        return "error", None, None, np.nan, np.nan
     probs = payload.get("probabilities") or {}
-    return "ok", str(payload["predicted_class"]), {str(k): float(v) for k, v in probs.items()}
+    score, flag = payload.get("ood_score"), payload.get("in_distribution")
+    return ("ok", str(payload["predicted_class"]), {str(k): float(v) for k, v in probs.items()},
+            np.nan if score is None else float(score), np.nan if flag is None else float(bool(flag)))
 
 
 def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
@@ -271,7 +275,7 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
             skipped["bad_inferenceTime"] += 1
             continue
         try:
-            status, predicted, probs = _parse_output(out)
+            status, predicted, probs, ood_score, in_distribution = _parse_output(out)
         except (ValueError, TypeError, binascii.Error):
             skipped["malformed_endpointOutput"] += 1
             continue
@@ -297,10 +301,11 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
             "status": status,
             "predicted_class": predicted,
             "probabilities": json.dumps(probs, sort_keys=True),
+            "ood_score": ood_score, "in_distribution": in_distribution,
         })
         if view is not None:
             views.append(view)
-    rows = pd.DataFrame.from_records(records, columns=list(BASE_COLUMNS))
+    rows = pd.DataFrame.from_records(records, columns=[*BASE_COLUMNS, "ood_score", "in_distribution"])
     rows["inference_time"] = pd.to_datetime(rows["inference_time"], utc=True)
     rows["model_version"] = rows["model_version"].astype("int64")
     unstated = rows["model_version"].to_numpy() == UNSTATED_VERSION
@@ -352,6 +357,9 @@ def capture_schema():
         columns[name] = pa.Column(float, checks=non_negative)
     for name in GEOMETRY_FEATURES:
         columns[name] = pa.Column(float, checks=pa.Check.gt(0.0), nullable=True)
+    # The answer's OOD fields (NaN: not assessed); optional, since older parts lack them.
+    columns["ood_score"] = pa.Column(float, nullable=True, required=False)
+    columns["in_distribution"] = pa.Column(float, checks=pa.Check.isin([0.0, 1.0]), nullable=True, required=False)
     # The case mix (ml_code.monitoring.casemix); optional, since parts written before it lack the columns.
     columns["age"] = pa.Column(float, checks=pa.Check.in_range(0.0, 90.0), nullable=True, required=False)
     columns["sex"] = pa.Column(str, checks=pa.Check.isin(["male", "female", UNKNOWN]), required=False)

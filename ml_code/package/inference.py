@@ -9,7 +9,8 @@ the standard library and its own modules (relative imports).
 - :func:`model_fn` loads the network, its normalisation and temperature, and the descriptor model;
 - :func:`input_fn` checks a body (:mod:`requests`), raising ``RequestError`` with an HTTP status;
 - :func:`predict_fn` scores it (:func:`model.predict_images`);
-- :func:`output_fn` renders ``{"predicted_class", "probabilities", "model_arch"}``.
+- :func:`output_fn` renders ``{"predicted_class", "probabilities", "model_arch", "ood_score",
+  "in_distribution"}`` (the last two null when the package has no OOD statistics, :mod:`ood`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import descriptors
+from . import descriptors, ood
 from .image_policy import decode_square
 from .model import Probabilities, ServedModel, load_model, network_log_probs, predict_images
 from .requests import RESPONSE_CONTENT_TYPE, RequestError, negotiate_accept, parse_request
@@ -49,32 +50,43 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
     :func:`model.predict_images`, so the descriptor model is fused in when the package has one.
     A normalised float tensor ``(N, 3, S, S)`` gets the network's temperature-scaled
     probabilities only (no pixels left for descriptors; Grad-CAM titles use this).
+    Images (not tensors) scored by a package with OOD statistics also get their OOD scores and
+    flags (``ood_scores``, ``in_distribution`` on the result), from the same forward pass.
     """
+    embeddings: list[np.ndarray] | None = [] if getattr(model, "ood", None) is not None else None
     if isinstance(data, dict) and "image_bytes" in data:
         context, clinical = data.get("clinical"), None
         if context and model.descriptor_model is not None:
             clinical = descriptors.clinical_features([context.get("age")], [context.get("sex")],
                                                      [context.get("site")])
-        probs = predict_images(decode_square(data["image_bytes"], model.image_size)[None], model, clinical)
+        probs = predict_images(decode_square(data["image_bytes"], model.image_size)[None], model, clinical,
+                               embeddings=embeddings)
     elif isinstance(data, dict) and "images" in data:
         views = data.get("views")
         probs = predict_images(data["images"], model, data.get("clinical"), None if views is None else int(views),
-                               network_only=bool(data.get("network_only", False)))
+                               network_only=bool(data.get("network_only", False)), embeddings=embeddings)
     elif isinstance(data, np.ndarray):
-        probs = predict_images(data, model)
+        probs = predict_images(data, model, embeddings=embeddings)
     elif isinstance(data, torch.Tensor):
         x = data if data.ndim == 4 else data[None]
-        probs = np.exp(network_log_probs(x, model, 1, model.temperature))
+        probs, embeddings = np.exp(network_log_probs(x, model, 1, model.temperature)), None
     else:
         raise ValueError(f"predict_fn got {type(data).__name__}; expected input_fn output, array, dict or tensor")
     out = np.asarray(probs, dtype=np.float32).view(Probabilities)
     out.classes, out.arch = list(model.classes), str(model.config["arch"])
+    if embeddings:
+        out.ood_scores = model.ood.scores(np.concatenate(embeddings))
+        out.in_distribution = model.ood.in_distribution(out.ood_scores)
     return out
 
 
 def output_fn(prediction: np.ndarray, accept: str | None = RESPONSE_CONTENT_TYPE) -> str:
-    """JSON ``{"predicted_class", "probabilities": {class: p}, "model_arch"}`` per image
-    (a list when the request held several images). An Accept it cannot meet is a 406 RequestError."""
+    """JSON ``{"predicted_class", "probabilities": {class: p}, "model_arch", "ood_score",
+    "in_distribution"}`` per image (a list when the request held several images).
+    ``ood_score`` is the Mahalanobis distance of the image's embedding to the training data
+    (:mod:`ood`), ``in_distribution`` whether it is within the validation-calibrated threshold;
+    both are null when the package has no OOD statistics. An Accept it cannot meet is a 406
+    RequestError."""
     negotiate_accept(accept)
     classes = list(getattr(prediction, "classes", []) or [])
     arch = getattr(prediction, "arch", "") or ""
@@ -91,8 +103,10 @@ def output_fn(prediction: np.ndarray, accept: str | None = RESPONSE_CONTENT_TYPE
             "predicted_class": classes[int(np.argmax(p))],
             "probabilities": {c: float(v) for c, v in zip(classes, p)},
             "model_arch": arch,
+            **ood.answer_fields(getattr(prediction, "ood_scores", None),
+                                getattr(prediction, "in_distribution", None), i),
         }
-        for p in probs
+        for i, p in enumerate(probs)
     ]
     return json.dumps(records[0] if len(records) == 1 else records)
 

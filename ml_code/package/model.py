@@ -5,7 +5,8 @@ Ships inside ``model.tar.gz``. Besides loading (:func:`load_model`) and scoring
 the endpoint serves:
 
 - :func:`preprocess_array` - uint8 NHWC arrays (the preprocess job's format) -> model input;
-- :func:`embed_fn` - penultimate-layer embeddings (monitoring builds drift baselines on them);
+- :func:`embed_fn` - penultimate-layer embeddings (monitoring builds drift baselines on them, and
+  the package's out-of-distribution statistics, :mod:`ood`, are fitted on them);
 - :func:`gradcam` - class-activation heat maps (the evaluation job's Grad-CAM grid).
 
 A model may carry a second, descriptor model (``descriptors.npz``, read by the sibling
@@ -28,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import descriptors
-from .networks import build_network, feature_layer, head_layer
+from .networks import build_network, feature_layer, head_layer, penultimate
+from .ood import MahalanobisOOD
 from .views import check_views, dihedral_view, view_order
 
 
@@ -49,6 +51,7 @@ class ServedModel(nn.Module):
         self.register_buffer("std", torch.tensor(config["std"], dtype=torch.float32).view(1, 3, 1, 1))
         self.descriptor_model: Any = None  # descriptors.BoostedTrees, when the package has one
         self.fusion: dict[str, Any] | None = None
+        self.ood: MahalanobisOOD | None = None  # ood.npz, when the package has OOD statistics
 
     @property
     def device(self) -> torch.device:
@@ -106,6 +109,9 @@ def load_model(model_dir: str | os.PathLike) -> ServedModel:
                              f"descriptors.py computes version {descriptors.DESCRIPTOR_VERSION}; re-package the model")
         model.descriptor_model = descriptors.BoostedTrees.load(model_dir / desc["file"])
         model.fusion = dict(config["fusion"])
+    ood = config.get("ood")
+    if ood:
+        model.ood = MahalanobisOOD.load(model_dir / ood["file"])
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     return model
@@ -142,8 +148,13 @@ def preprocess_array(images: np.ndarray, model: Any, std: Any = None) -> torch.T
 
 
 @torch.no_grad()
-def network_log_probs(x: torch.Tensor, model: ServedModel, views: int, temperature: float) -> np.ndarray:
+def network_log_probs(x: torch.Tensor, model: ServedModel, views: int, temperature: float,
+                      embeddings: list[np.ndarray] | None = None) -> np.ndarray:
     """log of the network's softmax(logits / T), averaged over ``views`` D4 views (:func:`view_order`).
+
+    With ``embeddings`` (a list), the identity view's penultimate embeddings ``(n, D)`` of each
+    chunk are appended to it, from the same forward pass (the head is applied to them), so the
+    OOD score costs no extra pass.
 
     The views of a chunk go through the network as one batch (at most 256 views a pass): a
     single-image request then costs one forward pass of 8 rather than 8 passes of 1, about
@@ -155,58 +166,67 @@ def network_log_probs(x: torch.Tensor, model: ServedModel, views: int, temperatu
     out = []
     for chunk in torch.split(x, max(1, 256 // len(order))):
         chunk = chunk.to(model.device, torch.float32)
-        logits = model(torch.cat([dihedral_view(chunk, v) for v in order])).float() / temperature
+        batch = torch.cat([dihedral_view(chunk, v) for v in order])
+        if embeddings is None:
+            logits = model(batch).float() / temperature
+        else:  # order[0] is the identity view: the first len(chunk) rows are the images as sent
+            feats = penultimate(model.net, batch)
+            embeddings.append(feats[: len(chunk)].float().cpu().numpy())
+            logits = head_layer(model.net)(feats).float() / temperature
         out.append(torch.softmax(logits, dim=1).view(len(order), len(chunk), -1).mean(0).cpu())
     return torch.log(torch.cat(out).clamp_min(1e-12)).numpy().astype(np.float64)
 
 
 def predict_images(images: np.ndarray, model: ServedModel, clinical: np.ndarray | None = None,
-                   views: int | None = None, network_only: bool = False) -> np.ndarray:
+                   views: int | None = None, network_only: bool = False,
+                   embeddings: list[np.ndarray] | None = None) -> np.ndarray:
     """Probabilities ``(N, C)`` for uint8 ``(N, S, S, 3)`` images at the model's size.
 
     With a descriptor model: the fused output (:func:`fuse_log_probs`), ``clinical`` being
     ``descriptors.clinical_features`` rows (None = unknown). Without: the network's
     temperature-scaled softmax (also with ``network_only``). ``views`` averages the network
     over D4 views; None serves the package's own ``tta_views`` (what its fusion was fitted on).
+    ``embeddings``: see :func:`network_log_probs` (the OOD score's input).
     """
     views = model.tta_views if views is None else views
     x = preprocess_array(images, model)
     if model.descriptor_model is None or model.fusion is None or network_only:
-        return np.exp(network_log_probs(x, model, views, model.temperature))
-    cnn = network_log_probs(x, model, views, 1.0)
+        return np.exp(network_log_probs(x, model, views, model.temperature, embeddings))
+    cnn = network_log_probs(x, model, views, 1.0, embeddings)
     desc = model.descriptor_model.log_proba(descriptors.descriptor_matrix(np.asarray(images), clinical))
     return fuse_log_probs(cnn, desc, model.fusion)
 
 
 
 class Probabilities(np.ndarray):
-    """Class probabilities ``(N, C)`` that remember the class names and arch they belong to.
+    """Class probabilities ``(N, C)`` that remember the class names and arch they belong to,
+    and each image's OOD score and flag (``ood_scores``, ``in_distribution``: ``(N,)`` arrays,
+    None when the package has no OOD statistics).
 
-    SageMaker's ``output_fn`` does not receive the model, so the labels travel with the
+    SageMaker's ``output_fn`` does not receive the model, so these travel with the
     array; it is otherwise a plain ndarray (sums, argmax and indexing work as usual)."""
 
     classes: list[str]
     arch: str
+    ood_scores: np.ndarray | None
+    in_distribution: np.ndarray | None
 
     def __array_finalize__(self, obj: Any) -> None:
         self.classes = getattr(obj, "classes", [])
         self.arch = getattr(obj, "arch", "")
+        self.ood_scores = getattr(obj, "ood_scores", None)
+        self.in_distribution = getattr(obj, "in_distribution", None)
 
 
 @torch.no_grad()
 def embed_fn(batch: torch.Tensor, model: nn.Module) -> np.ndarray:
-    """Penultimate-layer embeddings ``(N, D)`` for a normalised NCHW batch (the head's input)."""
+    """Penultimate-layer embeddings ``(N, D)`` for a normalised NCHW batch (the head's input;
+    :func:`networks.penultimate`, no hooks, so safe beside concurrent requests)."""
     net = _unwrap(model)
     device = next(net.parameters()).device
-    captured: list[torch.Tensor] = []
-    handle = head_layer(net).register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach()))
-    try:
-        net.eval()
-        for chunk in torch.split(batch, 256):
-            net(chunk.to(device, torch.float32))
-    finally:
-        handle.remove()
-    return torch.cat(captured).float().cpu().numpy()
+    net.eval()
+    out = [penultimate(net, chunk.to(device, torch.float32)).float().cpu() for chunk in torch.split(batch, 256)]
+    return torch.cat(out).numpy() if out else np.zeros((0, head_layer(net).in_features), np.float32)
 
 
 def gradcam(model: nn.Module, tensor: torch.Tensor, class_idx: int | list[int] | torch.Tensor) -> np.ndarray:

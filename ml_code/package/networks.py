@@ -81,9 +81,12 @@ class DermaNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(widths[-1], num_classes)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate embedding ``(N, widths[-1])``: the head's input."""
+        return self.pool(self.layers(self.stem(x))).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.layers(self.stem(x))).flatten(1)
-        return self.fc(self.dropout(x))
+        return self.fc(self.dropout(self.embed(x)))
 
 
 # D4-equivariant DermaNet. A lesion has no canonical orientation: the same lesion turned a
@@ -180,11 +183,14 @@ class DermaNetD4(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(widths[-1], num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate embedding ``(N, widths[-1])``: the head's input."""
         x = self.layers(self.stem(x))
         b, c8, h, w = x.shape
-        x = x.reshape(b, c8 // 8, 8 * h * w).mean(-1)  # over space and orientation: view-invariant
-        return self.fc(self.dropout(x))
+        return x.reshape(b, c8 // 8, 8 * h * w).mean(-1)  # over space and orientation: view-invariant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.embed(x)))
 
 
 def build_network(arch: str, num_classes: int, small_input: bool = False) -> nn.Module:
@@ -219,6 +225,23 @@ def head_layer(net: nn.Module) -> nn.Linear:
     if not linears:
         raise ValueError(f"{type(net).__name__} has no Linear head")
     return linears[-1]
+
+
+def penultimate(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The embedding ``(N, D)`` the head reads (``head_layer(net)(penultimate(net, x))`` equals
+    ``net(x)`` in eval mode), computed without forward hooks, so concurrent requests of a
+    threaded endpoint cannot see each other's activations. ``D``: 1280 for EfficientNet-Lite,
+    512 for resnet18/34, ``widths[-1]`` for DermaNet."""
+    if hasattr(net, "embed"):  # DermaNet, DermaNetD4, EfficientNetLite
+        return net.embed(x)
+    if hasattr(net, "layer4"):  # torchvision resnets: every child but the fc head
+        for name, child in net.named_children():
+            if name != "fc":
+                x = child(x)
+        return torch.flatten(x, 1)
+    if hasattr(net, "features") and hasattr(net, "classifier"):  # efficientnet_b0, mobilenet_v3_small
+        return net.classifier[:-1](torch.flatten(net.avgpool(net.features(x)), 1))
+    raise ValueError(f"No penultimate embedding known for {type(net).__name__}")
 
 
 def feature_layer(net: nn.Module) -> nn.Module:

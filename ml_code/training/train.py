@@ -10,7 +10,8 @@ only orchestrates; the parts live in
 - :mod:`ml_code.training.loop` - network/optimizer/EMA, ``train_one_epoch``, ``evaluate``, time-budget plan;
 - :mod:`ml_code.training.checkpoints` - atomic per-epoch checkpoints and resume;
 - :mod:`ml_code.training.fusion` - descriptor model and its stacker with the network;
-- :mod:`ml_code.training.packaging` - temperature, model directory, history.json.
+- :mod:`ml_code.training.packaging` - temperature, model directory, history.json;
+- :mod:`ml_code.training.ood` - the package's out-of-distribution statistics (Mahalanobis).
 
 What this project needs on top of the reference: spot interruptions (a checkpoint per epoch,
 resume from the newest), class imbalance (nv is ~67% of HAM10000), a wall-clock budget
@@ -40,6 +41,7 @@ from ml_code.training.fusion import fit_descriptor_fusion
 from ml_code.training.loop import (build_network, configure_threads, evaluate, follow_rank0, plan_after_epoch,
                                    seed_everything, setup_runtime, shutdown, train_one_epoch)
 from ml_code.training.models import default_small_input, input_normalisation
+from ml_code.training.ood import add_ood_stats
 from ml_code.training.options import format_help, parse_options
 from ml_code.training.packaging import calibrate, model_config, write_history, write_model_dir
 
@@ -104,6 +106,7 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
     if rt.is_main:
         config = model_config(net, opts, progress, classes, image_size, temperature, fusion, options)
         write_model_dir(env.model_dir, progress.best_state, config, trees)
+        summary["ood"] = add_ood_stats(env.model_dir, train_split, val_split, log)
         write_history(env.output_data_dir, progress.history, summary)
         log(f"done: best epoch {progress.best['epoch']} val balanced accuracy "
             f"{progress.best['val_balanced_accuracy']:.4f}; temperature {temperature:.3f}; stop: {progress.stop_reason}")

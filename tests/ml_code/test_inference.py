@@ -66,7 +66,8 @@ def test_handlers_end_to_end(served, fmt, ctype):
     assert probs.shape == (1, len(CLASSES))
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
     body = json.loads(inference.output_fn(probs, "application/json"))
-    assert set(body) == {"predicted_class", "probabilities", "model_arch"}
+    assert set(body) == {"predicted_class", "probabilities", "model_arch", "ood_score", "in_distribution"}
+    assert body["ood_score"] is None and body["in_distribution"] is None  # a package without OOD statistics
     assert list(body["probabilities"]) == list(CLASSES)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert body["predicted_class"] == max(body["probabilities"], key=body["probabilities"].get)

@@ -1,0 +1,120 @@
+"""``python -m ml_code.evaluation.batch_predict`` as the processing job runs it: broken files
+listed, reruns skip scored images, ISIC columns and per-image records with lineage."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ml_code import CLASSES
+from ml_code.data.split_reader import load_splits
+from ml_code.training import models
+from ml_code.training.ood import add_ood_stats
+from ml_code.training.packaging import write_model_dir
+from tests.support.synth_splits import make_splits
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """A folder holding a model.tar.gz with OOD statistics (random weights: the job is under test)."""
+    root = tmp_path_factory.mktemp("batch-model")
+    torch.manual_seed(0)
+    net = models.build_model("resnet18", len(CLASSES), small_input=True)
+    config = {"arch": "resnet18", "classes": list(CLASSES), "image_size": 16, "mean": [0.5] * 3, "std": [0.2] * 3,
+              "small_input": True}
+    write_model_dir(root / "dir", net.state_dict(), config)
+    splits, _ = load_splits(make_splits(root / "splits", 16, n_train=60, n_val=30, n_test=14))
+    add_ood_stats(root / "dir", splits["train"], splits["val"], log=lambda *_: None)
+    (root / "tar").mkdir()
+    with tarfile.open(root / "tar" / "model.tar.gz", "w:gz") as tar:
+        tar.add(root / "dir", arcname=".")
+    return root / "tar"
+
+
+def jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def run_job(tmp: Path, model: Path, images: Path, out: Path, previous: Path | None = None,
+            metadata: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    env.update(SM_PROCESSING_INPUT_MODEL=str(model), SM_PROCESSING_INPUT_IMAGES=str(images),
+               SM_PROCESSING_OUTPUT_PREDICTIONS=str(out), SM_OUTPUT_DIR=str(tmp / "job-output"),
+               SM_PROCESSING_INPUT_PREVIOUS=str(previous or tmp / "none"),
+               SM_PROCESSING_INPUT_METADATA=str(metadata or tmp / "none"), PYTHONPATH=str(REPO),
+               SM_HPS=json.dumps({"package_version": 3, "model_hash": "abc123", "data_version": "d41d8"}))
+    return subprocess.run([sys.executable, "-m", "ml_code.evaluation.batch_predict"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_broken_files_listed_rerun_skips_and_isic_columns(package, tmp_path):
+    images = tmp_path / "images"
+    (images / "clinic-b").mkdir(parents=True)
+    for i in range(4):
+        (images / f"lesion_{i}.jpg").write_bytes(jpeg(i))
+    (images / "clinic-b" / "lesion_9.png").write_bytes(jpeg(9))  # a JPEG named .png still decodes
+    (images / "truncated.jpg").write_bytes(jpeg(5)[:200])
+    (images / "not_an_image.png").write_bytes(b"hello, I am text")
+    (images / "notes.txt").write_text("ignored: not an image suffix")
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "clinical.csv").write_text("image_id,age,sex,localization\nlesion_0,55,female,back\n")
+
+    first = run_job(tmp_path, package, images, tmp_path / "out1", metadata=meta)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "out1"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["images"], summary["scored"], summary["reused"], summary["skipped"]) == (7, 5, 0, 2)
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert sorted(r[0] for r in rows[1:]) == ["clinic-b/lesion_9", "lesion_0", "lesion_1", "lesion_2", "lesion_3"]
+    assert all(abs(sum(map(float, r[1:])) - 1) < 1e-6 for r in rows[1:])
+    with open(out / "skipped.csv") as fh:
+        skipped = {r["image"]: r["reason"] for r in csv.DictReader(fh)}
+    assert set(skipped) == {"truncated", "not_an_image"} and all("cannot decode" in r for r in skipped.values())
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    rec = records[0]
+    assert set(rec) >= {"image", "sha256", "predicted_class", "probabilities", "ood_score", "in_distribution",
+                        "package_version", "model_hash", "data_version", "input_version"}
+    assert rec["package_version"] == 3 and rec["model_hash"] == "abc123" and rec["data_version"] == "d41d8"
+    assert isinstance(rec["ood_score"], float) and isinstance(rec["in_distribution"], bool)
+    assert rec["predicted_class"] == max(rec["probabilities"], key=rec["probabilities"].get)
+
+    # Rerun with one new image: only it is scored; the rest are the earlier records, unchanged.
+    (images / "lesion_new.jpg").write_bytes(jpeg(42))
+    second = run_job(tmp_path, package, images, tmp_path / "out2", previous=out, metadata=meta)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary2 = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    assert (summary2["scored"], summary2["reused"], summary2["skipped"]) == (1, 5, 2)
+    again = {json.loads(x)["image"]: json.loads(x) for x in (tmp_path / "out2" / "records.jsonl").read_text().splitlines()}
+    for old in records:
+        assert again[old["image"]]["probabilities"] == old["probabilities"]
+    assert "lesion_new" in again
+
+
+def test_previous_output_of_another_package_is_rescored(package, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(jpeg(1))
+    assert run_job(tmp_path, package, images, tmp_path / "out1").returncode == 0
+    text = (tmp_path / "out1" / "records.jsonl").read_text().replace('"abc123"', '"other-model"')
+    (tmp_path / "out1" / "records.jsonl").write_text(text)
+    assert run_job(tmp_path, package, images, tmp_path / "out2", previous=tmp_path / "out1").returncode == 0
+    assert json.loads((tmp_path / "out2" / "summary.json").read_text())["scored"] == 1
