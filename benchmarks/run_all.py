@@ -78,7 +78,7 @@ def run_one(name: str, script: Path, quick: bool, timeout: float) -> dict:
     started = time.perf_counter()
     entry: dict = {"name": name, "returncode": None, "seconds": None, "skipped": None, "error": None, "results": []}
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     except subprocess.TimeoutExpired:
         entry.update(seconds=round(time.perf_counter() - started, 1), error=f"timed out after {timeout:.0f}s")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = args.only or list(scripts)
     others = sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem not in scripts and p.stem != "run_all")
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     entries = []
     for name in names:
         print(f"[bench] {name}{' --quick' if args.quick else ''} ...", flush=True)
