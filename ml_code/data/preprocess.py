@@ -27,7 +27,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import sys
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -50,6 +49,7 @@ CHUNK = 64  # images per pool task: one pickled array per task, small enough to 
 
 # The endpoint's own decode/crop/resize (code/inference.py ships alone in model.tar.gz, so the
 # definition lives there): training images and served requests get identical pixels.
+from ml_code.package import image_policy  # noqa: E402
 from ml_code.package.image_policy import ImageRefused, decode_square  # noqa: E402
 
 
@@ -97,7 +97,7 @@ def pixels_version(size: int) -> str:
     matches (:class:`PreviousPixels`); 16 hex digits."""
     import PIL
 
-    policy = Path(sys.modules[decode_square.__module__].__file__ or "").read_bytes()
+    policy = Path(image_policy.__file__ or "").read_bytes()
     return hashlib.sha256(policy + f"\0Pillow {PIL.__version__}\0{int(size)}".encode()).hexdigest()[:16]
 
 
