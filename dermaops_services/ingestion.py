@@ -283,7 +283,7 @@ class _ImageChecker:
             return meta, None, exc.reason
         source_sha = hashlib.sha256(data).hexdigest()
         known = self.memo.get(source_sha)
-        if known is not None and self._store(known, None):
+        if known is not None and self._in_store(known):
             with self._lock:
                 self.stats.remembered += 1
                 self.seen[source_sha] = known
@@ -302,23 +302,34 @@ class _ImageChecker:
             self.seen[source_sha] = info
         return meta, info, ""
 
-    def _store(self, info: ingest.ImageInfo, data: bytes | None) -> bool:
-        """Store ``data`` under the info's content-addressed key unless it is there (counted once
-        per key); with ``data`` None only report whether it is there."""
-        key = f"images/{info.image_key}"
+    def _claim(self, sha256: str) -> bool:
+        """True for the first row of this run to hold these stored bytes: it alone stores and counts them."""
         with self._lock:
-            first = info.sha256 not in self._claimed
-            self._claimed.add(info.sha256)
-        exists = self.store.exists(self.store.uri("raw", key))
-        if data is not None and not exists and first:
-            self.store.put_bytes("raw", key, data)
-        if first and (exists or data is not None):
+            first = sha256 not in self._claimed
+            self._claimed.add(sha256)
+        return first
+
+    def _in_store(self, info: ingest.ImageInfo) -> bool:
+        """Whether the stored copy of a remembered file is still in the store (counted once)."""
+        exists = self.store.exists(self.store.uri("raw", f"images/{info.image_key}"))
+        if exists and self._claim(info.sha256):
             with self._lock:
-                if exists:
-                    self.stats.already_stored += 1
-                else:
-                    self.stats.copied += 1
-        return exists or data is not None
+                self.stats.already_stored += 1
+        return exists
+
+    def _store(self, info: ingest.ImageInfo, data: bytes) -> None:
+        """Store ``data`` under the info's content-addressed key unless it is there already."""
+        if not self._claim(info.sha256):
+            return
+        key = f"images/{info.image_key}"
+        exists = self.store.exists(self.store.uri("raw", key))
+        if not exists:
+            self.store.put_bytes("raw", key, data)
+        with self._lock:
+            if exists:
+                self.stats.already_stored += 1
+            else:
+                self.stats.copied += 1
 
 
 def _folder_name(uri: str) -> str:
