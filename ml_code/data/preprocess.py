@@ -303,13 +303,9 @@ def run(
     num_workers: int | None = DEFAULTS.num_workers,
     previous_dir: Path | None = None,
 ) -> dict:
-    """Do the whole job; returns the summary written to summary.json.
-
-    ``previous_dir`` is an earlier job's ``splits`` output (optional): images whose content hash
-    it holds, decoded with the same :func:`pixels_version`, are copied from it instead of decoded,
-    so adding 1 % new images decodes only those (``summary["decoded"]`` / ``["reused"]``). The
-    outputs are byte-identical either way. ``num_workers`` decoding processes (unset: the CPUs
-    this process may use)."""
+    """Do the whole job; returns the summary written to summary.json. ``previous_dir``: an earlier
+    ``splits`` output whose arrays are copied for known content hashes (:class:`PreviousPixels`;
+    same bytes either way); ``num_workers`` decoding processes (unset: the CPUs usable here)."""
     if not isinstance(image_size, int) or not (8 <= image_size <= 1024):
         raise ValueError(f"hyperparameter image_size must be an integer in 8..1024, got {image_size!r}")
     t0 = time.monotonic()
