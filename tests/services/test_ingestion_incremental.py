@@ -31,9 +31,9 @@ def count_decodes(monkeypatch) -> list[str]:
     names: list[str] = []
     real = ingest.inspect_image
 
-    def counting(data: bytes, name: str, limits: ingest.ImageLimits = ingest.ImageLimits()) -> ingest.ImageInfo:
+    def counting(data: bytes, name: str, limits: ingest.ImageLimits | None = None) -> ingest.ImageInfo:
         names.append(name)
-        return real(data, name, limits)
+        return real(data, name, limits or ingest.ImageLimits())
 
     monkeypatch.setattr(ingest, "inspect_image", counting)
     return names
@@ -77,7 +77,7 @@ def test_a_changed_validation_version_decodes_everything(demo: Path, tmp_path: P
     handle, _ = ingest_dataset(str(demo), store, SALT)
     count_decodes.clear()
     stricter = ingest.ImageLimits(max_bytes=10**7)  # other limits: another verdict may follow
-    again, stats = ingest_dataset(str(demo), store, SALT, stricter)
+    _, stats = ingest_dataset(str(demo), store, SALT, stricter)
     assert len(count_decodes) == handle.num_images and stats.remembered == 0
     assert ingest.validation_version(stricter) != ingest.validation_version()
 
