@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export DERMAOPS_HOME ?= $(CURDIR)/.dermaops
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo demo-data ui monitor test test-fast test-infra infra-scan validate endpoint-status endpoint-stop bench clean
+.PHONY: venv demo demo-data ui monitor test test-fast test-infra infra-scan validate endpoint-status endpoint-stop bench bench-quality clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,8 +57,13 @@ endpoint-status: venv
 endpoint-stop: venv
 	$(BIN)/dermaops endpoint stop
 
+# Every benchmarks/*.py on the BENCH_RESULT protocol: one table, JSON in benchmarks/results/latest.json.
+# `make bench QUICK=1` for small inputs, `make bench ONLY="ingest_scale ingest_preprocess"` for some.
 bench: venv
-	$(BIN)/python benchmarks/landing_sensor_tick.py
+	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick) $(foreach n,$(ONLY),--only $(n))
+
+# The real-data quality run (trains a model; not on the BENCH_RESULT protocol).
+bench-quality: venv
 	$(BIN)/python benchmarks/ham10000_quality.py
 
 clean:

@@ -1,6 +1,6 @@
 """Benchmark: one landing-sensor tick vs a full listing, over 100,000 landed files.
 
-    python benchmarks/landing_sensor_tick.py [--files 100000] [--new 5] [--dir /tmp/x]
+    python benchmarks/landing_sensor_tick.py [--quick] [--files 100000] [--new 5] [--dir /tmp/x]
 
 Lays out ``--files`` existing files (1,000 per folder, like daily upload batches), lets the
 sensor take them over from an older ``last_key`` cursor (the one-time migration tick, which
@@ -13,7 +13,10 @@ lists everything, is timed separately), then lands a new batch of ``--new`` file
 - full-listing baseline: listing every key, which is what watching every object on every
   tick (``LocalObjectStore.list`` / dagster-aws ``get_objects``) costs.
 
-Prints the times and their ratio as JSON. Files are empty: only listing cost is measured.
+Prints the times and their ratio as JSON, then one ``BENCH_RESULT`` line (the issue 19
+convention, gathered by ``benchmarks/run_all.py``): ratio = full listing / tick, target >= 5x
+(``TARGET_SPEEDUP``). ``--quick`` lays out 20,000 files instead of 100,000. Files are empty: only
+listing cost is measured.
 """
 
 import argparse
@@ -31,6 +34,10 @@ import dagster as dg  # noqa: E402
 from dermaops_assets.sensors import landing_tick  # noqa: E402
 from dermaops_resources.object_store import LocalObjectStore  # noqa: E402
 
+TARGET_SPEEDUP = 5.0
+"""A tick must cost at most a fifth of a full listing (it re-lists LANDING_VERIFY_FILES files per
+tick, so the ratio grows with the bucket: about 10x at 20,000 files)."""
+
 
 def lay_out(root: Path, n: int, per_folder: int = 1000) -> str:
     last = ""
@@ -46,11 +53,14 @@ def lay_out(root: Path, n: int, per_folder: int = 1000) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--files", type=int, default=100_000)
+    p.add_argument("--quick", action="store_true", help="20,000 files (unless --files is given)")
+    p.add_argument("--files", type=int, default=None, help="existing landed files (default 100,000)")
     p.add_argument("--new", type=int, default=5)
     p.add_argument("--verify-files", type=int, default=2000, help="DERMAOPS_LANDING_VERIFY_FILES")
     p.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed afterwards)")
     args = p.parse_args(argv)
+    if args.files is None:
+        args.files = 20_000 if args.quick else 100_000
     with tempfile.TemporaryDirectory(prefix="dermaops-landing-bench-", dir=args.dir) as tmp:
         store = LocalObjectStore(root=str(Path(tmp) / "store"))
         landing = Path(store.uri("raw", "landing")[len("file://"):])
@@ -89,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
                       "migration_tick_seconds": round(migrate_s, 4), "verify_files_per_tick": args.verify_files,
                       "cursor_tick_seconds": round(cursor_s, 4), "full_listing_seconds": round(full_s, 4),
                       "speedup": round(full_s / cursor_s, 1)}, indent=2))
+    speedup = full_s / cursor_s
+    print("BENCH_RESULT " + json.dumps({
+        "stage": "landing sensor", "metric": f"tick vs full listing, {args.files:,} landed files",
+        "ours": round(cursor_s, 4), "baseline": round(full_s, 4), "ratio": round(speedup, 2),
+        "target": f">= {TARGET_SPEEDUP:g}x", "met": speedup >= TARGET_SPEEDUP, "unit": "s"}))
     return 0
 
 

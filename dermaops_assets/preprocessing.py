@@ -94,6 +94,22 @@ def split_rule_text(summary: dict) -> str:
             f"read as a position in [0, 1): {spans}. A lesion keeps its split as data grows")
 
 
+def _latest_key(image_size: int) -> str:
+    """Where the newest complete splits of one image size are named (a pointer, not data)."""
+    return f"splits/latest/{int(image_size)}px.json"
+
+
+def _previous_splits(store: ObjectStore, image_size: int) -> str | None:
+    """URI of the newest complete splits at ``image_size``, for the job's optional ``previous``
+    input: adding 1 % new images then decodes only those (the job checks the pixels version and
+    matches images by content hash). None when there are none or they are incomplete."""
+    pointer = store.uri("processed", _latest_key(image_size))
+    if not store.exists(pointer):
+        return None
+    uri = str(store.get_json(pointer).get("splits_uri", ""))
+    return uri if uri and _complete_splits(store, uri) else None
+
+
 @dg.asset(
     group_name="preprocessing",
     kinds={"python", "sagemaker"},
@@ -115,14 +131,17 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
         context.log.info(f"splits for these inputs already exist at {splits_uri}; not recomputing")
     else:
         on_log, on_metric, _ = job_callbacks(context, "preprocess")
+        inputs = {"manifest": raw_images.manifest_uri.rsplit("/", 1)[0], "images": raw_images.images_prefix_uri}
+        previous = _previous_splits(store, opts.image_size)
+        if previous:  # pixels of images it already decoded are copied, not decoded (only a cache)
+            inputs["previous"] = previous
         spec = JobSpec(job_type="processing", name=f"dermaops-preprocess-{content_hash[:12]}",
-                       entry_point="ml_code.data.preprocess",
-                       inputs={"manifest": raw_images.manifest_uri.rsplit("/", 1)[0],
-                               "images": raw_images.images_prefix_uri},
+                       entry_point="ml_code.data.preprocess", inputs=inputs,
                        outputs=["splits"], output_uri=output_uri,
                        hyperparameters={k: v for k, v in opts.model_dump().items() if v is not None})
         result = jobs.run(spec, store, on_log=on_log, on_metric=on_metric)
         splits_uri = result.output_uris["splits"]
+    store.put_json("processed", _latest_key(opts.image_size), {"splits_uri": splits_uri})
     summary = store.get_json(join_uri(splits_uri, "summary.json"))
     classes = store.get_json(join_uri(splits_uri, "classes.json"))
     split_counts = {s: {c: int(n) for c, n in counts.items()} for s, counts in summary["splits"].items()}

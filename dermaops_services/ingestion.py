@@ -9,12 +9,14 @@ published under ``manifests/<manifest_sha256>/``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,8 @@ class IngestStats:
     """(batch_ref, reason) of each landed batch left out whole; the reason names no file or folder."""
     arriving_batches: list[str] = field(default_factory=list)
     """batch_ref of each landed batch skipped because the landing sensor has not yet seen it complete."""
+    remembered: int = 0
+    """Images not decoded again: an earlier run accepted the same bytes (the validation memo)."""
 
 
 MIN_SALT_CHARS = 32
@@ -165,55 +169,26 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
         ingested_uris.append(uri)
     good = pd.concat(frames, ignore_index=True)
 
-    lock = threading.Lock()
-
-    def check_one(meta: dict) -> tuple[dict, ingest.ImageInfo | None, bytes | None, str]:
-        image_id = str(meta["image_id"])
-        source = sources[int(meta.pop("_source"))]
-        file_name = source.image_index.get(image_id)
-        if file_name is None:
-            return meta, None, None, (f"no image file {image_id}.jpg/.jpeg/.png in the dataset (looked under "
-                                      "images/ and the HAM10000 part folders); add the file or drop the row")
-        try:
-            data = source.read(file_name)
-            info = ingest.inspect_image(data, Path(file_name).name, limits)
-            # what is stored, hashed and keyed is the image without its metadata (EXIF dates, serials, GPS)
-            data, info = ingest.scrub_image(data, info, limits)
-            return meta, info, data, ""
-        except (ingest.ImageRejected, NotFollowed) as exc:
-            return meta, None, None, exc.reason
-
+    version = ingest.validation_version(limits)
+    memo = _load_memo(store, version)
+    checker = _ImageChecker(sources, store, limits, memo, stats)
     rows: list[dict] = []
     rejects: list[dict[str, str]] = []
     by_sha: dict[str, str] = {}
-
-    def publish(info: ingest.ImageInfo, data: bytes) -> None:
-        key = f"images/{info.image_key}"
-        exists = store.exists(store.uri("raw", key))
-        if not exists:
-            store.put_bytes("raw", key, data)
-        with lock:
-            if exists:
-                stats.already_stored += 1
-            else:
-                stats.copied += 1
-
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        uploads = []
-        for meta, info, data, reason in pool.map(check_one, good.to_dict("records")):
-            image_id = str(meta["image_id"])
-            if info is None:
-                rejects.append({"image_id": image_id, "stage": "image", "reason": reason})
-            elif info.sha256 in by_sha:
-                rejects.append({"image_id": image_id, "stage": "image",
-                                "reason": f"same bytes as image {by_sha[info.sha256]!r}; duplicate pictures are "
-                                          "kept once (they would leak across splits)"})
-            else:
-                by_sha[info.sha256] = image_id
-                rows.append(ingest.manifest_row(meta, info))
-                uploads.append(pool.submit(publish, info, data))
-        for upload in uploads:
-            upload.result()
+    for meta, info, reason in checker.check(good.to_dict("records"), max_workers):
+        image_id = str(meta["image_id"])
+        if info is None:
+            rejects.append({"image_id": image_id, "stage": "image", "reason": reason})
+        elif info.sha256 in by_sha:
+            rejects.append({"image_id": image_id, "stage": "image",
+                            "reason": f"same bytes as image {by_sha[info.sha256]!r}; duplicate pictures are "
+                                      "kept once (they would leak across splits)"})
+        else:
+            by_sha[info.sha256] = image_id
+            rows.append(ingest.manifest_row(meta, info))
+    _save_memo(store, version, checker.seen)
+    log(f"images: {checker.decoded} decoded and checked, {stats.remembered} known by content from an earlier "
+        "run (not decoded again)")
 
     manifest = ingest.build_manifest(rows)
     quarantine = pd.concat([*quarantine_frames, ingest.quarantine_frame(rejects)], ignore_index=True)
@@ -230,6 +205,131 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
         source_uri=" + ".join(_redact(uri) for uri in ingested_uris), source_layout="+".join(dict.fromkeys(layouts)),
     )
     return handle, stats
+
+
+MEMO_PREFIX = "ingest-memo"
+"""Raw-bucket prefix of the validation memo: ``<prefix>/<validation_version>.csv``, one row per
+accepted file of the latest run (:data:`MEMO_COLUMNS`)."""
+MEMO_COLUMNS = ("source_sha256", "format", "width", "height", "sha256", "extension", "phash")
+
+
+def _load_memo(store: ObjectStore, version: str) -> dict[str, ingest.ImageInfo]:
+    """Accepted files of the last run, by the sha256 of their source bytes, for this validation
+    version; empty when there is none or it cannot be read (it is only a cache)."""
+    uri = store.uri("raw", f"{MEMO_PREFIX}/{version}.csv")
+    try:
+        if not store.exists(uri):
+            return {}
+        df = pd.read_csv(io.BytesIO(store.get_bytes(uri)), dtype=str, keep_default_na=False)
+        return {r.source_sha256: ingest.ImageInfo(format=r.format, width=int(r.width), height=int(r.height),
+                                                  sha256=r.sha256, extension=r.extension, phash=r.phash)
+                for r in df.itertuples(index=False)}
+    except (OSError, ValueError, KeyError, AttributeError, pd.errors.ParserError):
+        return {}
+
+
+def _save_memo(store: ObjectStore, version: str, seen: dict[str, ingest.ImageInfo]) -> None:
+    """Publish this run's accepted files as the memo for ``version`` (replacing the last one)."""
+    df = pd.DataFrame([(src, i.format, i.width, i.height, i.sha256, i.extension, i.phash)
+                       for src, i in sorted(seen.items())], columns=list(MEMO_COLUMNS))
+    store.put_bytes("raw", f"{MEMO_PREFIX}/{version}.csv", _csv(df))
+
+
+class _ImageChecker:
+    """Reads, checks, scrubs and stores each metadata row's image, streaming.
+
+    At most ``window`` rows are in flight (read but not yet handed back), whatever the dataset
+    size, and what is handed back holds no image bytes: each file is stored as soon as it is
+    accepted (the first row to claim a content hash stores it; a later row with the same bytes
+    stores nothing), so memory stays flat as a dataset grows (``benchmarks/ingest_scale.py``).
+
+    A file whose source bytes the memo knows (accepted by an earlier run under the same
+    ``validation_version``) and whose stored copy is still in the store is not decoded again:
+    the memo's verdict is the one a decode would give, since it depends only on those bytes and
+    that version."""
+
+    def __init__(self, sources: list[RawSource], store: ObjectStore, limits: ingest.ImageLimits,
+                 memo: dict[str, ingest.ImageInfo], stats: IngestStats):
+        self.sources, self.store, self.limits, self.memo, self.stats = sources, store, limits, memo, stats
+        self.seen: dict[str, ingest.ImageInfo] = {}
+        """source sha256 -> accepted info, of this run: the next run's memo."""
+        self.decoded = 0
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def check(self, records: Iterable[dict], max_workers: int = 8,
+              window: int | None = None) -> Iterator[tuple[dict, ingest.ImageInfo | None, str]]:
+        """``(meta, info or None, reason)`` per record, in order; records are read lazily."""
+        window = window or 4 * max_workers
+        with ThreadPoolExecutor(max_workers=max_workers) as pool:
+            pending: deque = deque()
+            for meta in records:
+                pending.append(pool.submit(self._one, meta))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def _one(self, meta: dict) -> tuple[dict, ingest.ImageInfo | None, str]:
+        image_id = str(meta["image_id"])
+        source = self.sources[int(meta.pop("_source"))]
+        file_name = source.image_index.get(image_id)
+        if file_name is None:
+            return meta, None, (f"no image file {image_id}.jpg/.jpeg/.png in the dataset (looked under "
+                                "images/ and the HAM10000 part folders); add the file or drop the row")
+        try:
+            data = source.read(file_name)
+        except NotFollowed as exc:
+            return meta, None, exc.reason
+        source_sha = hashlib.sha256(data).hexdigest()
+        known = self.memo.get(source_sha)
+        if known is not None and self._in_store(known):
+            with self._lock:
+                self.stats.remembered += 1
+                self.seen[source_sha] = known
+            return meta, known, ""
+        try:
+            info = ingest.inspect_image(data, Path(file_name).name, self.limits)
+            # what is stored, hashed and keyed is the image without its metadata (EXIF dates, serials, GPS)
+            data, info = ingest.scrub_image(data, info, self.limits)
+        except ingest.ImageRejected as exc:
+            return meta, None, exc.reason
+        finally:
+            with self._lock:
+                self.decoded += 1
+        self._store(info, data)
+        with self._lock:
+            self.seen[source_sha] = info
+        return meta, info, ""
+
+    def _claim(self, sha256: str) -> bool:
+        """True for the first row of this run to hold these stored bytes: it alone stores and counts them."""
+        with self._lock:
+            first = sha256 not in self._claimed
+            self._claimed.add(sha256)
+        return first
+
+    def _in_store(self, info: ingest.ImageInfo) -> bool:
+        """Whether the stored copy of a remembered file is still in the store (counted once)."""
+        exists = self.store.exists(self.store.uri("raw", f"images/{info.image_key}"))
+        if exists and self._claim(info.sha256):
+            with self._lock:
+                self.stats.already_stored += 1
+        return exists
+
+    def _store(self, info: ingest.ImageInfo, data: bytes) -> None:
+        """Store ``data`` under the info's content-addressed key unless it is there already."""
+        if not self._claim(info.sha256):
+            return
+        key = f"images/{info.image_key}"
+        exists = self.store.exists(self.store.uri("raw", key))
+        if not exists:
+            self.store.put_bytes("raw", key, data)
+        with self._lock:
+            if exists:
+                self.stats.already_stored += 1
+            else:
+                self.stats.copied += 1
 
 
 def _folder_name(uri: str) -> str:

@@ -557,6 +557,22 @@ def inspect_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
     )
 
 
+def validation_version(limits: ImageLimits = ImageLimits()) -> str:
+    """What the verdict on an image file depends on besides its bytes: the source of the modules
+    that decide it (this one, the image policy, the scrubber, the perceptual hash), the versions
+    of Pillow and imagehash, and ``limits``. Ingestion remembers accepted files by the sha256 of
+    their bytes under this version (``dermaops_services.ingestion``), so a rerun over the same
+    files decodes none of them, and any change here makes it decode everything again. 16 hex."""
+    import sys
+    from importlib.metadata import version
+
+    h = hashlib.sha256()
+    for module in (__name__, "ml_code.data.scrub", "ml_code.data.near_duplicates", image_policy.__name__):
+        h.update(Path(sys.modules[module].__file__ or "").read_bytes())
+    h.update(f"Pillow {version('pillow')} imagehash {version('imagehash')} {limits!r}".encode())
+    return h.hexdigest()[:16]
+
+
 def scrub_image(data: bytes, info: ImageInfo, limits: ImageLimits = ImageLimits()) -> tuple[bytes, ImageInfo]:
     """The bytes to store for an accepted image and its ``ImageInfo`` re-described for them.
 

@@ -20,7 +20,7 @@ class PreprocessOptions(OptionsModel):
     test_fraction: float = option(0.15, "share of lesions in test", minimum=0, maximum=1)
     seed: int = option(42, "key of the lesion split's hash (dermaops-split-v1:seed=<seed>); "
                        "a new seed reassigns every lesion")
-    num_workers: Optional[int] = option(None, "decoding threads; unset or 0: the CPU count", minimum=0)
+    num_workers: Optional[int] = option(None, "decoding processes; unset or 0: the CPU count", minimum=0)
 
 
 DEFAULTS = PreprocessOptions()  # the job's defaults, for callers of preprocess.run that omit some

@@ -7,9 +7,11 @@ inputs   ``manifest`` (folder holding manifest.csv), ``images`` (the raw images 
          files at ``<images>/<image_key>``)
 output   ``splits``: ``{split}_images.npy`` uint8 (N, S, S, 3) RGB, ``{split}_labels.npy``
          int64 (N,), ``{split}_index.csv``, ``classes.json``, ``summary.json``, ``quarantine.csv``
+optional input ``previous``: an earlier job's ``splits`` output, whose arrays are reused by
+         content hash (:class:`PreviousPixels`): a rerun decodes only the new images
 hyperparameters  :class:`ml_code.data.options.PreprocessOptions`: ``image_size`` (64),
          ``val_fraction`` (0.15), ``test_fraction`` (0.15), ``seed`` (42), optional
-         ``num_workers`` (decoding threads; default: CPU count); an unknown one fails the job
+         ``num_workers`` (decoding processes; default: CPU count); an unknown one fails the job
 
 Each image is centre-cropped to a square on its shorter side and resized with
 Lanczos, so lesions are not squashed. Arrays are written through
@@ -23,9 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +43,13 @@ from ml_code.data.splits import SPLITS, check_no_leakage, describe_split, groupe
 #: Per-split index. ``age``/``sex``/``localization`` are the clinical context the descriptor
 #: model reads (``ml_code.package.descriptors``); empty when the manifest has none.
 INDEX_COLUMNS = ("image_id", "lesion_id", "dx", "label", "sha256", "age", "sex", "localization")
-BATCH = 256  # images decoded per batch: bounds memory whatever the image size
+BATCH = 256  # images per progress line and per copy batch: bounds memory whatever the image size
+CHUNK = 64  # images per pool task: one pickled array per task, small enough to keep every core busy
 
 
 # The endpoint's own decode/crop/resize (code/inference.py ships alone in model.tar.gz, so the
 # definition lives there): training images and served requests get identical pixels.
+from ml_code.package import image_policy  # noqa: E402
 from ml_code.package.image_policy import ImageRefused, decode_square  # noqa: E402
 
 
@@ -68,11 +74,129 @@ def _process_one(path: Path, expected_sha: str, size: int) -> np.ndarray:
         raise _Rejected(f"{path.name}: does not decode ({type(exc).__name__}: {exc})") from None
 
 
-def _safe(fn, *args):
-    try:
-        return fn(*args), None
-    except _Rejected as exc:
-        return None, str(exc)
+def decode_chunk(images_dir: Path, items: list[tuple[str, str]], size: int) -> tuple[np.ndarray, list[str | None]]:
+    """Decode ``items`` (``(image_key, sha256)`` pairs) into one uint8 ``(len(items), size, size, 3)``
+    array and a reason per item (None when it decoded; its row is then zeros). A module-level
+    function so a process pool can run it: one task per chunk keeps the pickling overhead to
+    one array per :data:`CHUNK` images."""
+    out = np.zeros((len(items), size, size, 3), dtype=np.uint8)
+    reasons: list[str | None] = []
+    for i, (key, sha) in enumerate(items):
+        try:
+            out[i] = _process_one(images_dir / key, sha, size)
+            reasons.append(None)
+        except _Rejected as exc:
+            reasons.append(str(exc))
+    return out, reasons
+
+
+def pixels_version(size: int) -> str:
+    """What a stored ``(size, size, 3)`` array of an image depends on besides the image's bytes:
+    the image policy's source (decode, orientation, colour, crop, resize), the Pillow version
+    (its decoders and resampling) and ``size``. Arrays are reused across jobs only when this
+    matches (:class:`PreviousPixels`); 16 hex digits."""
+    import PIL
+
+    policy = Path(image_policy.__file__ or "").read_bytes()
+    return hashlib.sha256(policy + f"\0Pillow {PIL.__version__}\0{int(size)}".encode()).hexdigest()[:16]
+
+
+class PreviousPixels:
+    """The decoded arrays of an earlier job's splits, by image content hash: a rerun after new
+    images arrive copies every known image's pixels instead of decoding it again.
+
+    Content addressing makes this safe: an index row's ``sha256`` is that of the stored raw
+    bytes the row's pixels were decoded from, the manifest check in :func:`_process_one` ties a
+    new row to the same bytes, and ``summary.json``'s ``pixels_version`` must equal this job's
+    (:func:`pixels_version`), so a change to the decoder, Pillow or the size decodes afresh.
+    A folder that is missing, of another version or unreadable offers nothing (never an error:
+    it is only a cache)."""
+
+    def __init__(self, folder: Path | None, size: int):
+        self.arrays: dict[str, np.ndarray] = {}
+        self.where: dict[str, tuple[str, int]] = {}
+        self.reason = ""
+        if folder is None or not (folder / "summary.json").is_file():
+            self.reason = "no earlier splits given"
+            return
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+            if summary.get("pixels_version") != pixels_version(size):
+                self.reason = "earlier splits have other pixels (decoder, Pillow or size changed)"
+                return
+            for split in summary.get("splits", {}):
+                arr = np.load(folder / f"{split}_images.npy", mmap_mode="r")
+                index = pd.read_csv(folder / f"{split}_index.csv", dtype=str, keep_default_na=False)
+                if arr.shape[1:] != (size, size, 3) or len(arr) != len(index):
+                    raise ValueError(f"{split} arrays do not match their index")
+                self.arrays[split] = arr
+                for row, sha in enumerate(index["sha256"]):
+                    if sha:
+                        self.where.setdefault(sha, (split, row))
+        except (OSError, ValueError, KeyError) as exc:
+            self.arrays, self.where = {}, {}
+            self.reason = f"earlier splits unreadable ({type(exc).__name__}: {exc})"
+
+    def fill(self, arr: np.ndarray, shas: list[str]) -> np.ndarray:
+        """Copy the known images' pixels into ``arr`` (row i <- ``shas[i]``); returns which rows were filled."""
+        found = np.zeros(len(shas), dtype=bool)
+        by_split: dict[str, tuple[list[int], list[int]]] = {}
+        for i, sha in enumerate(shas):
+            hit = self.where.get(sha) if sha else None
+            if hit is not None:
+                dst, src = by_split.setdefault(hit[0], ([], []))
+                dst.append(i)
+                src.append(hit[1])
+                found[i] = True
+        for split, (dst, src) in by_split.items():
+            for s in range(0, len(dst), BATCH * 4):  # bounded memory: a few MB at a time
+                order = np.argsort(src[s:s + BATCH * 4])  # read the earlier file in order
+                rows = np.asarray(dst[s:s + BATCH * 4])[order]
+                arr[rows] = self.arrays[split][np.asarray(src[s:s + BATCH * 4])[order]]
+        return found
+
+
+class Decoder:
+    """Decodes chunks of images in a process pool sized to the cores (or in this process when
+    ``workers`` is 1): Pillow's resampling and the policy's Python code hold the GIL long enough
+    that threads did not scale. Outputs are byte-identical whatever ``workers`` is (the same
+    :func:`decode_chunk` runs either way; ``tests/ml_code/test_preprocess_parallel.py``)."""
+
+    def __init__(self, workers: int):
+        self.workers = max(1, int(workers))
+        self.pool = None
+        if self.workers > 1:
+            # fork: the job process has no threads, and workers start in milliseconds without
+            # re-importing pandas; where fork is unavailable the platform default is used
+            method = "fork" if "fork" in mp.get_all_start_methods() else None
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context(method))
+        self.decoded = 0
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def map(self, images_dir: Path, items: list[tuple[str, str]], size: int):
+        """Yield ``(start, pixels, reasons)`` per chunk of ``items``, in order, with at most
+        ``2 * workers`` chunks in flight (bounded memory for any dataset size)."""
+        chunks = [(s, items[s:s + CHUNK]) for s in range(0, len(items), CHUNK)]
+        self.decoded += len(items)
+        if self.pool is None:
+            for start, chunk in chunks:
+                yield (start, *decode_chunk(images_dir, chunk, size))
+            return
+        pending: deque = deque()
+        for start, chunk in chunks:
+            pending.append((start, self.pool.submit(decode_chunk, images_dir, chunk, size)))
+            if len(pending) >= 2 * self.workers:
+                s, fut = pending.popleft()
+                yield (s, *fut.result())
+        while pending:
+            s, fut = pending.popleft()
+            yield (s, *fut.result())
 
 
 def _write_split(
@@ -81,7 +205,8 @@ def _write_split(
     images_dir: Path,
     out_dir: Path,
     size: int,
-    pool: ThreadPoolExecutor,
+    decoder: Decoder,
+    previous: PreviousPixels,
     quarantine: list[dict[str, str]],
     progress: dict[str, float],
 ) -> pd.DataFrame:
@@ -89,7 +214,7 @@ def _write_split(
     n = len(rows)
     with atomic_path(out_dir / f"{split}_images.npy") as tmp_path:
         arr = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        ok = _decode_into(arr, split, rows, images_dir, size, pool, quarantine, progress)
+        ok = _decode_into(arr, split, rows, images_dir, size, decoder, previous, quarantine, progress)
         if not ok.all():
             # compact: copy the decoded rows into a right-sized array, in batches, which then
             # takes the place of the full-sized one (still unpublished)
@@ -116,33 +241,40 @@ def _decode_into(
     rows: pd.DataFrame,
     images_dir: Path,
     size: int,
-    pool: ThreadPoolExecutor,
+    decoder: Decoder,
+    previous: PreviousPixels,
     quarantine: list[dict[str, str]],
     progress: dict[str, float],
 ) -> np.ndarray:
-    """Decode ``rows``' images into ``arr`` in batches; returns which rows decoded."""
+    """Fill ``arr`` with ``rows``' pixels: copied from ``previous`` where the content hash is
+    known, decoded otherwise; returns which rows are filled (the others are quarantined)."""
     n = len(rows)
-    ok = np.zeros(n, dtype=bool)
-    records = rows.to_dict("records")
-    for start in range(0, n, BATCH):
-        batch = records[start:start + BATCH]
-        results = pool.map(
-            lambda r: _safe(_process_one, images_dir / str(r["image_key"]), str(r.get("sha256", "")), size), batch
-        )
-        for offset, (pixels, reason) in enumerate(results):
-            i = start + offset
-            if pixels is None:
-                quarantine.append({"image_id": str(records[i]["image_id"]), "reason": reason or "unknown error"})
-            else:
-                arr[i] = pixels
-                ok[i] = True
-        progress["done"] += len(batch)
-        elapsed = time.monotonic() - progress["t0"]
-        print(
-            f"[preprocess] {split}: {min(start + BATCH, n)}/{n} images "
-            f"({progress['done']:.0f}/{progress['total']:.0f} total, {progress['done'] / max(elapsed, 1e-9):.0f} img/s)",
-            flush=True,
-        )
+    image_ids = rows["image_id"].astype(str).tolist()
+    keys = rows["image_key"].astype(str).tolist()
+    shas = rows["sha256"].astype(str).tolist() if "sha256" in rows else [""] * n
+    ok = previous.fill(arr, shas)
+    reused = int(ok.sum())
+    progress["reused"] += reused
+    todo = np.flatnonzero(~ok)
+    items = [(keys[i], shas[i]) for i in todo]
+    reported = 0
+    for start, pixels, reasons in decoder.map(images_dir, items, size):
+        rows_here = todo[start:start + len(reasons)]
+        good = np.array([r is None for r in reasons], dtype=bool)
+        arr[rows_here[good]] = pixels[good]
+        ok[rows_here[good]] = True
+        for i, reason in zip(rows_here[~good], (r for r in reasons if r is not None)):
+            quarantine.append({"image_id": image_ids[i], "reason": reason or "unknown error"})
+        progress["done"] += len(reasons)
+        if start + len(reasons) - reported >= BATCH or start + len(reasons) == len(items):
+            reported = start + len(reasons)
+            elapsed = time.monotonic() - progress["t0"]
+            print(
+                f"[preprocess] {split}: {reported}/{len(items)} images decoded, {reused} reused "
+                f"({progress['done']:.0f}/{progress['total']:.0f} decoded in total, "
+                f"{progress['done'] / max(elapsed, 1e-9):.0f} img/s)",
+                flush=True,
+            )
     arr.flush()
     return ok
 
@@ -169,8 +301,11 @@ def run(
     test_fraction: float = DEFAULTS.test_fraction,
     seed: int = DEFAULTS.seed,
     num_workers: int | None = DEFAULTS.num_workers,
+    previous_dir: Path | None = None,
 ) -> dict:
-    """Do the whole job; returns the summary written to summary.json."""
+    """Do the whole job; returns the summary written to summary.json. ``previous_dir``: an earlier
+    ``splits`` output whose arrays are copied for known content hashes (:class:`PreviousPixels`;
+    same bytes either way); ``num_workers`` decoding processes (unset: the CPUs usable here)."""
     if not isinstance(image_size, int) or not (8 <= image_size <= 1024):
         raise ValueError(f"hyperparameter image_size must be an integer in 8..1024, got {image_size!r}")
     t0 = time.monotonic()
@@ -201,13 +336,17 @@ def run(
         flush=True,
     )
 
-    workers = int(num_workers or os.cpu_count() or 2)
-    progress = {"done": 0.0, "total": float(len(manifest)), "t0": t0}
+    workers = int(num_workers or _available_cpus())
+    progress = {"done": 0.0, "reused": 0.0, "total": float(len(manifest)), "t0": t0}
+    earlier = PreviousPixels(previous_dir, image_size)
+    print(f"[preprocess] earlier splits: {len(earlier.where)} images' pixels reusable"
+          + (f" ({earlier.reason})" if earlier.reason else ""), flush=True)
     written: dict[str, pd.DataFrame] = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding/resizing
+    with Decoder(workers) as decoder:
         for split in SPLITS:
             rows = manifest[manifest["split"] == split]
-            written[split] = _write_split(split, rows, images_dir, out_dir, image_size, pool, quarantine, progress)
+            written[split] = _write_split(split, rows, images_dir, out_dir, image_size, decoder, earlier,
+                                          quarantine, progress)
 
     write_text_atomic(out_dir / "classes.json", json.dumps(list(CLASSES)))
     qdf = pd.DataFrame(quarantine, columns=["image_id", "reason"])
@@ -223,6 +362,9 @@ def run(
         "seed": seed,
         "split_rule": describe_split(val_fraction, test_fraction, seed),
         "manifest_sha256": hashlib.sha256(manifest_file.read_bytes()).hexdigest(),
+        "pixels_version": pixels_version(image_size),
+        "decoded": int(progress["done"]),
+        "reused": int(progress["reused"]),
     }
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
     seconds = time.monotonic() - t0
@@ -247,8 +389,24 @@ def main() -> None:
         manifest_input=contract.processing_input("manifest"),
         images_dir=contract.processing_input("images"),
         out_dir=contract.processing_output("splits"),
+        previous_dir=_optional_input("previous"),
         **opts.model_dump(),
     )
+
+
+def _optional_input(name: str) -> Path | None:
+    """A processing input that the caller may leave out: None when it is absent."""
+    path = contract.processing_input(name)
+    return path if path.is_dir() else None
+
+
+def _available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which a container or ``taskset`` narrows),
+    not the host's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

@@ -85,3 +85,35 @@ def test_a_landed_batch_keeps_every_lesion_in_its_split_and_the_check_still_bloc
                                   raw_manifest_hash=grown.manifest_hash)
     result = no_lesion_leakage(leaky, grown, store)
     assert not result.passed and result.metadata["lesions_in_several_splits"].value == 1
+
+
+def test_a_rerun_after_a_landed_batch_decodes_only_its_images(dermaops_home: Path, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """processed_splits hands its job the newest splits of the same size: after a batch lands,
+    the job copies the pixels it already has and decodes only the batch's images."""
+    import dagster as dg
+
+    from dermaops_assets.ingestion import raw_images
+    from dermaops_assets.preprocessing import processed_splits
+    from dermaops_resources.jobs import LocalJobRunner
+    from ml_code.tools.demo_data import generate_demo_dataset
+    from tests.support.batches import land_batch
+
+    dataset = generate_demo_dataset(tmp_path / "dataset", n_lesions_per_class=4, image_size=(64, 48), seed=3)
+    landing = tmp_path / "landing"
+    monkeypatch.setenv("DERMAOPS_RAW_URI", str(dataset))
+    monkeypatch.setenv("DERMAOPS_LANDING_URI", str(landing))
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    resources = {"store": store, "jobs": LocalJobRunner(work_root=str(tmp_path / "jobs"))}
+
+    def summary() -> dict:
+        result = dg.materialize([raw_images, processed_splits], resources=resources)
+        assert result.success
+        splits_uri = result.asset_materializations_for_node("processed_splits")[0].metadata["splits_uri"].value
+        return store.get_json(f"{splits_uri}/summary.json")
+
+    first = summary()
+    assert first["reused"] == 0 and first["decoded"] == sum(first["images"].values())
+    new_rows = land_batch(landing / "2026-11-30-clinic-b", dataset)
+    second = summary()
+    assert second["decoded"] == len(new_rows) and second["reused"] == sum(first["images"].values())

@@ -1,0 +1,162 @@
+"""Benchmark (issue 19, P1): ingestion + preprocessing on HAM10000, first run and incremental rerun.
+
+    python benchmarks/ingest_preprocess.py [--quick] [--data DIR] [--images N] [--image-size 96]
+        [--new-fraction 0.01] [--workers N]
+
+Runs what ``raw_images`` and ``processed_splits`` run (``dermaops_services.ingestion.ingest_dataset``,
+the asset's near-duplicate table, ``ml_code.data.preprocess.run``), on a copy of HAM10000 made
+under /tmp, in three steps measured in this one run:
+
+1. first run on the dataset less its last ``--new-fraction`` rows (nothing remembered yet);
+2. a naive single-process PIL loop (the baseline): for every image of the first run's splits,
+   in their order, open the file, convert to RGB, centre-crop the shorter side, Lanczos-resize to
+   ``--image-size``, stack and ``np.save`` per split. Its arrays must equal the job's byte for
+   byte; where JPEG draft decoding applies (a small ``--image-size``), within the tolerance of
+   ``tests/ml_code/test_preprocess_incremental.py::DRAFT_TOLERANCE`` (max 32, mean 2.5 per image),
+   and the differences are printed;
+3. rerun on the whole dataset (the new rows added), with the first run's store and splits.
+
+BENCH_RESULT lines: ``preprocess`` (job vs naive loop, ratio = naive / job, target >= 1.5x) and
+``ingest+preprocess`` (rerun / first run, target <= 0.03). ``--quick`` uses the first 1,000 rows.
+Prints ``BENCH_SKIP`` when HAM10000 is absent. Timings on a shared machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dermaops_resources.object_store import LocalObjectStore  # noqa: E402
+from dermaops_services.ingestion import ingest_dataset  # noqa: E402
+from ml_code.data import near_duplicates, preprocess  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "ham10000"
+SPLITS = ("train", "val", "test")
+TARGET_SPEEDUP = 1.5
+TARGET_RERUN_FRACTION = 0.03
+DRAFT_TOLERANCE = {"max": 32, "mean": 2.5}
+SALT = "benchmark-salt-" + "0" * 32
+
+
+def naive_square(path: Path, size: int) -> np.ndarray:
+    """The baseline's one image: decode fully, centre-crop the shorter side, Lanczos resize."""
+    img = Image.open(path).convert("RGB")
+    side = min(img.size)
+    left, top = (img.width - side) / 2, (img.height - side) / 2
+    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side)))
+
+
+def naive_loop(dataset: Path, splits_dir: Path, size: int, out: Path) -> dict[str, np.ndarray]:
+    """The baseline, in one process: every image of the job's splits, in their order."""
+    arrays = {}
+    for split in SPLITS:
+        ids = pd.read_csv(splits_dir / f"{split}_index.csv", dtype=str)["image_id"]
+        arr = np.stack([naive_square(dataset / "images" / f"{i}.jpg", size) for i in ids]) if len(ids) else \
+            np.zeros((0, size, size, 3), np.uint8)
+        np.save(out / f"{split}_images.npy", arr)
+        arrays[split] = arr
+    return arrays
+
+
+def pipeline(dataset: Path, store: LocalObjectStore, out: Path, size: int, workers: int | None,
+             previous: Path | None) -> dict:
+    """What raw_images and processed_splits run, timed by part."""
+    t0 = time.perf_counter()
+    handle, stats = ingest_dataset(str(dataset), store, SALT)
+    manifest = pd.read_csv(io.BytesIO(store.get_bytes(handle.manifest_uri)), dtype=str, keep_default_na=False)
+    near_duplicates.pairs_table(manifest)  # the raw_images asset's near-duplicate table
+    t1 = time.perf_counter()
+    summary = preprocess.run(store.local_path(handle.manifest_uri).parent, store.local_path(handle.images_prefix_uri),
+                             out, image_size=size, num_workers=workers, previous_dir=previous)
+    t2 = time.perf_counter()
+    return {"ingest_s": t1 - t0, "preprocess_s": t2 - t1, "total_s": t2 - t0, "images": handle.num_images,
+            "remembered": stats.remembered, "decoded": summary["decoded"], "reused": summary["reused"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="the first 1,000 rows only")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--images", type=int, default=None, help="use the first N rows (default: all; --quick 1,000)")
+    p.add_argument("--image-size", type=int, default=96, help="the real-data recipe's 96 px")
+    p.add_argument("--new-fraction", type=float, default=0.01)
+    p.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: the CPUs)")
+    args = p.parse_args(argv)
+    if not (args.data / "HAM10000_metadata.csv").is_file():
+        print(f"BENCH_SKIP HAM10000 not found at {args.data}")
+        return 0
+    limit = args.images or (1000 if args.quick else None)
+    meta = pd.read_csv(args.data / "HAM10000_metadata.csv", dtype=str)
+    if limit:
+        meta = meta.head(limit)
+    n_new = max(1, round(len(meta) * args.new_fraction))
+    with tempfile.TemporaryDirectory(prefix="dermaops-ingest-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        dataset = tmp / "dataset"
+        (dataset / "images").mkdir(parents=True)
+        for image_id in meta["image_id"]:  # a copy: the dataset folder must hold files, not links
+            shutil.copyfile(args.data / "images" / f"{image_id}.jpg", dataset / "images" / f"{image_id}.jpg")
+        store = LocalObjectStore(root=str(tmp / "store"))
+
+        meta.iloc[:-n_new].to_csv(dataset / "HAM10000_metadata.csv", index=False)
+        first = pipeline(dataset, store, tmp / "first", args.image_size, args.workers, None)
+        (tmp / "naive").mkdir()
+        t0 = time.perf_counter()
+        naive = naive_loop(dataset, tmp / "first", args.image_size, tmp / "naive")
+        naive_s = time.perf_counter() - t0
+        worst_max, worst_mean = 0, 0.0
+        for split in SPLITS:
+            ours = np.load(tmp / "first" / f"{split}_images.npy")
+            if ours.shape != naive[split].shape:
+                print(f"{split}: job wrote {ours.shape}, naive loop {naive[split].shape}", file=sys.stderr)
+                return 1
+            if len(ours):
+                diff = np.abs(ours.astype(np.int16) - naive[split].astype(np.int16))
+                worst_max = max(worst_max, int(diff.max()))
+                worst_mean = max(worst_mean, float(diff.reshape(len(ours), -1).mean(axis=1).max()))
+        identical = worst_max == 0
+        if worst_max > DRAFT_TOLERANCE["max"] or worst_mean > DRAFT_TOLERANCE["mean"]:
+            print(f"job pixels differ from the naive loop beyond the draft tolerance {DRAFT_TOLERANCE}: max "
+                  f"{worst_max}, worst per-image mean {worst_mean:.3f}", file=sys.stderr)
+            return 1
+
+        meta.to_csv(dataset / "HAM10000_metadata.csv", index=False)
+        rerun = pipeline(dataset, store, tmp / "rerun", args.image_size, args.workers, tmp / "first")
+
+    speedup = naive_s / first["preprocess_s"]
+    fraction = rerun["total_s"] / first["total_s"]
+    print(json.dumps({
+        "images_first_run": first["images"], "images_added": n_new, "image_size": args.image_size,
+        "first_run": {k: round(v, 3) if isinstance(v, float) else v for k, v in first.items()},
+        "naive_loop_s": round(naive_s, 3),
+        "pixels": "identical" if identical else f"draft decoding: max diff {worst_max}, worst image mean {worst_mean:.3f}",
+        "rerun": {k: round(v, 3) if isinstance(v, float) else v for k, v in rerun.items()},
+    }, indent=2))
+    print("BENCH_RESULT " + json.dumps({
+        "stage": "preprocess", "metric": f"first run, {first['images']:,} images -> {args.image_size} px splits "
+                                         f"({'byte-identical' if identical else 'within draft tolerance'})",
+        "ours": round(first["preprocess_s"], 3), "baseline": round(naive_s, 3), "ratio": round(speedup, 3),
+        "target": f">= {TARGET_SPEEDUP:g}x", "met": speedup >= TARGET_SPEEDUP, "unit": "s"}))
+    print("BENCH_RESULT " + json.dumps({
+        "stage": "ingest+preprocess",
+        "metric": f"rerun after +{n_new:,} images ({args.new_fraction:.0%}) / first run",
+        "ours": round(rerun["total_s"], 3), "baseline": round(first["total_s"], 3), "ratio": round(fraction, 4),
+        "target": f"<= {TARGET_RERUN_FRACTION:g}", "met": fraction <= TARGET_RERUN_FRACTION, "unit": "s"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Ingestion at scale: images stream through validation (nothing holds every file's bytes) and
+a rerun after new images arrive decodes only those, with the manifest a fresh run would write."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dermaops_resources.object_store import LocalObjectStore
+from dermaops_services import ingestion
+from dermaops_services.ingestion import IngestStats, _ImageChecker, ingest_dataset
+from dermaops_services.raw_source import RawSource
+from ml_code.data import ingest
+from ml_code.tools.demo_data import generate_demo_dataset
+
+SALT = "s" * 32
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return generate_demo_dataset(tmp_path_factory.mktemp("demo"), n_lesions_per_class=10, images_per_lesion=(1, 2),
+                                 image_size=(64, 48), seed=9)
+
+
+@pytest.fixture
+def count_decodes(monkeypatch) -> list[str]:
+    """Names of the files ``inspect_image`` decodes (the threads run in this process)."""
+    names: list[str] = []
+    real = ingest.inspect_image
+
+    def counting(data: bytes, name: str, limits: ingest.ImageLimits | None = None) -> ingest.ImageInfo:
+        names.append(name)
+        return real(data, name, limits or ingest.ImageLimits())
+
+    monkeypatch.setattr(ingest, "inspect_image", counting)
+    return names
+
+
+def test_a_rerun_with_new_images_decodes_only_those(demo: Path, tmp_path: Path, count_decodes) -> None:
+    dataset = tmp_path / "drop"
+    shutil.copytree(demo, dataset)
+    meta = pd.read_csv(dataset / "HAM10000_metadata.csv", dtype=str)
+    new = meta.tail(2)  # about 2 % of the set arrives later
+    meta.iloc[:-2].to_csv(dataset / "HAM10000_metadata.csv", index=False)
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    first, _ = ingest_dataset(str(dataset), store, SALT)
+    assert len(count_decodes) == first.num_images == len(meta) - 2
+    count_decodes.clear()
+    meta.to_csv(dataset / "HAM10000_metadata.csv", index=False)
+    again, stats = ingest_dataset(str(dataset), store, SALT)
+    assert sorted(count_decodes) == sorted(f"{i}.jpg" for i in new["image_id"])
+    assert stats.remembered == len(meta) - 2 and stats.copied == 2
+    # the manifest is the one a run without any memory writes
+    fresh, _ = ingest_dataset(str(dataset), LocalObjectStore(root=str(tmp_path / "fresh")), SALT)
+    assert again.manifest_hash == fresh.manifest_hash and again.num_images == len(meta)
+
+
+def test_a_remembered_image_missing_from_the_store_is_decoded_and_stored_again(demo: Path, tmp_path: Path,
+                                                                                count_decodes) -> None:
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    handle, _ = ingest_dataset(str(demo), store, SALT)
+    manifest = pd.read_csv(store.local_path(handle.manifest_uri), dtype=str)
+    lost = store.local_path(handle.images_prefix_uri) / manifest["image_key"].iloc[0]
+    lost.unlink()
+    count_decodes.clear()
+    again, stats = ingest_dataset(str(demo), store, SALT)
+    assert count_decodes == [f"{manifest['image_id'].iloc[0]}.jpg"] and stats.copied == 1
+    assert lost.is_file() and again.manifest_hash == handle.manifest_hash
+
+
+def test_a_changed_validation_version_decodes_everything(demo: Path, tmp_path: Path, count_decodes,
+                                                         monkeypatch) -> None:
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    handle, _ = ingest_dataset(str(demo), store, SALT)
+    count_decodes.clear()
+    stricter = ingest.ImageLimits(max_bytes=10**7)  # other limits: another verdict may follow
+    _, stats = ingest_dataset(str(demo), store, SALT, stricter)
+    assert len(count_decodes) == handle.num_images and stats.remembered == 0
+    assert ingest.validation_version(stricter) != ingest.validation_version()
+
+
+def test_validation_streams_and_hands_back_no_bytes(demo: Path, tmp_path: Path, monkeypatch) -> None:
+    """Records are drawn lazily, at most ``window`` are read ahead of the consumer, and no result
+    carries an image's bytes: memory does not grow with the number of images."""
+    source = RawSource(str(demo))
+    reads: list[str] = []
+    real_read = RawSource.read
+    monkeypatch.setattr(RawSource, "read", lambda self, name: reads.append(name) or real_read(self, name))
+    meta = pd.read_csv(demo / "HAM10000_metadata.csv", dtype=str)
+    drawn: list[str] = []
+
+    def records():
+        for image_id in meta["image_id"]:
+            drawn.append(image_id)
+            yield {"image_id": image_id, "_source": 0}
+
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    checker = _ImageChecker([source], store, ingest.ImageLimits(), {}, IngestStats())
+    window = 4
+    results = checker.check(records(), max_workers=2, window=window)
+    consumed = 0
+    for meta_row, info, reason in results:
+        consumed += 1
+        assert len(drawn) <= consumed + window  # never more than the window ahead
+        assert info is not None and not reason
+        assert not any(isinstance(v, (bytes, bytearray, memoryview)) for v in (*meta_row.values(), info, reason))
+        if consumed == 3:
+            assert len(reads) < len(meta) and len(drawn) < len(meta)
+    assert consumed == len(meta) == len(reads)
+    # every accepted image is already in the store: nothing is kept back for a later upload
+    assert all(store.exists(store.uri("raw", f"images/{i.image_key}")) for i in checker.seen.values())
+
+
+def test_the_memo_is_only_a_cache(demo: Path, tmp_path: Path) -> None:
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    handle, _ = ingest_dataset(str(demo), store, SALT)
+    memo_uri = store.uri("raw", f"{ingestion.MEMO_PREFIX}/{ingest.validation_version()}.csv")
+    assert store.exists(memo_uri)
+    store.put_bytes("raw", f"{ingestion.MEMO_PREFIX}/{ingest.validation_version()}.csv", b"\x00garbage,\n1")
+    again, stats = ingest_dataset(str(demo), store, SALT)  # unreadable memo: decode everything, no error
+    assert again.manifest_hash == handle.manifest_hash and stats.remembered == 0
