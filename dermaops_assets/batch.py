@@ -6,6 +6,7 @@ package scores only images it has not scored (records keyed by content hash)."""
 
 import hashlib
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Optional
 
 import dagster as dg
@@ -22,7 +23,9 @@ from .versioning import code_version
 
 
 class BatchPredictionConfig(dg.Config):
-    input_uri: str = Field(description="folder, file:// URI or s3:// prefix of the JPEG/PNG images")
+    input_uri: Optional[str] = Field(
+        default=None, description="folder, file:// URI or s3:// prefix of the JPEG/PNG images; unset: nothing "
+        "to score, the asset is skipped (so `--select '*'` runs without batch configuration)")
     metadata_uri: Optional[str] = Field(default=None, description="optional CSV (image id, age, sex, anatom_site)")
     package_version: Optional[int] = Field(default=None, description="registry version; default: the one serving")
 
@@ -49,9 +52,13 @@ def _stage(store: ObjectStore, uri: str, key: str) -> str:
           code_version=code_version("ml_code.evaluation.batch_predict"),
           description="Predictions for a folder or S3 prefix of images by a registered package (default: the one "
           "serving): ISIC submission CSV, per-image records with OOD score and lineage, undecodable files with "
-          "their reason. Reruns skip images already scored by the same package.")
+          "their reason. Reruns skip images already scored by the same package. Skipped without input_uri.",
+          output_required=False)
 def batch_predictions(context: dg.AssetExecutionContext, config: BatchPredictionConfig, store: ObjectStore,
-                      jobs: JobRunner, registry: ModelRegistry, endpoint: EndpointDeployer) -> dg.MaterializeResult:
+                      jobs: JobRunner, registry: ModelRegistry, endpoint: EndpointDeployer) -> Iterator[dg.MaterializeResult]:
+    if not config.input_uri:
+        context.log.info("batch_predictions: no input_uri configured; nothing to score")
+        return  # a generator that yields nothing: not materialized (`--select '*'` carries no batch input)
     group = Settings.from_env().model_package_group
     version = config.package_version
     if version is None:
@@ -78,7 +85,7 @@ def batch_predictions(context: dg.AssetExecutionContext, config: BatchPrediction
                        "data_version": package.lineage.get("data_version", "")})
     out = jobs.run(spec, store, on_log=on_log, on_metric=on_metric).output_uris["predictions"]
     summary = store.get_json(join_uri(out, "summary.json"))
-    return dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={
         **{k: summary[k] for k in ("images", "scored", "reused", "skipped", "ood_flagged")},
         "package_version": package.version, "predictions": dg.MetadataValue.path(join_uri(out, "predictions.csv")),
         "records": dg.MetadataValue.path(join_uri(out, "records.jsonl")),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 
 from dermaops_resources.handles import EndpointHandle
 from dermaops_resources.monitoring_handles import InferenceLogHandle
@@ -88,13 +89,17 @@ def labelling_queue(context: dg.AssetExecutionContext, config: LabellingQueueCon
     since = datetime.now(UTC) - timedelta(hours=config.window_hours)
     rows, images = load_inference_log(store, cursor, max_rows=config.max_requests, since=since, with_images=True)
     labelled = set(read_labels(store, settings.labels_uri)["inference_id"])
-    with tempfile.TemporaryDirectory(prefix="dermaops-queue-") as scratch:
-        api, model = load_packaged_model(local_copy(store, live_endpoint.model_uri, Path(scratch)),
-                                         Path(scratch) / "model")
-        classes = list(model.classes)
-        views = np.concatenate(images) if images else np.zeros((0,), np.uint8)
-        committee = committee_probabilities(api, model, views, rows) if len(views) == len(rows) else None
-    queue = review_queue(rows, review_scores(rows, classes, committee), labelled, config.size)
+    committee = None
+    if not rows.empty:
+        with tempfile.TemporaryDirectory(prefix="dermaops-queue-") as scratch:
+            api, model = load_packaged_model(local_copy(store, live_endpoint.model_uri, Path(scratch)),
+                                             Path(scratch) / "model")
+            views = np.concatenate(images) if images else np.zeros((0,), np.uint8)
+            committee = committee_probabilities(api, model, views, rows) if len(views) == len(rows) else None
+        scores = review_scores(rows, list(model.classes), committee)
+    else:
+        scores = pd.DataFrame()
+    queue = review_queue(rows, scores, labelled, config.size)
     queue_uri = publish_queue(store, queue)
     shown = queue.drop(columns=["label", "patient_id"]).head(QUEUE_ROWS_IN_UI)
     return dg.MaterializeResult(metadata={

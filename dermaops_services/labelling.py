@@ -230,6 +230,8 @@ def review_queue(rows: pd.DataFrame, scores: pd.DataFrame, labelled: Iterable[st
     Priority = the largest of the three components, each in [0, 1] (uncertainty sampling and
     query-by-committee, Settles 2009, "Active Learning Literature Survey", sections 3.1-3.2);
     ties go to the more uncertain. Returns :data:`QUEUE_COLUMNS`."""
+    if rows.empty:  # nothing captured in the window (e.g. the first run of a fresh deployment)
+        return pd.DataFrame(columns=list(QUEUE_COLUMNS))
     frame = pd.concat([rows.reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
     frame = frame[~frame["inference_id"].isin(set(labelled))]
     frame = frame.drop_duplicates("inference_id", keep="last")
