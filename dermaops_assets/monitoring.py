@@ -36,15 +36,14 @@ from dermaops_resources.monitoring_handles import (
     BaselineHandle, DriftReportHandle, InferenceLogHandle, ModelQualityHandle,
 )
 from dermaops_services.monitoring import (
-    BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, baseline_for_deployed_model, case_mix_rows, load_inference_log,
-    local_copy, read_labels, read_model_config,
+    BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, PART_ROWS, append_captures, baseline_for_deployed_model, case_mix_rows,
+    load_inference_log, local_copy, read_labels, read_model_config,
 )
 from dermaops_resources.notifier import Notifier
 from dermaops_resources.object_store import ObjectStore, join_uri
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
-from ml_code.monitoring.health import HEALTH_COLUMNS, health_events, keep_recent, window_figures
-from ml_code.monitoring.capture import parse_capture_bytes, rows_to_parquet_bytes, validate_rows, views_to_npy_bytes
+from ml_code.monitoring.health import HEALTH_COLUMNS, keep_recent, window_figures
 from ml_code.monitoring.drift import (
     case_mix_drift, category_drift, constraint_violations, drift_report_markdown, drift_verdict, feature_drift,
     mmd_test, psi_plot_data_uri,
@@ -92,6 +91,8 @@ def model_baseline(context: dg.AssetExecutionContext, trained_model: TrainedMode
 
 class InferenceLogConfig(dg.Config):
     max_files_per_run: int = 2000
+    part_rows: int = PART_ROWS  # rows per log part: bounds the run's memory (57 MB of images at 96 px)
+    parse_workers: int = 0  # capture-parsing processes; 0: every CPU for a large backlog, else in-process
 
 
 @dg.asset(group_name="monitoring", kinds={"s3", "pandas"},
@@ -108,35 +109,17 @@ def inference_log(context: dg.AssetExecutionContext, config: InferenceLogConfig,
              if o.key.endswith(".jsonl")]
     with tempfile.TemporaryDirectory(prefix="dermaops-log-") as scratch:
         image_size = int(read_model_config(store, live_endpoint.model_uri, Path(scratch))["image_size"])
-    frames, images, skipped = [], [], dict(cursor.get("skipped", {}))
-    # [awscapture] SageMaker's capture lines name no model: the endpoint variant's deployment record
-    # says which package served at each line's inferenceTime (an update can fall inside one hour).
+    # SageMaker's capture lines name no model: the endpoint variant's deployment record says which
+    # package served at each line's inferenceTime (an update can fall inside one hour). Without a
+    # record, the package deployed now is assumed; the local endpoint writes its version per line.
+    # Part first, cursor last: a crash in between re-reads the same files into the same part seqs.
     timeline = deployment_timeline(store, live_endpoint.name, live_endpoint.variant)
-    health = [pd.DataFrame(cursor.get("health", []), columns=list(HEALTH_COLUMNS))]
-    for obj in files:
-        data = store.get_bytes(obj.uri)
-        health.append(health_events(data.splitlines()))
-        # Without a deployment record (an endpoint deployed before records were kept), the package
-        # deployed now is assumed; the local endpoint writes its version on every line.
-        batch = parse_capture_bytes(data, image_size=image_size, keep_images=True,
-                                    model_version=live_endpoint.package_version, timeline=timeline)
-        frames.append(batch.rows)
-        images.extend(batch.images)
-        for reason, n in batch.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + int(n)
-    new = 0
-    if frames and sum(len(f) for f in frames):
-        rows = pd.concat(frames, ignore_index=True)
-        dup = rows["inference_id"].duplicated().to_numpy()
-        if dup.any():
-            skipped["duplicate_inference_id"] = skipped.get("duplicate_inference_id", 0) + int(dup.sum())
-        rows = validate_rows(rows[~dup].reset_index(drop=True))
-        views = np.stack([img for img, d in zip(images, dup) if not d])
-        seq = int(cursor["parts"])
-        # Part first, cursor last: a crash in between re-reads the same files into the same part seq.
-        store.put_bytes("logs", f"{LOG_PREFIX}/parts/{seq:08d}.npy", views_to_npy_bytes(views))
-        store.put_bytes("logs", f"{LOG_PREFIX}/parts/{seq:08d}.parquet", rows_to_parquet_bytes(rows))
-        cursor["parts"], new = seq + 1, len(rows)
+    appended = append_captures(store, files, image_size, live_endpoint.package_version, int(cursor["parts"]),
+                               cursor.get("skipped", {}), part_rows=config.part_rows,
+                               workers=config.parse_workers or None, timeline=timeline)
+    health = [pd.DataFrame(cursor.get("health", []), columns=list(HEALTH_COLUMNS)), *appended.health]
+    skipped, new = appended.skipped, appended.new_rows
+    cursor["parts"] = appended.parts
     if files:
         cursor["last_key"] = files[-1].key
     cursor["total"] = int(cursor["total"]) + new

@@ -9,7 +9,9 @@ Layout in the object store (all written by the monitoring assets):
 
 - ``logs/monitoring/inference_log/cursor.json``: last capture key read, number of parts, totals.
 - ``logs/monitoring/inference_log/parts/<seq:08d>.parquet`` and ``.npy``: validated capture
-  rows and the model-view images of the same rows, in the same order.
+  rows and the model-view images of the same rows, in the same order; a run writes one part
+  per ``PART_ROWS`` rows or so (cut at capture-file boundaries), so neither writing nor
+  reading the newest rows ever holds more than a part's images in memory.
 - ``models/baselines/by-model/<model_hash>.json``: the ``BaselineHandle`` of each trained model.
 """
 
@@ -19,6 +21,7 @@ import io
 import json
 import logging
 import tarfile
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,11 +30,13 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from ml_code.monitoring.capture import VersionTimeline, rows_to_parquet_bytes, validate_rows, views_to_npy_bytes
+from ml_code.monitoring.capture_reader import PARALLEL_MIN_BYTES, default_workers, parse_files
 from ml_code.monitoring.casemix import CASE_MIX_COLUMNS
 
 from dermaops_resources.handles import EndpointHandle
 from dermaops_resources.monitoring_handles import BaselineHandle
-from dermaops_resources.object_store import ObjectStore
+from dermaops_resources.object_store import ObjectStore, StoredObject
 from dermaops_resources.registry import ModelRegistry, RegistryError
 from dermaops_resources.settings import Settings
 
@@ -93,6 +98,75 @@ def baseline_for_deployed_model(store: ObjectStore, registry: ModelRegistry, end
     return fallback, False
 
 
+PART_ROWS = 2048
+"""Rows per inference-log part (at most one capture file more): 2,048 model views at 96 px are
+57 MB, so a run's memory stays far below 1 GB however many requests it reads."""
+
+
+@dataclass
+class LogAppend:
+    """What ``append_captures`` added: rows, the cursor's new part count, skips, health events."""
+
+    new_rows: int
+    parts: int
+    skipped: dict[str, int]
+    health: list[pd.DataFrame] = field(default_factory=list)
+
+
+def append_captures(store: ObjectStore, files: list[StoredObject], image_size: int, model_version: int,
+                    first_part: int, skipped: dict[str, int] | None = None, part_rows: int = PART_ROWS,
+                    workers: int | None = None, timeline: VersionTimeline | None = None) -> LogAppend:
+    """Parse capture ``files`` (in the order given) into inference-log parts ``first_part``, ...
+
+    Rows are deduplicated by inference id within the run (counted as
+    ``duplicate_inference_id``) and validated (``validate_rows``) per part; each part's
+    ``.npy`` is written before its ``.parquet``. Parts are cut at file boundaries once
+    ``part_rows`` rows are buffered, so the same files always give the same parts: a run that
+    crashed before its cursor was written rewrites the same part numbers when repeated.
+    ``workers``: parsing processes (``ml_code.monitoring.capture_reader``); None uses every
+    CPU when the files hold at least ``PARALLEL_MIN_BYTES``, else this process.
+    ``skipped`` (reason -> count) is added to and returned. ``timeline``: the endpoint variant's
+    deployment record, which says which package answered SageMaker's lines (they name none);
+    without one (local lines carry their version, or no record was kept) ``model_version``."""
+    skipped = dict(skipped or {})
+    if workers is None:
+        workers = default_workers() if sum(f.size for f in files) >= PARALLEL_MIN_BYTES else 1
+    seen: set[str] = set()
+    frames: list[pd.DataFrame] = []
+    views: list[np.ndarray] = []
+    out = LogAppend(0, int(first_part), skipped)
+
+    def write_part() -> None:
+        rows = validate_rows(pd.concat(frames, ignore_index=True))
+        name = f"{LOG_PREFIX}/parts/{out.parts:08d}"
+        store.put_bytes("logs", f"{name}.npy", views_to_npy_bytes(np.concatenate(views)))
+        store.put_bytes("logs", f"{name}.parquet", rows_to_parquet_bytes(rows))
+        out.parts += 1
+        out.new_rows += len(rows)
+        frames.clear()
+        views.clear()
+
+    for parsed in parse_files((store.get_bytes(f.uri) for f in files), image_size, model_version, workers,
+                              timeline):
+        out.health.append(parsed.health)
+        for reason, n in parsed.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + int(n)
+        if not len(parsed.rows):
+            continue
+        ids = parsed.rows["inference_id"]
+        dup = (ids.duplicated() | ids.isin(seen)).to_numpy()
+        if dup.any():
+            skipped["duplicate_inference_id"] = skipped.get("duplicate_inference_id", 0) + int(dup.sum())
+        seen.update(ids[~dup])
+        frames.append(parsed.rows[~dup])
+        views.append(parsed.views[~dup])
+        if sum(len(f) for f in frames) >= part_rows:
+            write_part()
+    if sum(len(f) for f in frames):
+        write_part()
+    return out
+
+
 def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int | None = None,
                        since: datetime | None = None, with_images: bool = False,
                        columns: list[str] | None = None) -> tuple[pd.DataFrame, list[np.ndarray]]:
@@ -124,7 +198,7 @@ def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int
         base = store.uri("logs", f"{LOG_PREFIX}/parts/{name}")
         try:
             frame = pd.read_parquet(io.BytesIO(store.get_bytes(base + ".parquet")), columns=columns)
-            imgs = np.load(io.BytesIO(store.get_bytes(base + ".npy"))) if with_images else None
+            imgs = _part_views(store, base + ".npy") if with_images else None
         except FileNotFoundError:  # expired between the listing and the read
             missing += 1
             continue
@@ -132,9 +206,13 @@ def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int
             keep = (frame["inference_time"] >= since).to_numpy()
             frame = frame[keep]
             imgs = imgs[keep] if imgs is not None else None
+        if max_rows is not None and n + len(frame) > max_rows:  # only this part's newest rows are wanted
+            cut = len(frame) - (max_rows - n)
+            frame = frame.iloc[cut:]
+            imgs = imgs[cut:] if imgs is not None else None
         frames.append(frame)
         if imgs is not None:
-            images.append(imgs)
+            images.append(np.array(imgs))  # a copy of the rows kept, out of the memory map
         n += len(frame)
         if (max_rows is not None and n >= max_rows) or (since is not None and len(frame) == 0):
             break
@@ -147,13 +225,17 @@ def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int
         return empty, []
     rows = pd.concat(frames[::-1], ignore_index=True)
     images = images[::-1]
-    if max_rows is not None and len(rows) > max_rows:
-        cut = len(rows) - max_rows
-        rows = rows.iloc[cut:].reset_index(drop=True)
-        flat = [img for part in images for img in part][cut:]
-        images = [np.stack(flat)] if flat else []
     rows.attrs["missing_parts"] = missing
     return rows, images
+
+
+def _part_views(store: ObjectStore, uri: str) -> np.ndarray:
+    """A part's model views: memory-mapped when the store is local (a drift run wants the newest
+    few hundred rows of a part, not all of its images in memory), else downloaded."""
+    path = store.local_path(uri)
+    if path is not None:
+        return np.load(path, mmap_mode="r")
+    return np.load(io.BytesIO(store.get_bytes(uri)))
 
 
 def case_mix_rows(rows: pd.DataFrame) -> pd.DataFrame:

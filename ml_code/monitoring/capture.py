@@ -23,6 +23,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -84,11 +85,12 @@ def _body_bytes(data: Any, encoding: str) -> bytes:
     return data.encode("utf-8")
 
 
-def decode_request(data: Any, encoding: str = "BASE64") -> CapturedRequest:
+def decode_request(data: Any, encoding: str = "BASE64", load: bool = True) -> CapturedRequest:
     """Decode a captured request body (an image, or the JSON request with a base64 ``image`` and
     optional ``age``/``sex``/``anatom_site``) from any encoding SageMaker writes: BASE64, JSON or
     CSV (a CSV body is text; one that holds a base64 image is read as such). ValueError if there
-    is no decodable image."""
+    is no decodable image. ``load=False`` reads only the image header (format and size): for a
+    caller that decodes the pixels itself right after (``parse_lines``), one decode instead of two."""
     raw = _body_bytes(data, encoding)
     context: dict[str, Any] = {}
     if raw.lstrip()[:1] == b"{":  # an application/json request: the image is its base64 "image" field
@@ -105,7 +107,8 @@ def decode_request(data: Any, encoding: str = "BASE64") -> CapturedRequest:
             raise ValueError(f"CSV body holds no base64 image: {exc}") from exc
     try:
         with Image.open(io.BytesIO(raw)) as img:
-            img.load()
+            if load:
+                img.load()
             return CapturedRequest(raw, img.size, **context)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"body is not a decodable image: {exc}") from exc
@@ -231,6 +234,20 @@ def _parse_output(out: dict[str, Any]) -> tuple[str, str | None, dict[str, float
             np.nan if score is None else float(score), np.nan if flag is None else float(bool(flag)))
 
 
+def _inference_time(value: Any) -> pd.Timestamp:
+    """``eventMetadata.inferenceTime`` as a UTC timestamp, NaT when it is not a time.
+
+    The writers' own shape (``2024-05-01T12:00:00[.ffffff]Z``, ISO 8601 in UTC) is read by
+    ``datetime.fromisoformat`` (microseconds, like the text); anything else goes through
+    ``pd.to_datetime`` as before, whose per-call format guessing costs about 0.5 ms a line."""
+    if isinstance(value, str) and len(value) in (20, 24, 27) and value[10:11] == "T" and value.endswith("Z"):
+        try:
+            return pd.Timestamp(datetime.fromisoformat(value))
+        except ValueError:
+            pass
+    return pd.to_datetime(value, utc=True, errors="coerce")
+
+
 def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
                 keep_images: bool = False, model_version: int = -1,
                 timeline: VersionTimeline | None = None) -> CaptureBatch:
@@ -270,7 +287,7 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
         if not isinstance(inp, dict) or not isinstance(out, dict):
             skipped["missing_endpointInput_or_endpointOutput"] += 1
             continue
-        when = pd.to_datetime(meta.get("inferenceTime"), utc=True, errors="coerce")
+        when = _inference_time(meta.get("inferenceTime"))
         if pd.isna(when):
             skipped["bad_inferenceTime"] += 1
             continue
@@ -284,13 +301,13 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
             continue
         view = None
         if image_size is not None:
-            try:
-                request = decode_request(inp.get("data", ""), str(inp.get("encoding", "BASE64")))
-            except ValueError:
+            try:  # the header here, the pixels once, in model_view (a truncated body fails there)
+                request = decode_request(inp.get("data", ""), str(inp.get("encoding", "BASE64")), load=False)
+                view = model_view(request.image, image_size)
+            except (ValueError, OSError, Image.DecompressionBombError):
                 skipped["undecodable_image"] += 1
                 continue
             requests.append(request)
-            view = model_view(request.image, image_size)
         version = meta.get("modelPackageVersion")
         records.append({
             "inference_time": when,

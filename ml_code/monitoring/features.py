@@ -52,11 +52,13 @@ def _check_batch(images: np.ndarray, where: str) -> np.ndarray:
     return images
 
 
-def batch_features(images: np.ndarray, chunk: int = 256) -> pd.DataFrame:
+def batch_features(images: np.ndarray, chunk: int = 32) -> pd.DataFrame:
     """Features of a same-sized batch ``(N, H, W, 3)`` uint8; one row per image.
 
     Works in chunks so a memory-mapped training split of thousands of images never
-    needs more than ``chunk`` images converted to float at a time.
+    needs more than ``chunk`` images converted to float at a time; 32 images at 96 px
+    (3.5 MB of float32 planes) stay in the CPU cache, which is several times faster than
+    256 (benchmarks/monitoring_volume.py).
     """
     images = _check_batch(images, "batch_features")
     n, h, w, _ = images.shape
@@ -70,32 +72,39 @@ def batch_features(images: np.ndarray, chunk: int = 256) -> pd.DataFrame:
 
 
 def _features_chunk(x: np.ndarray) -> dict[str, np.ndarray]:
-    rgb = x.astype(np.float32) / 255.0  # (n, h, w, 3)
-    n = rgb.shape[0]
-    lum = rgb @ _LUMA  # (n, h, w)
-    flat_rgb = rgb.reshape(n, -1, 3)
-    flat_lum = lum.reshape(n, -1)
-    cmax = flat_rgb.max(axis=2)
-    cmin = flat_rgb.min(axis=2)
+    """The pixel features of a small chunk ``(n, h, w, 3)`` uint8, on planar float32 copies.
+
+    Each channel is converted once to a contiguous ``(n, h*w)`` plane, so every reduction runs
+    along a contiguous axis (NumPy's pairwise summation, and no reduction over a 3-wide axis,
+    which NumPy does slowly); chunks of a few dozen images stay in the CPU cache. Means and
+    deviations therefore differ from a sequential float32 sum over interleaved pixels by at
+    most a few 1e-5 relative (the pairwise sum is the more accurate of the two)."""
+    n, h, w, _ = x.shape
+    pixels = x.reshape(n, h * w, 3)
+    r, g, b = (pixels[:, :, c].astype(np.float32) for c in range(3))
+    for plane in (r, g, b):
+        plane /= np.float32(255.0)
+    lum = r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]  # (n, h*w)
+    cmax = np.maximum(np.maximum(r, g), b)
+    cmin = np.minimum(np.minimum(r, g), b)
     # HSV saturation; black pixels (max 0) have saturation 0 by convention.
-    sat = np.where(cmax > 0, (cmax - cmin) / np.maximum(cmax, 1e-12), 0.0)
+    sat = np.divide(cmax - cmin, cmax, out=np.zeros_like(cmax), where=cmax > 0)
     # 4-neighbour Laplacian on the interior, by slicing (no SciPy, no Python loop).
-    lap = (lum[:, :-2, 1:-1] + lum[:, 2:, 1:-1] + lum[:, 1:-1, :-2] + lum[:, 1:-1, 2:]
-           - 4.0 * lum[:, 1:-1, 1:-1])
+    img = lum.reshape(n, h, w)
+    lap = (img[:, :-2, 1:-1] + img[:, 2:, 1:-1] + img[:, 1:-1, :-2] + img[:, 1:-1, 2:]
+           - 4.0 * img[:, 1:-1, 1:-1])
     # Luminance histogram entropy (bits), all images at once via one bincount.
-    bins = np.minimum((flat_lum * _HIST_BINS).astype(np.int64), _HIST_BINS - 1)
-    offsets = (np.arange(n, dtype=np.int64) * _HIST_BINS)[:, None]
-    counts = np.bincount((bins + offsets).ravel(), minlength=n * _HIST_BINS).reshape(n, _HIST_BINS)
+    bins = np.minimum((lum * _HIST_BINS).astype(np.int64), _HIST_BINS - 1)
+    bins += (np.arange(n, dtype=np.int64) * _HIST_BINS)[:, None]
+    counts = np.bincount(bins.ravel(), minlength=n * _HIST_BINS).reshape(n, _HIST_BINS)
     p = counts / counts.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=1)
-    means = flat_rgb.mean(axis=1)
-    stds = flat_rgb.std(axis=1)
     return {
-        "brightness": flat_lum.mean(axis=1),
-        "contrast": flat_lum.std(axis=1),
-        "red_mean": means[:, 0], "green_mean": means[:, 1], "blue_mean": means[:, 2],
-        "red_std": stds[:, 0], "green_std": stds[:, 1], "blue_std": stds[:, 2],
+        "brightness": lum.mean(axis=1),
+        "contrast": lum.std(axis=1),
+        "red_mean": r.mean(axis=1), "green_mean": g.mean(axis=1), "blue_mean": b.mean(axis=1),
+        "red_std": r.std(axis=1), "green_std": g.std(axis=1), "blue_std": b.std(axis=1),
         "saturation_mean": sat.mean(axis=1),
         "sharpness": lap.reshape(n, -1).var(axis=1),
         "entropy": entropy,

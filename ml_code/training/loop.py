@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -218,15 +219,28 @@ def build_network(opts: TrainOptions, num_classes: int, small_input: bool, rt: R
 
 
 def train_one_epoch(net: Network, data: TrainData, norm: Normalizer, opts: TrainOptions, epoch: int,
-                    planned_epochs: int, warmup_steps: int) -> float:
+                    planned_epochs: int, warmup_steps: int, timing: dict[str, float] | None = None) -> float:
     """One pass over the training loader (epochs count from 1); returns the mean training
-    loss per image. The LR follows :func:`lr_factor` over ``planned_epochs`` per step."""
+    loss per image. The LR follows :func:`lr_factor` over ``planned_epochs`` per step.
+
+    ``timing``, when given, receives ``seconds`` (the epoch's wall time), ``data_wait_seconds``
+    (time spent waiting for the loader's next batch: when it is a large share of ``seconds``,
+    the input pipeline, not the model, limits training) and ``images``."""
     data.sampler.set_epoch(epoch)
     net.ddp_model.train()
     total_loss, seen = 0.0, 0
     steps_per_epoch = len(data.loader)
     total_steps = planned_epochs * steps_per_epoch
-    for i, (images, labels) in enumerate(data.loader):
+    start = time.perf_counter()
+    waited = 0.0
+    batches = iter(data.loader)
+    for i in range(steps_per_epoch):
+        t0 = time.perf_counter()
+        try:
+            images, labels = next(batches)
+        except StopIteration:
+            break
+        waited += time.perf_counter() - t0
         step = (epoch - 1) * steps_per_epoch + i
         for group in net.optimizer.param_groups:
             group["lr"] = opts.lr * lr_factor(step, total_steps, warmup_steps, opts.schedule)
@@ -250,6 +264,8 @@ def train_one_epoch(net: Network, data: TrainData, norm: Normalizer, opts: Train
             net.ema.update(net.model)
         total_loss += float(loss.detach()) * labels.shape[0]
         seen += labels.shape[0]
+    if timing is not None:
+        timing.update(seconds=time.perf_counter() - start, data_wait_seconds=waited, images=float(seen))
     return total_loss / max(seen, 1)
 
 

@@ -77,9 +77,13 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
     t_start, epoch_times, epoch = time.time(), [], progress.start_epoch - 1
     for epoch in range(progress.start_epoch, progress.planned_epochs + 1):
         t0 = time.time()
-        train_loss = train_one_epoch(net, data, norm, opts, epoch, progress.planned_epochs, warmup_steps)
+        timing: dict[str, float] = {}
+        train_loss = train_one_epoch(net, data, norm, opts, epoch, progress.planned_epochs, warmup_steps, timing)
         eval_model, val_metrics = evaluate(net, val_split, norm, opts)
-        record = {"epoch": epoch, "train_loss": train_loss, **val_metrics, "lr": net.optimizer.param_groups[0]["lr"]}
+        record = {"epoch": epoch, "train_loss": train_loss, **val_metrics, "lr": net.optimizer.param_groups[0]["lr"],
+                  # the input pipeline's share of training time, and throughput (benchmarks/training_throughput.py)
+                  "data_wait_share": timing["data_wait_seconds"] / max(timing["seconds"], 1e-9),
+                  "train_images_per_second": timing["images"] / max(timing["seconds"], 1e-9)}
         epoch_times.append(time.time() - t0)
         record["seconds"] = epoch_times[-1]
         progress.record_epoch(record, eval_model)

@@ -4,7 +4,6 @@ import base64
 import io
 import json
 import shutil
-import tarfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,31 +24,17 @@ from dermaops_resources.notifier import LocalNotifier
 from dermaops_resources.object_store import LocalObjectStore
 from dermaops_resources.registry import SqliteModelRegistry
 from ml_code.package import inference
-from ml_code.package import networks
-from ml_code.package.loader import write_code
 from ml_code.monitoring.baseline import case_mix_counts, compute_baseline
 from ml_code.serving.serve import capture_record
 from tests.support.dagster_io import HandleIO as _HandleIO
 from tests.support.monitoring_synth import contrast_stretched, lesion_images
+from tests.support.monitoring_world import CLASSES, model_package
 
-CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 SIZE = 16
 
 
 def _package(tmp: Path) -> Path:
-    torch.manual_seed(0)
-    model_dir = tmp / "pkg"
-    model_dir.mkdir(parents=True)
-    torch.save(networks.build_network("dermanet", len(CLASSES)).state_dict(), model_dir / "model.pt")
-    (model_dir / "model_config.json").write_text(json.dumps({
-        "arch": "dermanet", "classes": CLASSES, "image_size": SIZE, "mean": [0.6, 0.45, 0.4],
-        "std": [0.2, 0.2, 0.2], "temperature": 1.0}))
-    write_code(model_dir)
-    tar_path = tmp / "model.tar.gz"
-    with tarfile.open(tar_path, "w:gz") as tar:
-        for p in sorted(model_dir.rglob("*")):
-            tar.add(p, arcname=p.relative_to(model_dir).as_posix(), recursive=False)
-    return tar_path
+    return model_package(tmp, SIZE)
 
 
 def _capture(store: LocalObjectStore, images: np.ndarray, model, hour: str,

@@ -105,6 +105,8 @@ def test_trains_and_writes_model_dir(splits, tmp_path):
     assert len(fused) == 1 and 0.5 < fused[0]["fused_val_macro_auc"] <= 1.0
     history = json.loads((tmp_path / "output" / "data" / "history.json").read_text())
     assert [h["epoch"] for h in history["history"]] == [1, 2, 3]
+    for h in history["history"]:  # the input pipeline's share of each epoch, and its throughput
+        assert 0.0 < h["data_wait_share"] < 1.0 and h["train_images_per_second"] > 0
     assert history["best"]["val_balanced_accuracy"] == pytest.approx(best_ba)
     assert not (tmp_path / "output" / "failure").exists()
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-epoch-*.pt"))

@@ -1,0 +1,88 @@
+"""A monitored endpoint's store for monitoring tests and benchmarks: a real (tiny, untrained)
+model package, its baseline, the registry entry and the handles the monitoring assets read,
+plus capture files written the way the local endpoint writes them (``CaptureWriter`` keys,
+``capture_record`` lines)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ml_code.serving.serve import capture_record
+
+CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+def model_package(tmp: Path, size: int, classes: list[str] = CLASSES) -> Path:
+    """A model.tar.gz of an untrained ``dermanet`` at ``size`` px (weights seeded: reproducible)."""
+    import torch
+
+    from ml_code.package import networks
+    from ml_code.package.loader import write_code
+
+    torch.manual_seed(0)
+    model_dir = tmp / "pkg"
+    model_dir.mkdir(parents=True)
+    torch.save(networks.build_network("dermanet", len(classes)).state_dict(), model_dir / "model.pt")
+    (model_dir / "model_config.json").write_text(json.dumps({
+        "arch": "dermanet", "classes": classes, "image_size": size, "mean": [0.6, 0.45, 0.4],
+        "std": [0.2, 0.2, 0.2], "temperature": 1.0}))
+    write_code(model_dir)
+    tar_path = tmp / "model.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for p in sorted(model_dir.rglob("*")):
+            tar.add(p, arcname=p.relative_to(model_dir).as_posix(), recursive=False)
+    return tar_path
+
+
+def jpeg_bodies(images: np.ndarray, width: int, height: int) -> list[bytes]:
+    """Each image resized to ``width`` x ``height`` and JPEG-encoded, as a client would send it."""
+    out = []
+    for img in images:
+        buf = io.BytesIO()
+        Image.fromarray(img).resize((width, height)).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def write_captures(folder: Path, bodies: list[bytes], n_records: int, per_file: int, start: datetime,
+                   seconds: float, seed: int = 0, first_id: int = 0) -> list[Path]:
+    """``n_records`` capture lines in files of ``per_file`` under ``folder`` (the endpoint's
+    ``<capture root>/<endpoint>/AllTraffic``), in the ``CaptureWriter`` key layout
+    ``yyyy/mm/dd/hh/<yyyymmddThhmmssffffff>-<uuid8>.jsonl``, requests spread evenly over
+    ``seconds`` from ``start``. Bodies cycle through ``bodies``; answers are random probabilities."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for f0 in range(0, n_records, per_file):
+        n = min(per_file, n_records - f0)
+        lines = []
+        probs = rng.dirichlet(np.ones(len(CLASSES)), size=n)
+        for j in range(n):
+            i = f0 + j
+            when = start + timedelta(seconds=seconds * i / max(1, n_records))
+            p = probs[j]
+            text = json.dumps({"predicted_class": CLASSES[int(p.argmax())],
+                               "probabilities": {c: float(v) for c, v in zip(CLASSES, p)}})
+            lines.append(json.dumps(capture_record(
+                body=bodies[(first_id + i) % len(bodies)], content_type="image/jpeg", response_text=text,
+                event_id=str(uuid.UUID(int=first_id + i + 1)), inference_id=f"bench-{first_id + i:09d}",
+                inference_time=when.timestamp(), package_version=1, latency_ms=float(rng.uniform(5, 40))),
+                separators=(",", ":")))
+        published = start + timedelta(seconds=seconds * (f0 + n) / max(1, n_records))
+        path = folder / published.strftime("%Y/%m/%d/%H") / (
+            f"{published.strftime('%Y%m%dT%H%M%S%f')}-{uuid.UUID(int=first_id + f0 + 1).hex[-8:]}.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(path)
+    return paths
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
