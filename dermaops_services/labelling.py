@@ -232,6 +232,8 @@ def review_queue(rows: pd.DataFrame, scores: pd.DataFrame, labelled: Iterable[st
     ties go to the more uncertain. Returns :data:`QUEUE_COLUMNS`."""
     if rows.empty:  # nothing captured in the window (e.g. the first run of a fresh deployment)
         return pd.DataFrame(columns=list(QUEUE_COLUMNS))
+    # the log's own ood_score / in_distribution columns are what ``scores`` was computed from
+    rows = rows.drop(columns=[c for c in scores.columns if c in rows.columns])
     frame = pd.concat([rows.reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
     frame = frame[~frame["inference_id"].isin(set(labelled))]
     frame = frame.drop_duplicates("inference_id", keep="last")
