@@ -12,7 +12,8 @@ original image geometry). Output ``baseline``:
   judged with (``monitoring_config.dermaops_drift_thresholds``).
 - ``baseline_features.parquet``  per-image features of the training split (KS needs the sample).
 - ``embeddings.npy``    penultimate-layer embeddings of up to ``max_embeddings`` held-out images.
-- ``prediction_distribution.json``  predicted-class proportions on the same held-out images.
+- ``prediction_distribution.json``  predicted-class proportions expected under the dataset's class
+  mix, from the held-out (validation + test) confusion rows (``expected_prediction_distribution``).
 - ``baseline_case_mix.parquet``  age (capped at 90), sex and body region per training image
   (``ml_code.monitoring.casemix``), from ``train_index.csv``; absent when the split has no clinical
   columns, and then the case-mix test is skipped.
@@ -207,6 +208,44 @@ def _case_mix(splits_dir: Path) -> pd.DataFrame | None:
     return case_mix_frame(index["age"].tolist(), index["sex"].tolist(), index["localization"].tolist())
 
 
+def _split_size(splits_dir: Path, split: str) -> int:
+    path = splits_dir / f"{split}_images.npy"
+    return len(np.load(path, mmap_mode="r")) if path.is_file() else 0
+
+
+def _class_prior(splits_dir: Path, n_classes: int) -> np.ndarray:
+    """Class proportions over every split (``{split}_labels.npy``): the case mix the whole
+    dataset has, which no single small split reproduces."""
+    counts = np.zeros(n_classes, np.float64)
+    for split in ("train", "val", "test"):
+        path = splits_dir / f"{split}_labels.npy"
+        if path.is_file():
+            counts += np.bincount(np.load(path), minlength=n_classes)[:n_classes]
+    return counts / max(1.0, counts.sum())
+
+
+def expected_prediction_distribution(predicted: np.ndarray, true: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Predicted-class proportions expected on traffic with the dataset's case mix, shape (C,).
+
+    ``sum_c prior[c] * P(predicted | true = c)``, the rows of the held-out confusion matrix
+    weighted by the class prior (the standard decomposition of the predicted-label marginal under
+    label shift, Lipton et al. 2018, "Detecting and Correcting for Label Shift with Black Box
+    Predictors", eq. 1). Why not the raw held-out proportions: lesion splits are drawn by a hash
+    of the lesion (``ml_code.data.splits``), so on a small dataset a validation split's class mix
+    can be far from the data's, and prediction drift would then be flagged on traffic with the
+    very case mix the model was trained on. A class with no held-out image contributes its
+    prior to its own column (a confusion row of the identity). ``predicted``/``true``: (N,)
+    class indices; ``prior``: (C,) proportions summing to 1."""
+    n = len(prior)
+    rows = np.eye(n)
+    for c in range(n):
+        of_class = predicted[true == c]
+        if len(of_class):
+            rows[c] = np.bincount(of_class, minlength=n)[:n] / len(of_class)
+    out = prior @ rows
+    return out / max(out.sum(), 1e-12)
+
+
 def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
@@ -239,9 +278,10 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
     write_json_atomic(out_dir / CONSTRAINTS, feature_constraints(statistics, thresholds), sort_keys=True, default=float)
 
     # Embeddings + predicted classes on held-out images (see module docstring).
-    held_out = next((s for s in ("val", "test", "train") if (splits_dir / f"{s}_images.npy").is_file()
-                     and len(np.load(splits_dir / f"{s}_images.npy", mmap_mode="r")) > 0), "train")
-    images = np.load(splits_dir / f"{held_out}_images.npy", mmap_mode="r")
+    held_out = [s for s in ("val", "test") if _split_size(splits_dir, s) > 0] or ["train"]
+    images = np.concatenate([np.load(splits_dir / f"{s}_images.npy", mmap_mode="r") for s in held_out])
+    label_paths = [splits_dir / f"{s}_labels.npy" for s in held_out]
+    labels = np.concatenate([np.load(p) for p in label_paths]) if all(p.is_file() for p in label_paths) else None
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(images), min(max_embeddings, len(images)), replace=False))
     with tempfile.TemporaryDirectory(prefix="dermaops-baseline-") as work:
@@ -250,10 +290,18 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
     classes = list(model.classes)
     with atomic_path(out_dir / EMBEDDINGS, suffix=".npy") as tmp_npy:
         np.save(tmp_npy, emb)
-    predicted = np.bincount(probs.argmax(axis=1), minlength=len(classes))
-    distribution = {c: float(n) / max(1, int(predicted.sum())) for c, n in zip(classes, predicted)}
-    write_json_atomic(out_dir / PREDICTIONS, {"split": held_out, "n": int(len(pick)), "classes": classes,
-                                              "distribution": distribution}, sort_keys=True, default=float)
+    predicted = probs.argmax(axis=1)
+    if labels is not None:
+        distribution = expected_prediction_distribution(predicted, labels[pick], _class_prior(splits_dir, len(classes)))
+    else:  # splits without labels files: the held-out images' own proportions
+        distribution = np.bincount(predicted, minlength=len(classes))[:len(classes)] / max(1, len(predicted))
+    write_json_atomic(out_dir / PREDICTIONS, {"split": "+".join(held_out), "n": int(len(pick)), "classes": classes,
+                                              "distribution": dict(zip(classes, distribution.tolist())),
+                                              "weighting": "dataset class prior x held-out confusion rows"
+                                              if labels is not None else "held-out proportions"},
+                      sort_keys=True, default=float)
+    distribution = dict(zip(classes, distribution.tolist()))
+    held_out = "+".join(held_out)
     return {"item_count": int(len(feats)), "features": list(feats.columns), "case_mix": case_mix is not None,
             "embedding_split": held_out, "n_embeddings": int(len(emb)),
             "embedding_dim": int(emb.shape[1]) if emb.ndim == 2 else 0, "prediction_distribution": distribution}
