@@ -56,7 +56,13 @@ from starlette.routing import Route
 from ml_code.atomic import write_json_atomic
 from ml_code.package.loader import PackageError
 from ml_code.package.requests import content_type_of
-from ml_code.serving.access import ADMIN_TOKEN_HEADER, AUTHORIZATION_HEADER, bearer_ok, host_header_name, same_token
+from ml_code.serving.access import (
+    ADMIN_TOKEN_HEADER,
+    AUTHORIZATION_HEADER,
+    bearer_ok,
+    host_header_name,
+    same_token,
+)
 from ml_code.serving.capture import CaptureWriter, PublishClock, capture_record, iso
 from ml_code.serving.control import ControlDir, Desired, pid_alive
 from ml_code.serving.models import LoadedModel, ModelHolder, load_package
@@ -244,7 +250,7 @@ class Worker:
                         and self.ctl.read_active().generation < self.holder.candidate.generation:
                     self.holder.discard_candidate()  # the swap was called off (another worker refused it)
                 self._report()
-            except Exception:  # noqa: BLE001 - the watcher must outlive one bad read
+            except Exception:
                 LOG.exception("worker %d: control folder check failed", self.pid)
 
     # -- the swap, coordinated by the worker that received /admin/swap --------------------
@@ -330,8 +336,7 @@ class Worker:
             "swaps": swaps["swaps"],
             "failed_swaps": swaps["failed_swaps"],
             "last_swap_error": swaps["last_swap_error"],
-            "workers": [{"pid": w["pid"], "package_version": w.get("serving_version"),
-                         "model_loaded_at": w.get("model_loaded_at")} for w in self.ctl.workers()],
+            "workers": [self._worker_status(w) for w in self.ctl.workers()],
             "capture": {
                 "dir": str(self.capture.base),
                 "files_written": totals["capture_files"],
@@ -340,6 +345,13 @@ class Worker:
                 "dropped_records": totals["capture_dropped"],
             },
         }
+
+    def _worker_status(self, info: dict[str, Any]) -> dict[str, Any]:
+        counts = self.ctl.counters(int(info["pid"])).as_dict()
+        return {"pid": info["pid"], "package_version": info.get("serving_version"),
+                "model_loaded_at": info.get("model_loaded_at"),
+                "requests": counts["requests_served"] + counts["client_errors"] + counts["server_errors"],
+                "capture_records": counts["capture_records"]}
 
     def score(self, model: LoadedModel | None, body: bytes, content_type: str | None,
               accept: str | None) -> tuple[int, str]:

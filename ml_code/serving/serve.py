@@ -72,7 +72,12 @@ from ml_code.serving.access import (  # noqa: F401 - the server's public names (
     is_loopback,
     url_host,
 )
-from ml_code.serving.app import INFERENCE_ID_HEADER, MAX_BODY_BYTES, WorkerApp, WorkerOptions  # noqa: F401
+from ml_code.serving.app import (  # noqa: F401
+    INFERENCE_ID_HEADER,
+    MAX_BODY_BYTES,
+    WorkerApp,
+    WorkerOptions,
+)
 from ml_code.serving.capture import CaptureWriter, capture_record, iso  # noqa: F401
 from ml_code.serving.control import ControlDir, Desired
 from ml_code.serving.models import VARIANT, LoadedModel, health_check, load_package  # noqa: F401
