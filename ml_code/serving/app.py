@@ -390,111 +390,131 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
+def _worker(request: Request) -> Worker:
+    return request.app.state.worker
+
+
+def _admin_refusal(request: Request) -> Response | None:
+    """None when the admin token was sent; else the 403 to answer."""
+    worker = _worker(request)
+    token = worker.options.admin_token
+    if token and same_token(request.headers.get(ADMIN_TOKEN_HEADER, ""), token):
+        return None
+    worker.count(403)
+    return json_response(403, {"error": f"admin routes need the {ADMIN_TOKEN_HEADER} header "
+                                        f"with the token from the server's admin token file"})
+
+
+async def ping(request: Request) -> Response:
+    worker = _worker(request)
+    if worker.healthy():
+        worker.sync()
+        return json_response(200, {"status": "healthy", "package_version": worker.holder.active.version})
+    return json_response(503, {"status": "unhealthy"})
+
+
+async def admin_status(request: Request) -> Response:
+    return _admin_refusal(request) or json_response(200, await anyio.to_thread.run_sync(_worker(request).status))
+
+
+async def admin_swap(request: Request) -> Response:
+    worker = _worker(request)
+    refused = _admin_refusal(request)
+    if refused is not None:
+        return refused
+    try:
+        body = await read_body(request, 1 << 16, worker.options.client_timeout_seconds)
+        payload = json.loads(body or b"{}")
+        model_tar, version = str(payload["model_tar"]), int(payload["package_version"])
+    except BodyError as exc:
+        return json_response(exc.status, {"error": str(exc)})
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        return json_response(400, {"error": f'body must be JSON {{"model_tar": path, "package_version": n}}: {exc}'})
+    LOG.info("swap requested: v%s from %s", version, model_tar)
+    try:
+        await anyio.to_thread.run_sync(worker.coordinate_swap, model_tar, version)
+    except PackageError as exc:
+        serving = worker.holder.active.version if worker.holder.active else None
+        LOG.error("package v%s rejected, v%s keeps serving: %s", version, serving, exc)
+        return json_response(409, {"error": f"package v{version} failed its health check: {exc}",
+                                   "serving_version": serving})
+    status = await anyio.to_thread.run_sync(worker.status)
+    return json_response(200, {"swapped": True, "package_version": version, "status": status})
+
+
+def _refuse_stranger(worker: Worker, started: float, event_id: str, inference_id: str,
+                     content_type: str | None) -> Response:
+    """401 for an invocation without the right bearer token, captured without its body."""
+    payload = json.dumps({"error": f"/invocations needs the header '{AUTHORIZATION_HEADER}: Bearer <token>' "
+                                   "with the endpoint's invocation token"})
+    worker.count(401)
+    worker.capture.add(capture_record(  # captured without its body, as every 4xx
+        body=b"", content_type=content_type or "application/octet-stream", response_text=payload,
+        event_id=event_id, inference_id=inference_id, inference_time=started, package_version=-1,
+        status=401, latency_ms=(time.time() - started) * 1000))
+    LOG.info("invocation id=%s status=401 (no or wrong invocation token)", inference_id)
+    return json_response(401, payload, {"WWW-Authenticate": 'Bearer realm="dermaops"', "X-Inference-Id": inference_id})
+
+
+async def invocations(request: Request) -> Response:
+    worker = _worker(request)
+    started = time.time()
+    event_id = str(uuid.uuid4())
+    asked_id = request.headers.get(INFERENCE_ID_HEADER, "")
+    inference_id = asked_id if _SAFE_ID.match(asked_id) else event_id
+    content_type = content_type_of(request.headers.get("content-type"))
+    if not bearer_ok(request.headers.get(AUTHORIZATION_HEADER), worker.options.invoke_token):
+        # refused before the body is read: a stranger cannot make us read 10 MB
+        return _refuse_stranger(worker, started, event_id, inference_id, content_type)
+    try:
+        body = await read_body(request, MAX_BODY_BYTES, worker.options.client_timeout_seconds)
+    except BodyError as exc:
+        LOG.info("invocation %s: body not received: %s", inference_id, exc)
+        worker.count(exc.status)
+        return json_response(exc.status, {"error": str(exc)}, {"X-Inference-Id": inference_id})
+    try:
+        await asyncio.wait_for(worker.slots.acquire(), worker.options.queue_wait_seconds)
+    except TimeoutError:
+        worker.count(503)
+        return json_response(503, {"error": f"the endpoint is busy ({worker.options.max_inflight} requests in "
+                                            "progress); retry"},
+                             {"Retry-After": "1", "X-Inference-Id": inference_id})
+    try:
+        worker.sync()  # after admission: a request that waited gets the model committed meanwhile
+        model = worker.holder.acquire()
+        try:
+            status, payload = await anyio.to_thread.run_sync(
+                worker.score, model, body, content_type, request.headers.get("accept"), limiter=worker.limiter)
+        finally:
+            if model is not None:
+                worker.holder.release(model)
+    finally:
+        worker.slots.release()
+    version = model.version if model is not None else None
+    latency_ms = (time.time() - started) * 1000
+    worker.count(status)
+    # A rejected request (4xx) is captured without its body: it is not an image the monitors
+    # could use, and it may hold anything a client sent, patient details included.
+    worker.capture.add(capture_record(
+        body=body if not 400 <= status < 500 else b"",
+        content_type=content_type or "application/octet-stream", response_text=payload,
+        event_id=event_id, inference_id=inference_id, inference_time=started,
+        package_version=version if version is not None else -1, status=status, latency_ms=latency_ms))
+    LOG.log(logging.DEBUG if status < 400 else logging.INFO, "invocation id=%s status=%d version=%s bytes=%d ms=%.1f",
+            inference_id, status, version, len(body), latency_ms)
+    headers = {"X-Inference-Id": inference_id}
+    if version is not None:
+        headers["X-Model-Version"] = str(version)
+    return json_response(status, payload, headers)
+
+
+async def no_route(request: Request, _exc: Exception) -> Response:
+    return json_response(404, {"error": f"no route {request.method} {request.url.path}; use GET /ping, "
+                                        "POST /invocations, POST /admin/swap, GET /admin/status"})
+
+
 def build_app(worker: Worker) -> Starlette:
     """The ASGI app of one worker (routes in the module docstring)."""
-
-    def admin_refusal(request: Request) -> Response | None:
-        token = worker.options.admin_token
-        if token and same_token(request.headers.get(ADMIN_TOKEN_HEADER, ""), token):
-            return None
-        worker.count(403)
-        return json_response(403, {"error": f"admin routes need the {ADMIN_TOKEN_HEADER} header "
-                                            f"with the token from the server's admin token file"})
-
-    async def ping(_request: Request) -> Response:
-        if worker.healthy():
-            worker.sync()
-            return json_response(200, {"status": "healthy", "package_version": worker.holder.active.version})
-        return json_response(503, {"status": "unhealthy"})
-
-    async def admin_status(request: Request) -> Response:
-        return admin_refusal(request) or json_response(200, await anyio.to_thread.run_sync(worker.status))
-
-    async def admin_swap(request: Request) -> Response:
-        refused = admin_refusal(request)
-        if refused is not None:
-            return refused
-        try:
-            body = await read_body(request, 1 << 16, worker.options.client_timeout_seconds)
-            payload = json.loads(body or b"{}")
-            model_tar, version = str(payload["model_tar"]), int(payload["package_version"])
-        except BodyError as exc:
-            return json_response(exc.status, {"error": str(exc)})
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            return json_response(400, {"error": f'body must be JSON {{"model_tar": path, "package_version": n}}: {exc}'})
-        LOG.info("swap requested: v%s from %s", version, model_tar)
-        try:
-            await anyio.to_thread.run_sync(worker.coordinate_swap, model_tar, version)
-        except PackageError as exc:
-            serving = worker.holder.active.version if worker.holder.active else None
-            LOG.error("package v%s rejected, v%s keeps serving: %s", version, serving, exc)
-            return json_response(409, {"error": f"package v{version} failed its health check: {exc}",
-                                       "serving_version": serving})
-        status = await anyio.to_thread.run_sync(worker.status)
-        return json_response(200, {"swapped": True, "package_version": version, "status": status})
-
-    async def invocations(request: Request) -> Response:
-        started = time.time()
-        event_id = str(uuid.uuid4())
-        asked_id = request.headers.get(INFERENCE_ID_HEADER, "")
-        inference_id = asked_id if _SAFE_ID.match(asked_id) else event_id
-        content_type = content_type_of(request.headers.get("content-type"))
-        if not bearer_ok(request.headers.get(AUTHORIZATION_HEADER), worker.options.invoke_token):
-            # refused before the body is read: a stranger cannot make us read 10 MB
-            payload = json.dumps({"error": f"/invocations needs the header '{AUTHORIZATION_HEADER}: Bearer <token>' "
-                                           "with the endpoint's invocation token"})
-            worker.count(401)
-            worker.capture.add(capture_record(  # captured without its body, as every 4xx
-                body=b"", content_type=content_type or "application/octet-stream", response_text=payload,
-                event_id=event_id, inference_id=inference_id, inference_time=started, package_version=-1,
-                status=401, latency_ms=(time.time() - started) * 1000))
-            LOG.info("invocation id=%s status=401 (no or wrong invocation token)", inference_id)
-            return json_response(401, payload, {"WWW-Authenticate": 'Bearer realm="dermaops"',
-                                                "X-Inference-Id": inference_id})
-        try:
-            body = await read_body(request, MAX_BODY_BYTES, worker.options.client_timeout_seconds)
-        except BodyError as exc:
-            LOG.info("invocation %s: body not received: %s", inference_id, exc)
-            worker.count(exc.status)
-            return json_response(exc.status, {"error": str(exc)}, {"X-Inference-Id": inference_id})
-        try:
-            await asyncio.wait_for(worker.slots.acquire(), worker.options.queue_wait_seconds)
-        except TimeoutError:
-            worker.count(503)
-            return json_response(503, {"error": f"the endpoint is busy ({worker.options.max_inflight} requests in "
-                                                "progress); retry"},
-                                 {"Retry-After": "1", "X-Inference-Id": inference_id})
-        try:
-            worker.sync()  # after admission: a request that waited gets the model committed meanwhile
-            model = worker.holder.acquire()
-            try:
-                status, payload = await anyio.to_thread.run_sync(
-                    worker.score, model, body, content_type, request.headers.get("accept"), limiter=worker.limiter)
-            finally:
-                if model is not None:
-                    worker.holder.release(model)
-        finally:
-            worker.slots.release()
-        version = model.version if model is not None else None
-        latency_ms = (time.time() - started) * 1000
-        worker.count(status)
-        # A rejected request (4xx) is captured without its body: it is not an image the monitors
-        # could use, and it may hold anything a client sent, patient details included.
-        worker.capture.add(capture_record(
-            body=body if not 400 <= status < 500 else b"",
-            content_type=content_type or "application/octet-stream", response_text=payload,
-            event_id=event_id, inference_id=inference_id, inference_time=started,
-            package_version=version if version is not None else -1, status=status, latency_ms=latency_ms))
-        LOG.log(logging.DEBUG if status < 400 else logging.INFO, "invocation id=%s status=%d version=%s bytes=%d ms=%.1f",
-                inference_id, status, version, len(body), latency_ms)
-        headers = {"X-Inference-Id": inference_id}
-        if version is not None:
-            headers["X-Model-Version"] = str(version)
-        return json_response(status, payload, headers)
-
-    async def no_route(request: Request, _exc: Exception) -> Response:
-        return json_response(404, {"error": f"no route {request.method} {request.url.path}; use GET /ping, "
-                                            "POST /invocations, POST /admin/swap, GET /admin/status"})
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -510,6 +530,7 @@ def build_app(worker: Worker) -> Starlette:
                             Route("/admin/status", admin_status, methods=["GET"]),
                             Route("/admin/swap", admin_swap, methods=["POST"])],
                     exception_handlers={404: no_route, 405: no_route}, lifespan=lifespan)
+    app.state.worker = worker
     app.add_middleware(HostCheck, worker=worker)
     return app
 
