@@ -186,7 +186,7 @@ class LocalEndpointDeployer(EndpointDeployer):
                               description="secret bearer token /invocations requires (DERMAOPS_ENDPOINT_TOKEN); "
                                           "empty = none, allowed on loopback hosts only")
     startup_timeout_seconds: float = 120
-    max_inflight: int = Field(default=8, description="invocations the server scores at once, shared out between "
+    max_inflight: int = Field(default=8, description="invocations the server admits at once, shared out between "
                                                      "its workers (DERMAOPS_ENDPOINT_MAX_INFLIGHT)")
     workers: int = Field(default=0, ge=0, description="worker processes of the server; 0 = one per core "
                                                       "(DERMAOPS_ENDPOINT_WORKERS)")

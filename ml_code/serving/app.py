@@ -7,8 +7,9 @@ an invocation token is configured), ``POST /admin/swap`` and ``GET /admin/status
 otherwise: DNS rebinding). Status codes of failed inferences come from
 ``ml_code.serving.transform``; this module adds 401/403/404/408/411/413/421/503.
 
-Admission control, per worker: ``max_inflight`` requests are decoded and scored at once (the
-supervisor gives each worker its share of the server's limit); more wait up to
+Admission control, per worker: ``max_inflight`` requests are admitted at once (the supervisor
+gives each worker its share of the server's limit) and ``torch_threads`` of them are decoded
+and scored at a time, the others queued in the worker; more wait up to
 ``queue_wait_seconds`` for a slot, then get 503 + ``Retry-After``. The body is read (with a
 ``client_timeout_seconds`` deadline, 408 after it) BEFORE a slot or a model is taken, so a
 slow client holds neither. A slot is a plain ``asyncio.Semaphore`` in the worker, not a
@@ -518,7 +519,9 @@ def build_app(worker: Worker) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        worker.limiter = anyio.CapacityLimiter(max(1, worker.options.max_inflight))
+        # Admitted requests score one at a time per torch thread: a worker is sized to its cores,
+        # and more Python threads in one forward pass each would only contend for the GIL.
+        worker.limiter = anyio.CapacityLimiter(max(1, min(worker.options.max_inflight, worker.options.torch_threads)))
         await anyio.to_thread.run_sync(worker.start)
         try:
             yield
