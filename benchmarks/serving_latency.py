@@ -15,6 +15,8 @@ connection per client thread). Measured:
 * errors (target 0); requests/second per core; cost per 1,000 inferences on ml.m5.large
   (``dermaops_resources.cost.INSTANCE_PRICES``, 2 vCPUs: this machine's requests/second per
   core times 2 per instance-hour);
+* what the machine gives at that moment: ``workers`` processes calling the handlers at once
+  (no HTTP) against one, printed: on a shared machine the c8 / c1 ratio cannot exceed it;
 * for the micro-batching decision: one forward pass of 8 decoded images against 8 passes of
   one (the package's ``predict_fn`` on arrays), printed, not a target.
 
@@ -110,6 +112,38 @@ def http_ms(conn: http.client.HTTPConnection, body: bytes) -> tuple[float, bool]
     return (time.perf_counter() - t0) * 1000, resp.status == 200
 
 
+def raw_child(package_tar: Path, images: list[Path], threads: int) -> int:
+    """``--raw-child``: open the package, say ready, wait for a line on stdin, print requests/s."""
+    with tempfile.TemporaryDirectory(prefix="dermaops-bench-raw-") as tmp:
+        handlers = Handlers(package_tar, Path(tmp), threads)
+        bodies = [p.read_bytes() for p in images]
+        for body in bodies[:3]:
+            handlers.ms(body)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        seconds = sum(handlers.ms(body) for body in bodies) / 1000
+        print(len(bodies) / seconds, flush=True)
+    return 0
+
+
+def raw_processes_rps(package_tar: Path, images: Path, count: int, procs: int, threads: int) -> float:
+    """Requests/s of ``procs`` processes calling the handlers at once, no HTTP: what this machine
+    can give right now (other load on it included), the ceiling for the c8 / c1 ratio."""
+    cmd = [sys.executable, __file__, "--raw-child", "--model", str(package_tar), "--images", str(images),
+           "--count", str(count), "--threads", str(threads)]
+    children = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+                for _ in range(procs)]
+    for child in children:
+        assert child.stdout.readline().strip() == "ready", "a raw-handler process did not start"
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    total = sum(float(child.stdout.readline()) for child in children)
+    for child in children:
+        child.wait(timeout=60)
+    return total
+
+
 def start_server(package_tar: Path, workdir: Path) -> tuple[subprocess.Popen, dict]:
     state_file = workdir / "server.json"
     log = open(workdir / "serve.log", "wb")  # noqa: SIM115 - closed with the process
@@ -169,7 +203,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="few requests (for tests): well under a minute")
     parser.add_argument("--model", type=Path, default=None, help="model.tar.gz to serve")
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of HAM10000 .jpg images")
+    parser.add_argument("--raw-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.raw_child:
+        return raw_child(args.model, sorted(args.images.glob("*.jpg"))[: args.count], args.threads)
     files = sorted(args.images.glob("*.jpg"))[: 40 if args.quick else 400] if args.images.is_dir() else []
     if not files:
         print(f"BENCH_SKIP no HAM10000 .jpg images in {args.images}")
@@ -202,6 +241,7 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+        ceiling = {n: raw_processes_rps(package, args.images, n1, n, threads) for n in sorted({1, workers})}
     rps1, rps8 = 1000.0 / float(np.mean(c1)), n8 / secs8
     errors = errors1 + errors8
     per_core = rps8 / cores
@@ -215,6 +255,8 @@ def main() -> int:
           f"{np.percentile(c8, 50):.1f} ms p99 {np.percentile(c8, 99):.1f} ms; errors {errors}")
     print(f"{per_core:.1f} req/s per core -> {INSTANCE} ({INSTANCE_VCPUS} vCPU, ${price(INSTANCE)}/h): "
           f"${usd_per_1000:.5f} per 1,000 inferences")
+    print(f"machine ceiling now: {workers} process(es) calling the handlers give {ceiling[workers]:.1f} req/s, "
+          f"one gives {ceiling[1]:.1f} ({ceiling[workers] / ceiling[1]:.2f}x) - the most c8 / c1 can show here")
     print(f"micro-batching: one forward pass of 8 images is {batching:.2f}x as fast as 8 passes of one")
     print(f"concurrency 1 throughput: 1000 / mean latency; concurrency 8: {n8} requests / wall time")
     result("p50_latency_c1", p50, raw50, "<= 1.25x", bool(p50 <= 1.25 * raw50), "ms")
