@@ -6,7 +6,7 @@ A benchmark takes part when it is ``benchmarks/<name>.py`` (not this runner, not
 module) and its source prints ``BENCH_RESULT`` lines (the convention of issue 19): each one runs
 alone, compares against a baseline in the same run and prints, per measured target, one line
 ``BENCH_RESULT {json}`` with ``stage, metric, ours, baseline, ratio, target, met, unit`` (baseline
-and ratio null for absolute targets), or ``BENCH_SKIP <reason>`` when its data is absent. Older
+and ratio null for absolute targets; met null for a figure reported without a target), or ``BENCH_SKIP <reason>`` when its data is absent. Older
 scripts that print neither (training sweeps, quality runs) are listed as not taking part.
 
 Each script runs as a subprocess (``--quick`` passed through), so one crash or hang is recorded
@@ -118,7 +118,7 @@ def table(entries: list[dict]) -> str:
             unit = f" {r['unit']}" if r.get("unit") else ""
             rows.append((entry["name"], str(r["stage"]), str(r["metric"]), _fmt(r["ours"]) + unit,
                          _fmt(r["baseline"]) + (unit if r["baseline"] is not None else ""), _fmt(r["ratio"]),
-                         str(r["target"]), _fmt(bool(r["met"]))))
+                         str(r["target"]), _fmt(None if r["met"] is None else bool(r["met"]))))
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -29,7 +29,7 @@ import dagster as dg
 from pydantic import Field
 
 from ml_code.atomic import atomic_path, write_text_atomic
-from ml_code.serving.serve import ADMIN_TOKEN_HEADER, is_loopback
+from ml_code.serving.access import ADMIN_TOKEN_HEADER, is_loopback
 
 from .handles import EndpointHandle
 from .object_store import (
@@ -106,7 +106,7 @@ class EndpointDeployer(dg.ConfigurableResource, ABC):
 # ------------------------------------------------------------------------------------------
 # Local backend: ml_code.serving.serve as a detached process on 127.0.0.1
 # ------------------------------------------------------------------------------------------
-SERVER_MODULE = "ml_code.serving.serve"  # its ADMIN_TOKEN_HEADER and is_loopback are used here too
+SERVER_MODULE = "ml_code.serving.serve"  # the supervisor; ml_code.serving.access holds the names used here
 TOKEN_ENV_VAR = "DERMAOPS_ENDPOINT_TOKEN"  # the setting named in errors (read only by settings.py)
 
 
@@ -186,7 +186,10 @@ class LocalEndpointDeployer(EndpointDeployer):
                               description="secret bearer token /invocations requires (DERMAOPS_ENDPOINT_TOKEN); "
                                           "empty = none, allowed on loopback hosts only")
     startup_timeout_seconds: float = 120
-    max_inflight: int = Field(default=8, description="invocations the server scores at once (DERMAOPS_ENDPOINT_MAX_INFLIGHT)")
+    max_inflight: int = Field(default=8, description="invocations the server admits at once, shared out between "
+                                                     "its workers (DERMAOPS_ENDPOINT_MAX_INFLIGHT)")
+    workers: int = Field(default=0, ge=0, description="worker processes of the server; 0 = one per core "
+                                                      "(DERMAOPS_ENDPOINT_WORKERS)")
     log_level: str = Field(default="INFO", description="the server's log level (DERMAOPS_SERVE_LOG_LEVEL)")
 
     # -- paths ------------------------------------------------------------------------
@@ -309,7 +312,7 @@ class LocalEndpointDeployer(EndpointDeployer):
         except (OSError, ValueError):
             return 0
         with socket.socket() as sock:  # reuse the last port if nobody took it meanwhile
-            # the server binds with SO_REUSEADDR (http.server does), so TIME_WAIT is no obstacle
+            # the server binds with SO_REUSEADDR (ml_code.serving.serve.bind_socket), so TIME_WAIT is no obstacle
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((self.host, previous))
@@ -343,7 +346,7 @@ class LocalEndpointDeployer(EndpointDeployer):
                "--port", str(port), "--capture-dir", str(capture_dir), "--endpoint-name", self.endpoint_name,
                "--package-version", str(version), "--state-file", str(self._state_file),
                "--admin-token-file", str(self._token_file), *invoke_args, "--max-inflight", str(self.max_inflight),
-               "--log-level", self.log_level]
+               "--workers", str(self.workers), "--log-level", self.log_level]
         env = child_environment(drop_prefixes=(TOKEN_ENV_VAR,))  # the server reads the token file only
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         env["PYTHONUNBUFFERED"] = "1"
@@ -466,7 +469,7 @@ class LocalEndpointDeployer(EndpointDeployer):
             out.update(healthy=bool(body.get("healthy")), package_version=body.get("package_version"),
                        model_loaded_at=body.get("model_loaded_at"), requests_served=body.get("requests_served"),
                        errors=body.get("errors"), swaps=body.get("swaps"), failed_swaps=body.get("failed_swaps"),
-                       last_swap_error=body.get("last_swap_error"))
+                       last_swap_error=body.get("last_swap_error"), workers=body.get("workers"))
         return out
 
     def stop(self) -> bool:

@@ -39,6 +39,7 @@ def build_local_resources(settings: Settings) -> dict[str, Any]:
             host=settings.endpoint_host,
             invoke_token=settings.endpoint_token,
             max_inflight=settings.endpoint_max_inflight,
+            workers=settings.endpoint_workers,
             log_level=settings.serve_log_level,
         ),
         "notifier": LocalNotifier(alerts_path=str(home / "alerts.jsonl"), webhook_url=settings.webhook_url),

@@ -51,6 +51,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "endpoint_host": ("DERMAOPS_ENDPOINT_HOST", "127.0.0.1"),
     "endpoint_token": ("DERMAOPS_ENDPOINT_TOKEN", ""),
     "endpoint_max_inflight": ("DERMAOPS_ENDPOINT_MAX_INFLIGHT", "8"),
+    "endpoint_workers": ("DERMAOPS_ENDPOINT_WORKERS", "0"),
     "serve_log_level": ("DERMAOPS_SERVE_LOG_LEVEL", "INFO"),
     "train_recipe": ("DERMAOPS_TRAIN_RECIPE", ""),
     "auto_approve": ("DERMAOPS_AUTO_APPROVE", "false"),
@@ -111,6 +112,8 @@ class Settings(dg.ConfigurableResource):
     endpoint_token: str = Field(default="", repr=False, description="secret bearer token of the local endpoint's "
                                                                     "/invocations; empty = none (loopback only)")
     endpoint_max_inflight: int = 8
+    endpoint_workers: int = Field(default=0, ge=0, description="worker processes of the local endpoint; "
+                                                               "0 = one per core")
     serve_log_level: str = "INFO"
     train_recipe: str = Field(default="", description="recipe of training runs whose config names none "
                                                       "(sensor, schedule and CLI retrains)")
@@ -151,7 +154,7 @@ class Settings(dg.ConfigurableResource):
         values["region"] = next((env[v].strip() for v in REGION_ENV_VARS if env.get(v, "").strip()), "us-east-1")
         for field in ("use_spot", "auto_approve", "network_isolation"):
             values[field] = raw[field].lower() in TRUE_WORDS
-        numbers = {"endpoint_port": int, "endpoint_max_inflight": int, "landing_max_batch": int,
+        numbers = {"endpoint_port": int, "endpoint_max_inflight": int, "endpoint_workers": int, "landing_max_batch": int,
                    "local_num_gpus": int, "retrain_cooldown_hours": float,
                    "retrain_min_new_labels": int, "landing_quiet_seconds": float}
         for field, kind in numbers.items():

@@ -48,6 +48,9 @@ def test_a_malformed_result_line_is_an_error_not_a_silent_pass() -> None:
            '"target": "< 1 GB", "met": true, "unit": "GB"}'
     results, skipped = run_all.parse_output(f"noise\n{good}\nBENCH_SKIP no data here\n")
     assert results[0]["target"] == "< 1 GB" and skipped == "no data here"
+    reported = {**results[0], "target": "report", "met": None}  # a figure without a target: neither yes nor NO
+    row = run_all.table([{"name": "b", "error": None, "skipped": None, "results": [reported]}]).splitlines()[-1]
+    assert row.split()[-2:] == ["report", "-"]
     with pytest.raises(ValueError, match="lacks"):
         run_all.parse_output('BENCH_RESULT {"stage": "s"}')
     with pytest.raises(ValueError, match="not JSON"):

@@ -25,8 +25,8 @@ from dermaops_resources.object_store import join_uri, LocalObjectStore, file_uri
 from dermaops_resources.settings import REPO_ROOT
 
 from tests.support.endpoint_packages import (  # noqa: F401 - re-exported for the endpoint test modules
-    CLASSES, HANDLER, IMAGE_SIZE, build_package, build_real_package, lesion_image, make_deployer, ping, post,
-    read_captures, register, wait_for)
+    CLASSES, HANDLER, IMAGE_SIZE, build_package, build_real_package, inprocess_worker, lesion_image, make_deployer,
+    ping, post, read_captures, register, wait_for)
 
 
 # ------------------------------------------------------------------------------------------
@@ -287,47 +287,44 @@ def test_server_outlives_the_deploying_process_and_stops_cleanly(env):
         deployer.stop()
 
 
-def test_a_saturated_endpoint_answers_503_with_retry_after(tmp_path, monkeypatch):
-    """Requests beyond the in-flight limit wait briefly for a slot, then get 503, not a thread each."""
-    from ml_code.serving import serve
+#: predict_fn of a package that takes 1.5 s on a mid-grey image (a request that stays in flight)
+SLOW_ON_GREY = ("(__import__('time').sleep(1.5) or torch.softmax(logits, 0)) if abs(float(x.mean())) < 0.05 "
+                "else torch.softmax(logits, 0)")
 
-    monkeypatch.setattr(serve, "QUEUE_WAIT_SECONDS", 0.2)
-    state = serve.EndpointState(endpoint_name="busy", capture=serve.CaptureWriter(tmp_path, "busy"),
-                                admin_token=None, max_inflight=1)
-    server = serve.make_server(state, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/invocations"
-    try:
-        assert state.slots.acquire(timeout=1)  # one request in progress
-        status, headers, body = post(url, lesion_image("PNG"), "image/png")
+
+def _grey_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (128, 128, 128)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_saturated_endpoint_answers_503_with_retry_after(env, tmp_path):
+    """Requests beyond the in-flight limit wait briefly for a slot, then get 503; the slot comes back."""
+    tar = build_package(env["tars"] / "slow.tar.gz", seed=5, probs=SLOW_ON_GREY)
+    with inprocess_worker(tmp_path, tar, max_inflight=1, queue_wait_seconds=0.2) as (url, app):
+        slow: list = []
+        thread = threading.Thread(target=lambda: slow.append(post(f"{url}/invocations", _grey_png(), "image/png")))
+        thread.start()
+        wait_for(lambda: app.worker.slots.locked(), timeout=10, what="the slow request to take the only slot")
+        status, headers, body = post(f"{url}/invocations", lesion_image("PNG"), "image/png")
         assert status == 503 and headers["Retry-After"] == "1" and "busy" in body["error"]
-        state.slots.release()
-        status, _, body = post(url, lesion_image("PNG"), "image/png")
-        assert status == 503 and "no model" in body["error"]  # admitted: this state has no model loaded
-        assert state.slots.acquire(timeout=1)  # the admitted request gave its slot back
-        state.slots.release()
-    finally:
-        server.shutdown()
-        server.server_close()
+        thread.join(timeout=30)
+        assert slow[0][0] == 200  # the request in flight was not disturbed
+        assert post(f"{url}/invocations", lesion_image("PNG"), "image/png")[0] == 200  # its slot came back
+        assert app.worker.counters.get("server_errors") == 1  # the 503
 
 
-def test_a_client_that_stalls_mid_body_is_dropped_without_holding_a_slot(tmp_path, monkeypatch):
+def test_a_client_that_stalls_mid_body_is_dropped_without_holding_a_slot(env, tmp_path):
     import socket
 
-    from ml_code.serving import serve
-
-    monkeypatch.setattr(serve.EndpointHandler, "timeout", 0.5)
-    state = serve.EndpointState(endpoint_name="stall", capture=serve.CaptureWriter(tmp_path, "stall"),
-                                admin_token=None, max_inflight=1)
-    server = serve.make_server(state, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with socket.create_connection(server.server_address, timeout=5) as sock:
+    tar = build_package(env["tars"] / "stall.tar.gz", seed=6)
+    with inprocess_worker(tmp_path, tar, max_inflight=1, client_timeout_seconds=0.5) as (url, app):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                          b"Content-Length: 1000\r\n\r\n12345")  # promises 1000 bytes, sends 5
-            wait_for(lambda: state.counters.client_errors == 1, timeout=5, what="the stalled request to time out")
-        assert state.slots.acquire(timeout=0.1)  # it never took the only slot
-        state.slots.release()
-    finally:
-        server.shutdown()
-        server.server_close()
+            wait_for(lambda: app.worker.counters.get("client_errors") == 1, timeout=5,
+                     what="the stalled request to time out")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408 ")
+        assert not app.worker.slots.locked()  # it never took the only slot
+        assert post(f"{url}/invocations", lesion_image("PNG"), "image/png")[0] == 200

@@ -4,10 +4,12 @@ tests do not depend on the training job), and small HTTP helpers against 127.0.0
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -140,14 +142,15 @@ def lesion_image(fmt: str, size: tuple[int, int] = (40, 30), shade: int = 0) -> 
 
 
 def post(url: str, body: bytes, content_type: str, timeout: float = 10.0, headers: dict | None = None):
-    """(status, headers, JSON body) of one POST, without raising on HTTP errors."""
+    """(status, headers, JSON body) of one POST, without raising on HTTP errors. ``headers`` is the
+    response's ``http.client.HTTPMessage``: names are case-insensitive, as HTTP says."""
     req = urllib.request.Request(url, data=body, method="POST",
                                  headers={"Content-Type": content_type, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers), json.loads(resp.read())
+            return resp.status, resp.headers, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read())
+        return exc.code, exc.headers, json.loads(exc.read())
 
 
 def ping(url: str) -> int | None:
@@ -178,9 +181,41 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def make_deployer(env, name: str) -> LocalEndpointDeployer:
+def make_deployer(env, name: str, workers: int = 1) -> LocalEndpointDeployer:
+    """A deployer for tests: one worker unless asked (each worker imports torch: seconds of CPU)."""
     return LocalEndpointDeployer(state_dir=str(env["root"] / name / "state"),
                                  capture_uri=env["store"].uri("logs", f"datacapture-{name}"),
-                                 endpoint_name=f"{name}-endpoint", startup_timeout_seconds=90)
+                                 endpoint_name=f"{name}-endpoint", startup_timeout_seconds=90, workers=workers)
+
+
+@contextlib.contextmanager
+def inprocess_worker(root: Path, tar: Path, **options):
+    """One endpoint worker (``ml_code.serving.app``) under uvicorn in a thread of this process, on
+    127.0.0.1: yields (url, WorkerApp) so a test can look at the worker's slots and counters."""
+    import uvicorn
+
+    from ml_code.serving.access import allowed_host_names
+    from ml_code.serving.app import WorkerApp, WorkerOptions
+    from ml_code.serving.control import ControlDir, Desired
+    from ml_code.serving.serve import bind_socket
+
+    ctl = ControlDir.create()
+    ctl.publish_active(Desired(generation=1, version=1, model_tar=str(tar)))
+    sock = bind_socket("127.0.0.1", 0)
+    app = WorkerApp(WorkerOptions(control_dir=str(ctl.root), capture_dir=str(root / "capture"),
+                                  endpoint_name="inprocess", admin_token=None, invoke_token=None,
+                                  allowed_hosts=allowed_host_names("127.0.0.1"), **options))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), timeout=60, what="the in-process worker to start")
+        assert server.started, "the in-process worker did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+        ctl.destroy()
 
 
