@@ -30,7 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import descriptors
-from .networks import PENULTIMATE, build_network, feature_layer, head_layer, layer_features, penultimate
+from .networks import (
+    PENULTIMATE,
+    build_network,
+    feature_layer,
+    head_layer,
+    layer_features,
+    penultimate,
+)
 from .ood import MahalanobisOOD
 from .views import check_views, dihedral_view, view_order
 

@@ -104,7 +104,8 @@ def fit_ood_stats(train: dict[str, np.ndarray] | np.ndarray, train_labels: np.nd
 def add_ood_stats(model_dir: Path, train: Split, val: Split, log=print, seed: int = 0) -> dict[str, Any]:
     """Fit the package's OOD statistics, write ``ood.npz``, record them in ``model_config.json``
     (``"ood"``: file, method, rule, reference, threshold, quantile, and per layer its name, width,
-    validation median/scale and the share of validation images it alone flags at the threshold)
+    validation median/scale, the distance above which it flags an image, and the share of
+    validation images it alone flags)
     and re-write ``code/`` so the package serves them. Returns that ``"ood"`` record."""
     model = load_model(model_dir)
     idx = np.arange(len(train.labels))
@@ -122,6 +123,7 @@ def add_ood_stats(model_dir: Path, train: Split, val: Split, log=print, seed: in
                     "features": "penultimate embedding (the classification head's input)" if layer.name == "penultimate"
                     else "per-channel spatial mean and standard deviation of the layer's output",
                     "val_median": layer.centre, "val_scale": layer.scale,
+                    "distance_threshold": layer.centre + stats.threshold * layer.scale,
                     "val_flag_rate": float((per_layer[i] > stats.threshold).mean())}
                    for i, layer in enumerate(stats.layers)],
         "view": "identity", "dim": stats.dim, "threshold": stats.threshold, "quantile": PASS_QUANTILE,

@@ -9,7 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from ml_code.package.networks import PENULTIMATE, build_network, head_layer, layer_features
+from ml_code.package.networks import (
+    PENULTIMATE,
+    build_network,
+    head_layer,
+    layer_features,
+)
 
 FAMILIES = {  # arch -> the layers it exposes and their widths (mean + std per channel: 2 C)
     "dermanet": {"stem": 64, "stage1": 64, "stage2": 128, "stage3": 256, PENULTIMATE: 256},

@@ -72,8 +72,8 @@ def test_a_flagged_image_exceeds_some_layers_own_threshold(served):
     images = np.stack([decode_square(non_dermoscopy.jpeg_bytes(k, s), SIZE) for k in non_dermoscopy.KINDS
                        for s in range(3)])
     feats = ood_features_fn(preprocess_array(images, served), served)
-    beyond = np.stack([layer.distances(feats[layer.name]) > layer.centre + served.ood.threshold * layer.scale
-                       for layer in served.ood.layers])
+    recorded = {x["name"]: x["distance_threshold"] for x in served.config["ood"]["layers"]}
+    beyond = np.stack([layer.distances(feats[layer.name]) > recorded[layer.name] for layer in served.ood.layers])
     probs = inference.predict_fn({"images": images, "views": 1}, served)
     np.testing.assert_array_equal(probs.in_distribution, ~beyond.any(axis=0))
 
