@@ -12,7 +12,7 @@ Three scores per request, each in [0, 1], for the labelling queue (``dermaops_se
   descriptor model. The log keeps only the coarse case mix (age capped at 90, sex, body region),
   so the descriptor model sees the region, not the exact site sent.
 - ``ood``: 1 when the answer flagged the image ``in_distribution: false`` (the package's
-  Mahalanobis check, ``ml_code.package.ood`` where present), else 0; ``ood_score`` (a distance,
+  Mahalanobis check, ``ml_code.package.ood`` where present), else 0; ``ood_score`` (validation-scaled distance,
   unitless, larger = less like the training data) is passed through for display. NaN/0 when the
   answers carry no such fields.
 """

@@ -243,6 +243,7 @@ class EfficientNetLite(nn.Module):
         self.stem_act = nn.ReLU6(inplace=True)
 
         specs: list[tuple[int, int, int, int, int]] = []  # cin, cout, kernel, stride, expand
+        stage_ends: list[int] = []  # index of each stage's last block
         last = len(_B0_STAGES) - 1
         for i, (repeats, kernel, stride, expand, cin, cout) in enumerate(_B0_STAGES):
             cin = _STEM_CHANNELS if i == 0 else round_filters(cin, params.width)
@@ -251,6 +252,8 @@ class EfficientNetLite(nn.Module):
             n = repeats if i in (0, last) else round_repeats(repeats, params.depth)
             for j in range(n):
                 specs.append((cin if j == 0 else cout, cout, kernel, stride if j == 0 else 1, expand))
+            stage_ends.append(len(specs) - 1)
+        self.stage_ends = tuple(stage_ends)  # plain attribute: not in the state_dict
         # Stochastic-depth rate grows linearly with block index (0 for the first block).
         self._blocks = nn.ModuleList(
             MBConvBlock(*spec, drop_rate=drop_connect_rate * idx / len(specs)) for idx, spec in enumerate(specs)
@@ -270,10 +273,20 @@ class EfficientNetLite(nn.Module):
         return self.head_act
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x)[0]
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(:meth:`forward_features`, ``[stem output, stage 1 output, ..., stage 7 output]``) from one
+        pass: the intermediate maps ``(N, C_i, H_i, W_i)`` at every stage end (B0 widths 32, 16, 24,
+        40, 80, 112, 192, 320 for Lite0), returned rather than hooked, so concurrent calls never
+        share them (the OOD feature ensemble reads them)."""
         x = self.stem_act(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        stages = [x]
+        for i, block in enumerate(self._blocks):
             x = block(x)
-        return self.head_act(self._bn1(self._conv_head(x)))
+            if i in self.stage_ends:
+                stages.append(x)
+        return self.head_act(self._bn1(self._conv_head(x))), stages
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x).mean(dim=(2, 3))

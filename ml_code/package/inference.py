@@ -53,29 +53,29 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
     Images (not tensors) scored by a package with OOD statistics also get their OOD scores and
     flags (``ood_scores``, ``in_distribution`` on the result), from the same forward pass.
     """
-    embeddings: list[np.ndarray] | None = [] if getattr(model, "ood", None) is not None else None
+    features: list[dict[str, np.ndarray]] | None = [] if getattr(model, "ood", None) is not None else None
     if isinstance(data, dict) and "image_bytes" in data:
         context, clinical = data.get("clinical"), None
         if context and model.descriptor_model is not None:
             clinical = descriptors.clinical_features([context.get("age")], [context.get("sex")],
                                                      [context.get("site")])
         probs = predict_images(decode_square(data["image_bytes"], model.image_size)[None], model, clinical,
-                               embeddings=embeddings)
+                               features=features)
     elif isinstance(data, dict) and "images" in data:
         views = data.get("views")
         probs = predict_images(data["images"], model, data.get("clinical"), None if views is None else int(views),
-                               network_only=bool(data.get("network_only", False)), embeddings=embeddings)
+                               network_only=bool(data.get("network_only", False)), features=features)
     elif isinstance(data, np.ndarray):
-        probs = predict_images(data, model, embeddings=embeddings)
+        probs = predict_images(data, model, features=features)
     elif isinstance(data, torch.Tensor):
         x = data if data.ndim == 4 else data[None]
-        probs, embeddings = np.exp(network_log_probs(x, model, 1, model.temperature)), None
+        probs, features = np.exp(network_log_probs(x, model, 1, model.temperature)), None
     else:
         raise ValueError(f"predict_fn got {type(data).__name__}; expected input_fn output, array, dict or tensor")
     out = np.asarray(probs, dtype=np.float32).view(Probabilities)
     out.classes, out.arch = list(model.classes), str(model.config["arch"])
-    if embeddings:
-        out.ood_scores = model.ood.scores(np.concatenate(embeddings))
+    if features:
+        out.ood_scores = model.ood.scores({name: np.concatenate([f[name] for f in features]) for name in features[0]})
         out.in_distribution = model.ood.in_distribution(out.ood_scores)
     return out
 
@@ -83,8 +83,9 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
 def output_fn(prediction: np.ndarray, accept: str | None = RESPONSE_CONTENT_TYPE) -> str:
     """JSON ``{"predicted_class", "probabilities": {class: p}, "model_arch", "ood_score",
     "in_distribution"}`` per image (a list when the request held several images).
-    ``ood_score`` is the Mahalanobis distance of the image's embedding to the training data
-    (:mod:`ood`), ``in_distribution`` whether it is within the validation-calibrated threshold;
+    ``ood_score`` is the largest of the image's Mahalanobis distances to the training data at
+    several depths of the network, each on its validation scale (:mod:`ood`), and
+    ``in_distribution`` whether it is within the validation-calibrated threshold;
     both are null when the package has no OOD statistics. An Accept it cannot meet is a 406
     RequestError."""
     negotiate_accept(accept)

@@ -5,8 +5,9 @@ Ships inside ``model.tar.gz``. Besides loading (:func:`load_model`) and scoring
 the endpoint serves:
 
 - :func:`preprocess_array` - uint8 NHWC arrays (the preprocess job's format) -> model input;
-- :func:`embed_fn` - penultimate-layer embeddings (monitoring builds drift baselines on them, and
-  the package's out-of-distribution statistics, :mod:`ood`, are fitted on them);
+- :func:`embed_fn` - penultimate-layer embeddings (monitoring builds drift baselines on them);
+- :func:`ood_features_fn` - the features at several depths the package's out-of-distribution
+  statistics (:mod:`ood`) are fitted on;
 - :func:`gradcam` - class-activation heat maps (the evaluation job's Grad-CAM grid).
 
 A model may carry a second, descriptor model (``descriptors.npz``, read by the sibling
@@ -29,7 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import descriptors
-from .networks import build_network, feature_layer, head_layer, penultimate
+from .networks import (
+    PENULTIMATE,
+    build_network,
+    feature_layer,
+    head_layer,
+    layer_features,
+    penultimate,
+)
 from .ood import MahalanobisOOD
 from .views import check_views, dihedral_view, view_order
 
@@ -149,12 +157,12 @@ def preprocess_array(images: np.ndarray, model: Any, std: Any = None) -> torch.T
 
 @torch.no_grad()
 def network_log_probs(x: torch.Tensor, model: ServedModel, views: int, temperature: float,
-                      embeddings: list[np.ndarray] | None = None) -> np.ndarray:
+                      features: list[dict[str, np.ndarray]] | None = None) -> np.ndarray:
     """log of the network's softmax(logits / T), averaged over ``views`` D4 views (:func:`view_order`).
 
-    With ``embeddings`` (a list), the identity view's penultimate embeddings ``(n, D)`` of each
-    chunk are appended to it, from the same forward pass (the head is applied to them), so the
-    OOD score costs no extra pass.
+    With ``features`` (a list), the identity view's :func:`networks.layer_features` of each chunk
+    (``{layer name: (n, D_l)}``) are appended to it, from the same forward pass (the head is
+    applied to its penultimate embedding), so the OOD score costs no extra pass.
 
     The views of a chunk go through the network as one batch (at most 256 views a pass): a
     single-image request then costs one forward pass of 8 rather than 8 passes of 1, about
@@ -167,32 +175,33 @@ def network_log_probs(x: torch.Tensor, model: ServedModel, views: int, temperatu
     for chunk in torch.split(x, max(1, 256 // len(order))):
         chunk = chunk.to(model.device, torch.float32)
         batch = torch.cat([dihedral_view(chunk, v) for v in order])
-        if embeddings is None:
+        if features is None:
             logits = model(batch).float() / temperature
         else:  # order[0] is the identity view: the first len(chunk) rows are the images as sent
-            feats = penultimate(model.net, batch)
-            embeddings.append(feats[: len(chunk)].float().cpu().numpy())
-            logits = head_layer(model.net)(feats).float() / temperature
+            layers = layer_features(model.net, batch, rows=len(chunk))
+            emb = layers[PENULTIMATE]
+            features.append({name: f[: len(chunk)].float().cpu().numpy() for name, f in layers.items()})
+            logits = head_layer(model.net)(emb).float() / temperature
         out.append(torch.softmax(logits, dim=1).view(len(order), len(chunk), -1).mean(0).cpu())
     return torch.log(torch.cat(out).clamp_min(1e-12)).numpy().astype(np.float64)
 
 
 def predict_images(images: np.ndarray, model: ServedModel, clinical: np.ndarray | None = None,
                    views: int | None = None, network_only: bool = False,
-                   embeddings: list[np.ndarray] | None = None) -> np.ndarray:
+                   features: list[dict[str, np.ndarray]] | None = None) -> np.ndarray:
     """Probabilities ``(N, C)`` for uint8 ``(N, S, S, 3)`` images at the model's size.
 
     With a descriptor model: the fused output (:func:`fuse_log_probs`), ``clinical`` being
     ``descriptors.clinical_features`` rows (None = unknown). Without: the network's
     temperature-scaled softmax (also with ``network_only``). ``views`` averages the network
     over D4 views; None serves the package's own ``tta_views`` (what its fusion was fitted on).
-    ``embeddings``: see :func:`network_log_probs` (the OOD score's input).
+    ``features``: see :func:`network_log_probs` (the OOD score's input).
     """
     views = model.tta_views if views is None else views
     x = preprocess_array(images, model)
     if model.descriptor_model is None or model.fusion is None or network_only:
-        return np.exp(network_log_probs(x, model, views, model.temperature, embeddings))
-    cnn = network_log_probs(x, model, views, 1.0, embeddings)
+        return np.exp(network_log_probs(x, model, views, model.temperature, features))
+    cnn = network_log_probs(x, model, views, 1.0, features)
     desc = model.descriptor_model.log_proba(descriptors.descriptor_matrix(np.asarray(images), clinical))
     return fuse_log_probs(cnn, desc, model.fusion)
 
@@ -227,6 +236,21 @@ def embed_fn(batch: torch.Tensor, model: nn.Module) -> np.ndarray:
     net.eval()
     out = [penultimate(net, chunk.to(device, torch.float32)).float().cpu() for chunk in torch.split(batch, 256)]
     return torch.cat(out).numpy() if out else np.zeros((0, head_layer(net).in_features), np.float32)
+
+
+@torch.no_grad()
+def ood_features_fn(batch: torch.Tensor, model: nn.Module) -> dict[str, np.ndarray]:
+    """:func:`networks.layer_features` ``{layer name: (N, D_l)}`` of a normalised NCHW batch, in
+    chunks of 256 (what the OOD statistics are fitted on; the endpoint gets the same from its
+    forward pass in :func:`network_log_probs`)."""
+    net = _unwrap(model)
+    device = next(net.parameters()).device
+    net.eval()
+    out: dict[str, list[np.ndarray]] = {}
+    for chunk in torch.split(batch, 256):
+        for name, f in layer_features(net, chunk.to(device, torch.float32)).items():
+            out.setdefault(name, []).append(f.float().cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
 def gradcam(model: nn.Module, tensor: torch.Tensor, class_idx: int | list[int] | torch.Tensor) -> np.ndarray:

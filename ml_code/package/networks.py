@@ -83,7 +83,11 @@ class DermaNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate embedding ``(N, widths[-1])``: the head's input."""
-        return self.pool(self.layers(self.stem(x))).flatten(1)
+        return self.pool_map(self.layers(self.stem(x)))
+
+    def pool_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map ``(N, widths[-1], h, w)`` averaged to the embedding."""
+        return self.pool(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.embed(x)))
@@ -185,9 +189,12 @@ class DermaNetD4(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate embedding ``(N, widths[-1])``: the head's input."""
-        x = self.layers(self.stem(x))
+        return self.pool_map(self.layers(self.stem(x)))
+
+    def pool_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map averaged over space and orientation: view-invariant."""
         b, c8, h, w = x.shape
-        return x.reshape(b, c8 // 8, 8 * h * w).mean(-1)  # over space and orientation: view-invariant
+        return x.reshape(b, c8 // 8, 8 * h * w).mean(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.embed(x)))
@@ -242,6 +249,54 @@ def penultimate(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if hasattr(net, "features") and hasattr(net, "classifier"):  # efficientnet_b0, mobilenet_v3_small
         return net.classifier[:-1](torch.flatten(net.avgpool(net.features(x)), 1))
     raise ValueError(f"No penultimate embedding known for {type(net).__name__}")
+
+
+#: The penultimate embedding's name among :func:`layer_features`' outputs.
+PENULTIMATE = "penultimate"
+
+
+def pooled_stats(x: torch.Tensor, rows: int | None = None, orientations: bool = False) -> torch.Tensor:
+    """Per-channel spatial mean and standard deviation ``(rows, 2 C)`` of the first ``rows`` maps of
+    ``x`` ``(N, C, H, W)`` (all when None): the low-level statistics of a layer (a flat image's
+    maps have almost no spatial spread) that the penultimate average hides. ``orientations``: D4
+    maps (``C`` = 8 x group channels), pooled over each group channel's 8 orientations too."""
+    x = x[:rows].float()
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c // 8, -1) if orientations else x.reshape(b, c, -1)
+    return torch.cat([flat.mean(-1), flat.std(-1, unbiased=False)], 1)
+
+
+def layer_features(net: nn.Module, x: torch.Tensor, rows: int | None = None) -> dict[str, torch.Tensor]:
+    """Features at several depths from ONE forward pass, for the OOD feature ensemble
+    (``ml_code/package/ood.py``): ``{PENULTIMATE: (N, D)}`` (the head's input for every row, as
+    :func:`penultimate`, so ``head_layer(net)`` applied to it gives the logits) plus, for the
+    first ``rows`` rows, :func:`pooled_stats` ``(rows, 2 C_i)`` at the stem and at the end of every
+    stage but the one the penultimate average reads: ``"stem", "stage1", ...`` (DermaNet and
+    DermaNetD4: stem + 3 stages; EfficientNet-Lite: stem + 7 stages; torchvision resnets: stem +
+    layer1-3; other torchvision nets: the penultimate only). Computed by an explicit forward, not
+    hooks, so concurrent requests of a threaded endpoint never see each other's activations."""
+    taps: dict[str, torch.Tensor] = {}
+    if isinstance(net, (DermaNet, DermaNetD4)):
+        d4 = isinstance(net, DermaNetD4)
+        h = net.stem(x)
+        taps["stem"] = pooled_stats(h, rows, d4)
+        for i, stage in enumerate(net.layers):
+            h = stage(h)
+            if i < len(net.layers) - 1:
+                taps[f"stage{i + 1}"] = pooled_stats(h, rows, d4)
+        return {PENULTIMATE: net.pool_map(h), **taps}
+    if isinstance(net, EfficientNetLite):
+        head, stages = net.forward_stages(x)
+        taps = {("stem" if i == 0 else f"stage{i}"): pooled_stats(m, rows) for i, m in enumerate(stages)}
+        return {PENULTIMATE: head.mean(dim=(2, 3)), **taps}
+    if hasattr(net, "layer4") and hasattr(net, "fc"):  # torchvision resnets
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        taps["stem"] = pooled_stats(h, rows)
+        for i, name in enumerate(("layer1", "layer2", "layer3")):
+            h = getattr(net, name)(h)
+            taps[f"stage{i + 1}"] = pooled_stats(h, rows)
+        return {PENULTIMATE: torch.flatten(net.avgpool(net.layer4(h)), 1), **taps}
+    return {PENULTIMATE: penultimate(net, x)}
 
 
 def feature_layer(net: nn.Module) -> nn.Module:

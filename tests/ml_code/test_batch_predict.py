@@ -4,25 +4,15 @@ listed, reruns skip scored images, ISIC columns and per-image records with linea
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from ml_code import CLASSES
-from ml_code.data.split_reader import load_splits
-from ml_code.training import models
-from ml_code.training.ood import add_ood_stats
-from ml_code.training.packaging import write_model_dir
-from tests.support.synth_splits import make_splits
+from tests.support.batch_inputs import jpeg, package_dir, write_images
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,24 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
     """A folder holding a model.tar.gz with OOD statistics (random weights: the job is under test)."""
-    root = tmp_path_factory.mktemp("batch-model")
-    torch.manual_seed(0)
-    net = models.build_model("resnet18", len(CLASSES), small_input=True)
-    config = {"arch": "resnet18", "classes": list(CLASSES), "image_size": 16, "mean": [0.5] * 3, "std": [0.2] * 3,
-              "small_input": True}
-    write_model_dir(root / "dir", net.state_dict(), config)
-    splits, _ = load_splits(make_splits(root / "splits", 16, n_train=60, n_val=30, n_test=14))
-    add_ood_stats(root / "dir", splits["train"], splits["val"], log=lambda *_: None)
-    (root / "tar").mkdir()
-    with tarfile.open(root / "tar" / "model.tar.gz", "w:gz") as tar:
-        tar.add(root / "dir", arcname=".")
-    return root / "tar"
-
-
-def jpeg(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
+    return package_dir(tmp_path_factory.mktemp("batch-model"))
 
 
 def run_job(tmp: Path, model: Path, images: Path, out: Path, previous: Path | None = None,
@@ -64,14 +37,8 @@ def run_job(tmp: Path, model: Path, images: Path, out: Path, previous: Path | No
 
 @pytest.mark.slow
 def test_broken_files_listed_rerun_skips_and_isic_columns(package, tmp_path):
-    images = tmp_path / "images"
-    (images / "clinic-b").mkdir(parents=True)
-    for i in range(4):
-        (images / f"lesion_{i}.jpg").write_bytes(jpeg(i))
-    (images / "clinic-b" / "lesion_9.png").write_bytes(jpeg(9))  # a JPEG named .png still decodes
-    (images / "truncated.jpg").write_bytes(jpeg(5)[:200])
-    (images / "not_an_image.png").write_bytes(b"hello, I am text")
-    (images / "notes.txt").write_text("ignored: not an image suffix")
+    images = write_images(tmp_path / "images")
+    (images / "lesion_3.jpg").write_bytes(jpeg(3))
     meta = tmp_path / "meta"
     meta.mkdir()
     (meta / "clinical.csv").write_text("image_id,age,sex,localization\nlesion_0,55,female,back\n")
