@@ -148,7 +148,6 @@ def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> No
     deployed.materialize(monitoring, {"ops": {"drift_report": {"config": {"max_requests": 60}}}})
     calm = deployed.latest_metadata("drift_report")
     assert calm["status"] != "insufficient_data" and calm["n_requests"] >= 50, calm
-    import pathlib; pathlib.Path("/tmp/calm_report.md").write_text(str(calm.get("report")) + "\n" + repr(calm))
     assert calm["drift_detected"] is False, calm
     assert "| case mix | requests |" in calm["report"] and "| body_region |" in calm["report"], calm
 
