@@ -248,6 +248,27 @@ def _inference_time(value: Any) -> pd.Timestamp:
     return pd.to_datetime(value, utc=True, errors="coerce")
 
 
+def _envelope(line: str) -> tuple[dict, dict, dict, pd.Timestamp] | str:
+    """(endpointInput, endpointOutput, eventMetadata, inference time) of one capture line, or
+    the reason it cannot be read (the skip counter's key)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return "invalid_json"
+    if not isinstance(rec, dict):
+        return "not_an_object"
+    cap, meta = rec.get("captureData"), rec.get("eventMetadata")
+    if not isinstance(cap, dict) or not isinstance(meta, dict):
+        return "missing_captureData_or_eventMetadata"
+    inp, out = cap.get("endpointInput"), cap.get("endpointOutput")
+    if not isinstance(inp, dict) or not isinstance(out, dict):
+        return "missing_endpointInput_or_endpointOutput"
+    when = _inference_time(meta.get("inferenceTime"))
+    if pd.isna(when):
+        return "bad_inferenceTime"
+    return inp, out, meta, when
+
+
 def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
                 keep_images: bool = False, model_version: int = -1,
                 timeline: VersionTimeline | None = None) -> CaptureBatch:
@@ -270,27 +291,11 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
         line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            skipped["invalid_json"] += 1
+        envelope = _envelope(line)
+        if isinstance(envelope, str):
+            skipped[envelope] += 1
             continue
-        if not isinstance(rec, dict):
-            skipped["not_an_object"] += 1
-            continue
-        cap = rec.get("captureData")
-        meta = rec.get("eventMetadata")
-        if not isinstance(cap, dict) or not isinstance(meta, dict):
-            skipped["missing_captureData_or_eventMetadata"] += 1
-            continue
-        inp, out = cap.get("endpointInput"), cap.get("endpointOutput")
-        if not isinstance(inp, dict) or not isinstance(out, dict):
-            skipped["missing_endpointInput_or_endpointOutput"] += 1
-            continue
-        when = _inference_time(meta.get("inferenceTime"))
-        if pd.isna(when):
-            skipped["bad_inferenceTime"] += 1
-            continue
+        inp, out, meta, when = envelope
         try:
             status, predicted, probs, ood_score, in_distribution = _parse_output(out)
         except (ValueError, TypeError, binascii.Error):
