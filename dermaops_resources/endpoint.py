@@ -95,6 +95,19 @@ class EndpointDeployer(dg.ConfigurableResource, ABC):
         (leaving the old model serving) when the new one is unhealthy."""
 
     @abstractmethod
+    def set_traffic(self, challenger: ModelPackage | None, store: ObjectStore, *, weight: float = 0.0,
+                    shadow: bool = False, on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Serve ``challenger`` as the variant ``Challenger`` beside the champion: answering a
+        ``weight`` share (0..1) of requests, or, with ``shadow``, scoring a copy of every request
+        without answering any. None removes the challenger. Returns the status; raises
+        DeploymentFailed (nothing changed) when the package is unhealthy or no champion serves."""
+
+    @abstractmethod
+    def promote(self, store: ObjectStore, on_log: Callable[[str], None] | None = None) -> EndpointHandle:
+        """Make the challenger the only variant (champion) without failing a request; raises
+        DeploymentFailed when there is no challenger."""
+
+    @abstractmethod
     def status(self) -> dict[str, Any] | None:
         """JSON-able status (at least url, package_version, healthy) or None when not deployed."""
 
@@ -394,27 +407,72 @@ class LocalEndpointDeployer(EndpointDeployer):
                     return
                 time.sleep(0.05)
 
-    def _swap(self, state: dict[str, Any], model_tar: Path, version: int, log: Callable[[str], None]) -> None:
+    def _admin_post(self, state: dict[str, Any], route: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """POST ``payload`` to the running server's ``/admin/<route>`` (swaps wait for every worker to load)."""
         try:
             token = self._token_file.read_text().strip()
         except OSError as exc:
             raise DeploymentFailed(f"cannot read the admin token {self._token_file} of the running server: {exc}; "
                                    f"stop the endpoint and deploy again.") from exc
+        try:
+            return _http_json(f"{state['url']}/admin/{route}", method="POST", payload=payload,
+                              headers={ADMIN_TOKEN_HEADER: token}, timeout=self.startup_timeout_seconds + 30)
+        except (OSError, urllib.error.URLError) as exc:
+            raise DeploymentFailed(f"{route} request to {state['url']} failed: {exc}") from exc
+
+    def _swap(self, state: dict[str, Any], model_tar: Path, version: int, log: Callable[[str], None]) -> None:
         log(f"asking the running server (pid {state['pid']}, v{state.get('package_version')}) to swap in "
             f"v{version}")
-        try:
-            status, body = _http_json(f"{state['url']}/admin/swap", method="POST",
-                                      payload={"model_tar": str(model_tar), "package_version": version},
-                                      headers={ADMIN_TOKEN_HEADER: token},
-                                      timeout=self.startup_timeout_seconds + 30)
-        except (OSError, urllib.error.URLError) as exc:
-            raise DeploymentFailed(f"swap request to {state['url']} failed: {exc}") from exc
+        status, body = self._admin_post(state, "swap", {"model_tar": str(model_tar), "package_version": version})
         if status == 409:
             raise DeploymentFailed(f"package v{version} rejected by the health check; v{body.get('serving_version')} "
                                    f"keeps serving. Reason: {body.get('error')}")
         if status != 200:
             raise DeploymentFailed(f"swap to package v{version} failed with HTTP {status}: {body.get('error', body)}")
         log(f"endpoint {self.endpoint_name} now serves v{version} at {state['url']}")
+
+    def _running_or_fail(self) -> dict[str, Any]:
+        running = self._running()
+        if running is None:
+            raise DeploymentFailed(f"endpoint {self.endpoint_name} is not running: deploy a champion first "
+                                   "(`dermaops deploy` or the deploy_job)")
+        return running[0]
+
+    def set_traffic(self, challenger: ModelPackage | None, store: ObjectStore, *, weight: float = 0.0,
+                    shadow: bool = False, on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        log = on_log or (lambda _msg: None)
+        private_dir(self._dir)
+        with open_private_append(self._dir / "deploy.lock") as lockfh:
+            fcntl.flock(lockfh, fcntl.LOCK_EX)  # one rollout at a time, across processes
+            state = self._running_or_fail()
+            payload: dict[str, Any] = {"challenger": None}
+            if challenger is not None:
+                model_tar = self._fetch_package(challenger, store, log)
+                payload = {"challenger": {"model_tar": str(model_tar), "package_version": challenger.version},
+                           "weight": float(weight), "shadow": bool(shadow)}
+            code, body = self._admin_post(state, "traffic", payload)
+            if code != 200:
+                raise DeploymentFailed(f"traffic change refused (HTTP {code}); nothing changed: "
+                                       f"{body.get('error', body)}")
+        served = (body.get("status") or {}).get("challenger")
+        log(f"endpoint {self.endpoint_name}: challenger {served if served else 'removed'}")
+        return body.get("status") or {}
+
+    def promote(self, store: ObjectStore, on_log: Callable[[str], None] | None = None) -> EndpointHandle:
+        log = on_log or (lambda _msg: None)
+        private_dir(self._dir)
+        with open_private_append(self._dir / "deploy.lock") as lockfh:
+            fcntl.flock(lockfh, fcntl.LOCK_EX)  # one rollout at a time, across processes
+            state = self._running_or_fail()
+            code, body = self._admin_post(state, "promote", {})
+            if code != 200:
+                raise DeploymentFailed(f"promotion refused (HTTP {code}): {body.get('error', body)}")
+        version = int(body["package_version"])
+        log(f"endpoint {self.endpoint_name}: challenger v{version} promoted; it is now the only variant")
+        status = body.get("status") or {}
+        return EndpointHandle(name=self.endpoint_name, url=state["url"], package_version=version,
+                              package_arn=None, model_uri=str(status.get("model_tar") or ""),
+                              capture_uri=self.capture_uri)
 
     # -- the interface ------------------------------------------------------------------
     def deploy(self, package: ModelPackage, store: ObjectStore,
@@ -444,7 +502,8 @@ class LocalEndpointDeployer(EndpointDeployer):
                 state, ping = running
                 previous = ping.get("package_version")
                 self._swap(state, model_tar, package.version, log)
-            self._prune_packages({package.version, *([int(previous)] if previous is not None else [])})
+            challenger = ((self.status() or {}).get("challenger") or {}).get("package_version")
+            self._prune_packages({package.version, *(int(v) for v in (previous, challenger) if v is not None)})
         return EndpointHandle(
             name=self.endpoint_name, url=state["url"], package_version=package.version,
             package_arn=package.arn or None, model_uri=package.model_uri,
@@ -469,7 +528,8 @@ class LocalEndpointDeployer(EndpointDeployer):
             out.update(healthy=bool(body.get("healthy")), package_version=body.get("package_version"),
                        model_loaded_at=body.get("model_loaded_at"), requests_served=body.get("requests_served"),
                        errors=body.get("errors"), swaps=body.get("swaps"), failed_swaps=body.get("failed_swaps"),
-                       last_swap_error=body.get("last_swap_error"), workers=body.get("workers"))
+                       last_swap_error=body.get("last_swap_error"), workers=body.get("workers"),
+                       challenger=body.get("challenger"))
         return out
 
     def stop(self) -> bool:

@@ -43,9 +43,12 @@ def iso(ts: float) -> str:
 
 def capture_record(*, body: bytes, content_type: str, response_text: str, event_id: str,
                    inference_id: str, inference_time: float, package_version: int,
-                   status: int = 200, latency_ms: float = 0.0) -> dict[str, Any]:
+                   status: int = 200, latency_ms: float = 0.0, variant: str = VARIANT) -> dict[str, Any]:
     """One line of SageMaker data capture, plus what SageMaker keeps in CloudWatch instead: the
-    package version, the HTTP status and the latency (``ml_code.monitoring.health`` reads them)."""
+    package version, the HTTP status and the latency (``ml_code.monitoring.health`` reads them),
+    and the variant that answered (``dermaopsVariant``: SageMaker puts it in the capture path,
+    the local endpoint keeps one path and says it here). A shadow answer is added by
+    :func:`add_shadow`."""
     return {
         "captureData": {
             "endpointInput": {
@@ -68,9 +71,24 @@ def capture_record(*, body: bytes, content_type: str, response_text: str, event_
             "modelPackageVersion": package_version,
             "dermaopsStatus": int(status),
             "dermaopsLatencyMs": round(float(latency_ms), 3),
+            "dermaopsVariant": variant,
         },
         "eventVersion": "0",
     }
+
+
+def add_shadow(record: dict[str, Any], *, variant: str, package_version: int, response_text: str,
+               status: int, latency_ms: float) -> dict[str, Any]:
+    """Put a shadow variant's answer to the same request into ``record`` (``eventMetadata.dermaopsShadow``,
+    shaped like ``endpointOutput`` plus its own version, status and latency): never returned to
+    the client, kept so ``ml_code.monitoring.challenger`` can compare both answers request by request."""
+    record["eventMetadata"]["dermaopsShadow"] = {
+        "variant": variant, "modelPackageVersion": package_version, "dermaopsStatus": int(status),
+        "dermaopsLatencyMs": round(float(latency_ms), 3),
+        "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT", "data": response_text,
+                           "encoding": "JSON"},
+    }
+    return record
 
 
 class PublishClock:

@@ -5,7 +5,8 @@ socket; any of them may receive ``/admin/swap`` or ``/admin/status``. They coord
 files in a 0700 folder the supervisor creates for its lifetime, because files survive a worker
 that crashes (a shared-memory lock or semaphore held by a dead process would not be released):
 
-``active.json``    the committed model, ``{"generation", "version", "model_tar"}``; every request
+``active.json``    the committed model, ``{"generation", "version", "model_tar", "challenger"}``
+                   (``challenger``: null, or ``{"version", "model_tar", "weight", "shadow"}``); every request
                    checks its ``stat`` (microseconds) and a worker whose model is older switches
                    to its staged candidate before answering;
 ``prepare.json``   a swap in progress: every worker loads and health-checks that package beside
@@ -78,12 +79,26 @@ class Counters:
 
 
 @dataclass(frozen=True)
+class ChallengerSpec:
+    """The second variant: ``weight`` is the share of requests it answers (0..1, weighted random per
+    request); with ``shadow`` it answers none, scores a copy of every request, and its answer is
+    only captured."""
+
+    version: int
+    model_tar: str
+    weight: float = 0.0
+    shadow: bool = False
+
+
+@dataclass(frozen=True)
 class Desired:
-    """A model the server should serve: ``generation`` counts swaps server-wide (1 = the first)."""
+    """What the server should serve: ``generation`` counts swaps server-wide (1 = the first);
+    ``version``/``model_tar`` are the champion's (variant ``AllTraffic``)."""
 
     generation: int
     version: int
     model_tar: str
+    challenger: ChallengerSpec | None = None
 
 
 def pid_alive(pid: int) -> bool:
@@ -136,8 +151,13 @@ class ControlDir:
     def _read_desired(path: Path) -> Desired | None:
         raw = _read_json(path)
         try:
-            return Desired(int(raw["generation"]), int(raw["version"]), str(raw["model_tar"])) if raw else None
-        except (KeyError, TypeError, ValueError):
+            if not raw:
+                return None
+            ch = raw.get("challenger")
+            challenger = None if not ch else ChallengerSpec(int(ch["version"]), str(ch["model_tar"]),
+                                                            float(ch.get("weight", 0.0)), bool(ch.get("shadow")))
+            return Desired(int(raw["generation"]), int(raw["version"]), str(raw["model_tar"]), challenger)
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
     def read_active(self) -> Desired | None:

@@ -3,9 +3,12 @@
 Why its own module: the HTTP layer (``ml_code.serving.app``) asks a :class:`ModelHolder` for a
 model per request and never touches packages itself, so a later change that serves two named
 variants (champion/challenger with traffic weights, or a shadow that is scored but not
-answered: issue 21) adds a holder per variant name and a routing choice in front of
-``acquire``, without another rewrite of the server. Today every worker has one holder, for
-SageMaker's single variant ``AllTraffic``.
+answered: issue 21) is a holder per variant name and a routing choice in front of
+``acquire``: every worker has a holder for the champion (SageMaker's variant name
+``AllTraffic``, so capture paths and deployment records stay where they were) and one for the
+``Challenger``. The two holders share one lock, because a promotion moves the challenger's
+loaded model into the champion's holder (no reload, no request refused) and its in-flight
+count must stay consistent whichever holder a request took it from.
 
 A swap never happens inside a request: a request acquires the active :class:`LoadedModel`
 (a reference count), finishes on it, and releases it; a retired model is deleted from disk
@@ -32,6 +35,8 @@ from ml_code.serving.transform import InferenceError, transform
 
 #: SageMaker's name for the one production variant of an endpoint (capture files go under it).
 VARIANT = "AllTraffic"
+#: The second variant of a champion/challenger endpoint (weighted traffic or shadow).
+CHALLENGER = "Challenger"
 
 
 @dataclass
@@ -122,19 +127,19 @@ def load_package(model_tar: str | os.PathLike, version: int, generation: int = 0
 
 
 class ModelHolder:
-    """The active model of one variant in one worker, plus at most one staged candidate.
+    """The active model of one variant in one worker.
 
-    A swap is two steps so that every worker of a server can switch at the same instant:
-    :meth:`stage` keeps a loaded, health-checked candidate beside the serving model (no
-    request sees it), :meth:`commit` makes it the active one. Requests in flight finish on
-    the model they acquired; the retired model is cleaned up when its count reaches zero.
+    A swap is two steps so that every worker of a server can switch at the same instant: the
+    worker loads and health-checks what it will serve beside what it serves (no request sees
+    it; ``ml_code.serving.app.Worker``), then :meth:`replace` / :meth:`install` make it the
+    active one. Requests in flight finish on the model they acquired; a retired model is
+    cleaned up when its count reaches zero.
     """
 
-    def __init__(self, variant: str = VARIANT) -> None:
+    def __init__(self, variant: str = VARIANT, lock: threading.RLock | None = None) -> None:
         self.variant = variant
         self.active: LoadedModel | None = None
-        self.candidate: LoadedModel | None = None
-        self._lock = threading.Lock()
+        self._lock = lock if lock is not None else threading.RLock()
 
     def acquire(self) -> LoadedModel | None:
         with self._lock:
@@ -152,47 +157,29 @@ class ModelHolder:
 
     def install(self, new: LoadedModel) -> LoadedModel | None:
         """Make ``new`` the active model; the old one is cleaned up once its last request ends."""
-        with self._lock:
-            old, self.active = self.active, new
-            if self.candidate is new:
-                self.candidate = None
-            done = False
-            if old is not None:
-                old.retired = True
-                done = old.inflight == 0
-        if old is not None and done:
-            old.cleanup()
+        old = self.replace(new)
+        if old is not None and old is not new:
+            self.retire(old)
         return old
 
-    def stage(self, candidate: LoadedModel) -> None:
-        """Keep ``candidate`` ready for :meth:`commit` (replacing an older, uncommitted one)."""
+    def replace(self, new: LoadedModel | None) -> LoadedModel | None:
+        """Make ``new`` (None: no model) the active one and return the old one WITHOUT retiring it:
+        the caller retires it, or keeps serving it from another holder (a promotion)."""
         with self._lock:
-            old, self.candidate = self.candidate, candidate
-        if old is not None and old is not candidate:
-            old.cleanup()
+            old, self.active = self.active, new
+        return old
 
-    def commit(self, generation: int) -> LoadedModel | None:
-        """Install the staged candidate if it was loaded for ``generation``; returns it (else None)."""
+    def retire(self, model: LoadedModel) -> None:
+        """``model`` serves no new request; it is cleaned up when its last one ends."""
         with self._lock:
-            candidate = self.candidate
-        if candidate is None or candidate.generation != generation:
-            return None
-        self.install(candidate)
-        return candidate
-
-    def discard_candidate(self, unless_generation: int | None = None) -> None:
-        """Drop the staged candidate (a swap that was called off), unless it belongs to ``unless_generation``."""
-        with self._lock:
-            old = self.candidate
-            if old is None or old.generation == unless_generation:
-                return
-            self.candidate = None
-        old.cleanup()
+            model.retired = True
+            done = model.inflight == 0
+        if done:
+            model.cleanup()
 
     def close(self) -> None:
-        """Clean up every model (shutdown: no request is in flight any more)."""
+        """Clean up the active model (shutdown: no request is in flight any more)."""
         with self._lock:
-            models = [m for m in (self.active, self.candidate) if m is not None]
-            self.active = self.candidate = None
-        for model in models:
+            model, self.active = self.active, None
+        if model is not None:
             model.cleanup()
