@@ -7,14 +7,14 @@ import dagster as dg
 
 from dermaops_resources.factory import build_resources
 
-from . import batch, deployment, evaluation, ingestion, labelling, monitoring, preprocessing, registry, training
+from . import batch, challenger, deployment, evaluation, ingestion, labelling, monitoring, preprocessing, registry, training
 from .checks import all_checks
 from .jobs import all_jobs
 from .schedules import all_schedules
 from .sensors import all_sensors
 
 stage_assets = dg.load_assets_from_modules(
-    [labelling, ingestion, preprocessing, training, evaluation, registry, deployment, monitoring, batch])
+    [labelling, ingestion, preprocessing, training, evaluation, registry, deployment, monitoring, challenger, batch])
 
 defs = dg.Definitions(
     assets=stage_assets,

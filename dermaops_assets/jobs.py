@@ -5,7 +5,8 @@
   new model's monitoring baseline; never deploys (deployment waits for approval). It starts by
   promoting newly labelled captures (``labelled_captures``), so every retrain learns from them.
 - ``deploy_job``: put the newest Approved package behind the endpoint.
-- ``monitoring_job``: read new captures, then drift and model-quality reports, and the labelling queue.
+- ``monitoring_job``: read new captures, then drift and model-quality reports, the labelling queue and
+  the champion/challenger report (which says "not enough data" while no challenger serves).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ deploy_job = dg.define_asset_job(
 
 monitoring_job = dg.define_asset_job(
     "monitoring_job", selection=dg.AssetSelection.assets("inference_log", "drift_report", "model_quality_report",
-                                                         "cost_report", "labelling_queue"),
-    description="Read new data capture, then drift, model-quality and cost reports (metrics + alarms), and the "
-    "queue of captured requests most worth a dermatologist's label.")
+                                                         "cost_report", "labelling_queue", "challenger_report"),
+    description="Read new data capture, then drift, model-quality and cost reports (metrics + alarms), the "
+    "queue of captured requests most worth a dermatologist's label, and the champion/challenger comparison.")
 
 all_jobs = [ingest_job, retrain_job, deploy_job, monitoring_job]

@@ -38,8 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--group", help="model package group (default DERMAOPS_MODEL_PACKAGE_GROUP)")
     reg.add_argument("--json", action="store_true", help="machine-readable list or history")
 
-    ep = sub.add_parser("endpoint", help="status or stop of the live endpoint")
-    ep.add_argument("action", choices=["status", "stop"])
+    ep = sub.add_parser("endpoint", help="status, stop, champion/challenger traffic and promotion of the live endpoint")
+    ep.add_argument("action", choices=["status", "stop", "traffic", "promote"],
+                    help="traffic: serve a challenger package beside the champion (--challenger N with --weight W or "
+                         "--shadow; --remove takes it away); promote: make the challenger the only variant")
+    ep.add_argument("--challenger", type=int, default=None, metavar="VERSION",
+                    help="registry version of the challenger package (traffic)")
+    ep.add_argument("--weight", type=float, default=None, help="share of requests the challenger answers, 0..1")
+    ep.add_argument("--shadow", action="store_true",
+                    help="the challenger scores a copy of every request; its answers are captured, never returned")
+    ep.add_argument("--remove", action="store_true", help="stop serving the challenger (traffic)")
 
     sub.add_parser("traffic", help="send images to an endpoint: a URL, or a SageMaker endpoint by name (real, "
                    "billed inference on AWS; see dermaops traffic --help)", add_help=False)
