@@ -30,6 +30,7 @@ from ..registry import ModelPackage
 from . import aws_client, is_not_found
 
 VARIANT = "AllTraffic"
+CHALLENGER = "Challenger"
 TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed")
 # Auto-rollback watches the endpoint-health alarms of the architecture's thresholds.
 ROLLBACK_ALARMS = tuple(a.name for a in ALARMS if a.metric in ("EndpointErrors", "EndpointLatencyMs"))
@@ -147,19 +148,9 @@ class SageMakerEndpointDeployer(EndpointDeployer):
         stamp = _stamp()
         base = f"{self.endpoint_name[:36]}-v{package.version}-{stamp}"
         model_name, config_name = base, f"{base}-cfg"
-        tags = [{"Key": "dermaops:package_version", "Value": str(package.version)},
-                {"Key": "dermaops:package_arn", "Value": package.arn or "-"},
-                {"Key": "dermaops:model_hash", "Value": package.model_hash[:64] or "-"}]
+        tags = self._package_tags(package)
 
-        model: dict[str, Any] = dict(ModelName=model_name, ExecutionRoleArn=self.role_arn, Tags=tags, PrimaryContainer={
-            "Image": self.inference_image(), "ModelDataUrl": package.model_uri,
-            "Environment": {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
-                            "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": self.region}})
-        if self.subnets:
-            model["VpcConfig"] = {"Subnets": list(self.subnets), "SecurityGroupIds": list(self.security_group_ids)}
-        if self.network_isolation:
-            model["EnableNetworkIsolation"] = True
-        sm.create_model(**model)
+        self._create_model(package, model_name, tags)
         capture: dict[str, Any] = {
             "EnableCapture": True, "InitialSamplingPercentage": self.capture_sampling_percent,
             "DestinationS3Uri": capture_uri,
@@ -241,6 +232,26 @@ class SageMakerEndpointDeployer(EndpointDeployer):
             variant=VARIANT, instance_count=int(variants[0].get("CurrentInstanceCount") or 1),
             min_instances=self.min_instances, max_instances=self.max_instances)
 
+    def _package_tags(self, package: ModelPackage) -> list[dict[str, str]]:
+        return [{"Key": "dermaops:package_version", "Value": str(package.version)},
+                {"Key": "dermaops:package_arn", "Value": package.arn or "-"},
+                {"Key": "dermaops:model_hash", "Value": package.model_hash[:64] or "-"}]
+
+    def _create_model(self, package: ModelPackage, model_name: str,
+                      tags: list[dict[str, str]] | None = None) -> str:
+        """CreateModel for ``package`` (the PyTorch inference image, in the VPC when configured)."""
+        model: dict[str, Any] = dict(ModelName=model_name, ExecutionRoleArn=self.role_arn,
+                                     Tags=tags or self._package_tags(package), PrimaryContainer={
+            "Image": self.inference_image(), "ModelDataUrl": package.model_uri,
+            "Environment": {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+                            "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": self.region}})
+        if self.subnets:
+            model["VpcConfig"] = {"Subnets": list(self.subnets), "SecurityGroupIds": list(self.security_group_ids)}
+        if self.network_isolation:
+            model["EnableNetworkIsolation"] = True
+        self.client().create_model(**model)
+        return model_name
+
     def deployment_config(self) -> dict[str, Any]:
         return {
             "BlueGreenUpdatePolicy": {
@@ -306,12 +317,127 @@ class SageMakerEndpointDeployer(EndpointDeployer):
             if not (is_not_found(exc) or "ObjectNotFound" in str(exc) or "No scalable target" in str(exc)):
                 raise
 
+    # -- champion / challenger (issue 21) ---------------------------------------------------
+    def _serving(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(endpoint, endpoint config) of the InService endpoint; DeploymentFailed otherwise."""
+        desc = self._describe()
+        if desc is None or desc["EndpointStatus"] != "InService":
+            raise DeploymentFailed(f"Endpoint {self.endpoint_name} is "
+                                   f"{desc['EndpointStatus'] if desc else 'not deployed'}: deploy a champion first.")
+        return desc, self.client().describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
+
+    def _variant_config(self, name: str, model_name: str, weight: float) -> dict[str, Any]:
+        return {"VariantName": name, "ModelName": model_name, "InitialInstanceCount": 1,
+                "InstanceType": self.instance_type, "InitialVariantWeight": float(weight)}
+
+    def _update_to(self, config: dict[str, Any], log: Callable[[str], None], blue_green: bool) -> dict[str, Any]:
+        """Create ``config`` (the serving one's capture and KMS settings) and update the endpoint to it."""
+        sm = self.client()
+        sm.create_endpoint_config(**config)
+        self._deregister_scaling()
+        kwargs: dict[str, Any] = {"EndpointName": self.endpoint_name, "EndpointConfigName": config["EndpointConfigName"]}
+        if blue_green:  # a promotion: the new fleet takes traffic only once healthy; the old serves until then
+            kwargs["DeploymentConfig"] = self.deployment_config()
+        try:
+            sm.update_endpoint(**kwargs)
+            desc = self._wait(log)
+        finally:
+            self._register_scaling_if_serving()
+        if desc["EndpointStatus"] != "InService" or desc["EndpointConfigName"] != config["EndpointConfigName"]:
+            raise DeploymentFailed(f"Update of {self.endpoint_name} to {config['EndpointConfigName']} failed "
+                                   f"({desc['EndpointStatus']}): {desc.get('FailureReason') or 'rolled back'}. "
+                                   f"Still serving {desc['EndpointConfigName']}.")
+        return desc
+
+    def _next_config(self, current: dict[str, Any], suffix: str, tags: list[dict[str, str]]) -> dict[str, Any]:
+        config: dict[str, Any] = {"EndpointConfigName": f"{self.endpoint_name[:36]}-{suffix}-{_stamp()}-cfg",
+                                  "Tags": tags, "DataCaptureConfig": current["DataCaptureConfig"]}
+        if current.get("KmsKeyId"):
+            config["KmsKeyId"] = current["KmsKeyId"]
+        return config
+
+    def set_traffic(self, challenger: ModelPackage | None, store: ObjectStore, *, weight: float = 0.0,
+                    shadow: bool = False, on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Weighted: production variants ``AllTraffic`` + ``Challenger`` (only the weights change,
+        with UpdateEndpointWeightsAndCapacities, when the same challenger already serves); shadow:
+        ``Challenger`` as a ShadowProductionVariant. Data capture covers every variant, each under
+        its own folder."""
+        log = on_log or (lambda line: None)
+        desc, current = self._serving()
+        variants = {v["VariantName"]: v for v in current["ProductionVariants"]}
+        tags = {t["Key"]: t["Value"] for t in self.client().list_tags(ResourceArn=current["EndpointConfigArn"])
+                .get("Tags", [])}
+        same = (challenger is not None and not shadow and CHALLENGER in variants
+                and tags.get("dermaops:challenger_version") == str(challenger.version))
+        if same:
+            log(f"endpoint {self.endpoint_name}: challenger weight -> {weight:.0%}")
+            self.client().update_endpoint_weights_and_capacities(EndpointName=self.endpoint_name, DesiredWeightsAndCapacities=[
+                {"VariantName": VARIANT, "DesiredWeight": 1.0 - weight},
+                {"VariantName": CHALLENGER, "DesiredWeight": float(weight)}])
+            self._wait(log)
+            return self.status() or {}
+        keep = [{"Key": k, "Value": v} for k, v in tags.items() if k.startswith("dermaops:") and "challenger" not in k]
+        champion = self._variant_config(VARIANT, variants[VARIANT]["ModelName"], 1.0)
+        if challenger is None:
+            config = {**self._next_config(current, "champion", keep), "ProductionVariants": [champion]}
+        else:
+            model_name = self._create_model(challenger, f"{self.endpoint_name[:30]}-chal-v{challenger.version}-{_stamp()}")
+            extra = [{"Key": "dermaops:challenger_version", "Value": str(challenger.version)},
+                     {"Key": "dermaops:challenger_shadow", "Value": str(bool(shadow)).lower()}]
+            config = self._next_config(current, f"cc-v{challenger.version}", keep + extra)
+            if shadow:
+                config["ProductionVariants"] = [champion]
+                config["ShadowProductionVariants"] = [self._variant_config(CHALLENGER, model_name, 1.0)]
+            else:
+                champion["InitialVariantWeight"] = 1.0 - weight
+                config["ProductionVariants"] = [champion, self._variant_config(CHALLENGER, model_name, weight)]
+        log(f"updating endpoint {self.endpoint_name} to {config['EndpointConfigName']}")
+        requested_at = time.time()
+        desc = self._update_to(config, log, blue_green=False)
+        if challenger is not None:
+            record_deployment(store, self.endpoint_name, CHALLENGER, version=challenger.version,
+                              endpoint_config=config["EndpointConfigName"], kind="update", requested_at=requested_at,
+                              finished_at=_finished_at(requested_at, desc), outcome="in_service")
+        return self.status() or {}
+
+    def promote(self, store: ObjectStore, on_log: Callable[[str], None] | None = None) -> EndpointHandle:
+        """All traffic to the challenger first (weights: no fleet changes), then a blue/green update to
+        a config whose only variant ``AllTraffic`` runs the challenger's model: no request fails."""
+        log = on_log or (lambda line: None)
+        desc, current = self._serving()
+        variants = {v["VariantName"]: v for v in current["ProductionVariants"]}
+        shadows = {v["VariantName"]: v for v in current.get("ShadowProductionVariants") or []}
+        chal = variants.get(CHALLENGER) or shadows.get(CHALLENGER)
+        if chal is None:
+            raise DeploymentFailed(f"endpoint {self.endpoint_name} has no challenger to promote "
+                                   "(`dermaops endpoint traffic --challenger N`)")
+        tags = {t["Key"]: t["Value"] for t in self.client().list_tags(ResourceArn=current["EndpointConfigArn"])
+                .get("Tags", [])}
+        version = int(tags.get("dermaops:challenger_version", -1))
+        if CHALLENGER in variants:
+            self.client().update_endpoint_weights_and_capacities(EndpointName=self.endpoint_name, DesiredWeightsAndCapacities=[
+                {"VariantName": VARIANT, "DesiredWeight": 0.0}, {"VariantName": CHALLENGER, "DesiredWeight": 1.0}])
+            self._wait(log)
+        config = {**self._next_config(current, f"v{version}", [{"Key": "dermaops:package_version",
+                                                                "Value": str(version)}]),
+                  "ProductionVariants": [self._variant_config(VARIANT, chal["ModelName"], 1.0)]}
+        requested_at = time.time()
+        desc = self._update_to(config, log, blue_green=True)
+        record_deployment(store, self.endpoint_name, VARIANT, version=version,
+                          endpoint_config=config["EndpointConfigName"], kind="update", requested_at=requested_at,
+                          finished_at=_finished_at(requested_at, desc), outcome="in_service")
+        log(f"endpoint {self.endpoint_name}: challenger v{version} promoted")
+        return EndpointHandle(name=self.endpoint_name, url=self.invocation_url, package_version=version,
+                              model_uri="", capture_uri=current["DataCaptureConfig"]["DestinationS3Uri"],
+                              variant=VARIANT, min_instances=self.min_instances, max_instances=self.max_instances)
+
     # -- status / stop --------------------------------------------------------------------
     def status(self) -> dict[str, Any] | None:
         desc = self._describe()
         if desc is None:
             return None
         version: int | None = None
+        tags: dict[str, str] = {}
         try:
             arn = self.client().describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])[
                 "EndpointConfigArn"]
@@ -320,7 +446,13 @@ class SageMakerEndpointDeployer(EndpointDeployer):
         except Exception:  # noqa: BLE001 - status is informative; a missing tag is not an outage
             pass
         variants = desc.get("ProductionVariants") or [{}]
+        challenger = None
+        if tags.get("dermaops:challenger_version"):
+            weights = {v.get("VariantName"): v.get("CurrentWeight") for v in variants}
+            challenger = {"variant": CHALLENGER, "package_version": int(tags["dermaops:challenger_version"]),
+                          "shadow": tags.get("dermaops:challenger_shadow") == "true", "weight": weights.get(CHALLENGER)}
         return {
+            "challenger": challenger,
             "name": self.endpoint_name, "url": self.invocation_url, "status": desc["EndpointStatus"],
             "healthy": desc["EndpointStatus"] == "InService", "package_version": version,
             "endpoint_config": desc["EndpointConfigName"],
