@@ -20,6 +20,7 @@ import base64
 import binascii
 import io
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -165,8 +166,9 @@ class VersionTimeline:
                 raise ValueError(f"deployment record entry {i} (v{version}) finished before it was requested")
             went_live = outcome == "in_service"
             if kind == "create":
-                if went_live:
-                    starts.append(requested), versions.append(version), configs.append(config)
+                if went_live:  # from the start of its second: SageMaker's inferenceTime has whole seconds,
+                    # and before a create nothing answers under this endpoint name
+                    starts.append(math.floor(requested)), versions.append(version), configs.append(config)
                     serving, serving_config = version, config
                 continue
             starts.append(requested), versions.append(UNKNOWN_VERSION), configs.append("")
