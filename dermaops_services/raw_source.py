@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
@@ -71,6 +72,7 @@ class RawSource:
         self.uri = uri.rstrip("/")
         self.is_s3 = uri.startswith("s3://")
         self.root_is_link = False
+        self._versions: dict[str, str] = {}  # S3: name -> size and ETag, from the listing
         if self.is_s3:
             import boto3
 
@@ -104,6 +106,7 @@ class RawSource:
             for page in pages:
                 for obj in page.get("Contents", []):
                     names.append(obj["Key"][len(folder):])
+                    self._versions[names[-1]] = f"s3:{obj.get('Size')}:{obj.get('ETag', '')}"
             return names
         names, links = [], []
         for folder, dirs, files in os.walk(self.root, followlinks=False):
@@ -145,6 +148,27 @@ class RawSource:
             if path.parent.as_posix() in IMAGE_DIRS and not path.name.startswith("."):
                 index.setdefault(path.stem, name)
         return index
+
+    def version(self, name: str) -> str | None:
+        """A cheap identity of the file's current bytes, without reading them: its size and ETag on
+        S3 (from the listing), its size, modification time (ns) and inode locally; None when it
+        cannot be told (not listed, a symbolic link on the way or at the end, not a regular file),
+        and the caller reads the bytes. Ingestion's memo skips reading and hashing a file whose
+        version an earlier run recorded: the rule ``rsync`` and ``make`` use (same size and mtime,
+        same bytes)."""
+        if self.is_s3:
+            self._keys  # noqa: B018 - the listing fills the versions
+            return self._versions.get(name)
+        parts = Path(name).parts
+        if any((self.root.joinpath(*parts[:i])).is_symlink() for i in range(1, len(parts))):
+            return None
+        try:
+            st = os.lstat(self.root / name)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return f"file:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
     def read(self, name: str) -> bytes:
         """The bytes of one file; ``NotFollowed`` for a symbolic link (checked on every folder
