@@ -19,7 +19,7 @@ the other in this process:
   that change split (ours must be 0).
 
 Near-duplicate grouping (phash within 16 bits) is not in the timed split: it is exhaustive
-pairwise (``near_duplicate_pairs``: about a minute at 100,000 images, quadratic), a separate
+pairwise (``near_duplicate_pairs``: a band index since issue 19 P1, no longer quadratic), a separate
 scaling problem. ``--quick`` uses 100,000 rows.
 """
 
