@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
+from dermaops_resources.object_store import local_version
 from ml_code.data.ingest import IMAGE_SUBDIRS, METADATA_FILE_NAMES
 
 # ml_code.data.ingest's image folders ("" = the dataset root), plus the ISIC Archive download's folder.
@@ -151,11 +152,11 @@ class RawSource:
 
     def version(self, name: str) -> str | None:
         """A cheap identity of the file's current bytes, without reading them: its size and ETag on
-        S3 (from the listing), its size, modification time (ns) and inode locally; None when it
+        S3 (from the listing), its size, times and inode locally; None when it
         cannot be told (not listed, a symbolic link on the way or at the end, not a regular file),
         and the caller reads the bytes. Ingestion's memo skips reading and hashing a file whose
-        version an earlier run recorded: the rule ``rsync`` and ``make`` use (same size and mtime,
-        same bytes)."""
+        version an earlier run recorded. Locally the object store's ``local_version`` (size, mtime,
+        ctime, inode): a rewrite in place changes the ctime even when a tool restores the mtime."""
         if self.is_s3:
             self._keys  # noqa: B018 - the listing fills the versions
             return self._versions.get(name)
@@ -168,7 +169,7 @@ class RawSource:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        return f"file:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        return f"file:{local_version(st)}"
 
     def read(self, name: str) -> bytes:
         """The bytes of one file; ``NotFollowed`` for a symbolic link (checked on every folder
