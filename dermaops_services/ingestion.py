@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -294,11 +294,35 @@ class _ImageChecker:
         with ThreadPoolExecutor(max_workers=max_workers) as pool:
             pending: deque = deque()
             for meta in records:
-                pending.append(pool.submit(self._one, meta))
+                # a file version the memo knows is answered here: a thread and a future per file cost
+                # more than the answer (a stat and a lookup), and 10,000 of them contend for the GIL
+                recalled = self._recalled(meta)
+                pending.append(recalled if recalled is not None else pool.submit(self._one, meta))
                 if len(pending) >= window:
-                    yield pending.popleft().result()
+                    yield _outcome(pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield _outcome(pending.popleft())
+
+    def _recalled(self, meta: dict) -> tuple[dict, ingest.ImageInfo, str] | None:
+        """The memo's answer for a row whose file version an earlier run read and accepted and whose
+        stored copy is still there, without reading the file; None otherwise (``_one`` reads it)."""
+        source = self.sources[int(meta["_source"])]
+        file_name = source.image_index.get(str(meta["image_id"]))
+        file_version = source.version(file_name) if file_name is not None else None
+        if not file_version:
+            return None
+        version_key = _version_key(source, file_name, file_version)
+        source_sha = self.versions.get(version_key)
+        known = self.memo.get(source_sha) if source_sha else None
+        if known is None or not self._in_store(known):
+            return None
+        meta.pop("_source")
+        with self._lock:
+            self.stats.remembered += 1
+            self.stats.unread += 1
+            self.seen[source_sha] = known
+            self.seen_versions[version_key] = source_sha
+        return meta, known, ""
 
     def _one(self, meta: dict) -> tuple[dict, ingest.ImageInfo | None, str]:
         image_id = str(meta["image_id"])
@@ -307,17 +331,8 @@ class _ImageChecker:
         if file_name is None:
             return meta, None, (f"no image file {image_id}.jpg/.jpeg/.png in the dataset (looked under "
                                 "images/ and the HAM10000 part folders); add the file or drop the row")
-        file_version = source.version(file_name)
+        file_version = source.version(file_name)  # recorded for the next run (``_recalled`` had no answer)
         version_key = _version_key(source, file_name, file_version) if file_version else None
-        source_sha = self.versions.get(version_key) if version_key else None
-        known = self.memo.get(source_sha) if source_sha else None
-        if known is not None and self._in_store(known):  # this very file version was read and accepted
-            with self._lock:
-                self.stats.remembered += 1
-                self.stats.unread += 1
-                self.seen[source_sha] = known
-                self.seen_versions[version_key] = source_sha
-            return meta, known, ""
         try:
             data = source.read(file_name)
         except NotFollowed as exc:
@@ -384,6 +399,11 @@ class _ImageChecker:
                 self.stats.already_stored += 1
             else:
                 self.stats.copied += 1
+
+
+def _outcome(pending: Future | tuple) -> tuple[dict, ingest.ImageInfo | None, str]:
+    """A checked row: a worker's future, or the memo's answer given at once."""
+    return pending.result() if isinstance(pending, Future) else pending
 
 
 def _folder_name(uri: str) -> str:

@@ -109,14 +109,28 @@ class RawSource:
                     names.append(obj["Key"][len(folder):])
                     self._versions[names[-1]] = f"s3:{obj.get('Size')}:{obj.get('ETag', '')}"
             return names
-        names, links = [], []
-        for folder, dirs, files in os.walk(self.root, followlinks=False):
-            rel = Path(folder).relative_to(self.root)
-            for d in dirs:
-                if os.path.islink(os.path.join(folder, d)):
-                    links.append((rel / d).as_posix())
-            names.extend((rel / f).as_posix() for f in files)  # files include links to files
-        self._links = {n for n in names if os.path.islink(self.root / n)} | set(links)
+        names: list[str] = []
+        links: set[str] = set()
+
+        def walk(folder: str, rel: str) -> None:
+            # os.walk's split (a link to a folder is a folder, not walked; a link to a file or a broken
+            # link is a file), with the link test from the directory entry: no lstat per file
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:  # an unreadable sub-folder is skipped, as os.walk does
+                return
+            for entry in entries:
+                name = f"{rel}{entry.name}"
+                if entry.is_symlink():
+                    links.add(name)
+                if entry.is_dir():
+                    if not entry.is_symlink():
+                        walk(entry.path, f"{name}/")
+                else:
+                    names.append(name)
+
+        walk(str(self.root), "")
+        self._links = links
         return sorted(names)
 
     @property
