@@ -18,9 +18,8 @@ the other in this process:
 - stability: on a frame of min(rows, 100,000) rows grown by a fifth, the share of old lesions
   that change split (ours must be 0).
 
-Near-duplicate grouping (phash within 16 bits) is not in the timed split: it is exhaustive
-pairwise (``near_duplicate_pairs``: about a minute at 100,000 images, quadratic), a separate
-scaling problem. ``--quick`` uses 100,000 rows.
+Near-duplicate grouping (phash within 16 bits) is not in the timed split (``near_duplicate_pairs``,
+a band index since issue 19 P1, no longer quadratic; timed in ``benchmarks/ingest_preprocess.py``). ``--quick`` uses 100,000 rows.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
                  model_baseline: BaselineHandle, live_endpoint: EndpointHandle, store: ObjectStore,
                  registry: ModelRegistry, metrics: MetricsPublisher,
                  notifier: Notifier) -> dg.Output[DriftReportHandle]:
-    from ml_code.monitoring.baseline import embed_and_predict, load_baseline, load_packaged_model
+    from ml_code.monitoring.baseline import embed_views, load_baseline, load_packaged_model
 
     baseline, matches = baseline_for_deployed_model(store, registry, live_endpoint, model_baseline, context.log)
     cursor = store.get_json_or(inference_log.cursor_uri, {"parts": 0})
@@ -184,7 +184,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
                 tar = local_copy(store, live_endpoint.model_uri, Path(scratch))
                 module, model = load_packaged_model(tar, Path(scratch) / "model")
                 if views.ndim == 4 and views.shape[1] == int(model.image_size) and len(views) >= 2:
-                    emb, _ = embed_and_predict(module, model, views)
+                    emb = embed_views(module, model, views)
                     mmd = mmd_test(base["embeddings"], emb, n_permutations=config.mmd_permutations)
                 if served.sum() >= t.min_requests:
                     pred = category_drift(base["prediction_distribution"],

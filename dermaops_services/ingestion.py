@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,9 @@ class IngestStats:
     """batch_ref of each landed batch skipped because the landing sensor has not yet seen it complete."""
     remembered: int = 0
     """Images not decoded again: an earlier run accepted the same bytes (the validation memo)."""
+    unread: int = 0
+    """Of those, images not even read and hashed: the file's version (``RawSource.version``) is the one
+    an earlier run read."""
 
 
 MIN_SALT_CHARS = 32
@@ -170,8 +173,8 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     good = pd.concat(frames, ignore_index=True)
 
     version = ingest.validation_version(limits)
-    memo = _load_memo(store, version)
-    checker = _ImageChecker(sources, store, limits, memo, stats)
+    memo, versions = _load_memo(store, version)
+    checker = _ImageChecker(sources, store, limits, memo, stats, versions)
     rows: list[dict] = []
     rejects: list[dict[str, str]] = []
     by_sha: dict[str, str] = {}
@@ -186,7 +189,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
         else:
             by_sha[info.sha256] = image_id
             rows.append(ingest.manifest_row(meta, info))
-    _save_memo(store, version, checker.seen)
+    _save_memo(store, version, checker.seen, checker.seen_versions)
     log(f"images: {checker.decoded} decoded and checked, {stats.remembered} known by content from an earlier "
         "run (not decoded again)")
 
@@ -213,23 +216,46 @@ accepted file of the latest run (:data:`MEMO_COLUMNS`)."""
 MEMO_COLUMNS = ("source_sha256", "format", "width", "height", "sha256", "extension", "phash")
 
 
-def _load_memo(store: ObjectStore, version: str) -> dict[str, ingest.ImageInfo]:
+VERSIONS_SUFFIX = ".versions.csv"
+"""Beside each memo, ``<validation_version>.versions.csv``: ``version_key,source_sha256`` of this run's
+accepted files, so a rerun can skip reading and hashing an unchanged file (``_version_key``)."""
+
+
+def _version_key(source: RawSource, name: str, version: str) -> str:
+    """The memo's key of one file's version: a hash, so the memo names no folder or file."""
+    return hashlib.sha256(f"{source.uri}\0{name}\0{version}".encode()).hexdigest()
+
+
+def _load_memo(store: ObjectStore, version: str) -> tuple[dict[str, ingest.ImageInfo], dict[str, str]]:
     """Accepted files of the last run, by the sha256 of their source bytes, for this validation
-    version; empty when there is none or it cannot be read (it is only a cache)."""
+    version, and the source sha256 of each file version it read; empty when there is none or it
+    cannot be read (it is only a cache)."""
     uri = store.uri("raw", f"{MEMO_PREFIX}/{version}.csv")
     try:
         if not store.exists(uri):
-            return {}
+            return {}, {}
         df = pd.read_csv(io.BytesIO(store.get_bytes(uri)), dtype=str, keep_default_na=False)
-        return {r.source_sha256: ingest.ImageInfo(format=r.format, width=int(r.width), height=int(r.height),
-                                                  sha256=r.sha256, extension=r.extension, phash=r.phash)
-                for r in df.itertuples(index=False)}
+        memo = {src: ingest.ImageInfo(format=f, width=int(w), height=int(h), sha256=sha, extension=ext, phash=ph)
+                for src, f, w, h, sha, ext, ph in zip(*(df[c] for c in MEMO_COLUMNS))}
     except (OSError, ValueError, KeyError, AttributeError, pd.errors.ParserError):
-        return {}
+        return {}, {}
+    try:
+        vdf = pd.read_csv(io.BytesIO(store.get_bytes(store.uri("raw", f"{MEMO_PREFIX}/{version}{VERSIONS_SUFFIX}"))),
+                          dtype=str, keep_default_na=False)
+        versions = dict(zip(vdf["version_key"], vdf["source_sha256"]))
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        versions = {}
+    return memo, {k: v for k, v in versions.items() if v in memo}
 
 
-def _save_memo(store: ObjectStore, version: str, seen: dict[str, ingest.ImageInfo]) -> None:
-    """Publish this run's accepted files as the memo for ``version`` (replacing the last one)."""
+def _save_memo(store: ObjectStore, version: str, seen: dict[str, ingest.ImageInfo],
+               seen_versions: dict[str, str] | None = None) -> None:
+    """Publish this run's accepted files as the memo for ``version`` (replacing the last one), the
+    file versions first: a versions file never names a source hash its memo lacks for long, and
+    ``_load_memo`` drops any that it does."""
+    versions = pd.DataFrame(sorted((k, v) for k, v in (seen_versions or {}).items() if v in seen),
+                            columns=["version_key", "source_sha256"])
+    store.put_bytes("raw", f"{MEMO_PREFIX}/{version}{VERSIONS_SUFFIX}", _csv(versions))
     df = pd.DataFrame([(src, i.format, i.width, i.height, i.sha256, i.extension, i.phash)
                        for src, i in sorted(seen.items())], columns=list(MEMO_COLUMNS))
     store.put_bytes("raw", f"{MEMO_PREFIX}/{version}.csv", _csv(df))
@@ -249,12 +275,16 @@ class _ImageChecker:
     that version."""
 
     def __init__(self, sources: list[RawSource], store: ObjectStore, limits: ingest.ImageLimits,
-                 memo: dict[str, ingest.ImageInfo], stats: IngestStats):
+                 memo: dict[str, ingest.ImageInfo], stats: IngestStats, versions: dict[str, str] | None = None):
         self.sources, self.store, self.limits, self.memo, self.stats = sources, store, limits, memo, stats
+        self.versions = versions or {}
         self.seen: dict[str, ingest.ImageInfo] = {}
         """source sha256 -> accepted info, of this run: the next run's memo."""
+        self.seen_versions: dict[str, str] = {}
+        """``_version_key`` -> source sha256 of this run's accepted files: the next run's versions."""
         self.decoded = 0
         self._claimed: set[str] = set()
+        self._stored_keys: set[str] | None = None
         self._lock = threading.Lock()
 
     def check(self, records: Iterable[dict], max_workers: int = 8,
@@ -264,11 +294,35 @@ class _ImageChecker:
         with ThreadPoolExecutor(max_workers=max_workers) as pool:
             pending: deque = deque()
             for meta in records:
-                pending.append(pool.submit(self._one, meta))
+                # a file version the memo knows is answered here: a thread and a future per file cost
+                # more than the answer (a stat and a lookup), and 10,000 of them contend for the GIL
+                recalled = self._recalled(meta)
+                pending.append(recalled if recalled is not None else pool.submit(self._one, meta))
                 if len(pending) >= window:
-                    yield pending.popleft().result()
+                    yield _outcome(pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield _outcome(pending.popleft())
+
+    def _recalled(self, meta: dict) -> tuple[dict, ingest.ImageInfo, str] | None:
+        """The memo's answer for a row whose file version an earlier run read and accepted and whose
+        stored copy is still there, without reading the file; None otherwise (``_one`` reads it)."""
+        source = self.sources[int(meta["_source"])]
+        file_name = source.image_index.get(str(meta["image_id"]))
+        file_version = source.version(file_name) if file_name is not None else None
+        if not file_version:
+            return None
+        version_key = _version_key(source, file_name, file_version)
+        source_sha = self.versions.get(version_key)
+        known = self.memo.get(source_sha) if source_sha else None
+        if known is None or not self._in_store(known):
+            return None
+        meta.pop("_source")
+        with self._lock:
+            self.stats.remembered += 1
+            self.stats.unread += 1
+            self.seen[source_sha] = known
+            self.seen_versions[version_key] = source_sha
+        return meta, known, ""
 
     def _one(self, meta: dict) -> tuple[dict, ingest.ImageInfo | None, str]:
         image_id = str(meta["image_id"])
@@ -277,6 +331,8 @@ class _ImageChecker:
         if file_name is None:
             return meta, None, (f"no image file {image_id}.jpg/.jpeg/.png in the dataset (looked under "
                                 "images/ and the HAM10000 part folders); add the file or drop the row")
+        file_version = source.version(file_name)  # recorded for the next run (``_recalled`` had no answer)
+        version_key = _version_key(source, file_name, file_version) if file_version else None
         try:
             data = source.read(file_name)
         except NotFollowed as exc:
@@ -287,6 +343,8 @@ class _ImageChecker:
             with self._lock:
                 self.stats.remembered += 1
                 self.seen[source_sha] = known
+                if version_key:
+                    self.seen_versions[version_key] = source_sha
             return meta, known, ""
         try:
             info = ingest.inspect_image(data, Path(file_name).name, self.limits)
@@ -300,6 +358,8 @@ class _ImageChecker:
         self._store(info, data)
         with self._lock:
             self.seen[source_sha] = info
+            if version_key:
+                self.seen_versions[version_key] = source_sha
         return meta, info, ""
 
     def _claim(self, sha256: str) -> bool:
@@ -309,9 +369,18 @@ class _ImageChecker:
             self._claimed.add(sha256)
         return first
 
+    def _stored(self) -> set[str]:
+        """Keys under ``raw/images/`` from one listing, made on the first remembered file: a rerun over
+        10,000 remembered files asked the store 10,000 times (a third of a millisecond each locally,
+        a HEAD request each on S3)."""
+        with self._lock:
+            if self._stored_keys is None:
+                self._stored_keys = {obj.key for obj in self.store.list(self.store.uri("raw", "images"))}
+            return self._stored_keys
+
     def _in_store(self, info: ingest.ImageInfo) -> bool:
         """Whether the stored copy of a remembered file is still in the store (counted once)."""
-        exists = self.store.exists(self.store.uri("raw", f"images/{info.image_key}"))
+        exists = f"images/{info.image_key}" in self._stored()
         if exists and self._claim(info.sha256):
             with self._lock:
                 self.stats.already_stored += 1
@@ -330,6 +399,11 @@ class _ImageChecker:
                 self.stats.already_stored += 1
             else:
                 self.stats.copied += 1
+
+
+def _outcome(pending: Future | tuple) -> tuple[dict, ingest.ImageInfo | None, str]:
+    """A checked row: a worker's future, or the memo's answer given at once."""
+    return pending.result() if isinstance(pending, Future) else pending
 
 
 def _folder_name(uri: str) -> str:

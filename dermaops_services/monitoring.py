@@ -139,7 +139,7 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
     def write_part() -> None:
         rows = validate_rows(pd.concat(frames, ignore_index=True))
         name = f"{LOG_PREFIX}/parts/{out.parts:08d}"
-        store.put_bytes("logs", f"{name}.npy", views_to_npy_bytes(np.concatenate(views)))
+        store.put_bytes("logs", f"{name}.npy", views_to_npy_bytes(views))
         store.put_bytes("logs", f"{name}.parquet", rows_to_parquet_bytes(rows))
         out.parts += 1
         out.new_rows += len(rows)
@@ -153,11 +153,16 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
             skipped[reason] = skipped.get(reason, 0) + int(n)
         if not len(parsed.rows):
             continue
-        ids = parsed.rows["inference_id"]
-        dup = (ids.duplicated() | ids.isin(seen)).to_numpy()
+        # One set lookup per id: ``Series.isin(seen)`` converts the whole set on every file, which made a
+        # 100,000-request run quadratic (benchmarks/monitoring_volume.py).
+        dup = np.zeros(len(parsed.rows), dtype=bool)
+        for i, inference_id in enumerate(parsed.rows["inference_id"].tolist()):
+            if inference_id in seen:
+                dup[i] = True
+            else:
+                seen.add(inference_id)
         if dup.any():
             skipped["duplicate_inference_id"] = skipped.get("duplicate_inference_id", 0) + int(dup.sum())
-        seen.update(ids[~dup])
         frames.append(parsed.rows[~dup])
         views.append(parsed.views[~dup])
         if sum(len(f) for f in frames) >= part_rows:

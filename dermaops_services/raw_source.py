@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
+from dermaops_resources.object_store import local_version
 from ml_code.data.ingest import IMAGE_SUBDIRS, METADATA_FILE_NAMES
 
 # ml_code.data.ingest's image folders ("" = the dataset root), plus the ISIC Archive download's folder.
@@ -71,6 +73,7 @@ class RawSource:
         self.uri = uri.rstrip("/")
         self.is_s3 = uri.startswith("s3://")
         self.root_is_link = False
+        self._versions: dict[str, str] = {}  # S3: name -> size and ETag, from the listing
         if self.is_s3:
             import boto3
 
@@ -104,15 +107,30 @@ class RawSource:
             for page in pages:
                 for obj in page.get("Contents", []):
                     names.append(obj["Key"][len(folder):])
+                    self._versions[names[-1]] = f"s3:{obj.get('Size')}:{obj.get('ETag', '')}"
             return names
-        names, links = [], []
-        for folder, dirs, files in os.walk(self.root, followlinks=False):
-            rel = Path(folder).relative_to(self.root)
-            for d in dirs:
-                if os.path.islink(os.path.join(folder, d)):
-                    links.append((rel / d).as_posix())
-            names.extend((rel / f).as_posix() for f in files)  # files include links to files
-        self._links = {n for n in names if os.path.islink(self.root / n)} | set(links)
+        names: list[str] = []
+        links: set[str] = set()
+
+        def walk(folder: str, rel: str) -> None:
+            # os.walk's split (a link to a folder is a folder, not walked; a link to a file or a broken
+            # link is a file), with the link test from the directory entry: no lstat per file
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:  # an unreadable sub-folder is skipped, as os.walk does
+                return
+            for entry in entries:
+                name = f"{rel}{entry.name}"
+                if entry.is_symlink():
+                    links.add(name)
+                if entry.is_dir():
+                    if not entry.is_symlink():
+                        walk(entry.path, f"{name}/")
+                else:
+                    names.append(name)
+
+        walk(str(self.root), "")
+        self._links = links
         return sorted(names)
 
     @property
@@ -145,6 +163,27 @@ class RawSource:
             if path.parent.as_posix() in IMAGE_DIRS and not path.name.startswith("."):
                 index.setdefault(path.stem, name)
         return index
+
+    def version(self, name: str) -> str | None:
+        """A cheap identity of the file's current bytes, without reading them: its size and ETag on
+        S3 (from the listing), its size, times and inode locally; None when it
+        cannot be told (not listed, a symbolic link on the way or at the end, not a regular file),
+        and the caller reads the bytes. Ingestion's memo skips reading and hashing a file whose
+        version an earlier run recorded. Locally the object store's ``local_version`` (size, mtime,
+        ctime, inode): a rewrite in place changes the ctime even when a tool restores the mtime."""
+        if self.is_s3:
+            self._keys  # noqa: B018 - the listing fills the versions
+            return self._versions.get(name)
+        parts = Path(name).parts
+        if any((self.root.joinpath(*parts[:i])).is_symlink() for i in range(1, len(parts))):
+            return None
+        try:
+            st = os.lstat(self.root / name)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return f"file:{local_version(st)}"
 
     def read(self, name: str) -> bytes:
         """The bytes of one file; ``NotFollowed`` for a symbolic link (checked on every folder

@@ -68,6 +68,20 @@ def load_packaged_model(model_tar: str | Path, workdir: str | Path) -> tuple[Any
     return package.api, package.model
 
 
+def embed_views(module: Any, model: Any, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Embeddings (N, D) float32 of uint8 NHWC model-view images: what the drift monitor compares.
+
+    Only the penultimate layer, so one forward pass a batch (``embed_and_predict`` runs the served
+    prediction too, twice the work, whose probabilities the monitor does not use); batches of 32
+    keep the network's activations near 100 MB (64: 180 MB), so a drift run with the CUDA build of torch
+    imported stays under 1 GB (benchmarks/monitoring_volume.py). The same values as
+    ``embed_and_predict``'s embeddings (tests/ml_code/test_embed_views.py)."""
+    embs = [np.asarray(module.embed_fn(module.preprocess_array(np.ascontiguousarray(images[i:i + batch]), model),
+                                       model), dtype=np.float32)
+            for i in range(0, len(images), batch)]
+    return np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
+
+
 def embed_and_predict(module: Any, model: Any, images: np.ndarray,
                       batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (N, D), probabilities (N, C)) for uint8 NHWC model-view images."""

@@ -48,7 +48,7 @@ def parse_file(data: bytes, image_size: int, model_version: int,
     lines = data.splitlines()
     batch = parse_lines(lines, image_size=image_size, keep_images=True, model_version=model_version,
                         timeline=timeline)
-    views = (np.stack(batch.images) if batch.images
+    views = (batch.images if isinstance(batch.images, np.ndarray)
              else np.zeros((0, image_size, image_size, 3), np.uint8))
     return ParsedFile(batch.rows, views, dict(batch.skipped), health_events(lines))
 

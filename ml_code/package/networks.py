@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from .efficientnet_lite import ARCH_NAMES as LITE_ARCHS
@@ -214,6 +213,10 @@ def build_network(arch: str, num_classes: int, small_input: bool = False) -> nn.
         return DermaNetD4(num_classes)
     if arch in LITE_ARCHS:
         return build_efficientnet_lite(arch.removeprefix("efficientnet_"), num_classes)
+    # torchvision only here: importing it pulls in sympy and triton (160 MB resident), which a
+    # DermaNet package (and the drift monitor embedding with one) never needs
+    import torchvision
+
     net = getattr(torchvision.models, arch)(weights=None)
     if arch.startswith("resnet"):
         if small_input:

@@ -61,3 +61,27 @@ def test_mixed_sizes_keep_input_order() -> None:
 def test_bad_input_is_explained(bad: np.ndarray, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         batch_features(bad)
+
+
+def _textbook(img: np.ndarray) -> dict[str, float]:
+    """The module docstring's formulas, in float64, one image, no vectorisation tricks."""
+    rgb = img.astype(np.float64) / 255.0
+    lum = rgb @ np.array([0.299, 0.587, 0.114])
+    cmax, cmin = rgb.max(axis=2), rgb.min(axis=2)
+    sat = np.where(cmax > 0, (cmax - cmin) / np.where(cmax > 0, cmax, 1.0), 0.0)
+    lap = lum[:-2, 1:-1] + lum[2:, 1:-1] + lum[1:-1, :-2] + lum[1:-1, 2:] - 4.0 * lum[1:-1, 1:-1]
+    out = {"brightness": lum.mean(), "contrast": lum.std(), "saturation_mean": sat.mean(), "sharpness": lap.var()}
+    for c, name in enumerate(("red", "green", "blue")):
+        out[f"{name}_mean"], out[f"{name}_std"] = rgb[..., c].mean(), rgb[..., c].std()
+    return out
+
+
+def test_vectorised_features_match_the_textbook_formulas() -> None:
+    """The chunked float32 code (uint8 max/min for saturation, planar reductions) is within 1e-5
+    relative of float64 formulas on lesion-like and on random images (entropy is checked above)."""
+    rng = np.random.default_rng(5)
+    imgs = np.concatenate([lesion_images(6, 48, seed=9), rng.integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)])
+    got = batch_features(imgs, chunk=4)
+    for i, img in enumerate(imgs):
+        for name, value in _textbook(img).items():
+            assert got.iloc[i][name] == pytest.approx(value, rel=1e-5, abs=1e-7), (i, name)

@@ -373,3 +373,19 @@ def test_refusal_is_a_value_error_with_reason() -> None:
     with pytest.raises(ValueError) as err:
         image_policy.decode_square(b"", SIZE)
     assert isinstance(err.value, ImageRefused) and str(err.value) == err.value.reason
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_decode_square_with_facts_is_decode_square_and_probe(case_id: str) -> None:
+    """The monitor's one-open decode gives the same pixels, facts and refusal as the two calls it replaces."""
+    data = CASES[case_id].build()
+    try:
+        expected = image_policy.decode_square(data, SIZE), image_policy.probe(data)
+    except ImageRefused as exc:
+        with pytest.raises(ImageRefused) as err:
+            image_policy.decode_square_with_facts(data, SIZE)
+        assert err.value.reason == exc.reason
+        return
+    view, facts = image_policy.decode_square_with_facts(data, SIZE)
+    np.testing.assert_array_equal(view, expected[0])
+    assert facts == expected[1]

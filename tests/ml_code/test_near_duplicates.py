@@ -143,3 +143,24 @@ def test_leakage_check_reports_near_duplicates_across_splits() -> None:
     problems = check_no_leakage(df)
     assert len(problems) == 1 and "ISIC_0 and ISIC_dup" in problems[0] and "['test', 'train']" in problems[0]
     assert near_duplicate_leaks(df.drop(columns="phash")) == []  # manifests from before hashing: nothing to check
+
+
+def test_the_band_index_finds_exactly_the_exhaustive_pairs() -> None:
+    """The pigeonhole index against the exhaustive comparison: clustered hashes (a few bits flipped
+    from common ancestors, like dermoscopy pictures that share a layout), a run of identical
+    hashes, every threshold the index serves and those that fall back (bands under MIN_BAND_BITS)."""
+    rng = np.random.default_rng(11)
+    ancestors = nd.to_words(_random_hashes(12, seed=5))
+    words = ancestors[rng.integers(0, 12, 700)].copy()
+    for row in words:  # flip 0-40 random bits of each copy
+        for bit in rng.choice(256, int(rng.integers(0, 41)), replace=False):
+            row[bit // 64] ^= np.uint64(1) << np.uint64(bit % 64)
+    words[600:640] = words[600]  # 40 identical hashes: one long run in every band
+    for threshold in (0, 1, 3, 4, 9, 16, 20, 24, 25, 40):
+        got = nd.near_duplicate_pairs(words, threshold)
+        np.testing.assert_array_equal(got, nd._all_pairs(words, threshold), err_msg=f"threshold {threshold}")
+    assert len(nd.near_duplicate_pairs(words, 16)) > 40 * 39 // 2  # the run and the clusters are found
+    assert nd.to_words(["AB" * 32]).tolist() == nd.to_words(["ab" * 32]).tolist()
+    for bad in ("ab" * 31 + "  ", "ab" * 31 + "zz", "ab" * 33):
+        with pytest.raises(ValueError, match="not 64 hex digits"):
+            nd.to_words([bad])

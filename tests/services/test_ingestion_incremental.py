@@ -122,3 +122,38 @@ def test_the_memo_is_only_a_cache(demo: Path, tmp_path: Path) -> None:
     store.put_bytes("raw", f"{ingestion.MEMO_PREFIX}/{ingest.validation_version()}.csv", b"\x00garbage,\n1")
     again, stats = ingest_dataset(str(demo), store, SALT)  # unreadable memo: decode everything, no error
     assert again.manifest_hash == handle.manifest_hash and stats.remembered == 0
+
+
+def test_an_unchanged_file_is_not_read_again_and_a_changed_one_is(demo: Path, tmp_path: Path, monkeypatch) -> None:
+    """A rerun reads and hashes only files whose size/mtime/inode (the file version) changed; a file
+    rewritten with other bytes is read, decoded and stored again, and the manifest is the one a run
+    without any memory writes."""
+    dataset = tmp_path / "drop"
+    shutil.copytree(demo, dataset)
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    first, _ = ingest_dataset(str(dataset), store, SALT)
+    reads: list[str] = []
+    real_read = RawSource.read
+    monkeypatch.setattr(RawSource, "read", lambda self, name: reads.append(name) or real_read(self, name))
+    again, stats = ingest_dataset(str(dataset), store, SALT)
+    assert [r for r in reads if not r.endswith(".csv")] == [] and stats.unread == first.num_images
+    assert again.manifest_hash == first.manifest_hash
+
+    meta = pd.read_csv(dataset / "HAM10000_metadata.csv", dtype=str)
+    changed = dataset / "images" / f"{meta['image_id'].iloc[0]}.jpg"
+    other = dataset / "images" / f"{meta['image_id'].iloc[-1]}.jpg"
+    shutil.copyfile(other, tmp_path / "other.jpg")
+    from PIL import Image
+
+    Image.open(tmp_path / "other.jpg").rotate(90).save(changed, quality=90)  # new bytes under the old name
+    reads.clear()
+    third, stats = ingest_dataset(str(dataset), store, SALT)
+    assert [r for r in reads if not r.endswith(".csv")] == [f"images/{changed.name}"]
+    assert stats.unread == first.num_images - 1
+    fresh, _ = ingest_dataset(str(dataset), LocalObjectStore(root=str(tmp_path / "fresh")), SALT)
+    assert third.manifest_hash == fresh.manifest_hash != first.manifest_hash
+
+    changed.unlink()
+    changed.symlink_to(other)  # a link where a remembered file was: refused as before, never followed
+    fourth, _ = ingest_dataset(str(dataset), store, SALT)
+    assert fourth.num_images == first.num_images - 1

@@ -117,3 +117,23 @@ def test_feature_code_gives_the_drift_figures_of_the_code_it_replaced(shift: boo
                         for f in feature_drift(b, c, t, edges=edges, features=names)])
     assert figures[0] == figures[1]
     assert any(d for *_, d in figures[1]) == shift
+
+
+def test_a_request_captured_twice_is_logged_once_and_counted(tmp_path: Path) -> None:
+    """A capture line repeated within a file and in a later file (a retried upload) keeps its first row
+    and counts the others as ``duplicate_inference_id``, with the images still aligned to the rows."""
+    store, prefix = _store_with_captures(tmp_path / "a", 75)
+    files = list(store.list(prefix))
+    first, last = (Path(f.uri[len("file://"):]) for f in (files[0], files[-1]))
+    lines = first.read_bytes().splitlines()
+    first.write_bytes(b"\n".join([*lines, lines[3]]) + b"\n")  # twice within the first file
+    last.write_bytes(last.read_bytes() + lines[7] + b"\n" + lines[3] + b"\n")  # and in the last one
+    out = append_captures(store, list(store.list(prefix)), SIZE, 1, 0, workers=1)
+    assert out.new_rows == 75 and out.skipped == {"duplicate_inference_id": 3}
+    rows, views = _read(store, out.parts)
+    assert rows["inference_id"].is_unique and len(views) == 75
+    clean, clean_prefix = _store_with_captures(tmp_path / "b", 75)
+    expected = append_captures(clean, list(clean.list(clean_prefix)), SIZE, 1, 0, workers=1)
+    rows_clean, views_clean = _read(clean, expected.parts)
+    pd.testing.assert_frame_equal(rows, rows_clean)
+    np.testing.assert_array_equal(views, views_clean)
