@@ -15,11 +15,24 @@ from pydantic import BaseModel
 from .object_store import ObjectStore
 
 
+def handle_key(asset_key: dg.AssetKey) -> str:
+    """Models-bucket key of an asset's stored handle: ``handles/<asset path>.json``."""
+    return "handles/" + "/".join(asset_key.path) + ".json"
+
+
+def store_handle(store: ObjectStore, asset_key: dg.AssetKey, handle: BaseModel) -> str:
+    """Store ``handle`` as the asset's current one (what downstream assets load); returns its URI.
+    Also used outside a run by ``dermaops endpoint promote``, which changes what ``live_endpoint`` serves."""
+    cls = type(handle)
+    payload = {"type": f"{cls.__module__}:{cls.__qualname__}", "handle": json.loads(handle.model_dump_json())}
+    return store.put_json("models", handle_key(asset_key), payload)
+
+
 class HandleIOManager(dg.ConfigurableIOManager):
     store: ObjectStore
 
     def _key(self, asset_key: dg.AssetKey) -> str:
-        return "handles/" + "/".join(asset_key.path) + ".json"
+        return handle_key(asset_key)
 
     def handle_output(self, context: dg.OutputContext, obj: BaseModel | None) -> None:
         if obj is None:
@@ -29,9 +42,7 @@ class HandleIOManager(dg.ConfigurableIOManager):
                 f"Asset {context.asset_key.to_user_string()} returned {type(obj).__name__}; DermaOps assets "
                 "return a pydantic handle (dermaops_resources.handles) and keep bytes in the object store."
             )
-        cls = type(obj)
-        payload = {"type": f"{cls.__module__}:{cls.__qualname__}", "handle": json.loads(obj.model_dump_json())}
-        self.store.put_json("models", self._key(context.asset_key), payload)
+        store_handle(self.store, context.asset_key, obj)
 
     def load_input(self, context: dg.InputContext) -> BaseModel:
         key = context.upstream_output.asset_key if context.upstream_output else context.asset_key
