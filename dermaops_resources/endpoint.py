@@ -30,6 +30,7 @@ from pydantic import Field
 
 from ml_code.atomic import atomic_path, write_text_atomic
 from ml_code.serving.access import ADMIN_TOKEN_HEADER, is_loopback
+from ml_code.serving.control import pid_alive
 
 from .handles import EndpointHandle
 from .object_store import (
@@ -132,18 +133,8 @@ def _pid_alive(pid: int) -> bool:
         if done == pid:
             return False
     except ChildProcessError:
-        pass  # not our child: fine, ask the kernel below
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie someone else has not reaped yet is dead for our purposes
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+        pass  # not our child: fine, ask the kernel (the workers' own check)
+    return pid_alive(pid)
 
 
 def _is_our_server(pid: int) -> bool:
