@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from dermaops_resources.settings import REPO_ROOT
+from dermaops_resources.settings import REPO_ROOT, child_environment
 
 from .common import resources, settings
 
@@ -56,7 +55,7 @@ def _promote(res: dict) -> int:
     handle = deployer.promote(store, on_log=print)
     handle = handle.model_copy(update={"model_uri": package.model_uri, "package_arn": package.arn or None})
     uri = store_handle(store, dg.AssetKey("live_endpoint"), handle)
-    home = os.environ.get("DAGSTER_HOME") or str(REPO_ROOT / ".dagster_home")
+    home = child_environment().get("DAGSTER_HOME") or str(REPO_ROOT / ".dagster_home")
     if Path(home).is_dir():  # the instance the UI and the sensors use
         with dg.DagsterInstance.from_config(home) as instance:
             instance.report_runless_asset_event(dg.AssetMaterialization(
