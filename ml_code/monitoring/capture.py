@@ -22,7 +22,7 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import datetime
@@ -295,6 +295,22 @@ def _envelope(line: str) -> tuple[dict, dict, dict, pd.Timestamp] | str:
     return inp, out, meta, when
 
 
+def capture_envelopes(lines: Iterable[str | bytes], skipped: Counter | None = None
+                      ) -> Iterator[tuple[dict, dict, dict, pd.Timestamp]]:
+    """(endpointInput, endpointOutput, eventMetadata, inference time) of each readable capture
+    line; blank lines are passed over, unreadable ones counted in ``skipped`` by reason."""
+    for raw in lines:
+        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if not line.strip():
+            continue
+        envelope = _envelope(line)
+        if isinstance(envelope, str):
+            if skipped is not None:
+                skipped[envelope] += 1
+            continue
+        yield envelope
+
+
 def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
                 keep_images: bool = False, model_version: int = -1,
                 timeline: VersionTimeline | None = None) -> CaptureBatch:
@@ -313,15 +329,7 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
     records: list[dict[str, Any]] = []
     views: list[np.ndarray] = []
     requests: list[CapturedRequest] = []
-    for raw in lines:
-        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        if not line.strip():
-            continue
-        envelope = _envelope(line)
-        if isinstance(envelope, str):
-            skipped[envelope] += 1
-            continue
-        inp, out, meta, when = envelope
+    for inp, out, meta, when in capture_envelopes(lines, skipped):
         try:
             status, predicted, probs, ood_score, in_distribution = _parse_output(out)
         except (ValueError, TypeError, binascii.Error):

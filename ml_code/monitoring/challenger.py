@@ -41,7 +41,7 @@ from sklearn.metrics import balanced_accuracy_score, recall_score
 
 from ml_code.metrics import bootstrap_ci
 
-from .capture import _envelope, _parse_output
+from .capture import _parse_output, capture_envelopes
 
 CHAMPION = "AllTraffic"
 CHALLENGER = "Challenger"
@@ -72,14 +72,7 @@ def variant_rows(lines: Iterable[str | bytes], path_variant: str = CHAMPION, pat
     (``dermaopsModelLatencyMs``, else the request latency), NaN for SageMaker. Lines that are
     not readable or not answers (errors, refused requests) are left out."""
     rows: list[dict[str, Any]] = []
-    for raw in lines:
-        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        if not line.strip():
-            continue
-        envelope = _envelope(line)
-        if isinstance(envelope, str):
-            continue
-        _inp, out, meta, when = envelope
+    for _inp, out, meta, when in capture_envelopes(lines):
         row = _row(meta, out, when, str(meta.get("dermaopsVariant") or path_variant), path_is_shadow,
                    meta.get("dermaopsModelLatencyMs", meta.get("dermaopsLatencyMs")), meta.get("modelPackageVersion"))
         if row is not None:
