@@ -6,6 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from dermaops_resources.factory import build_resources
+from dermaops_resources.settings import Settings
 
 from . import batch, challenger, deployment, evaluation, ingestion, labelling, monitoring, preprocessing, registry, training
 from .checks import all_checks
@@ -13,6 +14,26 @@ from .jobs import all_jobs
 from .schedules import all_schedules
 from .sensors import all_sensors
 
+
+
+def step_executor(settings: Settings) -> dg.ExecutorDefinition:
+    """How a run starts its steps (``DERMAOPS_STEP_PROCESSES``).
+
+    Why not Dagster's default: it spawns a fresh interpreter per step, and each one imports
+    dagster, this package, scikit-learn and pandas again (3-5 s on two cores) before doing
+    a step's work, which in the demo is often a second. ``forkserver`` keeps a process per
+    step (the step's own logs, retries, isolation from a crashing step, concurrency) but
+    forks it from a server that imported ``dermaops_assets`` once per run
+    (benchmarks/pipeline_overhead.py measures both). ``in_process`` runs every step in the run's
+    process, for a debugger."""
+    if settings.step_processes == "in_process":
+        return dg.in_process_executor
+    start = {"forkserver": {"preload_modules": ["dermaops_assets"]}} if settings.step_processes == "forkserver" \
+        else {"spawn": {}}
+    return dg.multiprocess_executor.configured({"start_method": start}, name=f"multiprocess_{settings.step_processes}")
+
+
+_settings = Settings.from_env()
 stage_assets = dg.load_assets_from_modules(
     [labelling, ingestion, preprocessing, training, evaluation, registry, deployment, monitoring, challenger, batch])
 
@@ -22,5 +43,6 @@ defs = dg.Definitions(
     jobs=all_jobs,
     schedules=all_schedules,
     sensors=all_sensors,
-    resources=build_resources(),
+    resources=build_resources(_settings),
+    executor=step_executor(_settings),
 )

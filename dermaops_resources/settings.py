@@ -21,6 +21,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 BUCKETS = ("raw", "processed", "models", "logs")
 TRUE_WORDS = ("1", "true", "yes", "on")
+STEP_PROCESSES = ("forkserver", "spawn", "in_process")
+"""Values of DERMAOPS_STEP_PROCESSES (see ``dermaops_assets.definitions.step_executor``)."""
 
 #: field -> (environment variable, default as text; "" = unset). Defaults that depend on
 #: other settings (paths under DERMAOPS_HOME, bucket names) are filled in by from_env.
@@ -53,6 +55,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "endpoint_max_inflight": ("DERMAOPS_ENDPOINT_MAX_INFLIGHT", "8"),
     "endpoint_workers": ("DERMAOPS_ENDPOINT_WORKERS", "0"),
     "serve_log_level": ("DERMAOPS_SERVE_LOG_LEVEL", "INFO"),
+    "step_processes": ("DERMAOPS_STEP_PROCESSES", "forkserver"),
     "train_recipe": ("DERMAOPS_TRAIN_RECIPE", ""),
     "auto_approve": ("DERMAOPS_AUTO_APPROVE", "false"),
     "retrain_cooldown_hours": ("DERMAOPS_RETRAIN_COOLDOWN_HOURS", "24"),
@@ -115,6 +118,9 @@ class Settings(dg.ConfigurableResource):
     endpoint_workers: int = Field(default=0, ge=0, description="worker processes of the local endpoint; "
                                                                "0 = one per core")
     serve_log_level: str = "INFO"
+    step_processes: str = Field(default="forkserver", description="how a run starts its steps: forkserver (a "
+                                "process per step, forked from one that imported the platform once), spawn "
+                                "(a fresh interpreter per step) or in_process (one process, for debugging)")
     train_recipe: str = Field(default="", description="recipe of training runs whose config names none "
                                                       "(sensor, schedule and CLI retrains)")
     auto_approve: bool = False
@@ -152,6 +158,10 @@ class Settings(dg.ConfigurableResource):
         values["labels_uri"] = raw["labels_uri"] or str(home / "labels-landing")
         values["buckets"] = {b: _read(env, var, f"{raw['bucket_prefix']}-{b}") for b, var in BUCKET_ENV_VARS.items()}
         values["region"] = next((env[v].strip() for v in REGION_ENV_VARS if env.get(v, "").strip()), "us-east-1")
+        values["step_processes"] = raw["step_processes"].lower()
+        if values["step_processes"] not in STEP_PROCESSES:
+            raise ValueError(f"DERMAOPS_STEP_PROCESSES={raw['step_processes']!r} is not a way to start steps; set it "
+                             f"to one of {', '.join(STEP_PROCESSES)} (default forkserver).")
         for field in ("use_spot", "auto_approve", "network_isolation"):
             values[field] = raw[field].lower() in TRUE_WORDS
         numbers = {"endpoint_port": int, "endpoint_max_inflight": int, "endpoint_workers": int, "landing_max_batch": int,

@@ -127,6 +127,30 @@ def test_whole_graph_to_live_endpoint(deployed: Deployment) -> None:
     assert raw["num_images"] > 0 and raw["num_quarantined"] == 0
 
 
+def test_each_step_ran_in_its_own_process_with_its_own_logs(deployed: Deployment) -> None:
+    """The default executor (DERMAOPS_STEP_PROCESSES=forkserver) keeps what Dagster's spawn executor
+    gives a user: every step in a process of its own (not the run's), started by the executor, and
+    each step's stdout/stderr captured where the UI shows it."""
+    import dagster as dg
+    from dagster._core.events import DagsterEventType as T
+
+    instance = dg.DagsterInstance.from_config(str(deployed.dagster_home))
+    run = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))[-1]  # the "*" run
+    events = [e for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
+    run_pid = next(e.dagster_event.pid for e in events if e.dagster_event.event_type == T.RUN_START)
+    started = {e.dagster_event.step_key: e.dagster_event.pid for e in events
+               if e.dagster_event.event_type == T.STEP_START}
+    launched = {e.dagster_event.step_key for e in events if e.dagster_event.event_type == T.STEP_WORKER_STARTING}
+    assert {"raw_images", "processed_splits", "trained_model", "live_endpoint"} <= set(started)
+    assert set(started) <= launched, "a step ran without the executor starting a process for it"
+    assert run_pid not in started.values() and len(set(started.values())) == len(started)
+    captured = [e.dagster_event.logs_captured_data for e in events if e.dagster_event.event_type == T.LOGS_CAPTURED]
+    raw_log = next(c for c in captured if "raw_images" in c.step_keys)
+    data = instance.compute_log_manager.get_log_data([run.run_id, "compute_logs", raw_log.file_key])
+    text = (data.stdout or b"").decode() + (data.stderr or b"").decode()
+    assert "raw_images" in text, text[:2000]
+
+
 def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> None:
     """Held-out traffic of the training distribution: no drift. A different acquisition (contrast-
     stretched): drift, and the drift sensor asks for a retraining run tagged with its reason.

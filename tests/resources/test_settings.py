@@ -67,6 +67,8 @@ def test_a_malformed_number_names_the_variable():
         Settings.from_env({"DERMAOPS_RETRAIN_COOLDOWN_HOURS": "a day"})
     with pytest.raises(ValueError, match="DERMAOPS_BACKEND"):
         Settings.from_env({"DERMAOPS_BACKEND": "gcp"})
+    with pytest.raises(ValueError, match="DERMAOPS_STEP_PROCESSES='threads'.*forkserver, spawn, in_process"):
+        Settings.from_env({"DERMAOPS_STEP_PROCESSES": "threads"})
 
 
 def test_settings_is_the_settings_resource():
