@@ -92,7 +92,7 @@ def model_baseline(context: dg.AssetExecutionContext, trained_model: TrainedMode
 class InferenceLogConfig(dg.Config):
     max_files_per_run: int = 2000
     part_rows: int = PART_ROWS  # rows per log part: bounds the run's memory
-    parse_workers: int = 0  # capture-parsing processes; 0: every CPU for a large backlog, else in-process
+    parse_workers: int = 0  # capture-parsing processes; 0: in-process, or every CPU for a large backlog to decode
 
 
 @dg.asset(group_name="monitoring", kinds={"s3", "pandas"},

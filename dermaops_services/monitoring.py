@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ import pandas as pd
 from ml_code.monitoring.capture import (
     POINTER_COLUMNS, VersionTimeline, capture_line_views, rows_to_parquet_bytes, validate_rows,
 )
-from ml_code.monitoring.capture_reader import PARALLEL_MIN_BYTES, default_workers, parse_files
+from ml_code.monitoring.capture_reader import PARALLEL_MIN_BYTES, ParsedFile, default_workers, parse_files
 from ml_code.monitoring.casemix import CASE_MIX_COLUMNS
 
 from dermaops_resources.handles import EndpointHandle
@@ -130,14 +131,15 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
     its capture file and its line number. Parts are cut at file boundaries once
     ``part_rows`` rows are buffered, so the same files always give the same parts: a run that
     crashed before its cursor was written rewrites the same part numbers when repeated.
-    ``workers``: parsing processes (``ml_code.monitoring.capture_reader``); None uses every
-    CPU when the files hold at least ``PARALLEL_MIN_BYTES``, else this process.
+    ``workers``: parsing processes (``ml_code.monitoring.capture_reader``); None: this process,
+    unless the first file's answers lacked image features (captures of older packages, whose
+    images must be decoded) and the rest hold at least ``PARALLEL_MIN_BYTES``, then every CPU.
+    Reading today's captures costs about 0.09 ms a request in one process, less than starting
+    workers and shipping them the bytes (benchmarks/monitoring_volume.py).
     ``skipped`` (reason -> count) is added to and returned. ``timeline``: the endpoint variant's
     deployment record, which says which package answered SageMaker's lines (they name none);
     without one (local lines carry their version, or no record was kept) ``model_version``."""
     skipped = dict(skipped or {})
-    if workers is None:
-        workers = default_workers() if sum(f.size for f in files) >= PARALLEL_MIN_BYTES else 1
     seen: set[str] = set()
     frames: list[pd.DataFrame] = []
     out = LogAppend(0, int(first_part), skipped)
@@ -149,8 +151,7 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
         out.new_rows += len(rows)
         frames.clear()
 
-    for parsed in parse_files(((f.uri, store.get_bytes(f.uri)) for f in files), image_size, model_version,
-                              workers, timeline):
+    for parsed in _parsed_files(store, files, image_size, model_version, workers, timeline):
         out.health.append(parsed.health)
         out.decoded += parsed.decoded
         for reason, n in parsed.skipped.items():
@@ -173,6 +174,24 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
     if sum(len(f) for f in frames):
         write_part()
     return out
+
+
+def _parsed_files(store: ObjectStore, files: list[StoredObject], image_size: int, model_version: int,
+                  workers: int | None, timeline: VersionTimeline | None) -> Iterator[ParsedFile]:
+    """``parse_files`` of ``files`` read from the store, in order, on ``workers`` processes (None: see
+    ``append_captures``)."""
+    def blobs(chunk: list[StoredObject]) -> Iterator[tuple[str, bytes]]:
+        return ((f.uri, store.get_bytes(f.uri)) for f in chunk)
+
+    if workers is not None or not files:
+        yield from parse_files(blobs(files), image_size, model_version, workers or 1, timeline)
+        return
+    head = next(parse_files(blobs(files[:1]), image_size, model_version, 1, timeline))
+    yield head
+    decoding = head.decoded * 2 > len(head.rows)  # most answers lack image_features: an older package
+    rest = files[1:]
+    parallel = decoding and sum(f.size for f in rest) >= PARALLEL_MIN_BYTES
+    yield from parse_files(blobs(rest), image_size, model_version, default_workers() if parallel else 1, timeline)
 
 
 def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int | None = None,

@@ -6,8 +6,9 @@ them, other writers); that decode is most of a run's cost when it happens, and i
 file. So files can be parsed in worker processes (``spawn``: the Dagster run process has threads,
 and forking one is unsafe), at most ``2 * workers`` files in flight so memory stays bounded by a few
 files, and results come back in file order, so the log is the same whatever the number of workers.
-Small batches (the hourly incremental case) are parsed in this process: starting workers costs
-about a second.
+Captures that carry their features, and small batches (the hourly incremental case), are parsed in
+this process: starting workers costs about a second each, and shipping them the bytes more than
+reading the answers does.
 
 No Dagster, no object store here: the caller reads the bytes and writes the parts.
 """
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .capture import VersionTimeline, parse_lines
-from .health import health_events
+from .health import health_from_metadata
 
 PARALLEL_MIN_BYTES = 32 << 20
-"""Below this many capture bytes in a run, files are parsed in-process (about 6,000 requests)."""
+"""Below this many bytes of captures whose images must be decoded (about 6,000 requests), files are
+parsed in-process: starting workers costs more than it saves."""
 
 
 @dataclass
@@ -46,10 +48,10 @@ def parse_file(source: str, data: bytes, image_size: int, model_version: int,
     """``parse_lines`` and ``health_events`` of one capture file's bytes (JSONL); ``source`` is the
     file's URI, kept with each row's line number. ``timeline``: which package a SageMaker line
     without a version was answered by (see ``parse_lines``)."""
-    lines = data.splitlines()
-    batch = parse_lines(lines, image_size=image_size, model_version=model_version, timeline=timeline,
-                        source=source)
-    return ParsedFile(batch.rows, dict(batch.skipped), health_events(lines), batch.decoded)
+    metas: list[dict] = []  # each line's eventMetadata, parsed once for the rows and the health events
+    batch = parse_lines(data.splitlines(), image_size=image_size, model_version=model_version, timeline=timeline,
+                        source=source, metadata=metas)
+    return ParsedFile(batch.rows, dict(batch.skipped), health_from_metadata(metas), batch.decoded)
 
 
 def default_workers() -> int:

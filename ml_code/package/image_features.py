@@ -150,20 +150,20 @@ def answer_features(view: np.ndarray, size: tuple[int, int]) -> dict[str, float]
     return out
 
 
+_PIXEL_COUNT = len(PIXEL_FEATURES)
+
+
 def valid_answer_features(value: object) -> dict[str, float] | None:
     """An answer's ``"image_features"`` as ``{name: float}`` when it holds every one of
     :data:`ANSWER_FEATURES` as a finite number within the features' range (pixel features >= 0,
     width and height > 0), else None (an older package, another writer, or a tampered line: the
-    monitor then decodes the image itself)."""
+    monitor then decodes the image itself). Called once per captured request, so it checks types
+    with ``type(...) in`` over one list rather than per-name ``isinstance`` calls."""
     if not isinstance(value, dict):
         return None
-    out: dict[str, float] = {}
-    for name in ANSWER_FEATURES:
-        v = value.get(name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return None
-        v = float(v)
-        if v < 0.0 or (v == 0.0 and name in ("width", "height")):
-            return None
-        out[name] = v
-    return out
+    values = [value.get(name) for name in ANSWER_FEATURES]
+    if not all(type(v) in (float, int) for v in values):  # bool and None and str are not numbers here
+        return None
+    if not all(map(math.isfinite, values)) or min(values[:_PIXEL_COUNT]) < 0 or min(values[_PIXEL_COUNT:]) <= 0:
+        return None
+    return dict(zip(ANSWER_FEATURES, map(float, values)))

@@ -100,5 +100,18 @@ def write_captures(folder: Path, bodies: list[bytes], n_records: int, per_file: 
     return paths
 
 
+def solid_capture(store, key: str, values: list[int], side: int = 4) -> str:
+    """A capture file at ``key`` (logs bucket) of one request per value: a ``side`` px PNG of that
+    grey level, so a decoded model view says which line it came from. Returns the file's URI."""
+    lines = []
+    for i, value in enumerate(values):
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (value,) * 3).save(buf, format="PNG")
+        lines.append(json.dumps(capture_record(
+            body=buf.getvalue(), content_type="image/png", response_text=json.dumps({"predicted_class": "nv"}),
+            event_id=f"e{value}", inference_id=f"i{value}", inference_time=1.7e9 + i, package_version=1)))
+    return store.put_bytes("logs", key, ("\n".join(lines) + "\n").encode())
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
