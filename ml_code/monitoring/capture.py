@@ -433,6 +433,16 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
     }
     if image_size is None:
         return CaptureBatch(rows=_frame(data, n), skipped=skipped)
+    stacked, decoded = _add_feature_columns(data, answered, views, contexts, image_size)
+    return CaptureBatch(rows=_frame(data, n), skipped=skipped, images=stacked if keep_images else [],
+                        decoded=decoded)
+
+
+def _add_feature_columns(data: dict[str, Any], answered: list[dict[str, float]], views: list[np.ndarray],
+                         contexts: list[dict[str, Any]], image_size: int) -> tuple[np.ndarray, int]:
+    """Put the image features, geometry and case mix of the rows into ``data``: pixel features from the
+    answers, or (rows whose ``answered`` holds the geometry alone) computed from ``views``, the model
+    views decoded here in row order. Returns (those views stacked, how many rows they are)."""
     # the views decoded here are all (image_size, image_size, 3): one stack, features of the batch at once
     stacked = np.stack(views) if views else np.zeros((0, image_size, image_size, 3), np.uint8)
     decoded = np.array([len(f) == 2 for f in answered], dtype=bool)
@@ -451,8 +461,7 @@ def parse_lines(lines: Iterable[str | bytes], image_size: int | None = None,
                          [c.get("site") for c in contexts])
     for name in CASE_MIX_COLUMNS:
         data[name] = mix[name].to_numpy()
-    return CaptureBatch(rows=_frame(data, n), skipped=skipped, images=stacked if keep_images else [],
-                        decoded=int(decoded.sum()))
+    return stacked, int(decoded.sum())
 
 
 def _frame(data: dict[str, Any], n: int) -> pd.DataFrame:
