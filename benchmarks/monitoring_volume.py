@@ -7,7 +7,8 @@ layout (``CaptureWriter`` keys, ``capture_record`` lines, 100 requests a file, 1
 bodies, spread over the last 20 hours; each answer carries the ``image_features`` the served
 handlers compute, as today's endpoint writes them) for a 96 px model (the ``ham10000`` recipe's
 size; a tiny untrained network, so the model's own cost does not hide the monitor's) with its
-baseline, then runs, each in a fresh process (``dg.materialize``, as a run does), timed
+baseline (and times what ``image_features`` adds to each served request), then runs, each in a
+fresh process (``dg.materialize``, as a run does), timed
 around the materialization and with its peak memory (the process plus its largest worker) and
 its CPU seconds (the process and its workers: the machine may be shared, wall time alone can
 mislead):
@@ -137,6 +138,19 @@ def _stage(root: Path, stage: str) -> dict:
     return out
 
 
+def _endpoint_feature_ms(size: int, n: int = 200) -> float:
+    """Milliseconds the served handlers spend per request on ``image_features`` (one view of ``size`` px)."""
+    import numpy as np
+
+    from ml_code.package.image_features import answer_features
+
+    views = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    t0 = time.perf_counter()
+    for view in views:
+        answer_features(view, (600, 450))
+    return (time.perf_counter() - t0) / n * 1e3
+
+
 def _baseline_rate(root: Path, records: int) -> float:
     """Seconds per request of the previous path: every request's image decoded to its model view and
     the features computed from it (``parse_lines`` with ``keep_images``, as ``capture_reader.parse_file``
@@ -205,7 +219,8 @@ def _in_child(root: Path, stage: str, records: int, sample: int) -> dict:
     if stage == "world":
         t0 = time.perf_counter()
         _world(root, records)
-        return {"seconds": time.perf_counter() - t0, "per_request": _baseline_rate(root, sample)}
+        return {"seconds": time.perf_counter() - t0, "per_request": _baseline_rate(root, sample),
+                "endpoint_ms": {size: _endpoint_feature_ms(size) for size in (SIZE, 224)}}
     if stage == "incremental":  # 1,000 more requests land after the first run
         from tests.support.monitoring_world import utc_now, write_captures
 
@@ -250,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({incremental['peak_mb']:.0f} MB peak)")
     print(f"drift_report over the log: {drift['seconds']:.2f}s, {drift['cpu_s']:.1f} CPU s, "
           f"{drift.get('n_requests')} requests judged, status {drift.get('status')} ({drift['peak_mb']:.0f} MB peak)")
+    print("the endpoint's cost of image_features per request: " + ", ".join(
+        f"{ms:.2f} ms at {size} px" for size, ms in world["endpoint_ms"].items()))
     print(f"previous path (decode every request): {per_request * 1e3:.2f} ms a request on {sample} requests "
           f"-> {per_request * records:.1f}s for {records}")
     scale = records / 100_000  # the absolute targets are for 100,000 records

@@ -142,8 +142,8 @@ def answer_features(view: np.ndarray, size: tuple[int, int]) -> dict[str, float]
     image as sent, :func:`sent_size`). Floats are the float32 figures widened exactly, so a JSON
     round trip gives the monitor the very values its own decode would compute.
 
-    Cost: about 0.3 ms per request at 96 px (11 reductions over one view), next to tens of
-    milliseconds for the forward pass."""
+    Cost: about 0.2-0.3 ms per request at 96 px, 0.7-1.3 ms at 224 px (benchmarks/monitoring_volume.py prints
+    it), next to tens of milliseconds for the forward pass; it saves the monitor a decode per request."""
     feats = pixel_features(view, chunk=1)
     out = {name: float(values[0]) for name, values in feats.items()}
     out["width"], out["height"] = float(size[0]), float(size[1])

@@ -60,7 +60,8 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
     features of the model view it was decoded to, and its size as sent (``image_features`` on the
     result, a list of one ``{name: float}``, :func:`image_features.answer_features`): the
     monitor reads them from the capture instead of decoding every captured image again. They
-    cost about 0.3 ms a request (benchmarks/monitoring_volume.py), next to the forward pass.
+    cost about 0.2-0.3 ms a request at 96 px, 0.7-1.3 ms at 224 px (benchmarks/monitoring_volume.py), next
+    to the forward pass.
     """
     features: list[dict[str, np.ndarray]] | None = [] if getattr(model, "ood", None) is not None else None
     monitored: list[dict[str, float]] | None = None

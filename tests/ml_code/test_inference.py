@@ -283,7 +283,8 @@ def test_the_answer_carries_the_monitors_features_of_the_view_the_network_was_fe
     body = json.loads(inference.output_fn(inference.predict_fn(inference.input_fn(buf.getvalue(), "image/jpeg"),
                                                                served), "application/json"))
     expected = batch_features(model_view(buf.getvalue(), SIZE))
-    assert [body["image_features"][name] for name in PIXEL_FEATURES] == expected[list(PIXEL_FEATURES)].iloc[0].tolist()
+    answered = [body["image_features"][name] for name in PIXEL_FEATURES]
+    assert answered == expected[list(PIXEL_FEATURES)].iloc[0].tolist()
     assert (body["image_features"]["width"], body["image_features"]["height"]) == (200.0, 150.0)
     # batch scoring of arrays (evaluation, baselines) is not a served request: no features computed
     arrays = inference.predict_fn(np.zeros((2, SIZE, SIZE, 3), np.uint8), served)
