@@ -4,20 +4,26 @@
 
 Writes ``--records`` capture lines (default 100,000; ``--quick`` 2,000) in the local endpoint's
 layout (``CaptureWriter`` keys, ``capture_record`` lines, 100 requests a file, 128x96 JPEG
-bodies, spread over the last 20 hours) for a 96 px model (the ``ham10000`` recipe's size; a
-tiny untrained network, so the model's own cost does not hide the monitor's) with its
-baseline, then runs, each in a fresh process (``dg.materialize``, as a run does), timed
-around the materialization and with its peak memory (the process plus its largest worker):
+bodies, spread over the last 20 hours; each answer carries the ``image_features`` the served
+handlers compute, as today's endpoint writes them) for a 96 px model (the ``ham10000`` recipe's
+size; a tiny untrained network, so the model's own cost does not hide the monitor's) with its
+baseline (and times what ``image_features`` adds to each served request), then runs, each in a
+fresh process (``dg.materialize``, as a run does), timed
+around the materialization and with its peak memory (the process plus its largest worker) and
+its CPU seconds (the process and its workers: the machine may be shared, wall time alone can
+mislead):
 
 1. ``inference_log`` over every record (the first run after a backlog);
 2. ``inference_log`` again after 1,000 more records landed (the hourly incremental run);
 3. ``drift_report`` (defaults: the last 24 hours, the newest 500 requests, MMD with 1,999
-   permutations) over the log of all of them.
+   permutations) over the log of all of them; it decodes those 500 requests' capture lines for
+   the embeddings (the log keeps no images).
 
 Baseline in the same run: the full re-read, i.e. run 1, which is what reading every capture
-file again costs (the incremental run's ratio), and the previous per-request path measured
-on a sample (``--baseline-records``): capture files parsed one after another in-process with
-the old feature code (interleaved float32 reductions; ``_old_features``) - its rate, scaled to
+file again costs (the incremental run's ratio), and the previous path, which decoded every
+request's image to compute its features, measured on a sample (``--baseline-records``): capture
+files parsed one after another in-process by ``parse_lines(..., keep_images=True)`` (the decode
+path, which older captures without ``image_features`` still take) - its rate, scaled to
 ``--records``, against run 1.
 """
 
@@ -82,7 +88,8 @@ def _world(root: Path, records: int) -> None:
                                                          "handle": handle.model_dump()})
     bodies = jpeg_bodies(lesion_images(64, SIZE, seed=30), BODY_W, BODY_H)
     (root / "bodies.json").write_text(json.dumps([b.hex() for b in bodies]))
-    write_captures(_capture_dir(root), bodies, records, PER_FILE, utc_now() - timedelta(hours=20), 19 * 3600)
+    write_captures(_capture_dir(root), bodies, records, PER_FILE, utc_now() - timedelta(hours=20), 19 * 3600,
+                   image_size=SIZE)
 
 
 def _capture_dir(root: Path) -> Path:
@@ -124,59 +131,39 @@ def _stage(root: Path, stage: str) -> dict:
     out = {"seconds": seconds}
     for event in result.get_asset_materialization_events():
         md = event.materialization.metadata
-        for key in ("num_new_records", "total", "files_read", "n_requests", "drift_score", "status"):
+        for key in ("num_new_records", "total", "files_read", "n_requests", "drift_score", "status",
+                    "requests_decoded"):
             if key in md:
                 out[key] = md[key].value
     return out
 
 
-def _old_features(images):
-    """The feature code before issue 19 (interleaved float32 reductions over 256-image chunks), for the
-    baseline's per-request cost; ``ml_code.monitoring.features`` as it was."""
+def _endpoint_feature_ms(size: int, n: int = 200) -> float:
+    """Milliseconds the served handlers spend per request on ``image_features`` (one view of ``size`` px)."""
     import numpy as np
 
-    from ml_code.monitoring import features as F
+    from ml_code.package.image_features import answer_features
 
-    out = {k: [] for k in F.PIXEL_FEATURES}
-    for i in range(0, len(images), 256):
-        rgb = images[i:i + 256].astype(np.float32) / 255.0
-        n = rgb.shape[0]
-        lum = rgb @ F._LUMA
-        flat_rgb, flat_lum = rgb.reshape(n, -1, 3), lum.reshape(n, -1)
-        cmax, cmin = flat_rgb.max(axis=2), flat_rgb.min(axis=2)
-        sat = np.where(cmax > 0, (cmax - cmin) / np.maximum(cmax, 1e-12), 0.0)
-        lap = (lum[:, :-2, 1:-1] + lum[:, 2:, 1:-1] + lum[:, 1:-1, :-2] + lum[:, 1:-1, 2:] - 4.0 * lum[:, 1:-1, 1:-1])
-        means, stds = flat_rgb.mean(axis=1), flat_rgb.std(axis=1)
-        for k, v in (("brightness", flat_lum.mean(axis=1)), ("contrast", flat_lum.std(axis=1)),
-                     ("red_mean", means[:, 0]), ("saturation_mean", sat.mean(axis=1)),
-                     ("sharpness", lap.reshape(n, -1).var(axis=1)), ("red_std", stds[:, 0])):
-            out[k].append(v)
-    return out
+    views = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    t0 = time.perf_counter()
+    for view in views:
+        answer_features(view, (600, 450))
+    return (time.perf_counter() - t0) / n * 1e3
 
 
 def _baseline_rate(root: Path, records: int) -> float:
-    """Seconds per request of the previous path: per line ``pd.to_datetime``, two decodes of each
-    image (``decode_request`` with ``load``, then ``model_view``), the old feature code, serially."""
-    import numpy as np
-    import pandas as pd
-
-    from ml_code.monitoring.capture import decode_request, model_view
+    """Seconds per request of the previous path: every request's image decoded to its model view and
+    the features computed from it (``parse_lines`` with ``keep_images``, as ``capture_reader.parse_file``
+    called it), capture files one after another in this process."""
+    from ml_code.monitoring.capture import parse_lines
 
     files = sorted(_capture_dir(root).rglob("*.jsonl"))
     t0 = time.perf_counter()
     n = 0
-    views = []
     for path in files:
-        for line in path.read_bytes().splitlines():
-            rec = json.loads(line)
-            pd.to_datetime(rec["eventMetadata"]["inferenceTime"], utc=True, errors="coerce")
-            json.loads(rec["captureData"]["endpointOutput"]["data"])
-            request = decode_request(rec["captureData"]["endpointInput"]["data"], "BASE64")
-            views.append(model_view(request.image, SIZE))
-            n += 1
+        n += len(parse_lines(path.read_bytes().splitlines(), image_size=SIZE, keep_images=True).rows)
         if n >= records:
             break
-    _old_features(np.stack(views))
     return (time.perf_counter() - t0) / n
 
 
@@ -232,16 +219,24 @@ def _in_child(root: Path, stage: str, records: int, sample: int) -> dict:
     if stage == "world":
         t0 = time.perf_counter()
         _world(root, records)
-        return {"seconds": time.perf_counter() - t0, "per_request": _baseline_rate(root, sample)}
+        return {"seconds": time.perf_counter() - t0, "per_request": _baseline_rate(root, sample),
+                "endpoint_ms": {size: _endpoint_feature_ms(size) for size in (SIZE, 224)}}
     if stage == "incremental":  # 1,000 more requests land after the first run
         from tests.support.monitoring_world import utc_now, write_captures
 
         bodies = [bytes.fromhex(h) for h in json.loads((root / "bodies.json").read_text())]
         write_captures(_capture_dir(root), bodies, 1000, PER_FILE, utc_now() - timedelta(minutes=30), 600,
-                       seed=1, first_id=10**8)
+                       seed=1, first_id=10**8, image_size=SIZE)
+    import os
+
     peak = _PeakRSS()
+    cpu0 = os.times()
     out = _stage(root, stage)
+    cpu1 = os.times()
     out["peak_mb"] = peak.stop()
+    # this process and its (joined) workers: user + system seconds
+    out["cpu_s"] = sum(getattr(cpu1, k) - getattr(cpu0, k) for k in ("user", "system", "children_user",
+                                                                      "children_system"))
     return out
 
 
@@ -264,11 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         incremental = _child(root, "incremental")
         drift = _child(root, "drift")
     assert full["num_new_records"] == records and incremental["num_new_records"] == 1000, (full, incremental)
-    print(f"inference_log, {records} records: {full['seconds']:.2f}s ({full['peak_mb']:.0f} MB peak with workers)")
-    print(f"inference_log, 1,000 more: {incremental['seconds']:.2f}s ({incremental['peak_mb']:.0f} MB peak)")
-    print(f"drift_report over the log: {drift['seconds']:.2f}s, {drift.get('n_requests')} requests judged, "
-          f"status {drift.get('status')} ({drift['peak_mb']:.0f} MB peak)")
-    print(f"previous per-request path: {per_request * 1e3:.2f} ms a request on {sample} requests "
+    print(f"inference_log, {records} records: {full['seconds']:.2f}s, {full['cpu_s']:.1f} CPU s "
+          f"({full['peak_mb']:.0f} MB peak with workers, {full.get('requests_decoded')} requests decoded)")
+    print(f"inference_log, 1,000 more: {incremental['seconds']:.2f}s, {incremental['cpu_s']:.1f} CPU s "
+          f"({incremental['peak_mb']:.0f} MB peak)")
+    print(f"drift_report over the log: {drift['seconds']:.2f}s, {drift['cpu_s']:.1f} CPU s, "
+          f"{drift.get('n_requests')} requests judged, status {drift.get('status')} ({drift['peak_mb']:.0f} MB peak)")
+    print("the endpoint's cost of image_features per request: " + ", ".join(
+        f"{ms:.2f} ms at {size} px" for size, ms in world["endpoint_ms"].items()))
+    print(f"previous path (decode every request): {per_request * 1e3:.2f} ms a request on {sample} requests "
           f"-> {per_request * records:.1f}s for {records}")
     scale = records / 100_000  # the absolute targets are for 100,000 records
     _result("monitoring", "inference_log_full_seconds", full["seconds"], None, f"<= {15 * scale:g} s",

@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from dermaops_resources.handles import EndpointHandle
@@ -29,7 +28,7 @@ from dermaops_services.labelling import (
     publish_queue,
     review_queue,
 )
-from dermaops_services.monitoring import load_inference_log, local_copy, read_labels
+from dermaops_services.monitoring import capture_views, load_inference_log, local_copy, read_labels
 from ml_code.monitoring.labelling import committee_probabilities, review_scores
 
 from .ui import table_markdown
@@ -87,15 +86,17 @@ def labelling_queue(context: dg.AssetExecutionContext, config: LabellingQueueCon
 
     cursor = store.get_json_or(inference_log.cursor_uri, {"parts": 0})
     since = datetime.now(UTC) - timedelta(hours=config.window_hours)
-    rows, images = load_inference_log(store, cursor, max_rows=config.max_requests, since=since, with_images=True)
+    rows, _ = load_inference_log(store, cursor, max_rows=config.max_requests, since=since)
     labelled = set(read_labels(store, settings.labels_uri)["inference_id"])
     committee = None
     if not rows.empty:
         with tempfile.TemporaryDirectory(prefix="dermaops-queue-") as scratch:
             api, model = load_packaged_model(local_copy(store, live_endpoint.model_uri, Path(scratch)),
                                              Path(scratch) / "model")
-            views = np.concatenate(images) if images else np.zeros((0,), np.uint8)
-            committee = committee_probabilities(api, model, views, rows) if len(views) == len(rows) else None
+            # decoded from the capture lines; a request whose capture expired cannot be promoted once
+            # labelled (labelled_captures needs the image), so it leaves the queue
+            rows, views = capture_views(store, rows, int(model.image_size))
+            committee = committee_probabilities(api, model, views, rows)
         scores = review_scores(rows, list(model.classes), committee)
     else:
         scores = pd.DataFrame()

@@ -3,7 +3,8 @@
 - ``model_baseline``: statistics/constraints/embeddings of a trained model (processing job
   ``ml_code.monitoring.baseline``), indexed by model hash so the monitor finds the *deployed* model's.
 - ``inference_log``: reads only capture files not read before (cursor in the logs bucket),
-  validates rows (pandera) and appends parquet + image parts.
+  validates rows (pandera) and appends parquet parts (image features from the endpoint's answers,
+  a pointer to each capture line; no images).
 - ``drift_report``: recent traffic vs the deployed model's baseline (PSI/KS per feature,
   embedding MMD, prediction drift) -> ``constraint_violations.json``, metrics, alarms.
 - ``model_quality_report``: ground-truth labels joined to predictions by inference id ->
@@ -23,7 +24,6 @@ from itertools import islice
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from dermaops_services.alarms import evaluate_alarms
@@ -36,8 +36,8 @@ from dermaops_resources.monitoring_handles import (
     BaselineHandle, DriftReportHandle, InferenceLogHandle, ModelQualityHandle,
 )
 from dermaops_services.monitoring import (
-    BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, PART_ROWS, append_captures, baseline_for_deployed_model, case_mix_rows,
-    load_inference_log, local_copy, read_labels, read_model_config,
+    BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, PART_ROWS, append_captures, baseline_for_deployed_model, capture_views,
+    case_mix_rows, load_inference_log, local_copy, read_labels, read_model_config,
 )
 from dermaops_resources.notifier import Notifier
 from dermaops_resources.object_store import ObjectStore, join_uri
@@ -91,13 +91,15 @@ def model_baseline(context: dg.AssetExecutionContext, trained_model: TrainedMode
 
 class InferenceLogConfig(dg.Config):
     max_files_per_run: int = 2000
-    part_rows: int = PART_ROWS  # rows per log part: bounds the run's memory (57 MB of images at 96 px)
-    parse_workers: int = 0  # capture-parsing processes; 0: every CPU for a large backlog, else in-process
+    part_rows: int = PART_ROWS  # rows per log part: bounds the run's memory
+    parse_workers: int = 0  # capture-parsing processes; 0: in-process, or every CPU for a large backlog to decode
 
 
 @dg.asset(group_name="monitoring", kinds={"s3", "pandas"},
           description="Captured endpoint traffic, read incrementally (only capture files newer than the cursor), "
-          "validated with a pandera schema and stored as parquet parts with the model-view images. Also the "
+          "validated with a pandera schema and stored as parquet parts: the image features the endpoint returned "
+          "with each answer (the image is decoded only for answers without them) and a pointer to the capture "
+          "line, never a copy of the image. Also the "
           "endpoint's health over the last hour (5xx count, worst 5-minute p95 latency), published as "
           "EndpointErrors / EndpointLatencyMs and judged by their alarms.")
 def inference_log(context: dg.AssetExecutionContext, config: InferenceLogConfig, live_endpoint: EndpointHandle,
@@ -144,6 +146,7 @@ def inference_log(context: dg.AssetExecutionContext, config: InferenceLogConfig,
                                 num_new_records=new, parts=cursor["parts"], skipped=skipped)
     return dg.Output(handle, metadata={
         "num_new_records": new, "total": handle.total_records, "files_read": len(files),
+        "requests_decoded": appended.decoded,  # answers without image_features: older packages, other writers
         "cursor_last_key": cursor["last_key"] or "", "skipped": dg.MetadataValue.json(skipped),
         "endpoint_errors_last_hour": figures.get("EndpointErrors", float("nan")),
         "latency_p95_ms_worst_5min": figures.get("EndpointLatencyMs", float("nan")),
@@ -169,7 +172,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
     baseline, matches = baseline_for_deployed_model(store, registry, live_endpoint, model_baseline, context.log)
     cursor = store.get_json_or(inference_log.cursor_uri, {"parts": 0})
     since = datetime.now(timezone.utc) - timedelta(hours=config.window_hours)
-    rows, images = load_inference_log(store, cursor, max_rows=config.max_requests, since=since, with_images=True)
+    rows, _ = load_inference_log(store, cursor, max_rows=config.max_requests, since=since)
     with tempfile.TemporaryDirectory(prefix="dermaops-drift-") as scratch:
         base = load_baseline(store.materialize_dir(baseline.baseline_uri, Path(scratch) / "baseline"))
         t = base["thresholds"]
@@ -180,10 +183,11 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
             mmd = pred = None
             if matches:
                 served = rows["model_version"].to_numpy() == live_endpoint.package_version
-                views = np.concatenate(images) if images else np.zeros((0,))
                 tar = local_copy(store, live_endpoint.model_uri, Path(scratch))
                 module, model = load_packaged_model(tar, Path(scratch) / "model")
-                if views.ndim == 4 and views.shape[1] == int(model.image_size) and len(views) >= 2:
+                # the requests' model views, decoded from their capture lines (the log keeps no images)
+                _, views = capture_views(store, rows, int(model.image_size))
+                if len(views) >= 2:
                     emb = embed_views(module, model, views)
                     mmd = mmd_test(base["embeddings"], emb, n_permutations=config.mmd_permutations)
                 if served.sum() >= t.min_requests:

@@ -8,10 +8,13 @@ themselves stay in ``ml_code`` (no Dagster, no object store there).
 Layout in the object store (all written by the monitoring assets):
 
 - ``logs/monitoring/inference_log/cursor.json``: last capture key read, number of parts, totals.
-- ``logs/monitoring/inference_log/parts/<seq:08d>.parquet`` and ``.npy``: validated capture
-  rows and the model-view images of the same rows, in the same order; a run writes one part
-  per ``PART_ROWS`` rows or so (cut at capture-file boundaries), so neither writing nor
-  reading the newest rows ever holds more than a part's images in memory.
+- ``logs/monitoring/inference_log/parts/<seq:08d>.parquet``: validated capture rows (features,
+  predictions, case mix) and, per row, a pointer to its capture line (``capture_object_uri``,
+  ``capture_line``); a run writes one part per ``PART_ROWS`` rows or so (cut at capture-file
+  boundaries). No images: whoever needs a logged request's model view (embedding drift, the
+  labelling queue) decodes its capture line again (:func:`capture_views`), a few hundred rows at
+  most, so the patient's image is stored once, in the capture, and expires with it. Logs written
+  before kept the views in ``parts/<seq>.npy``; those files are no longer read.
 - ``models/baselines/by-model/<model_hash>.json``: the ``BaselineHandle`` of each trained model.
 """
 
@@ -21,6 +24,7 @@ import io
 import json
 import logging
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,8 +34,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from ml_code.monitoring.capture import VersionTimeline, rows_to_parquet_bytes, validate_rows, views_to_npy_bytes
-from ml_code.monitoring.capture_reader import PARALLEL_MIN_BYTES, default_workers, parse_files
+from ml_code.monitoring.capture import (
+    POINTER_COLUMNS, VersionTimeline, capture_line_views, rows_to_parquet_bytes, validate_rows,
+)
+from ml_code.monitoring.capture_reader import PARALLEL_MIN_BYTES, ParsedFile, default_workers, parse_files
 from ml_code.monitoring.casemix import CASE_MIX_COLUMNS
 
 from dermaops_resources.handles import EndpointHandle
@@ -99,18 +105,20 @@ def baseline_for_deployed_model(store: ObjectStore, registry: ModelRegistry, end
 
 
 PART_ROWS = 2048
-"""Rows per inference-log part (at most one capture file more): 2,048 model views at 96 px are
-57 MB, so a run's memory stays far below 1 GB however many requests it reads."""
+"""Rows per inference-log part (at most one capture file more): a run holds at most a part's rows
+(and, for lines it must decode, their 96 px views: 57 MB) however many requests it reads."""
 
 
 @dataclass
 class LogAppend:
-    """What ``append_captures`` added: rows, the cursor's new part count, skips, health events."""
+    """What ``append_captures`` added: rows, the cursor's new part count, skips, health events, and
+    how many rows had their image decoded (answers without ``image_features``)."""
 
     new_rows: int
     parts: int
     skipped: dict[str, int]
     health: list[pd.DataFrame] = field(default_factory=list)
+    decoded: int = 0
 
 
 def append_captures(store: ObjectStore, files: list[StoredObject], image_size: int, model_version: int,
@@ -119,36 +127,33 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
     """Parse capture ``files`` (in the order given) into inference-log parts ``first_part``, ...
 
     Rows are deduplicated by inference id within the run (counted as
-    ``duplicate_inference_id``) and validated (``validate_rows``) per part; each part's
-    ``.npy`` is written before its ``.parquet``. Parts are cut at file boundaries once
+    ``duplicate_inference_id``) and validated (``validate_rows``) per part; each keeps the URI of
+    its capture file and its line number. Parts are cut at file boundaries once
     ``part_rows`` rows are buffered, so the same files always give the same parts: a run that
     crashed before its cursor was written rewrites the same part numbers when repeated.
-    ``workers``: parsing processes (``ml_code.monitoring.capture_reader``); None uses every
-    CPU when the files hold at least ``PARALLEL_MIN_BYTES``, else this process.
+    ``workers``: parsing processes (``ml_code.monitoring.capture_reader``); None: this process,
+    unless the first file's answers lacked image features (captures of older packages, whose
+    images must be decoded) and the rest hold at least ``PARALLEL_MIN_BYTES``, then every CPU.
+    Reading today's captures costs about 0.09 ms a request in one process, less than starting
+    workers and shipping them the bytes (benchmarks/monitoring_volume.py).
     ``skipped`` (reason -> count) is added to and returned. ``timeline``: the endpoint variant's
     deployment record, which says which package answered SageMaker's lines (they name none);
     without one (local lines carry their version, or no record was kept) ``model_version``."""
     skipped = dict(skipped or {})
-    if workers is None:
-        workers = default_workers() if sum(f.size for f in files) >= PARALLEL_MIN_BYTES else 1
     seen: set[str] = set()
     frames: list[pd.DataFrame] = []
-    views: list[np.ndarray] = []
     out = LogAppend(0, int(first_part), skipped)
 
     def write_part() -> None:
         rows = validate_rows(pd.concat(frames, ignore_index=True))
-        name = f"{LOG_PREFIX}/parts/{out.parts:08d}"
-        store.put_bytes("logs", f"{name}.npy", views_to_npy_bytes(views))
-        store.put_bytes("logs", f"{name}.parquet", rows_to_parquet_bytes(rows))
+        store.put_bytes("logs", f"{LOG_PREFIX}/parts/{out.parts:08d}.parquet", rows_to_parquet_bytes(rows))
         out.parts += 1
         out.new_rows += len(rows)
         frames.clear()
-        views.clear()
 
-    for parsed in parse_files((store.get_bytes(f.uri) for f in files), image_size, model_version, workers,
-                              timeline):
+    for parsed in _parsed_files(store, files, image_size, model_version, workers, timeline):
         out.health.append(parsed.health)
+        out.decoded += parsed.decoded
         for reason, n in parsed.skipped.items():
             skipped[reason] = skipped.get(reason, 0) + int(n)
         if not len(parsed.rows):
@@ -164,7 +169,6 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
         if dup.any():
             skipped["duplicate_inference_id"] = skipped.get("duplicate_inference_id", 0) + int(dup.sum())
         frames.append(parsed.rows[~dup])
-        views.append(parsed.views[~dup])
         if sum(len(f) for f in frames) >= part_rows:
             write_part()
     if sum(len(f) for f in frames):
@@ -172,52 +176,69 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
     return out
 
 
+def _parsed_files(store: ObjectStore, files: list[StoredObject], image_size: int, model_version: int,
+                  workers: int | None, timeline: VersionTimeline | None) -> Iterator[ParsedFile]:
+    """``parse_files`` of ``files`` read from the store, in order, on ``workers`` processes (None: see
+    ``append_captures``)."""
+    def blobs(chunk: list[StoredObject]) -> Iterator[tuple[str, bytes]]:
+        return ((f.uri, store.get_bytes(f.uri)) for f in chunk)
+
+    if workers is not None or not files:
+        yield from parse_files(blobs(files), image_size, model_version, workers or 1, timeline)
+        return
+    head = next(parse_files(blobs(files[:1]), image_size, model_version, 1, timeline))
+    yield head
+    decoding = head.decoded * 2 > len(head.rows)  # most answers lack image_features: an older package
+    rest = files[1:]
+    parallel = decoding and sum(f.size for f in rest) >= PARALLEL_MIN_BYTES
+    yield from parse_files(blobs(rest), image_size, model_version, default_workers() if parallel else 1, timeline)
+
+
 def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int | None = None,
                        since: datetime | None = None, with_images: bool = False,
-                       columns: list[str] | None = None) -> tuple[pd.DataFrame, list[np.ndarray]]:
+                       columns: list[str] | None = None, image_size: int | None = None
+                       ) -> tuple[pd.DataFrame, list[np.ndarray]]:
     """The most recent inference-log rows (and model-view images): newest part first, until
     ``max_rows`` rows or a part entirely older than ``since``.
 
     The log only grows, and the monitors look at a recent window, so reading backwards from
     the cursor's last part keeps a run's cost bounded by the window, not by the log's age.
-    Rows come back in log order (oldest first); with ``max_rows`` only the newest rows are
-    kept, and their images stay aligned with them.
+    Rows come back in log order (oldest first); with ``max_rows`` only the newest rows are kept.
+
+    ``with_images``: also the rows' model views at ``image_size`` px (required then), decoded from
+    their capture lines by :func:`capture_views` (one read of each capture file); rows whose image
+    cannot be had (capture expired, or a part from before the log kept pointers) are dropped, so the
+    returned rows and ``np.concatenate(images)`` stay aligned row for row.
 
     Parts the cursor lists may be gone: the ``logs`` bucket expires them after 30 days (see
-    ``infra/main.tf``), so after a quiet month every part can be. A missing part (or half of
-    one: its ``.parquet``, or its ``.npy`` when images are wanted) is skipped, not an error;
-    how many were skipped is in ``rows.attrs["missing_parts"]`` and in a warning. One listing
+    ``infra/main.tf``), so after a quiet month every part can be. A missing part is skipped, not an
+    error; how many were skipped is in ``rows.attrs["missing_parts"]`` and in a warning. One listing
     of ``parts/`` tells which exist, so a long-expired log costs no failed reads."""
+    if with_images and not image_size:
+        raise ValueError("load_inference_log(with_images=True) needs image_size: the model's input size, "
+                         "at which the captured requests are decoded (model_config.json's image_size)")
+    wanted = None if columns is None else list(dict.fromkeys([*columns, *(POINTER_COLUMNS if with_images else ())]))
     frames: list[pd.DataFrame] = []
-    images: list[np.ndarray] = []
     n = 0
     missing = 0
     parts_uri = store.uri("logs", f"{LOG_PREFIX}/parts")
     total = int(cursor.get("parts", 0))
     present = {obj.key.rsplit("/", 1)[-1] for obj in store.list(parts_uri)} if total else set()
     for seq in range(total - 1, -1, -1):
-        name = f"{seq:08d}"
-        if f"{name}.parquet" not in present or (with_images and f"{name}.npy" not in present):
+        name = f"{seq:08d}.parquet"
+        if name not in present:
             missing += 1
             continue
-        base = store.uri("logs", f"{LOG_PREFIX}/parts/{name}")
         try:
-            frame = pd.read_parquet(io.BytesIO(store.get_bytes(base + ".parquet")), columns=columns)
-            imgs = _part_views(store, base + ".npy") if with_images else None
+            frame = _read_part(store.get_bytes(store.uri("logs", f"{LOG_PREFIX}/parts/{name}")), wanted)
         except FileNotFoundError:  # expired between the listing and the read
             missing += 1
             continue
         if since is not None:
-            keep = (frame["inference_time"] >= since).to_numpy()
-            frame = frame[keep]
-            imgs = imgs[keep] if imgs is not None else None
+            frame = frame[(frame["inference_time"] >= since).to_numpy()]
         if max_rows is not None and n + len(frame) > max_rows:  # only this part's newest rows are wanted
-            cut = len(frame) - (max_rows - n)
-            frame = frame.iloc[cut:]
-            imgs = imgs[cut:] if imgs is not None else None
+            frame = frame.iloc[len(frame) - (max_rows - n):]
         frames.append(frame)
-        if imgs is not None:
-            images.append(np.array(imgs))  # a copy of the rows kept, out of the memory map
         n += len(frame)
         if (max_rows is not None and n >= max_rows) or (since is not None and len(frame) == 0):
             break
@@ -229,18 +250,70 @@ def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int
         empty.attrs["missing_parts"] = missing
         return empty, []
     rows = pd.concat(frames[::-1], ignore_index=True)
-    images = images[::-1]
+    images: list[np.ndarray] = []
+    if with_images:
+        rows, views = capture_views(store, rows, int(image_size))
+        images = [views] if len(views) else []
+        if columns is not None:
+            rows = rows[list(columns)]
     rows.attrs["missing_parts"] = missing
     return rows, images
 
 
-def _part_views(store: ObjectStore, uri: str) -> np.ndarray:
-    """A part's model views: memory-mapped when the store is local (a drift run wants the newest
-    few hundred rows of a part, not all of its images in memory), else downloaded."""
-    path = store.local_path(uri)
-    if path is not None:
-        return np.load(path, mmap_mode="r")
-    return np.load(io.BytesIO(store.get_bytes(uri)))
+def _read_part(data: bytes, columns: list[str] | None) -> pd.DataFrame:
+    """One parquet part, with ``columns`` (all when None); a requested column the part lacks (written
+    before the log kept it) comes back empty (NaN) rather than failing the read."""
+    if columns is None:
+        return pd.read_parquet(io.BytesIO(data))
+    import pyarrow.parquet as pq
+
+    have = set(pq.ParquetFile(io.BytesIO(data)).schema_arrow.names)
+    frame = pd.read_parquet(io.BytesIO(data), columns=[c for c in columns if c in have])
+    return frame.reindex(columns=columns) if not set(columns) <= have else frame
+
+
+def capture_views(store: ObjectStore, rows: pd.DataFrame, image_size: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """(rows kept, their model views ``(K, image_size, image_size, 3)`` uint8), decoded from each row's
+    capture line (``capture_object_uri``, ``capture_line``) through the served package's own decode
+    (``ml_code.monitoring.capture.capture_line_views``: ``decode_square``), reading each capture
+    file once: the views the model was fed, without the log ever storing a copy of a patient's image.
+
+    Rows whose image cannot be had are dropped (the views stay aligned with the rows kept), counted
+    in a warning and in ``attrs``: ``captures_gone`` (the capture object expired, 30-day rule, or
+    was deleted), ``no_capture_pointer`` (rows of parts written before the log kept pointers) and
+    ``undecodable`` (the line no longer holds a decodable image). Cost: one decode per row, about
+    0.25 ms at 96 px, so the few hundred rows drift embeds take a fraction of a second."""
+    n = len(rows)
+    views = np.zeros((n, image_size, image_size, 3), np.uint8)
+    ok = np.zeros(n, dtype=bool)
+    gone = 0
+    if set(POINTER_COLUMNS) <= set(rows.columns):
+        uris = rows["capture_object_uri"].fillna("").astype(str).to_numpy()
+        numbers = rows["capture_line"].fillna(-1).astype("int64").to_numpy()
+    else:
+        uris, numbers = np.full(n, "", dtype=object), np.full(n, -1, dtype="int64")
+    pointed = (uris != "") & (numbers >= 0)
+    no_pointer = int((~pointed).sum())
+    by_object = pd.Series(uris[pointed]).groupby(uris[pointed], sort=False).indices  # uri -> positions in pointed
+    positions = np.flatnonzero(pointed)
+    for uri, where in by_object.items():
+        idx = positions[where]
+        try:
+            data = store.get_bytes(uri)
+        except FileNotFoundError:
+            gone += len(idx)
+            continue
+        decoded, good = capture_line_views(data, numbers[idx].tolist(), image_size)
+        views[idx[good]] = decoded
+        ok[idx[good]] = True
+    undecodable = n - int(ok.sum()) - gone - no_pointer
+    if not ok.all():
+        log.warning("inference log: %d of %d row(s) left out for want of their image: %d whose capture object is gone "
+                    "(expired by the 30-day rule or deleted), %d without a capture pointer (logged before it was "
+                    "kept), %d no longer decodable.", n - int(ok.sum()), n, gone, no_pointer, undecodable)
+    kept = rows[ok].reset_index(drop=True)
+    kept.attrs = {**rows.attrs, "captures_gone": gone, "no_capture_pointer": no_pointer, "undecodable": undecodable}
+    return kept, views[ok]
 
 
 def case_mix_rows(rows: pd.DataFrame) -> pd.DataFrame:

@@ -29,13 +29,26 @@ HEALTH_COLUMNS = ("time", "status", "latency_ms")
 def health_events(lines: Iterable[str | bytes]) -> pd.DataFrame:
     """``time`` (epoch seconds), ``status`` (HTTP), ``latency_ms`` of every capture line that
     carries them, rejected requests included (they are not rows of the inference log)."""
-    out: list[tuple[float, int, float]] = []
+    metas: list[dict] = []
     for raw in lines:
         line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         if not line.strip():
             continue
         try:
-            meta = json.loads(line).get("eventMetadata") or {}
+            meta = json.loads(line).get("eventMetadata")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(meta, dict):
+            metas.append(meta)
+    return health_from_metadata(metas)
+
+
+def health_from_metadata(metas: Iterable[dict]) -> pd.DataFrame:
+    """:func:`health_events` of lines already parsed: their ``eventMetadata`` objects (the inference
+    log's parser hands them over, so a line is not parsed twice)."""
+    out: list[tuple[float, int, float]] = []
+    for meta in metas:
+        try:
             status, latency = int(meta[STATUS_KEY]), float(meta[LATENCY_KEY])
             when = pd.Timestamp(meta["inferenceTime"]).timestamp()
         except (ValueError, TypeError, KeyError, AttributeError):

@@ -39,24 +39,23 @@ def _package(tmp: Path) -> Path:
 
 def _capture(store: LocalObjectStore, images: np.ndarray, model, hour: str,
              contexts: list[dict] | None = None) -> list[tuple[str, str]]:
-    """Write capture JSONL like the endpoint does; returns (inference_id, predicted class).
+    """Write capture JSONL like the endpoint does: each answer is the served handlers' own (with the
+    image features the monitor reads); returns (inference_id, predicted class).
     With ``contexts``, each request is the JSON body with that clinical context."""
-    probs = inference.predict_fn(images, model)
     out, lines = [], []
     now = datetime.now(timezone.utc).timestamp()
-    for i, (img, p) in enumerate(zip(images, probs)):
+    for i, img in enumerate(images):
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG")
         body, ctype = buf.getvalue(), "image/png"
         if contexts is not None:
             body, ctype = json.dumps({"image": base64.b64encode(body).decode(), **contexts[i]}).encode(), "application/json"
         iid = f"sim-{uuid.uuid4().hex}"
-        text = json.dumps({"predicted_class": CLASSES[int(np.argmax(p))],
-                        "probabilities": {c: float(v) for c, v in zip(CLASSES, p)}})
+        text = inference.output_fn(inference.predict_fn(inference.input_fn(body, ctype), model), "application/json")
         lines.append(json.dumps(capture_record(body=body, content_type=ctype, response_text=text,
                                                event_id=str(uuid.uuid4()), inference_id=iid, inference_time=now,
                                                package_version=1)))
-        out.append((iid, CLASSES[int(np.argmax(p))]))
+        out.append((iid, json.loads(text)["predicted_class"]))
     half = len(lines) // 2
     for i, chunk in enumerate((lines[:half], lines[half:])):
         store.put_bytes("logs", f"datacapture/ep/AllTraffic/{hour}/{hour.replace('/', '')}-{i}.jsonl",
@@ -137,6 +136,10 @@ def test_in_distribution_then_shifted_traffic(world) -> None:
 
     md = _run(resources, window=120)
     assert md["inference_log"]["num_new_records"] == 120 and md["inference_log"]["total"] == 120
+    assert md["inference_log"]["requests_decoded"] == 0  # the answers carried the image features
+    assert not list((tmp / "store" / "logs" / "monitoring" / "inference_log").rglob("*.npy"))  # no images kept
+    # the embedding MMD ran on all 120 requests' views, decoded from their capture lines
+    assert "(150 baseline vs 120 current)" in md["drift_report"]["report"]
     assert md["drift_report"]["status"] == "ok" and md["drift_report"]["drift_detected"] is False
     assert md["drift_report"]["drift_score"] < 0.5
     assert "| brightness |" in md["drift_report"]["report"] and "data:image/png;base64," in md["drift_report"]["report"]

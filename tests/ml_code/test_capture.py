@@ -211,3 +211,52 @@ def test_a_deployment_record_entry_without_times_is_a_clear_error() -> None:
 
     with pytest.raises(ValueError, match="entry 0 .*requested_at"):
         VersionTimeline.from_deployments([{"version": 1, "kind": "create", "outcome": "in_service"}])
+
+
+def _answered(i: int, body: bytes, size: int, features: dict | None = "endpoint") -> str:
+    """A capture line whose answer carries ``image_features``: the endpoint's own (package code) by default."""
+    from tests.support.monitoring_world import endpoint_features
+
+    answer = {"predicted_class": "mel", "probabilities": {"mel": 0.7, "nv": 0.3},
+              "image_features": endpoint_features(body, size) if features == "endpoint" else features}
+    return _record(i, body, answer)
+
+
+def test_features_from_the_answer_equal_those_of_the_fallback_decode() -> None:
+    """The same requests captured from today's endpoint (features in the answer: no decode here) and
+    from an older package (no features: decoded here) give the very same rows; each row points at its
+    line (blank lines count), and ``capture_line_views`` decodes exactly the views ``keep_images`` keeps."""
+    from ml_code.monitoring.capture import capture_line_views
+
+    imgs = lesion_images(5, size=40, seed=6)
+    bodies = [_jpeg(np.concatenate([img, img[:, :7]], axis=1)) for img in imgs]  # 47x40: cropped and resized
+    answer = {"predicted_class": "mel", "probabilities": {"mel": 0.7, "nv": 0.3}}
+    new = [_answered(i, b, 16) for i, b in enumerate(bodies)]
+    old = [_record(i, b, answer) for i, b in enumerate(bodies)]
+    fast = parse_lines([new[0], "", *new[1:]], image_size=16, source="s3://logs/a.jsonl")
+    slow = parse_lines([old[0], "", *old[1:]], image_size=16, source="s3://logs/a.jsonl", keep_images=True)
+    assert (fast.decoded, slow.decoded, len(fast.rows)) == (0, 5, 5)
+    pd.testing.assert_frame_equal(fast.rows, slow.rows, check_exact=True)
+    assert fast.rows["capture_line"].tolist() == [0, 2, 3, 4, 5]
+    assert (fast.rows["capture_object_uri"] == "s3://logs/a.jsonl").all()
+    validate_rows(fast.rows)
+    data = ("\n".join([new[0], "", *new[1:]]) + "\n").encode()
+    views, ok = capture_line_views(data, [5, 0, 1, 99], 16)
+    assert ok.tolist() == [True, True, False, False]  # line 1 is blank, line 99 does not exist
+    np.testing.assert_array_equal(views, np.stack([slow.images[4], slow.images[0]]))
+
+
+def test_answer_features_that_are_incomplete_or_out_of_range_are_not_trusted() -> None:
+    """An answer whose ``image_features`` lack a name, hold a non-number, NaN or a negative figure (a
+    tampered line, another writer) is decoded here, as if it had none: the row is still right."""
+    from tests.support.monitoring_world import endpoint_features
+
+    body = _jpeg(lesion_images(1, size=20, seed=8)[0])
+    good = endpoint_features(body, 12)
+    bad = [{k: v for k, v in good.items() if k != "entropy"}, {**good, "brightness": float("nan")},
+           {**good, "sharpness": -0.1}, {**good, "width": 0.0}, {**good, "contrast": "0.1"}, ["not", "a", "dict"]]
+    batch = parse_lines([_answered(i, body, 12, features) for i, features in enumerate(bad)], image_size=12)
+    reference = parse_lines([_answered(0, body, 12)], image_size=12).rows
+    assert batch.decoded == len(bad) and len(batch.rows) == len(bad)
+    for name in ("brightness", "sharpness", "entropy", "width", "contrast"):
+        assert batch.rows[name].tolist() == [reference[name].iloc[0]] * len(bad)

@@ -66,7 +66,8 @@ def test_handlers_end_to_end(served, fmt, ctype):
     assert probs.shape == (1, len(CLASSES))
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
     body = json.loads(inference.output_fn(probs, "application/json"))
-    assert set(body) == {"predicted_class", "probabilities", "model_arch", "ood_score", "in_distribution"}
+    assert set(body) == {"predicted_class", "probabilities", "model_arch", "ood_score", "in_distribution",
+                         "image_features"}
     assert body["ood_score"] is None and body["in_distribution"] is None  # a package without OOD statistics
     assert list(body["probabilities"]) == list(CLASSES)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -264,3 +265,27 @@ def test_dermanet_d4_serving_cache_follows_new_weights():
     loss = net(x).logsumexp(1).sum()
     loss.backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad and p.dim() == 4)
+
+
+def test_the_answer_carries_the_monitors_features_of_the_view_the_network_was_fed(served):
+    """``image_features`` of an answer: the monitor's own features of the model view (decoded as the
+    monitor decodes a captured request) and the size as sent (here an EXIF-rotated JPEG: stored
+    200x150, shown 150x200; the size as stored is what the log has always kept), the same floats
+    after the JSON round trip."""
+    from ml_code.monitoring.capture import model_view
+    from ml_code.monitoring.features import PIXEL_FEATURES, batch_features
+
+    img = Image.fromarray(np.random.default_rng(4).integers(0, 255, (150, 200, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    body = json.loads(inference.output_fn(inference.predict_fn(inference.input_fn(buf.getvalue(), "image/jpeg"),
+                                                               served), "application/json"))
+    expected = batch_features(model_view(buf.getvalue(), SIZE))
+    answered = [body["image_features"][name] for name in PIXEL_FEATURES]
+    assert answered == expected[list(PIXEL_FEATURES)].iloc[0].tolist()
+    assert (body["image_features"]["width"], body["image_features"]["height"]) == (200.0, 150.0)
+    # batch scoring of arrays (evaluation, baselines) is not a served request: no features computed
+    arrays = inference.predict_fn(np.zeros((2, SIZE, SIZE, 3), np.uint8), served)
+    assert all("image_features" not in a for a in json.loads(inference.output_fn(arrays, "application/json")))

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from dermaops_services.monitoring import LOG_PREFIX, case_mix_rows, load_inference_log, read_labels
 from dermaops_resources.object_store import LocalObjectStore
-from ml_code.monitoring.capture import rows_to_parquet_bytes, views_to_npy_bytes
+from ml_code.monitoring.capture import rows_to_parquet_bytes
+from tests.support.monitoring_world import solid_capture
 
 
 def test_read_labels_from_folder_and_store_prefix(tmp_path: Path) -> None:
@@ -34,20 +36,27 @@ def test_read_labels_from_folder_and_store_prefix(tmp_path: Path) -> None:
 
 
 def test_load_inference_log_newest_rows_with_aligned_images(tmp_path: Path) -> None:
+    """Rows point at their capture lines (two capture files, rows of one part spanning both); the views
+    of the rows returned are decoded from those lines, and only those rows' files are read."""
     store = LocalObjectStore(root=str(tmp_path / "store"))
     start = datetime(2024, 5, 1, tzinfo=timezone.utc)
-    for seq in range(3):  # 4 rows per part, image pixel value = global row number
+    first = solid_capture(store, "datacapture/ep/AllTraffic/a.jsonl", list(range(0, 6)))
+    second = solid_capture(store, "datacapture/ep/AllTraffic/b.jsonl", list(range(6, 12)))
+    for seq in range(3):  # 4 rows per part, image grey level = global row number
         n0 = 4 * seq
         rows = pd.DataFrame({"inference_time": [start + timedelta(hours=n0 + i) for i in range(4)],
-                             "inference_id": [f"i{n0 + i}" for i in range(4)]})
-        views = np.stack([np.full((2, 2, 3), n0 + i, np.uint8) for i in range(4)])
-        store.put_bytes("logs", f"{LOG_PREFIX}/parts/{seq:08d}.npy", views_to_npy_bytes(views))
+                             "inference_id": [f"i{n0 + i}" for i in range(4)],
+                             "capture_object_uri": [first if n0 + i < 6 else second for i in range(4)],
+                             "capture_line": [(n0 + i) % 6 for i in range(4)]})
         store.put_bytes("logs", f"{LOG_PREFIX}/parts/{seq:08d}.parquet", rows_to_parquet_bytes(rows))
     cursor = {"parts": 3}
 
-    rows, images = load_inference_log(store, cursor, max_rows=6, with_images=True)
+    rows, images = load_inference_log(store, cursor, max_rows=6, with_images=True, image_size=2)
     assert rows["inference_id"].tolist() == [f"i{k}" for k in range(6, 12)]
     assert np.concatenate(images)[:, 0, 0, 0].tolist() == list(range(6, 12))
+    store.delete(first)  # only the second file is read for the newest 6 rows
+    again, images = load_inference_log(store, cursor, max_rows=6, with_images=True, image_size=2)
+    pd.testing.assert_frame_equal(again, rows)
 
     rows, images = load_inference_log(store, cursor, since=start + timedelta(hours=9), columns=["inference_time",
                                                                                                "inference_id"])
@@ -55,6 +64,8 @@ def test_load_inference_log_newest_rows_with_aligned_images(tmp_path: Path) -> N
 
     rows, images = load_inference_log(store, {"parts": 0}, columns=["inference_id"])
     assert rows.empty and list(rows.columns) == ["inference_id"] and images == []
+    with pytest.raises(ValueError, match="image_size"):
+        load_inference_log(store, cursor, with_images=True)
 
 
 def test_case_mix_rows_leave_out_parts_written_before_the_case_mix() -> None:

@@ -1,11 +1,15 @@
 """The inference log at volume: reading capture files incrementally (cursor), in parallel and in
-bounded parts gives exactly the log a single full read gives; the faster feature code gives the
-same drift figures as the code it replaced."""
+bounded parts gives exactly the log a single full read gives; captures of today's endpoint (image
+features in the answer) and of older packages (decoded by the monitor) give the same log; the
+faster feature code gives the same drift figures as the code it replaced."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+
+import base64
+import json
 
 import numpy as np
 import pandas as pd
@@ -22,17 +26,22 @@ SIZE = 24
 START = utc_now() - timedelta(hours=2)
 
 
-def _store_with_captures(root: Path, n: int) -> tuple[LocalObjectStore, str]:
+def _store_with_captures(root: Path, n: int, answered_features: bool = True) -> tuple[LocalObjectStore, str]:
+    """A store whose capture folder holds ``n`` requests; ``answered_features=False``: lines as packages
+    from before the endpoint returned ``image_features`` wrote them."""
     store = LocalObjectStore(root=str(root))
     folder = Path(store.uri("logs", "datacapture/ep/AllTraffic")[len("file://"):])
     bodies = jpeg_bodies(lesion_images(16, SIZE, seed=3), 32, 24)
-    write_captures(folder, bodies, n, 25, START, 3600)
+    write_captures(folder, bodies, n, 25, START, 3600, image_size=SIZE if answered_features else None)
     return store, store.uri("logs", "datacapture/ep/AllTraffic")
 
 
 def _read(store: LocalObjectStore, parts: int) -> tuple[pd.DataFrame, np.ndarray]:
-    rows, images = load_inference_log(store, {"parts": parts}, with_images=True)
-    return rows, np.concatenate(images)
+    """The log's rows, each pointing at its capture by key (the stores' roots differ), and their views."""
+    rows, images = load_inference_log(store, {"parts": parts}, with_images=True, image_size=SIZE)
+    root = store.uri("logs", "")
+    assert rows["capture_object_uri"].str.startswith(root).all()
+    return rows.assign(capture_object_uri=rows["capture_object_uri"].str[len(root):]), np.concatenate(images)
 
 
 def test_incremental_and_parallel_reads_give_the_full_read(tmp_path: Path) -> None:
@@ -40,6 +49,8 @@ def test_incremental_and_parallel_reads_give_the_full_read(tmp_path: Path) -> No
     files = list(full_store.list(prefix))
     full = append_captures(full_store, files, SIZE, 1, 0, workers=1)
     assert full.new_rows == 300 and full.parts == 1 and not full.skipped
+    assert full.decoded == 0, "today's captures carry their features: no image is decoded"
+    assert not list(full_store.list(full_store.uri("logs", "monitoring/inference_log/parts/00000000.npy")))
 
     inc_store, prefix = _store_with_captures(tmp_path / "b", 300)
     files = list(inc_store.list(prefix))
@@ -57,25 +68,57 @@ def test_incremental_and_parallel_reads_give_the_full_read(tmp_path: Path) -> No
     assert len(pd.concat([e for e in first.health + second.health])) == 300  # every line's status/latency
 
     # the newest rows only (what drift reads): trimmed inside a part, images aligned
-    newest, images = load_inference_log(inc_store, {"parts": second.parts}, max_rows=130, with_images=True)
+    newest, images = load_inference_log(inc_store, {"parts": second.parts}, max_rows=130, with_images=True,
+                                        image_size=SIZE)
+    root = inc_store.uri("logs", "")
+    newest = newest.assign(capture_object_uri=newest["capture_object_uri"].str[len(root):])
     pd.testing.assert_frame_equal(newest, rows_full.iloc[-130:].reset_index(drop=True))
     np.testing.assert_array_equal(np.concatenate(images), views_full[-130:])
 
 
-def test_a_body_that_fails_to_decode_is_skipped_with_its_reason(tmp_path: Path) -> None:
-    store, prefix = _store_with_captures(tmp_path, 50)
+def test_older_captures_are_decoded_into_the_same_log(tmp_path: Path) -> None:
+    """Lines without ``image_features`` (packages from before the endpoint returned them) fall back to
+    decoding the image in the monitor: the same features, geometry, case mix and views as the
+    endpoint's own answers give."""
+    new_store, prefix = _store_with_captures(tmp_path / "new", 60)
+    old_store, old_prefix = _store_with_captures(tmp_path / "old", 60, answered_features=False)
+    new = append_captures(new_store, list(new_store.list(prefix)), SIZE, 1, 0, workers=1)
+    old = append_captures(old_store, list(old_store.list(old_prefix)), SIZE, 1, 0, workers=1)
+    assert (new.new_rows, new.decoded) == (60, 0) and (old.new_rows, old.decoded) == (60, 60)
+    rows_new, views_new = _read(new_store, new.parts)
+    rows_old, views_old = _read(old_store, old.parts)
+    pd.testing.assert_frame_equal(rows_new, rows_old, check_exact=True)  # the very same floats
+    assert np.isfinite(rows_new[list(F.PIXEL_FEATURES)].to_numpy()).all()
+    np.testing.assert_array_equal(views_new, views_old)
+
+
+def _truncate_first_body(store: LocalObjectStore, prefix: str) -> None:
     first = next(iter(store.list(prefix)))
     path = Path(first.uri[len("file://"):])
     lines = path.read_text().splitlines()
-    import base64
-    import json
-
     rec = json.loads(lines[0])
     body = base64.b64decode(rec["captureData"]["endpointInput"]["data"])
     rec["captureData"]["endpointInput"]["data"] = base64.b64encode(body[: len(body) // 2]).decode()  # truncated
     path.write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
+
+
+def test_a_body_that_fails_to_decode_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    store, prefix = _store_with_captures(tmp_path, 50, answered_features=False)
+    _truncate_first_body(store, prefix)
     out = append_captures(store, list(store.list(prefix)), SIZE, 1, 0, workers=1)
     assert out.new_rows == 49 and out.skipped == {"undecodable_image": 1}
+
+
+def test_a_logged_request_whose_image_no_longer_decodes_is_left_out_of_the_views(tmp_path: Path) -> None:
+    """The endpoint answered (so its features are logged), but the captured body no longer decodes:
+    the row stays in the log; asking for images drops it, counted, with the rest aligned."""
+    store, prefix = _store_with_captures(tmp_path, 50)
+    _truncate_first_body(store, prefix)
+    out = append_captures(store, list(store.list(prefix)), SIZE, 1, 0, workers=1)
+    assert out.new_rows == 50 and not out.skipped
+    rows, images = load_inference_log(store, {"parts": out.parts}, with_images=True, image_size=SIZE)
+    assert len(rows) == 49 == len(np.concatenate(images)) and rows.attrs["undecodable"] == 1
+    assert rows["inference_id"].iloc[0] == "bench-000000001"
 
 
 def _reference_features(images: np.ndarray) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """A monitored endpoint's store for monitoring tests and benchmarks: a real (tiny, untrained)
 model package, its baseline, the registry entry and the handles the monitoring assets read,
 plus capture files written the way the local endpoint writes them (``CaptureWriter`` keys,
-``capture_record`` lines)."""
+``capture_record`` lines, answers with the ``image_features`` the served handlers compute)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ml_code.package.image_features import ANSWER_FIELD, answer_features, sent_size
+from ml_code.package.image_policy import decode_square_with_facts
 from ml_code.serving.serve import capture_record
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
@@ -52,13 +54,25 @@ def jpeg_bodies(images: np.ndarray, width: int, height: int) -> list[bytes]:
     return out
 
 
+def endpoint_features(image: bytes, image_size: int) -> dict[str, float]:
+    """The ``image_features`` the served handlers put in their answer to ``image`` (the image file's
+    bytes) for a model of ``image_size`` px: the package's own decode and feature code, as
+    ``inference.predict_fn`` calls them."""
+    view, facts = decode_square_with_facts(image, image_size)
+    return answer_features(view, sent_size(facts))
+
+
 def write_captures(folder: Path, bodies: list[bytes], n_records: int, per_file: int, start: datetime,
-                   seconds: float, seed: int = 0, first_id: int = 0) -> list[Path]:
+                   seconds: float, seed: int = 0, first_id: int = 0, *, image_size: int | None) -> list[Path]:
     """``n_records`` capture lines in files of ``per_file`` under ``folder`` (the endpoint's
     ``<capture root>/<endpoint>/AllTraffic``), in the ``CaptureWriter`` key layout
     ``yyyy/mm/dd/hh/<yyyymmddThhmmssffffff>-<uuid8>.jsonl``, requests spread evenly over
-    ``seconds`` from ``start``. Bodies cycle through ``bodies``; answers are random probabilities."""
+    ``seconds`` from ``start``. Bodies cycle through ``bodies``; answers are random probabilities
+    with, as today's endpoint answers, the ``image_features`` of each body at ``image_size`` px
+    (:func:`endpoint_features`); ``image_size=None`` writes answers without them, as packages
+    before them did."""
     rng = np.random.default_rng(seed)
+    features = [None if image_size is None else endpoint_features(b, image_size) for b in bodies]
     paths = []
     for f0 in range(0, n_records, per_file):
         n = min(per_file, n_records - f0)
@@ -68,10 +82,12 @@ def write_captures(folder: Path, bodies: list[bytes], n_records: int, per_file: 
             i = f0 + j
             when = start + timedelta(seconds=seconds * i / max(1, n_records))
             p = probs[j]
-            text = json.dumps({"predicted_class": CLASSES[int(p.argmax())],
-                               "probabilities": {c: float(v) for c, v in zip(CLASSES, p)}})
+            answer = {"predicted_class": CLASSES[int(p.argmax())],
+                      "probabilities": {c: float(v) for c, v in zip(CLASSES, p)}}
+            if features[(first_id + i) % len(bodies)] is not None:
+                answer[ANSWER_FIELD] = features[(first_id + i) % len(bodies)]
             lines.append(json.dumps(capture_record(
-                body=bodies[(first_id + i) % len(bodies)], content_type="image/jpeg", response_text=text,
+                body=bodies[(first_id + i) % len(bodies)], content_type="image/jpeg", response_text=json.dumps(answer),
                 event_id=str(uuid.UUID(int=first_id + i + 1)), inference_id=f"bench-{first_id + i:09d}",
                 inference_time=when.timestamp(), package_version=1, latency_ms=float(rng.uniform(5, 40))),
                 separators=(",", ":")))
@@ -82,6 +98,19 @@ def write_captures(folder: Path, bodies: list[bytes], n_records: int, per_file: 
         path.write_text("\n".join(lines) + "\n")
         paths.append(path)
     return paths
+
+
+def solid_capture(store, key: str, values: list[int], side: int = 4) -> str:
+    """A capture file at ``key`` (logs bucket) of one request per value: a ``side`` px PNG of that
+    grey level, so a decoded model view says which line it came from. Returns the file's URI."""
+    lines = []
+    for i, value in enumerate(values):
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (value,) * 3).save(buf, format="PNG")
+        lines.append(json.dumps(capture_record(
+            body=buf.getvalue(), content_type="image/png", response_text=json.dumps({"predicted_class": "nv"}),
+            event_id=f"e{value}", inference_id=f"i{value}", inference_time=1.7e9 + i, package_version=1)))
+    return store.put_bytes("logs", key, ("\n".join(lines) + "\n").encode())
 
 
 def utc_now() -> datetime:

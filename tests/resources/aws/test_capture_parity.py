@@ -286,7 +286,8 @@ def test_sagemaker_capture_gives_the_figures_local_capture_gives(parity) -> None
     for rows in (local["rows"], aws["rows"]):
         assert rows["model_version"].value_counts().to_dict() == {2: 60, 1: 25}
         assert int((rows["inference_id"] == rows["event_id"]).sum()) == 10  # no client id: the capture's own
-    features = ["brightness", "contrast", "width", "height", "age", "sex", "body_region", "predicted_class"]
+    features = ["brightness", "contrast", "sharpness", "entropy", "width", "height", "age", "sex", "body_region",
+                "predicted_class"]
     # the same rows as a set: files of the local endpoint's workers and SageMaker's hourly files
     # need not list in the same order
     def ordered(rows: pd.DataFrame) -> pd.DataFrame:
@@ -297,6 +298,10 @@ def test_sagemaker_capture_gives_the_figures_local_capture_gives(parity) -> None
     # and the same figures
     assert local["md"]["inference_log"]["num_new_records"] == aws["md"]["inference_log"]["num_new_records"] == 85
     assert local["md"]["inference_log"]["skipped"] == aws["md"]["inference_log"]["skipped"] == {}
+    # both read the image features from the endpoint's answers, and keep pointers to the capture lines
+    assert local["md"]["inference_log"]["requests_decoded"] == aws["md"]["inference_log"]["requests_decoded"] == 0
+    assert aws["rows"]["capture_object_uri"].str.startswith("s3://").all()
+    assert local["rows"]["capture_object_uri"].str.startswith("file://").all()
     drift_keys = ("status", "n_requests", "drift_detected", "clinical_context_share")
     assert {k: aws["md"]["drift_report"][k] for k in drift_keys} == {k: local["md"]["drift_report"][k]
                                                                      for k in drift_keys}
