@@ -302,13 +302,13 @@ def test_ingestion_and_preprocessing_agree_with_policy(case_id: str) -> None:
      if c in ENDPOINT_PENDING else c for c in CASES],
 )
 def test_endpoint_agrees_with_policy(case_id: str) -> None:
-    """Today's endpoint decode (``inference.input_fn`` then ``load_image_square``) gives the
+    """The endpoint's decode (``inference.input_fn`` then ``decode_square_with_facts``, what ``predict_fn`` runs) gives the
     policy's decision, reason and pixels."""
     data = CASES[case_id].build()
     _, reason = _policy(data)
     try:
         inference.input_fn(data, "image/png")
-        served = inference.decode_square(data, SIZE)
+        served, _ = inference.decode_square_with_facts(data, SIZE)
     except ValueError as exc:
         assert reason, f"endpoint refused what the policy reads: {exc}"
         assert reason in str(exc)
@@ -328,7 +328,8 @@ def test_decode_square_keeps_todays_pixels_for_plain_rgb(fmt: str, shape: tuple[
     so existing preprocessed splits and served models stay valid for ordinary files."""
     rng = np.random.default_rng(shape[0] * size)
     data = _save(Image.fromarray(rng.integers(0, 256, (shape[1], shape[0], 3), dtype=np.uint8)), fmt)
-    np.testing.assert_array_equal(image_policy.decode_square(data, size), inference.decode_square(data, size))
+    np.testing.assert_array_equal(image_policy.decode_square(data, size),
+                                  inference.decode_square_with_facts(data, size)[0])  # what predict_fn serves
 
 
 def test_mpo_is_read_as_its_first_frame_and_reported_as_jpeg() -> None:
