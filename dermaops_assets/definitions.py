@@ -30,7 +30,20 @@ def step_executor(settings: Settings) -> dg.ExecutorDefinition:
         return dg.in_process_executor
     start = {"forkserver": {"preload_modules": ["dermaops_assets"]}} if settings.step_processes == "forkserver" \
         else {"spawn": {}}
-    return dg.multiprocess_executor.configured({"start_method": start}, name=f"multiprocess_{settings.step_processes}")
+
+    def run_choice(run_config: dict) -> dict:
+        """A run may still ask for ``execution: {config: {in_process: {}}}`` (or its own multiprocess
+        settings), as with Dagster's default executor; only the default start method is ours."""
+        if "in_process" in run_config:
+            return {"in_process": run_config["in_process"] or {}}
+        multiprocess = dict(run_config.get("multiprocess") or {})
+        multiprocess.setdefault("start_method", start)
+        return {"multiprocess": multiprocess}
+
+    return dg.multi_or_in_process_executor.configured(
+        run_choice, name=f"multi_or_in_process_{settings.step_processes}",
+        config_schema={"in_process": dg.Field(dg.Permissive(), is_required=False),
+                       "multiprocess": dg.Field(dg.Permissive(), is_required=False)})
 
 
 _settings = Settings.from_env()
