@@ -190,6 +190,12 @@ class ObjectStore(dg.ConfigurableResource, ABC):
     def list(self, prefix_uri: str, start_after: str | None = None) -> Iterator[StoredObject]:
         """Objects under a prefix in key order, strictly after ``start_after`` (a key) if given."""
 
+    def list_keys(self, prefix_uri: str) -> set[str]:
+        """The keys under a prefix, without sizes or versions: a membership test over a whole
+        prefix (ingestion's "is this remembered image still stored?") in one listing. Backends
+        override it where a key costs less than an object (locally: no stat per file)."""
+        return {obj.key for obj in self.list(prefix_uri)}
+
     @abstractmethod
     def delete(self, uri: str) -> None: ...
 
@@ -265,11 +271,13 @@ class ObjectStore(dg.ConfigurableResource, ABC):
             return default
 
 
-def walk_after(root: str | os.PathLike, start_after: str | None = None) -> Iterator[tuple[str, float]]:
+def walk_after(root: str | os.PathLike, start_after: str | None = None,
+               mtimes: bool = True) -> Iterator[tuple[str, float]]:
     """(relative key, mtime) of files under ``root`` in path-component order, strictly after
     ``start_after``. Folders wholly before the cursor are never opened, so a listing costs the
     depth of the cursor plus the new files, not the whole tree (what S3's StartAfter gives).
-    Hidden names (``.x``: unpublished temporary files of atomic writes) are skipped."""
+    Hidden names (``.x``: unpublished temporary files of atomic writes) are skipped. With
+    ``mtimes=False`` the mtime is 0.0 and no file is stat'ed (keys only)."""
     after = [p for p in start_after.split("/") if p] if start_after else []
 
     def walk(folder: str, rel: list[str], on_path: bool) -> Iterator[tuple[str, float]]:
@@ -290,7 +298,7 @@ def walk_after(root: str | os.PathLike, start_after: str | None = None) -> Itera
             elif entry.is_file(follow_symlinks=False):  # a symbolic link is neither: never followed
                 if here_on_path and depth == len(after) - 1:
                     continue  # the cursor file itself
-                yield "/".join(rel + [entry.name]), entry.stat().st_mtime
+                yield "/".join(rel + [entry.name]), entry.stat().st_mtime if mtimes else 0.0
 
     yield from walk(str(root), [], bool(after))
 
@@ -414,6 +422,14 @@ class LocalObjectStore(ObjectStore):
             stat = path.stat(follow_symlinks=False)
             yield StoredObject(uri=path.as_uri(), key=key, size=stat.st_size, modified=modified,
                                version=local_version(stat))
+
+    def list_keys(self, prefix_uri: str) -> set[str]:
+        base = self._path(prefix_uri)
+        if not base.is_dir():
+            return {obj.key for obj in self.list(prefix_uri)}  # a single file, or nothing
+        bucket, prefix = self.split_uri(base.as_uri())
+        lead = f"{prefix}/" if prefix else ""
+        return {lead + rel for rel, _ in walk_after(base, mtimes=False)}
 
     def delete(self, uri: str) -> None:
         self._path(uri).unlink(missing_ok=True)

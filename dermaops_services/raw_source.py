@@ -74,6 +74,7 @@ class RawSource:
         self.is_s3 = uri.startswith("s3://")
         self.root_is_link = False
         self._versions: dict[str, str] = {}  # S3: name -> size and ETag, from the listing
+        self._unlinked_folders: dict[str, bool] = {}  # local: folder -> no symbolic link on its way
         if self.is_s3:
             import boto3
 
@@ -158,10 +159,12 @@ class RawSource:
         Files with an unexpected extension are offered too, so that validation quarantines
         them with a reason instead of calling the image missing."""
         index: dict[str, str] = {}
-        for name in self._keys:
-            path = Path(name)
-            if path.parent.as_posix() in IMAGE_DIRS and not path.name.startswith("."):
-                index.setdefault(path.stem, name)
+        for name in self._keys:  # string splits, not Path objects: this runs once per file
+            folder, _, base = name.rpartition("/")
+            if (folder or ".") in IMAGE_DIRS and not base.startswith("."):
+                dot = base.rfind(".")
+                stem = base[:dot] if 0 < dot < len(base) - 1 else base  # what Path(base).stem gives
+                index.setdefault(stem, name)
         return index
 
     def version(self, name: str) -> str | None:
@@ -174,16 +177,33 @@ class RawSource:
         if self.is_s3:
             self._keys  # noqa: B018 - the listing fills the versions
             return self._versions.get(name)
-        parts = Path(name).parts
-        if any((self.root.joinpath(*parts[:i])).is_symlink() for i in range(1, len(parts))):
+        folder = name.rpartition("/")[0]
+        if folder and not self._folder_unlinked(folder):
             return None
         try:
-            st = os.lstat(self.root / name)
+            st = os.lstat(os.path.join(self._root_text, name))
         except OSError:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
         return f"file:{local_version(st)}"
+
+    @cached_property
+    def _root_text(self) -> str:
+        return str(self.root)
+
+    def _folder_unlinked(self, folder: str) -> bool:
+        """Whether no folder on the way from the root to ``folder`` (relative) is a symbolic link.
+        Asked once per folder for :meth:`version`: its answer only picks between the memo and a
+        read, and the read checks every folder again as it opens the file; a file reached through
+        a link swapped in later has another inode, so its version matches nothing remembered."""
+        known = self._unlinked_folders.get(folder)
+        if known is None:
+            parts = folder.split("/")
+            known = not any(os.path.islink(os.path.join(self._root_text, *parts[:i]))
+                            for i in range(1, len(parts) + 1))
+            self._unlinked_folders[folder] = known
+        return known
 
     def read(self, name: str) -> bytes:
         """The bytes of one file; ``NotFollowed`` for a symbolic link (checked on every folder

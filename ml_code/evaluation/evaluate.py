@@ -48,13 +48,27 @@ def predict_split(handlers: ModuleType, model: Any, images: np.ndarray, views: i
     """Served probabilities for uint8 NHWC ``images`` (network averaged over ``views`` D4
     transforms - None: the package's own, as served - fused with the descriptor model given
     ``clinical`` rows when the package has one)."""
+    return predict_split_with_ablations(handlers, model, images, views, clinical, chunk, network_only)[0]
+
+
+def predict_split_with_ablations(handlers: ModuleType, model: Any, images: np.ndarray, views: int | None = None,
+                                 clinical: np.ndarray | None = None, chunk: int = 512, network_only: bool = False,
+                                 ablations: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """:func:`predict_split`, and with ``ablations`` the package's ``image_only`` and ``network_only``
+    probabilities of the same images from the same network pass (``predict_fn``'s ``"ablations"``;
+    packages from before it give none, and the caller scores them separately)."""
     views = check_views(served_views(model) if views is None else views, "tta_views")
-    out = []
+    out, parts = [], {}
     for start in range(0, len(images), chunk):
         batch = {"images": np.asarray(images[start : start + chunk]), "views": views, "network_only": network_only,
-                 "clinical": None if clinical is None else clinical[start : start + chunk]}
-        out.append(np.asarray(handlers.predict_fn(batch, model), dtype=np.float64))
-    return np.concatenate(out) if out else np.zeros((0, len(model.classes)))
+                 "clinical": None if clinical is None else clinical[start : start + chunk], "ablations": ablations}
+        probs = handlers.predict_fn(batch, model)
+        out.append(np.asarray(probs, dtype=np.float64))
+        for name, value in (getattr(probs, "ablations", None) or {}).items():
+            parts.setdefault(name, []).append(np.asarray(value, dtype=np.float64))
+    empty = np.zeros((0, len(model.classes)))
+    whole = {name: np.concatenate(values) for name, values in parts.items() if len(values) == len(out)}
+    return (np.concatenate(out) if out else empty), whole
 
 
 def _mq(value: float, std: float | None = None) -> dict[str, Any]:
@@ -257,7 +271,8 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
         else:
             views = int(opts["tta_views"])
         opts["tta_views"] = views
-        p_test = predict_split(handlers, model, test.images, views, test.clinical)
+        p_test, ablations = predict_split_with_ablations(handlers, model, test.images, views, test.clinical,
+                                                         ablations=True)
         p_val = predict_split(handlers, model, val.images, views, val.clinical)
         report = compute_report(classes, val.labels, p_val, test.labels, p_test, opts)
         index_path = Path(splits_dir) / "test_index.csv"
@@ -270,8 +285,13 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
             # image-only path; report it too, so nobody mistakes one figure for the other.
             report["model"]["fusion"] = model.fusion
             # The network alone is the ablation that shows what the descriptor model adds.
-            for name, probs in (("image_only", predict_split(handlers, model, test.images, views, None)),
-                                ("network_only", predict_split(handlers, model, test.images, views, network_only=True))):
+            # From the test pass above where the package offers them (one network pass, not three).
+            ablated = {"image_only": ablations.get("image_only"), "network_only": ablations.get("network_only")}
+            if ablated["image_only"] is None:
+                ablated["image_only"] = predict_split(handlers, model, test.images, views, None)
+            if ablated["network_only"] is None:
+                ablated["network_only"] = predict_split(handlers, model, test.images, views, network_only=True)
+            for name, probs in ablated.items():
                 report[name] = {
                     "balanced_accuracy": metrics.balanced_accuracy(test.labels, probs.argmax(1), len(classes)),
                     "macro_auc": metrics.roc_auc_ovr(test.labels, probs)[1],

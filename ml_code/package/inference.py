@@ -48,8 +48,10 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
 
     ``data`` is what :func:`input_fn` returned, a uint8 ``(N, S, S, 3)`` array, or a dict
     ``{"images": uint8 array, "clinical": (N, M) array or None, "views": 1..8 or None,
-    "network_only": bool}`` (batch scoring with clinical context; ``views`` overrides the
-    package's test-time views, ``network_only`` is for ablations): all go through
+    "network_only": bool, "ablations": bool}`` (batch scoring with clinical context; ``views``
+    overrides the package's test-time views; ``network_only`` is for ablations, and ``ablations``
+    also returns them, ``{"image_only", "network_only": (N, C)}`` on the result's ``ablations``,
+    from the same network pass, for evaluation): all go through
     :func:`model.predict_images`, so the descriptor model is fused in when the package has one.
     A normalised float tensor ``(N, 3, S, S)`` gets the network's temperature-scaled
     probabilities only (no pixels left for descriptors; Grad-CAM titles use this).
@@ -75,8 +77,10 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
         probs = predict_images(view[None], model, clinical, features=features)
     elif isinstance(data, dict) and "images" in data:
         views = data.get("views")
+        ablations = {} if data.get("ablations") else None
         probs = predict_images(data["images"], model, data.get("clinical"), None if views is None else int(views),
-                               network_only=bool(data.get("network_only", False)), features=features)
+                               network_only=bool(data.get("network_only", False)), features=features,
+                               ablations=ablations)
     elif isinstance(data, np.ndarray):
         probs = predict_images(data, model, features=features)
     elif isinstance(data, torch.Tensor):
@@ -87,6 +91,8 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
     out = np.asarray(probs, dtype=np.float32).view(Probabilities)
     out.classes, out.arch = list(model.classes), str(model.config["arch"])
     out.image_features = monitored
+    if isinstance(data, dict) and data.get("ablations") and "images" in data:
+        out.ablations = {name: np.asarray(value, dtype=np.float32) for name, value in ablations.items()}  # as served
     if features:
         out.ood_scores = model.ood.scores({name: np.concatenate([f[name] for f in features]) for name in features[0]})
         out.in_distribution = model.ood.in_distribution(out.ood_scores)

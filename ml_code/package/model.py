@@ -169,26 +169,37 @@ def network_log_probs(x: torch.Tensor, model: ServedModel, views: int, temperatu
     twice as fast on 2 CPU cores (``benchmarks/tta_latency.py``). Eval-mode batch norm makes each
     row independent of its batch, so the result is the per-view loop's.
     """
+    return network_log_probs_at(x, model, views, (temperature,), features)[0]
+
+
+@torch.no_grad()
+def network_log_probs_at(x: torch.Tensor, model: ServedModel, views: int, temperatures: tuple[float, ...],
+                         features: list[dict[str, np.ndarray]] | None = None) -> list[np.ndarray]:
+    """:func:`network_log_probs` at each of ``temperatures`` from ONE forward pass of the views
+    (evaluation's ablations need the network at T = 1 for the fusion and at its own T alone);
+    each entry is what :func:`network_log_probs` gives for that temperature, to the bit."""
     order = view_order(views)
     model.eval()
-    out = []
+    out: list[list[torch.Tensor]] = [[] for _ in temperatures]
     for chunk in torch.split(x, max(1, 256 // len(order))):
         chunk = chunk.to(model.device, torch.float32)
         batch = torch.cat([dihedral_view(chunk, v) for v in order])
         if features is None:
-            logits = model(batch).float() / temperature
+            logits = model(batch).float()
         else:  # order[0] is the identity view: the first len(chunk) rows are the images as sent
             layers = layer_features(model.net, batch, rows=len(chunk))
             emb = layers[PENULTIMATE]
             features.append({name: f[: len(chunk)].float().cpu().numpy() for name, f in layers.items()})
-            logits = head_layer(model.net)(emb).float() / temperature
-        out.append(torch.softmax(logits, dim=1).view(len(order), len(chunk), -1).mean(0).cpu())
-    return torch.log(torch.cat(out).clamp_min(1e-12)).numpy().astype(np.float64)
+            logits = head_layer(model.net)(emb).float()
+        for t, temperature in enumerate(temperatures):
+            out[t].append(torch.softmax(logits / temperature, dim=1).view(len(order), len(chunk), -1).mean(0).cpu())
+    return [torch.log(torch.cat(parts).clamp_min(1e-12)).numpy().astype(np.float64) for parts in out]
 
 
 def predict_images(images: np.ndarray, model: ServedModel, clinical: np.ndarray | None = None,
                    views: int | None = None, network_only: bool = False,
-                   features: list[dict[str, np.ndarray]] | None = None) -> np.ndarray:
+                   features: list[dict[str, np.ndarray]] | None = None,
+                   ablations: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Probabilities ``(N, C)`` for uint8 ``(N, S, S, 3)`` images at the model's size.
 
     With a descriptor model: the fused output (:func:`fuse_log_probs`), ``clinical`` being
@@ -196,12 +207,26 @@ def predict_images(images: np.ndarray, model: ServedModel, clinical: np.ndarray 
     temperature-scaled softmax (also with ``network_only``). ``views`` averages the network
     over D4 views; None serves the package's own ``tta_views`` (what its fusion was fitted on).
     ``features``: see :func:`network_log_probs` (the OOD score's input).
+
+    ``ablations`` (a dict, for evaluation): filled with ``image_only`` (fused without clinical
+    context, what a bare image gets) and ``network_only`` (the network alone), each what this
+    function returns for that request, from the same network pass: evaluating a package with
+    its ablations then costs one pass over the test images, not three.
     """
     views = model.tta_views if views is None else views
     x = preprocess_array(images, model)
     if model.descriptor_model is None or model.fusion is None or network_only:
-        return np.exp(network_log_probs(x, model, views, model.temperature, features))
-    cnn = network_log_probs(x, model, views, 1.0, features)
+        probs = np.exp(network_log_probs(x, model, views, model.temperature, features))
+        if ablations is not None:
+            ablations.update(image_only=probs, network_only=probs)
+        return probs
+    if ablations is None:
+        cnn = network_log_probs(x, model, views, 1.0, features)
+    else:
+        cnn, alone = network_log_probs_at(x, model, views, (1.0, model.temperature), features)
+        ablations.update(network_only=np.exp(alone), image_only=fuse_log_probs(
+            cnn, model.descriptor_model.log_proba(descriptors.descriptor_matrix(np.asarray(images), None)),
+            model.fusion))
     desc = model.descriptor_model.log_proba(descriptors.descriptor_matrix(np.asarray(images), clinical))
     return fuse_log_probs(cnn, desc, model.fusion)
 
@@ -219,12 +244,15 @@ class Probabilities(np.ndarray):
     arch: str
     ood_scores: np.ndarray | None
     in_distribution: np.ndarray | None
+    ablations: dict[str, np.ndarray] | None
+    """Evaluation only (``predict_fn``'s ``"ablations"``): ``image_only`` and ``network_only`` (N, C)."""
 
     def __array_finalize__(self, obj: Any) -> None:
         self.classes = getattr(obj, "classes", [])
         self.arch = getattr(obj, "arch", "")
         self.ood_scores = getattr(obj, "ood_scores", None)
         self.in_distribution = getattr(obj, "in_distribution", None)
+        self.ablations = getattr(obj, "ablations", None)
 
 
 @torch.no_grad()

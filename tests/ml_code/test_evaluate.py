@@ -118,3 +118,24 @@ def test_unknown_option_fails_the_job_naming_it(trained, tmp_path):
     assert proc.returncode != 0
     reason = (tmp_path / "eval-output" / "failure").read_text()
     assert "unknown evaluation option(s) ['n_bootstraps']" in reason and "'n_bootstrap'" in reason
+
+
+def test_ablations_from_the_served_pass_equal_their_own_passes(trained, tmp_path):
+    """The image-only and network-only figures come from the test pass that scores the served
+    output (one network pass, not three); they must be what scoring each on its own gives."""
+    from ml_code.data.split_reader import load_splits
+    from ml_code.evaluation.evaluate import predict_split, predict_split_with_ablations
+    from ml_code.package.loader import open_package
+
+    _, splits, model_in = trained
+    package = open_package(model_in / "model.tar.gz", tmp_path, "ablations")
+    handlers, model = package.api, package.model
+    assert model.descriptor_model is not None  # the fused path, where the three differ
+    test = load_splits(splits)[0]["test"]
+    served, ablations = predict_split_with_ablations(handlers, model, test.images, None, test.clinical,
+                                                     ablations=True)
+    np.testing.assert_array_equal(served, predict_split(handlers, model, test.images, None, test.clinical))
+    np.testing.assert_array_equal(ablations["image_only"], predict_split(handlers, model, test.images, None, None))
+    np.testing.assert_array_equal(ablations["network_only"],
+                                  predict_split(handlers, model, test.images, None, network_only=True))
+    assert not np.allclose(ablations["network_only"], served)

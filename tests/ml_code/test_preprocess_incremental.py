@@ -57,7 +57,11 @@ def test_the_process_pool_writes_the_bytes_the_serial_path_writes(manifests, tmp
     assert serial["decoded"] == pooled["decoded"] == sum(serial["images"].values()) > 100
 
 
-def test_a_rerun_with_new_images_decodes_only_those(manifests, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "read-write"])
+def test_a_rerun_with_new_images_decodes_only_those(manifests, tmp_path: Path, monkeypatch, kernel_copy) -> None:
+    """Known pixels are copied by the kernel where it can (``copy_file_range``) and by reads and
+    writes where it cannot (another file system, macOS): the same bytes as a fresh run either way."""
+    monkeypatch.setattr(preprocess, "_KERNEL_COPY", kernel_copy and preprocess._KERNEL_COPY)
     first = _run(manifests, "old", tmp_path / "first", num_workers=1)
     decoded: list[int] = []
 
