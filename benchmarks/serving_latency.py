@@ -220,6 +220,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dermaops-bench-serving-") as tmp:
         workdir = Path(tmp)
         package = pick_package(args.model, workdir)
+        package_mb = package.stat().st_size / 1e6  # a package built here goes with the folder
         handlers = Handlers(package, workdir, threads)
         batching = handlers.batching_speedup(bodies)
         proc, state = start_server(package, workdir)
@@ -248,7 +249,7 @@ def main() -> int:
     usd_per_1000 = price(INSTANCE) / 3600.0 / (per_core * INSTANCE_VCPUS) * 1000
     p50, p99, raw50, raw99 = (float(np.percentile(c1, 50)), float(np.percentile(c1, 99)),
                               float(np.percentile(raw, 50)), float(np.percentile(raw, 99)))
-    print(f"package {package} ({package.stat().st_size / 1e6:.1f} MB); {len(bodies)} HAM10000 JPEGs; {cores} core(s); "
+    print(f"package {package} ({package_mb:.1f} MB); {len(bodies)} HAM10000 JPEGs; {cores} core(s); "
           f"server: {workers} worker(s) x {threads} torch thread(s); baseline: the handlers called here, {threads} thread(s)")
     print(f"concurrency 1: HTTP p50 {p50:.1f} ms p99 {p99:.1f} ms | handlers p50 {raw50:.1f} ms p99 {raw99:.1f} ms")
     print(f"throughput: c1 {rps1:.1f} req/s, c8 {rps8:.1f} req/s ({rps8 / rps1:.2f}x); c8 p50 "
