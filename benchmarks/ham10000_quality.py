@@ -1,7 +1,7 @@
 """Real-data quality benchmark: the whole pipeline on HAM10000, on this machine.
 
     .venv/bin/python benchmarks/ham10000_quality.py [--data ../shared/data/ham10000] [--image-size 64]
-        [--minutes M] [--arch NAME] [--seed N] [--with-baseline]
+        [--minutes M] [--arch NAME] [--seed N] [--option KEY=VALUE ...] [--with-baseline]
         [--external-images DIR --external-labels CSV] [--home DIR]
 
 Ingests the dataset, builds the lesion-grouped splits, trains with the DermaOps recipe
@@ -118,6 +118,9 @@ def main() -> int:
                              "statistics and packaging add 1.5-4 min")
     parser.add_argument("--arch", help="network instead of the recipe's (see ml_code.training.models.ARCHS)")
     parser.add_argument("--seed", type=int, help="seed instead of the recipe's")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other training option over the recipe's (ml_code/training/options.py), "
+                             "e.g. --option freeze_stages=3; repeatable")
     parser.add_argument("--home", type=Path, help="keep state here instead of a temporary folder")
     parser.add_argument("--with-baseline", action="store_true")
     parser.add_argument("--external-images", type=Path, help="an independent labelled test set's image folder")
@@ -131,6 +134,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dermaops-bench-") as tmp:
         home = args.home or Path(tmp)
         overrides = {k: v for k, v in (("arch", args.arch), ("seed", args.seed)) if v is not None}
+        for item in args.option:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"--option {item!r}: expected KEY=VALUE")
+            overrides[key] = yaml.safe_load(value)
         result = run_pipeline(home / "recipe", args.data, args.image_size, {"recipe": args.recipe, **overrides},
                               args.minutes)
         describe("DermaOps recipe" + "".join(f", {k} {v}" for k, v in overrides.items()), result)

@@ -25,7 +25,9 @@ of a share of rows, so an image sent without any clinical context is still score
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +135,13 @@ def image_descriptors(images: np.ndarray, chunk: int = 256) -> np.ndarray:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"image_descriptors expects uint8 (N, S, S, 3) images, got {arr.dtype} {arr.shape}")
-    parts = [_descriptor_chunk(np.asarray(arr[i : i + chunk])) for i in range(0, len(arr), chunk)]
+    starts = range(0, len(arr), chunk)
+    workers = min(len(starts), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers > 1:  # numpy releases the GIL in these array operations: chunks run on every core
+        with ThreadPoolExecutor(workers, thread_name_prefix="descriptors") as pool:
+            parts = list(pool.map(lambda i: _descriptor_chunk(np.asarray(arr[i : i + chunk])), starts))
+    else:
+        parts = [_descriptor_chunk(np.asarray(arr[i : i + chunk])) for i in starts]
     return np.concatenate(parts) if parts else np.zeros((0, descriptor_count()), np.float32)
 
 

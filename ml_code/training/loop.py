@@ -20,7 +20,7 @@ from ml_code import contract, metrics
 from ml_code.data.split_reader import Split
 from ml_code.package.views import dihedral_view, view_order
 from ml_code.training.data import Normalizer, TrainData
-from ml_code.training.models import build_model
+from ml_code.training.models import build_model, freeze_early_stages
 from ml_code.training.options import TrainOptions
 
 
@@ -204,11 +204,14 @@ def build_network(opts: TrainOptions, num_classes: int, small_input: bool, rt: R
     AdamW (no weight decay on biases and norm parameters), GradScaler and EMA."""
     model = build_model(opts.arch, num_classes, opts.weights_path, small_input=small_input).to(rt.device)
     model = model.to(memory_format=torch.channels_last)
+    freeze_early_stages(model, opts.freeze_stages)
     ddp_model: nn.Module = model
     if rt.world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for p in model.parameters():
+        if not p.requires_grad:  # frozen stages (freeze_stages)
+            continue
         (no_decay if p.ndim <= 1 else decay).append(p)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr

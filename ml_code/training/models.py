@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ml_code.package.efficientnet_lite import TF_MEAN, TF_STD, load_pretrained
+from ml_code.package.efficientnet_lite import TF_MEAN, TF_STD, freeze_backbone, load_pretrained
 from ml_code.package.networks import PRETRAINED_ARCHS, SUPPORTED_ARCHS, build_network
 
 ARCHS = SUPPORTED_ARCHS
@@ -83,3 +83,25 @@ def build_model(
             )
         net.load_state_dict(compatible, strict=False)
     return net
+
+
+
+def freeze_early_stages(net: nn.Module, stages: int) -> int:
+    """Keep the stem and the first ``stages`` stages of a pretrained EfficientNet-Lite at their
+    ImageNet weights (:func:`ml_code.package.efficientnet_lite.freeze_backbone` up to that stage's
+    last block); returns how many parameters stay trainable.
+
+    Why: on CPU the early, high-resolution stages cost a large share of each step's backward pass
+    while their ImageNet filters (edges, colour blobs) carry over to dermoscopy with little change
+    (Yosinski et al. 2014, "How transferable are features in deep neural networks?"). Their batch
+    norms keep running in train mode, so their statistics adapt to dermoscopy. Raises ValueError
+    for a network without stage boundaries (``stage_ends``) or ``stages`` outside 0..len - 1.
+    """
+    if stages == 0:
+        return sum(p.numel() for p in net.parameters() if p.requires_grad)
+    ends = getattr(net, "stage_ends", None)
+    if ends is None:
+        raise ValueError(f"freeze_stages needs an EfficientNet-Lite network; {type(net).__name__} has no stages")
+    if not 0 < stages < len(ends):
+        raise ValueError(f"freeze_stages must be 0..{len(ends) - 1} for this network, got {stages}")
+    return freeze_backbone(net, ends[stages - 1] + 1)

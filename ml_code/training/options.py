@@ -36,6 +36,8 @@ class TrainOptions(OptionsModel):
     seed: int = option(42, "seed of every RNG (each process adds its rank)")
     amp: bool = option(True, "bf16 autocast on CPU, fp16 + GradScaler on CUDA")
     weights_path: Optional[str] = option(None, "local ImageNet state_dict to start from; never downloaded")
+    freeze_stages: int = option(0, "EfficientNet-Lite: stem and the first N stages kept at their ImageNet "
+                                "weights (faster steps on CPU); 0 trains every layer", minimum=0)
     num_workers: int = option(0, "DataLoader worker processes", minimum=0)
     max_minutes: Optional[float] = option(None, "wall-clock budget of the network's training, minutes: the LR "
                                           "schedule is fitted to it instead of cutting training mid-anneal", above=0)

@@ -64,6 +64,17 @@ def test_image_descriptors_are_orientation_invariant_and_checked():
         descriptors.image_descriptors(images.astype(np.float32))
 
 
+def test_chunks_on_every_core_give_the_single_thread_rows():
+    """Batches over one chunk are described on a thread per core; the rows must be the ones the
+    chunk-by-chunk loop gives, in order (the evaluation and training fit on these)."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, size=(70, 32, 32, 3), dtype=np.uint8)
+    threaded = descriptors.image_descriptors(images, chunk=16)
+    serial = np.concatenate([descriptors.image_descriptors(images[i:i + 16], chunk=16) for i in range(0, 70, 16)])
+    assert threaded.shape == (70, descriptors.descriptor_count())
+    np.testing.assert_array_equal(threaded, serial)
+
+
 def _lesion(shape: str, size: int = 48, offset: int = 0) -> np.ndarray:
     """Skin-coloured crop with one dark lesion: a centred disc, a shifted disc, or a star."""
     yy, xx = np.mgrid[:size, :size] - (size - 1) / 2

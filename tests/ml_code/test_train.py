@@ -276,3 +276,25 @@ def test_pretrained_lite_fine_tunes_from_the_wheel_weights_and_serves_alone(spli
     assert start_corr > 0.9
     assert trained["_fc.weight"].shape == (7, imagenet["_fc.weight"].shape[1])
     assert_package_serves_alone(model_dir)
+
+
+def test_frozen_early_stages_keep_their_imagenet_weights(splits, tmp_path):
+    """``freeze_stages`` 3: the stem and blocks 0-4 (the 48/24/12 px stages at 96 px) leave the
+    job with exactly ImageNet's weights while the later blocks and the head train; a network
+    without stages is refused with the option named."""
+    from ml_code.package.efficientnet_lite import pretrained_weights_file
+
+    proc = run_train(tmp_path, splits, {"arch": "efficientnet_lite0", "epochs": 1, "batch_size": 32, "num_threads": 2,
+                                        "descriptor_model": False, "amp": False, "freeze_stages": 3})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
+    imagenet = torch.load(pretrained_weights_file("lite0"), map_location="cpu", weights_only=True)
+    weights = [k for k in imagenet if k.endswith((".weight", ".bias")) and not k.startswith("_fc.")]
+    frozen = [k for k in weights if k.startswith(("_conv_stem.", "_bn0.")) or
+              (k.startswith("_blocks.") and int(k.split(".")[1]) <= 4)]
+    assert len(frozen) > 20 and all(torch.equal(trained[k], imagenet[k]) for k in frozen)
+    moved = [k for k in weights if k.startswith("_blocks.") and int(k.split(".")[1]) >= 5]
+    assert sum(not torch.equal(trained[k], imagenet[k]) for k in moved) > 0.9 * len(moved)
+
+    refused = run_train(tmp_path / "resnet", splits, {"arch": "resnet18", "epochs": 1, "freeze_stages": 2})
+    assert refused.returncode != 0 and "freeze_stages" in refused.stderr + refused.stdout
