@@ -43,6 +43,11 @@ def test_prints_each_half_and_the_balance_sweep(package):
     assert {"network alone", "descriptor model alone", "served fusion"} <= set(figures)
     assert {f"fusion_balance {b:.2f}" for b in (0, 0.25, 0.5, 0.75, 1)} <= set(figures)
     assert all(0.0 <= v <= 1.0 for pair in figures.values() for v in pair)
+    out_of_fold = re.findall(r"validation out-of-fold: macro_auc ([\d.]+)  balanced_accuracy ([\d.]+)", out)
+    assert len(out_of_fold) == 5 and all(0.0 <= float(v) <= 1.0 for pair in out_of_fold for v in pair)
+    corrected = re.findall(r"^fusion_balance (0\.00|0\.50), prior correction gamma ([\d.]+) \(chosen on validation\): "
+                           r"test macro_auc ([\d.]+)  balanced_accuracy ([\d.]+)$", out, re.M)
+    assert [c[0] for c in corrected] == ["0.00", "0.50"] and all(0 <= float(c[1]) <= 1.5 for c in corrected)
     # Same val predictions, same balance: the refit is the served stacker (to LBFGS tolerance).
     assert figures["fusion_balance 0.50"] == pytest.approx(figures["served fusion"], abs=2e-3)
 
