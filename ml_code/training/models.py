@@ -85,7 +85,6 @@ def build_model(
     return net
 
 
-
 def freeze_early_stages(net: nn.Module, stages: int) -> int:
     """Keep the stem and the first ``stages`` stages of a pretrained EfficientNet-Lite at their
     ImageNet weights (:func:`ml_code.package.efficientnet_lite.freeze_backbone` up to that stage's
