@@ -67,6 +67,7 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
     """
     features: list[dict[str, np.ndarray]] | None = [] if getattr(model, "ood", None) is not None else None
     monitored: list[dict[str, float]] | None = None
+    ablations: dict[str, np.ndarray] | None = None  # filled by predict_images when asked for
     if isinstance(data, dict) and "image_bytes" in data:
         context, clinical = data.get("clinical"), None
         if context and model.descriptor_model is not None:
@@ -91,7 +92,7 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
     out = np.asarray(probs, dtype=np.float32).view(Probabilities)
     out.classes, out.arch = list(model.classes), str(model.config["arch"])
     out.image_features = monitored
-    if isinstance(data, dict) and data.get("ablations") and "images" in data:
+    if ablations is not None:
         out.ablations = {name: np.asarray(value, dtype=np.float32) for name, value in ablations.items()}  # as served
     if features:
         out.ood_scores = model.ood.scores({name: np.concatenate([f[name] for f in features]) for name in features[0]})
