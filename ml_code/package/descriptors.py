@@ -136,12 +136,16 @@ def image_descriptors(images: np.ndarray, chunk: int = 256) -> np.ndarray:
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"image_descriptors expects uint8 (N, S, S, 3) images, got {arr.dtype} {arr.shape}")
     starts = range(0, len(arr), chunk)
+
+    def describe(start: int) -> np.ndarray:
+        return _descriptor_chunk(np.asarray(arr[start : start + chunk]))
+
     workers = min(len(starts), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if workers > 1:  # numpy releases the GIL in these array operations: chunks run on every core
         with ThreadPoolExecutor(workers, thread_name_prefix="descriptors") as pool:
-            parts = list(pool.map(lambda i: _descriptor_chunk(np.asarray(arr[i : i + chunk])), starts))
+            parts = list(pool.map(describe, starts))
     else:
-        parts = [_descriptor_chunk(np.asarray(arr[i : i + chunk])) for i in starts]
+        parts = [describe(start) for start in starts]
     return np.concatenate(parts) if parts else np.zeros((0, descriptor_count()), np.float32)
 
 
