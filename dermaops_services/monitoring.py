@@ -10,8 +10,8 @@ Layout in the object store (all written by the monitoring assets):
 - ``logs/monitoring/inference_log/cursor.json``: last capture key read, number of parts, totals.
 - ``logs/monitoring/inference_log/parts/<seq:08d>.parquet``: validated capture rows (features,
   predictions, case mix) and, per row, a pointer to its capture line (``capture_object_uri``,
-  ``capture_line``); a run writes one part per ``PART_ROWS`` rows or so (cut at capture-file
-  boundaries). No images: whoever needs a logged request's model view (embedding drift, the
+  ``capture_line``); a run writes one part per ``PART_ROWS`` rows or so (cut at the boundary of a
+  chunk of capture files). No images: whoever needs a logged request's model view (embedding drift, the
   labelling queue) decodes its capture line again (:func:`capture_views`), a few hundred rows at
   most, so the patient's image is stored once, in the capture, and expires with it. Logs written
   before kept the views in ``parts/<seq>.npy``; those files are no longer read.
@@ -37,7 +37,9 @@ import pandas as pd
 from ml_code.monitoring.capture import (
     POINTER_COLUMNS, VersionTimeline, capture_line_views, rows_to_parquet_bytes, validate_rows,
 )
-from ml_code.monitoring.capture_reader import PARALLEL_MIN_BYTES, ParsedFile, default_workers, parse_files
+from ml_code.monitoring.capture_reader import (
+    CHUNK_LINES, PARALLEL_MIN_BYTES, ParsedChunk, default_workers, parse_files,
+)
 from ml_code.monitoring.casemix import CASE_MIX_COLUMNS
 
 from dermaops_resources.handles import EndpointHandle
@@ -104,9 +106,12 @@ def baseline_for_deployed_model(store: ObjectStore, registry: ModelRegistry, end
     return fallback, False
 
 
-PART_ROWS = 2048
-"""Rows per inference-log part (at most one capture file more): a run holds at most a part's rows
-(and, for lines it must decode, their 96 px views: 57 MB) however many requests it reads."""
+PART_ROWS = 16384
+"""Rows per inference-log part (at most one parsing chunk more): a run holds at most a part's rows
+(about 500 bytes a row: 8 MB) however many requests it reads. Parsing goes by chunks of at most
+``capture_reader.CHUNK_LINES`` lines (and, for lines it must decode, their 96 px views: 57 MB).
+Parts are this large because validating one costs about 60 ms however few rows it holds: at 2,048
+rows that was a quarter of reading a 100,000-request backlog (benchmarks/monitoring_volume.py)."""
 
 
 @dataclass
@@ -128,14 +133,16 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
 
     Rows are deduplicated by inference id within the run (counted as
     ``duplicate_inference_id``) and validated (``validate_rows``) per part; each keeps the URI of
-    its capture file and its line number. Parts are cut at file boundaries once
-    ``part_rows`` rows are buffered, so the same files always give the same parts: a run that
-    crashed before its cursor was written rewrites the same part numbers when repeated.
+    its capture file and its line number. Files are parsed in chunks of whole files
+    (``capture_reader.chunked``: at most ``min(part_rows, CHUNK_LINES)`` lines or so), and parts are
+    cut at chunk boundaries once ``part_rows`` rows are buffered, so the same files always give the
+    same parts: a run that crashed before its cursor was written rewrites the same part numbers when
+    repeated.
     ``workers``: parsing processes (``ml_code.monitoring.capture_reader``); None: this process,
     unless the first file's answers lacked image features (captures of older packages, whose
     images must be decoded) and the rest hold at least ``PARALLEL_MIN_BYTES``, then every CPU.
-    Reading today's captures costs about 0.09 ms a request in one process, less than starting
-    workers and shipping them the bytes (benchmarks/monitoring_volume.py).
+    Reading today's captures in one process takes about 14 s for 100,000 requests on a slow 2-core
+    machine (benchmarks/monitoring_volume.py), within the 15 s target without workers.
     ``skipped`` (reason -> count) is added to and returned. ``timeline``: the endpoint variant's
     deployment record, which says which package answered SageMaker's lines (they name none);
     without one (local lines carry their version, or no record was kept) ``model_version``."""
@@ -151,7 +158,8 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
         out.new_rows += len(rows)
         frames.clear()
 
-    for parsed in _parsed_files(store, files, image_size, model_version, workers, timeline):
+    chunk_lines = min(part_rows, CHUNK_LINES)
+    for parsed in _parsed_files(store, files, image_size, model_version, workers, timeline, chunk_lines):
         out.health.append(parsed.health)
         out.decoded += parsed.decoded
         for reason, n in parsed.skipped.items():
@@ -177,21 +185,22 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
 
 
 def _parsed_files(store: ObjectStore, files: list[StoredObject], image_size: int, model_version: int,
-                  workers: int | None, timeline: VersionTimeline | None) -> Iterator[ParsedFile]:
+                  workers: int | None, timeline: VersionTimeline | None, chunk_lines: int) -> Iterator[ParsedChunk]:
     """``parse_files`` of ``files`` read from the store, in order, on ``workers`` processes (None: see
-    ``append_captures``)."""
+    ``append_captures``), in chunks of about ``chunk_lines`` lines."""
     def blobs(chunk: list[StoredObject]) -> Iterator[tuple[str, bytes]]:
         return ((f.uri, store.get_bytes(f.uri)) for f in chunk)
 
     if workers is not None or not files:
-        yield from parse_files(blobs(files), image_size, model_version, workers or 1, timeline)
+        yield from parse_files(blobs(files), image_size, model_version, workers or 1, timeline, chunk_lines)
         return
-    head = next(parse_files(blobs(files[:1]), image_size, model_version, 1, timeline))
+    head = next(parse_files(blobs(files[:1]), image_size, model_version, 1, timeline, chunk_lines))
     yield head
     decoding = head.decoded * 2 > len(head.rows)  # most answers lack image_features: an older package
     rest = files[1:]
     parallel = decoding and sum(f.size for f in rest) >= PARALLEL_MIN_BYTES
-    yield from parse_files(blobs(rest), image_size, model_version, default_workers() if parallel else 1, timeline)
+    yield from parse_files(blobs(rest), image_size, model_version, default_workers() if parallel else 1, timeline,
+                           chunk_lines)
 
 
 def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int | None = None,

@@ -1,14 +1,16 @@
-"""Capture files to inference-log rows at volume: one file at a time, in order, on every core.
+"""Capture files to inference-log rows at volume: a chunk of files at a time, in order, on every core.
 
 ``parse_lines`` (``capture``) reads each request's image features from the endpoint's answer, and
 decodes the image only for lines whose answer has none (packages from before the endpoint returned
 them, other writers); that decode is most of a run's cost when it happens, and it is independent per
-file. So files can be parsed in worker processes (``spawn``: the Dagster run process has threads,
-and forking one is unsafe), at most ``2 * workers`` files in flight so memory stays bounded by a few
-files, and results come back in file order, so the log is the same whatever the number of workers.
+file. So chunks of files can be parsed in worker processes (``spawn``: the Dagster run process has
+threads, and forking one is unsafe), at most ``2 * workers`` chunks in flight so memory stays bounded
+by a few chunks, and results come back in file order, so the log is the same whatever the number of
+workers. Files are grouped into chunks (:func:`chunked`) because a frame per file of 100 requests cost
+as much again as parsing its lines.
 Captures that carry their features, and small batches (the hourly incremental case), are parsed in
-this process: starting workers costs about a second each, and shipping them the bytes more than
-reading the answers does.
+this process: starting a worker costs about a second, and one process reads 100,000 answered requests
+in about 14 s on a slow 2-core machine (benchmarks/monitoring_volume.py), within the 15 s target.
 
 No Dagster, no object store here: the caller reads the bytes and writes the parts.
 """
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .capture import VersionTimeline, parse_lines
+from .capture import VersionTimeline, parse_sources
 from .health import health_from_metadata
 
 PARALLEL_MIN_BYTES = 32 << 20
@@ -32,10 +34,18 @@ PARALLEL_MIN_BYTES = 32 << 20
 parsed in-process: starting workers costs more than it saves."""
 
 
+CHUNK_LINES = 2048
+"""Capture lines parsed into one frame (whole objects; one object more than this is not split): frames
+cost about 6 ms each however few rows they hold, and the local endpoint writes an object per 100 requests."""
+CHUNK_BYTES = 16 << 20
+"""...and at most about this many bytes of them (one object more), so that captures of full-size
+images (100 kB a line) hold a chunk to a few hundred lines in memory."""
+
+
 @dataclass
-class ParsedFile:
-    """One capture file: validated-to-be rows, skip reasons, health events, and how many of its
-    rows had their image decoded (no valid features in the answer)."""
+class ParsedChunk:
+    """Consecutive capture objects: validated-to-be rows, skip reasons, health events, and how many of
+    its rows had their image decoded (no valid features in the answer)."""
 
     rows: pd.DataFrame
     skipped: dict[str, int]
@@ -43,15 +53,15 @@ class ParsedFile:
     decoded: int = 0
 
 
-def parse_file(source: str, data: bytes, image_size: int, model_version: int,
-               timeline: VersionTimeline | None = None) -> ParsedFile:
-    """``parse_lines`` and ``health_events`` of one capture file's bytes (JSONL); ``source`` is the
-    file's URI, kept with each row's line number. ``timeline``: which package a SageMaker line
-    without a version was answered by (see ``parse_lines``)."""
+def parse_chunk(blobs: list[tuple[str, bytes]], image_size: int, model_version: int,
+                timeline: VersionTimeline | None = None) -> ParsedChunk:
+    """``parse_sources`` and ``health_events`` of capture objects' ``(URI, bytes)`` (JSONL), in the
+    order given; each row keeps its object's URI and line number. ``timeline``: which package a
+    SageMaker line without a version was answered by (see ``parse_lines``)."""
     metas: list[dict] = []  # each line's eventMetadata, parsed once for the rows and the health events
-    batch = parse_lines(data.splitlines(), image_size=image_size, model_version=model_version, timeline=timeline,
-                        source=source, metadata=metas)
-    return ParsedFile(batch.rows, dict(batch.skipped), health_from_metadata(metas), batch.decoded)
+    batch = parse_sources([(source, data.splitlines()) for source, data in blobs], image_size=image_size,
+                          model_version=model_version, timeline=timeline, metadata=metas)
+    return ParsedChunk(batch.rows, dict(batch.skipped), health_from_metadata(metas), batch.decoded)
 
 
 def default_workers() -> int:
@@ -62,22 +72,40 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def parse_files(blobs: Iterable[tuple[str, bytes]], image_size: int, model_version: int, workers: int = 1,
-                timeline: VersionTimeline | None = None) -> Iterator[ParsedFile]:
-    """``parse_file`` of each ``(uri, bytes)`` blob, in the order given.
+def chunked(blobs: Iterable[tuple[str, bytes]], max_lines: int = CHUNK_LINES,
+            max_bytes: int = CHUNK_BYTES) -> Iterator[list[tuple[str, bytes]]]:
+    """Consecutive blobs, grouped until they hold ``max_lines`` lines or ``max_bytes`` bytes together;
+    lazy, so at most one chunk's bytes are held. The grouping depends on the blobs alone, not on the
+    workers, so a run gives the same chunks (and the log the same parts) however it is parallelised."""
+    chunk: list[tuple[str, bytes]] = []
+    lines = size = 0
+    for source, data in blobs:
+        chunk.append((source, data))
+        lines += data.count(b"\n") + (not data.endswith(b"\n"))
+        size += len(data)
+        if lines >= max_lines or size >= max_bytes:
+            yield chunk
+            chunk, lines, size = [], 0, 0
+    if chunk:
+        yield chunk
 
-    ``blobs`` is consumed lazily (at most ``2 * workers`` ahead of what was yielded), so a
+
+def parse_files(blobs: Iterable[tuple[str, bytes]], image_size: int, model_version: int, workers: int = 1,
+                timeline: VersionTimeline | None = None, max_lines: int = CHUNK_LINES) -> Iterator[ParsedChunk]:
+    """``parse_chunk`` of each chunk of the ``(uri, bytes)`` blobs (:func:`chunked`), in the order given.
+
+    ``blobs`` is consumed lazily (at most ``2 * workers`` chunks ahead of what was yielded), so a
     generator that reads files from the store keeps only a few of them in memory.
     ``workers <= 1`` parses in this process."""
     if workers <= 1:
-        for source, data in blobs:
-            yield parse_file(source, data, image_size, model_version, timeline)
+        for chunk in chunked(blobs, max_lines):
+            yield parse_chunk(chunk, image_size, model_version, timeline)
         return
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         pending: deque[Future] = deque()
-        for source, data in blobs:
-            pending.append(pool.submit(parse_file, source, data, image_size, model_version, timeline))
+        for chunk in chunked(blobs, max_lines):
+            pending.append(pool.submit(parse_chunk, chunk, image_size, model_version, timeline))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:

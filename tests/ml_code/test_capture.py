@@ -260,3 +260,32 @@ def test_answer_features_that_are_incomplete_or_out_of_range_are_not_trusted() -
     assert batch.decoded == len(bad) and len(batch.rows) == len(bad)
     for name in ("brightness", "sharpness", "entropy", "width", "contrast"):
         assert batch.rows[name].tolist() == [reference[name].iloc[0]] * len(bad)
+
+
+def test_objects_parsed_together_give_the_rows_each_gives_alone() -> None:
+    """A chunk of capture objects parsed into one frame (``parse_sources``, what the inference log
+    reads a backlog with) gives each object's own rows, one after another, each with its object's URI
+    and its line number there; ``chunked`` bounds a chunk by lines and by bytes, whole objects only."""
+    from ml_code.monitoring.capture import parse_sources
+    from ml_code.monitoring.capture_reader import chunked, parse_chunk
+
+    imgs = lesion_images(7, size=24, seed=9)
+    lines = [_answered(i, _jpeg(img), 12) for i, img in enumerate(imgs)]
+    objects = [("s3://logs/a.jsonl", lines[:3]), ("s3://logs/b.jsonl", ["", *lines[3:5], "not json"]),
+               ("s3://logs/c.jsonl", lines[5:])]
+    together = parse_sources(objects, image_size=12)
+    alone = [parse_lines(obj_lines, image_size=12, source=uri) for uri, obj_lines in objects]
+    pd.testing.assert_frame_equal(together.rows, pd.concat([a.rows for a in alone], ignore_index=True),
+                                  check_exact=True)
+    assert together.rows["capture_line"].tolist() == [0, 1, 2, 1, 2, 0, 1]
+    assert together.rows["capture_object_uri"].tolist() == ["s3://logs/a.jsonl"] * 3 + ["s3://logs/b.jsonl"] * 2 \
+        + ["s3://logs/c.jsonl"] * 2
+    assert together.skipped == {"invalid_json": 1}
+
+    blobs = [(uri, ("\n".join(obj_lines) + "\n").encode()) for uri, obj_lines in objects]
+    assert [[uri for uri, _ in chunk] for chunk in chunked(blobs, max_lines=4)] == [
+        ["s3://logs/a.jsonl", "s3://logs/b.jsonl"], ["s3://logs/c.jsonl"]]  # 3 + 4 lines reach 4
+    assert [len(chunk) for chunk in chunked(blobs, max_bytes=1)] == [1, 1, 1]
+    parsed = parse_chunk(blobs, 12, -1)
+    pd.testing.assert_frame_equal(parsed.rows, together.rows, check_exact=True)
+    assert len(parsed.health) == 7  # every readable line's status and latency
