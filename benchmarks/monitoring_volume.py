@@ -157,7 +157,7 @@ def _endpoint_feature_ms(size: int, n: int = 200) -> float:
 
 def _baseline_rate(root: Path, records: int) -> float:
     """Seconds per request of the previous path: every request's image decoded to its model view and
-    the features computed from it (``parse_lines`` with ``keep_images``, as ``capture_reader.parse_file``
+    the features computed from it (``parse_lines`` with ``keep_images``, as the log's reader
     called it), capture files one after another in this process."""
     from ml_code.monitoring.capture import parse_lines
 

@@ -110,8 +110,8 @@ PART_ROWS = 16384
 """Rows per inference-log part (at most one parsing chunk more): a run holds at most a part's rows
 (about 500 bytes a row: 8 MB) however many requests it reads. Parsing goes by chunks of at most
 ``capture_reader.CHUNK_LINES`` lines (and, for lines it must decode, their 96 px views: 57 MB).
-Parts are this large because validating one costs about 60 ms however few rows it holds: at 2,048
-rows that was a quarter of reading a 100,000-request backlog (benchmarks/monitoring_volume.py)."""
+Parts are this large because validating one (pandera) costs much the same however few rows it holds:
+at 2,048 rows a part, validation was a large share of reading a backlog."""
 
 
 @dataclass

@@ -6,8 +6,9 @@ them, other writers); that decode is most of a run's cost when it happens, and i
 file. So chunks of files can be parsed in worker processes (``spawn``: the Dagster run process has
 threads, and forking one is unsafe), at most ``2 * workers`` chunks in flight so memory stays bounded
 by a few chunks, and results come back in file order, so the log is the same whatever the number of
-workers. Files are grouped into chunks (:func:`chunked`) because a frame per file of 100 requests cost
-as much again as parsing its lines.
+workers. Files are grouped into chunks (:func:`chunked`) because building a frame per file of 100
+requests was a large share of the read (benchmarks/monitoring_volume.py: 26.5 s for 100,000 requests
+a frame per file, 14.5 s in chunks, with the larger parts below, on the same slow machine).
 Captures that carry their features, and small batches (the hourly incremental case), are parsed in
 this process: starting a worker costs about a second, and one process reads 100,000 answered requests
 in about 14 s on a slow 2-core machine (benchmarks/monitoring_volume.py), within the 15 s target.
@@ -35,8 +36,8 @@ parsed in-process: starting workers costs more than it saves."""
 
 
 CHUNK_LINES = 2048
-"""Capture lines parsed into one frame (whole objects; one object more than this is not split): frames
-cost about 6 ms each however few rows they hold, and the local endpoint writes an object per 100 requests."""
+"""Capture lines parsed into one frame (whole objects; one object more than this is not split): a frame
+costs much the same however few rows it holds, and the local endpoint writes an object per 100 requests."""
 CHUNK_BYTES = 16 << 20
 """...and at most about this many bytes of them (one object more), so that captures of full-size
 images (100 kB a line) hold a chunk to a few hundred lines in memory."""

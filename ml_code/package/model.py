@@ -220,15 +220,16 @@ def predict_images(images: np.ndarray, model: ServedModel, clinical: np.ndarray 
         if ablations is not None:
             ablations.update(image_only=probs, network_only=probs)
         return probs
+    matrix = descriptors.descriptor_matrix(np.asarray(images), clinical)
     if ablations is None:
         cnn = network_log_probs(x, model, views, 1.0, features)
     else:
         cnn, alone = network_log_probs_at(x, model, views, (1.0, model.temperature), features)
+        bare = matrix.copy()  # the same image descriptors (computed once), the clinical columns unknown
+        bare[:, -len(descriptors.CLINICAL_FEATURES):] = np.nan
         ablations.update(network_only=np.exp(alone), image_only=fuse_log_probs(
-            cnn, model.descriptor_model.log_proba(descriptors.descriptor_matrix(np.asarray(images), None)),
-            model.fusion))
-    desc = model.descriptor_model.log_proba(descriptors.descriptor_matrix(np.asarray(images), clinical))
-    return fuse_log_probs(cnn, desc, model.fusion)
+            cnn, model.descriptor_model.log_proba(bare), model.fusion))
+    return fuse_log_probs(cnn, model.descriptor_model.log_proba(matrix), model.fusion)
 
 
 
