@@ -2,7 +2,7 @@
 
     python benchmarks/training_throughput.py [--quick] [--steps N]
 
-The ``ham10000`` recipe (EfficientNet-Lite0 at 96 px, batch 64, its AMP setting, balanced
+The ``ham10000`` recipe (EfficientNet-Lite0 at 96 px, its batch size, its AMP setting, balanced
 sampler, batch augmentation, EMA, channels_last) runs ``--steps`` optimizer steps through the
 job's own code (``build_train_data``, ``build_network``, ``train_one_epoch`` with its data-wait
 timer) on synthetic 96 px splits; the baseline, in the same process, is a raw loop written
