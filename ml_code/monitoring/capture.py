@@ -292,7 +292,7 @@ def _parse_output(out: dict[str, Any]) -> tuple[str, str | None, dict[str, float
             valid_answer_features(payload.get(ANSWER_FIELD)))
 
 
-def _inference_time(value: Any) -> datetime | pd.Timestamp:
+def inference_time(value: Any) -> datetime | pd.Timestamp:
     """``eventMetadata.inferenceTime`` as a UTC time (aware ``datetime``, or ``pd.Timestamp``), NaT when
     it is not a time.
 
@@ -328,7 +328,7 @@ def _envelope(line: str, metas: list[dict] | None = None
     inp, out = cap.get("endpointInput"), cap.get("endpointOutput")
     if not isinstance(inp, dict) or not isinstance(out, dict):
         return "missing_endpointInput_or_endpointOutput"
-    when = _inference_time(meta.get("inferenceTime"))
+    when = inference_time(meta.get("inferenceTime"))
     if pd.isna(when):
         return "bad_inferenceTime"
     return inp, out, meta, when

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 
 import numpy as np
 import pandas as pd
+
+from .capture import inference_time
 
 STATUS_KEY = "dermaopsStatus"
 LATENCY_KEY = "dermaopsLatencyMs"
@@ -44,18 +45,6 @@ def health_events(lines: Iterable[str | bytes]) -> pd.DataFrame:
     return health_from_metadata(metas)
 
 
-def _epoch_seconds(value: str) -> float:
-    """Epoch seconds of an ``inferenceTime``: the writers' ``...Z`` (UTC) shape by
-    ``datetime.fromisoformat`` (cheaper than a ``pd.Timestamp`` per line), anything else by
-    ``pd.Timestamp`` (naive times taken as UTC). ValueError/TypeError when it is not a time."""
-    if isinstance(value, str) and value.endswith("Z"):
-        try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            pass
-    return pd.Timestamp(value).timestamp()
-
-
 def health_from_metadata(metas: Iterable[dict]) -> pd.DataFrame:
     """:func:`health_events` of lines already parsed: their ``eventMetadata`` objects (the inference
     log's parser hands them over, so a line is not parsed twice)."""
@@ -63,7 +52,7 @@ def health_from_metadata(metas: Iterable[dict]) -> pd.DataFrame:
     for meta in metas:
         try:
             status, latency = int(meta[STATUS_KEY]), float(meta[LATENCY_KEY])
-            when = _epoch_seconds(meta["inferenceTime"])
+            when = inference_time(meta["inferenceTime"]).timestamp()  # NaT: ValueError
         except (ValueError, TypeError, KeyError, AttributeError):
             continue
         out.append((when, status, latency))
