@@ -1,7 +1,7 @@
 """Benchmark (issue 19, P1): ingestion + preprocessing on HAM10000, first run and incremental rerun.
 
     python benchmarks/ingest_preprocess.py [--quick] [--data DIR] [--images N] [--image-size 96]
-        [--new-fraction 0.01] [--workers N]
+        [--new-fraction 0.01] [--workers N] [--profile N]
 
 Runs what ``raw_images`` and ``processed_splits`` run (``dermaops_services.ingestion.ingest_dataset``,
 the asset's near-duplicate table, ``ml_code.data.preprocess.run``), on a copy of HAM10000 made
@@ -18,14 +18,19 @@ under /tmp, in three steps measured in this one run:
 
 BENCH_RESULT lines: ``preprocess`` (job vs naive loop, ratio = naive / job, target >= 1.5x) and
 ``ingest+preprocess`` (rerun / first run, target <= 0.03). ``--quick`` uses the first 1,000 rows.
+``--profile N`` also runs the rerun under ``cProfile`` and prints its N costliest functions by
+cumulative time (to stderr; the profiler slows Python-heavy parts, so the rerun's timed figures
+then include its overhead): where an incremental run's time goes.
 Prints ``BENCH_SKIP`` when HAM10000 is absent. Timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import io
 import json
+import pstats
 import shutil
 import sys
 import tempfile
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=96, help="the real-data recipe's 96 px")
     p.add_argument("--new-fraction", type=float, default=0.01)
     p.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: the CPUs)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile the rerun and print its N costliest functions (cumulative time)")
     args = p.parse_args(argv)
     if not (args.data / "HAM10000_metadata.csv").is_file():
         print(f"BENCH_SKIP HAM10000 not found at {args.data}")
@@ -134,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
         meta.to_csv(dataset / "HAM10000_metadata.csv", index=False)
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler is not None:
+            profiler.enable()
         rerun = pipeline(dataset, store, tmp / "rerun", args.image_size, args.workers, tmp / "first")
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(args.profile)
 
     speedup = naive_s / first["preprocess_s"]
     fraction = rerun["total_s"] / first["total_s"]

@@ -144,3 +144,30 @@ def test_crop_keeps_aspect_instead_of_squashing() -> None:
     out = load_image_square(buf.getvalue(), 8)
     assert out.shape == (8, 8, 3)
     assert out[..., 1].min() > 200 and out[..., 0].max() < 60 and out[..., 2].max() < 60
+
+
+@pytest.mark.parametrize("fault", ["decode of the last split", "background sync"])
+def test_a_job_that_fails_publishes_no_split_pixels(job_inputs: dict, tmp_path: Path, monkeypatch, fault: str) -> None:
+    """Split pixel files are published together at the end, each after its early background sync
+    has returned: a job that fails on its last split, or whose sync fails, leaves no pixels file
+    (and no temporary file) behind, not a train split without its val and test."""
+    from ml_code.data import preprocess
+
+    if fault == "background sync":
+        def failing_sync(path: Path) -> None:
+            raise OSError(5, "Input/output error")
+        monkeypatch.setattr(preprocess, "_fsync_file", failing_sync)
+    else:
+        real = preprocess._decode_into
+
+        def failing_decode(out, split, *args, **kwargs):
+            if split == "test":
+                raise MemoryError("test split")
+            return real(out, split, *args, **kwargs)
+        monkeypatch.setattr(preprocess, "_decode_into", failing_decode)
+    out = tmp_path / "splits"
+    with pytest.raises(OSError if fault == "background sync" else MemoryError):
+        preprocess.run(job_inputs["manifest"], job_inputs["images"], out, image_size=12, num_workers=1)
+    assert not list(out.glob("*_images.npy")), sorted(p.name for p in out.iterdir())
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not (out / "summary.json").exists()
