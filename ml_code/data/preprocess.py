@@ -243,11 +243,14 @@ class Decoder:
         self.workers = max(1, int(workers))
         self.pool = None
         if self.workers > 1:
-            # fork: workers start in milliseconds without re-importing pandas, and they are forked
-            # when the first chunks are submitted, before this job starts any other thread
-            # (EarlySync's); where fork is unavailable the platform default is used
+            # fork: workers start in milliseconds without re-importing pandas; they are all started
+            # here (one task each), before this job starts a thread of its own (EarlySync's), so no
+            # fork copies a thread's half-held state; where fork is unavailable the platform
+            # default is used
             method = "fork" if "fork" in mp.get_all_start_methods() else None
             self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context(method))
+            for started in [self.pool.submit(os.getpid) for _ in range(self.workers)]:
+                started.result()
         self.decoded = 0
 
     def __enter__(self) -> Decoder:
