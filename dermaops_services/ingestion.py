@@ -196,7 +196,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     manifest = ingest.build_manifest(rows)
     quarantine = pd.concat([*quarantine_frames, ingest.quarantine_frame(rejects)], ignore_index=True)
     manifest_csv = ingest.canonical_manifest_csv(manifest)
-    mhash = hashlib.sha256(manifest_csv).hexdigest()  # ingest.manifest_hash, without writing the CSV twice
+    mhash = ingest.manifest_csv_hash(manifest_csv)
     # The quarantine is published first: a manifest key never exists without its quarantine list.
     quarantine_uri = store.put_bytes("raw", f"manifests/{mhash}/quarantine.csv", _csv(quarantine))
     manifest_uri = store.put_bytes("raw", f"manifests/{mhash}/manifest.csv", manifest_csv)

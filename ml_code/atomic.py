@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_path", "sync_folder", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_open", "atomic_path", "sync_file", "sync_folder", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 _DEFAULT_MODE = 0o666  # what open() asks for; the umask then applies
 
@@ -59,6 +59,15 @@ def _create_exclusive(path: Path, suffix: str, mode: int | None) -> tuple[int, P
                 raise
         return fd, tmp
     raise FileExistsError(f"could not create a temporary file next to {path}")
+
+
+def sync_file(path: str | os.PathLike[str]) -> None:
+    """``fsync`` the file at ``path`` (its data and size reach the disk before a rename publishes it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sync_folder(folder: str | os.PathLike[str]) -> None:
@@ -106,11 +115,7 @@ def atomic_path(path: str | os.PathLike[str], mode: int | None = None, *, suffix
     try:
         yield tmp
         if fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            sync_file(tmp)
         _publish(tmp, path, fsync and sync_folder)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -659,7 +659,13 @@ def canonical_manifest_csv(manifest_df: pd.DataFrame) -> bytes:
 
 def manifest_hash(manifest_df: pd.DataFrame) -> str:
     """sha256 of the canonical manifest CSV: the raw data version, independent of row order."""
-    return hashlib.sha256(canonical_manifest_csv(manifest_df)).hexdigest()
+    return manifest_csv_hash(canonical_manifest_csv(manifest_df))
+
+
+def manifest_csv_hash(manifest_csv: bytes) -> str:
+    """:func:`manifest_hash` of a manifest already written as :func:`canonical_manifest_csv` bytes
+    (ingestion publishes those bytes and keys them by this hash without writing them twice)."""
+    return hashlib.sha256(manifest_csv).hexdigest()
 
 
 def manifest_row(meta: dict[str, object], info: ImageInfo) -> dict[str, object]:

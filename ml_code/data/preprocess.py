@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ml_code import CLASSES, contract
-from ml_code.atomic import atomic_open, atomic_path, sync_folder, write_text_atomic
+from ml_code.atomic import atomic_open, atomic_path, sync_file, sync_folder, write_text_atomic
 from ml_code.data.options import DEFAULTS, parse_preprocess_options
 from ml_code.data.splits import SPLITS, check_no_leakage, describe_split, grouped_stratified_split
 
@@ -299,21 +299,13 @@ class EarlySync:
 
     def start(self, path: Path) -> None:
         """Begin writing ``path``'s data to disk (returns at once)."""
-        self._pending.append(self._pool.submit(_fsync_file, path))
+        self._pending.append(self._pool.submit(sync_file, path))
 
     def __exit__(self, exc_type, *exc) -> None:
         self._pool.shutdown(wait=True)
         if exc_type is None:
             for done in self._pending:
                 done.result()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_split(

@@ -156,7 +156,7 @@ def test_a_job_that_fails_publishes_no_split_pixels(job_inputs: dict, tmp_path: 
     if fault == "background sync":
         def failing_sync(path: Path) -> None:
             raise OSError(5, "Input/output error")
-        monkeypatch.setattr(preprocess, "_fsync_file", failing_sync)
+        monkeypatch.setattr(preprocess, "sync_file", failing_sync)
     else:
         real = preprocess._decode_into
 
