@@ -29,7 +29,7 @@ import pandas as pd
 from dermaops_services.alarms import evaluate_alarms
 from dermaops_resources.cost import JobCost, monthly_cost
 from dermaops_resources.endpoint import deployment_timeline
-from dermaops_resources.handles import EndpointHandle, ProcessedSplitsHandle, TrainedModelHandle
+from dermaops_resources.handles import EndpointHandle, EvaluationHandle, ProcessedSplitsHandle, TrainedModelHandle
 from dermaops_resources.jobs import JobRunner, JobSpec, job_output_prefix
 from dermaops_resources.metrics import MetricsPublisher
 from dermaops_resources.monitoring_handles import (
@@ -57,13 +57,24 @@ from .ui import table_markdown
 
 @dg.asset(group_name="monitoring", kinds={"sagemaker", "python"},
           description="Model Monitor baseline of the trained model: training-split feature statistics "
-          "(statistics.json/constraints.json), held-out embeddings and predicted-class distribution.")
+          "(statistics.json/constraints.json), held-out embeddings and the predicted-class distribution "
+          "expected from the evaluation's held-out predictions.")
 def model_baseline(context: dg.AssetExecutionContext, trained_model: TrainedModelHandle,
-                   processed_splits: ProcessedSplitsHandle, store: ObjectStore, jobs: JobRunner) -> dg.Output[BaselineHandle]:
+                   processed_splits: ProcessedSplitsHandle, evaluation_report: EvaluationHandle,
+                   store: ObjectStore, jobs: JobRunner) -> dg.Output[BaselineHandle]:
+    """After the evaluation, not beside it: the evaluation has already scored every held-out image
+    through the served views, and rescoring them here competed with it for the same cores (on
+    HAM10000, two cores, it delayed the endpoint by about ten minutes)."""
     from ml_code.monitoring.baseline import case_mix_counts
 
     name = f"dermaops-baseline-{trained_model.model_hash[:12]}-{int(time.time())}"  # IAM scopes jobs to dermaops-*
     inputs = {"model": trained_model.model_uri.rsplit("/", 1)[0], "splits": processed_splits.splits_uri}
+    if evaluation_report.model_hash == trained_model.model_hash:
+        inputs["evaluation"] = evaluation_report.report_uri  # its held-out predictions
+    else:  # an evaluation of another model (a partial run): the job scores a held-out sample itself
+        context.log.warning(f"evaluation_report is of model {evaluation_report.model_hash[:12]}, not the trained "
+                            f"{trained_model.model_hash[:12]}: the baseline scores its held-out sample itself. "
+                            "Materialize evaluation_report with model_baseline to reuse its predictions.")
     manifest_prefix = store.uri("raw", f"manifests/{processed_splits.raw_manifest_hash}")
     if store.exists(join_uri(manifest_prefix, "manifest.csv")):
         inputs["manifest"] = manifest_prefix  # original width/height for the geometry features
@@ -85,6 +96,7 @@ def model_baseline(context: dg.AssetExecutionContext, trained_model: TrainedMode
         "n_embeddings": handle.n_embeddings, "embedding_split": handle.embedding_split,
         "features": ", ".join(handle.features),
         "prediction_distribution": dg.MetadataValue.json(preds.get("distribution", {})),
+        "prediction_distribution_from": f"{preds.get('scored_by', 'baseline')} ({preds.get('n', 0)} held-out images)",
         "case_mix": dg.MetadataValue.json(case_mix_counts(stats)),
     })
 

@@ -125,6 +125,8 @@ def test_whole_graph_to_live_endpoint(deployed: Deployment) -> None:
         assert isinstance(metadata[key], float) and 0.0 <= metadata[key] <= 1.0
     raw = deployed.latest_metadata("raw_images")
     assert raw["num_images"] > 0 and raw["num_quarantined"] == 0
+    # the baseline's expected prediction mix is from the evaluation's scoring, not a second one
+    assert deployed.latest_metadata("model_baseline")["prediction_distribution_from"].startswith("evaluation")
 
 
 def test_each_step_ran_in_its_own_process_with_its_own_logs(deployed: Deployment) -> None:

@@ -37,6 +37,11 @@ from ml_code.evaluation.options import parse_evaluation_options
 
 
 
+# Served image-only probabilities (N, C) float32 per held-out split ("val", "test"): what
+# ml_code.monitoring.baseline reads for the expected prediction distribution.
+HELD_OUT_IMAGE_ONLY = "held_out_image_only_probabilities.npz"
+
+
 def served_views(model: Any) -> int:
     """The test-time views a loaded package serves by default (packages from before
     ``tta_views`` was recorded served one)."""
@@ -273,7 +278,13 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
         opts["tta_views"] = views
         p_test, ablations = predict_split_with_ablations(handlers, model, test.images, views, test.clinical,
                                                          ablations=True)
-        p_val = predict_split(handlers, model, val.images, views, val.clinical)
+        p_val, val_ablations = predict_split_with_ablations(handlers, model, val.images, views, val.clinical,
+                                                            ablations=True)
+        # What a bare image POSTed to the endpoint gets on every held-out image, from the passes above:
+        # the monitoring baseline's expected prediction distribution, so it need not score them again.
+        held_out_image_only = ({"val": val_ablations["image_only"], "test": ablations["image_only"]}
+                               if views == served_views(model) and "image_only" in val_ablations
+                               and "image_only" in ablations else None)
         report = compute_report(classes, val.labels, p_val, test.labels, p_test, opts)
         index_path = Path(splits_dir) / "test_index.csv"
         if index_path.is_file():  # per age band, sex and body region, with counts ("too few" under 30)
@@ -306,6 +317,9 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
     # The served probabilities per test image: what the registration gate compares a champion's with.
     with atomic_path(out_dir / PROBABILITIES, suffix=".npy") as tmp_npy:
         np.save(tmp_npy, np.asarray(p_test, dtype=np.float32))
+    if held_out_image_only is not None:
+        with atomic_path(out_dir / HELD_OUT_IMAGE_ONLY, suffix=".npz") as tmp_npz:
+            np.savez(tmp_npz, **{split: np.asarray(p, dtype=np.float32) for split, p in held_out_image_only.items()})
     evaluation = {**report["model_quality"], "dermaops": {k: v for k, v in report.items() if k != "model_quality"}}
     write_text_atomic(out_dir / "evaluation.json", json.dumps(evaluation, indent=2, default=float))
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=float))

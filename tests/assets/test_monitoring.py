@@ -193,7 +193,7 @@ def test_a_shifted_case_mix_alone_is_drift(world) -> None:
 
 def test_model_baseline_runs_the_processing_job(tmp_path: Path) -> None:
     from dermaops_assets.monitoring import model_baseline
-    from dermaops_resources.handles import ProcessedSplitsHandle, TrainedModelHandle
+    from dermaops_resources.handles import EvaluationHandle, ProcessedSplitsHandle, TrainedModelHandle
     from dermaops_resources.jobs import LocalJobRunner
 
     store = LocalObjectStore(root=str(tmp_path / "store"))
@@ -211,19 +211,24 @@ def test_model_baseline_runs_the_processing_job(tmp_path: Path) -> None:
                                             image_size=SIZE, classes=CLASSES, data_version="d", code_version="c"),
         "processed_splits": ProcessedSplitsHandle(splits_uri=splits_uri, content_hash="s", image_size=SIZE,
                                                   classes=CLASSES, split_counts={}, raw_manifest_hash="mhash"),
+        # the last evaluation is of an older model: its predictions are not this model's
+        "evaluation_report": EvaluationHandle(evaluation_uri="x/evaluation.json", report_uri=str(tmp_path / "old-eval"),
+                                              model_uri="m", model_hash="older", metrics={}),
     }
     io = _HandleIO(store)
     for key, handle in handles.items():
         cls = type(handle)
         store.put_json("models", f"handles/{key}.json", {"type": f"{cls.__module__}:{cls.__qualname__}",
                                                          "handle": handle.model_dump()})
-    result = dg.materialize([dg.AssetSpec("trained_model"), dg.AssetSpec("processed_splits"), model_baseline],
+    result = dg.materialize([dg.AssetSpec("trained_model"), dg.AssetSpec("processed_splits"),
+                             dg.AssetSpec("evaluation_report"), model_baseline],
                             selection=["model_baseline"],
                             resources={"store": store, "io_manager": io,
                                        "jobs": LocalJobRunner(work_root=str(tmp_path / "jobs"))})
     assert result.success
     out = result.output_for_node("model_baseline")
     assert out.item_count == 60 and out.n_embeddings == 30 and out.embedding_split == "val"
+    assert store.get_json(out.baseline_uri + "/prediction_distribution.json")["scored_by"] == "baseline"
     assert {"width", "height", "aspect_ratio"} <= set(out.features)  # geometry from the raw manifest
     index = store.get_json(store.uri("models", "baselines/by-model/abc123.json"))
     assert index["baseline_uri"] == out.baseline_uri

@@ -139,3 +139,29 @@ def test_ablations_from_the_served_pass_equal_their_own_passes(trained, tmp_path
     np.testing.assert_array_equal(ablations["network_only"],
                                   predict_split(handlers, model, test.images, None, network_only=True))
     assert not np.allclose(ablations["network_only"], served)
+
+
+def test_the_monitoring_baseline_reuses_the_evaluations_held_out_predictions(trained, tmp_path):
+    """The baseline's expected prediction distribution from the evaluation's stored image-only
+    predictions is the one it computes by scoring the same held-out images itself, and its
+    embeddings are unchanged; an evaluation of other splits is not used."""
+    from ml_code.monitoring.baseline import PREDICTIONS, compute_baseline
+
+    root, splits, model_in = trained
+    evaluation = tmp_path / "evaluation"
+    proc = run_evaluate(root, model_in, splits, evaluation)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n_held_out = sum(len(np.load(splits / f"{s}_labels.npy")) for s in ("val", "test"))
+    tar = model_in / "model.tar.gz"
+    own = compute_baseline(splits, tar, tmp_path / "own", max_embeddings=n_held_out)
+    reused = compute_baseline(splits, tar, tmp_path / "reused", max_embeddings=n_held_out, evaluation_dir=evaluation)
+    own_json, reused_json = (json.loads((tmp_path / d / PREDICTIONS).read_text()) for d in ("own", "reused"))
+    assert (own_json["scored_by"], reused_json["scored_by"]) == ("baseline", "evaluation")
+    assert own_json["n"] == reused_json["n"] == n_held_out
+    assert reused["prediction_distribution"] == pytest.approx(own["prediction_distribution"], abs=1e-12)
+    np.testing.assert_allclose(np.load(tmp_path / "reused" / "embeddings.npy"),
+                               np.load(tmp_path / "own" / "embeddings.npy"), rtol=1e-5, atol=1e-6)
+
+    other = make_splits(tmp_path / "other-splits", n_val=50, n_test=40, seed=6)  # not the evaluated images
+    compute_baseline(other, tar, tmp_path / "other", max_embeddings=20, evaluation_dir=evaluation)
+    assert json.loads((tmp_path / "other" / PREDICTIONS).read_text())["scored_by"] == "baseline"

@@ -228,6 +228,10 @@ def test_whole_graph_on_aws_backend_against_moto(private_moto_server: str, tmp_p
     baseline = handle("model_baseline")
     assert baseline["model_hash"] == model_hash and baseline["item_count"] > 0
     assert f"{baseline['baseline_uri'].split('/', 3)[3]}/statistics.json" in written["models"]
+    # the evaluation's held-out predictions reached the baseline job as its 'evaluation' input
+    expected = s3.get_object(Bucket=buckets["models"],
+                             Key=f"{baseline['baseline_uri'].split('/', 3)[3]}/prediction_distribution.json")
+    assert json.loads(expected["Body"].read())["scored_by"] == "evaluation"
     assert handle("inference_log")["total_records"] == 0
     drift = handle("drift_report")
     assert (drift["status"], drift["n_requests"]) == ("insufficient_data", 0)
