@@ -39,7 +39,7 @@ validate: venv
 	$(BIN)/dagster definitions validate -m dermaops_assets
 
 test: venv
-	$(BIN)/pytest -q -rs
+	$(BIN)/pytest -q -rs --durations=25
 
 test-fast: venv
 	$(BIN)/pytest -q -rs -m "not slow"

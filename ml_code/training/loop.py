@@ -284,18 +284,39 @@ def evaluate(net: Network, split: Split, norm: Normalizer, opts: TrainOptions) -
     return eval_model, evaluate_logits(val_logits, split.labels, net.num_classes)
 
 
+# Per image, the OOD statistics pass (nine layers' features) costs about 1.3x a plain validation
+# forward pass: 97 s for 8,554 images against 115 s for 13,160 calibration forwards, HAM10000 at
+# 96 px on two cores (the trained_model step's log of the README's real-data make demo).
+OOD_PASS_COST = 1.5
+AFTER_TRAINING_MARGIN = 1.15  # the estimate's error on a machine whose speed drifts
+AFTER_TRAINING_FIXED_SECONDS = 15.0  # stacker fit, writing the package
+
+
+def after_training_seconds(val_pass_seconds: float, n_val: int, tta_views: int, n_ood_images: int) -> float:
+    """Seconds the job needs after its last epoch, estimated from this run's own validation pass
+    (``val_pass_seconds`` for ``n_val`` images, one view): the calibration pass over val with the
+    ``tta_views`` the package serves and the OOD statistics pass over ``n_ood_images`` (train,
+    capped, plus val), with a margin. What :func:`plan_after_epoch` keeps out of the epochs."""
+    per_image = val_pass_seconds / max(n_val, 1)
+    passes = n_val * max(tta_views, 1) + OOD_PASS_COST * n_ood_images
+    return AFTER_TRAINING_MARGIN * per_image * passes + AFTER_TRAINING_FIXED_SECONDS
+
+
 def plan_after_epoch(progress: Any, opts: TrainOptions, epoch: int, epoch_times: list[float],
-                     log: Callable[..., None]) -> bool:
+                     log: Callable[..., None], reserve_seconds: float = 0.0) -> bool:
     """The time budget and early stopping after ``epoch``: whether to stop now.
 
     Fits the schedule to the budget (so LR still anneals) rather than stopping mid-anneal:
     ``progress.planned_epochs`` becomes what the remaining budget affords at the median epoch
     time (ignores one-off stalls on a shared machine; may grow back up to ``epochs`` when a
-    slow spell passes). Updates ``budget_limited`` and ``stop_reason`` of ``progress``
-    (a :class:`ml_code.training.checkpoints.Progress`); ``progress.elapsed`` is seconds."""
+    slow spell passes), after keeping ``reserve_seconds`` for the work that follows the last
+    epoch (:func:`after_training_seconds`). Updates ``budget_limited`` and ``stop_reason`` of
+    ``progress`` (a :class:`ml_code.training.checkpoints.Progress`); ``progress.elapsed`` is
+    seconds since the job started, the descriptor model's fit included."""
     if opts.max_minutes:
         per_epoch = float(np.median(epoch_times))
-        affordable = min(opts.epochs, epoch + int((opts.max_minutes * 60 - progress.elapsed) // per_epoch))
+        left = opts.max_minutes * 60 - reserve_seconds - progress.elapsed
+        affordable = min(opts.epochs, epoch + int(left // per_epoch))
         new_plan = max(epoch, affordable)
         if new_plan != progress.planned_epochs:
             log(f"time budget {opts.max_minutes} min: planning {new_plan} epochs instead of {progress.planned_epochs}")
@@ -306,7 +327,7 @@ def plan_after_epoch(progress: Any, opts: TrainOptions, epoch: int, epoch_times:
         progress.stop_reason = "time budget"  # the budget cut the plan short of opts.epochs
     if opts.patience and epoch - progress.best["epoch"] >= opts.patience:
         stop, progress.stop_reason = True, f"no val balanced-accuracy gain for {opts.patience} epochs"
-    if opts.max_minutes and progress.elapsed >= opts.max_minutes * 60:
+    if opts.max_minutes and progress.elapsed + reserve_seconds >= opts.max_minutes * 60:
         stop, progress.stop_reason = True, "time budget"
     return stop
 

@@ -37,11 +37,12 @@ from ml_code import contract
 from ml_code.data.split_reader import load_splits
 from ml_code.training.checkpoints import resume, save_checkpoint
 from ml_code.training.data import Normalizer, build_train_data, channel_stats
-from ml_code.training.fusion import fit_descriptor_fusion
-from ml_code.training.loop import (build_network, configure_threads, evaluate, follow_rank0, plan_after_epoch,
+from ml_code.training.fusion import fit_descriptor_fusion, fit_descriptor_model
+from ml_code.training.loop import (after_training_seconds, build_network, configure_threads, evaluate, follow_rank0,
+                                  plan_after_epoch,
                                    seed_everything, setup_runtime, shutdown, train_one_epoch)
 from ml_code.training.models import default_small_input, input_normalisation
-from ml_code.training.ood import add_ood_stats
+from ml_code.training.ood import MAX_TRAIN_IMAGES, add_ood_stats
 from ml_code.training.options import format_help, parse_options
 from ml_code.training.packaging import calibrate, model_config, write_history, write_model_dir
 
@@ -74,12 +75,18 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
     steps_per_epoch = len(data.loader)
     warmup_steps = int(opts.warmup_epochs * steps_per_epoch)
 
-    t_start, epoch_times, epoch = time.time(), [], progress.start_epoch - 1
+    t_start, epoch_times, eval_times, epoch = time.time(), [], [], progress.start_epoch - 1
+    # The descriptor model does not need the network: fitted first, its minutes count against the
+    # budget before the epochs are planned (fitted after, it ran the job past max_minutes).
+    descriptor_fit = fit_descriptor_model(opts, train_split, val_split, k, log) \
+        if opts.descriptor_model and rt.is_main else None
     for epoch in range(progress.start_epoch, progress.planned_epochs + 1):
         t0 = time.time()
         timing: dict[str, float] = {}
         train_loss = train_one_epoch(net, data, norm, opts, epoch, progress.planned_epochs, warmup_steps, timing)
+        t_eval = time.time()
         eval_model, val_metrics = evaluate(net, val_split, norm, opts)
+        eval_times.append(time.time() - t_eval)
         record = {"epoch": epoch, "train_loss": train_loss, **val_metrics, "lr": net.optimizer.param_groups[0]["lr"],
                   # the input pipeline's share of training time, and throughput (benchmarks/training_throughput.py)
                   "data_wait_share": timing["data_wait_seconds"] / max(timing["seconds"], 1e-9),
@@ -90,7 +97,9 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
         if rt.is_main:
             contract.emit_metric(**record)
         progress.elapsed = progress.elapsed_before + (time.time() - t_start)
-        stop = follow_rank0(progress, plan_after_epoch(progress, opts, epoch, epoch_times, log), rt)
+        reserve = after_training_seconds(float(np.median(eval_times)), len(val_split.labels), opts.tta_views,
+                                         min(len(train_split.labels), MAX_TRAIN_IMAGES) + len(val_split.labels))
+        stop = follow_rank0(progress, plan_after_epoch(progress, opts, epoch, epoch_times, log, reserve), rt)
         if rt.is_main:
             save_checkpoint(env.checkpoint_dir, epoch, net, progress, options, classes, image_size,
                             steps_per_epoch, warmup_steps)
@@ -101,9 +110,11 @@ def train(env: contract.TrainingEnv) -> dict[str, Any]:
         raise RuntimeError("no epoch completed; nothing to save")
     temperature, val_logits = calibrate(net, progress.best_state, val_split, norm, opts)
     trees, fusion, descriptor_summary = None, None, None
-    if opts.descriptor_model and rt.is_main:
-        trees, fusion, descriptor_summary = fit_descriptor_fusion(opts, train_split, val_split, val_logits, k, log)
+    if descriptor_fit is not None:
+        trees, fusion, descriptor_summary = fit_descriptor_fusion(opts, descriptor_fit, val_split, val_logits, k, log)
         contract.emit_metric(**{key: v for key, v in descriptor_summary.items() if isinstance(v, float)})
+    elif opts.descriptor_model and rt.is_main:
+        descriptor_summary = {"skipped": "class absent from train"}
     summary = {"best": progress.best, "temperature": temperature, "stop_reason": progress.stop_reason,
                "epochs_run": epoch, "train_seconds": progress.elapsed_before + (time.time() - t_start),
                "options": options, "descriptor_model": descriptor_summary}
