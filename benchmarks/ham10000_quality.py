@@ -114,8 +114,8 @@ def main() -> int:
     parser.add_argument("--recipe", default="ham10000", help="named recipe (ham10000: pretrained Lite0; "
                         "ham10000_scratch: the from-scratch DermaNet, with --image-size 64)")
     parser.add_argument("--minutes", type=float, default=None,
-                        help="the network's training budget (default: the recipe's); the descriptor model, OOD "
-                             "statistics and packaging add 1.5-4 min")
+                        help="the training job's budget (default: the recipe's): the descriptor model, the epochs "
+                             "and the calibration and OOD passes")
     parser.add_argument("--arch", help="network instead of the recipe's (see ml_code.training.models.ARCHS)")
     parser.add_argument("--seed", type=int, help="seed instead of the recipe's")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
