@@ -21,6 +21,11 @@ PROBABILITIES = "test_probabilities.npy"
 """Written by the evaluation job: float32 (N, C), the served probabilities of each test image in
 the split's order; what the champion comparison reads for both models."""
 
+HELD_OUT_IMAGE_ONLY = "held_out_image_only_probabilities.npz"
+"""Written by the evaluation job: float32 (N, C) per held-out split (``"val"``, ``"test"``), the
+served image-only probabilities (what a bare image gets); what the monitoring baseline reads for
+its expected prediction distribution (``ml_code.monitoring.baseline``)."""
+
 
 def _recalls(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     cm = metrics.confusion_matrix(y, pred, k)

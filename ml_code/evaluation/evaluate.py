@@ -28,18 +28,13 @@ import pandas as pd
 
 from ml_code import contract, metrics
 from ml_code.atomic import atomic_path, write_bytes_atomic, write_text_atomic
-from ml_code.evaluation.compare import PROBABILITIES
+from ml_code.evaluation.compare import HELD_OUT_IMAGE_ONLY, PROBABILITIES
 from ml_code.evaluation.subgroups import subgroup_metrics
 from ml_code.package.loader import open_package
 from ml_code.package.views import check_views
 from ml_code.data.split_reader import load_splits
 from ml_code.evaluation.options import parse_evaluation_options
 
-
-
-# Served image-only probabilities (N, C) float32 per held-out split ("val", "test"): what
-# ml_code.monitoring.baseline reads for the expected prediction distribution.
-HELD_OUT_IMAGE_ONLY = "held_out_image_only_probabilities.npz"
 
 
 def served_views(model: Any) -> int:

@@ -45,7 +45,7 @@ import pandas as pd
 
 from .casemix import UNKNOWN, case_mix_frame
 from ml_code.atomic import atomic_path, write_json_atomic
-from ml_code.evaluation.evaluate import HELD_OUT_IMAGE_ONLY
+from ml_code.evaluation.compare import HELD_OUT_IMAGE_ONLY
 from ml_code.package.loader import open_package
 from ml_code.contract import emit_metric, parse_hyperparameters, processing_input, processing_output, run_entry_point
 from .drift import DEFAULT_BINS, DriftThresholds, bin_counts, psi_edges
@@ -333,10 +333,11 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
         probs = evaluated_held_out(Path(evaluation_dir) if evaluation_dir else None, held_out,
                                    [len(x) for x in split_images], len(classes))
         if probs is not None:  # every held-out image, as the evaluation scored it
-            emb, scored = embed_views(module, model, np.asarray(images[pick])), np.arange(len(images))
+            emb = embed_views(module, model, np.asarray(images[pick]))
+            scored, scored_by = np.arange(len(images)), "evaluation"
         else:
             emb, probs = embed_and_predict(module, model, np.asarray(images[pick]))
-            scored = pick
+            scored, scored_by = pick, "baseline"
     with atomic_path(out_dir / EMBEDDINGS, suffix=".npy") as tmp_npy:
         np.save(tmp_npy, emb)
     predicted = probs.argmax(axis=1)
@@ -348,7 +349,7 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
                                               "distribution": dict(zip(classes, distribution.tolist())),
                                               "weighting": "dataset class prior x held-out confusion rows"
                                               if labels is not None else "held-out proportions",
-                                              "scored_by": "evaluation" if scored is not pick else "baseline"},
+                                              "scored_by": scored_by},
                       sort_keys=True, default=float)
     distribution = dict(zip(classes, distribution.tolist()))
     held_out = "+".join(held_out)

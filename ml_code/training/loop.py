@@ -284,9 +284,10 @@ def evaluate(net: Network, split: Split, norm: Normalizer, opts: TrainOptions) -
     return eval_model, evaluate_logits(val_logits, split.labels, net.num_classes)
 
 
-# Per image, the OOD statistics pass (nine layers' features) costs about 1.3x a plain validation
+# Per image, the OOD statistics pass (nine layers' features) cost about 1.3x a plain validation
 # forward pass: 97 s for 8,554 images against 115 s for 13,160 calibration forwards, HAM10000 at
-# 96 px on two cores (the trained_model step's log of the README's real-data make demo).
+# 96 px on two cores (the trained_model step's log of the README's real-data make demo); 1.5 here
+# rounds that up, a second margin on top of AFTER_TRAINING_MARGIN.
 OOD_PASS_COST = 1.5
 AFTER_TRAINING_MARGIN = 1.15  # the estimate's error on a machine whose speed drifts
 AFTER_TRAINING_FIXED_SECONDS = 15.0  # stacker fit, writing the package
