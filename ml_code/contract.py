@@ -128,6 +128,17 @@ def processing_output(name: str) -> Path:
     return path
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, which a container's cpuset or ``taskset``
+    narrows, not the host's count (``os.cpu_count()`` only where the mask is unknown). Every
+    job's default parallelism (training threads, decoding and capture-reading processes, server
+    workers) is this, so jobs that share a host do not each claim all of it."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def emit_metric(**values: Any) -> None:
     """Print one metric record where both the local runner and SageMaker can read it."""
     print(METRIC_PREFIX + json.dumps(values, default=float, sort_keys=True), flush=True)

@@ -451,7 +451,7 @@ def run(
         flush=True,
     )
 
-    workers = int(num_workers or _available_cpus())
+    workers = int(num_workers or contract.available_cpus())
     progress = {"done": 0.0, "reused": 0.0, "total": float(len(manifest)), "t0": t0}
     earlier = PreviousPixels(previous_dir, image_size)
     print(f"[preprocess] earlier splits: {len(earlier.where)} images' pixels reusable"
@@ -514,15 +514,6 @@ def _optional_input(name: str) -> Path | None:
     """A processing input that the caller may leave out: None when it is absent."""
     path = contract.processing_input(name)
     return path if path.is_dir() else None
-
-
-def _available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which a container or ``taskset`` narrows),
-    not the host's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

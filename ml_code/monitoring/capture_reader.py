@@ -19,13 +19,14 @@ No Dagster, no object store here: the caller reads the bytes and writes the part
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
 import pandas as pd
+
+from ml_code import contract
 
 from .capture import VersionTimeline, parse_sources
 from .health import health_from_metadata
@@ -66,11 +67,8 @@ def parse_chunk(blobs: list[tuple[str, bytes]], image_size: int, model_version: 
 
 
 def default_workers() -> int:
-    """Worker processes to use: the CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """Worker processes to use: the CPUs this process may run on (``ml_code.contract.available_cpus``)."""
+    return contract.available_cpus()
 
 
 def chunked(blobs: Iterable[tuple[str, bytes]], max_lines: int = CHUNK_LINES,

@@ -62,6 +62,7 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from ml_code import contract
 from ml_code.atomic import write_json_atomic
 from ml_code.serving.access import (  # noqa: F401 - the server's public names (the deployer and tests use them)
     ADMIN_TOKEN_HEADER,
@@ -96,11 +97,8 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    """Cores this process may run on (``ml_code.contract.available_cpus``)."""
+    return contract.available_cpus()
 
 
 def plan_workers(requested: int, max_inflight: int, cores: int | None = None) -> tuple[int, int, int]:

@@ -82,7 +82,8 @@ def fit_descriptor_model(opts: TrainOptions, train_split: Split, val_split: Spli
     x_train[masked, -n_clinical:] = np.nan  # so an image sent without clinical context still scores well
     weights = class_weights(train_split.labels, k, opts.balance_power)[train_split.labels]
     trees = descriptors.BoostedTrees.fit(x_train, train_split.labels, k, sample_weight=weights / weights.mean(),
-                                         max_iter=opts.descriptor_trees, seed=opts.seed)
+                                         max_iter=opts.descriptor_trees, seed=opts.seed,
+                                         threads=torch.get_num_threads())
     x_val = descriptors.descriptor_matrix(val_split.images, val_split.clinical)
     desc_val = trees.log_proba(x_val)
     x_val[:, -n_clinical:] = np.nan

@@ -5,7 +5,6 @@ with its optimizer / scaler / EMA, the LR schedule, mixup/cutmix and the soft-ta
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -170,12 +169,14 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int) ->
 
 
 def configure_threads(opts: TrainOptions, rt: Runtime) -> None:
-    """CPU threads per process (``num_threads``, else the CPU count shared by the processes)
-    and flush-to-zero on CPU: denormal AdamW/EMA state can slow CPU steps by 10x."""
+    """CPU threads per process (``num_threads``, else the CPUs this job may run on, shared by its
+    processes: ``contract.available_cpus``, so a job in a cpuset of one core of a shared host runs
+    one thread instead of spinning as many as the host has) and flush-to-zero on CPU: denormal
+    AdamW/EMA state can slow CPU steps by 10x."""
     if rt.device.type == "cpu":
         torch.set_flush_denormal(True)
     if opts.num_threads or rt.device.type == "cpu":
-        torch.set_num_threads(opts.num_threads or max(1, (os.cpu_count() or 1) // rt.world))
+        torch.set_num_threads(opts.num_threads or max(1, contract.available_cpus() // rt.world))
 
 
 @dataclass

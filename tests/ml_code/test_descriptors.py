@@ -121,6 +121,29 @@ def test_exported_trees_reproduce_scikit_learn(fitted):
     assert (trees.log_proba(x).argmax(1) == y).mean() > 0.8
 
 
+def test_weighted_fit_reads_raw_descriptors_as_its_trees_read_bins(fitted):
+    """With sample weights the fit bins the descriptors itself (scikit-learn's weighted binning
+    took most of a training job's descriptor minutes): the exported trees, reading raw values,
+    give what the fitted ones give on the bins, on the training rows and on unseen values."""
+    unweighted, x, y = fitted
+    weights = np.where(y == 0, 4.0, 1.0)
+    trees = descriptors.BoostedTrees.fit(x, y, 4, sample_weight=weights, max_iter=25, seed=0)
+    edges = descriptors.quantile_bin_edges(x)
+    assert all(cut is not None and len(cut) == descriptors.MAX_BINS - 1 for cut in edges)  # 400 distinct values
+    reference = HistGradientBoostingClassifier(max_iter=25, learning_rate=0.05, max_leaf_nodes=15, l2_regularization=1.0,
+                                               early_stopping=False, random_state=0)
+    reference.fit(descriptors.to_bins(x, edges), y, sample_weight=weights)
+    rng = np.random.default_rng(7)
+    unseen = rng.normal(scale=1.5, size=(500, 6))
+    unseen[rng.random(unseen.shape) < 0.1] = np.nan
+    unseen[:6, 0] = edges[0][[0, 1, 100, 200, -1, -1]]  # on the edges themselves (<= goes to the lower bin)
+    for rows in (x, unseen):
+        np.testing.assert_allclose(np.exp(trees.log_proba(rows)), reference.predict_proba(descriptors.to_bins(rows, edges)),
+                                   rtol=1e-9, atol=1e-12)
+    # the weights still count: the up-weighted class gets more of the probability than without them
+    assert np.exp(trees.log_proba(unseen))[:, 0].mean() > np.exp(unweighted.log_proba(unseen))[:, 0].mean() + 0.05
+
+
 def test_trees_round_trip_through_a_plain_npz(fitted, tmp_path):
     trees, x, _ = fitted
     trees.save(tmp_path / "descriptors.npz")
@@ -130,6 +153,25 @@ def test_trees_round_trip_through_a_plain_npz(fitted, tmp_path):
     np.testing.assert_array_equal(loaded.log_proba(x), trees.log_proba(x))
     with pytest.raises(ValueError, match=r"expects \(N, 6\)"):
         loaded.log_proba(x[:, :5])
+
+
+def test_fit_runs_on_the_threads_it_is_given(fitted, monkeypatch):
+    """The training job's num_threads bounds the trees' OpenMP threads too (scikit-learn ignores
+    torch's setting, and surplus OpenMP threads spin on busy cores), and the trees are the same."""
+    import threadpoolctl
+
+    trees, x, y = fitted
+    seen: list[int] = []
+    fit = HistGradientBoostingClassifier.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.append(max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp"))
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", recording_fit)
+    one = descriptors.BoostedTrees.fit(x, y, 4, max_iter=25, seed=0, threads=1)
+    assert seen == [1]
+    np.testing.assert_allclose(one.log_proba(x), trees.log_proba(x), rtol=1e-9, atol=1e-12)
 
 
 def test_fit_needs_every_class():
