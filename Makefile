@@ -38,11 +38,13 @@ ui: venv $(DAGSTER_HOME)/dagster.yaml
 validate: venv
 	$(BIN)/dagster definitions validate -m dermaops_assets
 
+# One pytest-xdist worker per core (tests/conftest.py pins each to its core), a test file's tests
+# on one worker so its module fixtures are built once.
 test: venv
-	$(BIN)/pytest -q -rs --durations=25
+	$(BIN)/pytest -q -rs --durations=25 -n auto --dist loadfile
 
 test-fast: venv
-	$(BIN)/pytest -q -rs -m "not slow"
+	$(BIN)/pytest -q -rs -m "not slow" -n auto --dist loadfile
 
 test-infra: venv
 	$(BIN)/pytest -q -rs tests/infra tests/deploy

@@ -32,3 +32,36 @@ requires_ham10000 = pytest.mark.skipif(not ham10000_available(),
 
 def pytest_configure(config):
     os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
+    _own_cores_per_xdist_worker()
+
+
+def _own_cores_per_xdist_worker() -> None:
+    """Under pytest-xdist (``make test`` runs one worker per core), give each worker, and every job
+    and server it starts, cores of its own.
+
+    Jobs size their threads and processes by the CPUs they may run on
+    (``ml_code.contract.available_cpus``); unpinned, two workers' training jobs each ran two
+    OpenMP threads on two cores, and spinning threads made them several times slower. Pinned,
+    each worker is a one-core machine of its own. Without xdist (or with more workers than
+    cores) nothing changes."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if not 1 < count <= len(cores):
+        return
+    os.sched_setaffinity(0, cores[int(worker[2:]) % count::count])
+
+
+def pytest_collection_modifyitems(config, items):
+    """Test files holding slow or real-data tests run first, those with the most of them first:
+    ``make test`` hands whole files to its xdist workers in collection order, and the end-to-end
+    files, collected last by name, left one worker running them alone at the end (longest
+    first keeps both busy). The order within a file, and of the other files, is unchanged."""
+    heavy: dict[str, int] = {}
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("realdata"):
+            path = item.nodeid.split("::")[0]
+            heavy[path] = heavy.get(path, 0) + 1
+    items.sort(key=lambda item: -heavy.get(item.nodeid.split("::")[0], 0))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.synth_splits import make_splits
-from tests.ml_code.test_train import run_train
+from tests.support.train_job import run_train
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.synth_splits import make_splits
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "recipe_runs.sh"
 
 
+@pytest.mark.slow
 def test_runs_each_configuration_and_reports_its_test_metrics(tmp_path):
     splits = make_splits(tmp_path / "splits", seed=3)
     quick = '"epochs":1,"batch_size":32,"num_threads":1'

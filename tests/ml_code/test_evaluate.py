@@ -16,7 +16,7 @@ from PIL import Image
 
 from ml_code import contract
 from tests.support.synth_splits import make_splits
-from tests.ml_code.test_train import REPO, run_train
+from tests.support.train_job import REPO, run_train
 
 MQ_KEYS = {"accuracy", "weighted_recall", "weighted_precision", "weighted_f0_5", "weighted_f1", "weighted_f2", "confusion_matrix"}
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]

