@@ -5,15 +5,13 @@ saved. (Split from test_train.py so a parallel run spreads the training jobs ove
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.synth_splits import make_splits
-from tests.support.train_job import REPO, metric_lines, run_train
+from tests.support.train_job import REPO, TRAIN_COMMAND, metric_lines, run_train, train_env
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -62,12 +60,7 @@ def test_killed_mid_run_resumes_from_its_last_checkpoint(splits, tmp_path):
 
     ckpt = tmp_path / "spot-checkpoints"
     hps = {"arch": "dermanet", "batch_size": 32, "num_threads": 1, "seed": 5, "epochs": 5, **FAST_DESCRIPTORS}
-    work = tmp_path / "killed"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update(SM_MODEL_DIR=str(work / "model"), SM_OUTPUT_DATA_DIR=str(work / "output" / "data"),
-               SM_OUTPUT_DIR=str(work / "output"), SM_CHECKPOINT_DIR=str(ckpt), SM_CHANNEL_SPLITS=str(splits),
-               SM_HPS=json.dumps({k: str(v) for k, v in hps.items()}), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "ml_code.training.train"], cwd=REPO, env=env,
+    proc = subprocess.Popen(TRAIN_COMMAND, cwd=REPO, env=train_env(tmp_path / "killed", splits, hps, ckpt),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline and not (ckpt / "checkpoint-epoch-0002.pt").exists() and proc.poll() is None:

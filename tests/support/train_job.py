@@ -14,7 +14,11 @@ from ml_code import contract
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_train(tmp: Path, splits: Path | None, hps: dict, ckpt: Path | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+TRAIN_COMMAND = [sys.executable, "-m", "ml_code.training.train"]
+
+
+def train_env(tmp: Path, splits: Path | None, hps: dict, ckpt: Path | None = None) -> dict[str, str]:
+    """The container's environment for a job writing under ``tmp`` (no SM_* variable of ours leaks in)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
     env.update(
         SM_MODEL_DIR=str(tmp / "model"), SM_OUTPUT_DATA_DIR=str(tmp / "output" / "data"),
@@ -23,9 +27,12 @@ def run_train(tmp: Path, splits: Path | None, hps: dict, ckpt: Path | None = Non
     )
     if splits is not None:
         env["SM_CHANNEL_SPLITS"] = str(splits)
-    return subprocess.run(
-        [sys.executable, "-m", "ml_code.training.train"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return env
+
+
+def run_train(tmp: Path, splits: Path | None, hps: dict, ckpt: Path | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(TRAIN_COMMAND, cwd=REPO, env=train_env(tmp, splits, hps, ckpt), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def metric_lines(stdout: str) -> list[dict]:
