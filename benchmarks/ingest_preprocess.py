@@ -4,8 +4,12 @@
         [--new-fraction 0.01] [--workers N] [--profile N]
 
 Runs what ``raw_images`` and ``processed_splits`` run (``dermaops_services.ingestion.ingest_dataset``,
-the asset's near-duplicate table, ``ml_code.data.preprocess.run``), on a copy of HAM10000 made
-under /tmp, in three steps measured in this one run:
+the asset's near-duplicate table, ``ml_code.data.preprocess.run`` as the job entry point runs it,
+the local job runner's upload of its output into the object store, and the asset's
+``complete_from_previous``, which links the earlier segments a rerun names), on a copy of
+HAM10000 made under /tmp, in three steps measured in this one run. Not timed: starting the job's
+Python process (the local job runner starts one per job, about a second) and Dagster's own
+bookkeeping.
 
 1. first run on the dataset less its last ``--new-fraction`` rows (nothing remembered yet);
 2. a naive single-process PIL loop (the baseline): for every image of the first run's splits,
@@ -44,9 +48,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from dermaops_assets.preprocessing import complete_from_previous  # noqa: E402
 from dermaops_resources.object_store import LocalObjectStore  # noqa: E402
 from dermaops_services.ingestion import ingest_dataset  # noqa: E402
 from ml_code.data import near_duplicates, preprocess  # noqa: E402
+from ml_code.data.split_reader import open_split_images  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ham10000"
 SPLITS = ("train", "val", "test")
@@ -76,19 +82,26 @@ def naive_loop(dataset: Path, splits_dir: Path, size: int, out: Path) -> dict[st
     return arrays
 
 
-def pipeline(dataset: Path, store: LocalObjectStore, out: Path, size: int, workers: int | None,
-             previous: Path | None) -> dict:
-    """What raw_images and processed_splits run, timed by part."""
+def pipeline(dataset: Path, store: LocalObjectStore, scratch: Path, name: str, size: int, workers: int | None,
+             previous_uri: str | None) -> tuple[dict, str]:
+    """What raw_images and processed_splits run, timed by part; also the stored splits' URI."""
     t0 = time.perf_counter()
     handle, stats = ingest_dataset(str(dataset), store, SALT)
     manifest = pd.read_csv(io.BytesIO(store.get_bytes(handle.manifest_uri)), dtype=str, keep_default_na=False)
     near_duplicates.pairs_table(manifest)  # the raw_images asset's near-duplicate table
     t1 = time.perf_counter()
+    out = scratch / name
     summary = preprocess.run(store.local_path(handle.manifest_uri).parent, store.local_path(handle.images_prefix_uri),
-                             out, image_size=size, num_workers=workers, previous_dir=previous)
+                             out, image_size=size, num_workers=workers,
+                             previous_dir=store.local_path(previous_uri) if previous_uri else None,
+                             link_previous=False)  # as the job entry point runs it
     t2 = time.perf_counter()
-    return {"ingest_s": t1 - t0, "preprocess_s": t2 - t1, "total_s": t2 - t0, "images": handle.num_images,
-            "remembered": stats.remembered, "decoded": summary["decoded"], "reused": summary["reused"]}
+    splits_uri = store.upload_dir("processed", f"splits/{name}/splits", out)  # the local job runner's upload
+    linked = complete_from_previous(store, splits_uri, previous_uri)
+    t3 = time.perf_counter()
+    return {"ingest_s": t1 - t0, "preprocess_s": t2 - t1, "store_s": t3 - t2, "total_s": t3 - t0,
+            "images": handle.num_images, "remembered": stats.remembered, "decoded": summary["decoded"],
+            "reused": summary["reused"], "segments_linked": linked}, splits_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,14 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         store = LocalObjectStore(root=str(tmp / "store"))
 
         meta.iloc[:-n_new].to_csv(dataset / "HAM10000_metadata.csv", index=False)
-        first = pipeline(dataset, store, tmp / "first", args.image_size, args.workers, None)
+        first, first_uri = pipeline(dataset, store, tmp, "first", args.image_size, args.workers, None)
+        stored_first = store.local_path(first_uri)
         (tmp / "naive").mkdir()
         t0 = time.perf_counter()
-        naive = naive_loop(dataset, tmp / "first", args.image_size, tmp / "naive")
+        naive = naive_loop(dataset, stored_first, args.image_size, tmp / "naive")
         naive_s = time.perf_counter() - t0
         worst_max, worst_mean = 0, 0.0
         for split in SPLITS:
-            ours = np.load(tmp / "first" / f"{split}_images.npy")
+            ours = np.asarray(open_split_images(stored_first, split))
             if ours.shape != naive[split].shape:
                 print(f"{split}: job wrote {ours.shape}, naive loop {naive[split].shape}", file=sys.stderr)
                 return 1
@@ -144,10 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         profiler = cProfile.Profile() if args.profile else None
         if profiler is not None:
             profiler.enable()
-        rerun = pipeline(dataset, store, tmp / "rerun", args.image_size, args.workers, tmp / "first")
+        rerun, rerun_uri = pipeline(dataset, store, tmp, "rerun", args.image_size, args.workers, first_uri)
         if profiler is not None:
             profiler.disable()
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(args.profile)
+        stored_rerun = store.local_path(rerun_uri)
+        for split in SPLITS:  # the rerun's stored splits are whole: every row readable, earlier segments linked
+            rows = len(pd.read_csv(stored_rerun / f"{split}_index.csv", dtype=str))
+            if len(np.asarray(open_split_images(stored_rerun, split))) != rows:
+                print(f"rerun {split}: stored pixels do not cover its {rows} index rows", file=sys.stderr)
+                return 1
 
     speedup = naive_s / first["preprocess_s"]
     fraction = rerun["total_s"] / first["total_s"]

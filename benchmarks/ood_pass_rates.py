@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ml_code.data.split_reader import Split, load_splits
+from ml_code.data.split_reader import Split, has_split_pixels, load_splits
 from ml_code.package import inference
 from ml_code.package.image_policy import decode_square
 from ml_code.package.model import predict_images
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", type=Path, default=DEFAULT_SPLITS)
     parser.add_argument("--per-kind", type=int, default=100)
     args = parser.parse_args(argv)
-    if not args.model.is_file() or not (args.splits / "train_images.npy").is_file():
+    if not args.model.is_file() or not has_split_pixels(args.splits, "train"):
         print(f"BENCH_SKIP no trained HAM10000 package/splits at {args.model} / {args.splits} "
               "(train one with DERMAOPS_RAW_URI=../shared/data/ham10000, then pass --model and --splits)")
         return 0

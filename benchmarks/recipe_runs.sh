@@ -17,7 +17,7 @@ SPLITS=${1:?usage: recipe_runs.sh SPLITS_DIR OUT_DIR NAME=HPS_JSON ...}
 OUT=${2:?usage: recipe_runs.sh SPLITS_DIR OUT_DIR NAME=HPS_JSON ...}
 shift 2
 [ $# -gt 0 ] || { echo "name at least one run: NAME='{\"recipe\":\"ham10000\"}'" >&2; exit 2; }
-[ -f "$SPLITS/train_images.npy" ] || { echo "$SPLITS has no train_images.npy: pass the splits folder of processed_splits" >&2; exit 2; }
+[ -f "$SPLITS/train_pixels.json" ] || [ -f "$SPLITS/train_images.npy" ] || { echo "$SPLITS has no train split (train_pixels.json): pass the splits folder of processed_splits" >&2; exit 2; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
 for spec in "$@"; do

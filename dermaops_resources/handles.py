@@ -30,7 +30,8 @@ class RawImagesHandle(BaseModel):
 class ProcessedSplitsHandle(BaseModel):
     """Resized, lesion-grouped train/val/test arrays ready to memory-map."""
 
-    splits_uri: str = Field(description="prefix with {split}_images.npy, {split}_labels.npy, {split}_index.csv")
+    splits_uri: str = Field(description="prefix with {split}_pixels.json, pixels/ segments, {split}_labels.npy, "
+                            "{split}_index.csv")
     content_hash: str
     image_size: int
     classes: list[str]

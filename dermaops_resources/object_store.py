@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import stat as stat_mod
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from urllib.parse import unquote, urlparse
 
 import dagster as dg
 
-from ml_code.atomic import atomic_open
+from ml_code.atomic import atomic_open, sync_folder
 from pydantic import PrivateAttr
 
 Bucket = str  # one of settings.BUCKETS
@@ -198,6 +199,14 @@ class ObjectStore(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def delete(self, uri: str) -> None: ...
+
+    @abstractmethod
+    def copy(self, src_uri: str, bucket: Bucket, key: str) -> str:
+        """Publish the object at ``src_uri`` (of this store) under bucket/key as well, without its
+        bytes passing through this process: a server-side copy on S3, a hard link locally (an
+        object is never written in place, only replaced, so two names may share one file).
+        FileNotFoundError when there is no object at ``src_uri``. For large immutable objects
+        referenced again, such as a rerun's earlier split segments; returns the new URI."""
 
     def list_level(self, prefix_uri: str) -> tuple[list[str], list[StoredObject]]:
         """One level of a folder-like prefix: (names of the sub-folders, objects directly in it).
@@ -433,6 +442,33 @@ class LocalObjectStore(ObjectStore):
 
     def delete(self, uri: str) -> None:
         self._path(uri).unlink(missing_ok=True)
+
+    def copy(self, src_uri: str, bucket: Bucket, key: str) -> str:
+        src = self._path(src_uri)
+        if not src.is_file():
+            raise FileNotFoundError(f"No object at {src_uri}")
+        final = self._key_path(bucket, key)
+        if final.exists() and os.path.samefile(src, final):
+            return final.as_uri()
+        where = f"The folder of key {key!r} in bucket {bucket!r}"
+        existing = final.parent
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        self._inside(existing, where)
+        private_dir(final.parent)
+        self._inside(final.parent, where)
+        link = final.with_name(f".{final.name}.{uuid.uuid4().hex}.link")
+        try:
+            os.link(src, link)
+        except OSError:  # links not allowed here (another file system under the root): copy the bytes
+            return self.put_file(bucket, key, src)
+        try:
+            os.replace(link, final)
+        except BaseException:
+            link.unlink(missing_ok=True)
+            raise
+        sync_folder(final.parent)
+        return final.as_uri()
 
     def local_path(self, uri: str) -> Path | None:
         path = self._path(uri)

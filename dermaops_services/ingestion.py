@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import secrets
 import tempfile
@@ -211,14 +212,14 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
 
 
 MEMO_PREFIX = "ingest-memo"
-"""Raw-bucket prefix of the validation memo: ``<prefix>/<validation_version>.csv``, one row per
-accepted file of the latest run (:data:`MEMO_COLUMNS`)."""
+"""Raw-bucket prefix of the validation memo: ``<prefix>/<validation_version>.json`` (:data:`MEMO_FORMAT`)."""
+MEMO_FORMAT = "dermaops-ingest-memo-v2"
+"""One JSON object: ``accepted``, the latest run's accepted files as columns (:data:`MEMO_COLUMNS`),
+one entry per file, and ``versions``, columns ``version_key`` and ``source_sha256`` of the files
+it read, so a rerun can skip reading and hashing an unchanged file (``_version_key``). One file,
+published at once: it never names a source hash it lacks. JSON, not CSV: a 10,000-file memo
+loads and saves in a few hundredths of a second instead of tenths."""
 MEMO_COLUMNS = ("source_sha256", "format", "width", "height", "sha256", "extension", "phash")
-
-
-VERSIONS_SUFFIX = ".versions.csv"
-"""Beside each memo, ``<validation_version>.versions.csv``: ``version_key,source_sha256`` of this run's
-accepted files, so a rerun can skip reading and hashing an unchanged file (``_version_key``)."""
 
 
 def _version_key(source: RawSource, name: str, version: str) -> str:
@@ -226,39 +227,42 @@ def _version_key(source: RawSource, name: str, version: str) -> str:
     return hashlib.sha256(f"{source.uri}\0{name}\0{version}".encode()).hexdigest()
 
 
+def _memo_key(version: str) -> str:
+    return f"{MEMO_PREFIX}/{version}.json"
+
+
 def _load_memo(store: ObjectStore, version: str) -> tuple[dict[str, ingest.ImageInfo], dict[str, str]]:
     """Accepted files of the last run, by the sha256 of their source bytes, for this validation
     version, and the source sha256 of each file version it read; empty when there is none or it
     cannot be read (it is only a cache)."""
-    uri = store.uri("raw", f"{MEMO_PREFIX}/{version}.csv")
+    uri = store.uri("raw", _memo_key(version))
     try:
         if not store.exists(uri):
             return {}, {}
-        df = pd.read_csv(io.BytesIO(store.get_bytes(uri)), dtype=str, keep_default_na=False)
+        stored = json.loads(store.get_bytes(uri))
+        if stored.get("format") != MEMO_FORMAT:
+            return {}, {}
+        accepted = stored["accepted"]
         memo = {src: ingest.ImageInfo(format=f, width=int(w), height=int(h), sha256=sha, extension=ext, phash=ph)
-                for src, f, w, h, sha, ext, ph in zip(*(df[c] for c in MEMO_COLUMNS))}
-    except (OSError, ValueError, KeyError, AttributeError, pd.errors.ParserError):
+                for src, f, w, h, sha, ext, ph in zip(*(accepted[c] for c in MEMO_COLUMNS), strict=True)}
+        versions = dict(zip(stored["versions"]["version_key"], stored["versions"]["source_sha256"], strict=True))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}, {}
-    try:
-        vdf = pd.read_csv(io.BytesIO(store.get_bytes(store.uri("raw", f"{MEMO_PREFIX}/{version}{VERSIONS_SUFFIX}"))),
-                          dtype=str, keep_default_na=False)
-        versions = dict(zip(vdf["version_key"], vdf["source_sha256"]))
-    except (OSError, ValueError, KeyError, pd.errors.ParserError):
-        versions = {}
     return memo, {k: v for k, v in versions.items() if v in memo}
 
 
 def _save_memo(store: ObjectStore, version: str, seen: dict[str, ingest.ImageInfo],
                seen_versions: dict[str, str] | None = None) -> None:
-    """Publish this run's accepted files as the memo for ``version`` (replacing the last one), the
-    file versions first: a versions file never names a source hash its memo lacks for long, and
-    ``_load_memo`` drops any that it does."""
-    versions = pd.DataFrame(sorted((k, v) for k, v in (seen_versions or {}).items() if v in seen),
-                            columns=["version_key", "source_sha256"])
-    store.put_bytes("raw", f"{MEMO_PREFIX}/{version}{VERSIONS_SUFFIX}", _csv(versions))
-    df = pd.DataFrame([(src, i.format, i.width, i.height, i.sha256, i.extension, i.phash)
-                       for src, i in sorted(seen.items())], columns=list(MEMO_COLUMNS))
-    store.put_bytes("raw", f"{MEMO_PREFIX}/{version}.csv", _csv(df))
+    """Publish this run's accepted files as the memo for ``version`` (replacing the last one)."""
+    accepted = sorted(seen.items())
+    versions = sorted((k, v) for k, v in (seen_versions or {}).items() if v in seen)
+    payload = {
+        "format": MEMO_FORMAT,
+        "accepted": {"source_sha256": [src for src, _ in accepted],
+                     **{c: [getattr(info, c) for _, info in accepted] for c in MEMO_COLUMNS[1:]}},
+        "versions": {"version_key": [k for k, _ in versions], "source_sha256": [v for _, v in versions]},
+    }
+    store.put_bytes("raw", _memo_key(version), json.dumps(payload, separators=(",", ":")).encode())
 
 
 class _ImageChecker:

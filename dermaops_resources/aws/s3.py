@@ -168,6 +168,22 @@ class S3ObjectStore(ObjectStore):
 
         return self._publish(bucket, key, upload, path.stat().st_size)
 
+    def copy(self, src_uri: str, bucket: Bucket, key: str) -> str:
+        """A server-side copy (CopyObject; multipart UploadPartCopy above the multipart threshold),
+        re-encrypted with this store's KMS key: S3 publishes the copy only once it is whole."""
+        src_name, src_key = parse_s3_uri(src_uri)
+        name, final_key = self._bucket_name(bucket), key.lstrip("/")
+        if not final_key or final_key.startswith(TMP_PREFIX):
+            raise ValueError(f"Cannot write key {key!r}: it must be non-empty and outside {TMP_PREFIX!r}.")
+        try:
+            self.client.copy({"Bucket": src_name, "Key": src_key}, name, final_key,
+                             ExtraArgs={**self._sse, "MetadataDirective": "COPY"}, Config=self._transfer)
+        except Exception as exc:
+            if is_not_found(exc):
+                raise FileNotFoundError(f"No object at {src_uri}") from exc
+            raise
+        return f"s3://{name}/{final_key}"
+
     def get_bytes(self, uri: str) -> bytes:
         name, key = parse_s3_uri(uri)
         try:

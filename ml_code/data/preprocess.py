@@ -5,10 +5,16 @@ Runs unchanged as a SageMaker Processing script and under the local job runner
 
 inputs   ``manifest`` (folder holding manifest.csv), ``images`` (the raw images prefix,
          files at ``<images>/<image_key>``)
-output   ``splits``: ``{split}_images.npy`` uint8 (N, S, S, 3) RGB, ``{split}_labels.npy``
-         int64 (N,), ``{split}_index.csv``, ``classes.json``, ``summary.json``, ``quarantine.csv``
-optional input ``previous``: an earlier job's ``splits`` output, whose arrays are reused by
-         content hash (:class:`PreviousPixels`): a rerun decodes only the new images
+output   ``splits``: ``pixels/<sha256>.npy`` segments of uint8 (n, S, S, 3) RGB and
+         ``{split}_pixels.json`` naming a split's rows in them (``ml_code.data.split_reader``),
+         ``{split}_labels.npy`` int64 (N,), ``{split}_index.csv``, ``classes.json``,
+         ``summary.json`` (its ``segments`` say which segment files the output holds),
+         ``quarantine.csv``
+optional input ``previous``: an earlier job's ``splits`` output, whose segments are reused by
+         content hash (:class:`PreviousPixels`): a rerun decodes only the new images into one
+         new segment per split and names the earlier segments again (``in_output: false`` in
+         ``summary.json``: the caller copies them from ``previous``, server-side; see
+         ``dermaops_assets.preprocessing.complete_from_previous``)
 hyperparameters  :class:`ml_code.data.options.PreprocessOptions`: ``image_size`` (64),
          ``val_fraction`` (0.15), ``test_fraction`` (0.15), ``seed`` (42), optional
          ``num_workers`` (decoding processes; default: CPU count); an unknown one fails the job
@@ -16,7 +22,9 @@ hyperparameters  :class:`ml_code.data.options.PreprocessOptions`: ``image_size``
 Each image is centre-cropped to a square on its shorter side and resized with
 Lanczos, so lesions are not squashed. Arrays are written row by row at their offsets
 in an ``.npy`` file (:class:`SplitPixelsFile`), so memory stays flat for any dataset
-size, and every output is written under a temporary name and renamed at the end. An image that cannot be read, fails its sha256, or does not decode is
+size, and every output is written under a temporary name and renamed at the end.
+A split whose rows would span more than :data:`MAX_SEGMENTS` segments is written into one
+fresh segment (copied from the earlier ones), so reruns never fragment a split without bound. An image that cannot be read, fails its sha256, or does not decode is
 written to quarantine.csv and the job goes on.
 """
 
@@ -27,6 +35,8 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -38,6 +48,7 @@ import pandas as pd
 from ml_code import CLASSES, contract
 from ml_code.atomic import atomic_open, atomic_path, sync_file, sync_folder, write_text_atomic
 from ml_code.data.options import DEFAULTS, parse_preprocess_options
+from ml_code.data.split_reader import PIXELS_FORMAT, SEGMENT_FOLDER, pixels_manifest_name, read_pixel_map
 from ml_code.data.splits import SPLITS, check_no_leakage, describe_split, grouped_stratified_split
 
 #: Per-split index. ``age``/``sex``/``localization`` are the clinical context the descriptor
@@ -45,6 +56,10 @@ from ml_code.data.splits import SPLITS, check_no_leakage, describe_split, groupe
 INDEX_COLUMNS = ("image_id", "lesion_id", "dx", "label", "sha256", "age", "sex", "localization")
 BATCH = 256  # images per progress line and per copy batch: bounds memory whatever the image size
 CHUNK = 64  # images per pool task: few enough tasks to cost little, small enough to keep every core busy
+MAX_SEGMENTS = 8
+"""Most segments one split's rows may span; beyond it the split is copied into one new segment.
+Monthly reruns reach it after about eight months; a reader's gather over eight files costs
+little next to decoding."""
 
 
 # The endpoint's own decode/crop/resize (code/inference.py ships alone in model.tar.gz, so the
@@ -86,14 +101,13 @@ def pixels_version(size: int) -> str:
 
 
 class SplitPixelsFile:
-    """A split's ``{split}_images.npy`` while it is written: uint8 ``(n, size, size, 3)`` rows land
+    """A segment (``pixels/<sha256>.npy``) while it is written: uint8 ``(n, size, size, 3)`` rows land
     at their byte offsets, decoded ones written by the decoding workers (:func:`decode_chunk_into`,
-    by path and offset) and runs of an earlier split's rows with
-    ``copy_file_range`` (the kernel copies page cache to page cache: no memory map, no page
-    fault per 4 KiB, no Python loop per image), so a rerun that reuses 99% of the pixels costs
-    little more than its new images. numpy writes the header (``open_memmap``, which leaves
-    the body sparse); the file is synced by :class:`EarlySync` and the ``atomic_path`` that
-    publishes it."""
+    by path and offset) and, when a split is merged (:data:`MAX_SEGMENTS`), runs of earlier
+    segments' rows with ``copy_file_range`` (the kernel copies page cache to page cache: no memory
+    map, no page fault per 4 KiB, no Python loop per image). numpy writes the header
+    (``open_memmap``, which leaves the body sparse); the file is named and synced by
+    :class:`EarlySync` before it is published."""
 
     def __init__(self, path: Path, n: int, size: int):
         created = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
@@ -137,20 +151,23 @@ _KERNEL_COPY = hasattr(os, "copy_file_range")
 
 
 class PreviousPixels:
-    """The decoded arrays of an earlier job's splits, by image content hash: a rerun after new
-    images arrive copies every known image's pixels instead of decoding it again.
+    """Where an earlier job's splits hold each image's decoded pixels, by image content hash: a
+    rerun after new images arrive names those rows again instead of decoding (or copying) them.
 
     Content addressing makes this safe: an index row's ``sha256`` is that of the stored raw
     bytes the row's pixels were decoded from, the manifest check in :func:`_process_one` ties a
-    new row to the same bytes, and ``summary.json``'s ``pixels_version`` must equal this job's
-    (:func:`pixels_version`), so a change to the decoder, Pillow or the size decodes afresh.
-    A folder that is missing, of another version or unreadable offers nothing (never an error:
-    it is only a cache)."""
+    new row to the same bytes, segments are named by the sha256 of their own bytes, and
+    ``summary.json``'s ``pixels_version`` must equal this job's (:func:`pixels_version`), so a
+    change to the decoder, Pillow or the size decodes afresh. A folder that is missing, of
+    another version, of the single-file format from before segments, or unreadable offers
+    nothing (never an error: it is only a cache). Only the small maps and indexes are read;
+    segment bytes are read only to link them (``run(link_previous=True)``) or to merge a split
+    (:data:`MAX_SEGMENTS`)."""
 
     def __init__(self, folder: Path | None, size: int):
-        self.arrays: dict[str, np.ndarray] = {}
-        self.where: dict[str, tuple[str, int]] = {}
-        self.files: dict[str, tuple[Path, int]] = {}  # split -> (its .npy, byte offset of its rows)
+        self.folder = folder
+        self.where: dict[str, tuple[str, int]] = {}  # image sha256 -> (segment name, row in it)
+        self.segment_rows: dict[str, int] = {}  # segment name -> rows it holds
         self.reason = ""
         if folder is None or not (folder / "summary.json").is_file():
             self.reason = "no earlier splits given"
@@ -160,46 +177,37 @@ class PreviousPixels:
             if summary.get("pixels_version") != pixels_version(size):
                 self.reason = "earlier splits have other pixels (decoder, Pillow or size changed)"
                 return
+            if "segments" not in summary:
+                self.reason = "earlier splits are single files (written before segments); decoding afresh"
+                return
+            self.segment_rows = {name: int(meta["rows"]) for name, meta in summary["segments"].items()}
             for split in summary.get("splits", {}):
-                arr = np.load(folder / f"{split}_images.npy", mmap_mode="r")
-                index = pd.read_csv(folder / f"{split}_index.csv", dtype=str, keep_default_na=False)
-                if arr.shape[1:] != (size, size, 3) or len(arr) != len(index):
-                    raise ValueError(f"{split} arrays do not match their index")
-                self.arrays[split] = arr
-                self.files[split] = (folder / f"{split}_images.npy", int(arr.offset))
-                for row, sha in enumerate(index["sha256"]):
+                pixel_map = read_pixel_map(folder, split)
+                index = pd.read_csv(folder / f"{split}_index.csv", dtype=str, keep_default_na=False,
+                                    usecols=["sha256"])
+                if pixel_map is None or int(pixel_map["shape"][0]) != len(index) or \
+                        list(pixel_map["shape"][1:]) != [size, size, 3]:
+                    raise ValueError(f"{split} pixel map does not match its index")
+                runs = pixel_map["runs"]
+                names = [str(n) for n in pixel_map["segments"]]
+                if not set(names) <= set(self.segment_rows):
+                    raise ValueError(f"{split} names segments summary.json does not list")
+                segment_of_row = np.repeat(runs[:, 0], runs[:, 2])
+                row_in_segment = np.concatenate([np.arange(a, a + n) for _, a, n in runs]) if len(runs) else []
+                for sha, seg, row in zip(index["sha256"].tolist(), segment_of_row.tolist(), list(row_in_segment)):
                     if sha:
-                        self.where.setdefault(sha, (split, row))
-        except (OSError, ValueError, KeyError) as exc:
-            self.arrays, self.where, self.files = {}, {}, {}
+                        self.where.setdefault(sha, (names[seg], int(row)))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.where, self.segment_rows = {}, {}
             self.reason = f"earlier splits unreadable ({type(exc).__name__}: {exc})"
 
-    def fill(self, out: SplitPixelsFile, shas: list[str]) -> np.ndarray:
-        """Copy the known images' pixels into ``out`` (row i <- ``shas[i]``); returns which rows were
-        filled. Rows that follow each other in both files are copied as one run: a rerun's split
-        keeps its earlier images in their order, so a few hundred copies move a whole split."""
-        found = np.zeros(len(shas), dtype=bool)
-        runs: list[list] = []  # [split, first source row, first destination row, rows]
-        for i, sha in enumerate(shas):
-            hit = self.where.get(sha) if sha else None
-            if hit is None:
-                continue
-            found[i] = True
-            last = runs[-1] if runs else None
-            if last is not None and last[0] == hit[0] and last[1] + last[3] == hit[1] and last[2] + last[3] == i:
-                last[3] += 1
-            else:
-                runs.append([hit[0], hit[1], i, 1])
-        fds: dict[str, int] = {}
-        try:
-            for split, src_row, dst_row, count in runs:
-                if split not in fds:
-                    fds[split] = os.open(self.files[split][0], os.O_RDONLY)
-                out.copy_rows(fds[split], self.files[split][1], src_row, dst_row, count)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-        return found
+    def segment_path(self, name: str) -> Path:
+        """The earlier output's file of segment ``name`` (FileNotFoundError when it is not there)."""
+        path = Path(self.folder or ".") / name
+        if not path.is_file():
+            raise FileNotFoundError(f"segment {name} of the earlier splits is missing from the 'previous' input "
+                                    f"{self.folder}; pass the complete splits folder of an earlier run")
+        return path
 
 
 def decode_chunk_into(images_dir: Path, items: list[tuple[str, str]], size: int, path: Path, data_offset: int,
@@ -283,29 +291,82 @@ class Decoder:
 
 
 class EarlySync:
-    """Starts writing finished split files to disk in a background thread.
+    """Names and writes finished segments to disk in a background thread.
 
-    Each split's ``.npy`` is ``fsync``-ed before it is published (``atomic_path``); done at the end,
-    the three syncs of a HAM10000-sized job (hundreds of MB) ran one after another with every core
-    idle. ``start`` syncs a finished file while the job decodes the next split (``fsync`` waits on
-    the disk and holds no GIL), and leaving the block waits for every sync, so a file is published
-    only after its own sync has returned (``atomic_path`` syncs it again; by then it is clean, and
-    cheap). An error of a background sync is raised when the block is left."""
+    Each segment is hashed (its content-addressed name) and ``fsync``-ed before it is published;
+    done at the end, the three hashes and syncs of a HAM10000-sized job (hundreds of MB) ran one
+    after another with every core idle. ``seal`` does both while the job decodes the next split
+    (``hashlib`` and ``fsync`` hold no GIL), and leaving the block waits for every one, so a
+    segment is published only after its own sync has returned. An error in the background is
+    raised when the block is left."""
 
     def __enter__(self) -> EarlySync:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="split-sync")
         self._pending: list[Future] = []
         return self
 
-    def start(self, path: Path) -> None:
-        """Begin writing ``path``'s data to disk (returns at once)."""
-        self._pending.append(self._pool.submit(sync_file, path))
+    def seal(self, slot: dict, out_dir: Path) -> Future:
+        """Hash the finished segment ``slot["tmp"]``, set ``slot["final"]`` to its content-addressed
+        path under ``out_dir`` and sync it, in the background; the Future gives its name."""
+        def name_and_sync() -> str:
+            name = _segment_name(slot["tmp"])
+            slot["final"] = out_dir / name
+            sync_file(slot["tmp"])
+            return name
+
+        done = self._pool.submit(name_and_sync)
+        self._pending.append(done)
+        return done
 
     def __exit__(self, exc_type, *exc) -> None:
         self._pool.shutdown(wait=True)
         if exc_type is None:
             for done in self._pending:
                 done.result()
+
+
+def _new_segment(out_dir: Path, publish_at_end: contextlib.ExitStack) -> dict[str, Path | None]:
+    """A temporary segment file in ``out_dir/pixels`` (``slot["tmp"]``); the caller sets
+    ``slot["final"]`` (its content-addressed path) and it is renamed to that when
+    ``publish_at_end`` closes without an error, or deleted otherwise: a failed job publishes no
+    pixels."""
+    folder = out_dir / SEGMENT_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".segment-", suffix=".tmp")
+    os.close(fd)
+    slot: dict[str, Path | bool | None] = {"tmp": Path(name), "final": None, "drop": False}
+
+    @contextlib.contextmanager
+    def rename_when_published():
+        try:
+            yield
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        if slot["final"] is not None and not slot["drop"]:
+            os.replace(name, slot["final"])  # same name = same bytes: replacing is harmless
+        else:
+            Path(name).unlink(missing_ok=True)
+
+    publish_at_end.enter_context(rename_when_published())
+    return slot
+
+
+def _segment_name(path: Path) -> str:
+    """The content-addressed name of a finished segment file: ``pixels/<sha256 of its bytes>.npy``."""
+    with path.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return f"{SEGMENT_FOLDER}/{digest}.npy"
+
+
+def _runs(segment_of_row: np.ndarray, row_in_segment: np.ndarray) -> list[list[int]]:
+    """``[segment, first row, rows]`` runs of consecutive rows of one segment, in row order."""
+    if not len(segment_of_row):
+        return []
+    breaks = np.flatnonzero((np.diff(segment_of_row) != 0) | (np.diff(row_in_segment) != 1)) + 1
+    starts = np.concatenate([[0], breaks])
+    counts = np.diff(np.concatenate([starts, [len(segment_of_row)]]))
+    return [[int(segment_of_row[a]), int(row_in_segment[a]), int(c)] for a, c in zip(starts, counts)]
 
 
 def _write_split(
@@ -320,36 +381,102 @@ def _write_split(
     progress: dict[str, float],
     publish: contextlib.ExitStack,
     early_sync: EarlySync,
-) -> pd.DataFrame:
-    """Write one split's pixels (copied or decoded) into its ``.npy``; returns the index rows actually written.
+    new_segments: dict[str, int],
+) -> tuple[pd.DataFrame, dict]:
+    """Write one split: its new images decoded into one new segment, the rest named where
+    ``previous`` holds them; returns the index rows actually written and the split's pixel map
+    (``{split}_pixels.json``, written by the caller once every segment is synced).
 
-    The pixels file is published when ``publish`` closes (after every split is written), and
-    ``early_sync`` starts writing it to disk at once, while the next split decodes: the final
-    ``fsync`` then finds little left to write."""
+    ``new_segments`` (name -> rows) collects the segments this job writes. The new segment is
+    published when ``publish`` closes (after every split is written), and
+    ``early_sync`` starts writing it to disk at once, while the next split decodes."""
     n = len(rows)
-    tmp_path = publish.enter_context(atomic_path(out_dir / f"{split}_images.npy", sync_folder=False))
-    with SplitPixelsFile(tmp_path, n, size) as out:
-        ok = _decode_into(out, split, rows, images_dir, size, decoder, previous, quarantine, progress)
-    if not ok.all():
-        # compact: copy the decoded rows into a right-sized array, in batches, which then
-        # takes the place of the full-sized one (still unpublished)
-        keep = np.flatnonzero(ok)
-        arr = np.load(tmp_path, mmap_mode="r")
-        with atomic_path(tmp_path) as compact:
-            dst = np.lib.format.open_memmap(compact, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
-            for s in range(0, len(keep), BATCH * 4):
-                dst[s:s + BATCH * 4] = arr[keep[s:s + BATCH * 4]]
-            dst.flush()
-            del dst
-        del arr
-    early_sync.start(tmp_path)
-    written = rows.iloc[np.flatnonzero(ok)]
+    shas = rows["sha256"].astype(str).tolist() if "sha256" in rows else [""] * n
+    known = [previous.where.get(sha) if sha else None for sha in shas]
+    ok = np.array([k is not None for k in known], dtype=bool)
+    reused = int(ok.sum())
+    progress["reused"] += reused
+    names: list[str] = []
+    segment_of_row = np.full(n, -1, np.int64)
+    row_in_segment = np.zeros(n, np.int64)
+    for i in np.flatnonzero(ok):
+        name, row = known[i]
+        if name not in names:
+            names.append(name)
+        segment_of_row[i], row_in_segment[i] = names.index(name), row
+
+    todo = np.flatnonzero(~ok)
+    slot = None
+    if len(todo):
+        slot = _new_segment(out_dir, publish)
+        with SplitPixelsFile(slot["tmp"], len(todo), size) as out:
+            decoded = _decode_into(out, split, rows.iloc[todo], images_dir, size, decoder, quarantine, progress,
+                                   reused)
+        kept = np.flatnonzero(decoded)
+        if len(kept) < len(todo):
+            _compact_rows(slot["tmp"], kept, size)
+        if len(kept):
+            name = early_sync.seal(slot, out_dir)  # a Future of the name, until the job resolves it
+            names.append(name)
+            new_segments[name] = int(len(kept))
+            ok[todo[kept]] = True
+            segment_of_row[todo[kept]] = len(names) - 1
+            row_in_segment[todo[kept]] = np.arange(len(kept))
+
+    keep = np.flatnonzero(ok)
+    segment_of_row, row_in_segment = segment_of_row[keep], row_in_segment[keep]
+    if len(names) > MAX_SEGMENTS:  # merge: one segment again, copied from the others
+        paths = {name: previous.segment_path(name) for name in names if name not in new_segments}
+        if names[-1] in new_segments:  # this split's new segment: not yet published
+            paths[names[-1]] = slot["tmp"]
+            new_segments.pop(names[-1])
+            slot["drop"] = True  # merged, so no split names it: dropped when the job publishes
+        name = _merge_into_one_segment(out_dir, [paths[name] for name in names], segment_of_row, row_in_segment,
+                                       size, publish, early_sync)
+        names, segment_of_row, row_in_segment = [name], np.zeros(len(keep), np.int64), np.arange(len(keep))
+        new_segments[name] = int(len(keep))
+    pixel_map = {"format": PIXELS_FORMAT, "shape": [int(len(keep)), size, size, 3], "segments": names,
+                 "runs": _runs(segment_of_row, row_in_segment)}
+
+    written = rows.iloc[keep]
     labels = written["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
     with atomic_open(out_dir / f"{split}_labels.npy", sync_folder=False) as fh:
         np.save(fh, labels)
     index = written.assign(label=labels).reindex(columns=list(INDEX_COLUMNS), fill_value="")
     write_text_atomic(out_dir / f"{split}_index.csv", index.to_csv(index=False, lineterminator="\n"), sync_folder=False)
-    return written
+    return written, pixel_map
+
+
+def _compact_rows(path: Path, keep: np.ndarray, size: int) -> None:
+    """Rewrite the ``.npy`` at ``path`` to hold only rows ``keep`` (the images that decoded), in
+    batches; the compact file takes ``path``'s place (still unpublished)."""
+    arr = np.load(path, mmap_mode="r")
+    with atomic_path(path) as compact:
+        dst = np.lib.format.open_memmap(compact, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
+        for s in range(0, len(keep), BATCH * 4):
+            dst[s:s + BATCH * 4] = arr[keep[s:s + BATCH * 4]]
+        dst.flush()
+        del dst
+    del arr
+
+
+def _merge_into_one_segment(out_dir: Path, files: list[Path], segment_of_row: np.ndarray, row_in_segment: np.ndarray,
+                            size: int, publish: contextlib.ExitStack, early_sync: EarlySync) -> Future:
+    """Copy a split's rows, in order, from the segment ``files`` (``segment_of_row`` indexes them)
+    into one new segment; returns a Future of its name (:meth:`EarlySync.seal`)."""
+    runs = _runs(segment_of_row, row_in_segment)
+    slot = _new_segment(out_dir, publish)
+    with SplitPixelsFile(slot["tmp"], len(segment_of_row), size) as out, contextlib.ExitStack() as opened:
+        fds: dict[int, tuple[int, int]] = {}
+        at = 0
+        for seg, first, count in runs:
+            if seg not in fds:
+                fd = os.open(files[seg], os.O_RDONLY)
+                opened.callback(os.close, fd)
+                fds[seg] = (fd, int(np.load(files[seg], mmap_mode="r").offset))
+            out.copy_rows(fds[seg][0], fds[seg][1], first, at, count)
+            at += count
+    return early_sync.seal(slot, out_dir)
 
 
 def _decode_into(
@@ -359,27 +486,23 @@ def _decode_into(
     images_dir: Path,
     size: int,
     decoder: Decoder,
-    previous: PreviousPixels,
     quarantine: list[dict[str, str]],
     progress: dict[str, float],
+    reused: int = 0,
 ) -> np.ndarray:
-    """Fill ``out`` with ``rows``' pixels: copied from ``previous`` where the content hash is
-    known, decoded otherwise; returns which rows are filled (the others are quarantined)."""
-    n = len(rows)
+    """Decode ``rows``' images into ``out``, row i of ``rows`` at row i; returns which rows
+    decoded (the others are quarantined with their reason)."""
     image_ids = rows["image_id"].astype(str).tolist()
     keys = rows["image_key"].astype(str).tolist()
-    shas = rows["sha256"].astype(str).tolist() if "sha256" in rows else [""] * n
-    ok = previous.fill(out, shas)
-    reused = int(ok.sum())
-    progress["reused"] += reused
-    todo = np.flatnonzero(~ok)
-    items = [(keys[i], shas[i]) for i in todo]
+    shas = rows["sha256"].astype(str).tolist() if "sha256" in rows else [""] * len(rows)
+    ok = np.zeros(len(rows), dtype=bool)
+    items = list(zip(keys, shas))
     reported = 0
-    for start, reasons in decoder.map_into(images_dir, items, size, out, todo):
-        rows_here = todo[start:start + len(reasons)]
+    for start, reasons in decoder.map_into(images_dir, items, size, out, np.arange(len(items))):
+        here = np.arange(start, start + len(reasons))
         good = np.array([r is None for r in reasons], dtype=bool)
-        ok[rows_here[good]] = True
-        for i, reason in zip(rows_here[~good], (r for r in reasons if r is not None)):
+        ok[here[good]] = True
+        for i, reason in zip(here[~good], (r for r in reasons if r is not None)):
             quarantine.append({"image_id": image_ids[i], "reason": reason or "unknown error"})
         progress["done"] += len(reasons)
         if start + len(reasons) - reported >= BATCH or start + len(reasons) == len(items):
@@ -392,6 +515,29 @@ def _decode_into(
                 flush=True,
             )
     return ok
+
+
+def _resolved(name: str | Future) -> str:
+    return name.result() if isinstance(name, Future) else name
+
+
+def link_previous_segments(out_dir: Path, previous: PreviousPixels, segments: dict[str, dict]) -> None:
+    """Put the earlier segments a rerun names into ``out_dir`` too (a hard link where the file
+    systems allow, else a synced copy), so the folder is a whole splits channel on its own:
+    for callers that read the output in place. The job entry point leaves them out; the
+    object store copies them server-side instead."""
+    for name, meta in segments.items():
+        if meta["in_output"]:
+            continue
+        src, dst = previous.segment_path(name), out_dir / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            try:
+                os.link(src, dst)
+            except OSError:  # another file system, or links not allowed: copy
+                with atomic_path(dst, sync_folder=False) as tmp:
+                    shutil.copyfile(src, tmp)
+        meta["in_output"] = True
 
 
 def _manifest_path(manifest_input: Path) -> Path:
@@ -407,6 +553,48 @@ def _manifest_path(manifest_input: Path) -> Path:
     return path
 
 
+def _read_manifest(manifest_file: Path) -> pd.DataFrame:
+    """The raw manifest, all text; ValueError when a required column is missing or an id repeats."""
+    manifest = pd.read_csv(manifest_file, dtype=str, keep_default_na=False)
+    required = ["image_id", "lesion_id", "dx", "image_key", "sha256"]
+    missing = [c for c in required if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest.csv lacks columns {missing}; it must follow the raw manifest schema "
+                         "(docs/ARCHITECTURE.md)")
+    if manifest["image_id"].duplicated().any():
+        dups = manifest.loc[manifest["image_id"].duplicated(), "image_id"].head(5).tolist()
+        raise ValueError(f"manifest.csv has duplicate image_id values (e.g. {dups}); re-run ingestion")
+    return manifest
+
+
+def _write_splits(manifest: pd.DataFrame, images_dir: Path, out_dir: Path, image_size: int, workers: int,
+                  earlier: PreviousPixels, quarantine: list[dict[str, str]], progress: dict[str, float],
+                  link_previous: bool) -> tuple[dict[str, pd.DataFrame], dict[str, dict]]:
+    """Every split's segments, pixel map, labels and index (:func:`_write_split`); returns each
+    split's written index rows and ``summary.json``'s ``segments``."""
+    written: dict[str, pd.DataFrame] = {}
+    pixel_maps: dict[str, dict] = {}
+    new_segments: dict = {}
+    with contextlib.ExitStack() as publish, EarlySync() as early_sync, Decoder(workers) as decoder:
+        for split in SPLITS:
+            rows = manifest[manifest["split"] == split]
+            written[split], pixel_maps[split] = _write_split(split, rows, images_dir, out_dir, image_size, decoder,
+                                                             earlier, quarantine, progress, publish, early_sync,
+                                                             new_segments)
+    # segment names, known once their background hashing is done (EarlySync has waited for it)
+    pixel_maps = {split: {**pm, "segments": [_resolved(n) for n in pm["segments"]]} for split, pm in pixel_maps.items()}
+    new_segments = {_resolved(name): rows for name, rows in new_segments.items()}
+    # every segment a split names: written here, or an earlier one (for the caller to copy, or linked)
+    segments = {name: {"rows": new_segments[name] if name in new_segments else earlier.segment_rows[name],
+                       "in_output": name in new_segments}
+                for pixel_map in pixel_maps.values() for name in pixel_map["segments"]}
+    if link_previous:
+        link_previous_segments(out_dir, earlier, segments)
+    for split, pixel_map in pixel_maps.items():  # after every segment is synced and published
+        write_text_atomic(out_dir / pixels_manifest_name(split), json.dumps(pixel_map), sync_folder=False)
+    return written, segments
+
+
 def run(
     manifest_input: Path,
     images_dir: Path,
@@ -417,23 +605,19 @@ def run(
     seed: int = DEFAULTS.seed,
     num_workers: int | None = DEFAULTS.num_workers,
     previous_dir: Path | None = None,
+    link_previous: bool = True,
 ) -> dict:
     """Do the whole job; returns the summary written to summary.json. ``previous_dir``: an earlier
-    ``splits`` output whose arrays are copied for known content hashes (:class:`PreviousPixels`;
-    same bytes either way); ``num_workers`` decoding processes (unset: the CPUs usable here)."""
+    ``splits`` output whose segments are named again for known content hashes
+    (:class:`PreviousPixels`; the same pixels either way); ``link_previous``: also put those
+    segments in ``out_dir`` (:func:`link_previous_segments`), else ``summary.json`` marks them
+    ``in_output: false`` for the caller to copy; ``num_workers`` decoding processes (unset: the
+    CPUs usable here)."""
     if not isinstance(image_size, int) or not (8 <= image_size <= 1024):
         raise ValueError(f"hyperparameter image_size must be an integer in 8..1024, got {image_size!r}")
     t0 = time.monotonic()
     manifest_file = _manifest_path(manifest_input)
-    manifest = pd.read_csv(manifest_file, dtype=str, keep_default_na=False)
-    required = ["image_id", "lesion_id", "dx", "image_key", "sha256"]
-    missing = [c for c in required if c not in manifest.columns]
-    if missing:
-        raise ValueError(f"manifest.csv lacks columns {missing}; it must follow the raw manifest schema "
-                         "(docs/ARCHITECTURE.md)")
-    if manifest["image_id"].duplicated().any():
-        dups = manifest.loc[manifest["image_id"].duplicated(), "image_id"].head(5).tolist()
-        raise ValueError(f"manifest.csv has duplicate image_id values (e.g. {dups}); re-run ingestion")
+    manifest = _read_manifest(manifest_file)
     out_dir.mkdir(parents=True, exist_ok=True)
     quarantine: list[dict[str, str]] = []
     known = manifest["dx"].isin(CLASSES)
@@ -456,13 +640,8 @@ def run(
     earlier = PreviousPixels(previous_dir, image_size)
     print(f"[preprocess] earlier splits: {len(earlier.where)} images' pixels reusable"
           + (f" ({earlier.reason})" if earlier.reason else ""), flush=True)
-    written: dict[str, pd.DataFrame] = {}
-    with contextlib.ExitStack() as publish, EarlySync() as early_sync, Decoder(workers) as decoder:
-        for split in SPLITS:
-            rows = manifest[manifest["split"] == split]
-            written[split] = _write_split(split, rows, images_dir, out_dir, image_size, decoder, earlier,
-                                          quarantine, progress, publish, early_sync)
-
+    written, segments = _write_splits(manifest, images_dir, out_dir, image_size, workers, earlier, quarantine,
+                                      progress, link_previous)
     write_text_atomic(out_dir / "classes.json", json.dumps(list(CLASSES)), sync_folder=False)
     qdf = pd.DataFrame(quarantine, columns=["image_id", "reason"])
     write_text_atomic(out_dir / "quarantine.csv", qdf.to_csv(index=False, lineterminator="\n"), sync_folder=False)
@@ -478,10 +657,13 @@ def run(
         "split_rule": describe_split(val_fraction, test_fraction, seed),
         "manifest_sha256": hashlib.sha256(manifest_file.read_bytes()).hexdigest(),
         "pixels_version": pixels_version(image_size),
+        "segments": {name: segments[name] for name in sorted(segments)},
         "decoded": int(progress["done"]),
         "reused": int(progress["reused"]),
     }
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True), sync_folder=False)
+    if (out_dir / SEGMENT_FOLDER).is_dir():
+        sync_folder(out_dir / SEGMENT_FOLDER)
     sync_folder(out_dir)  # every rename above, in one journal commit instead of one per file
     seconds = time.monotonic() - t0
     print(f"[preprocess] done in {seconds:.1f}s; quarantined {len(qdf)}", flush=True)
@@ -506,6 +688,7 @@ def main() -> None:
         images_dir=contract.processing_input("images"),
         out_dir=contract.processing_output("splits"),
         previous_dir=_optional_input("previous"),
+        link_previous=False,  # the caller copies earlier segments in the store (summary.json says which)
         **opts.model_dump(),
     )
 

@@ -254,7 +254,7 @@ def evaluate(model_input: Path, splits_dir: Path, out_dir: Path, opts: dict[str,
     opts = parse_evaluation_options(opts).model_dump()  # ValueError naming an unknown or invalid option
     splits, classes = load_splits(splits_dir)
     if "test" not in splits or len(splits["test"].labels) == 0:
-        raise ValueError(f"the splits input {splits_dir} has no test split (test_images.npy/test_labels.npy)")
+        raise ValueError(f"the splits input {splits_dir} has no test split (test_pixels.json, test_labels.npy)")
     with tempfile.TemporaryDirectory(prefix="dermaops-eval-") as tmp:
         package = open_package(model_input, Path(tmp), "eval")
         handlers, model = package.api, package.model

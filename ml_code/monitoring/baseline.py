@@ -50,6 +50,7 @@ from ml_code.package.loader import open_package
 from ml_code.contract import emit_metric, parse_hyperparameters, processing_input, processing_output, run_entry_point
 from .drift import DEFAULT_BINS, DriftThresholds, bin_counts, psi_edges
 from .features import FEATURE_NAMES, PIXEL_FEATURES, batch_features
+from ml_code.data.split_reader import open_split_images
 
 STATISTICS = "statistics.json"
 CONSTRAINTS = "constraints.json"
@@ -227,8 +228,18 @@ def _case_mix(splits_dir: Path) -> pd.DataFrame | None:
 
 
 def _split_size(splits_dir: Path, split: str) -> int:
-    path = splits_dir / f"{split}_images.npy"
-    return len(np.load(path, mmap_mode="r")) if path.is_file() else 0
+    images = open_split_images(splits_dir, split)
+    return 0 if images is None else len(images)
+
+
+FEATURE_CHUNK = 2048
+"""Images per feature batch of a split: bounds memory whatever the split's size."""
+
+
+def _split_features(images) -> pd.DataFrame:
+    """:func:`batch_features` of a whole split, read ``FEATURE_CHUNK`` images at a time."""
+    parts = [batch_features(np.asarray(images[i:i + FEATURE_CHUNK])) for i in range(0, len(images), FEATURE_CHUNK)]
+    return pd.concat(parts, ignore_index=True)
 
 
 def _class_prior(splits_dir: Path, n_classes: int) -> np.ndarray:
@@ -299,14 +310,13 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
     the ``max_embeddings`` images through the served ``predict_fn`` itself."""
     splits_dir, out_dir = Path(splits_dir), Path(out_dir)
     thresholds = thresholds or DriftThresholds()
-    train_path = splits_dir / "train_images.npy"
-    if not train_path.is_file():
-        raise FileNotFoundError(f"{train_path} not found; the 'splits' input must be the preprocess job's "
-                                "output folder (train_images.npy, val_images.npy, classes.json, ...).")
-    train = np.load(train_path, mmap_mode="r")
+    train = open_split_images(splits_dir, "train")
+    if train is None:
+        raise FileNotFoundError(f"no train split in {splits_dir}; the 'splits' input must be the preprocess job's "
+                                "output folder (train_pixels.json, pixels/, classes.json, ...).")
     if len(train) == 0:
-        raise ValueError(f"{train_path} holds no images; cannot baseline an empty training split.")
-    feats = batch_features(train)[list(PIXEL_FEATURES)]
+        raise ValueError(f"the train split in {splits_dir} holds no images; cannot baseline an empty training split.")
+    feats = _split_features(train)[list(PIXEL_FEATURES)]
     geometry = _geometry(splits_dir, Path(manifest_dir) if manifest_dir else None)
     if geometry is not None:
         feats = pd.concat([feats, geometry], axis=1)[list(FEATURE_NAMES)]
@@ -321,7 +331,7 @@ def compute_baseline(splits_dir: str | Path, model_tar: str | Path, out_dir: str
 
     # Embeddings + predicted classes on held-out images (see module docstring).
     held_out = [s for s in ("val", "test") if _split_size(splits_dir, s) > 0] or ["train"]
-    split_images = [np.load(splits_dir / f"{s}_images.npy", mmap_mode="r") for s in held_out]
+    split_images = [np.asarray(open_split_images(splits_dir, s)) for s in held_out]
     images = np.concatenate(split_images)
     label_paths = [splits_dir / f"{s}_labels.npy" for s in held_out]
     labels = np.concatenate([np.load(p) for p in label_paths]) if all(p.is_file() for p in label_paths) else None

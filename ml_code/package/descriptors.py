@@ -129,9 +129,10 @@ def image_descriptors(images: np.ndarray, chunk: int = 256) -> np.ndarray:
     centre; gradient-energy statistics (texture, border sharpness) and the dark-area share.
     Lesion statistics (:func:`_lesion_features`): the same questions a dermatologist's ABCD
     checklist asks, on a lesion mask: asymmetry, border, colours, plus local texture.
-    All statistics are invariant to flips and quarter turns.
+    All statistics are invariant to flips and quarter turns. ``images`` may be any array-like
+    with ``shape``, ``dtype`` and slicing (a split's segmented pixels): it is read a chunk at a time.
     """
-    arr = np.asarray(images)
+    arr = images if hasattr(images, "shape") and hasattr(images, "dtype") else np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:

@@ -90,7 +90,14 @@ def test_a_landed_batch_keeps_every_lesion_in_its_split_and_the_check_still_bloc
 def test_a_rerun_after_a_landed_batch_decodes_only_its_images(dermaops_home: Path, tmp_path: Path,
                                                              monkeypatch) -> None:
     """processed_splits hands its job the newest splits of the same size: after a batch lands,
-    the job copies the pixels it already has and decodes only the batch's images."""
+    the job decodes only the batch's images and names the segments it already has; the asset
+    links those into the new stored splits (the same files, no bytes copied), which then read
+    as the earlier pixels plus the batch's."""
+    import os
+
+    import numpy as np
+
+    from ml_code.data.split_reader import load_splits
     import dagster as dg
 
     from dermaops_assets.ingestion import raw_images
@@ -106,10 +113,13 @@ def test_a_rerun_after_a_landed_batch_decodes_only_its_images(dermaops_home: Pat
     store = LocalObjectStore(root=str(tmp_path / "store"))
     resources = {"store": store, "jobs": LocalJobRunner(work_root=str(tmp_path / "jobs"))}
 
+    folders: list[Path] = []
+
     def summary() -> dict:
         result = dg.materialize([raw_images, processed_splits], resources=resources)
         assert result.success
         splits_uri = result.asset_materializations_for_node("processed_splits")[0].metadata["splits_uri"].value
+        folders.append(store.local_path(splits_uri))
         return store.get_json(f"{splits_uri}/summary.json")
 
     first = summary()
@@ -117,3 +127,17 @@ def test_a_rerun_after_a_landed_batch_decodes_only_its_images(dermaops_home: Pat
     new_rows = land_batch(landing / "2026-11-30-clinic-b", dataset)
     second = summary()
     assert second["decoded"] == len(new_rows) and second["reused"] == sum(first["images"].values())
+    earlier = [name for name, meta in second["segments"].items() if not meta["in_output"]]
+    assert sorted(earlier) == sorted(first["segments"])
+    assert all(os.path.samefile(folders[0] / name, folders[1] / name) for name in earlier)
+    before, _ = load_splits(folders[0])
+    after, _ = load_splits(folders[1])
+
+    def pixels_by_id(folder: Path, splits: dict) -> dict[str, np.ndarray]:
+        return {image_id: splits[split].images[row] for split in SPLITS for row, image_id in
+                enumerate(pd.read_csv(folder / f"{split}_index.csv", dtype=str)["image_id"])}
+
+    old, new = pixels_by_id(folders[0], before), pixels_by_id(folders[1], after)
+    assert set(old) < set(new) and len(new) - len(old) == len(new_rows)
+    for image_id, pixels in old.items():  # every earlier image, wherever the rerun put it
+        np.testing.assert_array_equal(new[image_id], pixels, err_msg=image_id)

@@ -40,4 +40,4 @@ def test_runs_each_configuration_and_reports_its_test_metrics(tmp_path):
 def test_refuses_a_folder_that_is_not_a_splits_folder(tmp_path):
     proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path), str(tmp_path / "runs"), "a={}"],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "has no train_images.npy" in proc.stderr
+    assert proc.returncode == 2 and "has no train split" in proc.stderr

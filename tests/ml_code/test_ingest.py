@@ -12,10 +12,13 @@ import pytest
 from PIL import Image
 
 from ml_code.data.ingest import (
+    MANIFEST_COLUMNS,
     METADATA_COLUMNS,
     ImageLimits,
     ImageRejected,
     MetadataError,
+    build_manifest,
+    canonical_manifest_csv,
     detect_layout,
     find_image_file,
     inspect_image,
@@ -205,3 +208,41 @@ def test_find_image_file_looks_in_ham10000_folders(tmp_path: Path) -> None:
     assert find_image_file(tmp_path / "images", "ISIC_1") == tmp_path / "images" / "ISIC_1.jpg"
     assert find_image_file(tmp_path, "ISIC_4") is None
     assert find_image_file(tmp_path, "../images/ISIC_1") is None
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def _pandas_manifest_csv(manifest: pd.DataFrame) -> bytes:
+    """The canonical manifest as pandas' to_csv wrote it before the csv-module writer: manifest
+    hashes (the raw data version every downstream asset keys on) must not change with the writer."""
+    df = manifest.loc[:, list(MANIFEST_COLUMNS)].sort_values("image_id", kind="mergesort").copy()
+    df["age"] = pd.to_numeric(df["age"], errors="coerce").astype(float)
+    for c in ("width", "height"):
+        df[c] = pd.to_numeric(df[c]).astype(np.int64)
+    return df.to_csv(index=False, lineterminator="\n", float_format="%.1f", na_rep="").encode()
+
+
+def test_canonical_manifest_bytes_are_those_pandas_wrote() -> None:
+    """Quotes, commas, line breaks, non-ASCII text, missing and half-way ages, empty cells, typed
+    and all-text frames: the same bytes, so earlier manifests keep their hashes."""
+    good, _ = normalise_metadata(_ham([
+        ("HAM_1", "ISIC_2", "nv", "histo", "45", "male", "back"),
+        ("HAM_2", "ISIC_1", "mel", "follow_up", "", "female", "upper extremity"),
+        ("HAM_3", "ISIC_3", "bkl", "consensus", "62.25", "unknown", "face"),
+        ("HAM_4", "ISIC_0", "df", "confocal", "7.75", "male", "lower extremity"),
+    ]), "ham10000", SALT)
+    shas = [f"{i:x}" * 64 for i in range(4)]
+    images = pd.DataFrame({"image_key": [f"{h[:2]}/{h}.jpg" for h in shas], "sha256": shas,
+                           "format": ["JPEG", "PNG", "JPEG", "JPEG"], "width": [600, 450, 32, 1024],
+                           "height": [450, 600, 32, 768], "phash": ["f0" * 32, "0" * 64, "1" * 64, "e" * 64]})
+    manifest = build_manifest([{**m, **i} for m, i in zip(good.to_dict("records"), images.to_dict("records"))])
+    assert canonical_manifest_csv(manifest) == _pandas_manifest_csv(manifest)  # nothing to quote
+    manifest.loc[0, "localization"] = 'scalp, "left"\nside'
+    manifest.loc[1, "lesion_id"] = "HAM_é ü"
+    manifest.loc[2, "dx_type"] = " leading space"
+    typed = canonical_manifest_csv(manifest)
+    assert typed == _pandas_manifest_csv(manifest)
+    as_text = pd.read_csv(io.BytesIO(typed), dtype=str, keep_default_na=False)  # how assets read it back
+    assert canonical_manifest_csv(as_text) == _pandas_manifest_csv(as_text) == typed
+    assert b'"scalp, ""left""\nside"' in typed and b",45.0," in typed and b",62.2," in typed

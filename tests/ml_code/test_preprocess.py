@@ -21,6 +21,7 @@ from dermaops_services.ingestion import ingest_dataset
 from dermaops_resources.object_store import LocalObjectStore
 from ml_code.data.ingest import canonical_manifest_csv
 from ml_code.data.preprocess import decode_square as load_image_square
+from ml_code.data.split_reader import open_split_images
 from ml_code.data.splits import check_no_leakage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,9 +79,12 @@ def test_job_writes_mmap_splits_and_quarantines_corrupt_images(job_inputs: dict,
                if line.startswith("[dermaops-metric] ")]
     assert len(metrics) == 1 and metrics[0]["quarantined"] == 2
 
-    expected = {f"{s}_{k}" for s in SPLITS for k in ("images.npy", "labels.npy", "index.csv")}
-    expected |= {"classes.json", "summary.json", "quarantine.csv"}
+    expected = {f"{s}_{k}" for s in SPLITS for k in ("pixels.json", "labels.npy", "index.csv")}
+    expected |= {"classes.json", "summary.json", "quarantine.csv", "pixels"}
     assert {p.name for p in out.iterdir()} == expected  # no temp files left behind
+    # one segment per split, named by the sha256 of its bytes
+    segments = sorted((out / "pixels").iterdir())
+    assert len(segments) == 3 and all(p.name == hashlib.sha256(p.read_bytes()).hexdigest() + ".npy" for p in segments)
     assert json.loads((out / "classes.json").read_text()) == list(CLASSES)
 
     quarantine = pd.read_csv(out / "quarantine.csv")
@@ -93,7 +97,7 @@ def test_job_writes_mmap_splits_and_quarantines_corrupt_images(job_inputs: dict,
     assert summary["image_size"] == 16
     seen: list[pd.DataFrame] = []
     for split in SPLITS:
-        images = np.load(out / f"{split}_images.npy", mmap_mode="r")
+        images = open_split_images(out, split)
         labels = np.load(out / f"{split}_labels.npy")
         index = pd.read_csv(out / f"{split}_index.csv", dtype={"label": int})
         assert isinstance(images, np.memmap)
@@ -122,8 +126,9 @@ def test_same_inputs_give_identical_outputs(job_inputs: dict, tmp_path: Path) ->
     a, b = tmp_path / "a", tmp_path / "b"
     assert _run_job(job_inputs, a, hps).returncode == 0
     assert _run_job(job_inputs, b, hps).returncode == 0
-    for name in ("train_images.npy", "val_labels.npy", "test_index.csv", "summary.json"):
+    for name in ("train_pixels.json", "val_labels.npy", "test_index.csv", "summary.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert sorted(p.name for p in (a / "pixels").iterdir()) == sorted(p.name for p in (b / "pixels").iterdir())
 
 
 def test_missing_manifest_fails_with_reason_file(job_inputs: dict, tmp_path: Path) -> None:
@@ -148,9 +153,9 @@ def test_crop_keeps_aspect_instead_of_squashing() -> None:
 
 @pytest.mark.parametrize("fault", ["decode of the last split", "background sync"])
 def test_a_job_that_fails_publishes_no_split_pixels(job_inputs: dict, tmp_path: Path, monkeypatch, fault: str) -> None:
-    """Split pixel files are published together at the end, each after its early background sync
-    has returned: a job that fails on its last split, or whose sync fails, leaves no pixels file
-    (and no temporary file) behind, not a train split without its val and test."""
+    """Split segments and pixel maps are published together at the end, each segment after its early
+    background sync has returned: a job that fails on its last split, or whose sync fails, leaves no
+    pixels (and no temporary file) behind, not a train split without its val and test."""
     from ml_code.data import preprocess
 
     if fault == "background sync":
@@ -168,6 +173,7 @@ def test_a_job_that_fails_publishes_no_split_pixels(job_inputs: dict, tmp_path: 
     out = tmp_path / "splits"
     with pytest.raises(OSError if fault == "background sync" else MemoryError):
         preprocess.run(job_inputs["manifest"], job_inputs["images"], out, image_size=12, num_workers=1)
-    assert not list(out.glob("*_images.npy")), sorted(p.name for p in out.iterdir())
+    assert not list(out.glob("*_pixels.json")), sorted(p.name for p in out.iterdir())
+    assert not [p.name for p in out.rglob("*") if p.is_file() and (p.suffix in (".tmp", ".npy") and "pixels" in p.parts)]
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert not (out / "summary.json").exists()

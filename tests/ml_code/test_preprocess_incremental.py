@@ -1,6 +1,6 @@
 """The processing job's speed-ups keep its outputs: the process pool gives the bytes the serial
-path gives, and a rerun after new images arrive decodes only those, copying the rest from the
-earlier splits by content hash, into the arrays a fresh run writes."""
+path gives, and a rerun after new images arrive decodes only those into a new segment, naming
+the earlier segments again by content hash, and reads back as the splits a fresh run writes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from PIL import Image
 from dermaops_resources.object_store import LocalObjectStore
 from dermaops_services.ingestion import ingest_dataset
 from ml_code.data import preprocess
+from ml_code.data.split_reader import SegmentedImages, load_splits, open_split_images
 from ml_code.package.image_policy import decode_square
 from ml_code.tools.demo_data import generate_demo_dataset
 
@@ -45,9 +46,14 @@ def _run(manifests: dict[str, Path], which: str, out: Path, **kwargs) -> dict:
 
 
 def _same_outputs(a: Path, b: Path) -> None:
+    """The same splits: labels and index byte for byte, and the same pixels row for row (a rerun's
+    pixels sit in other segments than a fresh run's, so the files differ)."""
     for split in SPLITS:
-        for part in ("images.npy", "labels.npy", "index.csv"):
+        for part in ("labels.npy", "index.csv"):
             assert (a / f"{split}_{part}").read_bytes() == (b / f"{split}_{part}").read_bytes(), f"{split}_{part}"
+        pixels_a, pixels_b = open_split_images(a, split), open_split_images(b, split)
+        assert pixels_a.shape == pixels_b.shape
+        np.testing.assert_array_equal(np.asarray(pixels_a), np.asarray(pixels_b), err_msg=split)
 
 
 def test_the_process_pool_writes_the_bytes_the_serial_path_writes(manifests, tmp_path: Path) -> None:
@@ -57,11 +63,15 @@ def test_the_process_pool_writes_the_bytes_the_serial_path_writes(manifests, tmp
     assert serial["decoded"] == pooled["decoded"] == sum(serial["images"].values()) > 100
 
 
-@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "read-write"])
-def test_a_rerun_with_new_images_decodes_only_those(manifests, tmp_path: Path, monkeypatch, kernel_copy) -> None:
-    """Known pixels are copied by the kernel where it can (``copy_file_range``) and by reads and
-    writes where it cannot (another file system, macOS): the same bytes as a fresh run either way."""
-    monkeypatch.setattr(preprocess, "_KERNEL_COPY", kernel_copy and preprocess._KERNEL_COPY)
+@pytest.mark.parametrize("mode", ["segments", "merged, copy_file_range", "merged, read-write"])
+def test_a_rerun_with_new_images_decodes_only_those(manifests, tmp_path: Path, monkeypatch, mode) -> None:
+    """Known pixels are named again in the earlier segments; a split that would span more than
+    MAX_SEGMENTS is merged into one by copying, by the kernel where it can (``copy_file_range``)
+    and by reads and writes where it cannot (another file system, macOS): the same splits as a
+    fresh run every way."""
+    if mode.startswith("merged"):
+        monkeypatch.setattr(preprocess, "MAX_SEGMENTS", 1)
+        monkeypatch.setattr(preprocess, "_KERNEL_COPY", mode.endswith("copy_file_range") and preprocess._KERNEL_COPY)
     first = _run(manifests, "old", tmp_path / "first", num_workers=1)
     decoded: list[int] = []
 
@@ -73,9 +83,54 @@ def test_a_rerun_with_new_images_decodes_only_those(manifests, tmp_path: Path, m
     again = _run(manifests, "new", tmp_path / "again", num_workers=1, previous_dir=tmp_path / "first")
     assert len(decoded) == NEW == again["decoded"]
     assert again["reused"] == sum(first["images"].values())
+    spans = {split: len(json.loads((tmp_path / "again" / f"{split}_pixels.json").read_text())["segments"])
+             for split in SPLITS}
+    assert max(spans.values()) == (1 if mode.startswith("merged") else 2), spans
     monkeypatch.undo()
     _run(manifests, "new", tmp_path / "fresh", num_workers=1)
     _same_outputs(tmp_path / "again", tmp_path / "fresh")
+
+
+def test_a_rerun_writes_only_the_new_pixels_and_names_the_rest(manifests, tmp_path: Path) -> None:
+    """What the job entry point writes (``link_previous=False``): segments of the new images only;
+    ``summary.json`` lists the earlier segments it names as not in the output, and with them
+    copied in (as the store does) the folder reads as a fresh run's splits."""
+    first = _run(manifests, "old", tmp_path / "first", num_workers=1)
+    again = _run(manifests, "new", tmp_path / "again", num_workers=1, previous_dir=tmp_path / "first",
+                 link_previous=False)
+    written = {f"pixels/{p.name}" for p in (tmp_path / "again" / "pixels").iterdir()}
+    assert written == {name for name, meta in again["segments"].items() if meta["in_output"]}
+    assert sum(again["segments"][name]["rows"] for name in written) == NEW
+    earlier = {name for name, meta in again["segments"].items() if not meta["in_output"]}
+    assert earlier == set(first["segments"])  # every earlier segment is named again, none rewritten
+    with pytest.raises(FileNotFoundError, match="materialize processed_splits again"):
+        load_splits(tmp_path / "again")
+    for name in earlier:
+        (tmp_path / "again" / name).hardlink_to(tmp_path / "first" / name)
+    _run(manifests, "new", tmp_path / "fresh", num_workers=1)
+    _same_outputs(tmp_path / "again", tmp_path / "fresh")
+
+
+def test_segmented_pixels_index_like_the_array_they_stand_for(manifests, tmp_path: Path) -> None:
+    """What training, evaluation and monitoring do with a split's pixels: one image, slices with
+    steps, fancy and boolean indexing, the whole array; on a rerun's gathered split."""
+    _run(manifests, "old", tmp_path / "first", num_workers=1)
+    _run(manifests, "new", tmp_path / "again", num_workers=1, previous_dir=tmp_path / "first")
+    splits, _ = load_splits(tmp_path / "again")
+    images = splits["train"].images
+    assert isinstance(images, SegmentedImages) and images.dtype == np.uint8 and images.ndim == 4
+    whole = np.asarray(images)
+    assert whole.shape == images.shape == (len(splits["train"].labels), 32, 32, 3)
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(whole), 17, replace=False)
+    np.testing.assert_array_equal(images[picks], whole[picks])
+    np.testing.assert_array_equal(images[np.sort(picks)], whole[np.sort(picks)])
+    np.testing.assert_array_equal(images[whole[:, 0, 0, 0] > 128], whole[whole[:, 0, 0, 0] > 128])
+    np.testing.assert_array_equal(images[3:40:3], whole[3:40:3])
+    np.testing.assert_array_equal(images[-1], whole[-1])
+    np.testing.assert_array_equal(images[len(whole) // 2], whole[len(whole) // 2])
+    with pytest.raises(IndexError):
+        images[len(whole)]
 
 
 def test_earlier_splits_of_other_pixels_are_not_reused(manifests, tmp_path: Path) -> None:
@@ -86,7 +141,7 @@ def test_earlier_splits_of_other_pixels_are_not_reused(manifests, tmp_path: Path
     again = _run(manifests, "new", tmp_path / "again", num_workers=1, previous_dir=tmp_path / "first")
     assert again["reused"] == 0 and again["decoded"] == sum(again["images"].values())
     # a missing or broken folder is only a cache miss, never an error
-    (tmp_path / "first" / "train_images.npy").write_bytes(b"not an array")
+    (tmp_path / "first" / "train_pixels.json").write_bytes(b"not a pixel map")
     summary["pixels_version"] = preprocess.pixels_version(32)
     (tmp_path / "first" / "summary.json").write_text(json.dumps(summary))
     assert _run(manifests, "new", tmp_path / "third", num_workers=1, previous_dir=tmp_path / "first")["reused"] == 0

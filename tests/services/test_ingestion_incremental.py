@@ -117,9 +117,9 @@ def test_validation_streams_and_hands_back_no_bytes(demo: Path, tmp_path: Path, 
 def test_the_memo_is_only_a_cache(demo: Path, tmp_path: Path) -> None:
     store = LocalObjectStore(root=str(tmp_path / "store"))
     handle, _ = ingest_dataset(str(demo), store, SALT)
-    memo_uri = store.uri("raw", f"{ingestion.MEMO_PREFIX}/{ingest.validation_version()}.csv")
+    memo_uri = store.uri("raw", f"{ingestion.MEMO_PREFIX}/{ingest.validation_version()}.json")
     assert store.exists(memo_uri)
-    store.put_bytes("raw", f"{ingestion.MEMO_PREFIX}/{ingest.validation_version()}.csv", b"\x00garbage,\n1")
+    store.put_bytes("raw", f"{ingestion.MEMO_PREFIX}/{ingest.validation_version()}.json", b"\x00garbage,\n1")
     again, stats = ingest_dataset(str(demo), store, SALT)  # unreadable memo: decode everything, no error
     assert again.manifest_hash == handle.manifest_hash and stats.remembered == 0
 

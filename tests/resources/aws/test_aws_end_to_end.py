@@ -157,7 +157,8 @@ def test_whole_graph_on_aws_backend_against_moto(private_moto_server: str, tmp_p
     assert any(k.endswith("/manifest.csv") for k in written["raw"])
     for stage in STAGES + MONITORING:
         assert f"handles/{stage}.json" in written["models"], f"no handle for {stage}"
-    assert [k for k in written["processed"] if k.endswith("/train_images.npy")]
+    assert [k for k in written["processed"] if k.endswith("/train_pixels.json")]
+    assert [k for k in written["processed"] if "/splits/pixels/" in k and k.endswith(".npy")]
 
     package_summaries = sm.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
     assert len(package_summaries) == 1, package_summaries

@@ -71,6 +71,27 @@ def test_multipart_upload_of_large_file_is_kms_encrypted(store: S3ObjectStore, k
     assert _head(uri2)["SSEKMSKeyId"] == kms_key_arn
 
 
+def test_copy_is_server_side_kms_encrypted_and_names_a_missing_source(store: S3ObjectStore, kms_key_arn, tmp_path,
+                                                                     monkeypatch):
+    """A rerun's earlier split segments are copied within S3 (CopyObject / UploadPartCopy), never
+    downloaded and uploaded again through this process."""
+    segment = tmp_path / "segment.npy"
+    payload = os.urandom(9 * 1024 * 1024)  # over the multipart threshold: a multipart server-side copy
+    segment.write_bytes(payload)
+    src = store.put_file("processed", "splits/aaa/splits/pixels/seg.npy", segment)
+    monkeypatch.setattr(store.client, "download_file", None)  # no byte may come back to this process
+    monkeypatch.setattr(store.client, "upload_file", None)
+    dst = store.copy(src, "processed", "splits/bbb/splits/pixels/seg.npy")
+    monkeypatch.undo()
+    assert dst.endswith("/splits/bbb/splits/pixels/seg.npy")
+    head = _head(dst)
+    assert head["ContentLength"] == len(payload)
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == kms_key_arn
+    assert store.download_file(dst, tmp_path / "back.npy").read_bytes() == payload
+    with pytest.raises(FileNotFoundError, match="No object at"):
+        store.copy(store.uri("processed", "splits/none.npy"), "processed", "splits/ccc.npy")
+
+
 def test_failed_publish_leaves_no_final_key_and_no_temp(store: S3ObjectStore, bucket_names, monkeypatch):
     def crash(self, name, tmp_key, final_key, expected_size):
         # the temp object is fully uploaded at this point: prove it, then die before publishing
