@@ -691,8 +691,8 @@ def canonical_manifest_csv(manifest_df: pd.DataFrame) -> bytes:
             columns.append(["" if math.isnan(a) else f"{a:.1f}" for a in ages])
         elif c in ("width", "height"):
             columns.append([str(v) for v in pd.to_numeric(df[c]).astype(np.int64).tolist()])
-        else:
-            columns.append([_csv_text(v) for v in df[c].tolist()])
+        else:  # text as pandas writes it: missing values empty, anything else ``str``
+            columns.append(df[c].fillna("").astype(str).tolist())
     # The bytes pandas' to_csv(index=False, lineterminator="\n", float_format="%.1f", na_rep="") gives
     # (it calls the csv writer too; tests/ml_code/test_ingest.py holds them equal), at a tenth of the
     # time. Columns with no cell the writer would quote (QUOTE_MINIMAL: a comma, a quote or a line
@@ -708,13 +708,6 @@ def canonical_manifest_csv(manifest_df: pd.DataFrame) -> bytes:
 
 
 _CSV_SPECIAL = re.compile(r'[,"\r\n]')
-
-
-def _csv_text(value: object) -> str:
-    """A manifest text cell as pandas writes it: missing values empty, anything else ``str``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return ""
-    return str(value)
 
 
 def manifest_hash(manifest_df: pd.DataFrame) -> str:

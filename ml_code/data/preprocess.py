@@ -393,17 +393,17 @@ def _write_split(
     n = len(rows)
     shas = rows["sha256"].astype(str).tolist() if "sha256" in rows else [""] * n
     known = [previous.where.get(sha) if sha else None for sha in shas]
-    ok = np.array([k is not None for k in known], dtype=bool)
+    ok = np.fromiter((k is not None for k in known), dtype=bool, count=n)
     reused = int(ok.sum())
     progress["reused"] += reused
-    names: list[str] = []
+    names: list = list(dict.fromkeys(k[0] for k in known if k is not None))  # in first-use order
+    number = {name: j for j, name in enumerate(names)}
     segment_of_row = np.full(n, -1, np.int64)
     row_in_segment = np.zeros(n, np.int64)
-    for i in np.flatnonzero(ok):
-        name, row = known[i]
-        if name not in names:
-            names.append(name)
-        segment_of_row[i], row_in_segment[i] = names.index(name), row
+    hits = np.flatnonzero(ok)
+    if len(hits):
+        segment_of_row[hits] = [number[known[i][0]] for i in hits]
+        row_in_segment[hits] = [known[i][1] for i in hits]
 
     todo = np.flatnonzero(~ok)
     slot = None
