@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from dermaops_assets.checks import no_lesion_leakage
 from dermaops_assets.preprocessing import _complete_splits, processed_splits
@@ -141,3 +142,28 @@ def test_a_rerun_after_a_landed_batch_decodes_only_its_images(dermaops_home: Pat
     assert set(old) < set(new) and len(new) - len(old) == len(new_rows)
     for image_id, pixels in old.items():  # every earlier image, wherever the rerun put it
         np.testing.assert_array_equal(new[image_id], pixels, err_msg=image_id)
+
+
+def test_splits_that_name_earlier_segments_fail_clearly_without_them(tmp_path: Path) -> None:
+    """A job output naming earlier segments it did not write is completed from the earlier splits;
+    when none were given, or one is gone from them, the asset fails saying so, and such a folder
+    is never taken as complete."""
+    from dermaops_assets.preprocessing import complete_from_previous
+
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    prefix = "splits/0123456789abcdef/splits"
+    splits_uri = store.uri("processed", prefix)
+    store.put_json("processed", f"{prefix}/summary.json", {
+        "splits": {"train": {}}, "segments": {"pixels/aa.npy": {"rows": 2, "in_output": False}}})
+    store.put_json("processed", f"{prefix}/classes.json", ["mel", "nv"])
+    for part in ("pixels.json", "labels.npy", "index.csv"):
+        store.put_bytes("processed", f"{prefix}/train_{part}", b"x")
+    assert not _complete_splits(store, splits_uri)
+    with pytest.raises(dg.Failure, match="no earlier splits were given"):
+        complete_from_previous(store, splits_uri, None)
+    earlier = store.uri("processed", "splits/fedcba9876543210/splits")
+    with pytest.raises(dg.Failure, match="missing from"):
+        complete_from_previous(store, splits_uri, earlier)
+    store.put_bytes("processed", "splits/fedcba9876543210/splits/pixels/aa.npy", b"segment")
+    assert complete_from_previous(store, splits_uri, earlier) == 1
+    assert _complete_splits(store, splits_uri)

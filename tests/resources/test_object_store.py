@@ -70,3 +70,25 @@ def test_get_json_or_default(store: LocalObjectStore) -> None:
     assert store.get_json_or(uri, {"parts": 0}) == {"parts": 0}
     store.put_json("logs", "x/cursor.json", {"parts": 2})
     assert store.get_json_or(uri, None) == {"parts": 2}
+
+
+def test_copy_links_the_same_file_and_a_later_write_does_not_reach_the_copy(store: LocalObjectStore,
+                                                                            monkeypatch) -> None:
+    """A rerun's earlier split segments are published again by hard link (no byte copied); objects
+    are replaced, never written in place, so writing the source again leaves the copy as it was.
+    Where links are refused (another file system) the bytes are copied instead."""
+    src = store.put_bytes("processed", "splits/a/splits/pixels/seg.npy", b"segment bytes")
+    dst = store.copy(src, "processed", "splits/b/splits/pixels/seg.npy")
+    assert os.path.samefile(store.local_path(src), store.local_path(dst))
+    assert os.stat(store.local_path(dst)).st_mode & 0o777 == 0o600
+    store.put_bytes("processed", "splits/a/splits/pixels/seg.npy", b"replaced")
+    assert store.get_bytes(dst) == b"segment bytes"
+    with pytest.raises(FileNotFoundError, match="No object at"):
+        store.copy(store.uri("processed", "splits/none.npy"), "processed", "splits/c.npy")
+
+    def refuse(*args, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+    monkeypatch.setattr(os, "link", refuse)
+    copied = store.copy(src, "processed", "splits/d/seg.npy")
+    assert store.get_bytes(copied) == b"replaced"
+    assert not os.path.samefile(store.local_path(src), store.local_path(copied))
