@@ -365,7 +365,8 @@ class LocalObjectStore(ObjectStore):
     def _path(self, uri: str) -> Path:
         return self._inside(file_uri_to_path(uri), repr(uri))
 
-    def _publish(self, bucket: Bucket, key: str, write) -> str:
+    def _final_path(self, bucket: Bucket, key: str) -> Path:
+        """Where bucket/key is published, its folder created (owner-only) inside the store."""
         final = self._key_path(bucket, key)
         where = f"The folder of key {key!r} in bucket {bucket!r}"
         existing = final.parent
@@ -374,6 +375,10 @@ class LocalObjectStore(ObjectStore):
         self._inside(existing, where)  # before creating folders: never mkdir through a link out
         private_dir(final.parent)
         self._inside(final.parent, where)
+        return final
+
+    def _publish(self, bucket: Bucket, key: str, write) -> str:
+        final = self._final_path(bucket, key)
         with atomic_open(final, mode=0o600) as fh:  # patient data: owner only
             write(fh)
         return final.as_uri()
@@ -447,16 +452,9 @@ class LocalObjectStore(ObjectStore):
         src = self._path(src_uri)
         if not src.is_file():
             raise FileNotFoundError(f"No object at {src_uri}")
-        final = self._key_path(bucket, key)
+        final = self._final_path(bucket, key)
         if final.exists() and os.path.samefile(src, final):
             return final.as_uri()
-        where = f"The folder of key {key!r} in bucket {bucket!r}"
-        existing = final.parent
-        while not existing.exists() and existing.parent != existing:
-            existing = existing.parent
-        self._inside(existing, where)
-        private_dir(final.parent)
-        self._inside(final.parent, where)
         link = final.with_name(f".{final.name}.{uuid.uuid4().hex}.link")
         try:
             os.link(src, link)

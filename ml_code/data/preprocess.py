@@ -48,7 +48,8 @@ import pandas as pd
 from ml_code import CLASSES, contract
 from ml_code.atomic import atomic_open, atomic_path, sync_file, sync_folder, write_text_atomic
 from ml_code.data.options import DEFAULTS, parse_preprocess_options
-from ml_code.data.split_reader import PIXELS_FORMAT, SEGMENT_FOLDER, pixels_manifest_name, read_pixel_map
+from ml_code.data.split_reader import (PIXELS_FORMAT, SEGMENT_FOLDER, pixels_manifest_name, read_pixel_map,
+                                      rows_of_runs, runs_of_rows)
 from ml_code.data.splits import SPLITS, check_no_leakage, describe_split, grouped_stratified_split
 
 #: Per-split index. ``age``/``sex``/``localization`` are the clinical context the descriptor
@@ -192,11 +193,10 @@ class PreviousPixels:
                 names = [str(n) for n in pixel_map["segments"]]
                 if not set(names) <= set(self.segment_rows):
                     raise ValueError(f"{split} names segments summary.json does not list")
-                segment_of_row = np.repeat(runs[:, 0], runs[:, 2])
-                row_in_segment = np.concatenate([np.arange(a, a + n) for _, a, n in runs]) if len(runs) else []
-                for sha, seg, row in zip(index["sha256"].tolist(), segment_of_row.tolist(), list(row_in_segment)):
+                segment_of_row, row_in_segment = rows_of_runs(runs)
+                for sha, seg, row in zip(index["sha256"].tolist(), segment_of_row.tolist(), row_in_segment.tolist()):
                     if sha:
-                        self.where.setdefault(sha, (names[seg], int(row)))
+                        self.where.setdefault(sha, (names[seg], row))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self.where, self.segment_rows = {}, {}
             self.reason = f"earlier splits unreadable ({type(exc).__name__}: {exc})"
@@ -359,16 +359,6 @@ def _segment_name(path: Path) -> str:
     return f"{SEGMENT_FOLDER}/{digest}.npy"
 
 
-def _runs(segment_of_row: np.ndarray, row_in_segment: np.ndarray) -> list[list[int]]:
-    """``[segment, first row, rows]`` runs of consecutive rows of one segment, in row order."""
-    if not len(segment_of_row):
-        return []
-    breaks = np.flatnonzero((np.diff(segment_of_row) != 0) | (np.diff(row_in_segment) != 1)) + 1
-    starts = np.concatenate([[0], breaks])
-    counts = np.diff(np.concatenate([starts, [len(segment_of_row)]]))
-    return [[int(segment_of_row[a]), int(row_in_segment[a]), int(c)] for a, c in zip(starts, counts)]
-
-
 def _write_split(
     split: str,
     rows: pd.DataFrame,
@@ -436,7 +426,7 @@ def _write_split(
         names, segment_of_row, row_in_segment = [name], np.zeros(len(keep), np.int64), np.arange(len(keep))
         new_segments[name] = int(len(keep))
     pixel_map = {"format": PIXELS_FORMAT, "shape": [int(len(keep)), size, size, 3], "segments": names,
-                 "runs": _runs(segment_of_row, row_in_segment)}
+                 "runs": runs_of_rows(segment_of_row, row_in_segment)}
 
     written = rows.iloc[keep]
     labels = written["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
@@ -464,7 +454,7 @@ def _merge_into_one_segment(out_dir: Path, files: list[Path], segment_of_row: np
                             size: int, publish: contextlib.ExitStack, early_sync: EarlySync) -> Future:
     """Copy a split's rows, in order, from the segment ``files`` (``segment_of_row`` indexes them)
     into one new segment; returns a Future of its name (:meth:`EarlySync.seal`)."""
-    runs = _runs(segment_of_row, row_in_segment)
+    runs = runs_of_rows(segment_of_row, row_in_segment)
     slot = _new_segment(out_dir, publish)
     with SplitPixelsFile(slot["tmp"], len(segment_of_row), size) as out, contextlib.ExitStack() as opened:
         fds: dict[int, tuple[int, int]] = {}

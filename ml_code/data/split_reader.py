@@ -91,6 +91,28 @@ class SegmentedImages:
         return whole if dtype is None else whole.astype(dtype)
 
 
+def rows_of_runs(runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``(segment, row in it)`` from a pixel map's int ``(R, 3)`` runs ``[segment, first
+    row, rows]``: two int64 arrays of ``runs[:, 2].sum()``. Inverse of :func:`runs_of_rows`."""
+    runs = np.asarray(runs, dtype=np.int64).reshape(-1, 3)
+    if not len(runs):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    segment_of_row = np.repeat(runs[:, 0], runs[:, 2])
+    row_in_segment = np.concatenate([np.arange(a, a + n) for _, a, n in runs])
+    return segment_of_row, row_in_segment
+
+
+def runs_of_rows(segment_of_row: np.ndarray, row_in_segment: np.ndarray) -> list[list[int]]:
+    """``[segment, first row, rows]`` runs of consecutive rows of one segment, in row order (what
+    ``{split}_pixels.json`` stores). Inverse of :func:`rows_of_runs`."""
+    if not len(segment_of_row):
+        return []
+    breaks = np.flatnonzero((np.diff(segment_of_row) != 0) | (np.diff(row_in_segment) != 1)) + 1
+    starts = np.concatenate([[0], breaks])
+    counts = np.diff(np.concatenate([starts, [len(segment_of_row)]]))
+    return [[int(segment_of_row[a]), int(row_in_segment[a]), int(c)] for a, c in zip(starts, counts)]
+
+
 def read_pixel_map(folder: Path, split: str) -> dict | None:
     """``{split}_pixels.json`` of ``folder``, checked; None when the split has none."""
     path = Path(folder) / pixels_manifest_name(split)
@@ -140,9 +162,8 @@ def open_split_images(folder: Path, split: str) -> np.ndarray | SegmentedImages 
         return segments[s][first:first + count]
     if len(runs) == 0:
         return np.zeros((0, *pixel_map["shape"][1:]), np.uint8)
-    segment_of_row = np.repeat(runs[:, 0], runs[:, 2]).astype(np.int32)
-    row_in_segment = np.concatenate([np.arange(a, a + n) for _, a, n in runs]).astype(np.int64)
-    return SegmentedImages(segments, segment_of_row, row_in_segment)
+    segment_of_row, row_in_segment = rows_of_runs(runs)
+    return SegmentedImages(segments, segment_of_row.astype(np.int32), row_in_segment)
 
 
 @dataclass
