@@ -18,13 +18,14 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ml_code.data import ingest
+from ml_code.gc_scope import older_objects_frozen
 
 from dermaops_resources.handles import RawImagesHandle
 from dermaops_resources.object_store import ObjectStore
@@ -101,6 +102,7 @@ def _checked_salt(salt: str, where: str) -> str:
     return salt
 
 
+@older_objects_frozen()  # a rerun's bookkeeping builds ~10^5 objects: see ml_code.gc_scope
 def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: str,
                    limits: ingest.ImageLimits | None = None, log: Callable[[str], None] = lambda msg: None,
                    max_workers: int = 8) -> tuple[RawImagesHandle, IngestStats]:
@@ -176,28 +178,26 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     version = ingest.validation_version(limits)
     memo, versions = _load_memo(store, version)
     checker = _ImageChecker(sources, store, limits, memo, stats, versions)
-    rows: list[dict] = []
-    rejects: list[dict[str, str]] = []
-    by_sha: dict[str, str] = {}
-    for meta, info, reason in checker.check(_records(good), max_workers):
-        image_id = str(meta["image_id"])
-        if info is None:
-            rejects.append({"image_id": image_id, "stage": "image", "reason": reason})
-        elif info.sha256 in by_sha:
-            rejects.append({"image_id": image_id, "stage": "image",
-                            "reason": f"same bytes as image {by_sha[info.sha256]!r}; duplicate pictures are "
-                                      "kept once (they would leak across splits)"})
-        else:
-            by_sha[info.sha256] = image_id
-            rows.append(ingest.manifest_row(meta, info))
-    _save_memo(store, version, checker.seen, checker.seen_versions)
+    image_ids = good["image_id"].tolist()
+    # Rows whose file version an earlier run accepted are answered from the memo in one pass (a
+    # stat per file, no read); only the rest go through the worker threads, in row order.
+    infos = checker.recall(image_ids, good["_source"].tolist())
+    reasons = [""] * len(infos)
+    unknown = [position for position, info in enumerate(infos) if info is None]
+    if unknown:
+        checked = checker.check(_records(good.iloc[unknown]), max_workers)
+        for position, (_, info, reason) in zip(unknown, checked, strict=True):
+            infos[position], reasons[position] = info, reason
     log(f"images: {checker.decoded} decoded and checked, {stats.remembered} known by content from an earlier "
         "run (not decoded again)")
-
-    manifest = ingest.build_manifest(rows)
-    quarantine = pd.concat([*quarantine_frames, ingest.quarantine_frame(rejects)], ignore_index=True)
-    manifest_csv = ingest.canonical_manifest_csv(manifest)
-    mhash = ingest.manifest_csv_hash(manifest_csv)
+    with ThreadPoolExecutor(max_workers=1) as background:  # the memo's write and sync overlap what follows
+        memo_saved = background.submit(_save_memo, store, version, checker.seen, checker.seen_versions)
+        accepted, rejects = _accepted_rows(image_ids, infos, reasons)
+        manifest = ingest.manifest_frame(good.iloc[accepted], [infos[position] for position in accepted])
+        quarantine = pd.concat([*quarantine_frames, ingest.quarantine_frame(rejects)], ignore_index=True)
+        manifest_csv = ingest.canonical_manifest_csv(manifest)
+        mhash = ingest.manifest_csv_hash(manifest_csv)
+        memo_saved.result()
     # The quarantine is published first: a manifest key never exists without its quarantine list.
     quarantine_uri = store.put_bytes("raw", f"manifests/{mhash}/quarantine.csv", _csv(quarantine))
     manifest_uri = store.put_bytes("raw", f"manifests/{mhash}/manifest.csv", manifest_csv)
@@ -276,7 +276,8 @@ class _ImageChecker:
     A file whose source bytes the memo knows (accepted by an earlier run under the same
     ``validation_version``) and whose stored copy is still in the store is not decoded again:
     the memo's verdict is the one a decode would give, since it depends only on those bytes and
-    that version."""
+    that version. :meth:`recall` answers, without reading them, the files whose version (size,
+    times, inode; size and ETag on S3) an earlier run read; :meth:`check` reads the rest."""
 
     def __init__(self, sources: list[RawSource], store: ObjectStore, limits: ingest.ImageLimits,
                  memo: dict[str, ingest.ImageInfo], stats: IngestStats, versions: dict[str, str] | None = None):
@@ -298,35 +299,42 @@ class _ImageChecker:
         with ThreadPoolExecutor(max_workers=max_workers) as pool:
             pending: deque = deque()
             for meta in records:
-                # a file version the memo knows is answered here: a thread and a future per file cost
-                # more than the answer (a stat and a lookup), and 10,000 of them contend for the GIL
-                recalled = self._recalled(meta)
-                pending.append(recalled if recalled is not None else pool.submit(self._one, meta))
+                pending.append(pool.submit(self._one, meta))
                 if len(pending) >= window:
-                    yield _outcome(pending.popleft())
+                    yield pending.popleft().result()
             while pending:
-                yield _outcome(pending.popleft())
+                yield pending.popleft().result()
 
-    def _recalled(self, meta: dict) -> tuple[dict, ingest.ImageInfo, str] | None:
-        """The memo's answer for a row whose file version an earlier run read and accepted and whose
-        stored copy is still there, without reading the file; None otherwise (``_one`` reads it)."""
-        source = self.sources[int(meta["_source"])]
-        file_name = source.image_index.get(str(meta["image_id"]))
-        file_version = source.version(file_name) if file_name is not None else None
-        if not file_version:
-            return None
-        version_key = _version_key(source, file_name, file_version)
-        source_sha = self.versions.get(version_key)
-        known = self.memo.get(source_sha) if source_sha else None
-        if known is None or not self._in_store(known):
-            return None
-        meta.pop("_source")
-        with self._lock:
-            self.stats.remembered += 1
-            self.stats.unread += 1
-            self.seen[source_sha] = known
-            self.seen_versions[version_key] = source_sha
-        return meta, known, ""
+    def recall(self, image_ids: list[object], sources: list[int]) -> list[ingest.ImageInfo | None]:
+        """The memo's answer for each row (an image id and the position of its source) whose file
+        version an earlier run read and accepted and whose stored copy is still there, without
+        reading the file; None where the file must be read (:meth:`check`).
+
+        One pass before any thread starts: a thread and a future per file cost more than the
+        answer (a stat and two lookups), and 10,000 of them contend for the GIL."""
+        answers: list[ingest.ImageInfo | None] = [None] * len(image_ids)
+        if not self.versions:
+            return answers
+        rows_of: dict[int, list[int]] = {}
+        for row, position in enumerate(sources):
+            rows_of.setdefault(position, []).append(row)
+        for position, rows in rows_of.items():
+            source = self.sources[position]
+            names = [source.image_index.get(str(image_ids[row])) for row in rows]
+            for row, file_name, file_version in zip(rows, names, source.versions(names), strict=True):
+                if not file_version:
+                    continue
+                version_key = _version_key(source, file_name, file_version)
+                source_sha = self.versions.get(version_key)
+                known = self.memo.get(source_sha) if source_sha else None
+                if known is None or not self._in_store(known):
+                    continue
+                self.stats.remembered += 1
+                self.stats.unread += 1
+                self.seen[source_sha] = known
+                self.seen_versions[version_key] = source_sha
+                answers[row] = known
+        return answers
 
     def _one(self, meta: dict) -> tuple[dict, ingest.ImageInfo | None, str]:
         image_id = str(meta["image_id"])
@@ -335,7 +343,7 @@ class _ImageChecker:
         if file_name is None:
             return meta, None, (f"no image file {image_id}.jpg/.jpeg/.png in the dataset (looked under "
                                 "images/ and the HAM10000 part folders); add the file or drop the row")
-        file_version = source.version(file_name)  # recorded for the next run (``_recalled`` had no answer)
+        file_version = source.version(file_name)  # recorded for the next run (``recall`` had no answer)
         version_key = _version_key(source, file_name, file_version) if file_version else None
         try:
             data = source.read(file_name)
@@ -413,9 +421,27 @@ def _records(df: pd.DataFrame) -> Iterator[dict]:
         yield dict(zip(columns, values))
 
 
-def _outcome(pending: Future | tuple) -> tuple[dict, ingest.ImageInfo | None, str]:
-    """A checked row: a worker's future, or the memo's answer given at once."""
-    return pending.result() if isinstance(pending, Future) else pending
+def _accepted_rows(image_ids: list[object], infos: list[ingest.ImageInfo | None],
+                   reasons: list[str]) -> tuple[list[int], list[dict[str, str]]]:
+    """Positions of the rows that make the manifest, and the image-stage quarantine rows, in row
+    order: a row whose image was rejected is quarantined with its reason; of rows whose stored
+    bytes are identical the first is kept (the same picture under two ids would leak across
+    splits)."""
+    by_sha: dict[str, str] = {}
+    accepted: list[int] = []
+    rejects: list[dict[str, str]] = []
+    for position, (image_id, info) in enumerate(zip(image_ids, infos, strict=True)):
+        image_id = str(image_id)
+        if info is None:
+            rejects.append({"image_id": image_id, "stage": "image", "reason": reasons[position]})
+        elif info.sha256 in by_sha:
+            rejects.append({"image_id": image_id, "stage": "image",
+                            "reason": f"same bytes as image {by_sha[info.sha256]!r}; duplicate pictures are "
+                                      "kept once (they would leak across splits)"})
+        else:
+            by_sha[info.sha256] = image_id
+            accepted.append(position)
+    return accepted, rejects
 
 
 def _folder_name(uri: str) -> str:

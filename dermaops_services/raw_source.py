@@ -177,16 +177,30 @@ class RawSource:
         if self.is_s3:
             self._keys  # noqa: B018 - the listing fills the versions
             return self._versions.get(name)
-        folder = name.rpartition("/")[0]
-        if folder and not self._folder_unlinked(folder):
-            return None
-        try:
-            st = os.lstat(os.path.join(self._root_text, name))
-        except OSError:
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return f"file:{local_version(st)}"
+        return self.versions([name])[0]
+
+    def versions(self, names: list[str | None]) -> list[str | None]:
+        """:meth:`version` of each name (None for a None name), in one pass: a rerun asks for every
+        file of the dataset, and the per-call path joins and checks cost more than the stat."""
+        if self.is_s3:
+            return [self.version(name) if name is not None else None for name in names]
+        root, lstat, regular = self._root_text + os.sep, os.lstat, stat.S_ISREG
+        found: list[str | None] = []
+        for name in names:
+            if name is None:
+                found.append(None)
+                continue
+            folder = name.rpartition("/")[0]
+            if folder and not self._folder_unlinked(folder):
+                found.append(None)
+                continue
+            try:
+                st = lstat(root + name)
+            except OSError:
+                found.append(None)
+                continue
+            found.append(f"file:{local_version(st)}" if regular(st.st_mode) else None)
+        return found
 
     @cached_property
     def _root_text(self) -> str:

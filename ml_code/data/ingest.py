@@ -31,7 +31,7 @@ import hashlib
 import io
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -721,18 +721,28 @@ def manifest_csv_hash(manifest_csv: bytes) -> str:
     return hashlib.sha256(manifest_csv).hexdigest()
 
 
-def manifest_row(meta: dict[str, object], info: ImageInfo) -> dict[str, object]:
-    """One manifest row from a normalised metadata row and its accepted image."""
-    row = {k: meta[k] for k in METADATA_COLUMNS}
-    row.update(image_key=info.image_key, sha256=info.sha256, format=info.format, width=info.width, height=info.height,
-               phash=info.phash)
-    return {c: row[c] for c in MANIFEST_COLUMNS}
+def manifest_frame(metadata: pd.DataFrame, infos: Sequence[ImageInfo], other_class: str | None = None) -> pd.DataFrame:
+    """The manifest of accepted rows, typed and schema-validated: ``metadata`` rows in the internal
+    schema (as :func:`normalise_metadata` returns them; other columns are dropped) beside their
+    accepted images' ``infos``, same length and order. Built column by column: one dict per row
+    cost a 10,000-row rerun a tenth of a second. ``other_class`` as for :func:`build_manifest`.
+    Raises ValueError when the lengths differ."""
+    if len(metadata) != len(infos):
+        raise ValueError(f"{len(metadata)} metadata rows but {len(infos)} image infos; give one info per row")
+    manifest = metadata.loc[:, list(METADATA_COLUMNS)].reset_index(drop=True)
+    manifest["image_key"] = [info.image_key for info in infos]
+    for c in ("sha256", "format", "width", "height", "phash"):
+        manifest[c] = [getattr(info, c) for info in infos]
+    return _typed_manifest(manifest.loc[:, list(MANIFEST_COLUMNS)], other_class)
 
 
 def build_manifest(rows: list[dict[str, object]], other_class: str | None = None) -> pd.DataFrame:
-    """Manifest rows (from ``manifest_row``) as a typed, schema-validated DataFrame; ``other_class``
-    as given to ``normalise_metadata`` (rows may then carry it as ``dx``)."""
-    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    """Manifest rows (dicts of :data:`MANIFEST_COLUMNS`) as a typed, schema-validated DataFrame;
+    ``other_class`` as given to ``normalise_metadata`` (rows may then carry it as ``dx``)."""
+    return _typed_manifest(pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)), other_class)
+
+
+def _typed_manifest(manifest: pd.DataFrame, other_class: str | None) -> pd.DataFrame:
     manifest["age"] = manifest["age"].astype(float)
     for c in ("width", "height"):
         manifest[c] = manifest[c].astype(np.int64)

@@ -47,6 +47,7 @@ import pandas as pd
 
 from ml_code import CLASSES, contract
 from ml_code.atomic import atomic_open, atomic_path, sync_file, sync_folder, write_text_atomic
+from ml_code.gc_scope import older_objects_frozen
 from ml_code.data.options import DEFAULTS, parse_preprocess_options
 from ml_code.data.split_reader import (PIXELS_FORMAT, SEGMENT_FOLDER, pixels_manifest_name, read_pixel_map,
                                       rows_of_runs, runs_of_rows)
@@ -585,6 +586,7 @@ def _write_splits(manifest: pd.DataFrame, images_dir: Path, out_dir: Path, image
     return written, segments
 
 
+@older_objects_frozen()  # the manifest, split and index frames: see ml_code.gc_scope
 def run(
     manifest_input: Path,
     images_dir: Path,

@@ -14,6 +14,7 @@ from PIL import Image
 from ml_code.data.ingest import (
     MANIFEST_COLUMNS,
     METADATA_COLUMNS,
+    ImageInfo,
     ImageLimits,
     ImageRejected,
     MetadataError,
@@ -22,6 +23,7 @@ from ml_code.data.ingest import (
     detect_layout,
     find_image_file,
     inspect_image,
+    manifest_frame,
     normalise_metadata,
     patient_ref,
 )
@@ -246,3 +248,26 @@ def test_canonical_manifest_bytes_are_those_pandas_wrote() -> None:
     as_text = pd.read_csv(io.BytesIO(typed), dtype=str, keep_default_na=False)  # how assets read it back
     assert canonical_manifest_csv(as_text) == _pandas_manifest_csv(as_text) == typed
     assert b'"scalp, ""left""\nside"' in typed and b",45.0," in typed and b",62.2," in typed
+
+
+def test_the_manifest_built_by_columns_is_the_one_built_by_rows() -> None:
+    """``manifest_frame`` (metadata frame + image infos, what ingestion uses) gives the frame and the
+    canonical bytes that ``build_manifest`` gives for the same rows as dicts; metadata rows taken
+    out of order and out of a larger frame keep their own values."""
+    good, _ = normalise_metadata(_ham([
+        ("HAM_1", "ISIC_2", "nv", "histo", "45", "male", "back"),
+        ("HAM_2", "ISIC_1", "mel", "follow_up", "", "female", "upper extremity"),
+        ("HAM_3", "ISIC_3", "bkl", "consensus", "62.25", "unknown", "face"),
+    ]), "ham10000", SALT)
+    infos = [ImageInfo(format="JPEG", width=600 + i, height=450, sha256=f"{i + 1:x}" * 64, extension=".jpg",
+                       phash=f"{i:x}" * 64) for i in range(2)]
+    picked = good.iloc[[2, 0]]
+    by_columns = manifest_frame(picked, infos)
+    by_rows = build_manifest([{**row, "image_key": info.image_key, **{c: getattr(info, c) for c in
+                              ("sha256", "format", "width", "height", "phash")}}
+                              for row, info in zip(picked.to_dict("records"), infos)])
+    pd.testing.assert_frame_equal(by_columns, by_rows)
+    assert canonical_manifest_csv(by_columns) == canonical_manifest_csv(by_rows)
+    assert by_columns["image_id"].tolist() == ["ISIC_3", "ISIC_2"] and by_columns["width"].tolist() == [600, 601]
+    with pytest.raises(ValueError, match="2 metadata rows but 1 image infos"):
+        manifest_frame(picked, infos[:1])

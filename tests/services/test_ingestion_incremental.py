@@ -157,3 +157,48 @@ def test_an_unchanged_file_is_not_read_again_and_a_changed_one_is(demo: Path, tm
     changed.symlink_to(other)  # a link where a remembered file was: refused as before, never followed
     fourth, _ = ingest_dataset(str(dataset), store, SALT)
     assert fourth.num_images == first.num_images - 1
+
+
+def test_a_new_row_holding_a_remembered_rows_bytes_ahead_of_it_is_kept_as_a_fresh_run_keeps_it(
+        demo: Path, tmp_path: Path) -> None:
+    """Remembered rows are answered in one pass before new rows are read; which of two rows with the
+    same bytes is kept still follows row order, as in a run without any memory."""
+    dataset = tmp_path / "drop"
+    shutil.copytree(demo, dataset)
+    meta = pd.read_csv(dataset / "HAM10000_metadata.csv", dtype=str)
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    ingest_dataset(str(dataset), store, SALT)
+    remembered = meta.iloc[3]
+    twin = remembered.copy()
+    twin["image_id"], twin["lesion_id"] = "ISIC_9999999", "HAM_9999999"
+    shutil.copyfile(dataset / "images" / f"{remembered['image_id']}.jpg", dataset / "images" / "ISIC_9999999.jpg")
+    pd.concat([meta.iloc[:3], twin.to_frame().T, meta.iloc[3:]]).to_csv(dataset / "HAM10000_metadata.csv", index=False)
+
+    again, stats = ingest_dataset(str(dataset), store, SALT)
+    fresh_store = LocalObjectStore(root=str(tmp_path / "fresh"))
+    fresh, _ = ingest_dataset(str(dataset), fresh_store, SALT)
+    # the twin's file is new, so it is read; its bytes are known, so it is not decoded
+    assert stats.unread == len(meta) and stats.remembered == len(meta) + 1
+    assert again.manifest_hash == fresh.manifest_hash
+    quarantine = pd.read_csv(store.local_path(again.quarantine_uri), dtype=str)
+    assert quarantine["image_id"].tolist() == [remembered["image_id"]]
+    assert "same bytes as image 'ISIC_9999999'" in quarantine["reason"].iloc[0]
+    assert store.get_bytes(again.quarantine_uri) == fresh_store.get_bytes(fresh.quarantine_uri)
+
+
+def test_versions_in_one_pass_are_each_files_version(demo: Path, tmp_path: Path) -> None:
+    """``RawSource.versions`` answers as ``version`` does, name by name: regular files get their
+    identity; a missing file, a link to a file and a file under a linked folder get None."""
+    dataset = tmp_path / "drop"
+    shutil.copytree(demo, dataset)
+    names = sorted(p.name for p in (dataset / "images").iterdir())
+    (dataset / "images" / "linked.jpg").symlink_to(dataset / "images" / names[0])
+    (dataset / "HAM10000_images_part_1").symlink_to(dataset / "images")
+    source = RawSource(str(dataset))
+    asked = [f"images/{n}" for n in names] + ["images/linked.jpg", "images/missing.jpg",
+                                              f"HAM10000_images_part_1/{names[1]}", None]
+    found = source.versions(asked)
+    assert found == [source.version(n) if n else None for n in asked]
+    assert all(v and v.startswith("file:") for v in found[:len(names)]) and found[len(names):] == [None] * 4
+    (dataset / "images" / names[2]).write_bytes(b"changed")
+    assert RawSource(str(dataset)).versions([f"images/{names[2]}"]) != [found[2]]

@@ -1,0 +1,63 @@
+"""ml_code.gc_scope: inside the block the collector skips the objects that existed before it, still
+collects what the block makes, and gets the older objects back after."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+from ml_code.gc_scope import older_objects_frozen
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_collector_skips_older_objects_inside_and_gets_them_back_after() -> None:
+    older = _Cycle()
+    older_ref = weakref.ref(older)
+    with older_objects_frozen():
+        assert gc.get_freeze_count() > 1000  # the interpreter, pytest, numpy...: not walked now
+        del older
+        newer = _Cycle()
+        newer_ref = weakref.ref(newer)
+        del newer
+        gc.collect()
+        assert newer_ref() is None  # garbage made inside the block is collected as usual
+        assert older_ref() is not None  # an older cycle is left alone...
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert older_ref() is None  # ...until the block has handed it back
+
+
+def test_an_error_inside_still_unfreezes() -> None:
+    with pytest.raises(RuntimeError), older_objects_frozen():
+        raise RuntimeError("boom")
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_heap_frozen_by_someone_else_stays_as_they_left_it() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with older_objects_frozen():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
+def test_failing_ingestion_and_processing_runs_hand_the_heap_back(tmp_path) -> None:
+    from dermaops_resources.object_store import LocalObjectStore
+    from dermaops_services.ingestion import ingest_dataset
+    from ml_code.data import preprocess
+
+    with pytest.raises(Exception, match="does not exist"):
+        ingest_dataset(str(tmp_path / "absent"), LocalObjectStore(root=str(tmp_path / "store")), "s" * 32)
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(FileNotFoundError):
+        preprocess.run(tmp_path / "absent", tmp_path / "images", tmp_path / "out")
+    assert gc.get_freeze_count() == 0
