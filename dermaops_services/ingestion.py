@@ -219,7 +219,7 @@ one entry per file, and ``versions``, columns ``version_key`` and ``source_sha25
 it read, so a rerun can skip reading and hashing an unchanged file (``_version_key``). One file,
 published at once: it never names a source hash it lacks. JSON, not CSV: a 10,000-file memo
 loads and saves in a few hundredths of a second instead of tenths."""
-MEMO_COLUMNS = ("source_sha256", "format", "width", "height", "sha256", "extension", "phash")
+MEMO_COLUMNS = ("source_sha256", *ingest.ImageInfo._fields)
 
 
 def _version_key(source: RawSource, name: str, version: str) -> str:
@@ -243,8 +243,10 @@ def _load_memo(store: ObjectStore, version: str) -> tuple[dict[str, ingest.Image
         if stored.get("format") != MEMO_FORMAT:
             return {}, {}
         accepted = stored["accepted"]
-        memo = {src: ingest.ImageInfo(format=f, width=int(w), height=int(h), sha256=sha, extension=ext, phash=ph)
-                for src, f, w, h, sha, ext, ph in zip(*(accepted[c] for c in MEMO_COLUMNS), strict=True)}
+        if not all(isinstance(v, int) for c in ("width", "height") for v in accepted[c]):
+            return {}, {}
+        infos = map(ingest.ImageInfo._make, zip(*(accepted[c] for c in ingest.ImageInfo._fields), strict=True))
+        memo = dict(zip(accepted["source_sha256"], infos, strict=True))
         versions = dict(zip(stored["versions"]["version_key"], stored["versions"]["source_sha256"], strict=True))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}, {}
@@ -254,12 +256,13 @@ def _load_memo(store: ObjectStore, version: str) -> tuple[dict[str, ingest.Image
 def _save_memo(store: ObjectStore, version: str, seen: dict[str, ingest.ImageInfo],
                seen_versions: dict[str, str] | None = None) -> None:
     """Publish this run's accepted files as the memo for ``version`` (replacing the last one)."""
-    accepted = sorted(seen.items())
+    sources = sorted(seen)
+    fields = dict(zip(ingest.ImageInfo._fields, zip(*map(seen.__getitem__, sources)))) if sources else \
+        dict.fromkeys(ingest.ImageInfo._fields, ())
     versions = sorted((k, v) for k, v in (seen_versions or {}).items() if v in seen)
     payload = {
         "format": MEMO_FORMAT,
-        "accepted": {"source_sha256": [src for src, _ in accepted],
-                     **{c: [getattr(info, c) for _, info in accepted] for c in MEMO_COLUMNS[1:]}},
+        "accepted": {"source_sha256": sources, **{c: list(fields[c]) for c in MEMO_COLUMNS[1:]}},
         "versions": {"version_key": [k for k, _ in versions], "source_sha256": [v for _, v in versions]},
     }
     store.put_bytes("raw", _memo_key(version), json.dumps(payload, separators=(",", ":")).encode())

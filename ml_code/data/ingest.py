@@ -32,10 +32,10 @@ import io
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -288,9 +288,10 @@ def normalise_metadata(df: pd.DataFrame, layout: Layout, salt: str,
         list(zip(map(tuple, columns["hierarchy"]), columns["legacy"])))
     columns["pseudonym"] = _per_value(lambda ids: _row_patient_ref(ids[0], ids[1], salt),
                                       list(zip(columns.get("patient_ref") or [None] * len(df), columns["patient"])))
-    rows: list[tuple[int, dict[str, object] | None, str]] = []
+    columns["image_id"] = [_raw_text(v) for v in columns["image_id"]]
+    rows: list[tuple[int, tuple | None, str]] = []
     for i in range(len(df)):
-        row, problem = _normalise_row(columns, i, layout, salt, other_class)
+        row, problem = _normalise_row(columns, i, layout)
         rows.append((i + 2, row, problem))  # 1-based line after the header: what an editor shows
     good_rows, quarantine = _drop_duplicates(rows, columns["image_id"])
     good = pd.DataFrame(good_rows, columns=list(METADATA_COLUMNS))
@@ -342,14 +343,15 @@ def _per_value(fn: Callable[[object], Any], values: list[object]) -> list[Any]:
 _IMAGE_ID_RE = re.compile(IMAGE_ID_PATTERN)
 
 
-def _normalise_row(columns: dict[str, list[object]], i: int, layout: Layout, salt: str,
-                   other_class: str | None) -> tuple[dict[str, object] | None, str]:
-    """(row in the internal schema, "") or (None, why the row is quarantined). ``columns`` as
-    :func:`normalise_metadata` prepares them: ``dx_type``, ``sex``, ``site`` and ``image_type``
-    already through :func:`_norm_text`, ``age`` through :func:`_parse_age`, the diagnosis
-    mapped (``mapped``) and the patient pseudonymised (``pseudonym``)."""
+def _normalise_row(columns: dict[str, list[object]], i: int, layout: Layout) -> tuple[tuple | None, str]:
+    """(row in the internal schema, as a tuple in :data:`METADATA_COLUMNS` order, "") or (None,
+    why the row is quarantined). ``columns`` as :func:`normalise_metadata` prepares them:
+    ``image_id`` already through :func:`_raw_text`; ``dx_type``, ``sex``, ``site`` and
+    ``image_type`` through :func:`_norm_text`, ``age`` through :func:`_parse_age`, the diagnosis
+    mapped (``mapped``) and the patient pseudonymised (``pseudonym``). Tuples, not dicts: the
+    frame is built from 10,000 of them on every rerun."""
     id_column = "image_id" if layout == "ham10000" else "isic_id"
-    image_id = _raw_text(columns["image_id"][i])
+    image_id = columns["image_id"][i]
     if not image_id:
         return None, f"'{id_column}' is empty; every row needs the id of its image file"
     if not _IMAGE_ID_RE.match(image_id):
@@ -369,17 +371,8 @@ def _normalise_row(columns: dict[str, list[object]], i: int, layout: Layout, sal
         if layout == "ham10000":
             return None, "'lesion_id' is empty; HAM10000 rows need the lesion they belong to (splits group by it)"
         lesion_id = image_id  # ISIC: an image with no lesion id is its own lesion
-    return {
-        "image_id": image_id,
-        "lesion_id": lesion_id,
-        "patient_ref": columns["pseudonym"][i],
-        "dx": mapped.dx,
-        "dx_type": DX_TYPE_MAP.get(columns["dx_type"][i], "unknown"),
-        "age": age,
-        "sex": _SEX_MAP.get(columns["sex"][i], "unknown"),
-        "localization": columns["site"][i] or "unknown",
-        "source_layout": layout,
-    }, ""
+    return (image_id, lesion_id, columns["pseudonym"][i], mapped.dx, DX_TYPE_MAP.get(columns["dx_type"][i], "unknown"),
+            age, _SEX_MAP.get(columns["sex"][i], "unknown"), columns["site"][i] or "unknown", layout), ""
 
 
 def _row_patient_ref(given_ref: object, patient_id: object, salt: str) -> str:
@@ -394,20 +387,23 @@ def _row_patient_ref(given_ref: object, patient_id: object, salt: str) -> str:
     return patient_ref(given or _raw_text(patient_id), salt)
 
 
-def _same_row(a: dict[str, object], b: dict[str, object]) -> bool:
-    return all(a[k] == b[k] or (k == "age" and math.isnan(a[k]) and math.isnan(b[k]))  # type: ignore[arg-type]
-               for k in a)
+_AGE_AT = METADATA_COLUMNS.index("age")
 
 
-def _drop_duplicates(rows: list[tuple[int, dict[str, object] | None, str]],
-                     image_ids: list[object]) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
+def _same_row(a: tuple, b: tuple) -> bool:
+    return all(x == y or (k == _AGE_AT and math.isnan(x) and math.isnan(y)) for k, (x, y) in enumerate(zip(a, b)))
+
+
+def _drop_duplicates(rows: list[tuple[int, tuple | None, str]],
+                     image_ids: list[str]) -> tuple[list[tuple], list[dict[str, str]]]:
     """Good rows and quarantine: a repeated image id with the same metadata keeps the first row;
-    with different metadata, every row of that id is quarantined until one is removed."""
-    kept: dict[str, tuple[int, dict[str, object]]] = {}
+    with different metadata, every row of that id is quarantined until one is removed.
+    ``image_ids``: each source row's id through :func:`_raw_text`."""
+    kept: dict[str, tuple[int, tuple]] = {}
     quarantine: list[dict[str, str]] = []
     conflicted: set[str] = set()
     for line, row, problem in rows:
-        image_id = _raw_text(image_ids[line - 2])
+        image_id = image_ids[line - 2]
         if row is None:
             quarantine.append({"image_id": image_id, "stage": "metadata", "reason": f"row {line}: {problem}"})
             continue
@@ -528,12 +524,13 @@ class ImageLimits:
     formats: tuple[str, ...] = image_policy.ACCEPTED_FORMATS
 
 
-@dataclass(frozen=True)
-class ImageInfo:
+class ImageInfo(NamedTuple):
     """What ingestion records about an accepted image.
 
     ``format`` is the policy's (``JPEG`` for a camera MPO file); ``width``/``height`` are after
-    the EXIF orientation; ``phash`` is the decoded image's perceptual hash (64 hex digits)."""
+    the EXIF orientation; ``phash`` is the decoded image's perceptual hash (64 hex digits).
+    A named tuple, not a frozen dataclass: a rerun rebuilds one per remembered file from the
+    memo, and a frozen dataclass's ``__init__`` cost ten times as much (half the memo's load)."""
 
     format: str
     width: int
@@ -645,7 +642,7 @@ def scrub_image(data: bytes, info: ImageInfo, limits: ImageLimits = ImageLimits(
                 buf = io.BytesIO()
                 decoded.save(buf, format="PNG")
                 stored, fmt = buf.getvalue(), "PNG"
-    return stored, replace(info, sha256=hashlib.sha256(stored).hexdigest(), format=fmt, extension=_EXTENSIONS[fmt])
+    return stored, info._replace(sha256=hashlib.sha256(stored).hexdigest(), format=fmt, extension=_EXTENSIONS[fmt])
 
 
 METADATA_FILE_NAMES: tuple[str, ...] = ("HAM10000_metadata.csv", "metadata.csv", "HAM10000_metadata")
@@ -730,9 +727,10 @@ def manifest_frame(metadata: pd.DataFrame, infos: Sequence[ImageInfo], other_cla
     if len(metadata) != len(infos):
         raise ValueError(f"{len(metadata)} metadata rows but {len(infos)} image infos; give one info per row")
     manifest = metadata.loc[:, list(METADATA_COLUMNS)].reset_index(drop=True)
-    manifest["image_key"] = [info.image_key for info in infos]
+    fields = dict(zip(ImageInfo._fields, zip(*infos))) if len(infos) else {c: () for c in ImageInfo._fields}
+    manifest["image_key"] = list(map(image_key, fields["sha256"], fields["extension"]))
     for c in ("sha256", "format", "width", "height", "phash"):
-        manifest[c] = [getattr(info, c) for info in infos]
+        manifest[c] = list(fields[c])
     return _typed_manifest(manifest.loc[:, list(MANIFEST_COLUMNS)], other_class)
 
 

@@ -31,7 +31,10 @@ caught, and a lower-level method (feature matching) would be needed for that.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import contextvars
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -102,6 +105,34 @@ def near_duplicate_pairs(hashes: Sequence[str] | np.ndarray, threshold: int = PH
     if not 0 <= threshold < HASH_BITS:
         raise ValueError(f"threshold must be in 0..{HASH_BITS - 1} bits, got {threshold}")
     h = hashes if isinstance(hashes, np.ndarray) and hashes.dtype == np.uint64 else to_words(hashes)
+    answered = _ANSWERED.get()
+    if answered is None:
+        return _pairs(h, threshold)
+    key = (threshold, hashlib.sha256(np.ascontiguousarray(h).tobytes()).digest())
+    if key not in answered:
+        answered[key] = _pairs(h, threshold)
+    return answered[key].copy()
+
+
+_ANSWERED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("near_duplicate_pairs_answered", default=None)
+
+
+@contextlib.contextmanager
+def pairs_reused() -> Iterator[None]:
+    """Within the block, :func:`near_duplicate_pairs` works out each distinct set of hashes (and
+    threshold) once and answers a repeat from memory. Why: the processing job groups its rows by
+    near-duplicates (:func:`ml_code.data.splits.group_ids`) and then checks the split for
+    near-duplicate leaks over the same hashes, and each full search costs about as much as the
+    rest of a rerun's split assignment. Scoped, so no answer outlives the block."""
+    token = _ANSWERED.set({})
+    try:
+        yield
+    finally:
+        _ANSWERED.reset(token)
+
+
+def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
+    """:func:`near_duplicate_pairs` of the ``(N, words)`` hashes ``h``, always worked out."""
     n = len(h)
     # threshold + 1 bands at least; more are still exact (at most `threshold` bands can differ) and keep
     # each band's key within an int64 (52 bits at threshold < 4)

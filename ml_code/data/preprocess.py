@@ -47,11 +47,12 @@ import pandas as pd
 
 from ml_code import CLASSES, contract
 from ml_code.atomic import atomic_open, atomic_path, sync_file, sync_folder, write_text_atomic
-from ml_code.gc_scope import older_objects_frozen
+from ml_code.data import near_duplicates
 from ml_code.data.options import DEFAULTS, parse_preprocess_options
 from ml_code.data.split_reader import (PIXELS_FORMAT, SEGMENT_FOLDER, pixels_manifest_name, read_pixel_map,
                                       rows_of_runs, runs_of_rows)
 from ml_code.data.splits import SPLITS, check_no_leakage, describe_split, grouped_stratified_split
+from ml_code.gc_scope import older_objects_frozen
 
 #: Per-split index. ``age``/``sex``/``localization`` are the clinical context the descriptor
 #: model reads (``ml_code.package.descriptors``); empty when the manifest has none.
@@ -272,8 +273,11 @@ class Decoder:
     def map_into(self, images_dir: Path, items: list[tuple[str, str]], size: int, out: SplitPixelsFile,
                  rows: np.ndarray):
         """Decode ``items`` into ``out``, item i at row ``rows[i]``; yield ``(start, reasons)`` per
-        chunk of ``items``, in order, with at most ``2 * workers`` chunks in flight."""
-        chunks = [(s, items[s:s + CHUNK], [int(r) for r in rows[s:s + CHUNK]]) for s in range(0, len(items), CHUNK)]
+        chunk of ``items``, in order, with at most ``2 * workers`` chunks in flight. Chunks hold
+        :data:`CHUNK` items, fewer when there are too few items to give every worker one: a rerun's
+        handful of new images per split would otherwise go to one worker while the others idle."""
+        step = max(1, min(CHUNK, -(-len(items) // self.workers)))
+        chunks = [(s, items[s:s + step], [int(r) for r in rows[s:s + step]]) for s in range(0, len(items), step)]
         self.decoded += len(items)
         if self.pool is None:
             for start, chunk, chunk_rows in chunks:
@@ -617,8 +621,9 @@ def run(
         quarantine.append({"image_id": image_id, "reason": f"dx {dx!r} is not one of {list(CLASSES)}"})
     manifest = manifest[known].sort_values("image_id", kind="mergesort").reset_index(drop=True)
 
-    manifest["split"] = grouped_stratified_split(manifest, val_fraction, test_fraction, seed)
-    problems = check_no_leakage(manifest)
+    with near_duplicates.pairs_reused():  # the split and its leakage check search the same hashes
+        manifest["split"] = grouped_stratified_split(manifest, val_fraction, test_fraction, seed)
+        problems = check_no_leakage(manifest)
     if problems:  # cannot happen unless the split code is broken: refuse to write leaky splits
         raise RuntimeError("split leaks lesions across splits: " + "; ".join(problems[:5]))
     print(

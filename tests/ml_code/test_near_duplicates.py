@@ -164,3 +164,46 @@ def test_the_band_index_finds_exactly_the_exhaustive_pairs() -> None:
     for bad in ("ab" * 31 + "  ", "ab" * 31 + "zz", "ab" * 33):
         with pytest.raises(ValueError, match="not 64 hex digits"):
             nd.to_words([bad])
+
+
+def test_a_repeated_search_inside_pairs_reused_is_answered_from_memory(monkeypatch) -> None:
+    """Inside ``pairs_reused`` each distinct (hashes, threshold) is searched once; every answer is
+    the search's, a caller changing its copy changes no later answer, and nothing outlives the block."""
+    searches: list[int] = []
+    real = nd._pairs
+    monkeypatch.setattr(nd, "_pairs", lambda h, t: searches.append(t) or real(h, t))
+    hashes = _random_hashes(300, seed=5, planted=30)
+    expected = real(nd.to_words(hashes), nd.PHASH_THRESHOLD)
+    assert len(expected)
+    with nd.pairs_reused():
+        first = nd.near_duplicate_pairs(hashes)
+        first[:] = -1
+        again = nd.near_duplicate_pairs(list(hashes))
+        words = nd.near_duplicate_pairs(nd.to_words(hashes))  # the same hashes given as words
+        tighter = nd.near_duplicate_pairs(hashes, threshold=4)
+        others = nd.near_duplicate_pairs(hashes[:-1])
+    np.testing.assert_array_equal(again, expected)
+    np.testing.assert_array_equal(words, expected)
+    assert searches == [nd.PHASH_THRESHOLD, 4, nd.PHASH_THRESHOLD]
+    assert len(tighter) <= len(expected) and len(others) <= len(expected)
+    nd.near_duplicate_pairs(hashes)
+    assert len(searches) == 4  # outside the block every call searches
+
+
+def test_the_processing_job_searches_its_hashes_once(monkeypatch, tmp_path) -> None:
+    """The split's grouping and its leakage check share one near-duplicate search."""
+    from dermaops_resources.object_store import LocalObjectStore
+    from dermaops_services.ingestion import ingest_dataset
+    from ml_code.data import preprocess
+    from ml_code.tools.demo_data import generate_demo_dataset
+
+    source = generate_demo_dataset(tmp_path / "source", n_lesions_per_class=4, images_per_lesion=(1, 2),
+                                   image_size=(48, 40), seed=2)
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    handle, _ = ingest_dataset(str(source), store, salt="s" * 32)
+    searches: list[int] = []
+    real = nd._pairs
+    monkeypatch.setattr(nd, "_pairs", lambda h, t: searches.append(len(h)) or real(h, t))
+    preprocess.run(store.local_path(handle.manifest_uri).parent, store.local_path(handle.images_prefix_uri),
+                   tmp_path / "out", image_size=16, num_workers=1)
+    assert searches == [handle.num_images]

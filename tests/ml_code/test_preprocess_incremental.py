@@ -63,6 +63,23 @@ def test_the_process_pool_writes_the_bytes_the_serial_path_writes(manifests, tmp
     assert serial["decoded"] == pooled["decoded"] == sum(serial["images"].values()) > 100
 
 
+def test_a_handful_of_images_is_shared_among_every_worker(manifests, tmp_path: Path) -> None:
+    """Fewer images than a chunk per worker (a rerun's few new images in one split) are cut into
+    one chunk per worker, and give the pixels the serial path gives."""
+    rows = pd.read_csv(manifests["new"] / "manifest.csv", dtype=str).head(6)
+    items = list(zip(rows["image_key"], rows["sha256"]))
+    decoded = {}
+    for workers in (1, 2):
+        path = tmp_path / f"w{workers}.npy"
+        with preprocess.SplitPixelsFile(path, len(items), 32) as out, preprocess.Decoder(workers) as decoder:
+            starts = [start for start, reasons in decoder.map_into(manifests["images"], items, 32, out,
+                                                                   np.arange(len(items))) if not any(reasons)]
+        decoded[workers] = np.load(path)
+        assert starts == ([0] if workers == 1 else [0, 3])
+    np.testing.assert_array_equal(decoded[1], decoded[2])
+    assert decoded[2].any(axis=(1, 2, 3)).all()
+
+
 @pytest.mark.parametrize("mode", ["segments", "merged, copy_file_range", "merged, read-write"])
 def test_a_rerun_with_new_images_decodes_only_those(manifests, tmp_path: Path, monkeypatch, mode) -> None:
     """Known pixels are named again in the earlier segments; a split that would span more than
