@@ -321,6 +321,7 @@ class _ImageChecker:
         rows_of: dict[int, list[int]] = {}
         for row, position in enumerate(sources):
             rows_of.setdefault(position, []).append(row)
+        stored, claimed = self._stored(), self._claimed  # no worker runs yet: no lock needed
         for position, rows in rows_of.items():
             source = self.sources[position]
             names = [source.image_index.get(str(image_ids[row])) for row in rows]
@@ -330,8 +331,11 @@ class _ImageChecker:
                 version_key = _version_key(source, file_name, file_version)
                 source_sha = self.versions.get(version_key)
                 known = self.memo.get(source_sha) if source_sha else None
-                if known is None or not self._in_store(known):
-                    continue
+                if known is None or f"images/{ingest.image_key(known.sha256, known.extension)}" not in stored:
+                    continue  # read by check(); a stored copy deleted since is decoded and stored again
+                if known.sha256 not in claimed:  # as _in_store counts: once per stored copy
+                    claimed.add(known.sha256)
+                    self.stats.already_stored += 1
                 self.stats.remembered += 1
                 self.stats.unread += 1
                 self.seen[source_sha] = known
