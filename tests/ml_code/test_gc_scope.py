@@ -40,12 +40,15 @@ def test_an_error_inside_still_unfreezes() -> None:
 
 
 def test_a_heap_frozen_by_someone_else_stays_as_they_left_it() -> None:
+    """Neither frozen again (objects made since would join) nor unfrozen. Frozen objects that die
+    leave the count, so it may only shrink a little on its own."""
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
+        since = [[] for _ in range(1000)]  # noqa: F841 - made after the freeze: a second freeze takes them
         with older_objects_frozen():
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen
+            assert frozen - 100 < gc.get_freeze_count() <= frozen
+        assert frozen - 100 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
 
