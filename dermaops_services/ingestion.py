@@ -190,14 +190,12 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
             infos[position], reasons[position] = info, reason
     log(f"images: {checker.decoded} decoded and checked, {stats.remembered} known by content from an earlier "
         "run (not decoded again)")
-    with ThreadPoolExecutor(max_workers=1) as background:  # the memo's write and sync overlap what follows
-        memo_saved = background.submit(_save_memo, store, version, checker.seen, checker.seen_versions)
-        accepted, rejects = _accepted_rows(image_ids, infos, reasons)
-        manifest = ingest.manifest_frame(good.iloc[accepted], [infos[position] for position in accepted])
-        quarantine = pd.concat([*quarantine_frames, ingest.quarantine_frame(rejects)], ignore_index=True)
-        manifest_csv = ingest.canonical_manifest_csv(manifest)
-        mhash = ingest.manifest_csv_hash(manifest_csv)
-        memo_saved.result()
+    _save_memo(store, version, checker.seen, checker.seen_versions)
+    accepted, rejects = _accepted_rows(image_ids, infos, reasons)
+    manifest = ingest.manifest_frame(good.iloc[accepted], [infos[position] for position in accepted])
+    quarantine = pd.concat([*quarantine_frames, ingest.quarantine_frame(rejects)], ignore_index=True)
+    manifest_csv = ingest.canonical_manifest_csv(manifest)
+    mhash = ingest.manifest_csv_hash(manifest_csv)
     # The quarantine is published first: a manifest key never exists without its quarantine list.
     quarantine_uri = store.put_bytes("raw", f"manifests/{mhash}/quarantine.csv", _csv(quarantine))
     manifest_uri = store.put_bytes("raw", f"manifests/{mhash}/manifest.csv", manifest_csv)
@@ -257,8 +255,7 @@ def _save_memo(store: ObjectStore, version: str, seen: dict[str, ingest.ImageInf
                seen_versions: dict[str, str] | None = None) -> None:
     """Publish this run's accepted files as the memo for ``version`` (replacing the last one)."""
     sources = sorted(seen)
-    fields = dict(zip(ingest.ImageInfo._fields, zip(*map(seen.__getitem__, sources)))) if sources else \
-        dict.fromkeys(ingest.ImageInfo._fields, ())
+    fields = ingest.info_columns([seen[source] for source in sources])
     versions = sorted((k, v) for k, v in (seen_versions or {}).items() if v in seen)
     payload = {
         "format": MEMO_FORMAT,
@@ -321,7 +318,6 @@ class _ImageChecker:
         rows_of: dict[int, list[int]] = {}
         for row, position in enumerate(sources):
             rows_of.setdefault(position, []).append(row)
-        stored, claimed = self._stored(), self._claimed  # no worker runs yet: no lock needed
         for position, rows in rows_of.items():
             source = self.sources[position]
             names = [source.image_index.get(str(image_ids[row])) for row in rows]
@@ -331,11 +327,8 @@ class _ImageChecker:
                 version_key = _version_key(source, file_name, file_version)
                 source_sha = self.versions.get(version_key)
                 known = self.memo.get(source_sha) if source_sha else None
-                if known is None or f"images/{ingest.image_key(known.sha256, known.extension)}" not in stored:
+                if known is None or not self._in_store(known):
                     continue  # read by check(); a stored copy deleted since is decoded and stored again
-                if known.sha256 not in claimed:  # as _in_store counts: once per stored copy
-                    claimed.add(known.sha256)
-                    self.stats.already_stored += 1
                 self.stats.remembered += 1
                 self.stats.unread += 1
                 self.seen[source_sha] = known

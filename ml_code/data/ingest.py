@@ -718,6 +718,12 @@ def manifest_csv_hash(manifest_csv: bytes) -> str:
     return hashlib.sha256(manifest_csv).hexdigest()
 
 
+def info_columns(infos: Sequence[ImageInfo]) -> dict[str, tuple]:
+    """``infos`` as columns: each :class:`ImageInfo` field -> its values, in order (empty tuples
+    for no infos). One transposition in C, for the manifest and the ingestion memo."""
+    return dict(zip(ImageInfo._fields, zip(*infos))) if len(infos) else dict.fromkeys(ImageInfo._fields, ())
+
+
 def manifest_frame(metadata: pd.DataFrame, infos: Sequence[ImageInfo], other_class: str | None = None) -> pd.DataFrame:
     """The manifest of accepted rows, typed and schema-validated: ``metadata`` rows in the internal
     schema (as :func:`normalise_metadata` returns them; other columns are dropped) beside their
@@ -727,7 +733,7 @@ def manifest_frame(metadata: pd.DataFrame, infos: Sequence[ImageInfo], other_cla
     if len(metadata) != len(infos):
         raise ValueError(f"{len(metadata)} metadata rows but {len(infos)} image infos; give one info per row")
     manifest = metadata.loc[:, list(METADATA_COLUMNS)].reset_index(drop=True)
-    fields = dict(zip(ImageInfo._fields, zip(*infos))) if len(infos) else {c: () for c in ImageInfo._fields}
+    fields = info_columns(infos)
     manifest["image_key"] = list(map(image_key, fields["sha256"], fields["extension"]))
     for c in ("sha256", "format", "width", "height", "phash"):
         manifest[c] = list(fields[c])
