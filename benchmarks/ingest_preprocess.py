@@ -4,8 +4,8 @@
         [--new-fraction 0.01] [--workers N] [--rerun-repeats N] [--profile N]
 
 Runs what ``raw_images`` and ``processed_splits`` run (``dermaops_services.ingestion.ingest_dataset``,
-the asset's near-duplicate table, ``ml_code.data.preprocess.run`` as the job entry point runs it,
-the local job runner's upload of its output into the object store, and the asset's
+which also works out the asset's near-duplicate table, ``ml_code.data.preprocess.run`` as the job
+entry point runs it, the local job runner's upload of its output into the object store, and the asset's
 ``complete_from_previous``, which links the earlier segments a rerun names), on a copy of
 HAM10000 made under /tmp, in three steps measured in this one run. Not timed: starting the job's
 Python process (the local job runner starts one per job, about a second) and Dagster's own
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import os
 import pstats
@@ -54,7 +53,7 @@ from PIL import Image  # noqa: E402
 from dermaops_assets.preprocessing import complete_from_previous  # noqa: E402
 from dermaops_resources.object_store import LocalObjectStore  # noqa: E402
 from dermaops_services.ingestion import ingest_dataset  # noqa: E402
-from ml_code.data import near_duplicates, preprocess  # noqa: E402
+from ml_code.data import preprocess  # noqa: E402
 from ml_code.data.split_reader import open_split_images  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ham10000"
@@ -89,9 +88,7 @@ def pipeline(dataset: Path, store: LocalObjectStore, scratch: Path, name: str, s
              previous_uri: str | None) -> tuple[dict, str]:
     """What raw_images and processed_splits run, timed by part; also the stored splits' URI."""
     t0 = time.perf_counter()
-    handle, stats = ingest_dataset(str(dataset), store, SALT)
-    manifest = pd.read_csv(io.BytesIO(store.get_bytes(handle.manifest_uri)), dtype=str, keep_default_na=False)
-    near_duplicates.pairs_table(manifest)  # the raw_images asset's near-duplicate table
+    handle, stats = ingest_dataset(str(dataset), store, SALT)  # also the asset's near-duplicate table
     t1 = time.perf_counter()
     out = scratch / name
     summary = preprocess.run(store.local_path(handle.manifest_uri).parent, store.local_path(handle.images_prefix_uri),

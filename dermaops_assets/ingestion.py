@@ -1,9 +1,6 @@
 """Ingestion: the raw dermoscopy images, validated and content-addressed (S3 raw bucket box)."""
 
-import io
-
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from dermaops_resources.handles import RawImagesHandle
@@ -12,7 +9,7 @@ from dermaops_services.labelling import labelled_capture_batches
 from dermaops_resources.object_store import ObjectStore
 from dermaops_services.raw_source import landed_batches
 from dermaops_resources.settings import Settings
-from ml_code.data import ingest, near_duplicates
+from ml_code.data import ingest
 
 from .versioning import code_version
 from .ui import table_markdown
@@ -51,8 +48,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
     context.log.info(f"{handle.num_images} images accepted ({stats.copied} newly stored, "
                      f"{stats.already_stored} already in the store), {handle.num_quarantined} quarantined")
     # near-duplicate pictures (perceptual hash): the splitter keeps each pair in one split; shown for review
-    manifest = pd.read_csv(io.BytesIO(store.get_bytes(handle.manifest_uri)), dtype=str, keep_default_na=False)
-    pairs = near_duplicates.pairs_table(manifest)
+    pairs = stats.near_duplicates
     cross = pairs[pairs["lesion_id_a"] != pairs["lesion_id_b"]]
     return dg.Output(
         handle,

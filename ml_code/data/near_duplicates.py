@@ -39,6 +39,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 HASH_SIZE = 16
 """``imagehash.phash`` hash_size: the hash is the HASH_SIZE x HASH_SIZE lowest DCT frequencies."""
@@ -65,18 +67,28 @@ def phash_hex(img: Image.Image) -> str:
 
 def to_words(hashes: Iterable[str]) -> np.ndarray:
     """Hex hashes -> ``uint64`` array of shape ``(N, HASH_BITS // 64)``; ValueError names the
-    first value that is not ``HASH_HEX`` hex digits."""
+    first value that is not ``HASH_HEX`` hex digits.
+
+    All values are decoded in one ``bytes.fromhex`` call when each is ``HASH_HEX`` characters
+    long; a value that is not hex (or holds spaces, which ``fromhex`` would skip) then makes the
+    call fail or come up short, and the values are checked one by one for the error. One call,
+    not one per hash: this runs over every manifest row in each split and leakage check."""
     values = [str(h).strip().lower() for h in hashes]
-    raw = bytearray()
-    for i, text in enumerate(values):
-        try:
-            chunk = bytes.fromhex(text) if len(text) == HASH_HEX else b""
-        except ValueError:
-            chunk = b""
-        if len(chunk) != HASH_BITS // 8:  # wrong length, a non-hex digit, or spaces fromhex would skip
-            raise ValueError(f"phash {text!r} (position {i}) is not {HASH_HEX} hex digits; recompute it with phash_hex")
-        raw += chunk
-    return np.frombuffer(bytes(raw), dtype=">u8").astype(np.uint64).reshape(len(values), _WORDS)
+    joined = "".join(values)
+    try:
+        raw = bytes.fromhex(joined) if len(joined) == HASH_HEX * len(values) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != len(values) * (HASH_BITS // 8):
+        for i, text in enumerate(values):
+            try:
+                chunk = bytes.fromhex(text) if len(text) == HASH_HEX else b""
+            except ValueError:
+                chunk = b""
+            if len(chunk) != HASH_BITS // 8:  # wrong length, a non-hex digit, or spaces fromhex would skip
+                raise ValueError(f"phash {text!r} (position {i}) is not {HASH_HEX} hex digits; recompute it with "
+                                 "phash_hex")
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(values), _WORDS)
 
 
 def hamming(a: str, b: str) -> int:
@@ -191,25 +203,18 @@ def near_duplicate_groups(hashes: Sequence[str] | pd.Series, threshold: int = PH
     names the group, so the numbering does not depend on anything but input order).
 
     Empty or missing hashes (manifests written before hashing existed) form singleton groups."""
-    values = pd.Series(list(hashes), dtype=object).fillna("").astype(str).str.strip()
-    parent = np.arange(len(values), dtype=np.int64)
+    values = pd.Series(hashes.tolist() if isinstance(hashes, pd.Series) else list(hashes), dtype=object)
+    values = values.fillna("").astype(str).str.strip()
+    n = len(values)
     present = np.flatnonzero(values.ne("").to_numpy())
     if len(present) < 2:
-        return parent
-
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return int(root)
-
-    for i, j, _ in near_duplicate_pairs(values.iloc[present].tolist(), threshold):
-        a, b = find(int(present[i])), find(int(present[j]))
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return np.array([find(i) for i in range(len(values))], dtype=np.int64)
+        return np.arange(n, dtype=np.int64)
+    pairs = near_duplicate_pairs(values.iloc[present].tolist(), threshold)
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (present[pairs[:, 0]], present[pairs[:, 1]])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    smallest = np.full(component.max() + 1, n, dtype=np.int64)
+    np.minimum.at(smallest, component, np.arange(n, dtype=np.int64))
+    return smallest[component]
 
 
 PAIR_COLUMNS: tuple[str, ...] = ("image_id_a", "image_id_b", "distance", "lesion_id_a", "lesion_id_b")

@@ -60,3 +60,14 @@ def test_raw_images_reports_near_duplicate_pairs(dermaops_home: Path, tmp_path: 
     md = result.asset_materializations_for_node("raw_images")[0].metadata
     assert md["near_duplicate_pairs_across_lesions"].value >= 1
     assert "ISIC_COPY" in md["near_duplicates"].value and first["image_id"] in md["near_duplicates"].value
+    # the table is the published manifest's, though worked out before reading it back: the copy's
+    # row comes last in the metadata but first by image id, which orders each pair in the manifest
+    from dermaops_assets.ui import table_markdown
+    from ml_code.data import near_duplicates
+
+    published = pd.read_csv(io.BytesIO(store.get_bytes(md["manifest_uri"].value)), dtype=str, keep_default_na=False)
+    pairs = near_duplicates.pairs_table(published)
+    cross = pairs[pairs["lesion_id_a"] != pairs["lesion_id_b"]]
+    assert cross["image_id_a"].tolist()[:1] == ["ISIC_COPY"]
+    assert md["near_duplicates"].value == table_markdown(cross.head(50).to_dict("records")).value
+    assert md["near_duplicate_pairs"].value == len(pairs)

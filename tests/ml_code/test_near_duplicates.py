@@ -164,6 +164,10 @@ def test_the_band_index_finds_exactly_the_exhaustive_pairs() -> None:
     for bad in ("ab" * 31 + "  ", "ab" * 31 + "zz", "ab" * 33):
         with pytest.raises(ValueError, match="not 64 hex digits"):
             nd.to_words([bad])
+    # 64 characters each, with a space that fromhex skips: decoded together they make 63 whole
+    # bytes, one short, and the first value is named
+    with pytest.raises(ValueError, match=r"position 0\) is not 64 hex digits"):
+        nd.to_words(["ab" * 30 + " aba", "b" + "ab" * 30 + " ab", "cd" * 32])
 
 
 def test_a_repeated_search_inside_pairs_reused_is_answered_from_memory(monkeypatch) -> None:

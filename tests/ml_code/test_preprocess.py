@@ -177,3 +177,45 @@ def test_a_job_that_fails_publishes_no_split_pixels(job_inputs: dict, tmp_path: 
     assert not [p.name for p in out.rglob("*") if p.is_file() and (p.suffix in (".tmp", ".npy") and "pixels" in p.parts)]
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert not (out / "summary.json").exists()
+
+
+TEXT_CSV_CASES = {
+    "manifest-like": "image_id,age,phash\nISIC_1,,ab\nISIC_2,45.0,cd\n",
+    "quoted comma": 'image_id,site\nISIC_1,"back, upper"\n',
+    "line break in a quoted cell": 'image_id,site\nISIC_1,"back\nupper"\n',
+    "short row": "a,b,c\n1,2\n",
+    "long row": "a,b\n1,2,3\n",
+    "byte order mark": "\ufeffa,b\n1,2\n",
+    "blank line": "a,b\n1,2\n\n3,4\n",
+    "spaces kept": "a,b\n 1 , 2\n",
+    "repeated column": "a,a\n1,2\n",
+    "header only": "a,b\n",
+    "NA text stays text": "a,b\nNA,nan\n",
+    "empty file": "",
+    "CRLF": "a,b\r\n1,2\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(TEXT_CSV_CASES))
+def test_the_fast_csv_reader_answers_as_pandas_own_parser(case: str, tmp_path: Path) -> None:
+    """``read_text_csv`` parses with pyarrow for speed; whatever the file, its frame (or error) is
+    the one ``pd.read_csv(dtype=str, keep_default_na=False)`` gives."""
+    from ml_code.data.preprocess import read_text_csv
+
+    path = tmp_path / "table.csv"
+    path.write_text(TEXT_CSV_CASES[case], encoding="utf-8")
+    usecols = ["image_id"] if case.startswith(("manifest", "quoted", "line break")) else None
+
+    def answer(read) -> pd.DataFrame | str:
+        try:
+            return read()
+        except Exception as exc:  # noqa: BLE001 - the error is part of the answer
+            return f"{type(exc).__name__}: {exc}"
+
+    expected = answer(lambda: pd.read_csv(path, dtype=str, keep_default_na=False, usecols=usecols))
+    got = answer(lambda: read_text_csv(path, usecols=usecols))
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        assert isinstance(got, pd.DataFrame)
+        pd.testing.assert_frame_equal(got, expected)
