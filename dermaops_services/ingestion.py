@@ -170,7 +170,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
                            "one: give the new picture its own id, or correct the row where it was first ingested"}
                 for image_id, where in zip(ids[clash], earlier[clash])])], ignore_index=True)
             good, ids = good[~clash], ids[~clash]
-        first_source.update(dict.fromkeys(ids, label))
+        first_source.update(dict.fromkeys(ids.tolist(), label))
         log(f"metadata of {label if not position else batch_ref(_folder_name(uri), salt)}: {len(metadata)} rows in {layout} "
             f"layout ({dialect}), {len(good)} valid, {len(quarantined)} quarantined")
         frames.append(good.assign(_source=len(sources)))
@@ -327,13 +327,18 @@ class _ImageChecker:
         for position, rows in rows_of.items():
             source = self.sources[position]
             names = [source.image_index.get(str(image_ids[row])) for row in rows]
+            candidates = []  # (row, version key, source sha256, the memo's info) of each file it knows
             for row, file_name, file_version in zip(rows, names, source.versions(names), strict=True):
                 if not file_version:
                     continue
                 version_key = _version_key(source, file_name, file_version)
                 source_sha = self.versions.get(version_key)
                 known = self.memo.get(source_sha) if source_sha else None
-                if known is None or not self._in_store(known):
+                if known is not None:
+                    candidates.append((row, version_key, source_sha, known))
+            in_store = self._in_store([known for *_, known in candidates])
+            for (row, version_key, source_sha, known), stored in zip(candidates, in_store, strict=True):
+                if not stored:
                     continue  # read by check(); a stored copy deleted since is decoded and stored again
                 self.stats.remembered += 1
                 self.stats.unread += 1
@@ -357,7 +362,7 @@ class _ImageChecker:
             return meta, None, exc.reason
         source_sha = hashlib.sha256(data).hexdigest()
         known = self.memo.get(source_sha)
-        if known is not None and self._in_store(known):
+        if known is not None and self._in_store([known])[0]:
             with self._lock:
                 self.stats.remembered += 1
                 self.seen[source_sha] = known
@@ -383,8 +388,12 @@ class _ImageChecker:
     def _claim(self, sha256: str) -> bool:
         """True for the first row of this run to hold these stored bytes: it alone stores and counts them."""
         with self._lock:
-            first = sha256 not in self._claimed
-            self._claimed.add(sha256)
+            return self._claim_held(sha256)
+
+    def _claim_held(self, sha256: str) -> bool:
+        """:meth:`_claim` for a caller that holds the lock."""
+        first = sha256 not in self._claimed
+        self._claimed.add(sha256)
         return first
 
     def _stored(self) -> set[str]:
@@ -396,13 +405,18 @@ class _ImageChecker:
                 self._stored_keys = self.store.list_keys(self.store.uri("raw", "images"))
             return self._stored_keys
 
-    def _in_store(self, info: ingest.ImageInfo) -> bool:
-        """Whether the stored copy of a remembered file is still in the store (counted once)."""
-        exists = f"images/{info.image_key}" in self._stored()
-        if exists and self._claim(info.sha256):
-            with self._lock:
-                self.stats.already_stored += 1
-        return exists
+    def _in_store(self, infos: Sequence[ingest.ImageInfo]) -> list[bool]:
+        """Whether the stored copy of each remembered file is still in the store (each stored copy
+        counted once); one lock for them all, as :meth:`recall` asks about thousands at once."""
+        stored = self._stored()
+        answers = []
+        with self._lock:
+            for info in infos:
+                exists = f"images/{info.image_key}" in stored
+                if exists and self._claim_held(info.sha256):
+                    self.stats.already_stored += 1
+                answers.append(exists)
+        return answers
 
     def _store(self, info: ingest.ImageInfo, data: bytes) -> None:
         """Store ``data`` under the info's content-addressed key unless it is there already."""

@@ -26,7 +26,6 @@ never leaves this module (it is not in the manifest, the quarantine or any messa
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import math
@@ -43,6 +42,7 @@ import pandera.pandas as pa
 
 from ml_code import CLASSES
 from ml_code.data import diagnosis, scrub
+from ml_code.data.csv_text import csv_text
 from ml_code.data.near_duplicates import phash_hex
 from ml_code.package import image_policy
 
@@ -691,23 +691,8 @@ def canonical_manifest_csv(manifest_df: pd.DataFrame) -> bytes:
         else:  # text as pandas writes it: missing values empty, anything else ``str``
             columns.append(df[c].fillna("").astype(str).tolist())
     # The bytes pandas' to_csv(index=False, lineterminator="\n", float_format="%.1f", na_rep="") gives
-    # (it calls the csv writer too; tests/ml_code/test_ingest.py holds them equal), at a tenth of the
-    # time. Columns with no cell the writer would quote (QUOTE_MINIMAL: a comma, a quote or a line
-    # break in it), which is every column of a usual manifest, are joined directly.
-    cells = "\x1f".join("\x1f".join(column) for column in columns)
-    if not any(special in cells for special in _CSV_SPECIAL):
-        lines = [",".join(MANIFEST_COLUMNS), *map(",".join, zip(*columns))]
-        return ("\n".join(lines) + "\n").encode()
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    writer.writerows(zip(*columns))
-    return buf.getvalue().encode()
-
-
-_CSV_SPECIAL = (",", '"', "\r", "\n")
-"""Characters that make the csv writer quote a cell (QUOTE_MINIMAL); ``in`` per character, not a
-regular expression: a tenth of the time over a 10,000-row manifest."""
+    # (tests/ml_code/test_ingest.py holds them equal), at a tenth of the time: see ml_code.data.csv_text.
+    return csv_text(MANIFEST_COLUMNS, columns).encode()
 
 
 def manifest_hash(manifest_df: pd.DataFrame) -> str:

@@ -48,6 +48,7 @@ import pandas as pd
 from ml_code import CLASSES, contract
 from ml_code.atomic import atomic_open, atomic_path, sync_file, sync_folder, write_text_atomic
 from ml_code.data import near_duplicates
+from ml_code.data.csv_text import csv_text
 from ml_code.data.options import DEFAULTS, parse_preprocess_options
 from ml_code.data.split_reader import (PIXELS_FORMAT, SEGMENT_FOLDER, pixels_manifest_name, read_pixel_map,
                                       rows_of_runs, runs_of_rows)
@@ -436,8 +437,9 @@ def _write_split(
     labels = written["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
     with atomic_open(out_dir / f"{split}_labels.npy", sync_folder=False) as fh:
         np.save(fh, labels)
-    index = written.assign(label=labels).reindex(columns=list(INDEX_COLUMNS), fill_value="")
-    write_text_atomic(out_dir / f"{split}_index.csv", index.to_csv(index=False, lineterminator="\n"), sync_folder=False)
+    index = [labels.astype(str).tolist() if c == "label" else
+             written[c].tolist() if c in written.columns else [""] * len(written) for c in INDEX_COLUMNS]
+    write_text_atomic(out_dir / f"{split}_index.csv", csv_text(INDEX_COLUMNS, index), sync_folder=False)
     return written, pixel_map
 
 

@@ -251,7 +251,7 @@ def check_no_leakage(assignments_df: pd.DataFrame, split_col: str = "split") -> 
     problems: list[str] = []
     if split_col not in assignments_df.columns:
         return [f"no {split_col!r} column to check"]
-    bad_splits = sorted(set(assignments_df[split_col].astype(str)) - set(SPLITS))
+    bad_splits = sorted(set(assignments_df[split_col].astype(str).unique().tolist()) - set(SPLITS))
     if bad_splits:
         problems.append(f"unknown split names {bad_splits}; expected {list(SPLITS)}")
     for col in ("lesion_id", "patient_ref"):

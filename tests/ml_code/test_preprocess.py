@@ -129,6 +129,12 @@ def test_same_inputs_give_identical_outputs(job_inputs: dict, tmp_path: Path) ->
     for name in ("train_pixels.json", "val_labels.npy", "test_index.csv", "summary.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert sorted(p.name for p in (a / "pixels").iterdir()) == sorted(p.name for p in (b / "pixels").iterdir())
+    for split in SPLITS:  # each index is the text pandas writes for its rows (a reader's contract)
+        text = (a / f"{split}_index.csv").read_text()
+        rows = pd.read_csv(a / f"{split}_index.csv", dtype=str, keep_default_na=False)
+        assert text == rows.to_csv(index=False, lineterminator="\n")
+        assert list(rows.columns) == ["image_id", "lesion_id", "dx", "label", "sha256", "age", "sex", "localization"]
+        assert rows["label"].map(int).map(CLASSES.__getitem__).tolist() == rows["dx"].tolist()
 
 
 def test_missing_manifest_fails_with_reason_file(job_inputs: dict, tmp_path: Path) -> None:
