@@ -23,7 +23,8 @@ bookkeeping.
    the median (a rerun takes about two seconds, and one run on a shared machine is noisy).
 
 BENCH_RESULT lines: ``preprocess`` (job vs naive loop, ratio = naive / job, target >= 1.5x) and
-``ingest+preprocess`` (rerun / first run, target <= 0.03). ``--quick`` uses the first 1,000 rows.
+``ingest+preprocess`` (rerun / first run, target <= 0.03); each run's ``gc_s`` is the time the
+cyclic garbage collector ran in it. ``--quick`` uses the first 1,000 rows.
 ``--profile N`` also runs the rerun under ``cProfile`` and prints its N costliest functions by
 cumulative time (to stderr; the profiler slows Python-heavy parts, so the rerun's timed figures
 then include its overhead): where an incremental run's time goes.
@@ -33,7 +34,9 @@ Prints ``BENCH_SKIP`` when HAM10000 is absent. Timings on a shared machine are n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -87,6 +90,32 @@ def naive_loop(dataset: Path, splits_dir: Path, size: int, out: Path) -> dict[st
 def pipeline(dataset: Path, store: LocalObjectStore, scratch: Path, name: str, size: int, workers: int | None,
              previous_uri: str | None) -> tuple[dict, str]:
     """What raw_images and processed_splits run, timed by part; also the stored splits' URI."""
+    with _collector_time() as gc_seconds:
+        parts, splits_uri = _pipeline(dataset, store, scratch, name, size, workers, previous_uri)
+    return {**parts, "gc_s": gc_seconds[0]}, splits_uri
+
+
+@contextlib.contextmanager
+def _collector_time():
+    """Seconds Python's cyclic garbage collector ran inside the block (``gc.callbacks``), in a
+    one-item list filled as it runs: what ``ml_code.gc_scope`` exists to cut."""
+    spent, started = [0.0], [0.0]
+
+    def clock(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            spent[0] += time.perf_counter() - started[0]
+
+    gc.callbacks.append(clock)
+    try:
+        yield spent
+    finally:
+        gc.callbacks.remove(clock)
+
+
+def _pipeline(dataset: Path, store: LocalObjectStore, scratch: Path, name: str, size: int, workers: int | None,
+              previous_uri: str | None) -> tuple[dict, str]:
     t0 = time.perf_counter()
     handle, stats = ingest_dataset(str(dataset), store, SALT)  # also the asset's near-duplicate table
     t1 = time.perf_counter()

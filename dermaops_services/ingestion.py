@@ -197,7 +197,8 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
         "run (not decoded again)")
     _save_memo(store, version, checker.seen, checker.seen_versions)
     accepted, rejects = _accepted_rows(image_ids, infos, reasons)
-    manifest = ingest.manifest_frame(good.iloc[accepted], [infos[position] for position in accepted])
+    manifest = ingest.manifest_frame(good.iloc[accepted], [infos[position] for position in accepted],
+                                     metadata_checked=True)  # `good` is normalise_metadata's, validated
     quarantine = pd.concat([*quarantine_frames, ingest.quarantine_frame(rejects)], ignore_index=True)
     manifest_csv = ingest.canonical_manifest_csv(manifest)
     mhash = ingest.manifest_csv_hash(manifest_csv)

@@ -160,6 +160,14 @@ MANIFEST_SCHEMA = pa.DataFrameSchema(
 )
 """The internal ``manifest.csv`` (docs/ARCHITECTURE.md): columns in ``MANIFEST_COLUMNS`` order."""
 
+IMAGE_SCHEMA = pa.DataFrameSchema(
+    {name: column for name, column in MANIFEST_SCHEMA.columns.items() if name not in METADATA_SCHEMA.columns},
+    strict=False,
+    name="raw manifest, image columns",
+)
+"""The manifest's image columns alone: what :func:`manifest_frame` checks when its metadata rows
+have just passed ``METADATA_SCHEMA`` (checking them twice was a third of a rerun's manifest)."""
+
 
 # --------------------------------------------------------------------------------------
 # Metadata
@@ -712,12 +720,15 @@ def info_columns(infos: Sequence[ImageInfo]) -> dict[str, tuple]:
     return dict(zip(ImageInfo._fields, zip(*infos))) if len(infos) else dict.fromkeys(ImageInfo._fields, ())
 
 
-def manifest_frame(metadata: pd.DataFrame, infos: Sequence[ImageInfo], other_class: str | None = None) -> pd.DataFrame:
+def manifest_frame(metadata: pd.DataFrame, infos: Sequence[ImageInfo], other_class: str | None = None,
+                   metadata_checked: bool = False) -> pd.DataFrame:
     """The manifest of accepted rows, typed and schema-validated: ``metadata`` rows in the internal
     schema (as :func:`normalise_metadata` returns them; other columns are dropped) beside their
     accepted images' ``infos``, same length and order. Built column by column: one dict per row
     cost a 10,000-row rerun a tenth of a second. ``other_class`` as for :func:`build_manifest`.
-    Raises ValueError when the lengths differ."""
+    ``metadata_checked``: the rows are taken unchanged from a frame ``normalise_metadata`` has
+    just returned (validated, ids unique), so only the image columns are checked
+    (:data:`IMAGE_SCHEMA`); otherwise every column is. Raises ValueError when the lengths differ."""
     if len(metadata) != len(infos):
         raise ValueError(f"{len(metadata)} metadata rows but {len(infos)} image infos; give one info per row")
     manifest = metadata.loc[:, list(METADATA_COLUMNS)].reset_index(drop=True)
@@ -725,7 +736,8 @@ def manifest_frame(metadata: pd.DataFrame, infos: Sequence[ImageInfo], other_cla
     manifest["image_key"] = list(map(image_key, fields["sha256"], fields["extension"]))
     for c in ("sha256", "format", "width", "height", "phash"):
         manifest[c] = list(fields[c])
-    return _typed_manifest(manifest.loc[:, list(MANIFEST_COLUMNS)], other_class)
+    return _typed_manifest(manifest.loc[:, list(MANIFEST_COLUMNS)], other_class,
+                           IMAGE_SCHEMA if metadata_checked else None)
 
 
 def build_manifest(rows: list[dict[str, object]], other_class: str | None = None) -> pd.DataFrame:
@@ -734,14 +746,17 @@ def build_manifest(rows: list[dict[str, object]], other_class: str | None = None
     return _typed_manifest(pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)), other_class)
 
 
-def _typed_manifest(manifest: pd.DataFrame, other_class: str | None) -> pd.DataFrame:
+def _typed_manifest(manifest: pd.DataFrame, other_class: str | None,
+                    schema: pa.DataFrameSchema | None = None) -> pd.DataFrame:
+    """``manifest`` with its column types, checked by ``schema`` (default: every column)."""
     manifest["age"] = manifest["age"].astype(float)
     for c in ("width", "height"):
         manifest[c] = manifest[c].astype(np.int64)
     for c in MANIFEST_COLUMNS:
         if c not in ("age", "width", "height"):
             manifest[c] = manifest[c].astype(str)
-    schema = MANIFEST_SCHEMA
-    if other_class is not None:
-        schema = schema.update_column("dx", checks=[pa.Check.isin((*CLASSES, other_class))])
+    if schema is None:
+        schema = MANIFEST_SCHEMA
+        if other_class is not None:
+            schema = schema.update_column("dx", checks=[pa.Check.isin((*CLASSES, other_class))])
     return schema.validate(manifest)

@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 
-from ml_code.gc_scope import older_objects_frozen
+from ml_code.gc_scope import YOUNG_THRESHOLD, older_objects_frozen
 
 
 class _Cycle:
@@ -33,10 +33,39 @@ def test_the_collector_skips_older_objects_inside_and_gets_them_back_after() -> 
     assert older_ref() is None  # ...until the block has handed it back
 
 
+def _young_collections_while_allocating(containers: int) -> int:
+    """Collections of the youngest generation while ``containers`` lists are made and kept."""
+    collections = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] == 0:
+            collections.append(1)
+
+    gc.callbacks.append(count)
+    try:
+        kept = [[] for _ in range(containers)]  # noqa: F841 - kept alive, so every list counts
+    finally:
+        gc.callbacks.remove(count)
+    return len(collections)
+
+
+def test_young_objects_are_collected_less_often_inside_and_as_before_after() -> None:
+    before = gc.get_threshold()
+    outside = _young_collections_while_allocating(20_000)
+    with older_objects_frozen():
+        assert gc.get_threshold()[0] == max(before[0], YOUNG_THRESHOLD)
+        inside = _young_collections_while_allocating(20_000)
+    assert gc.get_threshold() == before
+    # 20,000 allocations: about 28 young collections at CPython's 700, two or three at 10,000
+    assert inside <= 20_000 // YOUNG_THRESHOLD + 1 and outside >= 20_000 // before[0] // 2
+
+
 def test_an_error_inside_still_unfreezes() -> None:
+    before = gc.get_threshold()
     with pytest.raises(RuntimeError), older_objects_frozen():
         raise RuntimeError("boom")
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
 
 
 def test_a_heap_frozen_by_someone_else_stays_as_they_left_it() -> None:
@@ -46,8 +75,10 @@ def test_a_heap_frozen_by_someone_else_stays_as_they_left_it() -> None:
     try:
         frozen = gc.get_freeze_count()
         since = [[] for _ in range(1000)]  # noqa: F841 - made after the freeze: a second freeze takes them
+        before = gc.get_threshold()
         with older_objects_frozen():
             assert frozen - 100 < gc.get_freeze_count() <= frozen
+            assert gc.get_threshold() == before  # their thresholds too
         assert frozen - 100 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
 import pytest
 from PIL import Image
 
@@ -271,3 +272,12 @@ def test_the_manifest_built_by_columns_is_the_one_built_by_rows() -> None:
     assert by_columns["image_id"].tolist() == ["ISIC_3", "ISIC_2"] and by_columns["width"].tolist() == [600, 601]
     with pytest.raises(ValueError, match="2 metadata rows but 1 image infos"):
         manifest_frame(picked, infos[:1])
+    # rows straight from normalise_metadata: only the image columns are checked again, same frame
+    pd.testing.assert_frame_equal(manifest_frame(picked, infos, metadata_checked=True), by_columns)
+    bad = [infos[0], infos[1]._replace(phash="zz" * 32)]  # e.g. from a tampered ingestion memo
+    for checked in (False, True):
+        with pytest.raises(pa.errors.SchemaError, match="phash"):
+            manifest_frame(picked, bad, metadata_checked=checked)
+    wrong = picked.assign(dx="not-a-class")  # not normalise_metadata's rows: they must not be trusted
+    with pytest.raises(pa.errors.SchemaError, match="dx"):
+        manifest_frame(wrong, infos)
