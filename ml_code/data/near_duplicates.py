@@ -67,28 +67,34 @@ def phash_hex(img: Image.Image) -> str:
 
 def to_words(hashes: Iterable[str]) -> np.ndarray:
     """Hex hashes -> ``uint64`` array of shape ``(N, HASH_BITS // 64)``; ValueError names the
-    first value that is not ``HASH_HEX`` hex digits.
+    first value that is not ``HASH_HEX`` hex digits (surrounding spaces and upper case allowed).
 
     All values are decoded in one ``bytes.fromhex`` call when each is ``HASH_HEX`` characters
-    long; a value that is not hex (or holds spaces, which ``fromhex`` would skip) then makes the
-    call fail or come up short, and the values are checked one by one for the error. One call,
-    not one per hash: this runs over every manifest row in each split and leakage check."""
-    values = [str(h).strip().lower() for h in hashes]
-    joined = "".join(values)
-    try:
-        raw = bytes.fromhex(joined) if len(joined) == HASH_HEX * len(values) else b""
-    except ValueError:
-        raw = b""
-    if len(raw) != len(values) * (HASH_BITS // 8):
-        for i, text in enumerate(values):
-            try:
-                chunk = bytes.fromhex(text) if len(text) == HASH_HEX else b""
-            except ValueError:
-                chunk = b""
-            if len(chunk) != HASH_BITS // 8:  # wrong length, a non-hex digit, or spaces fromhex would skip
-                raise ValueError(f"phash {text!r} (position {i}) is not {HASH_HEX} hex digits; recompute it with "
-                                 "phash_hex")
+    long (the call fails, or comes up short where it skipped a space, unless every character is a
+    hex digit); otherwise the values are stripped, lower-cased and decoded again, and the first
+    that still fails is named. One call, not one per hash: this runs over every manifest row in
+    each split and leakage check."""
+    values = hashes if isinstance(hashes, list) else list(hashes)
+    raw = _fromhex_whole(values)
+    if raw is None:
+        values = [str(h).strip().lower() for h in values]
+        raw = _fromhex_whole(values)
+    if raw is None:  # name the first value that does not decode on its own
+        i, text = next((i, text) for i, text in enumerate(values) if _fromhex_whole([text]) is None)
+        raise ValueError(f"phash {text!r} (position {i}) is not {HASH_HEX} hex digits; recompute it with phash_hex")
     return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(values), _WORDS)
+
+
+def _fromhex_whole(values: list) -> bytes | None:
+    """The bytes of ``values`` (each ``HASH_HEX`` hex digits, nothing else) decoded together, or
+    None when any is not: of another length, not text, or holding a non-hex character."""
+    if not all(isinstance(v, str) and len(v) == HASH_HEX for v in values):
+        return None
+    try:
+        raw = bytes.fromhex("".join(values))
+    except ValueError:
+        return None
+    return raw if len(raw) == len(values) * (HASH_BITS // 8) else None
 
 
 def hamming(a: str, b: str) -> int:
@@ -156,7 +162,7 @@ def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
     for band in range(bands):
         cols = bits[:, band::bands].astype(np.int64)  # at most 52 bits
         key = cols @ (np.int64(1) << np.arange(cols.shape[1], dtype=np.int64))
-        order = np.argsort(key, kind="stable")
+        order = np.argsort(key)
         sorted_key = key[order]
         # pair each row with the next rows of its run of equal keys: offsets 1, 2, ... while any run is that long
         for offset in range(1, n):

@@ -161,6 +161,9 @@ def test_the_band_index_finds_exactly_the_exhaustive_pairs() -> None:
         np.testing.assert_array_equal(got, nd._all_pairs(words, threshold), err_msg=f"threshold {threshold}")
     assert len(nd.near_duplicate_pairs(words, 16)) > 40 * 39 // 2  # the run and the clusters are found
     assert nd.to_words(["AB" * 32]).tolist() == nd.to_words(["ab" * 32]).tolist()
+    assert nd.to_words([" " + "ab" * 32 + "\n", "cd" * 32]).tolist() == nd.to_words(["ab" * 32, "cd" * 32]).tolist()
+    with pytest.raises(ValueError, match=r"position 0\) is not 64 hex digits"):
+        nd.to_words(["ab" * 31, "cd" * 33])  # together 64 + 64 digits, each of the wrong length
     for bad in ("ab" * 31 + "  ", "ab" * 31 + "zz", "ab" * 33):
         with pytest.raises(ValueError, match="not 64 hex digits"):
             nd.to_words([bad])
