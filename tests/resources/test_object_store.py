@@ -25,6 +25,25 @@ def test_round_trip_and_listing(store: LocalObjectStore) -> None:
     assert store.split_uri(uri) == ("raw", "images/ab/abc.jpg")
 
 
+def test_the_set_of_keys_is_the_listing_s_keys(store: LocalObjectStore, tmp_path: Path) -> None:
+    """``list_keys`` (what ingestion checks its memo against) names exactly the files ``list`` and
+    the cursor walk name: nested folders, no hidden temporary file, no symbolic link followed."""
+    for key in ("images/ab/abc.jpg", "images/ab/abd.png", "images/cd/cde.jpg", "images/cd/ef/deep.jpg"):
+        store.put_bytes("raw", key, b"x")
+    images = Path(store.local_path(store.uri("raw", "images")))
+    (images / "ab" / ".segment-123.tmp").write_bytes(b"unpublished")
+    outside = tmp_path / "outside"
+    (outside / "inner").mkdir(parents=True)
+    (outside / "inner" / "secret.jpg").write_bytes(b"x")
+    (images / "linked").symlink_to(outside, target_is_directory=True)
+    (images / "cd" / "link.jpg").symlink_to(outside / "inner" / "secret.jpg")
+    expected = {"images/ab/abc.jpg", "images/ab/abd.png", "images/cd/cde.jpg", "images/cd/ef/deep.jpg"}
+    assert store.list_keys(store.uri("raw", "images")) == expected
+    assert {o.key for o in store.list(store.uri("raw", "images"))} == expected
+    assert store.list_keys(store.uri("raw", "images/cd")) == {"images/cd/cde.jpg", "images/cd/ef/deep.jpg"}
+    assert store.list_keys(store.uri("raw", "nothing-here")) == set()
+
+
 def test_interrupted_write_leaves_no_partial_object(store: LocalObjectStore) -> None:
     final = store.uri("models", "sha256/x/model.tar.gz")
     store.put_bytes("models", "sha256/x/model.tar.gz", b"old complete model")
