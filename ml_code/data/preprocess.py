@@ -433,7 +433,7 @@ def _write_split(
     pixel_map = {"format": PIXELS_FORMAT, "shape": [int(len(keep)), size, size, 3], "segments": names,
                  "runs": runs_of_rows(segment_of_row, row_in_segment)}
 
-    written = rows.iloc[keep]
+    written = rows if len(keep) == n else rows.iloc[keep]  # a copy of every column when nothing was dropped
     labels = written["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
     with atomic_open(out_dir / f"{split}_labels.npy", sync_folder=False) as fh:
         np.save(fh, labels)
