@@ -181,8 +181,8 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     good = pd.concat(frames, ignore_index=True)
 
     version = ingest.validation_version(limits)
-    memo, versions = _load_memo(store, version)
-    checker = _ImageChecker(sources, store, limits, memo, stats, versions)
+    memo = _load_memo(store, version)
+    checker = _ImageChecker(sources, store, limits, memo.accepted, stats, memo.versions)
     image_ids = good["image_id"].tolist()
     # Rows whose file version an earlier run accepted are answered from the memo in one pass (a
     # stat per file, no read); only the rest go through the worker threads, in row order.
@@ -195,7 +195,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
             infos[position], reasons[position] = info, reason
     log(f"images: {checker.decoded} decoded and checked, {stats.remembered} known by content from an earlier "
         "run (not decoded again)")
-    _save_memo(store, version, checker.seen, checker.seen_versions)
+    _save_memo(store, version, checker.seen, checker.seen_versions, memo)
     accepted, rejects = _accepted_rows(image_ids, infos, reasons)
     manifest = ingest.manifest_frame(good.iloc[accepted], [infos[position] for position in accepted],
                                      metadata_checked=True)  # `good` is normalise_metadata's, validated
@@ -217,14 +217,26 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
 
 
 MEMO_PREFIX = "ingest-memo"
-"""Raw-bucket prefix of the validation memo: ``<prefix>/<validation_version>.json`` (:data:`MEMO_FORMAT`)."""
+"""Raw-bucket prefix of the validation memo: ``<prefix>/<validation_version>.json`` (the base) and
+``<prefix>/<validation_version>/<hash>.json`` (deltas), each a :data:`MEMO_FORMAT` file."""
 MEMO_FORMAT = "dermaops-ingest-memo-v2"
-"""One JSON object: ``accepted``, the latest run's accepted files as columns (:data:`MEMO_COLUMNS`),
-one entry per file, and ``versions``, columns ``version_key`` and ``source_sha256`` of the files
-it read, so a rerun can skip reading and hashing an unchanged file (``_version_key``). One file,
-published at once: it never names a source hash it lacks. JSON, not CSV: a 10,000-file memo
-loads and saves in a few hundredths of a second instead of tenths."""
+"""One JSON object: ``accepted``, accepted files as columns (:data:`MEMO_COLUMNS`), one entry per
+file, and ``versions``, columns ``version_key`` and ``source_sha256`` of the files a run read, so a
+rerun can skip reading and hashing an unchanged file (``_version_key``). Each file is published at
+once. JSON, not CSV: a 10,000-file memo loads and saves in a few hundredths of a second instead of
+tenths."""
 MEMO_COLUMNS = ("source_sha256", *ingest.ImageInfo._fields)
+MAX_MEMO_DELTAS = 8
+"""Deltas a memo may gather before a run rewrites it as one base (:func:`_save_memo`)."""
+
+
+@dataclass
+class _Memo:
+    """What :func:`_load_memo` read: accepted files by source sha256, the source sha256 of each file
+    version, and the delta files it merged (a rewrite of the base removes them)."""
+    accepted: dict[str, ingest.ImageInfo] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    deltas: list[str] = field(default_factory=list)
 
 
 def _version_key(source: RawSource, name: str, version: str) -> str:
@@ -236,40 +248,69 @@ def _memo_key(version: str) -> str:
     return f"{MEMO_PREFIX}/{version}.json"
 
 
-def _load_memo(store: ObjectStore, version: str) -> tuple[dict[str, ingest.ImageInfo], dict[str, str]]:
-    """Accepted files of the last run, by the sha256 of their source bytes, for this validation
-    version, and the source sha256 of each file version it read; empty when there is none or it
-    cannot be read (it is only a cache)."""
-    uri = store.uri("raw", _memo_key(version))
+def _load_memo(store: ObjectStore, version: str) -> _Memo:
+    """Accepted files by the sha256 of their source bytes, for this validation version, and the
+    source sha256 of each file version read: the base and its deltas merged. Empty when there is no
+    base or any part cannot be read (it is only a cache); the deltas found are listed either way."""
+    memo = _Memo()
     try:
-        if not store.exists(uri):
-            return {}, {}
-        stored = json.loads(store.get_bytes(uri))
-        if stored.get("format") != MEMO_FORMAT:
-            return {}, {}
-        accepted = stored["accepted"]
-        if not all(isinstance(v, int) for c in ("width", "height") for v in accepted[c]):
-            return {}, {}
-        infos = map(ingest.ImageInfo._make, zip(*(accepted[c] for c in ingest.ImageInfo._fields), strict=True))
-        memo = dict(zip(accepted["source_sha256"], infos, strict=True))
-        versions = dict(zip(stored["versions"]["version_key"], stored["versions"]["source_sha256"], strict=True))
+        memo.deltas = sorted(store.list_keys(store.uri("raw", f"{MEMO_PREFIX}/{version}/")))
+        base = store.uri("raw", _memo_key(version))
+        if not store.exists(base):
+            return memo
+        for uri in [base, *(store.uri("raw", key) for key in memo.deltas)]:
+            stored = json.loads(store.get_bytes(uri))
+            if stored.get("format") != MEMO_FORMAT:
+                return _Memo(deltas=memo.deltas)
+            accepted = stored["accepted"]
+            if not all(isinstance(v, int) for c in ("width", "height") for v in accepted[c]):
+                return _Memo(deltas=memo.deltas)
+            infos = map(ingest.ImageInfo._make, zip(*(accepted[c] for c in ingest.ImageInfo._fields), strict=True))
+            memo.accepted.update(zip(accepted["source_sha256"], infos, strict=True))
+            memo.versions.update(zip(stored["versions"]["version_key"], stored["versions"]["source_sha256"],
+                                     strict=True))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}, {}
-    return memo, {k: v for k, v in versions.items() if v in memo}
+        return _Memo(deltas=memo.deltas)
+    memo.versions = {k: v for k, v in memo.versions.items() if v in memo.accepted}
+    return memo
+
+
+def _memo_payload(accepted: dict[str, ingest.ImageInfo], versions: dict[str, str]) -> bytes:
+    sources = sorted(accepted)
+    fields = ingest.info_columns([accepted[source] for source in sources])
+    pairs = sorted(versions.items())
+    return json.dumps({
+        "format": MEMO_FORMAT,
+        "accepted": {"source_sha256": sources, **{c: list(fields[c]) for c in MEMO_COLUMNS[1:]}},
+        "versions": {"version_key": [k for k, _ in pairs], "source_sha256": [v for _, v in pairs]},
+    }, separators=(",", ":")).encode()
 
 
 def _save_memo(store: ObjectStore, version: str, seen: dict[str, ingest.ImageInfo],
-               seen_versions: dict[str, str] | None = None) -> None:
-    """Publish this run's accepted files as the memo for ``version`` (replacing the last one)."""
-    sources = sorted(seen)
-    fields = ingest.info_columns([seen[source] for source in sources])
-    versions = sorted((k, v) for k, v in (seen_versions or {}).items() if v in seen)
-    payload = {
-        "format": MEMO_FORMAT,
-        "accepted": {"source_sha256": sources, **{c: list(fields[c]) for c in MEMO_COLUMNS[1:]}},
-        "versions": {"version_key": [k for k, _ in versions], "source_sha256": [v for _, v in versions]},
-    }
-    store.put_bytes("raw", _memo_key(version), json.dumps(payload, separators=(",", ":")).encode())
+               seen_versions: dict[str, str] | None = None, loaded: _Memo | None = None) -> None:
+    """Publish this run's accepted files (``seen``) and file versions as the memo for ``version``.
+
+    When the memo ``loaded`` at the start of the run already holds nearly all of them (at most a
+    tenth of its files gone since, fewer than :data:`MAX_MEMO_DELTAS` deltas), only what this run
+    adds is published, as a delta: a rerun that adds 1% of a dataset writes 1% of a memo, not all of
+    it again. Otherwise the memo is rewritten as one base and the deltas it replaces are deleted
+    after it is published. Entries a delta leaves behind for files since removed are still true
+    (an accepted file is named by the hash of its bytes, a version by the file's identity), so a
+    lingering or doubly-merged delta can make the cache larger, never wrong."""
+    versions = {k: v for k, v in (seen_versions or {}).items() if v in seen}
+    loaded = loaded or _Memo()
+    gone = sum(1 for source in loaded.accepted if source not in seen)
+    if loaded.accepted and gone <= len(loaded.accepted) // 10 and len(loaded.deltas) < MAX_MEMO_DELTAS:
+        added = {s: info for s, info in seen.items() if s not in loaded.accepted}
+        added_versions = {k: v for k, v in versions.items() if loaded.versions.get(k) != v}
+        if added or added_versions:
+            payload = _memo_payload(added, added_versions)
+            store.put_bytes("raw", f"{MEMO_PREFIX}/{version}/{hashlib.sha256(payload).hexdigest()[:32]}.json",
+                            payload)
+        return
+    store.put_bytes("raw", _memo_key(version), _memo_payload(seen, versions))
+    for key in loaded.deltas:
+        store.delete(store.uri("raw", key))
 
 
 class _ImageChecker:

@@ -202,3 +202,86 @@ def test_versions_in_one_pass_are_each_files_version(demo: Path, tmp_path: Path)
     assert all(v and v.startswith("file:") for v in found[:len(names)]) and found[len(names):] == [None] * 4
     (dataset / "images" / names[2]).write_bytes(b"changed")
     assert RawSource(str(dataset)).versions([f"images/{names[2]}"]) != [found[2]]
+
+
+def _memo_files(store: LocalObjectStore) -> tuple[bytes, list[str]]:
+    """The memo's base bytes and its delta keys, for this validation version."""
+    version = ingest.validation_version()
+    base = store.get_bytes(store.uri("raw", f"{ingestion.MEMO_PREFIX}/{version}.json"))
+    return base, sorted(store.list_keys(store.uri("raw", f"{ingestion.MEMO_PREFIX}/{version}/")))
+
+
+def _add_rows(dataset: Path, count: int, start: int) -> None:
+    """``count`` new rows and files: copies of the first row's picture, each re-encoded differently."""
+    from PIL import Image
+
+    meta = pd.read_csv(dataset / "HAM10000_metadata.csv", dtype=str)
+    picture = Image.open(dataset / "images" / f"{meta['image_id'].iloc[0]}.jpg").convert("RGB")
+    rows = []
+    for k in range(start, start + count):
+        row = meta.iloc[0].copy()
+        row["image_id"], row["lesion_id"] = f"ISIC_{9_000_000 + k}", f"HAM_{9_000_000 + k}"
+        picture.rotate(k % 4 * 90).save(dataset / "images" / f"{row['image_id']}.jpg", quality=60 + k)
+        rows.append(row)
+    pd.concat([meta, pd.DataFrame(rows)]).to_csv(dataset / "HAM10000_metadata.csv", index=False)
+
+
+def test_a_rerun_that_adds_files_writes_only_their_memo_entries(demo: Path, tmp_path: Path,
+                                                                 count_decodes: list[str]) -> None:
+    """The memo's base is written once; each rerun that adds files publishes a delta of just those;
+    the merged memo answers every file, so nothing remembered is decoded again; a rerun that finds
+    MAX_MEMO_DELTAS deltas writes one base again and removes them."""
+    dataset = tmp_path / "drop"
+    shutil.copytree(demo, dataset)
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    first, _ = ingest_dataset(str(dataset), store, SALT)
+    base, deltas = _memo_files(store)
+    assert deltas == []
+    ingest_dataset(str(dataset), store, SALT)  # nothing new: nothing written
+    assert _memo_files(store) == (base, [])
+
+    for run in range(1, ingestion.MAX_MEMO_DELTAS + 2):
+        _add_rows(dataset, 2, start=2 * run)
+        count_decodes.clear()
+        handle, stats = ingest_dataset(str(dataset), store, SALT)
+        assert sorted(count_decodes) == [f"ISIC_{9_000_000 + k}.jpg" for k in (2 * run, 2 * run + 1)]
+        assert handle.num_images == first.num_images + 2 * run and stats.unread == first.num_images + 2 * run - 2
+        fresh, _ = ingest_dataset(str(dataset), LocalObjectStore(root=str(tmp_path / f"fresh{run}")), SALT)
+        assert handle.manifest_hash == fresh.manifest_hash
+        now_base, now_deltas = _memo_files(store)
+        if run <= ingestion.MAX_MEMO_DELTAS:
+            assert now_base == base and len(now_deltas) == run  # the base untouched; one small delta a run
+            delta = store.get_json(store.uri("raw", now_deltas[-1]))
+            assert len(delta["accepted"]["source_sha256"]) == 2
+        else:  # a ninth delta would be one too many: one base again, and no delta
+            assert now_base != base and now_deltas == []
+    memo = ingestion._load_memo(store, ingest.validation_version())
+    assert len(memo.accepted) == first.num_images + 2 * (ingestion.MAX_MEMO_DELTAS + 1) and memo.deltas == []
+
+
+def test_a_memo_whose_files_have_mostly_gone_is_rewritten_and_a_broken_delta_only_costs_the_cache(
+        demo: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "drop"
+    shutil.copytree(demo, dataset)
+    store = LocalObjectStore(root=str(tmp_path / "store"))
+    ingest_dataset(str(dataset), store, SALT)
+    _add_rows(dataset, 1, start=0)
+    ingest_dataset(str(dataset), store, SALT)
+    base, deltas = _memo_files(store)
+    assert len(deltas) == 1
+
+    meta = pd.read_csv(dataset / "HAM10000_metadata.csv", dtype=str)
+    meta.iloc[: len(meta) // 2].to_csv(dataset / "HAM10000_metadata.csv", index=False)  # half the rows go
+    handle, _ = ingest_dataset(str(dataset), store, SALT)
+    now_base, now_deltas = _memo_files(store)
+    assert now_base != base and now_deltas == []
+    assert len(ingestion._load_memo(store, ingest.validation_version()).accepted) == handle.num_images
+
+    _add_rows(dataset, 1, start=1)
+    ingest_dataset(str(dataset), store, SALT)
+    (key,) = _memo_files(store)[1]
+    store.put_bytes("raw", key, b"{not json")  # a delta that cannot be read: the memo is empty, no error
+    again, stats = ingest_dataset(str(dataset), store, SALT)
+    assert stats.remembered == 0 and again.num_images == handle.num_images + 1
+    assert _memo_files(store)[1] == []  # the rewrite replaced the broken delta
+    assert len(ingestion._load_memo(store, ingest.validation_version()).accepted) == again.num_images
