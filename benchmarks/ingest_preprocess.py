@@ -4,7 +4,7 @@
         [--new-fraction 0.01] [--workers N] [--rerun-repeats N] [--profile N]
 
 Runs what ``raw_images`` and ``processed_splits`` run (``dermaops_services.ingestion.ingest_dataset``,
-which also works out the asset's near-duplicate table, ``ml_code.data.preprocess.run`` as the job
+the asset's near-duplicate table of the manifest it returns, ``ml_code.data.preprocess.run`` as the job
 entry point runs it, the local job runner's upload of its output into the object store, and the asset's
 ``complete_from_previous``, which links the earlier segments a rerun names), on a copy of
 HAM10000 made under /tmp, in three steps measured in this one run. Not timed: starting the job's
@@ -56,7 +56,7 @@ from PIL import Image  # noqa: E402
 from dermaops_assets.preprocessing import complete_from_previous  # noqa: E402
 from dermaops_resources.object_store import LocalObjectStore  # noqa: E402
 from dermaops_services.ingestion import ingest_dataset  # noqa: E402
-from ml_code.data import preprocess  # noqa: E402
+from ml_code.data import near_duplicates, preprocess  # noqa: E402
 from ml_code.data.split_reader import open_split_images  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ham10000"
@@ -117,7 +117,8 @@ def _collector_time():
 def _pipeline(dataset: Path, store: LocalObjectStore, scratch: Path, name: str, size: int, workers: int | None,
               previous_uri: str | None) -> tuple[dict, str]:
     t0 = time.perf_counter()
-    handle, stats = ingest_dataset(str(dataset), store, SALT)  # also the asset's near-duplicate table
+    handle, stats = ingest_dataset(str(dataset), store, SALT)
+    near_duplicates.pairs_table(stats.manifest.sort_values("image_id", kind="mergesort"))  # the asset's table
     t1 = time.perf_counter()
     out = scratch / name
     summary = preprocess.run(store.local_path(handle.manifest_uri).parent, store.local_path(handle.images_prefix_uri),

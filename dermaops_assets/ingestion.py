@@ -9,7 +9,7 @@ from dermaops_services.labelling import labelled_capture_batches
 from dermaops_resources.object_store import ObjectStore
 from dermaops_services.raw_source import landed_batches
 from dermaops_resources.settings import Settings
-from ml_code.data import ingest
+from ml_code.data import ingest, near_duplicates
 
 from .versioning import code_version
 from .ui import table_markdown
@@ -48,7 +48,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
     context.log.info(f"{handle.num_images} images accepted ({stats.copied} newly stored, "
                      f"{stats.already_stored} already in the store), {handle.num_quarantined} quarantined")
     # near-duplicate pictures (perceptual hash): the splitter keeps each pair in one split; shown for review
-    pairs = stats.near_duplicates
+    pairs = near_duplicates.pairs_table(stats.manifest.sort_values("image_id", kind="mergesort"))  # as published
     cross = pairs[pairs["lesion_id_a"] != pairs["lesion_id_b"]]
     return dg.Output(
         handle,

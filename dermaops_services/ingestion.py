@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml_code.data import ingest, near_duplicates
+from ml_code.data import ingest
 from ml_code.gc_scope import older_objects_frozen
 
 from dermaops_resources.handles import RawImagesHandle
@@ -50,11 +50,10 @@ class IngestStats:
     unread: int = 0
     """Of those, images not even read and hashed: the file's version (``RawSource.version``) is the one
     an earlier run read."""
-    near_duplicates: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=list(near_duplicates.PAIR_COLUMNS)))
-    """The published manifest's near-duplicate pairs (``near_duplicates.pairs_table``), for the
-    ``raw_images`` asset's review table: worked out from the manifest in memory, so the asset does
-    not read back and parse the manifest it has just published."""
+    manifest: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(ingest.MANIFEST_COLUMNS)))
+    """The published manifest as the typed frame it was written from (rows in metadata order; the
+    published CSV is sorted by image id), so a caller that needs more from it (the ``raw_images``
+    asset's near-duplicate table) does not read back and parse the file just published."""
 
 
 MIN_SALT_CHARS = 32
@@ -205,7 +204,7 @@ def ingest_dataset(source_uri: str | Sequence[str], store: ObjectStore, salt: st
     # The quarantine is published first: a manifest key never exists without its quarantine list.
     quarantine_uri = store.put_bytes("raw", f"manifests/{mhash}/quarantine.csv", _csv(quarantine))
     manifest_uri = store.put_bytes("raw", f"manifests/{mhash}/manifest.csv", manifest_csv)
-    stats.near_duplicates = near_duplicates.pairs_table(manifest.sort_values("image_id", kind="mergesort"))
+    stats.manifest = manifest
     counts = manifest["dx"].value_counts().sort_index()
     handle = RawImagesHandle(
         manifest_uri=manifest_uri, manifest_hash=mhash, images_prefix_uri=store.uri("raw", "images"),
