@@ -51,7 +51,14 @@ _WORDS = HASH_BITS // 64  # uint64 words per hash
 PHASH_THRESHOLD: int = 16
 """Largest Hamming distance (of 256 bits) at which two images count as near-duplicates."""
 
-_CHUNK = 256  # rows of the pairwise XOR computed at once: 256 x N x 4 uint64 (80 MB at N = 10,000)
+_CHUNK = 256
+"""Most rows of the exhaustive search's pairwise XOR computed at once (:func:`_all_pairs`)."""
+_PAIRS_PER_CHUNK = 1 << 21
+"""Pairs the exhaustive search compares at once (fewer rows per chunk as N grows): its memory is
+about 2 million x 3 int64 whatever N, not 256 rows x N (2 GB of survivors at N = 100,000)."""
+MAX_CANDIDATES = 4_000_000
+"""Most candidate pairs (32 MB of pair codes) the band index collects before handing over to the
+exhaustive search (:func:`_pairs`)."""
 
 
 def phash_hex(img: Image.Image) -> str:
@@ -150,7 +157,16 @@ def pairs_reused() -> Iterator[None]:
 
 
 def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
-    """:func:`near_duplicate_pairs` of the ``(N, words)`` hashes ``h``, always worked out."""
+    """:func:`near_duplicate_pairs` of the ``(N, words)`` hashes ``h``, always worked out.
+
+    The bands prune only when band values vary. On look-alike pictures (one background, a device's
+    test shots, ``benchmarks/ingest_scale.py``'s synthetic set) most bits agree everywhere, runs of
+    equal band values span much of the set, and the candidate pairs approach all pairs: on that
+    set's 10,000 hashes, 24.0 million candidates (48% of all pairs) for 34 true pairs; the band
+    index alone took 25-31 s and 2.2 GB peak, the exhaustive search 1.6-1.9 s and 0.19 GB (0.15 GB
+    of it the imports; ``benchmarks/near_duplicates_lookalike.py``, two runs). So the runs are measured first, and once
+    the candidates pass :data:`MAX_CANDIDATES` or an eighth of all pairs (:func:`_index_prunes`)
+    the exhaustive search answers instead: the same pairs, memory bounded, time quadratic."""
     n = len(h)
     # threshold + 1 bands at least; more are still exact (at most `threshold` bands can differ) and keep
     # each band's key within an int64 (52 bits at threshold < 4)
@@ -158,17 +174,24 @@ def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
     if HASH_BITS // bands < MIN_BAND_BITS or n < 2:
         return _all_pairs(h, threshold)
     bits = np.unpackbits(h.astype(">u8").view(np.uint8), axis=1)  # (n, 256), most significant bit first
-    codes: list[np.ndarray] = []
+    runs: list[tuple[np.ndarray, np.ndarray, int]] = []
+    candidates = 0
     for band in range(bands):
         cols = bits[:, band::bands].astype(np.int64)  # at most 52 bits
         key = cols @ (np.int64(1) << np.arange(cols.shape[1], dtype=np.int64))
         order = np.argsort(key)
         sorted_key = key[order]
-        # pair each row with the next rows of its run of equal keys: offsets 1, 2, ... while any run is that long
-        for offset in range(1, n):
+        starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+        lengths = np.diff(np.r_[starts, n])
+        candidates += int((lengths * (lengths - 1) // 2).sum())
+        if not _index_prunes(candidates, n):
+            return _all_pairs(h, threshold)
+        runs.append((order, sorted_key, int(lengths.max())))
+    codes: list[np.ndarray] = []
+    for order, sorted_key, longest in runs:
+        # pair each row with the next rows of its run of equal keys: offsets 1, 2, ... up to the longest run
+        for offset in range(1, longest):
             same = sorted_key[offset:] == sorted_key[:-offset]
-            if not same.any():
-                break
             a, b = order[:-offset][same], order[offset:][same]
             codes.append(np.minimum(a, b) * n + np.maximum(a, b))
     if not codes:
@@ -180,24 +203,38 @@ def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
     return np.stack([rows[close], cols[close], dist[close]], axis=1).astype(np.int64)
 
 
+def _index_prunes(candidates: int, n: int) -> bool:
+    """Whether the band index, with ``candidates`` pairs to check among ``n`` hashes, is worth it
+    (bounded memory and fewer comparisons) rather than the exhaustive search: at most
+    :data:`MAX_CANDIDATES` and an eighth of all pairs. HAM10000's 10,015 hashes give 41,315."""
+    return candidates <= min(MAX_CANDIDATES, n * (n - 1) // 16)
+
+
 def _all_pairs(h: np.ndarray, threshold: int) -> np.ndarray:
-    """:func:`near_duplicate_pairs` by comparing every pair: the upper triangle of the pairwise XOR
-    popcounted in chunks of ``_CHUNK`` rows (memory O(chunk x N)); quadratic, a second for 10,000
-    hashes on one core, about a minute at 100,000. The reference the index is tested against."""
+    """:func:`near_duplicate_pairs` by comparing every pair: the upper triangle of the pairwise
+    distances in chunks of rows (at most :data:`_CHUNK`, and :data:`_PAIRS_PER_CHUNK` pairs), word
+    by word, each word dropping the pairs already past ``threshold`` (a word's distance is a lower
+    bound of the total). Quadratic: a second for 10,000 hashes on one core, about a minute at
+    100,000 (more when the hashes look alike and few pairs are dropped early); memory bounded by
+    the chunk and the pairs found. The reference the index is tested against."""
     n = len(h)
+    step = max(1, min(_CHUNK, _PAIRS_PER_CHUNK // max(n, 1)))
     found: list[np.ndarray] = []
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
-        # compare rows start..stop with every later column only (j > i). The first word's distance
-        # is a lower bound of the total, so it prunes; the other words are counted for survivors only.
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        # rows start..stop against every later column (j > i); column k is image start + k
         first = np.bitwise_count(h[start:stop, None, 0] ^ h[None, start:, 0])
         rows, cols = np.nonzero(first <= threshold)
-        keep = cols > rows  # columns are offset by `start`: col k is image start + k
+        keep = cols > rows
+        dist = first[rows[keep], cols[keep]].astype(np.int64)
         rows, cols = rows[keep] + start, cols[keep] + start
-        if len(rows):
-            dist = np.bitwise_count(h[rows] ^ h[cols]).sum(axis=1, dtype=np.int64)
+        del first
+        for word in range(1, h.shape[1]):
+            dist += np.bitwise_count(h[rows, word] ^ h[cols, word])
             close = dist <= threshold
-            found.append(np.stack([rows[close], cols[close], dist[close]], axis=1))
+            rows, cols, dist = rows[close], cols[close], dist[close]
+        if len(rows):
+            found.append(np.stack([rows, cols, dist], axis=1))
     if not found:
         return np.empty((0, 3), dtype=np.int64)
     return np.concatenate(found).astype(np.int64)

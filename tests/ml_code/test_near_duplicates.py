@@ -145,10 +145,30 @@ def test_leakage_check_reports_near_duplicates_across_splits() -> None:
     assert near_duplicate_leaks(df.drop(columns="phash")) == []  # manifests from before hashing: nothing to check
 
 
-def test_the_band_index_finds_exactly_the_exhaustive_pairs() -> None:
-    """The pigeonhole index against the exhaustive comparison: clustered hashes (a few bits flipped
-    from common ancestors, like dermoscopy pictures that share a layout), a run of identical
-    hashes, every threshold the index serves and those that fall back (bands under MIN_BAND_BITS)."""
+def _every_pair(words: np.ndarray, threshold: int) -> np.ndarray:
+    """The pairs within ``threshold`` from the full distance matrix: the reference for both searches."""
+    dist = np.bitwise_count(words[:, None, :] ^ words[None, :, :]).sum(axis=2)
+    i, j = np.nonzero(np.triu(dist <= threshold, k=1))
+    return np.stack([i, j, dist[i, j]], axis=1).astype(np.int64)
+
+
+def _lookalike_words(n: int, seed: int = 0, varying: int = 64, p: float = 0.4) -> np.ndarray:
+    """Hashes of look-alike pictures: one hash with each of ``varying`` fixed bits flipped with
+    probability ``p`` per picture, so most bits agree everywhere and few pairs are within 16."""
+    rng = np.random.default_rng(seed)
+    bits = np.tile(rng.integers(0, 2, nd.HASH_BITS).astype(np.uint8), (n, 1))
+    where = rng.choice(nd.HASH_BITS, varying, replace=False)
+    bits[:, where] ^= (rng.random((n, varying)) < p).astype(np.uint8)
+    return np.packbits(bits, axis=1).view(">u8").astype(np.uint64)
+
+
+def test_the_band_index_finds_exactly_the_exhaustive_pairs(monkeypatch) -> None:
+    """The pigeonhole index (kept on, however many candidates) and the exhaustive comparison,
+    each against the full distance matrix: clustered hashes (a few bits flipped from common
+    ancestors, like dermoscopy pictures that share a layout), a run of identical hashes, every
+    threshold the index serves and those that fall back (bands under MIN_BAND_BITS)."""
+    monkeypatch.setattr(nd, "_index_prunes", lambda candidates, n: True)
+    monkeypatch.setattr(nd, "_PAIRS_PER_CHUNK", 5_000)  # chunks of 7 rows: many chunk boundaries
     rng = np.random.default_rng(11)
     ancestors = nd.to_words(_random_hashes(12, seed=5))
     words = ancestors[rng.integers(0, 12, 700)].copy()
@@ -157,8 +177,9 @@ def test_the_band_index_finds_exactly_the_exhaustive_pairs() -> None:
             row[bit // 64] ^= np.uint64(1) << np.uint64(bit % 64)
     words[600:640] = words[600]  # 40 identical hashes: one long run in every band
     for threshold in (0, 1, 3, 4, 9, 16, 20, 24, 25, 40):
-        got = nd.near_duplicate_pairs(words, threshold)
-        np.testing.assert_array_equal(got, nd._all_pairs(words, threshold), err_msg=f"threshold {threshold}")
+        expected = _every_pair(words, threshold)
+        np.testing.assert_array_equal(nd.near_duplicate_pairs(words, threshold), expected, err_msg=f"{threshold}")
+        np.testing.assert_array_equal(nd._all_pairs(words, threshold), expected, err_msg=f"{threshold}")
     assert len(nd.near_duplicate_pairs(words, 16)) > 40 * 39 // 2  # the run and the clusters are found
     assert nd.to_words(["AB" * 32]).tolist() == nd.to_words(["ab" * 32]).tolist()
     assert nd.to_words([" " + "ab" * 32 + "\n", "cd" * 32]).tolist() == nd.to_words(["ab" * 32, "cd" * 32]).tolist()
@@ -171,6 +192,33 @@ def test_the_band_index_finds_exactly_the_exhaustive_pairs() -> None:
     # bytes, one short, and the first value is named
     with pytest.raises(ValueError, match=r"position 0\) is not 64 hex digits"):
         nd.to_words(["ab" * 30 + " aba", "b" + "ab" * 30 + " ab", "cd" * 32])
+
+
+def test_look_alike_pictures_are_searched_exhaustively_in_bounded_memory(monkeypatch) -> None:
+    """Look-alike hashes agree on most bits, so runs of equal band values span much of the set and
+    the band index would hold nearly every pair as a candidate (200 MiB for these 2,000; 2.2 GB for
+    10,000 synthetic pictures, ``benchmarks/near_duplicates_lookalike.py``). The search hands over
+    to the exhaustive comparison instead: the same pairs, memory bounded."""
+    import tracemalloc
+
+    words = _lookalike_words(2_000)
+    searched = []
+    exhaustive = nd._all_pairs
+    monkeypatch.setattr(nd, "_all_pairs", lambda h, t: searched.append(len(h)) or exhaustive(h, t))
+    tracemalloc.start()
+    try:
+        pairs = nd.near_duplicate_pairs(words)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(pairs, _every_pair(words, nd.PHASH_THRESHOLD))
+    assert len(pairs) > 0
+    assert searched == [2_000]
+    assert peak < 64 * 2**20, f"the search held {peak / 2**20:.0f} MiB"
+    # the ordinary case stays on the index: HAM10000-like scattered hashes with planted copies
+    searched.clear()
+    nd.near_duplicate_pairs(_random_hashes(2_000, seed=8, planted=30))
+    assert searched == []
 
 
 def test_a_repeated_search_inside_pairs_reused_is_answered_from_memory(monkeypatch) -> None:
