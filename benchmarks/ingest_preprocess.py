@@ -19,7 +19,7 @@ bookkeeping.
    ``tests/ml_code/test_preprocess_incremental.py::DRAFT_TOLERANCE`` (max 32, mean 2.5 per image),
    and the differences are printed;
 3. rerun on the whole dataset (the new rows added), with the first run's store and splits;
-   ``--rerun-repeats N`` (default 3) reruns N times, each from a snapshot of the first run's store, and reports
+   ``--rerun-repeats N`` (default 5) reruns N times, each from a snapshot of the first run's store, and reports
    the median (a rerun takes about two seconds, and one run on a shared machine is noisy).
 
 BENCH_RESULT lines: ``preprocess`` (job vs naive loop, ratio = naive / job, target >= 1.5x) and
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=96, help="the real-data recipe's 96 px")
     p.add_argument("--new-fraction", type=float, default=0.01)
     p.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: the CPUs)")
-    p.add_argument("--rerun-repeats", type=int, default=3, metavar="N",
+    p.add_argument("--rerun-repeats", type=int, default=5, metavar="N",
                    help="rerun N times, each from the first run's store; report the median rerun (its time is "
                         "~2 s and noisy on a shared machine)")
     p.add_argument("--profile", type=int, default=0, metavar="N",

@@ -11,8 +11,9 @@ output   ``splits``: ``pixels/<sha256>.npy`` segments of uint8 (n, S, S, 3) RGB 
          ``summary.json`` (its ``segments`` say which segment files the output holds),
          ``quarantine.csv``
 optional input ``previous``: an earlier job's ``splits`` output, whose segments are reused by
-         content hash (:class:`PreviousPixels`): a rerun decodes only the new images into one
-         new segment per split and names the earlier segments again (``in_output: false`` in
+         content hash (:class:`PreviousPixels`): a rerun decodes only the new images, into one
+         new segment the splits share, while it assigns the split (:class:`DecodedAhead`), and
+         names the earlier segments again (``in_output: false`` in
          ``summary.json``: the caller copies them from ``previous``, server-side; see
          ``dermaops_assets.preprocessing.complete_from_previous``)
 hyperparameters  :class:`ml_code.data.options.PreprocessOptions`: ``image_size`` (64),
@@ -39,6 +40,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -276,8 +278,7 @@ class Decoder:
         chunk of ``items``, in order, with at most ``2 * workers`` chunks in flight. Chunks hold
         :data:`CHUNK` items, fewer when there are too few items to give every worker one: a rerun's
         handful of new images per split would otherwise go to one worker while the others idle."""
-        step = max(1, min(CHUNK, -(-len(items) // self.workers)))
-        chunks = [(s, items[s:s + step], [int(r) for r in rows[s:s + step]]) for s in range(0, len(items), step)]
+        chunks = self._chunks(items, rows)
         self.decoded += len(items)
         if self.pool is None:
             for start, chunk, chunk_rows in chunks:
@@ -293,6 +294,98 @@ class Decoder:
         while pending:
             s, fut = pending.popleft()
             yield s, fut.result()
+
+    def decode_ahead(self, images_dir: Path, items: list[tuple[str, str]], size: int, out: SplitPixelsFile,
+                     rows: np.ndarray) -> Iterator[tuple[int, list[str | None]]]:
+        """:meth:`map_into` with every chunk handed to the workers now, so they decode while this
+        process does something else; the returned iterator gives ``(start, reasons)`` in order,
+        waiting where a chunk is not done. For a few images (a rerun's new ones): every chunk is
+        in flight at once. Without a pool the images are decoded as the iterator is read."""
+        chunks = self._chunks(items, rows)
+        self.decoded += len(items)
+        if self.pool is None:
+            return ((start, decode_chunk_into(images_dir, chunk, size, out.path, out.offset, chunk_rows))
+                    for start, chunk, chunk_rows in chunks)
+        futures = [(start, self.pool.submit(decode_chunk_into, images_dir, chunk, size, out.path, out.offset,
+                                            chunk_rows)) for start, chunk, chunk_rows in chunks]
+        return ((start, future.result()) for start, future in futures)
+
+    def _chunks(self, items: list[tuple[str, str]], rows: np.ndarray) -> list[tuple[int, list, list[int]]]:
+        step = max(1, min(CHUNK, -(-len(items) // self.workers)))
+        return [(s, items[s:s + step], [int(r) for r in rows[s:s + step]]) for s in range(0, len(items), step)]
+
+
+AHEAD_SHARE = 4
+"""A job decodes its new images ahead, into one segment the splits share (:class:`DecodedAhead`),
+when an earlier job's pixels are reused and the new images are at most 1/AHEAD_SHARE of its rows."""
+
+
+class DecodedAhead:
+    """A rerun's new images (rows whose pixels ``previous`` does not hold), decoded by the workers
+    into one new segment while this process assigns the split, then named by every split that
+    holds them: the split and leakage check (a tenth of a 10,000-row rerun) and the decoding no
+    longer wait for each other, and a rerun writes one small segment, not one per split.
+
+    Only for a rerun's few new images (:data:`AHEAD_SHARE`): a job that decodes most of its rows
+    writes each split's pixels as one contiguous segment after the split (what training reads).
+    :meth:`collect` waits for the workers, quarantines the images that did not decode and seals
+    the segment; :attr:`where` then maps each decoded image's sha256 to ``(segment, row)``, as
+    :attr:`PreviousPixels.where` does, and :attr:`failed` names the rows left out."""
+
+    def __init__(self, manifest: pd.DataFrame, images_dir: Path, out_dir: Path, size: int, decoder: Decoder,
+                 previous: PreviousPixels, publish: contextlib.ExitStack):
+        self.where: dict[str, tuple[str | Future, int]] = {}
+        self.failed: set[str] = set()  # image ids
+        self.name: str | Future | None = None
+        self.slot: dict | None = None
+        self.rows = 0
+        self._pending: Iterator | None = None
+        shas = manifest["sha256"].astype(str).tolist() if "sha256" in manifest else []
+        new = [i for i, sha in enumerate(shas) if sha not in previous.where]
+        if not previous.where or not new or len(new) * AHEAD_SHARE > len(manifest):
+            return
+        self._positions = np.asarray(new, dtype=np.int64)
+        self._ids = [str(v) for v in manifest["image_id"].to_numpy()[self._positions]]
+        self._shas = [shas[i] for i in new]
+        items = list(zip(manifest["image_key"].astype(str).to_numpy()[self._positions].tolist(), self._shas))
+        self.slot = _new_segment(out_dir, publish)
+        self._file = SplitPixelsFile(self.slot["tmp"], len(new), size)
+        publish.callback(self._close)  # on an error before collect(); closing twice is harmless
+        self._size = size
+        self._pending = decoder.decode_ahead(images_dir, items, size, self._file, np.arange(len(new)))
+
+    def collect(self, out_dir: Path, early_sync: EarlySync, quarantine: list[dict[str, str]],
+                progress: dict[str, float]) -> None:
+        """Wait for the new images; quarantine those that did not decode; seal the segment."""
+        if self._pending is None:
+            return
+        ok = np.zeros(len(self._ids), dtype=bool)
+        try:
+            for start, reasons in self._pending:
+                for k, reason in enumerate(reasons, start):
+                    if reason is None:
+                        ok[k] = True
+                    else:
+                        quarantine.append({"image_id": self._ids[k], "reason": reason})
+                        self.failed.add(self._ids[k])
+        finally:
+            self._close()
+        self._pending = None
+        progress["done"] += len(ok)
+        kept = np.flatnonzero(ok)
+        print(f"[preprocess] {len(kept)}/{len(ok)} new images decoded while the split was assigned", flush=True)
+        if not len(kept):
+            return
+        if len(kept) < len(ok):
+            _compact_rows(self.slot["tmp"], kept, self._size)
+        self.name = early_sync.seal(self.slot, out_dir)
+        self.rows = int(len(kept))
+        self.where = {self._shas[k]: (self.name, row) for row, k in enumerate(kept.tolist())}
+
+    def _close(self) -> None:
+        if self._file.fd >= 0:
+            os.close(self._file.fd)
+            self._file.fd = -1
 
 
 class EarlySync:
@@ -377,20 +470,26 @@ def _write_split(
     publish: contextlib.ExitStack,
     early_sync: EarlySync,
     new_segments: dict[str, int],
+    ahead: DecodedAhead,
 ) -> tuple[pd.DataFrame, dict]:
-    """Write one split: its new images decoded into one new segment, the rest named where
-    ``previous`` holds them; returns the index rows actually written and the split's pixel map
-    (``{split}_pixels.json``, written by the caller once every segment is synced).
+    """Write one split: rows named where ``previous`` or ``ahead`` holds their pixels, the rest
+    decoded into one new segment; returns the index rows actually written and the split's pixel
+    map (``{split}_pixels.json``, written by the caller once every segment is synced). Rows whose
+    image ``ahead`` could not decode are left out (quarantined there).
 
     ``new_segments`` (name -> rows) collects the segments this job writes. The new segment is
     published when ``publish`` closes (after every split is written), and
     ``early_sync`` starts writing it to disk at once, while the next split decodes."""
+    if ahead.failed:
+        rows = rows[~rows["image_id"].astype(str).isin(ahead.failed)]
     n = len(rows)
     shas = rows["sha256"].astype(str).tolist() if "sha256" in rows else [""] * n
     known = [previous.where.get(sha) if sha else None for sha in shas]
-    ok = np.fromiter((k is not None for k in known), dtype=bool, count=n)
-    reused = int(ok.sum())
+    reused = sum(k is not None for k in known)
     progress["reused"] += reused
+    if ahead.where:
+        known = [k if k is not None else ahead.where.get(sha) for k, sha in zip(known, shas)]
+    ok = np.fromiter((k is not None for k in known), dtype=bool, count=n)
     names: list = list(dict.fromkeys(k[0] for k in known if k is not None))  # in first-use order
     number = {name: j for j, name in enumerate(names)}
     segment_of_row = np.full(n, -1, np.int64)
@@ -422,8 +521,10 @@ def _write_split(
     segment_of_row, row_in_segment = segment_of_row[keep], row_in_segment[keep]
     if len(names) > MAX_SEGMENTS:  # merge: one segment again, copied from the others
         paths = {name: previous.segment_path(name) for name in names if name not in new_segments}
-        if names[-1] in new_segments:  # this split's new segment: not yet published
-            paths[names[-1]] = slot["tmp"]
+        if ahead.name in names:  # shared with other splits: read unpublished, kept for them
+            paths[ahead.name] = ahead.slot["tmp"]
+        if slot is not None and names[-1] in new_segments and names[-1] is not ahead.name:
+            paths[names[-1]] = slot["tmp"]  # this split's new segment: not yet published
             new_segments.pop(names[-1])
             slot["drop"] = True  # merged, so no split names it: dropped when the job publishes
         name = _merge_into_one_segment(out_dir, [paths[name] for name in names], segment_of_row, row_in_segment,
@@ -574,32 +675,43 @@ def _read_manifest(manifest_file: Path) -> pd.DataFrame:
     return manifest
 
 
-def _write_splits(manifest: pd.DataFrame, images_dir: Path, out_dir: Path, image_size: int, workers: int,
-                  earlier: PreviousPixels, quarantine: list[dict[str, str]], progress: dict[str, float],
-                  link_previous: bool) -> tuple[dict[str, pd.DataFrame], dict[str, dict]]:
+def _write_splits(manifest: pd.DataFrame, images_dir: Path, out_dir: Path, image_size: int, decoder: Decoder,
+                  earlier: PreviousPixels, ahead: DecodedAhead, quarantine: list[dict[str, str]],
+                  progress: dict[str, float], publish: contextlib.ExitStack,
+                  early_sync: EarlySync) -> tuple[dict[str, pd.DataFrame], dict[str, dict], dict]:
     """Every split's segments, pixel map, labels and index (:func:`_write_split`); returns each
-    split's written index rows and ``summary.json``'s ``segments``."""
+    split's written index rows, its pixel map and the segments written (name -> rows), names
+    still Futures until ``early_sync`` is done (:func:`_publish_pixel_maps`)."""
     written: dict[str, pd.DataFrame] = {}
     pixel_maps: dict[str, dict] = {}
-    new_segments: dict = {}
-    with contextlib.ExitStack() as publish, EarlySync() as early_sync, Decoder(workers) as decoder:
-        for split in SPLITS:
-            rows = manifest[manifest["split"] == split]
-            written[split], pixel_maps[split] = _write_split(split, rows, images_dir, out_dir, image_size, decoder,
-                                                             earlier, quarantine, progress, publish, early_sync,
-                                                             new_segments)
-    # segment names, known once their background hashing is done (EarlySync has waited for it)
+    new_segments: dict = {ahead.name: ahead.rows} if ahead.name is not None else {}
+    groups = manifest.groupby("split", sort=False).indices
+    for split in SPLITS:
+        rows = manifest.iloc[groups.get(split, [])]
+        written[split], pixel_maps[split] = _write_split(split, rows, images_dir, out_dir, image_size, decoder,
+                                                         earlier, quarantine, progress, publish, early_sync,
+                                                         new_segments, ahead)
+    if ahead.name is not None and not any(ahead.name in pm["segments"] for pm in pixel_maps.values()):
+        new_segments.pop(ahead.name)  # every split that held it was merged into a segment of its own
+        ahead.slot["drop"] = True
+    return written, pixel_maps, new_segments
+
+
+def _publish_pixel_maps(out_dir: Path, earlier: PreviousPixels, pixel_maps: dict[str, dict], new_segments: dict,
+                        link_previous: bool) -> dict[str, dict]:
+    """Once every segment is synced and published: write each split's pixel map and return
+    ``summary.json``'s ``segments`` (every segment a split names: written here, or an earlier one,
+    for the caller to copy, or linked when ``link_previous``)."""
     pixel_maps = {split: {**pm, "segments": [_resolved(n) for n in pm["segments"]]} for split, pm in pixel_maps.items()}
     new_segments = {_resolved(name): rows for name, rows in new_segments.items()}
-    # every segment a split names: written here, or an earlier one (for the caller to copy, or linked)
     segments = {name: {"rows": new_segments[name] if name in new_segments else earlier.segment_rows[name],
                        "in_output": name in new_segments}
                 for pixel_map in pixel_maps.values() for name in pixel_map["segments"]}
     if link_previous:
         link_previous_segments(out_dir, earlier, segments)
-    for split, pixel_map in pixel_maps.items():  # after every segment is synced and published
+    for split, pixel_map in pixel_maps.items():
         write_text_atomic(out_dir / pixels_manifest_name(split), json.dumps(pixel_map), sync_folder=False)
-    return written, segments
+    return segments
 
 
 @older_objects_frozen()  # the manifest, split and index frames: see ml_code.gc_scope
@@ -633,24 +745,29 @@ def run(
         quarantine.append({"image_id": image_id, "reason": f"dx {dx!r} is not one of {list(CLASSES)}"})
     manifest = manifest[known].sort_values("image_id", kind="mergesort").reset_index(drop=True)
 
-    with near_duplicates.pairs_reused():  # the split and its leakage check search the same hashes
-        manifest["split"] = grouped_stratified_split(manifest, val_fraction, test_fraction, seed)
-        problems = check_no_leakage(manifest)
-    if problems:  # cannot happen unless the split code is broken: refuse to write leaky splits
-        raise RuntimeError("split leaks lesions across splits: " + "; ".join(problems[:5]))
-    print(
-        f"[preprocess] {len(manifest)} images, {manifest['lesion_id'].nunique()} lesions; "
-        f"size {image_size}px; split counts {manifest['split'].value_counts().to_dict()}",
-        flush=True,
-    )
-
     workers = int(num_workers or contract.available_cpus())
     progress = {"done": 0.0, "reused": 0.0, "total": float(len(manifest)), "t0": t0}
     earlier = PreviousPixels(previous_dir, image_size)
     print(f"[preprocess] earlier splits: {len(earlier.where)} images' pixels reusable"
           + (f" ({earlier.reason})" if earlier.reason else ""), flush=True)
-    written, segments = _write_splits(manifest, images_dir, out_dir, image_size, workers, earlier, quarantine,
-                                      progress, link_previous)
+    # the decoding pool forks first (no thread of this job exists yet); publish renames every
+    # segment once all are written and synced, or deletes them if anything fails
+    with contextlib.ExitStack() as publish, Decoder(workers) as decoder, EarlySync() as early_sync:
+        ahead = DecodedAhead(manifest, images_dir, out_dir, image_size, decoder, earlier, publish)
+        with near_duplicates.pairs_reused():  # the split and its leakage check search the same hashes
+            manifest["split"] = grouped_stratified_split(manifest, val_fraction, test_fraction, seed)
+            problems = check_no_leakage(manifest)
+        if problems:  # cannot happen unless the split code is broken: refuse to write leaky splits
+            raise RuntimeError("split leaks lesions across splits: " + "; ".join(problems[:5]))
+        print(
+            f"[preprocess] {len(manifest)} images, {manifest['lesion_id'].nunique()} lesions; "
+            f"size {image_size}px; split counts {manifest['split'].value_counts().to_dict()}",
+            flush=True,
+        )
+        ahead.collect(out_dir, early_sync, quarantine, progress)
+        written, pixel_maps, new_segments = _write_splits(manifest, images_dir, out_dir, image_size, decoder, earlier,
+                                                          ahead, quarantine, progress, publish, early_sync)
+    segments = _publish_pixel_maps(out_dir, earlier, pixel_maps, new_segments, link_previous)
     write_text_atomic(out_dir / "classes.json", json.dumps(list(CLASSES)), sync_folder=False)
     qdf = pd.DataFrame(quarantine, columns=["image_id", "reason"])
     write_text_atomic(out_dir / "quarantine.csv", qdf.to_csv(index=False, lineterminator="\n"), sync_folder=False)

@@ -190,3 +190,57 @@ def test_draft_decoding_stays_within_the_stated_tolerance_of_a_full_decode() -> 
     diff = np.abs(drafted.astype(int) - reference.astype(int))
     assert diff.max() <= DRAFT_TOLERANCE["max"] and diff.mean() <= DRAFT_TOLERANCE["mean"], (diff.max(), diff.mean())
     assert diff.max() > 0  # draft mode really was used (else this test proves nothing)
+
+
+def test_a_rerun_decodes_its_new_images_while_the_split_is_assigned(manifests, tmp_path: Path, monkeypatch) -> None:
+    """The new images go to the decoding workers before the split is worked out (the split waits
+    here until a worker has written pixels into the new segment, and would time out otherwise),
+    into one segment that every split holding a new image names. A new image that does not decode
+    is quarantined and left out of every split; the rest reads back as a fresh run's splits."""
+    import shutil
+    import time
+
+    images = tmp_path / "images"
+    shutil.copytree(manifests["images"], images)
+    old_ids = set(pd.read_csv(manifests["old"] / "manifest.csv", dtype=str)["image_id"])
+    new_rows = pd.read_csv(manifests["new"] / "manifest.csv", dtype=str)
+    new_rows = new_rows[~new_rows["image_id"].isin(old_ids)]
+    broken = new_rows.iloc[0]
+    (images / broken["image_key"]).write_bytes(b"not a JPEG any more")
+    first = preprocess.run(manifests["old"], images, tmp_path / "first", image_size=32, num_workers=2)
+
+    split_rows = preprocess.grouped_stratified_split
+    seen: list[float] = []
+
+    def split_after_a_worker_has_written(manifest, *args, **kwargs):
+        pending = list((tmp_path / "again" / "pixels").glob(".segment-*.tmp"))
+        assert len(pending) == 1, pending  # the one new segment, created before the split
+        header = int(np.load(pending[0], mmap_mode="r").offset)
+        deadline = time.monotonic() + 30
+        while not pending[0].read_bytes()[header:].strip(b"\0"):
+            assert time.monotonic() < deadline, "no new image was decoded while the split was assigned"
+            time.sleep(0.01)
+        seen.append(time.monotonic())
+        return split_rows(manifest, *args, **kwargs)
+
+    monkeypatch.setattr(preprocess, "grouped_stratified_split", split_after_a_worker_has_written)
+    again = preprocess.run(manifests["new"], images, tmp_path / "again", image_size=32, num_workers=2,
+                           previous_dir=tmp_path / "first", link_previous=False)
+    monkeypatch.undo()
+    assert seen
+    written = [name for name, meta in again["segments"].items() if meta["in_output"]]
+    assert len(written) == 1 and again["segments"][written[0]]["rows"] == NEW - 1
+    assert again["decoded"] == NEW and again["reused"] == sum(first["images"].values())
+    holding = {split for split in SPLITS
+               if written[0] in json.loads((tmp_path / "again" / f"{split}_pixels.json").read_text())["segments"]}
+    assert holding == {split for split in SPLITS
+                       if set(pd.read_csv(tmp_path / "again" / f"{split}_index.csv", dtype=str)["image_id"])
+                       & set(new_rows["image_id"])}
+    quarantined = pd.read_csv(tmp_path / "again" / "quarantine.csv", dtype=str)
+    assert quarantined["image_id"].tolist() == [broken["image_id"]]
+    assert "sha256 does not match" in quarantined["reason"].iloc[0]
+    for name, meta in again["segments"].items():  # the earlier segments, as the store copies them in
+        if not meta["in_output"]:
+            (tmp_path / "again" / name).hardlink_to(tmp_path / "first" / name)
+    preprocess.run(manifests["new"], images, tmp_path / "fresh", image_size=32, num_workers=2)
+    _same_outputs(tmp_path / "again", tmp_path / "fresh")
