@@ -608,16 +608,23 @@ def inspect_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
 
 def validation_version(limits: ImageLimits = ImageLimits()) -> str:
     """What the verdict on an image file depends on besides its bytes: the source of the modules
-    that decide it (this one, the image policy, the scrubber, the perceptual hash), the versions
-    of Pillow and imagehash, and ``limits``. Ingestion remembers accepted files by the sha256 of
-    their bytes under this version (``dermaops_services.ingestion``), so a rerun over the same
-    files decodes none of them, and any change here makes it decode everything again. 16 hex."""
+    that decide it (this one, the image policy, the scrubber), of the perceptual hash function
+    (``near_duplicates.phash_hex`` and its hash size; not the rest of that module, whose pair
+    search works on stored hashes), the versions of Pillow and imagehash, and ``limits``.
+    Ingestion remembers accepted files by the sha256 of their bytes under this version
+    (``dermaops_services.ingestion``), so a rerun over the same files decodes none of them, and
+    any change here makes it decode everything again. 16 hex."""
+    import inspect
     import sys
     from importlib.metadata import version
 
+    from ml_code.data import near_duplicates
+
     h = hashlib.sha256()
-    for module in (__name__, "ml_code.data.scrub", "ml_code.data.near_duplicates", image_policy.__name__):
+    for module in (__name__, "ml_code.data.scrub", image_policy.__name__):
         h.update(Path(sys.modules[module].__file__ or "").read_bytes())
+    h.update(inspect.getsource(phash_hex).encode())
+    h.update(f"hash_size {near_duplicates.HASH_SIZE} hex {near_duplicates.HASH_HEX}\0".encode())
     h.update(f"Pillow {version('pillow')} imagehash {version('imagehash')} {limits!r}".encode())
     return h.hexdigest()[:16]
 

@@ -82,6 +82,24 @@ def test_a_changed_validation_version_decodes_everything(demo: Path, tmp_path: P
     assert ingest.validation_version(stricter) != ingest.validation_version()
 
 
+def test_the_version_follows_the_hash_function_not_the_pair_search(tmp_path: Path, monkeypatch) -> None:
+    """An edit elsewhere in ``near_duplicates`` (the pair search works on stored hashes) keeps every
+    remembered verdict; a change to the perceptual hash function itself does not."""
+    from ml_code.data import near_duplicates
+
+    before = ingest.validation_version()
+    edited = tmp_path / "near_duplicates.py"
+    edited.write_text(Path(near_duplicates.__file__).read_text() + "\n# an edit to the pair search\n")
+    monkeypatch.setattr(near_duplicates, "__file__", str(edited))
+    assert ingest.validation_version() == before
+
+    def another_hash(img) -> str:
+        return "0" * 64
+
+    monkeypatch.setattr(ingest, "phash_hex", another_hash)
+    assert ingest.validation_version() != before
+
+
 def test_validation_streams_and_hands_back_no_bytes(demo: Path, tmp_path: Path, monkeypatch) -> None:
     """Records are drawn lazily, at most ``window`` are read ahead of the consumer, and no result
     carries an image's bytes: memory does not grow with the number of images."""
