@@ -164,9 +164,11 @@ def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
     equal band values span much of the set, and the candidate pairs approach all pairs: on that
     set's 10,000 hashes, 24.0 million candidates (48% of all pairs) for 34 true pairs; the band
     index alone took 25-31 s and 2.2 GB peak, the exhaustive search 1.6-1.9 s and 0.19 GB (0.15 GB
-    of it the imports; ``benchmarks/near_duplicates_lookalike.py``, two runs). So the runs are measured first, and once
-    the candidates pass :data:`MAX_CANDIDATES` or an eighth of all pairs (:func:`_index_prunes`)
-    the exhaustive search answers instead: the same pairs, memory bounded, time quadratic."""
+    of it the imports; ``benchmarks/near_duplicates_lookalike.py``, two runs). So each band's runs
+    are counted before its candidate pairs are made, and once the candidates pass
+    :data:`MAX_CANDIDATES` or an eighth of all pairs (:func:`_index_prunes`) the exhaustive search
+    answers instead: the same pairs, memory bounded (the candidates held never pass
+    :data:`MAX_CANDIDATES`), time quadratic."""
     n = len(h)
     # threshold + 1 bands at least; more are still exact (at most `threshold` bands can differ) and keep
     # each band's key within an int64 (52 bits at threshold < 4)
@@ -174,7 +176,7 @@ def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
     if HASH_BITS // bands < MIN_BAND_BITS or n < 2:
         return _all_pairs(h, threshold)
     bits = np.unpackbits(h.astype(">u8").view(np.uint8), axis=1)  # (n, 256), most significant bit first
-    runs: list[tuple[np.ndarray, np.ndarray, int]] = []
+    codes: list[np.ndarray] = []  # at most MAX_CANDIDATES in all: each band is counted before its codes are made
     candidates = 0
     for band in range(bands):
         cols = bits[:, band::bands].astype(np.int64)  # at most 52 bits
@@ -185,12 +187,10 @@ def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
         lengths = np.diff(np.r_[starts, n])
         candidates += int((lengths * (lengths - 1) // 2).sum())
         if not _index_prunes(candidates, n):
+            del codes
             return _all_pairs(h, threshold)
-        runs.append((order, sorted_key, int(lengths.max())))
-    codes: list[np.ndarray] = []
-    for order, sorted_key, longest in runs:
         # pair each row with the next rows of its run of equal keys: offsets 1, 2, ... up to the longest run
-        for offset in range(1, longest):
+        for offset in range(1, int(lengths.max())):
             same = sorted_key[offset:] == sorted_key[:-offset]
             a, b = order[:-offset][same], order[offset:][same]
             codes.append(np.minimum(a, b) * n + np.maximum(a, b))
