@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         mark = "  <- PHASH_THRESHOLD" if t == nd.PHASH_THRESHOLD else ""
         print(f"T<={t}: {len(pairs)} pairs, {int((~cross).sum())} within one lesion, "
               f"{int(cross.sum())} across different lesion ids; split groups {lesion_groups} -> {n_groups}; "
-              f"pairs {t_pairs:.2f} s, grouping {t_groups:.2f} s{mark}")
+              f"pairs {t_pairs:.3f} s, grouping {t_groups:.3f} s{mark}")
         if t == nd.PHASH_THRESHOLD and args.show:
             table = nd.pairs_table(meta, t)
             table = table[table["lesion_id_a"] != table["lesion_id_b"]]

@@ -179,9 +179,8 @@ def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
     codes: list[np.ndarray] = []  # at most MAX_CANDIDATES in all: each band is counted before its codes are made
     candidates = 0
     for band in range(bands):
-        cols = bits[:, band::bands].astype(np.int64)  # at most 52 bits
-        key = cols @ (np.int64(1) << np.arange(cols.shape[1], dtype=np.int64))
-        order = np.argsort(key)
+        key = _band_key(bits[:, band::bands])
+        order = np.argsort(key, kind="stable")  # a radix sort for the usual 1- and 2-byte keys
         sorted_key = key[order]
         starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
         lengths = np.diff(np.r_[starts, n])
@@ -196,11 +195,23 @@ def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
             codes.append(np.minimum(a, b) * n + np.maximum(a, b))
     if not codes:
         return np.empty((0, 3), dtype=np.int64)
-    pair_codes = np.unique(np.concatenate(codes))  # sorted: by (i, j)
+    pair_codes = np.sort(np.concatenate(codes))  # by (i, j); a pair found in several bands is kept once
+    pair_codes = pair_codes[np.r_[True, pair_codes[1:] != pair_codes[:-1]]]
     rows, cols = pair_codes // n, pair_codes % n
     dist = np.bitwise_count(h[rows] ^ h[cols]).sum(axis=1, dtype=np.int64)
     close = dist <= threshold
     return np.stack([rows[close], cols[close], dist[close]], axis=1).astype(np.int64)
+
+
+def _band_key(band_bits: np.ndarray) -> np.ndarray:
+    """One integer per row that is equal exactly when the rows' ``band_bits`` ((n, k) of 0/1, k <= 52)
+    are: the bits packed into bytes, in the smallest unsigned type that holds them (16 bits at
+    most for the bands of the usual threshold, where argsort is a radix sort)."""
+    packed = np.packbits(band_bits, axis=1)  # (n, ceil(k / 8)) uint8
+    width = {1: 1, 2: 2, 3: 4, 4: 4}.get(packed.shape[1], 8)
+    if packed.shape[1] < width:
+        packed = np.concatenate([packed, np.zeros((len(packed), width - packed.shape[1]), np.uint8)], axis=1)
+    return np.ascontiguousarray(packed).view(f"<u{width}").ravel()
 
 
 def _index_prunes(candidates: int, n: int) -> bool:
