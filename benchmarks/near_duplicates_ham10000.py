@@ -8,7 +8,8 @@ the ingestion's perceptual hash (``ml_code.data.near_duplicates.phash_hex``), th
 pairs within each Hamming-distance threshold and prints, per threshold: all pairs, pairs within
 one lesion id (expected: HAM10000 has several photos of one lesion) and pairs across DIFFERENT
 lesion ids (what the splitter now joins into one group), plus how many split groups the lesion
-grouping has before and after the join, and the hashing and pair-finding times.
+grouping has before and after the join, and the hashing and pair-finding times; at
+``PHASH_THRESHOLD`` also the band index's candidate pairs (``near_duplicates.candidate_pairs``).
 Exits 0 with a message when the data is absent.
 """
 
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         n_groups = group_ids(frame, near_duplicate_threshold=t).nunique()
         t_groups = time.perf_counter() - t2
         mark = "  <- PHASH_THRESHOLD" if t == nd.PHASH_THRESHOLD else ""
+        if t == nd.PHASH_THRESHOLD:  # what decides between the band index and the exhaustive search
+            n = len(meta)
+            print(f"band index at T<={t}: {nd.candidate_pairs(meta['phash'].tolist(), t):,} candidate pairs "
+                  f"of {n * (n - 1) // 2:,}")
         print(f"T<={t}: {len(pairs)} pairs, {int((~cross).sum())} within one lesion, "
               f"{int(cross.sum())} across different lesion ids; split groups {lesion_groups} -> {n_groups}; "
               f"pairs {t_pairs:.3f} s, grouping {t_groups:.3f} s{mark}")

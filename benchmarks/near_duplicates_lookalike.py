@@ -72,23 +72,6 @@ def child(way: str, hashes_file: Path) -> None:
                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))
 
 
-def candidates(hashes_file: Path) -> tuple[int, int]:
-    """(the band index's candidate pairs, all pairs) for the hashes, as ``_pairs`` counts them."""
-    import numpy as np
-
-    from ml_code.data import near_duplicates as nd
-
-    h = nd.to_words(hashes_file.read_text().split())
-    n, bands = len(h), max(nd.PHASH_THRESHOLD + 1, nd.HASH_BITS // 52 + 1)
-    bits = np.unpackbits(h.astype(">u8").view(np.uint8), axis=1)
-    total = 0
-    for band in range(bands):
-        cols = bits[:, band::bands].astype(np.int64)
-        _, counts = np.unique(cols @ (np.int64(1) << np.arange(cols.shape[1], dtype=np.int64)), return_counts=True)
-        total += int((counts * (counts - 1) // 2).sum())
-    return total, n * (n - 1) // 2
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=10_000)
@@ -100,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.hashes)
         return 0
     hashes_file = hashes_of(args.cache, args.images)
-    found, every = candidates(hashes_file)
+    from ml_code.data import near_duplicates as nd
+
+    found = nd.candidate_pairs(hashes_file.read_text().split())
+    every = args.images * (args.images - 1) // 2
     print(f"{args.images:,} look-alike hashes: the band index's candidate pairs {found:,} of {every:,} "
           f"({found / every:.0%})")
     results = {}

@@ -163,27 +163,22 @@ def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
     test shots, ``benchmarks/ingest_scale.py``'s synthetic set) most bits agree everywhere, runs of
     equal band values span much of the set, and the candidate pairs approach all pairs: on that
     set's 10,000 hashes, 24.0 million candidates (48% of all pairs) for 34 true pairs; the band
-    index alone took 25-31 s and 2.2 GB peak, the exhaustive search 1.6-1.9 s and 0.19 GB (0.15 GB
-    of it the imports; ``benchmarks/near_duplicates_lookalike.py``, two runs). So each band's runs
+    index alone held 1.9-2.2 GB at peak (and took 2.7 s; 25-31 s before its keys were packed), the
+    exhaustive search 1.6-2.0 s and 0.19 GB (0.15 GB of it the imports;
+    ``benchmarks/near_duplicates_lookalike.py``). So each band's runs
     are counted before its candidate pairs are made, and once the candidates pass
     :data:`MAX_CANDIDATES` or an eighth of all pairs (:func:`_index_prunes`) the exhaustive search
     answers instead: the same pairs, memory bounded (the candidates held never pass
     :data:`MAX_CANDIDATES`), time quadratic."""
     n = len(h)
-    # threshold + 1 bands at least; more are still exact (at most `threshold` bands can differ) and keep
-    # each band's key within an int64 (52 bits at threshold < 4)
-    bands = max(threshold + 1, HASH_BITS // 52 + 1)
+    bands = _band_count(threshold)
     if HASH_BITS // bands < MIN_BAND_BITS or n < 2:
         return _all_pairs(h, threshold)
-    bits = np.unpackbits(h.astype(">u8").view(np.uint8), axis=1)  # (n, 256), most significant bit first
+    bits = _bits(h)
     codes: list[np.ndarray] = []  # at most MAX_CANDIDATES in all: each band is counted before its codes are made
     candidates = 0
     for band in range(bands):
-        key = _band_key(bits[:, band::bands])
-        order = np.argsort(key, kind="stable")  # a radix sort for the usual 1- and 2-byte keys
-        sorted_key = key[order]
-        starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-        lengths = np.diff(np.r_[starts, n])
+        order, sorted_key, lengths = _band_runs(bits, band, bands)
         candidates += int((lengths * (lengths - 1) // 2).sum())
         if not _index_prunes(candidates, n):
             del codes
@@ -203,6 +198,41 @@ def _pairs(h: np.ndarray, threshold: int) -> np.ndarray:
     return np.stack([rows[close], cols[close], dist[close]], axis=1).astype(np.int64)
 
 
+def candidate_pairs(hashes: Sequence[str] | np.ndarray, threshold: int = PHASH_THRESHOLD) -> int:
+    """How many candidate pairs the band index would check for ``hashes`` (pairs sharing a band
+    value, counted once per band), against ``N * (N - 1) / 2`` for the exhaustive search: what
+    :func:`_index_prunes` decides on. For benchmarks; ValueError at thresholds without bands."""
+    h = hashes if isinstance(hashes, np.ndarray) and hashes.dtype == np.uint64 else to_words(hashes)
+    bands = _band_count(threshold)
+    if HASH_BITS // bands < MIN_BAND_BITS:
+        raise ValueError(f"threshold {threshold} has bands under {MIN_BAND_BITS} bits: the search is exhaustive")
+    bits = _bits(h)
+    return sum(int((lengths * (lengths - 1) // 2).sum()) for _, _, lengths in
+               (_band_runs(bits, band, bands) for band in range(bands)))
+
+
+def _band_count(threshold: int) -> int:
+    """Bands of the index: ``threshold + 1`` at least (two hashes within ``threshold`` bits then agree
+    on a whole band); more are still exact and keep each band within 52 bits at threshold < 4."""
+    return max(threshold + 1, HASH_BITS // 52 + 1)
+
+
+def _bits(h: np.ndarray) -> np.ndarray:
+    """``(N, 256)`` uint8 0/1 of the ``(N, words)`` hashes, most significant bit first."""
+    return np.unpackbits(h.astype(">u8").view(np.uint8), axis=1)
+
+
+def _band_runs(bits: np.ndarray, band: int, bands: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Band ``band`` of ``bands`` (bits ``band``, ``band + bands``, ...; interleaved so each mixes
+    low and high frequencies): the row order sorting its keys, the sorted keys, and the lengths of
+    the runs of equal keys in that order."""
+    key = _band_key(bits[:, band::bands])
+    order = np.argsort(key, kind="stable")  # a radix sort for the usual 1- and 2-byte keys
+    sorted_key = key[order]
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    return order, sorted_key, np.diff(np.r_[starts, len(key)])
+
+
 def _band_key(band_bits: np.ndarray) -> np.ndarray:
     """One integer per row that is equal exactly when the rows' ``band_bits`` ((n, k) of 0/1, k <= 52)
     are: the bits packed into bytes, in the smallest unsigned type that holds them (16 bits at
@@ -217,7 +247,8 @@ def _band_key(band_bits: np.ndarray) -> np.ndarray:
 def _index_prunes(candidates: int, n: int) -> bool:
     """Whether the band index, with ``candidates`` pairs to check among ``n`` hashes, is worth it
     (bounded memory and fewer comparisons) rather than the exhaustive search: at most
-    :data:`MAX_CANDIDATES` and an eighth of all pairs. HAM10000's 10,015 hashes give 41,315."""
+    :data:`MAX_CANDIDATES` and an eighth of all pairs (:func:`candidate_pairs` counts them;
+    ``benchmarks/near_duplicates_ham10000.py`` prints HAM10000's)."""
     return candidates <= min(MAX_CANDIDATES, n * (n - 1) // 16)
 
 

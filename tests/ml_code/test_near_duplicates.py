@@ -215,10 +215,13 @@ def test_look_alike_pictures_are_searched_exhaustively_in_bounded_memory(monkeyp
     assert len(pairs) > 0
     assert searched == [2_000]
     assert peak < 64 * 2**20, f"the search held {peak / 2**20:.0f} MiB"
+    assert nd.candidate_pairs(words) > 2_000 * 1_999 // 16  # what the hand-over was decided on
     # the ordinary case stays on the index: HAM10000-like scattered hashes with planted copies
     searched.clear()
-    nd.near_duplicate_pairs(_random_hashes(2_000, seed=8, planted=30))
+    scattered = _random_hashes(2_000, seed=8, planted=30)
+    nd.near_duplicate_pairs(scattered)
     assert searched == []
+    assert nd.candidate_pairs(scattered) < 2_000 * 1_999 // 16
 
 
 def test_a_repeated_search_inside_pairs_reused_is_answered_from_memory(monkeypatch) -> None:
