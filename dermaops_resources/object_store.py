@@ -312,31 +312,6 @@ def walk_after(root: str | os.PathLike, start_after: str | None = None,
     yield from walk(str(root), [], bool(after))
 
 
-def keys_under(root: str | os.PathLike, lead: str = "") -> set[str]:
-    """``lead`` + the relative key of every file under ``root``: the keys :func:`walk_after` names
-    (hidden names skipped, symbolic links not followed nor named), as a set, in one pass of
-    ``os.scandir`` per folder, without sorting or a generator per entry: every ingestion rerun
-    lists its stored images this way to check its memo against them."""
-    keys: set[str] = set()
-    folders = [(os.fspath(root), lead)]
-    while folders:
-        folder, rel = folders.pop()
-        try:
-            entries = os.scandir(folder)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with entries:
-            for entry in entries:
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append((entry.path, f"{rel}{name}/"))
-                elif entry.is_file(follow_symlinks=False):
-                    keys.add(rel + name)
-    return keys
-
-
 def file_uri_to_path(uri: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme not in ("file", ""):
@@ -467,7 +442,8 @@ class LocalObjectStore(ObjectStore):
         if not base.is_dir():
             return {obj.key for obj in self.list(prefix_uri)}  # a single file, or nothing
         bucket, prefix = self.split_uri(base.as_uri())
-        return keys_under(base, f"{prefix}/" if prefix else "")
+        lead = f"{prefix}/" if prefix else ""
+        return {lead + rel for rel, _ in walk_after(base, mtimes=False)}
 
     def delete(self, uri: str) -> None:
         self._path(uri).unlink(missing_ok=True)

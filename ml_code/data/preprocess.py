@@ -340,14 +340,13 @@ class DecodedAhead:
         self.slot: dict | None = None
         self.rows = 0
         self._pending: Iterator | None = None
-        shas = manifest["sha256"].astype(str).tolist() if "sha256" in manifest else []
+        shas = manifest["sha256"].astype(str).tolist()  # a required manifest column (_read_manifest)
         new = [i for i, sha in enumerate(shas) if sha not in previous.where]
         if not previous.where or not new or len(new) * AHEAD_SHARE > len(manifest):
             return
-        self._positions = np.asarray(new, dtype=np.int64)
-        self._ids = [str(v) for v in manifest["image_id"].to_numpy()[self._positions]]
+        self._ids = [str(v) for v in manifest["image_id"].to_numpy()[new]]
         self._shas = [shas[i] for i in new]
-        items = list(zip(manifest["image_key"].astype(str).to_numpy()[self._positions].tolist(), self._shas))
+        items = list(zip(manifest["image_key"].astype(str).to_numpy()[new].tolist(), self._shas))
         self.slot = _new_segment(out_dir, publish)
         self._file = SplitPixelsFile(self.slot["tmp"], len(new), size)
         publish.callback(self._close)  # on an error before collect(); closing twice is harmless
