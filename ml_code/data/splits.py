@@ -159,12 +159,13 @@ def group_ids(df: pd.DataFrame, group_cols: tuple[str, ...] = ("lesion_id",),
     return pd.Series(names.reindex(component[anchor]).to_numpy(), index=df.index, name="group")
 
 
-def _majority_class(groups: np.ndarray, dx: np.ndarray) -> pd.Series:
-    """Each group's diagnosis: the most frequent among its images, ties -> alphabetically first."""
-    counts = pd.DataFrame({"group": groups, "dx": dx}).value_counts().rename("n").reset_index()
-    counts["minus_n"] = -counts["n"]
-    first = counts.sort_values(["group", "minus_n", "dx"], kind="mergesort").drop_duplicates("group")
-    return first.set_index("group")["dx"]
+def _majority_class(groups: np.ndarray, dx: np.ndarray, n_groups: int) -> np.ndarray:
+    """Each group's diagnosis (``groups`` are codes ``0..n_groups-1``, one per row beside its
+    ``dx``): the most frequent among its images, ties -> alphabetically first. One count table
+    in NumPy rather than pandas' value_counts and a sort: every rerun assigns the whole split again."""
+    classes, dx_codes = np.unique(dx, return_inverse=True)  # sorted: argmax's first max is the alphabetical one
+    counts = np.bincount(groups * len(classes) + dx_codes, minlength=n_groups * len(classes))
+    return classes[counts.reshape(n_groups, len(classes)).argmax(axis=1)]
 
 
 def _interval_distance(u: np.ndarray, interval: tuple[float, float]) -> np.ndarray:
@@ -179,9 +180,10 @@ def _borrow_for_coverage(split: np.ndarray, u: np.ndarray, keys: np.ndarray, dx:
     more of the class's groups. Arrays are per group; returns the new split codes."""
     split = split.copy()
     wanted = [k for k, s in enumerate(SPLITS) if intervals[s][1] > intervals[s][0]]
-    table = pd.crosstab(dx, split).reindex(columns=range(len(SPLITS)), fill_value=0)
-    short = table[(table.sum(axis=1) >= 3) & (table[wanted] == 0).any(axis=1)]
-    for cls in short.index:  # a handful of tiny classes at most
+    classes, dx_codes = np.unique(dx, return_inverse=True)
+    table = np.bincount(dx_codes * len(SPLITS) + split, minlength=len(classes) * len(SPLITS)).reshape(-1, len(SPLITS))
+    short = classes[(table.sum(axis=1) >= 3) & (table[:, wanted] == 0).any(axis=1)]
+    for cls in short:  # a handful of tiny classes at most, alphabetically
         members = np.flatnonzero(dx == cls)
         for k in sorted(wanted, reverse=True):  # test, then val, then train
             sizes = np.bincount(split[members], minlength=len(SPLITS))
@@ -239,8 +241,7 @@ def grouped_stratified_split(
     u = hash_positions(keys, seed)
     bounds = np.array([intervals["train"][1], intervals["val"][1]])
     split = np.searchsorted(bounds, u, side="right").astype(np.int64)  # 0 train, 1 val, 2 test
-    majority = _majority_class(codes, df[dx_col].astype(str).to_numpy(dtype=object))
-    dx = majority.reindex(range(len(keys))).to_numpy(dtype=object)
+    dx = _majority_class(codes, df[dx_col].astype(str).to_numpy(dtype=object), len(keys))
     split = _borrow_for_coverage(split, u, keys, dx, intervals)
     names = np.array(SPLITS, dtype=object)
     return pd.Series(names[split[codes]], index=df.index, dtype=object, name="split")
