@@ -163,7 +163,7 @@ def _majority_class(groups: np.ndarray, dx: np.ndarray, n_groups: int) -> np.nda
     """Each group's diagnosis (``groups`` are codes ``0..n_groups-1``, one per row beside its
     ``dx``): the most frequent among its images, ties -> alphabetically first. One count table
     in NumPy rather than pandas' value_counts and a sort: every rerun assigns the whole split again."""
-    classes, dx_codes = np.unique(dx, return_inverse=True)  # sorted: argmax's first max is the alphabetical one
+    dx_codes, classes = pd.factorize(dx, sort=True)  # sorted: argmax's first max is the alphabetical one
     counts = np.bincount(groups * len(classes) + dx_codes, minlength=n_groups * len(classes))
     return classes[counts.reshape(n_groups, len(classes)).argmax(axis=1)]
 
@@ -180,7 +180,7 @@ def _borrow_for_coverage(split: np.ndarray, u: np.ndarray, keys: np.ndarray, dx:
     more of the class's groups. Arrays are per group; returns the new split codes."""
     split = split.copy()
     wanted = [k for k, s in enumerate(SPLITS) if intervals[s][1] > intervals[s][0]]
-    classes, dx_codes = np.unique(dx, return_inverse=True)
+    dx_codes, classes = pd.factorize(dx, sort=True)  # hashed, then the few classes sorted (np.unique sorts every row)
     table = np.bincount(dx_codes * len(SPLITS) + split, minlength=len(classes) * len(SPLITS)).reshape(-1, len(SPLITS))
     short = classes[(table.sum(axis=1) >= 3) & (table[:, wanted] == 0).any(axis=1)]
     for cls in short:  # a handful of tiny classes at most, alphabetically
