@@ -8,8 +8,9 @@ Why: the monitoring benchmark's peak (``benchmarks/monitoring_volume.py``, issue
 is the largest. How much of its shared libraries a process holds resident depends on the kernel
 that maps them, so the same code reads differently on two machines; this script shows the split
 for the machine it runs on, from Linux's ``/proc/self/smaps_rollup`` (MiB): ``Rss``, of which
-``Private_Clean`` (file pages of the libraries, reclaimable: the kernel can drop and re-read them)
-and ``Anonymous`` (relocated tables, static data, allocations). Prints one JSON object; not on the
+``Private_Clean`` (file pages of the libraries, reclaimable: the kernel can drop and re-read them;
+``Shared_Clean`` instead while another process maps the same libraries) and ``Anonymous``
+(relocated tables, static data, allocations). Prints one JSON object; not on the
 protocol of `make bench` (no baseline, no target). Linux only.
 """
 

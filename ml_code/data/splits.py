@@ -182,9 +182,9 @@ def _borrow_for_coverage(split: np.ndarray, u: np.ndarray, keys: np.ndarray, dx:
     wanted = [k for k, s in enumerate(SPLITS) if intervals[s][1] > intervals[s][0]]
     dx_codes, classes = pd.factorize(dx, sort=True)  # hashed, then the few classes sorted (np.unique sorts every row)
     table = np.bincount(dx_codes * len(SPLITS) + split, minlength=len(classes) * len(SPLITS)).reshape(-1, len(SPLITS))
-    short = classes[(table.sum(axis=1) >= 3) & (table[:, wanted] == 0).any(axis=1)]
-    for cls in short:  # a handful of tiny classes at most, alphabetically
-        members = np.flatnonzero(dx == cls)
+    short = np.flatnonzero((table.sum(axis=1) >= 3) & (table[:, wanted] == 0).any(axis=1))
+    for code in short:  # a handful of tiny classes at most, alphabetically
+        members = np.flatnonzero(dx_codes == code)
         for k in sorted(wanted, reverse=True):  # test, then val, then train
             sizes = np.bincount(split[members], minlength=len(SPLITS))
             if sizes[k]:
