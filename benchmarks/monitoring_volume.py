@@ -4,10 +4,11 @@
 
 Writes ``--records`` capture lines (default 100,000; ``--quick`` 2,000) in the local endpoint's
 layout (``CaptureWriter`` keys, ``capture_record`` lines, 100 requests a file, 128x96 JPEG
-bodies, spread over the last 20 hours; each answer carries the ``image_features`` the served
-handlers compute, as today's endpoint writes them) for a 96 px model (the ``ham10000`` recipe's
-size; a tiny untrained network, so the model's own cost does not hide the monitor's) with its
-baseline (and times what ``image_features`` adds to each served request), then runs, each in a
+bodies, spread over the last 20 hours; each answer carries the ``image_features`` and
+``drift_embedding`` the served package's handlers return for its body, as today's endpoint
+writes them) for a 96 px model (the ``ham10000`` recipe's size; a tiny untrained network, so
+the model's own cost does not hide the monitor's) with its baseline (and times what
+``image_features`` and ``drift_embedding`` add to each served request), then runs, each in a
 fresh process (``dg.materialize``, as a run does), timed around the materialization (the imports
 and the Dagster instance made before), with its peak memory (the process plus its largest worker)
 and its CPU seconds (the process and its workers: the machine may be shared, wall time alone can
@@ -16,8 +17,9 @@ mislead; they include the imports):
 1. ``inference_log`` over every record (the first run after a backlog);
 2. ``inference_log`` again after 1,000 more records landed (the hourly incremental run);
 3. ``drift_report`` (defaults: the last 24 hours, the newest 500 requests, MMD with 1,999
-   permutations) over the log of all of them; it decodes those 500 requests' capture lines for
-   the embeddings (the log keeps no images).
+   permutations) over the log of all of them; it reads those 500 requests' projected embeddings
+   from their answers in the capture lines (``drift_embedding``, which the served handlers return),
+   so it decodes no image and does not import torch (the benchmark says whether it did).
 
 Baseline in the same run: the full re-read, i.e. run 1, which is what reading every capture
 file again costs (the incremental run's ratio), and the previous path, which decoded every
@@ -63,7 +65,9 @@ def _world(root: Path, records: int) -> None:
     from dermaops_resources.registry import SqliteModelRegistry
     from ml_code.monitoring.baseline import compute_baseline
     from tests.support.monitoring_synth import lesion_images
-    from tests.support.monitoring_world import jpeg_bodies, model_package, utc_now, write_captures
+    from tests.support.monitoring_world import (
+        jpeg_bodies, model_package, served_answer_fields, utc_now, write_captures,
+    )
 
     store = LocalObjectStore(root=str(root / "store"))
     splits = root / "splits"
@@ -88,8 +92,10 @@ def _world(root: Path, records: int) -> None:
                                                          "handle": handle.model_dump()})
     bodies = jpeg_bodies(lesion_images(64, SIZE, seed=30), BODY_W, BODY_H)
     (root / "bodies.json").write_text(json.dumps([b.hex() for b in bodies]))
+    fields = served_answer_fields(bodies, tar, root / "served")
+    (root / "answer_fields.json").write_text(json.dumps(fields))
     write_captures(_capture_dir(root), bodies, records, PER_FILE, utc_now() - timedelta(hours=20), 19 * 3600,
-                   image_size=SIZE)
+                   image_size=SIZE, answer_fields=fields)
 
 
 def _capture_dir(root: Path) -> Path:
@@ -136,7 +142,7 @@ def _stage(root: Path, stage: str) -> dict:
     for event in result.get_asset_materialization_events():
         md = event.materialization.metadata
         for key in ("num_new_records", "total", "files_read", "n_requests", "drift_score", "status",
-                    "requests_decoded"):
+                    "requests_decoded", "embeddings_from_answers", "embeddings_recomputed"):
             if key in md:
                 out[key] = md[key].value
     return out
@@ -152,6 +158,22 @@ def _endpoint_feature_ms(size: int, n: int = 200) -> float:
     t0 = time.perf_counter()
     for view in views:
         answer_features(view, (600, 450))
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def _endpoint_embedding_ms(width: int = 1280, n: int = 2000) -> float:
+    """Milliseconds the served handlers spend per request turning the penultimate embedding they have
+    (``width`` numbers: EfficientNet-Lite's) into the answer's ``drift_embedding`` (projection + JSON
+    numbers). A package without OOD statistics also taps its layers' pooled statistics for it, not timed."""
+    import numpy as np
+
+    from ml_code.package.drift_embedding import answer_embedding, project
+
+    rows = np.random.default_rng(0).normal(size=(n, 1, width)).astype(np.float32)
+    project(rows[0])  # the matrix is drawn once a width (cached), as in a serving worker
+    t0 = time.perf_counter()
+    for row in rows:
+        answer_embedding(project(row)[0])
     return (time.perf_counter() - t0) / n * 1e3
 
 
@@ -224,13 +246,15 @@ def _in_child(root: Path, stage: str, records: int, sample: int) -> dict:
         t0 = time.perf_counter()
         _world(root, records)
         return {"seconds": time.perf_counter() - t0, "per_request": _baseline_rate(root, sample),
-                "endpoint_ms": {size: _endpoint_feature_ms(size) for size in (SIZE, 224)}}
+                "endpoint_ms": {size: _endpoint_feature_ms(size) for size in (SIZE, 224)},
+                "embedding_ms": _endpoint_embedding_ms()}
     if stage == "incremental":  # 1,000 more requests land after the first run
         from tests.support.monitoring_world import utc_now, write_captures
 
         bodies = [bytes.fromhex(h) for h in json.loads((root / "bodies.json").read_text())]
         write_captures(_capture_dir(root), bodies, 1000, PER_FILE, utc_now() - timedelta(minutes=30), 600,
-                       seed=1, first_id=10**8, image_size=SIZE)
+                       seed=1, first_id=10**8, image_size=SIZE,
+                       answer_fields=json.loads((root / "answer_fields.json").read_text()))
     import os
 
     peak = _PeakRSS()
@@ -238,6 +262,7 @@ def _in_child(root: Path, stage: str, records: int, sample: int) -> dict:
     out = _stage(root, stage)
     cpu1 = os.times()
     out["peak_mb"] = peak.stop()
+    out["torch_imported"] = "torch" in sys.modules
     # this process and its (joined) workers: user + system seconds
     out["cpu_s"] = sum(getattr(cpu1, k) - getattr(cpu0, k) for k in ("user", "system", "children_user",
                                                                       "children_system"))
@@ -268,9 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"inference_log, 1,000 more: {incremental['seconds']:.2f}s, {incremental['cpu_s']:.1f} CPU s "
           f"({incremental['peak_mb']:.0f} MB peak)")
     print(f"drift_report over the log: {drift['seconds']:.2f}s, {drift['cpu_s']:.1f} CPU s, "
-          f"{drift.get('n_requests')} requests judged, status {drift.get('status')} ({drift['peak_mb']:.0f} MB peak)")
+          f"{drift.get('n_requests')} requests judged, status {drift.get('status')} ({drift['peak_mb']:.0f} MB peak; "
+          f"embeddings read from {drift.get('embeddings_from_answers')} answers, "
+          f"{drift.get('embeddings_recomputed')} recomputed; torch imported: {drift['torch_imported']})")
     print("the endpoint's cost of image_features per request: " + ", ".join(
-        f"{ms:.2f} ms at {size} px" for size, ms in world["endpoint_ms"].items()))
+        f"{ms:.2f} ms at {size} px" for size, ms in world["endpoint_ms"].items())
+          + f"; of drift_embedding (1,280 numbers projected to 32): {world['embedding_ms']:.3f} ms")
     print(f"previous path (decode every request): {per_request * 1e3:.2f} ms a request on {sample} requests "
           f"-> {per_request * records:.1f}s for {records}")
     scale = records / 100_000  # the absolute targets are for 100,000 records

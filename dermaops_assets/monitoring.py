@@ -36,8 +36,8 @@ from dermaops_resources.monitoring_handles import (
     BaselineHandle, DriftReportHandle, InferenceLogHandle, ModelQualityHandle,
 )
 from dermaops_services.monitoring import (
-    BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, PART_ROWS, append_captures, baseline_for_deployed_model, capture_views,
-    case_mix_rows, load_inference_log, local_copy, read_labels, read_model_config,
+    BASELINE_INDEX, CURSOR_KEY, LOG_PREFIX, PART_ROWS, append_captures, baseline_for_deployed_model, case_mix_rows,
+    load_inference_log, read_labels, read_model_config, traffic_embeddings,
 )
 from dermaops_resources.notifier import Notifier
 from dermaops_resources.object_store import ObjectStore, join_uri
@@ -179,12 +179,14 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
                  model_baseline: BaselineHandle, live_endpoint: EndpointHandle, store: ObjectStore,
                  registry: ModelRegistry, metrics: MetricsPublisher,
                  notifier: Notifier) -> dg.Output[DriftReportHandle]:
-    from ml_code.monitoring.baseline import embed_views, load_baseline, load_packaged_model
+    from ml_code.monitoring.baseline import load_baseline
+    from ml_code.package.drift_embedding import project
 
     baseline, matches = baseline_for_deployed_model(store, registry, live_endpoint, model_baseline, context.log)
     cursor = store.get_json_or(inference_log.cursor_uri, {"parts": 0})
     since = datetime.now(timezone.utc) - timedelta(hours=config.window_hours)
     rows, _ = load_inference_log(store, cursor, max_rows=config.max_requests, since=since)
+    embedded = {"from_answers": 0, "recomputed": 0, "left_out": 0}
     with tempfile.TemporaryDirectory(prefix="dermaops-drift-") as scratch:
         base = load_baseline(store.materialize_dir(baseline.baseline_uri, Path(scratch) / "baseline"))
         t = base["thresholds"]
@@ -194,14 +196,11 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
             feats = feature_drift(base["features"], rows, t, edges=base["edges"], features=names)
             mmd = pred = None
             if matches:
+                # the answers' projected embeddings; only older answers are decoded and embedded here
+                emb, embedded = traffic_embeddings(store, rows, live_endpoint, Path(scratch))
+                if len(emb) >= 2:
+                    mmd = mmd_test(project(base["embeddings"]), emb, n_permutations=config.mmd_permutations)
                 served = rows["model_version"].to_numpy() == live_endpoint.package_version
-                tar = local_copy(store, live_endpoint.model_uri, Path(scratch))
-                module, model = load_packaged_model(tar, Path(scratch) / "model")
-                # the requests' model views, decoded from their capture lines (the log keeps no images)
-                _, views = capture_views(store, rows, int(model.image_size))
-                if len(views) >= 2:
-                    emb = embed_views(module, model, views)
-                    mmd = mmd_test(base["embeddings"], emb, n_permutations=config.mmd_permutations)
                 if served.sum() >= t.min_requests:
                     pred = category_drift(base["prediction_distribution"],
                                           rows.loc[served, "predicted_class"].tolist())
@@ -230,6 +229,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, inferen
         "status": verdict.status,
         "insufficient_data": dg.MetadataValue.bool(verdict.status == "insufficient_data"),
         "n_requests": verdict.n_requests,
+        "embeddings_from_answers": embedded["from_answers"], "embeddings_recomputed": embedded["recomputed"],
         "ood_assessed": ood["assessed"], "ood_flagged": ood["flagged"],  # share: plotted across runs in the UI
         **({"ood_flagged_share": dg.MetadataValue.float(ood["share"])} if ood["share"] is not None else {}),
         **({"clinical_context_share": dg.MetadataValue.float(verdict.context_share.current)}

@@ -11,9 +11,11 @@ Layout in the object store (all written by the monitoring assets):
 - ``logs/monitoring/inference_log/parts/<seq:08d>.parquet``: validated capture rows (features,
   predictions, case mix) and, per row, a pointer to its capture line (``capture_object_uri``,
   ``capture_line``); a run writes one part per ``PART_ROWS`` rows or so (cut at the boundary of a
-  chunk of capture files). No images: whoever needs a logged request's model view (embedding drift, the
-  labelling queue) decodes its capture line again (:func:`capture_views`), a few hundred rows at
-  most, so the patient's image is stored once, in the capture, and expires with it. Logs written
+  chunk of capture files). No images: whoever needs a logged request's model view (the labelling
+  queue; embedding drift for answers from packages before ``drift_embedding``) decodes its capture
+  line again (:func:`capture_views`), a few hundred rows at most, so the patient's image is stored
+  once, in the capture, and expires with it. Embedding drift reads today's answers' projected
+  embeddings from the same lines (:func:`capture_embeddings`, :func:`traffic_embeddings`). Logs written
   before kept the views in ``parts/<seq>.npy``; those files are no longer read.
 - ``models/baselines/by-model/<model_hash>.json``: the ``BaselineHandle`` of each trained model.
 """
@@ -24,7 +26,7 @@ import io
 import json
 import logging
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from ml_code.monitoring.capture import (
-    POINTER_COLUMNS, VersionTimeline, capture_line_views, rows_to_parquet_bytes, validate_rows,
+    EMBEDDING_DIMENSIONS, POINTER_COLUMNS, VersionTimeline, capture_line_embeddings, capture_line_views,
+    rows_to_parquet_bytes, validate_rows,
 )
 from ml_code.monitoring.capture_reader import (
     CHUNK_LINES, PARALLEL_MIN_BYTES, ParsedChunk, default_workers, parse_files,
@@ -281,19 +284,15 @@ def _read_part(data: bytes, columns: list[str] | None) -> pd.DataFrame:
     return frame.reindex(columns=columns) if not set(columns) <= have else frame
 
 
-def capture_views(store: ObjectStore, rows: pd.DataFrame, image_size: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """(rows kept, their model views ``(K, image_size, image_size, 3)`` uint8), decoded from each row's
-    capture line (``capture_object_uri``, ``capture_line``) through the served package's own decode
-    (``ml_code.monitoring.capture.capture_line_views``: ``decode_square``), reading each capture
-    file once: the views the model was fed, without the log ever storing a copy of a patient's image.
-
-    Rows whose image cannot be had are dropped (the views stay aligned with the rows kept), counted
-    in a warning and in ``attrs``: ``captures_gone`` (the capture object expired, 30-day rule, or
-    was deleted), ``no_capture_pointer`` (rows of parts written before the log kept pointers) and
-    ``undecodable`` (the line no longer holds a decodable image). Cost: one decode per row, about
-    0.25 ms at 96 px, so the few hundred rows drift embeds take a fraction of a second."""
+def _per_capture_file(store: ObjectStore, rows: pd.DataFrame,
+                      read: Callable[[bytes, list[int]], tuple[np.ndarray, np.ndarray]], width: tuple[int, ...],
+                      dtype: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(values ``(len(rows), *width)``, ok, gone, no_pointer): ``read(capture file bytes, line numbers)``
+    applied to each capture file the rows point at (``capture_object_uri``, ``capture_line``), each
+    file read once; ``read`` returns (values of the good lines, ok per line). ``gone``: rows whose
+    capture object is missing; ``no_pointer``: rows without a pointer."""
     n = len(rows)
-    views = np.zeros((n, image_size, image_size, 3), np.uint8)
+    values = np.zeros((n, *width), dtype)
     ok = np.zeros(n, dtype=bool)
     gone = 0
     if set(POINTER_COLUMNS) <= set(rows.columns):
@@ -312,9 +311,28 @@ def capture_views(store: ObjectStore, rows: pd.DataFrame, image_size: int) -> tu
         except FileNotFoundError:
             gone += len(idx)
             continue
-        decoded, good = capture_line_views(data, numbers[idx].tolist(), image_size)
-        views[idx[good]] = decoded
+        found, good = read(data, numbers[idx].tolist())
+        values[idx[good]] = found
         ok[idx[good]] = True
+    return values, ok, gone, no_pointer
+
+
+def capture_views(store: ObjectStore, rows: pd.DataFrame, image_size: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """(rows kept, their model views ``(K, image_size, image_size, 3)`` uint8), decoded from each row's
+    capture line (``capture_object_uri``, ``capture_line``) through the served package's own decode
+    (``ml_code.monitoring.capture.capture_line_views``: ``decode_square``), reading each capture
+    file once: the views the model was fed, without the log ever storing a copy of a patient's image.
+
+    Rows whose image cannot be had are dropped (the views stay aligned with the rows kept), counted
+    in a warning and in ``attrs``: ``captures_gone`` (the capture object expired, 30-day rule, or
+    was deleted), ``no_capture_pointer`` (rows of parts written before the log kept pointers) and
+    ``undecodable`` (the line no longer holds a decodable image). Cost: one decode per row, about
+    0.25 ms at 96 px, so the few hundred rows the labelling queue or a drift fallback decode take a
+    fraction of a second."""
+    n = len(rows)
+    views, ok, gone, no_pointer = _per_capture_file(
+        store, rows, lambda data, numbers: capture_line_views(data, numbers, image_size),
+        (image_size, image_size, 3), np.uint8)
     undecodable = n - int(ok.sum()) - gone - no_pointer
     if not ok.all():
         log.warning("inference log: %d of %d row(s) left out for want of their image: %d whose capture object is gone "
@@ -323,6 +341,52 @@ def capture_views(store: ObjectStore, rows: pd.DataFrame, image_size: int) -> tu
     kept = rows[ok].reset_index(drop=True)
     kept.attrs = {**rows.attrs, "captures_gone": gone, "no_capture_pointer": no_pointer, "undecodable": undecodable}
     return kept, views[ok]
+
+
+def capture_embeddings(store: ObjectStore, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings ``(len(rows), DIMENSIONS)`` float32, ok ``(len(rows),)`` bool): each row's projected
+    penultimate embedding as its answer returned it (``"drift_embedding"``,
+    ``ml_code.package.drift_embedding``), read from its capture line, each capture file read once;
+    rows without one (no pointer, capture gone, an answer from a package before the field) are
+    False in ``ok`` and zero in ``embeddings``. Reads text only: no image decode, no network."""
+    embeddings, ok, _gone, _no_pointer = _per_capture_file(store, rows, capture_line_embeddings,
+                                                           (EMBEDDING_DIMENSIONS,), np.float32)
+    return embeddings, ok
+
+
+def traffic_embeddings(store: ObjectStore, rows: pd.DataFrame, live_endpoint: EndpointHandle,
+                       scratch: Path) -> tuple[np.ndarray, dict[str, int]]:
+    """(embeddings ``(K, DIMENSIONS)`` float32, counts): the rows' requests as the deployed model
+    embeds them, projected (``ml_code.package.drift_embedding``), for the drift monitor's MMD
+    against the baseline's embeddings under the same projection.
+
+    A row served by the deployed package version whose answer carries its ``"drift_embedding"`` is
+    read from its capture line (:func:`capture_embeddings`): no image decode and no network, so a
+    drift run over today's traffic never imports torch (several hundred MB of a process,
+    ``benchmarks/torch_import_memory.py``). The others (served by an earlier version, or by a
+    package from before the field) are decoded from their capture lines (:func:`capture_views`)
+    and embedded by the deployed package (opened under ``scratch``), so every row is compared
+    under one model, as the baseline is. Rows whose image is gone too are left out.
+    ``counts``: ``from_answers``, ``recomputed`` (rows embedded here) and ``left_out``."""
+    from ml_code.package.drift_embedding import project
+
+    served = rows["model_version"].to_numpy() == live_endpoint.package_version
+    embeddings, answered = capture_embeddings(store, rows)
+    answered &= served
+    parts = [embeddings[answered]]
+    rest = rows[~answered]
+    recomputed = 0
+    if len(rest):
+        from ml_code.monitoring.baseline import embed_views, load_packaged_model
+
+        module, model = load_packaged_model(local_copy(store, live_endpoint.model_uri, scratch), scratch / "model")
+        _, views = capture_views(store, rest, int(model.image_size))
+        if len(views):
+            parts.append(project(embed_views(module, model, views)))
+            recomputed = len(views)
+    found = int(answered.sum())
+    return np.concatenate(parts), {"from_answers": found, "recomputed": recomputed,
+                                   "left_out": len(rows) - found - recomputed}
 
 
 def case_mix_rows(rows: pd.DataFrame) -> pd.DataFrame:

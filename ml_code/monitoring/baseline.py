@@ -78,10 +78,9 @@ def embed_views(module: Any, model: Any, images: np.ndarray, batch: int = 32) ->
 
     Only the penultimate layer, so one forward pass a batch (``embed_and_predict`` runs the served
     prediction too, twice the work, whose probabilities the monitor does not use); batches of 32
-    keep the network's activations near 100 MB (64: 180 MB). Whether a drift run then stays under
-    1 GB depends mostly on how much of torch's libraries the machine keeps resident
-    (benchmarks/monitoring_volume.py, benchmarks/torch_import_memory.py; docs/PERFORMANCE.md, P5). The same values as
-    ``embed_and_predict``'s embeddings (tests/ml_code/test_embed_views.py)."""
+    keep the network's activations near 100 MB (64: 180 MB). The drift run calls it only for
+    answers without a ``drift_embedding`` (packages from before it), the baseline for its held-out
+    sample. The same values as ``embed_and_predict``'s embeddings (tests/ml_code/test_embed_views.py)."""
     embs = [np.asarray(module.embed_fn(module.preprocess_array(np.ascontiguousarray(images[i:i + batch]), model),
                                        model), dtype=np.float32)
             for i in range(0, len(images), batch)]

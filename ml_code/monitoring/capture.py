@@ -15,9 +15,11 @@ context (``age``, ``sex``, ``anatom_site``) is kept only as the coarse case mix 
 ``ml_code.monitoring.casemix`` (age capped at 90, sex, body region), never as the text sent.
 
 Each row points at its capture line (``capture_object_uri``, ``capture_line``) instead of keeping a
-copy of the image: whoever needs the model view of a logged request (embedding drift, the labelling
-queue) decodes that line again (:func:`capture_line_views`), and the patient's image is kept in one
-place, the capture, which expires by the bucket's rule.
+copy of the image: whoever needs the model view of a logged request (the labelling queue, embedding
+drift for answers without a ``"drift_embedding"``) decodes that line again
+(:func:`capture_line_views`), and the patient's image is kept in one place, the capture, which
+expires by the bucket's rule. Embedding drift reads today's answers' projected embeddings from the
+same lines (:func:`capture_line_embeddings`), without decoding an image or loading the network.
 
 Capture files are written by other processes and can hold anything, so parsing never
 raises on bad content: a malformed line is skipped and counted under a named reason.
@@ -40,6 +42,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
+
+from ml_code.package.drift_embedding import DIMENSIONS as EMBEDDING_DIMENSIONS
+from ml_code.package.drift_embedding import ANSWER_FIELD as EMBEDDING_FIELD
+from ml_code.package.drift_embedding import valid_answer_embedding
 
 from .casemix import BODY_REGIONS, CASE_MIX_COLUMNS, UNKNOWN, case_mix_frame
 from .features import (
@@ -274,6 +280,19 @@ def _parse_output(out: dict[str, Any]) -> tuple[str, str | None, dict[str, float
     statistics, or older), ``in_distribution`` 1.0/0.0 otherwise; the image features are the
     answer's ``"image_features"`` when they are complete and valid
     (``ml_code.package.image_features.valid_answer_features``), else None."""
+    payload = _answer(out)
+    if "predicted_class" not in payload:
+        return "error", None, None, np.nan, np.nan, None
+    probs = payload.get("probabilities") or {}
+    score, flag = payload.get("ood_score"), payload.get("in_distribution")
+    return ("ok", str(payload["predicted_class"]), {str(k): float(v) for k, v in probs.items()},
+            np.nan if score is None else float(score), np.nan if flag is None else float(bool(flag)),
+            valid_answer_features(payload.get(ANSWER_FIELD)))
+
+
+def _answer(out: dict[str, Any]) -> dict[str, Any]:
+    """The endpoint's JSON answer (its first object when it is a list) in endpointOutput, decoded
+    from JSON or BASE64; ValueError (a JSONDecodeError, binascii.Error) when it is not one."""
     text = out.get("data")
     enc = str(out.get("encoding", "JSON")).upper()
     if enc == "BASE64" and isinstance(text, str):
@@ -283,13 +302,7 @@ def _parse_output(out: dict[str, Any]) -> tuple[str, str | None, dict[str, float
         payload = payload[0] if payload else {}
     if not isinstance(payload, dict):
         raise ValueError("output is not a JSON object")
-    if "predicted_class" not in payload:
-        return "error", None, None, np.nan, np.nan, None
-    probs = payload.get("probabilities") or {}
-    score, flag = payload.get("ood_score"), payload.get("in_distribution")
-    return ("ok", str(payload["predicted_class"]), {str(k): float(v) for k, v in probs.items()},
-            np.nan if score is None else float(score), np.nan if flag is None else float(bool(flag)),
-            valid_answer_features(payload.get(ANSWER_FIELD)))
+    return payload
 
 
 def inference_time(value: Any) -> datetime | pd.Timestamp:
@@ -556,6 +569,20 @@ def rows_to_parquet_bytes(rows: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+def _numbered_capture_lines(data: bytes, numbers: Sequence[int]
+                            ) -> Iterator[tuple[int, tuple[dict, dict, dict, datetime | pd.Timestamp]]]:
+    """(position in ``numbers``, envelope) of each of the lines ``numbers`` (0-based,
+    ``bytes.splitlines``, as ``parse_lines`` numbered them) of one capture file's bytes that is
+    there and readable (the file is someone else's: anything else is passed over, never an error)."""
+    lines = data.splitlines()
+    for i, number in enumerate(numbers):
+        if not 0 <= int(number) < len(lines):
+            continue
+        envelope = _envelope(lines[int(number)].decode("utf-8", "replace"))
+        if not isinstance(envelope, str):
+            yield i, envelope
+
+
 def capture_line_views(data: bytes, numbers: Sequence[int], image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(views ``(K, S, S, 3)`` uint8, ok ``(len(numbers),)`` bool): the model views of the requests on
     lines ``numbers`` (0-based, ``bytes.splitlines``, as ``parse_lines`` numbered them) of one
@@ -563,15 +590,9 @@ def capture_line_views(data: bytes, numbers: Sequence[int], image_size: int) -> 
     i.e. ``decode_square``), at ``image_size`` px. ``views`` holds the decodable ones in the order
     given; ``ok`` says which those are (a line that is gone, unreadable or holds no decodable image
     is False, never an error: the file is someone else's)."""
-    lines = data.splitlines()
     views: list[np.ndarray] = []
     ok = np.zeros(len(numbers), dtype=bool)
-    for i, number in enumerate(numbers):
-        if not 0 <= int(number) < len(lines):
-            continue
-        envelope = _envelope(lines[int(number)].decode("utf-8", "replace"))
-        if isinstance(envelope, str):
-            continue
+    for i, envelope in _numbered_capture_lines(data, numbers):
         try:
             view, _request = _viewed_request(envelope[0], image_size)
         except (ValueError, OSError, Image.DecompressionBombError):
@@ -579,3 +600,23 @@ def capture_line_views(data: bytes, numbers: Sequence[int], image_size: int) -> 
         views.append(view)
         ok[i] = True
     return (np.stack(views) if views else np.zeros((0, image_size, image_size, 3), np.uint8)), ok
+
+
+def capture_line_embeddings(data: bytes, numbers: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings ``(K, DIMENSIONS)`` float32, ok ``(len(numbers),)`` bool): the projected
+    penultimate embeddings the endpoint returned (``"drift_embedding"``,
+    ``ml_code.package.drift_embedding``) for the requests on lines ``numbers`` of one capture file's
+    bytes, as :func:`capture_line_views` numbers them; ``ok`` says which answers held a valid one
+    (an answer from a package before the field, another projection, or a damaged line is False).
+    No image is decoded."""
+    found: list[np.ndarray] = []
+    ok = np.zeros(len(numbers), dtype=bool)
+    for i, envelope in _numbered_capture_lines(data, numbers):
+        try:
+            embedding = valid_answer_embedding(_answer(envelope[1]).get(EMBEDDING_FIELD))
+        except (ValueError, TypeError, binascii.Error):
+            continue
+        if embedding is not None:
+            found.append(embedding)
+            ok[i] = True
+    return (np.stack(found) if found else np.zeros((0, EMBEDDING_DIMENSIONS), np.float32)), ok

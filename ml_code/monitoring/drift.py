@@ -10,7 +10,9 @@ Five complementary tests, each answering a different question:
   drifted only when both agree.
 * **MMD** (maximum mean discrepancy, RBF kernel, median-heuristic bandwidth) on the
   model's penultimate-layer embeddings, with a seeded permutation test: catches shifts the
-  hand-made features miss, in the space the classifier actually uses.
+  hand-made features miss, in the space the classifier actually uses. The embeddings are
+  compared under a fixed random projection to 32 numbers (``ml_code.package.drift_embedding``),
+  which the endpoint returns with each answer, so the monitor never runs the network.
 * **Prediction drift**: PSI and a chi-square test of predicted-class counts against the
   baseline's predicted-class distribution (label-free early warning of prior shift).
 * **Case mix** (``ml_code.monitoring.casemix``): the clinical context requests carry - age (PSI and

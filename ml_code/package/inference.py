@@ -10,9 +10,10 @@ the standard library and its own modules (relative imports).
 - :func:`input_fn` checks a body (:mod:`requests`), raising ``RequestError`` with an HTTP status;
 - :func:`predict_fn` scores it (:func:`model.predict_images`);
 - :func:`output_fn` renders ``{"predicted_class", "probabilities", "model_arch", "ood_score",
-  "in_distribution", "image_features"}`` (the OOD fields null when the package has no OOD
-  statistics, :mod:`ood`; ``image_features`` the monitoring features of the image,
-  :mod:`image_features`, for a request the endpoint decoded itself).
+  "in_distribution", "image_features", "drift_embedding"}`` (the OOD fields null when the package
+  has no OOD statistics, :mod:`ood`; ``image_features`` the monitoring features of the image,
+  :mod:`image_features`, and ``drift_embedding`` a projection of its penultimate embedding,
+  :mod:`drift_embedding`, for a request the endpoint decoded itself).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import descriptors, ood
+from . import descriptors, drift_embedding, ood
 from .image_features import ANSWER_FIELD, answer_features, sent_size
 from .image_policy import decode_square_with_facts
 from .model import Probabilities, ServedModel, load_model, network_log_probs, predict_images
+from .networks import PENULTIMATE
 from .requests import RESPONSE_CONTENT_TYPE, RequestError, negotiate_accept, parse_request
 
 
@@ -63,10 +65,14 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
     result, a list of one ``{name: float}``, :func:`image_features.answer_features`): the
     monitor reads them from the capture instead of decoding every captured image again. They
     cost about 0.2-0.3 ms a request at 96 px, 0.7-1.3 ms at 224 px (benchmarks/monitoring_volume.py), next
-    to the forward pass.
+    to the forward pass. Such a request also gets its penultimate embedding, projected
+    (``drift_embedding`` on the result, a list of one :func:`drift_embedding.answer_embedding`), from
+    the same forward pass: the drift monitor compares these with the training data's without
+    loading the network (:mod:`drift_embedding` says why).
     """
     features: list[dict[str, np.ndarray]] | None = [] if getattr(model, "ood", None) is not None else None
     monitored: list[dict[str, float]] | None = None
+    embedded: list[dict[str, Any]] | None = None
     ablations: dict[str, np.ndarray] | None = None  # filled by predict_images when asked for
     if isinstance(data, dict) and "image_bytes" in data:
         context, clinical = data.get("clinical"), None
@@ -75,7 +81,10 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
                                                      [context.get("site")])
         view, facts = decode_square_with_facts(data["image_bytes"], model.image_size)
         monitored = [answer_features(view, sent_size(facts))]  # before the network sees the view
-        probs = predict_images(view[None], model, clinical, features=features)
+        layers: list[dict[str, np.ndarray]] = [] if features is None else features
+        probs = predict_images(view[None], model, clinical, features=layers)
+        embedded = [drift_embedding.answer_embedding(row) for row in
+                    drift_embedding.project(np.concatenate([f[PENULTIMATE] for f in layers]))]
     elif isinstance(data, dict) and "images" in data:
         views = data.get("views")
         ablations = {} if data.get("ablations") else None
@@ -92,6 +101,7 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
     out = np.asarray(probs, dtype=np.float32).view(Probabilities)
     out.classes, out.arch = list(model.classes), str(model.config["arch"])
     out.image_features = monitored
+    out.drift_embedding = embedded
     if ablations is not None:
         out.ablations = {name: np.asarray(value, dtype=np.float32) for name, value in ablations.items()}  # as served
     if features:
@@ -102,19 +112,21 @@ def predict_fn(data: Any, model: ServedModel) -> np.ndarray:
 
 def output_fn(prediction: np.ndarray, accept: str | None = RESPONSE_CONTENT_TYPE) -> str:
     """JSON ``{"predicted_class", "probabilities": {class: p}, "model_arch", "ood_score",
-    "in_distribution"[, "image_features"]}`` per image (a list when the request held several images).
+    "in_distribution"[, "image_features", "drift_embedding"]}`` per image (a list when the request held several images).
     ``ood_score`` is the largest of the image's Mahalanobis distances to the training data at
     several depths of the network, each on its validation scale (:mod:`ood`), and
     ``in_distribution`` whether it is within the validation-calibrated threshold;
     both are null when the package has no OOD statistics. ``image_features`` (when
     :func:`predict_fn` decoded the request itself): the image's monitoring features,
     ``{"brightness", ..., "entropy", "width", "height"}`` (``image_features.ANSWER_FEATURES``; pixel
-    features of the model view on a 0-1 scale, width/height in px as sent). An Accept it cannot
-    meet is a 406 RequestError."""
+    features of the model view on a 0-1 scale, width/height in px as sent) and ``drift_embedding``
+    (likewise): ``{"projection", "values": [32 floats]}``, :mod:`drift_embedding`. An Accept it
+    cannot meet is a 406 RequestError."""
     negotiate_accept(accept)
     classes = list(getattr(prediction, "classes", []) or [])
     arch = getattr(prediction, "arch", "") or ""
     monitored = getattr(prediction, "image_features", None)
+    embedded = getattr(prediction, "drift_embedding", None)
     probs = np.asarray(prediction, dtype=np.float64)
     if probs.ndim == 1:
         probs = probs[None]
@@ -131,6 +143,7 @@ def output_fn(prediction: np.ndarray, accept: str | None = RESPONSE_CONTENT_TYPE
             **ood.answer_fields(getattr(prediction, "ood_scores", None),
                                 getattr(prediction, "in_distribution", None), i),
             **({ANSWER_FIELD: monitored[i]} if monitored is not None and i < len(monitored) else {}),
+            **({drift_embedding.ANSWER_FIELD: embedded[i]} if embedded is not None and i < len(embedded) else {}),
         }
         for i, p in enumerate(probs)
     ]

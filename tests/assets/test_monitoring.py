@@ -4,6 +4,8 @@ import base64
 import io
 import json
 import shutil
+import subprocess
+import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,10 +40,11 @@ def _package(tmp: Path) -> Path:
 
 
 def _capture(store: LocalObjectStore, images: np.ndarray, model, hour: str,
-             contexts: list[dict] | None = None) -> list[tuple[str, str]]:
+             contexts: list[dict] | None = None, without: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """Write capture JSONL like the endpoint does: each answer is the served handlers' own (with the
-    image features the monitor reads); returns (inference_id, predicted class).
-    With ``contexts``, each request is the JSON body with that clinical context."""
+    image features and projected embedding the monitor reads); returns (inference_id, predicted class).
+    With ``contexts``, each request is the JSON body with that clinical context; ``without``: answer
+    fields left out, as a package from before them answered."""
     out, lines = [], []
     now = datetime.now(timezone.utc).timestamp()
     for i, img in enumerate(images):
@@ -52,6 +55,8 @@ def _capture(store: LocalObjectStore, images: np.ndarray, model, hour: str,
             body, ctype = json.dumps({"image": base64.b64encode(body).decode(), **contexts[i]}).encode(), "application/json"
         iid = f"sim-{uuid.uuid4().hex}"
         text = inference.output_fn(inference.predict_fn(inference.input_fn(body, ctype), model), "application/json")
+        if without:
+            text = json.dumps({k: v for k, v in json.loads(text).items() if k not in without})
         lines.append(json.dumps(capture_record(body=body, content_type=ctype, response_text=text,
                                                event_id=str(uuid.uuid4()), inference_id=iid, inference_time=now,
                                                package_version=1)))
@@ -138,8 +143,9 @@ def test_in_distribution_then_shifted_traffic(world) -> None:
     assert md["inference_log"]["num_new_records"] == 120 and md["inference_log"]["total"] == 120
     assert md["inference_log"]["requests_decoded"] == 0  # the answers carried the image features
     assert not list((tmp / "store" / "logs" / "monitoring" / "inference_log").rglob("*.npy"))  # no images kept
-    # the embedding MMD ran on all 120 requests' views, decoded from their capture lines
+    # the embedding MMD ran on all 120 requests, their projected embeddings read from the answers
     assert "(150 baseline vs 120 current)" in md["drift_report"]["report"]
+    assert (md["drift_report"]["embeddings_from_answers"], md["drift_report"]["embeddings_recomputed"]) == (120, 0)
     assert md["drift_report"]["status"] == "ok" and md["drift_report"]["drift_detected"] is False
     assert md["drift_report"]["drift_score"] < 0.5
     assert "| brightness |" in md["drift_report"]["report"] and "data:image/png;base64," in md["drift_report"]["report"]
@@ -166,6 +172,67 @@ def test_in_distribution_then_shifted_traffic(world) -> None:
     md = _run(resources, window=120)  # nothing new: the cursor holds, no duplicate rows
     assert md["inference_log"]["num_new_records"] == 0 and md["inference_log"]["total"] == 240
     assert len(resources["notifier"].read_alerts()) == 2  # still in ALARM: no repeated page
+
+
+def _mmd(tmp: Path) -> dict:
+    reports = sorted((tmp / "store" / "logs" / "monitoring" / "drift_report").glob("*/drift_report.json"))
+    return json.loads(reports[-1].read_text())["mmd"]
+
+
+def test_answers_without_an_embedding_are_embedded_by_the_deployed_model(world) -> None:
+    """Traffic answered by a package from before ``drift_embedding``: the monitor decodes those
+    requests and embeds them with the deployed package, and the MMD is the one the answers' own
+    embeddings give (the same numbers: the endpoint's embedding is the baseline's)."""
+    store, resources, model, tmp = world
+    images = contrast_stretched(lesion_images(80, SIZE, seed=31))
+    _capture(store, images[:40], model, "2026/01/01/10")
+    _capture(store, images[40:], model, "2026/01/01/11", without=("drift_embedding",))
+    md = _run(resources, window=80)["drift_report"]
+    assert (md["embeddings_from_answers"], md["embeddings_recomputed"]) == (40, 40)
+    mixed = _mmd(tmp)
+    shutil.rmtree(tmp / "store" / "logs" / "monitoring")  # the same traffic again, every answer with its embedding
+    shutil.rmtree(tmp / "store" / "logs" / "datacapture")
+    _capture(store, images[:40], model, "2026/01/01/10")
+    _capture(store, images[40:], model, "2026/01/01/11")
+    md = _run(resources, window=80)["drift_report"]
+    assert (md["embeddings_from_answers"], md["embeddings_recomputed"]) == (80, 0)
+    answered = _mmd(tmp)
+    assert mixed["n_current"] == answered["n_current"] == 80
+    assert answered["mmd2"] == pytest.approx(mixed["mmd2"], rel=1e-3)
+    assert answered["p_value"] < 0.01 and mixed["p_value"] < 0.01  # contrast-stretched traffic drifted
+
+
+def test_a_drift_run_over_todays_answers_never_imports_torch(world) -> None:
+    """The drift run reads the endpoint's projected embeddings, so a fresh process running it never
+    loads torch (several hundred MB resident: benchmarks/torch_import_memory.py)."""
+    store, resources, model, tmp = world
+    _capture(store, lesion_images(60, SIZE, seed=30), model, "2026/01/01/10")
+    dg.materialize([dg.AssetSpec("live_endpoint"), inference_log], resources=resources, selection=["inference_log"])
+    child = f"""
+import sys
+import dagster as dg
+from dermaops_assets.monitoring import drift_report
+from dermaops_resources.metrics import LocalMetricsStore
+from dermaops_resources.notifier import LocalNotifier
+from dermaops_resources.object_store import LocalObjectStore
+from dermaops_resources.registry import SqliteModelRegistry
+from tests.support.dagster_io import HandleIO
+root = {str(tmp)!r}
+store = LocalObjectStore(root=root + "/store")
+resources = {{"store": store, "registry": SqliteModelRegistry(db_path=root + "/registry.db"),
+             "io_manager": HandleIO(store), "metrics": LocalMetricsStore(db_path=root + "/metrics.db"),
+             "notifier": LocalNotifier(alerts_path=root + "/alerts.jsonl")}}
+result = dg.materialize([dg.AssetSpec("live_endpoint"), dg.AssetSpec("model_baseline"), dg.AssetSpec("inference_log"),
+                         drift_report], resources=resources, selection=["drift_report"],
+                        run_config={{"ops": {{"drift_report": {{"config": {{"mmd_permutations": 99}}}}}}}})
+md = result.asset_materializations_for_node("drift_report")[0].metadata
+print("RESULT", result.success, md["embeddings_from_answers"].value, md["embeddings_recomputed"].value,
+      "torch" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("RESULT", 1)[1].split() == ["True", "60", "0", "False"]
 
 
 def test_a_shifted_case_mix_alone_is_drift(world) -> None:

@@ -17,6 +17,7 @@ from ml_code.package import views as d4
 from ml_code.package import image_policy
 from ml_code.package import networks
 from ml_code.package import model as package_model
+from ml_code.package.drift_embedding import valid_answer_embedding
 from ml_code.training import models
 from ml_code.training.packaging import write_model_dir
 
@@ -67,7 +68,8 @@ def test_handlers_end_to_end(served, fmt, ctype):
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
     body = json.loads(inference.output_fn(probs, "application/json"))
     assert set(body) == {"predicted_class", "probabilities", "model_arch", "ood_score", "in_distribution",
-                         "image_features"}
+                         "image_features", "drift_embedding"}
+    assert valid_answer_embedding(body["drift_embedding"]) is not None  # resnet18's 512 numbers, projected
     assert body["ood_score"] is None and body["in_distribution"] is None  # a package without OOD statistics
     assert list(body["probabilities"]) == list(CLASSES)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

@@ -1,7 +1,8 @@
 """A monitored endpoint's store for monitoring tests and benchmarks: a real (tiny, untrained)
 model package, its baseline, the registry entry and the handles the monitoring assets read,
 plus capture files written the way the local endpoint writes them (``CaptureWriter`` keys,
-``capture_record`` lines, answers with the ``image_features`` the served handlers compute)."""
+``capture_record`` lines, answers with the ``image_features`` and ``drift_embedding`` the served
+handlers compute)."""
 
 from __future__ import annotations
 
@@ -62,17 +63,35 @@ def endpoint_features(image: bytes, image_size: int) -> dict[str, float]:
     return answer_features(view, sent_size(facts))
 
 
+def served_answer_fields(bodies: list[bytes], model_tar: Path, workdir: Path) -> list[dict]:
+    """The monitoring fields (``image_features``, ``drift_embedding``) of the package's own answer to
+    each body (its served handlers, ``input_fn`` -> ``predict_fn`` -> ``output_fn``): what today's
+    endpoint serving ``model_tar`` returns besides the prediction."""
+    from ml_code.monitoring.baseline import load_packaged_model
+    from ml_code.package.drift_embedding import ANSWER_FIELD as EMBEDDING_FIELD
+
+    api, model = load_packaged_model(model_tar, workdir)
+    out = []
+    for body in bodies:
+        answer = json.loads(api.output_fn(api.predict_fn(api.input_fn(body, "image/jpeg"), model), "application/json"))
+        out.append({ANSWER_FIELD: answer[ANSWER_FIELD], EMBEDDING_FIELD: answer[EMBEDDING_FIELD]})
+    return out
+
+
 def write_captures(folder: Path, bodies: list[bytes], n_records: int, per_file: int, start: datetime,
-                   seconds: float, seed: int = 0, first_id: int = 0, *, image_size: int | None) -> list[Path]:
+                   seconds: float, seed: int = 0, first_id: int = 0, *, image_size: int | None,
+                   answer_fields: list[dict] | None = None) -> list[Path]:
     """``n_records`` capture lines in files of ``per_file`` under ``folder`` (the endpoint's
     ``<capture root>/<endpoint>/AllTraffic``), in the ``CaptureWriter`` key layout
     ``yyyy/mm/dd/hh/<yyyymmddThhmmssffffff>-<uuid8>.jsonl``, requests spread evenly over
     ``seconds`` from ``start``. Bodies cycle through ``bodies``; answers are random probabilities
     with, as today's endpoint answers, the ``image_features`` of each body at ``image_size`` px
     (:func:`endpoint_features`); ``image_size=None`` writes answers without them, as packages
-    before them did."""
+    before them did. ``answer_fields`` (one dict a body, :func:`served_answer_fields`) replaces those
+    features with the served package's own monitoring fields, the projected embedding too."""
     rng = np.random.default_rng(seed)
-    features = [None if image_size is None else endpoint_features(b, image_size) for b in bodies]
+    if answer_fields is None:
+        answer_fields = [{} if image_size is None else {ANSWER_FIELD: endpoint_features(b, image_size)} for b in bodies]
     paths = []
     for f0 in range(0, n_records, per_file):
         n = min(per_file, n_records - f0)
@@ -84,8 +103,7 @@ def write_captures(folder: Path, bodies: list[bytes], n_records: int, per_file: 
             p = probs[j]
             answer = {"predicted_class": CLASSES[int(p.argmax())],
                       "probabilities": {c: float(v) for c, v in zip(CLASSES, p)}}
-            if features[(first_id + i) % len(bodies)] is not None:
-                answer[ANSWER_FIELD] = features[(first_id + i) % len(bodies)]
+            answer.update(answer_fields[(first_id + i) % len(bodies)])
             lines.append(json.dumps(capture_record(
                 body=bodies[(first_id + i) % len(bodies)], content_type="image/jpeg", response_text=json.dumps(answer),
                 event_id=str(uuid.UUID(int=first_id + i + 1)), inference_id=f"bench-{first_id + i:09d}",
