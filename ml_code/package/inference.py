@@ -120,8 +120,8 @@ def output_fn(prediction: np.ndarray, accept: str | None = RESPONSE_CONTENT_TYPE
     :func:`predict_fn` decoded the request itself): the image's monitoring features,
     ``{"brightness", ..., "entropy", "width", "height"}`` (``image_features.ANSWER_FEATURES``; pixel
     features of the model view on a 0-1 scale, width/height in px as sent) and ``drift_embedding``
-    (likewise): ``{"projection", "values": [32 floats]}``, :mod:`drift_embedding`. An Accept it
-    cannot meet is a 406 RequestError."""
+    (likewise): ``{"projection", "encoding", "data"}`` (32 float32, base64), :mod:`drift_embedding`.
+    An Accept it cannot meet is a 406 RequestError."""
     negotiate_accept(accept)
     classes = list(getattr(prediction, "classes", []) or [])
     arch = getattr(prediction, "arch", "") or ""

@@ -3,6 +3,7 @@ and the monitor reads it back from a capture line without decoding the image."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from ml_code.monitoring.baseline import embed_views, load_packaged_model
 from ml_code.monitoring.capture import capture_line_embeddings
 from ml_code.package import drift_embedding
 from ml_code.package.drift_embedding import (
-    ANSWER_FIELD, DIMENSIONS, PROJECTION, answer_embedding, project, projection_matrix, valid_answer_embedding,
+    ANSWER_FIELD, DIMENSIONS, ENCODING, PROJECTION, answer_embedding, project, projection_matrix, valid_answer_embedding,
 )
 from ml_code.package.image_policy import decode_square_with_facts
 from ml_code.serving.serve import capture_record
@@ -64,16 +65,30 @@ def test_the_projection_is_pinned() -> None:
         project(np.zeros(5))
 
 
+def _b64(values: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
+
+
 @pytest.mark.parametrize("value", [
-    None, [0.0] * DIMENSIONS, {"values": [0.0] * DIMENSIONS},
-    {"projection": "pca-32", "values": [0.0] * DIMENSIONS},
-    {"projection": PROJECTION, "values": [0.0] * (DIMENSIONS - 1)},
-    {"projection": PROJECTION, "values": [0.0] * (DIMENSIONS - 1) + [float("nan")]},
-    {"projection": PROJECTION, "values": ["x"] * DIMENSIONS},
-    {"projection": PROJECTION, "values": [[0.0]] * DIMENSIONS},
+    None, [0.0] * DIMENSIONS, {"data": _b64(np.zeros(DIMENSIONS))},
+    {"projection": "pca-32", "encoding": ENCODING, "data": _b64(np.zeros(DIMENSIONS))},
+    {"projection": PROJECTION, "encoding": "float16-le-base64", "data": _b64(np.zeros(DIMENSIONS))},
+    {"projection": PROJECTION, "encoding": ENCODING, "data": _b64(np.zeros(DIMENSIONS - 1))},
+    {"projection": PROJECTION, "encoding": ENCODING, "data": _b64([np.nan] + [0.0] * (DIMENSIONS - 1))},
+    {"projection": PROJECTION, "encoding": ENCODING, "data": "not base64!"},
+    {"projection": PROJECTION, "encoding": ENCODING, "data": [0.0] * DIMENSIONS},
 ])
 def test_an_answer_projected_otherwise_or_damaged_is_not_read(value) -> None:
     assert valid_answer_embedding(value) is None
+
+
+def test_an_answer_holds_the_projection_exactly() -> None:
+    vector = np.random.default_rng(2).normal(size=DIMENSIONS).astype(np.float32)
+    answer = json.loads(json.dumps(answer_embedding(vector)))
+    assert answer["projection"] == PROJECTION and answer["encoding"] == ENCODING
+    np.testing.assert_array_equal(valid_answer_embedding(answer), vector)
+    with pytest.raises(ValueError, match="32 projected numbers"):
+        answer_embedding(vector[:5])
 
 
 def test_capture_lines_give_their_answers_embeddings_without_an_image() -> None:
@@ -89,6 +104,6 @@ def test_capture_lines_give_their_answers_embeddings_without_an_image() -> None:
     data = "\n".join([lines[0], "{half a line", lines[1], lines[2]]).encode()
     got, ok = capture_line_embeddings(data, [3, 2, 1, 0, 9])
     assert ok.tolist() == [True, False, False, True, False]
-    np.testing.assert_allclose(got, vectors[[2, 0]], rtol=1e-6)
+    np.testing.assert_array_equal(got, vectors[[2, 0]])
     empty, none = capture_line_embeddings(data, [1])
     assert empty.shape == (0, drift_embedding.DIMENSIONS) and not none.any()
