@@ -177,6 +177,15 @@ def _endpoint_embedding_ms(width: int = 1280, n: int = 2000) -> float:
     return (time.perf_counter() - t0) / n * 1e3
 
 
+def _embedding_bytes(root: Path) -> float:
+    """Mean bytes the ``drift_embedding`` field adds to a capture line (the answer as the line holds it:
+    a JSON string inside the line's JSON)."""
+    from ml_code.package.drift_embedding import ANSWER_FIELD
+
+    fields = json.loads((root / "answer_fields.json").read_text())
+    return sum(len(json.dumps(json.dumps({ANSWER_FIELD: f[ANSWER_FIELD]}))) - 4 for f in fields) / len(fields)
+
+
 def _baseline_rate(root: Path, records: int) -> float:
     """Seconds per request of the previous path: every request's image decoded to its model view and
     the features computed from it (``parse_lines`` with ``keep_images``, as the log's reader
@@ -247,7 +256,8 @@ def _in_child(root: Path, stage: str, records: int, sample: int) -> dict:
         _world(root, records)
         return {"seconds": time.perf_counter() - t0, "per_request": _baseline_rate(root, sample),
                 "endpoint_ms": {size: _endpoint_feature_ms(size) for size in (SIZE, 224)},
-                "embedding_ms": _endpoint_embedding_ms()}
+                "embedding_ms": _endpoint_embedding_ms(),
+                "embedding_bytes": _embedding_bytes(root)}
     if stage == "incremental":  # 1,000 more requests land after the first run
         from tests.support.monitoring_world import utc_now, write_captures
 
@@ -298,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{drift.get('embeddings_recomputed')} recomputed; torch imported: {drift['torch_imported']})")
     print("the endpoint's cost of image_features per request: " + ", ".join(
         f"{ms:.2f} ms at {size} px" for size, ms in world["endpoint_ms"].items())
-          + f"; of drift_embedding (1,280 numbers projected to 32): {world['embedding_ms']:.3f} ms")
+          + f"; of drift_embedding (1,280 numbers projected to 32): {world['embedding_ms']:.3f} ms, "
+          f"{world['embedding_bytes']:.0f} bytes more a capture line")
     print(f"previous path (decode every request): {per_request * 1e3:.2f} ms a request on {sample} requests "
           f"-> {per_request * records:.1f}s for {records}")
     scale = records / 100_000  # the absolute targets are for 100,000 records
