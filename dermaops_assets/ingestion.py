@@ -70,8 +70,8 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
             "manifest_uri": dg.MetadataValue.path(handle.manifest_uri),
             "quarantine_uri": dg.MetadataValue.path(handle.quarantine_uri),
             "manifest_hash": handle.manifest_hash,
-            "near_duplicate_pairs": len(pairs),
-            "near_duplicate_pairs_across_lesions": len(cross),
+            "near_duplicate_pairs": pairs.attrs["pairs"],  # exact, though the table stops at PAIR_ROWS
+            "near_duplicate_pairs_across_lesions": pairs.attrs["cross_lesion_pairs"],
             "near_duplicates": table_markdown(cross.head(50).to_dict("records")),  # across lesions, closest first
         },
     )

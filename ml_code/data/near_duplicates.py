@@ -282,21 +282,45 @@ def _all_pairs(h: np.ndarray, threshold: int) -> np.ndarray:
     return np.concatenate(found).astype(np.int64)
 
 
+def distinct_hashes(hashes: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct hashes ``(U, words)``, ``inverse`` ``(N,)``: row -> its distinct hash) of hex hashes or
+    :func:`to_words` rows. Why: pictures with one hash (a batch of blank frames, a device's test
+    shots re-exported) are all pairwise near-duplicates, so their pairs grow with the square of
+    their number (3,000 such pictures: 4.5 million pairs); searched once per distinct hash, and
+    joined to it by ``inverse``, they cost one row each."""
+    if isinstance(hashes, np.ndarray) and hashes.dtype == np.uint64:
+        if len(hashes) == 0:
+            return hashes.reshape(0, _WORDS), np.zeros(0, dtype=np.int64)
+        distinct, inverse = np.unique(hashes, axis=0, return_inverse=True)
+        return distinct, inverse.reshape(-1).astype(np.int64)
+    # the hex text, factorized (a hash table: several times faster than sorting the words), then
+    # decoded once per distinct text; two spellings of one hash stay two entries, at distance 0
+    inverse, texts = pd.factorize(pd.Series(list(hashes), dtype=object))
+    return to_words(list(texts)), inverse.astype(np.int64)
+
+
 def near_duplicate_groups(hashes: Sequence[str] | pd.Series, threshold: int = PHASH_THRESHOLD) -> np.ndarray:
     """Connected components of the near-duplicate graph: one int64 group number per input,
     equal for images joined by a chain of near-duplicate pairs (the smallest member index
     names the group, so the numbering does not depend on anything but input order).
 
-    Empty or missing hashes (manifests written before hashing existed) form singleton groups."""
+    Searched over the distinct hashes (:func:`distinct_hashes`): linear in the rows however many
+    pictures share a hash. Empty or missing hashes (manifests written before hashing existed)
+    form singleton groups."""
     values = pd.Series(hashes.tolist() if isinstance(hashes, pd.Series) else list(hashes), dtype=object)
     values = values.fillna("").astype(str).str.strip()
     n = len(values)
     present = np.flatnonzero(values.ne("").to_numpy())
     if len(present) < 2:
         return np.arange(n, dtype=np.int64)
-    pairs = near_duplicate_pairs(values.iloc[present].tolist(), threshold)
-    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (present[pairs[:, 0]], present[pairs[:, 1]])), shape=(n, n))
+    distinct, inverse = distinct_hashes(values.iloc[present].tolist())
+    pairs = near_duplicate_pairs(distinct, threshold)
+    # nodes: the n rows, then one per distinct hash; each hashed row joins its hash, close hashes join
+    src = np.concatenate([present, n + pairs[:, 0]])
+    dst = np.concatenate([n + inverse, n + pairs[:, 1]])
+    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n + len(distinct),) * 2)
     _, component = connected_components(graph, directed=False)
+    component = component[:n]
     smallest = np.full(component.max() + 1, n, dtype=np.int64)
     np.minimum.at(smallest, component, np.arange(n, dtype=np.int64))
     return smallest[component]
@@ -305,19 +329,87 @@ def near_duplicate_groups(hashes: Sequence[str] | pd.Series, threshold: int = PH
 PAIR_COLUMNS: tuple[str, ...] = ("image_id_a", "image_id_b", "distance", "lesion_id_a", "lesion_id_b")
 
 
-def pairs_table(manifest: pd.DataFrame, threshold: int = PHASH_THRESHOLD) -> pd.DataFrame:
+PAIR_ROWS = 100_000
+"""Most rows :func:`pairs_table` lists (about 40 MB of ids); its counts are exact beyond them."""
+
+
+def pairs_table(manifest: pd.DataFrame, threshold: int = PHASH_THRESHOLD, max_rows: int = PAIR_ROWS) -> pd.DataFrame:
     """Near-duplicate pairs of a manifest (columns ``image_id``, ``phash``, optional ``lesion_id``)
-    as a table with ``PAIR_COLUMNS``, closest first; rows without a hash are skipped."""
+    as a table with ``PAIR_COLUMNS``, closest first; rows without a hash are skipped.
+
+    ``attrs``: ``pairs`` and ``cross_lesion_pairs`` (pairs whose lesion ids differ), exact, and
+    ``truncated``. Searched over the distinct hashes (:func:`distinct_hashes`) and counted per pair
+    of them, so pictures sharing one hash cost one row each: beyond ``max_rows`` pairs (a flood of
+    look-alike pictures, whose pairs grow with the square of their number) the table lists the
+    pairs of the closest hashes first, up to ``max_rows`` rows, and says it is ``truncated``."""
+    empty = pd.DataFrame(columns=list(PAIR_COLUMNS))
+    empty.attrs.update(pairs=0, cross_lesion_pairs=0, truncated=False)
     if "phash" not in manifest.columns or manifest.empty:
-        return pd.DataFrame(columns=list(PAIR_COLUMNS))
+        return empty
     rows = manifest[manifest["phash"].fillna("").astype(str).str.strip().ne("")].reset_index(drop=True)
-    pairs = near_duplicate_pairs(rows["phash"].astype(str).tolist(), threshold)
-    lesions = rows["lesion_id"].astype(str) if "lesion_id" in rows.columns else pd.Series([""] * len(rows))
+    if len(rows) < 2:
+        return empty
+    distinct, inverse = distinct_hashes(rows["phash"].astype(str).tolist())
+    lesions = (rows["lesion_id"].astype(str) if "lesion_id" in rows.columns else pd.Series([""] * len(rows))).to_numpy()
+    lesion_codes = pd.factorize(lesions)[0]
+    members = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[members], np.arange(len(distinct) + 1))
+    sizes = np.diff(bounds)
+    close = near_duplicate_pairs(distinct, threshold)
+    # pairs of two pictures with hashes of their own (the usual case): one row each, vectorised
+    single = (sizes[close[:, 0]] == 1) & (sizes[close[:, 1]] == 1)
+    a, b = members[bounds[close[single, 0]]], members[bounds[close[single, 1]]]
+    found = [np.stack([np.minimum(a, b), np.maximum(a, b), close[single, 2]], axis=1)]
+    total = len(a)
+    cross = int((lesion_codes[a] != lesion_codes[b]).sum())
+    # a hash several pictures share, and close hashes either of which several share: counted, listed
+    # up to max_rows pairs (closest first), however many pairs they make
+    shared = np.flatnonzero(sizes > 1)
+    items = np.concatenate([np.stack([shared, shared, np.zeros_like(shared)], axis=1), close[~single]]).astype(np.int64)
+    listed = 0
+    for u, v, distance in items[np.argsort(items[:, 2], kind="stable")]:
+        left, right = members[bounds[u]:bounds[u + 1]], members[bounds[v]:bounds[v + 1]]
+        on_left = np.unique(lesion_codes[left], return_counts=True)[1]
+        if u == v:  # pairs within the hash, less those of one lesion
+            n_pairs = len(left) * (len(left) - 1) // 2
+            n_same = int((on_left * (on_left - 1)).sum()) // 2
+        else:  # pairs across the two hashes, less those of one lesion (lesions on both sides)
+            n_pairs = len(left) * len(right)
+            per_lesion = pd.Series(lesion_codes[left]).value_counts() * pd.Series(lesion_codes[right]).value_counts()
+            n_same = int(per_lesion.dropna().sum())
+        total += n_pairs
+        cross += n_pairs - n_same
+        if listed < max_rows:
+            a, b = _first_pairs(left, right if u != v else None, max_rows - listed)
+            found.append(np.stack([np.minimum(a, b), np.maximum(a, b), np.full(len(a), distance)], axis=1))
+            listed += len(a)
+    pairs = np.concatenate(found).astype(np.int64)
+    if len(pairs) > max_rows:  # the closest max_rows
+        pairs = pairs[np.argsort(pairs[:, 2], kind="stable")[:max_rows]]
+    ids = rows["image_id"].astype(str).to_numpy()
     table = pd.DataFrame({
-        "image_id_a": rows["image_id"].astype(str).to_numpy()[pairs[:, 0]],
-        "image_id_b": rows["image_id"].astype(str).to_numpy()[pairs[:, 1]],
-        "distance": pairs[:, 2],
-        "lesion_id_a": lesions.to_numpy()[pairs[:, 0]],
-        "lesion_id_b": lesions.to_numpy()[pairs[:, 1]],
+        "image_id_a": ids[pairs[:, 0]],
+        "image_id_b": ids[pairs[:, 1]],
+        "distance": pairs[:, 2].astype(np.int64),
+        "lesion_id_a": lesions[pairs[:, 0]],
+        "lesion_id_b": lesions[pairs[:, 1]],
     }, columns=list(PAIR_COLUMNS))
-    return table.sort_values(["distance", "image_id_a", "image_id_b"], kind="mergesort").reset_index(drop=True)
+    table = table.sort_values(["distance", "image_id_a", "image_id_b"], kind="mergesort").reset_index(drop=True)
+    table.attrs.update(pairs=total, cross_lesion_pairs=cross, truncated=total > len(table))
+    return table
+
+
+def _first_pairs(left: np.ndarray, right: np.ndarray | None, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` pairs, row by row, of ``left`` x ``right``, or of ``left`` with itself
+    (``right`` None: each pair once, ``left[i]`` with the later ``left[j]``): only those are made,
+    so listing a few pairs of a huge cluster costs no more than the few."""
+    if right is not None:
+        rows = min(len(left), -(-limit // max(len(right), 1)))
+        a, b = np.repeat(left[:rows], len(right)), np.tile(right, rows)
+        return a[:limit], b[:limit]
+    m = len(left)
+    per_row = np.arange(m - 1, -1, -1)  # row r pairs with the m - 1 - r after it
+    rows = int(np.searchsorted(np.cumsum(per_row), limit)) + 1
+    i = np.repeat(np.arange(min(rows, m)), per_row[:rows])
+    j = np.concatenate([np.arange(r + 1, m) for r in range(min(rows, m))]) if len(i) else np.zeros(0, np.int64)
+    return left[i[:limit]], left[j[:limit]]

@@ -42,7 +42,9 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ml_code.data.near_duplicates import PHASH_THRESHOLD, near_duplicate_groups, near_duplicate_pairs
+from ml_code.data.near_duplicates import (
+    PHASH_THRESHOLD, distinct_hashes, near_duplicate_groups, near_duplicate_pairs,
+)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -273,18 +275,53 @@ def check_no_leakage(assignments_df: pd.DataFrame, split_col: str = "split") -> 
 def near_duplicate_leaks(assignments_df: pd.DataFrame, split_col: str = "split",
                          threshold: int = PHASH_THRESHOLD) -> list[str]:
     """Near-duplicate image pairs (``phash`` within ``threshold`` bits) that sit in different
-    splits; empty when the table has no ``phash`` column (manifests from before hashing)."""
+    splits, in row order; empty when the table has no ``phash`` column (manifests from before
+    hashing).
+
+    One message per pair of distinct hashes (or per hash that pictures in several splits share),
+    naming one such pair of images and, when there are more, how many: searched over the distinct
+    hashes (:func:`ml_code.data.near_duplicates.distinct_hashes`), so a flood of pictures with
+    one hash costs one row each, not the square of their number."""
     if "phash" not in assignments_df.columns or split_col not in assignments_df.columns:
         return []
     rows = assignments_df.reset_index(drop=True)
     hashed = rows["phash"].fillna("").astype(str).str.strip().ne("")
     rows = rows[hashed].reset_index(drop=True)
-    pairs = near_duplicate_pairs(rows["phash"].astype(str).tolist(), threshold)
-    split = rows[split_col].astype(str).to_numpy()
+    if len(rows) < 2:
+        return []
+    distinct, inverse = distinct_hashes(rows["phash"].astype(str).tolist())
+    split_codes, split_names = pd.factorize(rows[split_col].astype(str))
     ids = rows["image_id"].astype(str).to_numpy() if "image_id" in rows.columns else rows.index.astype(str)
-    return [f"near-duplicate images {ids[i]} and {ids[j]} (phash distance {d}) are in splits "
-            f"{sorted({split[i], split[j]})}"
-            for i, j, d in pairs if split[i] != split[j]]
+    members = np.argsort(inverse, kind="stable")  # rows by distinct hash, each hash's rows in row order
+    bounds = np.searchsorted(inverse[members], np.arange(len(distinct) + 1))
+    low = np.full(len(distinct), len(split_names))
+    high = np.full(len(distinct), -1)
+    np.minimum.at(low, inverse, split_codes)
+    np.maximum.at(high, inverse, split_codes)
+    pairs = near_duplicate_pairs(distinct, threshold)
+    a, b = pairs[:, 0], pairs[:, 1]
+    crossing = ~((low[a] == high[a]) & (low[b] == high[b]) & (low[a] == low[b]))
+    shared = np.flatnonzero(low != high)  # one hash, pictures in several splits
+    items = [(int(u), int(u), 0) for u in shared] + [tuple(int(v) for v in row) for row in pairs[crossing]]
+    found: list[tuple[int, int, str]] = []
+    for u, v, distance in items:
+        left, right = members[bounds[u]:bounds[u + 1]], members[bounds[v]:bounds[v + 1]]
+        on_left = np.bincount(split_codes[left], minlength=len(split_names))
+        on_right = np.bincount(split_codes[right], minlength=len(split_names))
+        if u == v:
+            n_cross = (len(left) * (len(left) - 1) - int((on_left * (on_left - 1)).sum())) // 2
+        else:
+            n_cross = len(left) * len(right) - int((on_left * on_right).sum())
+        i = int(left[0])
+        others = right[split_codes[right] != split_codes[i]]
+        if not len(others):  # every picture on the right is in i's split: take one on the left that is not
+            i, others = int(right[0]), left[split_codes[left] != split_codes[right[0]]]
+        i, j = sorted((i, int(others[0])))
+        splits = sorted(str(split_names[c]) for c in np.flatnonzero(on_left + on_right))
+        more = f" ({n_cross} pairs of pictures with these hashes cross splits)" if n_cross > 1 else ""
+        found.append((i, j, f"near-duplicate images {ids[i]} and {ids[j]} (phash distance {distance}) are in "
+                            f"splits {splits}{more}"))
+    return [message for _, _, message in sorted(found)]
 
 
 def class_coverage(assignments_df: pd.DataFrame, split_col: str = "split", dx_col: str = "dx",

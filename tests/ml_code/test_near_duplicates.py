@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from ml_code.data import near_duplicates as nd
 from ml_code.data.splits import check_no_leakage, group_ids, grouped_stratified_split, near_duplicate_leaks
@@ -265,3 +267,65 @@ def test_the_processing_job_searches_its_hashes_once(monkeypatch, tmp_path) -> N
     preprocess.run(store.local_path(handle.manifest_uri).parent, store.local_path(handle.images_prefix_uri),
                    tmp_path / "out", image_size=16, num_workers=1)
     assert searches == [handle.num_images]
+
+
+def _random_hash_sets(seed: int, trials: int):
+    """Small manifests of a few base pictures, each row the base or a copy one bit away (or unhashed):
+    many rows share one hash, the case the distinct-hash search exists for."""
+    rng = np.random.default_rng(seed)
+    for _ in range(trials):
+        k, n = int(rng.integers(1, 10)), int(rng.integers(1, 40))
+        base = [int(x) for x in rng.integers(0, 2**62, size=k)]
+        hashes = []
+        for _ in range(n):
+            h = base[int(rng.integers(k))] ^ ((1 << int(rng.integers(256))) if rng.random() < 0.4 else 0)
+            hashes.append(f"{h:064x}" if rng.random() > 0.1 else "")
+        yield pd.DataFrame({"image_id": [f"I{i:03d}" for i in range(n)], "phash": hashes,
+                            "lesion_id": rng.choice(["L1", "L2", "L3"], size=n),
+                            "split": rng.choice(["train", "val", "test"], size=n)}), int(rng.integers(0, 4))
+
+
+def test_groups_pairs_and_leaks_match_every_pair_when_pictures_share_hashes() -> None:
+    """Searched over distinct hashes, the groups, the pairs table (rows and exact counts, also when
+    cut short) and the leak count are what comparing every pair of rows gives."""
+    for df, threshold in _random_hash_sets(seed=1, trials=150):
+        rows = df[df["phash"] != ""].reset_index(drop=True)
+        every = _every_pair(nd.to_words(rows["phash"].tolist()), threshold) if len(rows) > 1 else np.zeros((0, 3), int)
+        ids, lesions, split = (rows[c].to_numpy() for c in ("image_id", "lesion_id", "split"))
+        expected = pd.DataFrame({"image_id_a": ids[every[:, 0]], "image_id_b": ids[every[:, 1]], "distance": every[:, 2],
+                                 "lesion_id_a": lesions[every[:, 0]], "lesion_id_b": lesions[every[:, 1]]})
+        expected = expected.sort_values(["distance", "image_id_a", "image_id_b"], kind="mergesort").reset_index(drop=True)
+        table = nd.pairs_table(df, threshold)
+        pd.testing.assert_frame_equal(table.astype(str), expected.astype(str), check_dtype=False)
+        cross = int((expected["lesion_id_a"] != expected["lesion_id_b"]).sum())
+        assert (table.attrs["pairs"], table.attrs["cross_lesion_pairs"]) == (len(expected), cross)
+        short = nd.pairs_table(df, threshold, max_rows=3)
+        assert len(short) == min(3, len(expected)) and short.attrs["truncated"] == (len(expected) > 3)
+        assert (short.attrs["pairs"], short.attrs["cross_lesion_pairs"]) == (len(expected), cross)
+        components = connected_components(coo_matrix((np.ones(len(every)), (every[:, 0], every[:, 1])),
+                                                     shape=(len(rows),) * 2), directed=False)[1]
+        groups = nd.near_duplicate_groups(rows["phash"], threshold)
+        assert all((groups[i] == groups[j]) == (components[i] == components[j])
+                   for i in range(len(rows)) for j in range(len(rows)))
+        leaks = near_duplicate_leaks(df, threshold=threshold)
+        crossing = int(sum(split[i] != split[j] for i, j, _ in every))
+        counted = sum(int(m.rsplit("(", 1)[1].split(" pairs")[0]) if "cross splits" in m else 1 for m in leaks)
+        assert counted == crossing
+
+
+def test_a_flood_of_one_hash_costs_rows_not_pairs() -> None:
+    """30,000 pictures with one hash are 450 million pairs: counted, not listed, in a fraction of a
+    second and well under a gigabyte (listing them took minutes and tens of GB)."""
+    n = 30_000
+    flood = pd.DataFrame({"image_id": [f"F{i:06d}" for i in range(n)], "phash": ["ab" * 32] * n,
+                          "lesion_id": [f"L{i // 2}" for i in range(n)], "dx": "nv",
+                          "split": np.where(np.arange(n) % 3 == 0, "test", "train")})
+    table = nd.pairs_table(flood, max_rows=1000)
+    assert table.attrs == {"pairs": n * (n - 1) // 2, "cross_lesion_pairs": n * (n - 1) // 2 - n // 2,
+                           "truncated": True}
+    assert len(table) == 1000 and set(table["distance"]) == {0}
+    assert group_ids(flood).nunique() == 1
+    tests = n // 3
+    leaks = near_duplicate_leaks(flood)
+    assert leaks == [f"near-duplicate images F000000 and F000001 (phash distance 0) are in splits ['test', 'train'] "
+                     f"({tests * (n - tests)} pairs of pictures with these hashes cross splits)"]
