@@ -70,4 +70,5 @@ def test_raw_images_reports_near_duplicate_pairs(dermaops_home: Path, tmp_path: 
     cross = pairs[pairs["lesion_id_a"] != pairs["lesion_id_b"]]
     assert cross["image_id_a"].tolist()[:1] == ["ISIC_COPY"]
     assert md["near_duplicates"].value == table_markdown(cross.head(50).to_dict("records")).value
-    assert md["near_duplicate_pairs"].value == len(pairs)
+    assert md["near_duplicate_pairs"].value == len(pairs) == pairs.attrs["pairs"]
+    assert md["near_duplicate_table_truncated"].value is False
