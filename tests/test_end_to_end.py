@@ -175,6 +175,8 @@ def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> No
     calm = deployed.latest_metadata("drift_report")
     assert calm["status"] != "insufficient_data" and calm["n_requests"] >= 50, calm
     assert calm["drift_detected"] is False, calm
+    # the served answers carried their projected embeddings: the monitor decoded and embedded none
+    assert (calm["embeddings_from_answers"], calm["embeddings_recomputed"]) == (calm["n_requests"], 0), calm
     assert "| case mix | requests |" in calm["report"] and "| body_region |" in calm["report"], calm
 
     deployed.cli(*traffic, "--perturb", "contrast", "--seed", "1")
