@@ -299,6 +299,24 @@ def distinct_hashes(hashes: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.
     return to_words(list(texts)), inverse.astype(np.int64)
 
 
+def hash_members(inverse: np.ndarray, n_distinct: int) -> tuple[np.ndarray, np.ndarray]:
+    """(members, bounds) of :func:`distinct_hashes`' ``inverse``: the rows of distinct hash ``u`` are
+    ``members[bounds[u]:bounds[u + 1]]``, in row order."""
+    members = np.argsort(inverse, kind="stable")
+    return members, np.searchsorted(inverse[members], np.arange(n_distinct + 1))
+
+
+def differing_pairs(left_codes: np.ndarray, right_codes: np.ndarray | None = None) -> int:
+    """How many pairs of pictures, one on the left and one on the right (two on the left when
+    ``right_codes`` is None), have different codes (their lesion, their split): every pair less
+    those sharing a code, counted per code, so a cluster's pairs are never listed."""
+    if right_codes is None:
+        same = np.unique(left_codes, return_counts=True)[1]
+        return (len(left_codes) * (len(left_codes) - 1) - int((same * (same - 1)).sum())) // 2
+    same = pd.Series(left_codes).value_counts() * pd.Series(right_codes).value_counts()  # NaN: a code on one side only
+    return len(left_codes) * len(right_codes) - int(same.dropna().sum())
+
+
 def near_duplicate_groups(hashes: Sequence[str] | pd.Series, threshold: int = PHASH_THRESHOLD) -> np.ndarray:
     """Connected components of the near-duplicate graph: one int64 group number per input,
     equal for images joined by a chain of near-duplicate pairs (the smallest member index
@@ -352,8 +370,7 @@ def pairs_table(manifest: pd.DataFrame, threshold: int = PHASH_THRESHOLD, max_ro
     distinct, inverse = distinct_hashes(rows["phash"].astype(str).tolist())
     lesions = (rows["lesion_id"].astype(str) if "lesion_id" in rows.columns else pd.Series([""] * len(rows))).to_numpy()
     lesion_codes = pd.factorize(lesions)[0]
-    members = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[members], np.arange(len(distinct) + 1))
+    members, bounds = hash_members(inverse, len(distinct))
     sizes = np.diff(bounds)
     close = near_duplicate_pairs(distinct, threshold)
     # pairs of two pictures with hashes of their own (the usual case): one row each, vectorised
@@ -369,16 +386,8 @@ def pairs_table(manifest: pd.DataFrame, threshold: int = PHASH_THRESHOLD, max_ro
     listed = 0
     for u, v, distance in items[np.argsort(items[:, 2], kind="stable")]:
         left, right = members[bounds[u]:bounds[u + 1]], members[bounds[v]:bounds[v + 1]]
-        on_left = np.unique(lesion_codes[left], return_counts=True)[1]
-        if u == v:  # pairs within the hash, less those of one lesion
-            n_pairs = len(left) * (len(left) - 1) // 2
-            n_same = int((on_left * (on_left - 1)).sum()) // 2
-        else:  # pairs across the two hashes, less those of one lesion (lesions on both sides)
-            n_pairs = len(left) * len(right)
-            per_lesion = pd.Series(lesion_codes[left]).value_counts() * pd.Series(lesion_codes[right]).value_counts()
-            n_same = int(per_lesion.dropna().sum())
-        total += n_pairs
-        cross += n_pairs - n_same
+        total += len(left) * (len(left) - 1) // 2 if u == v else len(left) * len(right)
+        cross += differing_pairs(lesion_codes[left], None if u == v else lesion_codes[right])
         if listed < max_rows:
             a, b = _first_pairs(left, right if u != v else None, max_rows - listed)
             found.append(np.stack([np.minimum(a, b), np.maximum(a, b), np.full(len(a), distance)], axis=1))

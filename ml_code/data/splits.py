@@ -43,7 +43,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ml_code.data.near_duplicates import (
-    PHASH_THRESHOLD, distinct_hashes, near_duplicate_groups, near_duplicate_pairs,
+    PHASH_THRESHOLD, differing_pairs, distinct_hashes, hash_members, near_duplicate_groups, near_duplicate_pairs,
 )
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -292,8 +292,7 @@ def near_duplicate_leaks(assignments_df: pd.DataFrame, split_col: str = "split",
     distinct, inverse = distinct_hashes(rows["phash"].astype(str).tolist())
     split_codes, split_names = pd.factorize(rows[split_col].astype(str))
     ids = rows["image_id"].astype(str).to_numpy() if "image_id" in rows.columns else rows.index.astype(str)
-    members = np.argsort(inverse, kind="stable")  # rows by distinct hash, each hash's rows in row order
-    bounds = np.searchsorted(inverse[members], np.arange(len(distinct) + 1))
+    members, bounds = hash_members(inverse, len(distinct))
     low = np.full(len(distinct), len(split_names))
     high = np.full(len(distinct), -1)
     np.minimum.at(low, inverse, split_codes)
@@ -306,18 +305,13 @@ def near_duplicate_leaks(assignments_df: pd.DataFrame, split_col: str = "split",
     found: list[tuple[int, int, str]] = []
     for u, v, distance in items:
         left, right = members[bounds[u]:bounds[u + 1]], members[bounds[v]:bounds[v + 1]]
-        on_left = np.bincount(split_codes[left], minlength=len(split_names))
-        on_right = np.bincount(split_codes[right], minlength=len(split_names))
-        if u == v:
-            n_cross = (len(left) * (len(left) - 1) - int((on_left * (on_left - 1)).sum())) // 2
-        else:
-            n_cross = len(left) * len(right) - int((on_left * on_right).sum())
+        n_cross = differing_pairs(split_codes[left], None if u == v else split_codes[right])
         i = int(left[0])
         others = right[split_codes[right] != split_codes[i]]
         if not len(others):  # every picture on the right is in i's split: take one on the left that is not
             i, others = int(right[0]), left[split_codes[left] != split_codes[right[0]]]
         i, j = sorted((i, int(others[0])))
-        splits = sorted(str(split_names[c]) for c in np.flatnonzero(on_left + on_right))
+        splits = sorted(str(split_names[c]) for c in np.unique(split_codes[np.concatenate([left, right])]))
         more = f" ({n_cross} pairs of pictures with these hashes cross splits)" if n_cross > 1 else ""
         found.append((i, j, f"near-duplicate images {ids[i]} and {ids[j]} (phash distance {distance}) are in "
                             f"splits {splits}{more}"))
