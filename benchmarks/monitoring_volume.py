@@ -163,8 +163,8 @@ def _endpoint_feature_ms(size: int, n: int = 200) -> float:
 
 def _endpoint_embedding_ms(width: int = 1280, n: int = 2000) -> float:
     """Milliseconds the served handlers spend per request turning the penultimate embedding they have
-    (``width`` numbers: EfficientNet-Lite's) into the answer's ``drift_embedding`` (projection + JSON
-    numbers). A package without OOD statistics also taps its layers' pooled statistics for it, not timed."""
+    (``width`` numbers: EfficientNet-Lite's) into the answer's ``drift_embedding`` (projection, then
+    base64 of its float32s). A package without OOD statistics also taps its layers' pooled statistics for it, not timed."""
     import numpy as np
 
     from ml_code.package.drift_embedding import answer_embedding, project

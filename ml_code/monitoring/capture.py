@@ -43,9 +43,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from ml_code.package.drift_embedding import DIMENSIONS as EMBEDDING_DIMENSIONS
-from ml_code.package.drift_embedding import ANSWER_FIELD as EMBEDDING_FIELD
-from ml_code.package.drift_embedding import valid_answer_embedding
+from ml_code.package.drift_embedding import (
+    ANSWER_FIELD as EMBEDDING_FIELD, DIMENSIONS as EMBEDDING_DIMENSIONS, valid_answer_embedding,
+)
 
 from .casemix import BODY_REGIONS, CASE_MIX_COLUMNS, UNKNOWN, case_mix_frame
 from .features import (

@@ -41,9 +41,8 @@ PROJECTION = f"gaussian-rp-{DIMENSIONS}-{SEED}"
 """Names the projection (method, k, seed); an answer with another name is not compared."""
 ENCODING = "float32-le-base64"
 """How an answer holds the numbers: little-endian float32, base64. Exact, and a string, which the
-inference log's JSON parser passes over in a fraction of what 32 decimal numbers cost it (about 5%
-of the log's parse time for a list, none measurable for the string: a scratch A/B over 3,000 capture
-lines)."""
+inference log's JSON parser passes over in a fraction of what 32 decimal numbers cost it (a list
+made the log's parse measurably slower, the string did not, in a scratch A/B over capture lines)."""
 
 
 @lru_cache(maxsize=8)
