@@ -24,6 +24,7 @@ from .ui import job_callbacks, png_markdown, table_markdown
 
 TRAIN_CODE_VERSION = code_version("ml_code.training.train")
 REAL_DATA_RECIPE = "ham10000"
+SYNTHETIC_DATA_RECIPE = "synthetic_demo"
 EXTRA_HINT = "set each option as a field of trained_model's config instead, e.g. mixup: 0.2, tta_views: 8"
 
 
@@ -41,9 +42,9 @@ class TrainConfigBase(dg.Config):
     def hyperparameters(self, real_data: bool = False) -> dict:
         """The job's SM_HPS: the options set in this config, plus the recipe. Unset options are
         left out, so the job applies the recipe's value or its own default. The recipe: the
-        config's, else the deployment's (DERMAOPS_TRAIN_RECIPE), else for real data the
-        real-data recipe (``ham10000``: the pretrained network); the synthetic demo keeps the
-        job's quick defaults."""
+        config's, else the deployment's (DERMAOPS_TRAIN_RECIPE), else the data's: for real data
+        the real-data recipe (``ham10000``: the pretrained network), for the synthetic demo set
+        ``synthetic_demo`` (the job's quick defaults with resnet18's own stem)."""
         if self.extra_hyperparameters.strip() not in ("", "{}"):
             raise dg.Failure(f"trained_model config extra_hyperparameters is no longer read "
                              f"({self.extra_hyperparameters[:80]!r}): {EXTRA_HINT}")
@@ -51,7 +52,7 @@ class TrainConfigBase(dg.Config):
                if name != "recipe" and getattr(self, name) not in (None, "")}
         # Retrains started by sensors and schedules carry no run config: they follow the
         # deployment's recipe (DERMAOPS_TRAIN_RECIPE) instead of the job's plain defaults.
-        recipe = self.recipe or Settings.from_env().train_recipe or (REAL_DATA_RECIPE if real_data else "")
+        recipe = self.recipe or Settings.from_env().train_recipe or (REAL_DATA_RECIPE if real_data else SYNTHETIC_DATA_RECIPE)
         if recipe:
             hps["recipe"] = recipe
         return hps

@@ -125,6 +125,10 @@ def test_whole_graph_to_live_endpoint(deployed: Deployment) -> None:
         assert isinstance(metadata[key], float) and 0.0 <= metadata[key] <= 1.0
     raw = deployed.latest_metadata("raw_images")
     assert raw["num_images"] > 0 and raw["num_quarantined"] == 0
+    # the synthetic set trained its own recipe, as real data trains the real-data one (the run
+    # config set arch, epochs and batch; the recipe gave the rest)
+    trained = deployed.latest_metadata("trained_model")
+    assert trained["recipe"] == "synthetic_demo" and trained["hyperparameters"]["small_input"] is False
     # the baseline's expected prediction mix is from the evaluation's scoring, not a second one
     assert deployed.latest_metadata("model_baseline")["prediction_distribution_from"].startswith("evaluation")
 

@@ -10,7 +10,7 @@ from dermaops_assets.training import TrainConfig
 
 def test_runs_without_a_recipe_follow_the_deployment_recipe(monkeypatch) -> None:
     monkeypatch.delenv("DERMAOPS_TRAIN_RECIPE", raising=False)
-    assert "recipe" not in TrainConfig().hyperparameters()
+    assert TrainConfig().hyperparameters()["recipe"] == "synthetic_demo"  # the data's recipe
     monkeypatch.setenv("DERMAOPS_TRAIN_RECIPE", "ham10000")  # what a sensor-started retrain then trains with
     assert TrainConfig().hyperparameters()["recipe"] == "ham10000"
     assert TrainConfig(recipe="other").hyperparameters()["recipe"] == "other"  # a run's own config wins
@@ -22,14 +22,14 @@ def test_typed_fields_join_the_recipe(monkeypatch) -> None:
     monkeypatch.delenv("DERMAOPS_TRAIN_RECIPE", raising=False)
     hps = TrainConfig(recipe="ham10000", seed=7, tta_views=1, mixup=0.3, balance="loss").hyperparameters()
     assert hps == {"recipe": "ham10000", "seed": 7, "tta_views": 1, "mixup": 0.3, "balance": "loss"}
-    assert TrainConfig().hyperparameters() == {}
+    assert TrainConfig().hyperparameters() == {"recipe": "synthetic_demo"}
 
 
 def test_extra_hyperparameters_is_refused_unless_empty(monkeypatch) -> None:
     """Kept only so saved run configs carrying its old default ("{}") still launch; any content
     fails before a job starts, saying to use the typed fields."""
     monkeypatch.delenv("DERMAOPS_TRAIN_RECIPE", raising=False)
-    assert TrainConfig(extra_hyperparameters="{}").hyperparameters() == {}
+    assert TrainConfig(extra_hyperparameters="{}").hyperparameters() == {"recipe": "synthetic_demo"}
     with pytest.raises(dg.Failure, match="no longer read") as err:
         TrainConfig(extra_hyperparameters='{"mixup": 0.2}').hyperparameters()
     assert "field of trained_model's config" in str(err.value) and "mixup: 0.2" in str(err.value)
@@ -37,10 +37,11 @@ def test_extra_hyperparameters_is_refused_unless_empty(monkeypatch) -> None:
 
 def test_real_data_trains_the_pretrained_recipe_with_no_setting(monkeypatch):
     """Pointed at real data, a run with no config trains the real-data recipe (the pretrained
-    network); the synthetic demo keeps the quick defaults; a named recipe still wins."""
+    network); the synthetic demo set its own (the quick job defaults, resnet18's own stem); a
+    named recipe still wins."""
     monkeypatch.delenv("DERMAOPS_TRAIN_RECIPE", raising=False)
     assert TrainConfig().hyperparameters(real_data=True)["recipe"] == "ham10000"
-    assert "recipe" not in TrainConfig().hyperparameters(real_data=False)
+    assert TrainConfig().hyperparameters(real_data=False)["recipe"] == "synthetic_demo"
     assert TrainConfig(recipe="ham10000_scratch").hyperparameters(real_data=True)["recipe"] == "ham10000_scratch"
     from ml_code.training.options import RECIPES
 
