@@ -30,7 +30,11 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import multiprocessing as mp
 import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +45,7 @@ from scipy import ndimage
 
 from ml_code import CLASSES
 from ml_code.atomic import write_bytes_atomic
+from ml_code.contract import available_cpus
 
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 JPEG_QUALITY = 92
@@ -364,12 +369,16 @@ def generate_demo_dataset(
     images_per_lesion: tuple[int, int] = (1, 3),
     image_size: tuple[int, int] = (200, 150),
     seed: int = 0,
+    workers: int | None = None,
 ) -> Path:
     """Write a synthetic HAM10000-layout dataset into ``out_dir`` and return ``out_dir``.
 
     ``n_lesions_per_class`` may be a dict (class -> count) to imitate HAM10000's
     imbalance; ``images_per_lesion`` is an inclusive (min, max) range;
-    ``image_size`` is (width, height) like HAM10000's 200x150.
+    ``image_size`` is (width, height) like HAM10000's 200x150. ``workers`` processes draw
+    the lesions (default: the usable CPUs; 1 draws here). Each lesion draws from its own
+    random stream (``seed``, class, index), so the files are byte-identical whatever
+    ``workers`` is; only this process writes them, in order.
     """
     out = Path(out_dir)
     lo, hi = images_per_lesion
@@ -392,26 +401,52 @@ def generate_demo_dataset(
     images_dir.mkdir(parents=True, exist_ok=True)
     rows: list[str] = [",".join(METADATA_COLUMNS)]
     lesion_no = image_no = 0
-    for class_idx, dx in enumerate(CLASSES):
-        style = STYLES[dx]
-        for i in range(per_class[dx]):
-            rng = np.random.default_rng([seed, class_idx, i])
-            lesion = _draw_lesion(dx, rng)
+    tasks = [(seed, class_idx, i, dx, lo, hi, width, height)
+             for class_idx, dx in enumerate(CLASSES) for i in range(per_class[dx])]
+    with _lesion_pool(workers, len(tasks)) as pool:
+        drawn = pool.map(_draw_lesion_record, tasks, chunksize=8) if pool else map(_draw_lesion_record, tasks)
+        for (_, _, _, dx, *_), (age, sex, site, jpegs) in zip(tasks, drawn):
             lesion_no += 1
             lesion_id = f"SYNL_{lesion_no:06d}"
-            age = "" if rng.random() < 0.01 else f"{5 * round(rng.uniform(*style.ages) / 5):.1f}"
-            sex = "unknown" if rng.random() < 0.01 else ("male" if rng.random() < 0.54 else "female")
-            site = style.sites[rng.integers(len(style.sites))]
-            for _ in range(rng.integers(lo, hi + 1)):
+            for jpeg in jpegs:
                 image_no += 1
                 image_id = f"SYN_{image_no:07d}"
-                write_bytes_atomic(images_dir / f"{image_id}.jpg", _encode_jpeg(_render(lesion, rng, width, height)))
+                write_bytes_atomic(images_dir / f"{image_id}.jpg", jpeg)
                 rows.append(",".join([lesion_id, image_id, dx, "synthetic", age, sex, site]))
     write_bytes_atomic(out / "HAM10000_metadata.csv", ("\n".join(rows) + "\n").encode())
     note = SYNTHETIC_NOTE.format(seed=seed, per_class=per_class, ipl=f"{lo}-{hi}", w=width, h=height,
                                  n_lesions=lesion_no, n_images=image_no)
     write_bytes_atomic(out / "SYNTHETIC_DATA.txt", note.encode())
     return out
+
+
+def _draw_lesion_record(task: tuple) -> tuple[str, str, str, list[bytes]]:
+    """One lesion from its own stream: ``(age, sex, site, [JPEG bytes of each view])``. A
+    module-level function so a process pool can run it."""
+    seed, class_idx, i, dx, lo, hi, width, height = task
+    style = STYLES[dx]
+    rng = np.random.default_rng([seed, class_idx, i])
+    lesion = _draw_lesion(dx, rng)
+    age = "" if rng.random() < 0.01 else f"{5 * round(rng.uniform(*style.ages) / 5):.1f}"
+    sex = "unknown" if rng.random() < 0.01 else ("male" if rng.random() < 0.54 else "female")
+    site = style.sites[rng.integers(len(style.sites))]
+    views = int(rng.integers(lo, hi + 1))
+    return age, sex, site, [_encode_jpeg(_render(lesion, rng, width, height)) for _ in range(views)]
+
+
+@contextmanager
+def _lesion_pool(workers: int | None, n_tasks: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A process pool of ``workers`` (default: the usable CPUs), or None to draw in this process
+    (one worker, or too few lesions to be worth starting processes)."""
+    n = available_cpus() if workers is None else max(1, int(workers))
+    if n <= 1 or n_tasks < 16:
+        yield None
+        return
+    # fork: the workers start without importing numpy and scipy again; where fork is unavailable
+    # the platform default is used
+    method = "fork" if "fork" in mp.get_all_start_methods() else None
+    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context(method)) as pool:
+        yield pool
 
 
 def main(argv: list[str] | None = None) -> int:

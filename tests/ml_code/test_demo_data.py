@@ -59,6 +59,14 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) 
     assert any(a[k] != c[k] for k in shared)
 
 
+def test_lesions_drawn_in_worker_processes_give_the_same_files_as_one_process(tmp_path: Path) -> None:
+    """``make demo`` draws the lesions in a process per core; the set must not depend on it."""
+    kwargs = dict(n_lesions_per_class=3, images_per_lesion=(1, 3), image_size=(48, 36), seed=5)
+    one = _digest(generate_demo_dataset(tmp_path / "one", workers=1, **kwargs))
+    three = _digest(generate_demo_dataset(tmp_path / "three", workers=3, **kwargs))
+    assert len(one) > 21 and one == three
+
+
 def test_views_of_one_lesion_differ(small_set: Path) -> None:
     meta = pd.read_csv(small_set / "HAM10000_metadata.csv", dtype=str)
     lesion = meta.groupby("lesion_id").filter(lambda g: len(g) > 1)["lesion_id"].iloc[0]
