@@ -14,7 +14,7 @@ from dermaops_assets.training import TrainConfig
 from ml_code.data.options import PreprocessOptions, parse_preprocess_options
 from ml_code.evaluation.options import EvaluationOptions, parse_evaluation_options
 from ml_code.options import base_type
-from ml_code.training.options import TrainOptions, parse_options, validate_options
+from ml_code.training.options import RECIPES, TrainOptions, parse_options, validate_options
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,11 @@ def test_every_train_option_is_a_typed_optional_field_of_the_asset_config() -> N
         assert field.annotation == Optional[base_type(info.annotation)], name
         assert field.default is None, name
         assert f"job default: {info.default}" in field.description and info.description in field.description
-    assert TrainConfig.model_fields["recipe"].default == ""  # "" = DERMAOPS_TRAIN_RECIPE, else job defaults
+    assert TrainConfig.model_fields["recipe"].default == ""  # "" = DERMAOPS_TRAIN_RECIPE, else the data's recipe
     assert set(TrainConfig.model_fields) - set(TrainOptions.model_fields) == {"gpu", "extra_hyperparameters"}
-    # Unset everywhere: the job resolves exactly its own defaults.
-    assert validate_options(TrainConfig().hyperparameters()) == TrainOptions()
+    # Unset everywhere: the job resolves exactly its own defaults overlaid by the data's recipe.
+    assert validate_options(TrainConfig().hyperparameters(real_data=False)) == \
+        TrainOptions(recipe="synthetic_demo", **RECIPES["synthetic_demo"])
 
 
 @pytest.mark.parametrize("op, config, words", [
