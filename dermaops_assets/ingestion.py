@@ -73,6 +73,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, store
             "near_duplicate_pairs": pairs.attrs["pairs"],  # exact, though the table stops at PAIR_ROWS
             "near_duplicate_pairs_across_lesions": pairs.attrs["cross_lesion_pairs"],
             "near_duplicates": table_markdown(cross.head(50).to_dict("records")),  # across lesions, closest first
-            "near_duplicate_table_truncated": dg.MetadataValue.bool(pairs.attrs["truncated"]),  # > PAIR_ROWS pairs
+            # > PAIR_ROWS pairs: the table then holds the cross-lesion pairs first
+            "near_duplicate_table_truncated": dg.MetadataValue.bool(pairs.attrs["truncated"]),
         },
     )

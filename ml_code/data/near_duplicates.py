@@ -358,8 +358,10 @@ def pairs_table(manifest: pd.DataFrame, threshold: int = PHASH_THRESHOLD, max_ro
     ``attrs``: ``pairs`` and ``cross_lesion_pairs`` (pairs whose lesion ids differ), exact, and
     ``truncated``. Searched over the distinct hashes (:func:`distinct_hashes`) and counted per pair
     of them, so pictures sharing one hash cost one row each: beyond ``max_rows`` pairs (a flood of
-    look-alike pictures, whose pairs grow with the square of their number) the table lists the
-    pairs of the closest hashes first, up to ``max_rows`` rows, and says it is ``truncated``."""
+    look-alike pictures, whose pairs grow with the square of their number) the table lists at most
+    ``max_rows`` rows and says it is ``truncated``: the cross-lesion pairs first (the ones to act
+    on: a lesion id to merge, or a leak), closest first, then the closest same-lesion pairs in the
+    room left. Rows are shown closest first."""
     empty = pd.DataFrame(columns=list(PAIR_COLUMNS))
     empty.attrs.update(pairs=0, cross_lesion_pairs=0, truncated=False)
     if "phash" not in manifest.columns or manifest.empty:
@@ -373,28 +375,41 @@ def pairs_table(manifest: pd.DataFrame, threshold: int = PHASH_THRESHOLD, max_ro
     members, bounds = hash_members(inverse, len(distinct))
     sizes = np.diff(bounds)
     close = near_duplicate_pairs(distinct, threshold)
+
+    def rows_of(a: np.ndarray, b: np.ndarray, distance) -> np.ndarray:
+        return np.stack([np.minimum(a, b), np.maximum(a, b), np.broadcast_to(distance, a.shape)], axis=1)
+
     # pairs of two pictures with hashes of their own (the usual case): one row each, vectorised
     single = (sizes[close[:, 0]] == 1) & (sizes[close[:, 1]] == 1)
     a, b = members[bounds[close[single, 0]]], members[bounds[close[single, 1]]]
-    found = [np.stack([np.minimum(a, b), np.maximum(a, b), close[single, 2]], axis=1)]
+    differ = lesion_codes[a] != lesion_codes[b]
+    found = {True: [rows_of(a[differ], b[differ], close[single, 2][differ])],
+             False: [rows_of(a[~differ], b[~differ], close[single, 2][~differ])]}
     total = len(a)
-    cross = int((lesion_codes[a] != lesion_codes[b]).sum())
-    # a hash several pictures share, and close hashes either of which several share: counted, listed
-    # up to max_rows pairs (closest first), however many pairs they make
+    cross = int(differ.sum())
+    # a hash several pictures share, and close hashes either of which several share: counted first,
+    # then listed (closest first) up to max_rows cross-lesion pairs and, when there are fewer of
+    # those, same-lesion pairs for the room left, however many pairs they make
     shared = np.flatnonzero(sizes > 1)
     items = np.concatenate([np.stack([shared, shared, np.zeros_like(shared)], axis=1), close[~single]]).astype(np.int64)
-    listed = 0
-    for u, v, distance in items[np.argsort(items[:, 2], kind="stable")]:
-        left, right = members[bounds[u]:bounds[u + 1]], members[bounds[v]:bounds[v + 1]]
-        total += len(left) * (len(left) - 1) // 2 if u == v else len(left) * len(right)
-        cross += differing_pairs(lesion_codes[left], None if u == v else lesion_codes[right])
-        if listed < max_rows:
-            a, b = _first_pairs(left, right if u != v else None, max_rows - listed)
-            found.append(np.stack([np.minimum(a, b), np.maximum(a, b), np.full(len(a), distance)], axis=1))
-            listed += len(a)
-    pairs = np.concatenate(found).astype(np.int64)
-    if len(pairs) > max_rows:  # the closest max_rows
-        pairs = pairs[np.argsort(pairs[:, 2], kind="stable")[:max_rows]]
+    items = items[np.argsort(items[:, 2], kind="stable")]
+    sides = [(members[bounds[u]:bounds[u + 1]], None if u == v else members[bounds[v]:bounds[v + 1]]) for u, v, _ in items]
+    for left, right in sides:
+        total += len(left) * (len(left) - 1) // 2 if right is None else len(left) * len(right)
+        cross += differing_pairs(lesion_codes[left], None if right is None else lesion_codes[right])
+    room = {True: max_rows, False: max(0, max_rows - cross)}
+    for (left, right), distance in zip(sides, items[:, 2]):
+        if room[True] <= 0 and room[False] <= 0:
+            break
+        for differ_, (a, b) in _first_pairs_by_lesion(left, right, lesion_codes, room[True], room[False]).items():
+            found[differ_].append(rows_of(a, b, distance))
+            room[differ_] -= len(a)
+    # cross-lesion pairs first, closest first; the closest same-lesion pairs in the room left
+    cut = []
+    for differ_ in (True, False):
+        candidates = np.concatenate(found[differ_]).astype(np.int64)
+        cut.append(candidates[np.argsort(candidates[:, 2], kind="stable")[:max_rows - sum(map(len, cut))]])
+    pairs = np.concatenate(cut)
     ids = rows["image_id"].astype(str).to_numpy()
     table = pd.DataFrame({
         "image_id_a": ids[pairs[:, 0]],
@@ -406,6 +421,47 @@ def pairs_table(manifest: pd.DataFrame, threshold: int = PHASH_THRESHOLD, max_ro
     table = table.sort_values(["distance", "image_id_a", "image_id_b"], kind="mergesort").reset_index(drop=True)
     table.attrs.update(pairs=total, cross_lesion_pairs=cross, truncated=total > len(table))
     return table
+
+
+def _first_pairs_by_lesion(left: np.ndarray, right: np.ndarray | None, lesion_codes: np.ndarray, cross_limit: int,
+                           same_limit: int) -> dict[bool, tuple[np.ndarray, np.ndarray]]:
+    """Up to ``cross_limit`` pairs of ``left`` x ``right`` (of ``left`` with itself when ``right`` is
+    None) whose lesions differ, under key True, and up to ``same_limit`` whose lesions agree, under
+    False. The pictures are taken a lesion at a time, so the work is the pairs listed plus a pass
+    over the pictures per lesion that contributes, never the pairs passed over: a cluster of
+    30,000 pictures of one lesion and one of another gives its 29,999 cross-lesion pairs first."""
+    def by_lesion(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = rows[np.argsort(lesion_codes[rows], kind="stable")]
+        codes, starts = np.unique(lesion_codes[rows], return_index=True)
+        return rows, codes, np.append(starts, len(rows))
+
+    out: dict[bool, list] = {True: [], False: []}
+    room = {True: cross_limit, False: same_limit}
+    left_rows, left_codes, left_bounds = by_lesion(left)
+
+    def take(differ: bool, a_rows: np.ndarray, b_rows: np.ndarray | None) -> None:
+        if room[differ] > 0 and len(a_rows) and (b_rows is None or len(b_rows)):
+            a, b = _first_pairs(a_rows, b_rows, room[differ])
+            if len(a):
+                out[differ].append((a, b))
+                room[differ] -= len(a)
+
+    right_codes = None if right is None else lesion_codes[right]
+    for k, code in enumerate(left_codes):
+        if room[True] <= 0 and room[False] <= 0:
+            break
+        cell = left_rows[left_bounds[k]:left_bounds[k + 1]]
+        if right is None:
+            if len(cell) > 1:
+                take(False, cell, None)  # the lesion's pictures with each other
+            take(True, cell, left_rows[left_bounds[k + 1]:])  # with every picture of a later lesion
+        else:
+            same_lesion = right_codes == code
+            take(False, cell, right[same_lesion])
+            take(True, cell, right[~same_lesion])
+    empty = np.zeros(0, np.int64)
+    return {d: (np.concatenate([a for a, _ in found]), np.concatenate([b for _, b in found])) if found else (empty, empty)
+            for d, found in out.items()}
 
 
 def _first_pairs(left: np.ndarray, right: np.ndarray | None, limit: int) -> tuple[np.ndarray, np.ndarray]:

@@ -302,6 +302,12 @@ def test_groups_pairs_and_leaks_match_every_pair_when_pictures_share_hashes() ->
         short = nd.pairs_table(df, threshold, max_rows=3)
         assert len(short) == min(3, len(expected)) and short.attrs["truncated"] == (len(expected) > 3)
         assert (short.attrs["pairs"], short.attrs["cross_lesion_pairs"]) == (len(expected), cross)
+        # cut short: the closest cross-lesion pairs first, then the closest same-lesion ones
+        assert set(map(tuple, short.astype(str).to_numpy())) <= set(map(tuple, expected.astype(str).to_numpy()))
+        for differ, room in ((True, 3), (False, 3 - min(3, cross))):
+            listed = short[(short["lesion_id_a"] != short["lesion_id_b"]) == differ]["distance"].tolist()
+            wanted = expected[(expected["lesion_id_a"] != expected["lesion_id_b"]) == differ]["distance"].tolist()
+            assert listed == wanted[:room]
         components = connected_components(coo_matrix((np.ones(len(every)), (every[:, 0], every[:, 1])),
                                                      shape=(len(rows),) * 2), directed=False)[1]
         groups = nd.near_duplicate_groups(rows["phash"], threshold)
@@ -311,6 +317,29 @@ def test_groups_pairs_and_leaks_match_every_pair_when_pictures_share_hashes() ->
         crossing = int(sum(split[i] != split[j] for i, j, _ in every))
         counted = sum(int(m.rsplit("(", 1)[1].split(" pairs")[0]) if "cross splits" in m else 1 for m in leaks)
         assert counted == crossing
+
+
+def test_a_cut_table_lists_the_cross_lesion_pairs_of_a_flood_first() -> None:
+    """A flood of one hash whose pictures are all of one lesion but a few: the pairs to act on
+    (different lesion ids, same picture) are listed, not crowded out by same-lesion pairs."""
+    n = 30_000
+    lesion = np.where(np.arange(n) >= n - 2, "L1", "L0")  # the last two pictures are another lesion's
+    flood = pd.DataFrame({"image_id": [f"F{i:06d}" for i in range(n)], "phash": ["ab" * 32] * n, "lesion_id": lesion})
+    table = nd.pairs_table(flood, max_rows=1000)
+    assert len(table) == 1000 and (table["lesion_id_a"] != table["lesion_id_b"]).all()
+    assert table.attrs["cross_lesion_pairs"] == 2 * (n - 2) and table.attrs["truncated"]
+    # fewer cross-lesion pairs than rows: every one of them, then same-lesion pairs in the room left
+    small = flood.iloc[-3000:].reset_index(drop=True)
+    table = nd.pairs_table(small, max_rows=10_000)
+    differ = table["lesion_id_a"] != table["lesion_id_b"]
+    assert len(table) == 10_000 and int(differ.sum()) == 2 * 2998 == table.attrs["cross_lesion_pairs"]
+    assert not table[differ].duplicated().any() and set(table[differ]["lesion_id_b"]) | set(table[differ]["lesion_id_a"]) == {"L0", "L1"}
+    # two close hashes, each shared: the cross-lesion pairs between them come first too
+    pair = pd.DataFrame({"image_id": [f"P{i:05d}" for i in range(4000)],
+                         "phash": ["ab" * 32] * 2000 + ["ab" * 31 + "aa"] * 2000,
+                         "lesion_id": ["L0"] * 3999 + ["L9"]})
+    table = nd.pairs_table(pair, max_rows=500)
+    assert (table["lesion_id_a"] != table["lesion_id_b"]).all() and len(table) == 500
 
 
 def test_a_flood_of_one_hash_costs_rows_not_pairs() -> None:
