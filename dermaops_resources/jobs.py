@@ -83,11 +83,18 @@ class JobRunner(dg.ConfigurableResource, ABC):
             on_metric: MetricFn | None = None) -> JobResult: ...
 
 
+PACKAGE_GZIP_LEVEL = 0
+"""gzip level of the local runner's ``model.tar.gz``: stored blocks. A package is mostly float32
+weights, which deflate barely shrinks, while deflating them costs seconds of the training step
+and inflating them again costs every job and endpoint worker that opens the package; level 0 is
+still a gzip file that ``tar -xzf``, Python's ``tarfile`` and SageMaker read as before."""
+
+
 def _safe_tar(tar_path: Path, src_dir: Path) -> None:
     """model.tar.gz of ``src_dir``, created 0600 (it is under DERMAOPS_HOME/jobs); members keep
     their own (owner-only) modes, so a local endpoint that extracts it keeps them private too."""
     fd = os.open(tar_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+    with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=PACKAGE_GZIP_LEVEL) as tar:
         for path in sorted(src_dir.rglob("*")):
             tar.add(path, arcname=path.relative_to(src_dir).as_posix(), recursive=False)
 

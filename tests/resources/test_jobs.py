@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -29,6 +30,13 @@ def test_training_job_follows_the_sagemaker_contract(store: LocalObjectStore, tm
     tar_path = store.download_file(result.model_uri, tmp_path / "model.tar.gz")
     with tarfile.open(tar_path) as tar:
         assert tar.extractfile("weights.txt").read() == b"LESIONS"
+    # stored, not deflated (float32 weights barely shrink), but still a gzip'd tar: what a
+    # SageMaker container's `tar -xzf` reads
+    assert tar_path.read_bytes()[:2] == b"\x1f\x8b"
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xzf", str(tar_path), "-C", str(unpacked)], check=True)
+    assert (unpacked / "weights.txt").read_bytes() == b"LESIONS"
     assert store.get_json(result.output_uris["output"] + "/history.json") == [{"epoch": 1}]
     assert store.exists(store.uri("models", "ckpt/a/checkpoint-epoch-0001.pt"))
 
