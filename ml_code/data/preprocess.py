@@ -34,14 +34,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -255,12 +254,9 @@ class Decoder:
         self.workers = max(1, int(workers))
         self.pool = None
         if self.workers > 1:
-            # fork: workers start in milliseconds without re-importing pandas; they are all started
-            # here (one task each), before this job starts a thread of its own (EarlySync's), so no
-            # fork copies a thread's half-held state; where fork is unavailable the platform
-            # default is used
-            method = "fork" if "fork" in mp.get_all_start_methods() else None
-            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context(method))
+            # forked: the workers are all started here (one task each), before this job starts a
+            # thread of its own (EarlySync's)
+            self.pool = contract.forked_process_pool(self.workers)
             for started in [self.pool.submit(os.getpid) for _ in range(self.workers)]:
                 started.result()
         self.decoded = 0

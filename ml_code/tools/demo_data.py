@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import multiprocessing as mp
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -45,7 +44,7 @@ from scipy import ndimage
 
 from ml_code import CLASSES
 from ml_code.atomic import write_bytes_atomic
-from ml_code.contract import available_cpus
+from ml_code.contract import available_cpus, forked_process_pool
 
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 JPEG_QUALITY = 92
@@ -442,10 +441,7 @@ def _lesion_pool(workers: int | None, n_tasks: int) -> Iterator[ProcessPoolExecu
     if n <= 1 or n_tasks < 16:
         yield None
         return
-    # fork: the workers start without importing numpy and scipy again; where fork is unavailable
-    # the platform default is used
-    method = "fork" if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context(method)) as pool:
+    with forked_process_pool(n) as pool:
         yield pool
 
 
