@@ -52,9 +52,8 @@ class TrainConfigBase(dg.Config):
                if name != "recipe" and getattr(self, name) not in (None, "")}
         # Retrains started by sensors and schedules carry no run config: they follow the
         # deployment's recipe (DERMAOPS_TRAIN_RECIPE) instead of the job's plain defaults.
-        recipe = self.recipe or Settings.from_env().train_recipe or (REAL_DATA_RECIPE if real_data else SYNTHETIC_DATA_RECIPE)
-        if recipe:
-            hps["recipe"] = recipe
+        hps["recipe"] = self.recipe or Settings.from_env().train_recipe or \
+            (REAL_DATA_RECIPE if real_data else SYNTHETIC_DATA_RECIPE)
         return hps
 
 
