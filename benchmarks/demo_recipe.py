@@ -5,12 +5,13 @@
 ``make demo`` spends most of its time in ``trained_model``. On the synthetic demo set (64 px) the
 asset trains the ``synthetic_demo`` recipe (``ml_code.training.options.RECIPES``): the job defaults
 with resnet18's own 7x7/2 stem, where the defaults use the small-image 3x3/1 stem at <= 96 px. This
-runs, back to back on the same splits, the training job as the local backend runs it
-(``python -m ml_code.training.train`` under the container contract: SM_* folders, a fresh process)
-once per recipe (``default`` = no recipe, the job defaults), then the evaluation job
-(``python -m ml_code.evaluation.evaluate``) on each package's test split, and prints per recipe:
-the training job's wall seconds, its epochs' median training images/second, the best validation
-balanced accuracy, and the test balanced accuracy, macro AUC and ECE.
+runs, back to back on the same splits (copied into a scratch local store), the training job
+through the local backend's job runner (``dermaops_resources.jobs.LocalJobRunner``: a fresh
+``python -m ml_code.training.train`` under the container contract, then the package written) once
+per recipe (``default`` = no recipe, the job defaults), then the evaluation job on each package's
+test split, and prints per recipe: the training job's wall seconds, its epochs' median training
+images/second, the best validation balanced accuracy, and the test balanced accuracy, macro AUC
+and ECE.
 
 ``--splits``: a processed splits folder; default: the one ``make demo`` left
 (``$DERMAOPS_HOME/store/processed/splits/latest/64px.json``, DERMAOPS_HOME defaulting to
@@ -26,16 +27,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
+import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ml_code import contract  # noqa: E402
+from dermaops_resources.jobs import JobSpec, LocalJobRunner  # noqa: E402
+from dermaops_resources.object_store import LocalObjectStore, file_uri_to_path  # noqa: E402
 
 
 def demo_splits() -> Path | None:
@@ -44,54 +45,32 @@ def demo_splits() -> Path | None:
     pointer = home / "store" / "processed" / "splits" / "latest" / "64px.json"
     if not pointer.is_file():
         return None
-    uri = json.loads(pointer.read_text())["splits_uri"]
-    path = Path(uri.removeprefix("file://"))
+    path = file_uri_to_path(json.loads(pointer.read_text())["splits_uri"])
     return path if path.is_dir() else None
 
 
-def _job_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def _metrics(stdout: str) -> list[dict]:
-    return [m for m in map(contract.parse_metric_line, stdout.splitlines()) if m]
-
-
-def train(splits: Path, work: Path, hps: dict) -> dict:
-    """One training job; its wall seconds, epochs' median images/second and best val balanced accuracy."""
-    for sub in ("model", "output/data", "checkpoints"):
-        (work / sub).mkdir(parents=True, exist_ok=True)
-    env = _job_env({"SM_CHANNEL_SPLITS": str(splits), "SM_CHANNELS": '["splits"]', "SM_MODEL_DIR": str(work / "model"),
-                    "SM_OUTPUT_DIR": str(work / "output"), "SM_OUTPUT_DATA_DIR": str(work / "output" / "data"),
-                    "SM_CHECKPOINT_DIR": str(work / "checkpoints"), "SM_HPS": json.dumps(hps),
-                    "SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1", "SM_NUM_GPUS": "0"})
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ml_code.training.train"], cwd=work, env=env,
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"training job with {hps} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    epochs = [m for m in _metrics(proc.stdout) if "epoch" in m]
-    config = json.loads((work / "model" / "model_config.json").read_text())
-    return {"job_wall_s": round(wall, 1), "epochs": len(epochs),
+def train(runner: LocalJobRunner, store: LocalObjectStore, splits_uri: str, name: str, hps: dict) -> tuple[dict, str]:
+    """One training job as ``trained_model`` starts it: its wall seconds, epochs' median
+    images/second, best val balanced accuracy and stem; and the package's URI."""
+    spec = JobSpec(job_type="training", name=f"train-{name}", entry_point="ml_code.training.train",
+                   inputs={"splits": splits_uri}, hyperparameters=hps,
+                   output_uri=store.uri("models", f"jobs/train/{name}"))
+    result = runner.run(spec, store)
+    epochs = [m for m in result.metrics if "epoch" in m]
+    with tarfile.open(file_uri_to_path(result.model_uri)) as tar:
+        config = json.load(tar.extractfile("model_config.json"))
+    return {"job_wall_s": round(result.wall_seconds, 1), "epochs": len(epochs),
             "train_images_per_s": round(statistics.median(m["train_images_per_second"] for m in epochs), 1),
             "best_val_balanced_accuracy": round(max(m["val_balanced_accuracy"] for m in epochs), 4),
-            "small_input": bool(config.get("small_input"))}
+            "small_input": bool(config.get("small_input"))}, result.model_uri
 
 
-def evaluate(splits: Path, model_dir: Path, work: Path) -> dict:
-    """The evaluation job on the test split: balanced accuracy, macro AUC, ECE."""
-    (work / "evaluation").mkdir(parents=True, exist_ok=True)
-    env = _job_env({"SM_PROCESSING_INPUT_MODEL": str(model_dir), "SM_PROCESSING_INPUT_SPLITS": str(splits),
-                    "SM_PROCESSING_OUTPUT_EVALUATION": str(work / "evaluation"), "SM_OUTPUT_DIR": str(work),
-                    "SM_HPS": json.dumps({"n_bootstrap": 200})})
-    proc = subprocess.run([sys.executable, "-m", "ml_code.evaluation.evaluate"], cwd=work, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"evaluation job failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    found = [m for m in _metrics(proc.stdout) if "balanced_accuracy" in m][-1]
+def evaluate(runner: LocalJobRunner, store: LocalObjectStore, splits_uri: str, name: str, model_uri: str) -> dict:
+    """The evaluation job on the test split, as ``evaluation_report`` starts it: balanced accuracy, macro AUC, ECE."""
+    spec = JobSpec(job_type="processing", name=f"evaluate-{name}", entry_point="ml_code.evaluation.evaluate",
+                   inputs={"model": model_uri.rsplit("/", 1)[0], "splits": splits_uri}, outputs=["evaluation"],
+                   output_uri=store.uri("models", f"jobs/evaluate/{name}"), hyperparameters={"n_bootstrap": 200})
+    found = [m for m in runner.run(spec, store).metrics if "balanced_accuracy" in m][-1]
     return {f"test_{k}": round(float(found[k]), 4) for k in ("balanced_accuracy", "macro_auc", "ece")}
 
 
@@ -108,13 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = []
     with tempfile.TemporaryDirectory(prefix="demo-recipe-") as tmp:
+        store = LocalObjectStore(root=str(Path(tmp) / "store"))
+        runner = LocalJobRunner(work_root=str(Path(tmp) / "jobs"))
+        splits_uri = store.upload_dir("processed", "splits/benchmark", splits)
         for name in [r.strip() for r in args.recipes.split(",") if r.strip()]:
             hps: dict = {} if name == "default" else {"recipe": name}
             if args.quick:
                 hps.update(epochs=1, descriptor_model=False)
-            work = Path(tmp) / name
-            row = {"recipe": name, **train(splits, work / "train", hps)}
-            row.update(evaluate(splits, work / "train" / "model", work / "evaluate"))
+            trained, model_uri = train(runner, store, splits_uri, name.replace("_", "-"), hps)
+            row = {"recipe": name, **trained, **evaluate(runner, store, splits_uri, name.replace("_", "-"), model_uri)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\n{'recipe':16s} {'stem':>9s} {'job s':>7s} {'img/s':>7s} {'val BA':>7s} {'test BA':>8s} "

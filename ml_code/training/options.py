@@ -115,7 +115,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # defaults with resnet18's own 7x7/2 stem instead of the small-image 3x3/1 stem. The small stem
     # keeps a real lesion's detail at <= 96 px for four times the convolution work; the demo's
     # drawn lesions do not need it. Back to back on 2026-12-03 (`benchmarks/demo_recipe.py`): the
-    # same test figures on the demo's test split with about 1.8x the training images/second
+    # same test figures on the demo's test split with 1.89x and 2.04x the training images/second
     # (figures: docs/PERFORMANCE.md, P6).
     "synthetic_demo": dict(small_input=False),
     # The from-scratch recipe of issue 5 (test macro AUC 0.944 / balanced accuracy 0.658 at 64 px;
