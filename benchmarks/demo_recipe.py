@@ -1,6 +1,7 @@
 """What the synthetic demo's training recipe costs and gives: the job defaults against ``synthetic_demo``.
 
     .venv/bin/python benchmarks/demo_recipe.py [--splits DIR] [--recipes default,synthetic_demo] [--quick]
+    .venv/bin/python benchmarks/demo_recipe.py --recipes 'synthetic_demo;synthetic_demo:epochs=14'
 
 ``make demo`` spends most of its time in ``trained_model``. On the synthetic demo set (64 px) the
 asset trains the ``synthetic_demo`` recipe (``ml_code.training.options.RECIPES``): the job defaults
@@ -10,13 +11,17 @@ through the local backend's job runner (``dermaops_resources.jobs.LocalJobRunner
 ``python -m ml_code.training.train`` under the container contract, then the package written) once
 per recipe (``default`` = no recipe, the job defaults), then the evaluation job on each package's
 test split, and prints per recipe: the training job's wall seconds, its epochs' median training
-images/second, the best validation balanced accuracy, and the test balanced accuracy, macro AUC
-and ECE.
+images/second, the best validation balanced accuracy, and the test balanced accuracy, macro AUC,
+ECE and log loss (the finest of them: on the easy demo set the others often sit at 1.000).
+
+``--recipes``: names separated by ``;`` (or ``,``), each optionally followed by ``:`` and
+``option=value`` overrides joined by ``,`` (values parsed as JSON, else kept as text), e.g.
+``synthetic_demo:epochs=14,descriptor_trees=300`` to compare a recipe with a variant of itself.
 
 ``--splits``: a processed splits folder; default: the one ``make demo`` left
 (``$DERMAOPS_HOME/store/processed/splits/latest/64px.json``, DERMAOPS_HOME defaulting to
-``.dermaops``). ``--quick``: one epoch and no descriptor model (a smoke run; its figures mean
-nothing). Not part of ``make bench`` (no target of its own in issue 19; it explains P6's
+``.dermaops``). ``--quick``: one epoch and no descriptor model unless a variant names them (a smoke run; its
+figures mean nothing). Not part of ``make bench`` (no target of its own in issue 19; it explains P6's
 ``make demo`` figure). The demo's drawn lesions are easier than dermoscopy: both recipes reach
 the same test figures there, which says nothing about real data (that trains ``ham10000``).
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tarfile
@@ -66,21 +72,51 @@ def train(runner: LocalJobRunner, store: LocalObjectStore, splits_uri: str, name
 
 
 def evaluate(runner: LocalJobRunner, store: LocalObjectStore, splits_uri: str, name: str, model_uri: str) -> dict:
-    """The evaluation job on the test split, as ``evaluation_report`` starts it: balanced accuracy, macro AUC, ECE."""
+    """The evaluation job on the test split, as ``evaluation_report`` starts it: balanced accuracy,
+    macro AUC, ECE and log loss (nats per image)."""
     spec = JobSpec(job_type="processing", name=f"evaluate-{name}", entry_point="ml_code.evaluation.evaluate",
                    inputs={"model": model_uri.rsplit("/", 1)[0], "splits": splits_uri}, outputs=["evaluation"],
                    output_uri=store.uri("models", f"jobs/evaluate/{name}"), hyperparameters={"n_bootstrap": 200})
-    found = [m for m in runner.run(spec, store).metrics if "balanced_accuracy" in m][-1]
-    return {f"test_{k}": round(float(found[k]), 4) for k in ("balanced_accuracy", "macro_auc", "ece")}
+    result = runner.run(spec, store)
+    found = [m for m in result.metrics if "balanced_accuracy" in m][-1]
+    report = json.loads((file_uri_to_path(result.output_uris["evaluation"]) / "evaluation.json").read_text())
+    return {**{f"test_{k}": round(float(found[k]), 4) for k in ("balanced_accuracy", "macro_auc", "ece")},
+            "test_log_loss": round(float(report["dermaops"]["log_loss"]), 4)}
+
+
+def parse_variants(text: str) -> list[tuple[str, str, dict]]:
+    """``--recipes`` -> [(label, recipe or 'default', overrides)]. Raises ValueError on an
+    override without ``=``."""
+    variants = []
+    for item in (part.strip() for part in re.split(r";|,(?![^:;]*=)", text)):
+        if not item:
+            continue
+        recipe, _, rest = item.partition(":")
+        overrides: dict = {}
+        for pair in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = pair.partition("=")
+            if not eq:
+                raise ValueError(f"--recipes: override {pair!r} of {recipe!r} is not option=value")
+            try:
+                overrides[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                overrides[key.strip()] = value.strip()
+        variants.append((item, recipe.strip(), overrides))
+    return variants
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--splits", type=Path, default=None, help="processed splits folder (default: make demo's)")
     p.add_argument("--recipes", default="default,synthetic_demo",
-                   help="comma-separated recipe names; 'default' is the job defaults")
+                   help="recipe names separated by ';' (or ','), each with optional ':option=value,...' "
+                   "overrides; 'default' is the job defaults")
     p.add_argument("--quick", action="store_true", help="one epoch, no descriptor model (smoke run)")
     args = p.parse_args(argv)
+    try:
+        variants = parse_variants(args.recipes)
+    except ValueError as exc:
+        p.error(str(exc))
     splits = args.splits or demo_splits()
     if splits is None:
         print("no splits: run `make demo` first or pass --splits DIR", file=sys.stderr)
@@ -90,20 +126,24 @@ def main(argv: list[str] | None = None) -> int:
         store = LocalObjectStore(root=str(Path(tmp) / "store"))
         runner = LocalJobRunner(work_root=str(Path(tmp) / "jobs"))
         splits_uri = store.upload_dir("processed", "splits/benchmark", splits)
-        for name in [r.strip() for r in args.recipes.split(",") if r.strip()]:
-            hps: dict = {} if name == "default" else {"recipe": name}
+        for i, (label, recipe, overrides) in enumerate(variants):
+            hps: dict = {} if recipe == "default" else {"recipe": recipe}
             if args.quick:
                 hps.update(epochs=1, descriptor_model=False)
-            trained, model_uri = train(runner, store, splits_uri, name.replace("_", "-"), hps)
-            row = {"recipe": name, **trained, **evaluate(runner, store, splits_uri, name.replace("_", "-"), model_uri)}
+            hps.update(overrides)  # a variant's own options win, --quick's too
+            job = f"{i}-{recipe.replace('_', '-')}"
+            trained, model_uri = train(runner, store, splits_uri, job, hps)
+            row = {"recipe": label, **trained, **evaluate(runner, store, splits_uri, job, model_uri)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n{'recipe':16s} {'stem':>9s} {'job s':>7s} {'img/s':>7s} {'val BA':>7s} {'test BA':>8s} "
-          f"{'test AUC':>9s} {'ECE':>7s}")
+    width = max(16, *(len(r["recipe"]) for r in rows))
+    print(f"\n{'recipe':{width}s} {'stem':>6s} {'epochs':>6s} {'job s':>7s} {'img/s':>7s} {'val BA':>7s} "
+          f"{'test BA':>8s} {'test AUC':>9s} {'ECE':>7s} {'log loss':>9s}")
     for r in rows:
-        print(f"{r['recipe']:16s} {'3x3/1' if r['small_input'] else '7x7/2':>9s} {r['job_wall_s']:7.1f} "
-              f"{r['train_images_per_s']:7.1f} {r['best_val_balanced_accuracy']:7.3f} "
-              f"{r['test_balanced_accuracy']:8.3f} {r['test_macro_auc']:9.3f} {r['test_ece']:7.4f}")
+        print(f"{r['recipe']:{width}s} {'3x3/1' if r['small_input'] else '7x7/2':>6s} {r['epochs']:6d} "
+              f"{r['job_wall_s']:7.1f} {r['train_images_per_s']:7.1f} {r['best_val_balanced_accuracy']:7.3f} "
+              f"{r['test_balanced_accuracy']:8.3f} {r['test_macro_auc']:9.3f} {r['test_ece']:7.4f} "
+              f"{r['test_log_loss']:9.4f}")
     if len(rows) >= 2:
         print(f"\nimages/second, {rows[-1]['recipe']} / {rows[0]['recipe']}: "
               f"{rows[-1]['train_images_per_s'] / rows[0]['train_images_per_s']:.2f}x; "

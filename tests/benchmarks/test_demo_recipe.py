@@ -29,6 +29,28 @@ def test_trains_and_evaluates_each_recipe(tmp_path: Path) -> None:
     assert "images/second, synthetic_demo / default:" in proc.stdout
 
 
+def test_compares_a_recipe_with_a_variant_of_itself(tmp_path: Path) -> None:
+    """``recipe:option=value,...`` trains the recipe with those options on top: here the variant's
+    two epochs show in its row, next to the recipe's one (``--quick``)."""
+    splits = make_demo_splits(tmp_path / "splits", size=32, lesions_per_class=10, seed=3)
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "demo_recipe.py"), "--splits", str(splits),
+                           "--quick", "--recipes", "synthetic_demo;synthetic_demo:epochs=2,seed=5"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = {r["recipe"]: r for r in map(json.loads, (line for line in proc.stdout.splitlines()
+                                                      if line.startswith("{")))}
+    assert [rows[name]["epochs"] for name in ("synthetic_demo", "synthetic_demo:epochs=2,seed=5")] == [1, 2]
+    for row in rows.values():
+        assert row["small_input"] is False and row["test_log_loss"] >= 0.0
+
+
+def test_a_variant_option_without_a_value_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "demo_recipe.py"), "--splits", str(tmp_path),
+                           "--recipes", "synthetic_demo:epochs"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "override 'epochs' of 'synthetic_demo' is not option=value" in proc.stderr
+
+
 def test_says_how_to_get_splits_when_there_are_none(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "demo_recipe.py")], cwd=REPO,
                           capture_output=True, text=True, timeout=60, env={"DERMAOPS_HOME": str(tmp_path),
