@@ -26,8 +26,15 @@ from typing import Callable
 
 import numpy as np
 from scipy import special
-from sklearn import metrics as skm
-from sklearn.calibration import calibration_curve
+
+
+def _skm():
+    """``sklearn.metrics``, imported on first use: the Dagster code location imports this module
+    (the registration gate's bootstrap, the challenger report) and its ~1 s of scikit-learn
+    imports would otherwise be paid by every definitions load, step process and UI reload."""
+    from sklearn import metrics
+
+    return metrics
 
 # ---------------------------------------------------------------------------------------
 # Label-based metrics
@@ -59,13 +66,13 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     t, p = _checked(y_true, y_pred, num_classes)
     if not t.size:
         return np.zeros((num_classes, num_classes), dtype=np.int64)
-    return skm.confusion_matrix(t, p, labels=np.arange(num_classes)).astype(np.int64, copy=False)
+    return _skm().confusion_matrix(t, p, labels=np.arange(num_classes)).astype(np.int64, copy=False)
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Share of exact matches (``sklearn.metrics.accuracy_score``); NaN for empty input."""
     t, p = _labels(y_true), _labels(y_pred)
-    return float(skm.accuracy_score(t, p)) if t.size else float("nan")
+    return float(_skm().accuracy_score(t, p)) if t.size else float("nan")
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> float:
@@ -80,7 +87,7 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int |
         return 0.0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true", category=UserWarning)
-        return float(skm.balanced_accuracy_score(t, p))
+        return float(_skm().balanced_accuracy_score(t, p))
 
 
 @dataclass
@@ -106,7 +113,7 @@ def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int
     values, as scikit-learn's ``average="macro"`` / ``"weighted"`` do."""
     t, p = _checked(y_true, y_pred, num_classes)
     if t.size:
-        precision, recall, f1, support = skm.precision_recall_fscore_support(
+        precision, recall, f1, support = _skm().precision_recall_fscore_support(
             t, p, labels=np.arange(num_classes), zero_division=0)
     else:
         precision = recall = f1 = np.zeros(num_classes)
@@ -127,7 +134,7 @@ def sensitivity_specificity(y_true: np.ndarray, y_pred: np.ndarray, num_classes:
     if not t.size:
         nan = np.full(num_classes, np.nan)
         return nan, nan.copy()
-    mcm = skm.multilabel_confusion_matrix(t, p, labels=np.arange(num_classes)).astype(np.float64)
+    mcm = _skm().multilabel_confusion_matrix(t, p, labels=np.arange(num_classes)).astype(np.float64)
     tn, fp, fn, tp = mcm[:, 0, 0], mcm[:, 0, 1], mcm[:, 1, 0], mcm[:, 1, 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         return tp / (tp + fn), tn / (tn + fp)
@@ -179,7 +186,7 @@ def binary_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     s = np.asarray(scores, dtype=np.float64)
     if t.all() or not t.any():
         return float("nan")
-    return float(skm.roc_auc_score(t, s))
+    return float(_skm().roc_auc_score(t, s))
 
 
 def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, float]:
@@ -208,7 +215,7 @@ def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
         return float("nan")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The y_prob values do not sum to one", category=UserWarning)
-        return float(skm.log_loss(t, p, labels=np.arange(p.shape[1])))
+        return float(_skm().log_loss(t, p, labels=np.arange(p.shape[1])))
 
 
 # ---------------------------------------------------------------------------------------
@@ -246,6 +253,8 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> Reli
     correct = (p.argmax(1) == t).astype(np.float64)
     count = np.bincount(np.searchsorted(edges[1:-1], conf), minlength=n_bins).astype(np.int64)
     used = count > 0
+    from sklearn.calibration import calibration_curve
+
     mean_acc[used], mean_conf[used] = calibration_curve(correct, conf, n_bins=n_bins, strategy="uniform")
     ece = float((count[used] * np.abs(mean_acc[used] - mean_conf[used])).sum() / t.size)
     return Reliability(edges, mean_conf, mean_acc, count, ece)

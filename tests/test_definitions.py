@@ -44,3 +44,19 @@ def test_validates_with_the_dagster_cli_loader():
     """What `dagster definitions validate -m dermaops_assets` loads."""
     assert isinstance(defs, dg.Definitions)
     assert defs.resolve_all_asset_specs()
+
+
+def test_loading_the_code_location_imports_no_training_or_statistics_library():
+    """Every ``dagster`` command, run, step server, UI reload and forkserver loads the definitions:
+    torch, torchvision, scikit-learn, scipy.stats and matplotlib are for the jobs and the steps
+    that use them (together several seconds of imports on two cores), not for the load."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    heavy = ("torch", "torchvision", "sklearn", "scipy.stats", "matplotlib")
+    child = f"import sys, dermaops_assets; print('LOADED', [m for m in {heavy!r} if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("LOADED", 1)[1].strip() == "[]"

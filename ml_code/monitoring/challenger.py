@@ -37,9 +37,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import balanced_accuracy_score, recall_score
-
-from ml_code.metrics import bootstrap_ci
 
 from .capture import _parse_output, capture_envelopes
 
@@ -99,12 +96,16 @@ def _quiet(metric):
 @_quiet
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Mean per-class recall over the classes present in ``y_true`` (scikit-learn's definition); NaN when empty."""
+    from sklearn.metrics import balanced_accuracy_score  # here: the Dagster code location imports this module
+
     return balanced_accuracy_score(y_true, y_pred) if len(y_true) else np.nan
 
 
 @_quiet
 def melanoma_sensitivity(y_true: np.ndarray, y_pred: np.ndarray, mel: int) -> float:
     """Recall of melanoma (class code ``mel``); NaN without a melanoma among ``y_true``."""
+    from sklearn.metrics import recall_score
+
     positives = np.asarray(y_true) == mel
     return recall_score(positives, np.asarray(y_pred) == mel, zero_division=np.nan) if positives.any() else np.nan
 
@@ -121,6 +122,8 @@ def _interval(values: Any) -> dict[str, float]:
 
 def _paired(labelled: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, Any]:
     """Shadow mode: each labelled request has both answers (columns ``champion``, ``challenger``)."""
+    from ml_code.metrics import bootstrap_ci  # scikit-learn: not at import, the code location imports this module
+
     (truth, champ, chall), mel = _codes(labelled["label"], labelled["champion"], labelled["challenger"])
     preds = np.stack([champ, chall], axis=1)
 
@@ -138,6 +141,8 @@ def _paired(labelled: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, An
 
 def _split(labelled: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, Any]:
     """Weighted mode: each labelled request was answered by one variant (column ``variant``)."""
+    from ml_code.metrics import bootstrap_ci
+
     (truth, pred), mel = _codes(labelled["label"], labelled["predicted_class"])
     group = (labelled["variant"].to_numpy() == CHALLENGER).astype(np.int64)
     data = np.stack([group, pred], axis=1)

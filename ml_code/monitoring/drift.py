@@ -61,7 +61,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ml_code.atomic import write_json_atomic
 from ml_code.monitoring.casemix import UNKNOWN, with_context
@@ -152,6 +151,8 @@ def ks_test(baseline: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     b, c = b[np.isfinite(b)], c[np.isfinite(c)]
     if b.size == 0 or c.size == 0:
         raise ValueError("ks_test: both samples need at least one finite value")
+    from scipy import stats  # here: the Dagster code location imports this module (~0.5 s of scipy.stats)
+
     res = stats.ks_2samp(b, c)
     return float(res.statistic), float(res.pvalue)
 
@@ -284,6 +285,8 @@ def category_drift(baseline_distribution: Mapping[str, float], current_values: S
     if n == 0:
         raise ValueError("category_drift: no current values")
     value = psi_from_counts(expected_p, actual, eps)
+    from scipy import stats
+
     chi2, p = stats.chisquare(actual, expected_p * n)
     return CategoryDrift(psi=value, chi2=float(chi2), p_value=float(p),
                          baseline={c: float(v) for c, v in zip(classes, expected_p)},
