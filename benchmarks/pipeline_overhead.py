@@ -7,8 +7,11 @@ Runs ``make demo``'s materialization (``dagster asset materialize -m dermaops_as
 ``DAGSTER_HOME`` each) once per way of starting steps (``DERMAOPS_STEP_PROCESSES``), in the
 same run and on the same demo images:
 
-- baseline ``spawn``: Dagster's default multiprocess executor, a fresh interpreter per step;
-- ours ``forkserver``: a process per step forked from a server that imported the platform once.
+- baseline ``spawn``: Dagster's default multiprocess executor, a fresh interpreter per step and
+  one step per core (the run config resets ``max_concurrent`` and the tag limits to Dagster's);
+- ours ``forkserver``: the platform's executor (``dermaops_assets.executor``): a process per step
+  forked from a server that imported the platform and the instance's storages once, and light
+  steps run beside the ones that use every core.
 
 For each it prints the run's wall time and, from the run's event log, the per-step start-up
 overhead: the seconds from ``STEP_WORKER_STARTING`` (the executor launches the step's process)
@@ -71,9 +74,14 @@ def _run(mode: str, work: Path, raw: Path, select: str) -> dict:
     env = {**os.environ, "DERMAOPS_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
            "DERMAOPS_RAW_URI": str(raw), "DERMAOPS_AUTO_APPROVE": "true", "DERMAOPS_STEP_PROCESSES": mode,
            "PYTHONUNBUFFERED": "1"}
+    cmd = [str(BIN / "dagster"), "asset", "materialize", "-m", "dermaops_assets", "--select", select]
+    if mode == "spawn":  # Dagster's defaults: max_concurrent 0 = one step per CPU, no tag limits
+        config = work / mode / "dagster-defaults.yaml"
+        config.write_text(json.dumps({"execution": {"config": {"multiprocess": {
+            "max_concurrent": 0, "tag_concurrency_limits": []}}}}))
+        cmd += ["-c", str(config)]
     t0 = time.perf_counter()
-    proc = subprocess.run([str(BIN / "dagster"), "asset", "materialize", "-m", "dermaops_assets", "--select", select],
-                          check=False, env=env, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     subprocess.run([str(BIN / "dermaops"), "endpoint", "stop"], check=False, env=env, cwd=ROOT,
                    capture_output=True)

@@ -18,6 +18,7 @@ from dermaops_resources.object_store import ObjectStore, join_uri
 from dermaops_resources.registry import ModelRegistry, RegistryError
 from dermaops_resources.settings import Settings
 
+from .executor import USES_ALL_CORES
 from .ui import job_callbacks, table_markdown
 from .versioning import code_version
 
@@ -48,7 +49,7 @@ def _stage(store: ObjectStore, uri: str, key: str) -> str:
     return store.upload_dir("raw", f"batch-inputs/{key}", path)
 
 
-@dg.asset(group_name="evaluation", kinds={"pytorch", "sagemaker"},
+@dg.asset(group_name="evaluation", kinds={"pytorch", "sagemaker"}, op_tags=USES_ALL_CORES,  # the batch transform job
           code_version=code_version("ml_code.evaluation.batch_predict"),
           description="Predictions for a folder or S3 prefix of images by a registered package (default: the one "
           "serving): ISIC submission CSV, per-image records with OOD score and lineage, undecodable files with "

@@ -12,9 +12,12 @@ from dermaops_resources.object_store import ObjectStore
 from dermaops_resources.registry import ModelRegistry
 from dermaops_resources.settings import Settings
 
+from .executor import USES_ALL_CORES
+
 
 @dg.asset(
     group_name="deployment",
+    op_tags=USES_ALL_CORES,  # starts a worker per core, each loading the package
     kinds={"sagemaker"},
     description="Serves the newest Approved model package: GET /ping, POST /invocations (image/jpeg, image/png, "
     "or application/json with the base64 image plus optional age, sex and anatom_site) with every request captured in SageMaker data-capture JSONL. Redeploys swap without failing requests; an "

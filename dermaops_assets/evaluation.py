@@ -21,6 +21,7 @@ from ml_code.evaluation.compare import PROBABILITIES, compare_on_same_images
 from ml_code.evaluation.options import DEPRECATED_ALIASES, EvaluationOptions, parse_evaluation_options
 from ml_code.options import config_fields
 
+from .executor import USES_ALL_CORES
 from .preprocessing import splits_uri_for
 from .versioning import code_version
 from .ui import job_callbacks, png_markdown, table_markdown
@@ -122,6 +123,7 @@ def _champion_comparison(context: dg.AssetExecutionContext, config: EvaluationCo
 
 @dg.asset(
     group_name="evaluation",
+    op_tags=USES_ALL_CORES,  # the evaluation job(s)
     kinds={"pytorch", "sagemaker"},
     code_version=EVALUATE_CODE_VERSION,
     description="Accuracy, balanced multiclass accuracy (ISIC definition), macro/weighted P/R/F1, one-vs-rest "

@@ -11,6 +11,7 @@ from dermaops_services.raw_source import landed_batches
 from dermaops_resources.settings import Settings
 from ml_code.data import ingest, near_duplicates
 
+from .executor import USES_ALL_CORES
 from .versioning import code_version
 from .ui import table_markdown
 
@@ -28,6 +29,7 @@ class RawImagesConfig(dg.Config):
 
 @dg.asset(
     group_name="ingestion",
+    op_tags=USES_ALL_CORES,  # decodes every new image in a process per core
     kinds={"python", "s3"},
     code_version=code_version("ml_code.data.ingest", "dermaops_services.ingestion"),
     deps=["labelled_captures"],

@@ -50,12 +50,13 @@ from ml_code.monitoring.drift import (
 )
 from ml_code.monitoring.ood_share import flagged_share
 from ml_code.monitoring.quality import QUALITY_WINDOW_COLUMNS, live_accuracy, quality_by_window, quality_report_markdown
+from .executor import USES_ALL_CORES
 from .ui import table_markdown
 
 
 # -- assets -----------------------------------------------------------------------------
 
-@dg.asset(group_name="monitoring", kinds={"sagemaker", "python"},
+@dg.asset(group_name="monitoring", kinds={"sagemaker", "python"}, op_tags=USES_ALL_CORES,  # the baseline job
           description="Model Monitor baseline of the trained model: training-split feature statistics "
           "(statistics.json/constraints.json), held-out embeddings and the predicted-class distribution "
           "expected from the evaluation's held-out predictions.")
@@ -107,7 +108,7 @@ class InferenceLogConfig(dg.Config):
     parse_workers: int = 0  # capture-parsing processes; 0: in-process, or every CPU for a large backlog to decode
 
 
-@dg.asset(group_name="monitoring", kinds={"s3", "pandas"},
+@dg.asset(group_name="monitoring", kinds={"s3", "pandas"}, op_tags=USES_ALL_CORES,  # capture files read in a process per core
           description="Captured endpoint traffic, read incrementally (only capture files newer than the cursor), "
           "validated with a pandera schema and stored as parquet parts: the image features the endpoint returned "
           "with each answer (the image is decoded only for answers without them) and a pointer to the capture "

@@ -16,6 +16,7 @@ from dermaops_resources.object_store import ObjectStore, join_uri
 from ml_code.data.options import DEFAULTS, PreprocessOptions, output_options, parse_preprocess_options
 from ml_code.options import config_fields
 
+from .executor import USES_ALL_CORES
 from .versioning import code_version
 from .ui import job_callbacks, table_markdown
 
@@ -142,6 +143,7 @@ def _previous_splits(store: ObjectStore, image_size: int) -> str | None:
 
 @dg.asset(
     group_name="preprocessing",
+    op_tags=USES_ALL_CORES,  # the preprocess job decodes in a process per core
     kinds={"python", "sagemaker"},
     code_version=PREPROCESS_CODE_VERSION,
     description="Train/val/test split grouped by lesion_id (and patient), stable as data grows (a keyed hash of "

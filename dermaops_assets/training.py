@@ -18,6 +18,7 @@ from ml_code.evaluation.curves import curves_png
 from ml_code.options import config_fields
 from ml_code.training.options import RECIPES, TrainOptions, validate_options
 
+from .executor import USES_ALL_CORES
 from .jobs import FORCE_RETRAIN_TAG, NOTHING_NEW, RETRAIN_OUTCOME_TAG, RETRAIN_REASON_TAG
 from .versioning import code_version
 from .ui import job_callbacks, png_markdown, table_markdown
@@ -69,6 +70,7 @@ TrainConfig = create_model(
 
 @dg.asset(
     group_name="training",
+    op_tags=USES_ALL_CORES,  # the training job
     kinds={"pytorch", "sagemaker"},
     code_version=TRAIN_CODE_VERSION,
     description="Lesion classifier trained by ml_code.training.train as a training job (SageMaker contract: channels, "

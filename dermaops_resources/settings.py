@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUCKETS = ("raw", "processed", "models", "logs")
 TRUE_WORDS = ("1", "true", "yes", "on")
 STEP_PROCESSES = ("forkserver", "spawn", "in_process")
-"""Values of DERMAOPS_STEP_PROCESSES (see ``dermaops_assets.definitions.step_executor``)."""
+"""Values of DERMAOPS_STEP_PROCESSES (see ``dermaops_assets.executor``)."""
 
 #: field -> (environment variable, default as text; "" = unset). Defaults that depend on
 #: other settings (paths under DERMAOPS_HOME, bucket names) are filled in by from_env.

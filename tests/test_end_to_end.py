@@ -157,6 +157,41 @@ def test_each_step_ran_in_its_own_process_with_its_own_logs(deployed: Deployment
     assert "raw_images" in text, text[:2000]
 
 
+def test_steps_that_use_every_core_ran_one_per_core_and_light_ones_beside_them(deployed: Deployment) -> None:
+    """The executor (dermaops_assets.executor): steps tagged as using every core (jobs, image
+    pools, endpoint workers) never outnumbered the cores, while the five light reports that wait on
+    ``inference_log`` were started together, as many as the light slots allow (all five on two
+    cores; with Dagster's default of one step per core they went in waves of two)."""
+    import dagster as dg
+    from dagster._core.events import DagsterEventType as T
+
+    from dermaops_assets import defs
+    from dermaops_assets.executor import CORES_TAG_KEY, LIGHT_STEPS_PER_CORE
+    from ml_code.contract import available_cpus
+
+    heavy = {ad.node_def.name for ad in defs.resolve_asset_graph().assets_defs
+             if ad.is_executable and ad.node_def.tags.get(CORES_TAG_KEY)}
+    assert {"raw_images", "processed_splits", "trained_model", "evaluation_report", "live_endpoint"} <= heavy
+    instance = dg.DagsterInstance.from_config(str(deployed.dagster_home))
+    run = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))[-1]  # the "*" run
+    launched, finished = {}, {}
+    for e in instance.all_logs(run.run_id):
+        if e.dagster_event is not None and e.dagster_event.step_key:
+            if e.dagster_event.event_type == T.STEP_WORKER_STARTING:
+                launched.setdefault(e.dagster_event.step_key, e.timestamp)
+            elif e.dagster_event.event_type in (T.STEP_SUCCESS, T.STEP_FAILURE):
+                finished[e.dagster_event.step_key] = e.timestamp
+    running_heavy = [sum(launched[s] <= launched[t] < finished[s] for s in heavy & set(launched)) for t in launched]
+    assert max(running_heavy) <= available_cpus()
+    reports = {"challenger_report", "cost_report", "drift_report", "labelling_queue", "model_quality_report"}
+    assert reports <= set(launched)
+    first_done = min(finished[r] for r in reports)
+    together = sum(launched[r] < first_done for r in reports)
+    # more at once than cores (Dagster's default never does), as many as the light slots allow
+    assert together > available_cpus(), (together, available_cpus())
+    assert together == min(len(reports), LIGHT_STEPS_PER_CORE * available_cpus()), (together, available_cpus())
+
+
 def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> None:
     """Held-out traffic of the training distribution: no drift. A different acquisition (contrast-
     stretched): drift, and the drift sensor asks for a retraining run tagged with its reason.
