@@ -10,9 +10,9 @@ runs, back to back on the same splits (copied into a scratch local store), the t
 through the local backend's job runner (``dermaops_resources.jobs.LocalJobRunner``: a fresh
 ``python -m ml_code.training.train`` under the container contract, then the package written) once
 per recipe (``default`` = no recipe, the job defaults), then the evaluation job on each package's
-test split, and prints per recipe: the training job's wall seconds, its epochs' median training
-images/second, the best validation balanced accuracy, and the test balanced accuracy, macro AUC,
-ECE and log loss (the finest of them: on the easy demo set the others often sit at 1.000).
+test split, and prints per recipe: the training job's wall seconds and its descriptor model's,
+its epochs' median training images/second, the best validation balanced accuracy, and the test
+balanced accuracy, macro AUC, ECE and log loss (the finest of them: on the easy demo set the others often sit at 1.000).
 
 ``--recipes``: names separated by ``;`` (or ``,``), each optionally followed by ``:`` and
 ``option=value`` overrides joined by ``,`` (values parsed as JSON, else kept as text), e.g.
@@ -56,16 +56,19 @@ def demo_splits() -> Path | None:
 
 
 def train(runner: LocalJobRunner, store: LocalObjectStore, splits_uri: str, name: str, hps: dict) -> tuple[dict, str]:
-    """One training job as ``trained_model`` starts it: its wall seconds, epochs' median
-    images/second, best val balanced accuracy and stem; and the package's URI."""
+    """One training job as ``trained_model`` starts it: its wall seconds, the descriptor model's
+    seconds (0 without one), epochs' median images/second, best val balanced accuracy and stem;
+    and the package's URI."""
     spec = JobSpec(job_type="training", name=f"train-{name}", entry_point="ml_code.training.train",
                    inputs={"splits": splits_uri}, hyperparameters=hps,
                    output_uri=store.uri("models", f"jobs/train/{name}"))
     result = runner.run(spec, store)
     epochs = [m for m in result.metrics if "epoch" in m]
+    descriptor_s = next((m["descriptor_seconds"] for m in result.metrics if "descriptor_seconds" in m), 0.0)
     with tarfile.open(file_uri_to_path(result.model_uri)) as tar:
         config = json.load(tar.extractfile("model_config.json"))
-    return {"job_wall_s": round(result.wall_seconds, 1), "epochs": len(epochs),
+    return {"job_wall_s": round(result.wall_seconds, 1), "descriptor_s": round(float(descriptor_s), 1),
+            "epochs": len(epochs),
             "train_images_per_s": round(statistics.median(m["train_images_per_second"] for m in epochs), 1),
             "best_val_balanced_accuracy": round(max(m["val_balanced_accuracy"] for m in epochs), 4),
             "small_input": bool(config.get("small_input"))}, result.model_uri
@@ -137,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     width = max(16, *(len(r["recipe"]) for r in rows))
-    print(f"\n{'recipe':{width}s} {'stem':>6s} {'epochs':>6s} {'job s':>7s} {'img/s':>7s} {'val BA':>7s} "
+    print(f"\n{'recipe':{width}s} {'stem':>6s} {'epochs':>6s} {'job s':>7s} {'desc s':>6s} {'img/s':>7s} {'val BA':>7s} "
           f"{'test BA':>8s} {'test AUC':>9s} {'ECE':>7s} {'log loss':>9s}")
     for r in rows:
         print(f"{r['recipe']:{width}s} {'3x3/1' if r['small_input'] else '7x7/2':>6s} {r['epochs']:6d} "
-              f"{r['job_wall_s']:7.1f} {r['train_images_per_s']:7.1f} {r['best_val_balanced_accuracy']:7.3f} "
+              f"{r['job_wall_s']:7.1f} {r['descriptor_s']:6.1f} {r['train_images_per_s']:7.1f} {r['best_val_balanced_accuracy']:7.3f} "
               f"{r['test_balanced_accuracy']:8.3f} {r['test_macro_auc']:9.3f} {r['test_ece']:7.4f} "
               f"{r['test_log_loss']:9.4f}")
     if len(rows) >= 2:
