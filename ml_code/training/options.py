@@ -117,9 +117,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # detail at <= 96 px for four times the convolution work; the demo's drawn lesions do not need
     # it. Back to back on 2026-12-03 (`benchmarks/demo_recipe.py`): the same test figures on the
     # demo's test split with 1.89x and 2.04x the training images/second; 10 epochs (cosine fitted
-    # to 10) the same test balanced accuracy, macro AUC, ECE and log loss as 14 at seeds 42 and 7,
-    # where 8 epochs lost an image; and 100 rounds the same again at both seeds, the descriptor
-    # model's seconds 11.2 -> 6.7 and 9.0 -> 5.5 (figures: docs/PERFORMANCE.md, P6).
+    # to 10) the same test balanced accuracy and macro AUC as 14 and an ECE and log loss as low or
+    # lower at seeds 42 and 7, where 8 epochs lost an image; and 100 rounds the same test figures
+    # at both seeds, the descriptor model's seconds 11.2 -> 6.7 and 9.0 -> 5.5 (figures:
+    # docs/PERFORMANCE.md, P6).
     "synthetic_demo": dict(small_input=False, epochs=10, descriptor_trees=100),
     # The from-scratch recipe of issue 5 (test macro AUC 0.944 / balanced accuracy 0.658 at 64 px;
     # docs/MODEL_CARD.md), kept for comparison and for machines without the weight wheels.
