@@ -38,11 +38,11 @@ LIGHT_STEPS_PER_CORE = 3
 """Concurrent steps per core in all (light steps fill what the heavy ones leave)."""
 
 
-def multiprocess_defaults(settings: Settings, cpus: int | None = None) -> dict:
+def multiprocess_defaults(settings: Settings) -> dict:
     """The ``multiprocess`` executor config a run gets unless it sets its own: the start method,
     ``max_concurrent`` = ``LIGHT_STEPS_PER_CORE`` x cores and at most one :data:`USES_ALL_CORES`
-    step per core (``cpus``: the cores this process may use, :func:`ml_code.contract.available_cpus`)."""
-    cores = cpus or available_cpus()
+    step per core (cores: those the run's process may use, :func:`ml_code.contract.available_cpus`)."""
+    cores = available_cpus()
     start = {"forkserver": {"preload_modules": [FORKSERVER_PRELOAD]}} if settings.step_processes == "forkserver" \
         else {"spawn": {}}
     return {"start_method": start, "max_concurrent": LIGHT_STEPS_PER_CORE * cores,

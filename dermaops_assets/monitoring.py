@@ -108,7 +108,7 @@ class InferenceLogConfig(dg.Config):
     parse_workers: int = 0  # capture-parsing processes; 0: in-process, or every CPU for a large backlog to decode
 
 
-@dg.asset(group_name="monitoring", kinds={"s3", "pandas"}, op_tags=USES_ALL_CORES,  # capture files read in a process per core
+@dg.asset(group_name="monitoring", kinds={"s3", "pandas"}, op_tags=USES_ALL_CORES,  # a large backlog is read in a process per core
           description="Captured endpoint traffic, read incrementally (only capture files newer than the cursor), "
           "validated with a pandera schema and stored as parquet parts: the image features the endpoint returned "
           "with each answer (the image is decoded only for answers without them) and a pointer to the capture "

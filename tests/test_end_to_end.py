@@ -71,6 +71,15 @@ class Deployment:
             cmd += ["-c", str(path)]
         self.cli(*cmd)
 
+    def whole_graph_run(self) -> tuple:
+        """``(instance, run, events)`` of the ``"*"`` run (the first successful one): its events
+        that carry a Dagster event, in order."""
+        import dagster as dg
+
+        instance = dg.DagsterInstance.from_config(str(self.dagster_home))
+        run = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))[-1]
+        return instance, run, [e for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
+
     def latest_metadata(self, asset: str) -> dict:
         import dagster as dg
 
@@ -137,12 +146,9 @@ def test_each_step_ran_in_its_own_process_with_its_own_logs(deployed: Deployment
     """The default executor (DERMAOPS_STEP_PROCESSES=forkserver) keeps what Dagster's spawn executor
     gives a user: every step in a process of its own (not the run's), started by the executor, and
     each step's stdout/stderr captured where the UI shows it."""
-    import dagster as dg
     from dagster._core.events import DagsterEventType as T
 
-    instance = dg.DagsterInstance.from_config(str(deployed.dagster_home))
-    run = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))[-1]  # the "*" run
-    events = [e for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
+    instance, run, events = deployed.whole_graph_run()
     run_pid = next(e.dagster_event.pid for e in events if e.dagster_event.event_type == T.RUN_START)
     started = {e.dagster_event.step_key: e.dagster_event.pid for e in events
                if e.dagster_event.event_type == T.STEP_START}
@@ -162,7 +168,6 @@ def test_steps_that_use_every_core_ran_one_per_core_and_light_ones_beside_them(d
     pools, endpoint workers) never outnumbered the cores, while the five light reports that wait on
     ``inference_log`` were started together, more of them than cores (all five on two cores; with
     Dagster's default of one step per core they went in waves of two)."""
-    import dagster as dg
     from dagster._core.events import DagsterEventType as T
 
     from dermaops_assets import defs
@@ -172,11 +177,9 @@ def test_steps_that_use_every_core_ran_one_per_core_and_light_ones_beside_them(d
     heavy = {ad.node_def.name for ad in defs.resolve_asset_graph().assets_defs
              if ad.is_executable and ad.node_def.tags.get(CORES_TAG_KEY)}
     assert {"raw_images", "processed_splits", "trained_model", "evaluation_report", "live_endpoint"} <= heavy
-    instance = dg.DagsterInstance.from_config(str(deployed.dagster_home))
-    run = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))[-1]  # the "*" run
     launched, finished = {}, {}
-    for e in instance.all_logs(run.run_id):
-        if e.dagster_event is not None and e.dagster_event.step_key:
+    for e in deployed.whole_graph_run()[2]:
+        if e.dagster_event.step_key:
             if e.dagster_event.event_type == T.STEP_WORKER_STARTING:
                 launched.setdefault(e.dagster_event.step_key, e.timestamp)
             elif e.dagster_event.event_type in (T.STEP_SUCCESS, T.STEP_FAILURE):
