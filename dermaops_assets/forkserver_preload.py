@@ -2,10 +2,10 @@
 
 A forked step inherits every module its server imported. The definitions are one part; the
 other is what every step does first, opening the run's instance (``DAGSTER_HOME``): its SQLite
-run, event-log and schedule storages import sqlalchemy, alembic and some 500 modules, about
-1.3 s of CPU per step on two cores that five steps started together paid five times over. Opening
-the instance here once imports exactly what the configured storages need (SQLite or Postgres
-alike); the instance is closed again, so no connection crosses a fork.
+run, event-log and schedule storages import sqlalchemy, alembic and their dependencies, which
+every forked step otherwise imported again, five times over when five steps start together.
+Opening the instance here once imports exactly what the configured storages need (SQLite or
+Postgres alike); the instance is closed again, so no connection crosses a fork.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from scipy import special
 
 def _skm():
     """``sklearn.metrics``, imported on first use: the Dagster code location imports this module
-    (the registration gate's bootstrap, the challenger report) and its ~1 s of scikit-learn
+    (the registration gate's bootstrap, the challenger report) and its scikit-learn
     imports would otherwise be paid by every definitions load, step process and UI reload."""
     from sklearn import metrics
 
