@@ -8,7 +8,10 @@ job's own code (``build_train_data``, ``build_network``, ``train_one_epoch`` wit
 timer) on synthetic 96 px splits; the baseline, in the same process, is a raw loop written
 here: the same network built the same way, uint8 batches already in memory (no loader),
 the same batch augmentation, AdamW, gradient clipping, autocast only if the recipe asks, the
-same number of steps. Prints images/second of both, their ratio (target >= 0.9), the job's
+same number of steps, each timed ``--repeats`` times in turn (the best of each is kept). Both
+run after a few untimed steps of the raw loop (``--warmup-steps``)
+that warm the process (oneDNN's kernels for these shapes, the allocator, the thread pool): a
+training job pays that once in an epoch of ~220 steps, not in every 20. Prints images/second of both, their ratio (target >= 0.9), the job's
 share of step time spent waiting for data, and the epochs of HAM10000's ~7,000 training
 images that fit in the recipe's ``max_minutes`` at the measured rate. ``--quick``: 3 steps.
 """
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="3 steps")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--warmup-steps", type=int, default=3, help="untimed raw-loop steps before either is timed")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="time the job and the raw loop this many times each, in turn, and keep each one's best: "
+                        "this machine's speed moves within a minute, and a slow spell would otherwise fall on one")
     args = p.parse_args(argv)
     steps = args.steps or (3 if args.quick else 20)
 
@@ -79,18 +86,27 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dermaops-train-bench-") as tmp:
         splits, _ = load_splits(make_splits(Path(tmp) / "splits", size=96, n_train=n, n_val=14, n_test=14))
         train = splits["train"]
-        # the job: its loader, sampler, augmentation, EMA and timers, one epoch of `steps` steps
-        torch.manual_seed(0)
-        net = build_network(opts, 7, False, rt)
-        data = build_train_data(opts, train, 7, rt.device)
-        norm = Normalizer([127 / 255] * 3, [128 / 255] * 3, rt.device)
-        timing: dict[str, float] = {}
-        train_one_epoch(net, data, norm, opts, 1, opts.epochs, 0, timing)
-        job_steps = len(data.loader)
-        images = torch.from_numpy(np.array(train.images[: job_steps * opts.batch_size])).permute(0, 3, 1, 2)
-        labels = torch.from_numpy(np.asarray(train.labels[: job_steps * opts.batch_size])).long()
-        torch.manual_seed(0)
-        raw_s = _raw_loop(opts, images, labels, job_steps)
+        if args.warmup_steps:  # untimed, on the first batches: warms the process, not either measurement
+            warm = min(args.warmup_steps, len(train.labels) // opts.batch_size)
+            _raw_loop(opts, torch.from_numpy(np.array(train.images[: warm * opts.batch_size])).permute(0, 3, 1, 2),
+                      torch.from_numpy(np.asarray(train.labels[: warm * opts.batch_size])).long(), warm)
+        jobs, raws = [], []
+        for _ in range(args.repeats):  # the pair again: the best of each, as timeit takes its best
+            # the job: its loader, sampler, augmentation, EMA and timers, one epoch of `steps` steps
+            torch.manual_seed(0)
+            net = build_network(opts, 7, False, rt)
+            data = build_train_data(opts, train, 7, rt.device)
+            norm = Normalizer([127 / 255] * 3, [128 / 255] * 3, rt.device)
+            timing: dict[str, float] = {}
+            train_one_epoch(net, data, norm, opts, 1, opts.epochs, 0, timing)
+            jobs.append(timing)
+            job_steps = len(data.loader)
+            images = torch.from_numpy(np.array(train.images[: job_steps * opts.batch_size])).permute(0, 3, 1, 2)
+            labels = torch.from_numpy(np.asarray(train.labels[: job_steps * opts.batch_size])).long()
+            torch.manual_seed(0)
+            raws.append(_raw_loop(opts, images, labels, job_steps))
+    timing = max(jobs, key=lambda t: t["images"] / t["seconds"])
+    raw_s = min(raws)
     ours = timing["images"] / timing["seconds"]
     base = job_steps * opts.batch_size / raw_s
     wait = timing["data_wait_seconds"] / timing["seconds"]
@@ -109,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     print("BENCH_RESULT " + json.dumps({"stage": "training", "metric": "data_wait_share", "ours": round(wait, 4),
                                         "baseline": None, "ratio": None, "target": "report", "met": True,
                                         "unit": "share"}))
+    # issue 19 asks for this figure, with no target: the loop replans its epochs (and the LR
+    # schedule) to fit max_minutes on a slower machine (ml_code.training.loop), so fewer than the
+    # recipe plans is a slower model-building run, not a failure
     print("BENCH_RESULT " + json.dumps({"stage": "training", "metric": "epochs_in_recipe_budget",
                                         "ours": round(epochs, 2), "baseline": None, "ratio": None,
-                                        "target": f">= {opts.epochs} (planned)", "met": epochs >= opts.epochs,
+                                        "target": f"report (recipe plans {opts.epochs})", "met": None,
                                         "unit": "epochs"}))
     return 0
 

@@ -14,6 +14,8 @@ from dermaops_resources.handles import ProcessedSplitsHandle, RawImagesHandle
 from dermaops_resources.jobs import JobRunner, JobSpec
 from dermaops_resources.object_store import ObjectStore, join_uri
 from ml_code.data.options import DEFAULTS, PreprocessOptions, output_options, parse_preprocess_options
+from ml_code.data.split_reader import previous_input_files
+from ml_code.data.splits import SPLITS
 from ml_code.options import config_fields
 
 from .executor import USES_ALL_CORES
@@ -141,6 +143,16 @@ def _previous_splits(store: ObjectStore, image_size: int) -> str | None:
     return uri if uri and _complete_splits(store, uri) else None
 
 
+def _previous_files(store: ObjectStore, previous_uri: str) -> list[str]:
+    """The files of the earlier splits that the job reads (its maps and indexes, not its pixel
+    segments, which stay in the store and are copied there by :func:`complete_from_previous`):
+    staged alone, a rerun on SageMaker downloads kilobytes instead of every earlier pixel. Splits
+    written before segments have no maps; the job then decodes afresh, as it always did for them."""
+    present = store.list_keys(previous_uri)
+    base = store.split_uri(previous_uri)[1]
+    return [name for name in previous_input_files(SPLITS) if f"{base}/{name}" in present]
+
+
 @dg.asset(
     group_name="preprocessing",
     op_tags=USES_ALL_CORES,  # the preprocess job decodes in a process per core
@@ -165,10 +177,12 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
         on_log, on_metric, _ = job_callbacks(context, "preprocess")
         inputs = {"manifest": raw_images.manifest_uri.rsplit("/", 1)[0], "images": raw_images.images_prefix_uri}
         previous = _previous_splits(store, opts.image_size)
-        if previous:  # pixels of images it already decoded are copied, not decoded (only a cache)
+        input_files = {}
+        if previous:  # pixels of images it already decoded are named, not decoded (only a cache)
             inputs["previous"] = previous
+            input_files["previous"] = _previous_files(store, previous)
         spec = JobSpec(job_type="processing", name=f"dermaops-preprocess-{content_hash[:12]}",
-                       entry_point="ml_code.data.preprocess", inputs=inputs,
+                       entry_point="ml_code.data.preprocess", inputs=inputs, input_files=input_files,
                        outputs=["splits"], output_uri=output_uri,
                        hyperparameters={k: v for k, v in opts.model_dump().items() if v is not None})
         result = jobs.run(spec, store, on_log=on_log, on_metric=on_metric)

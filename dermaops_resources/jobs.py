@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ml_code.contract import parse_metric_line
 from ml_code.data.splits import SPLITS
@@ -60,7 +60,27 @@ class JobSpec(BaseModel):
     checkpoint_uri: str | None = None
     instance_count: int = 1
     sharded_inputs: list[str] = Field(default_factory=list, description="inputs split across instances")
+    input_files: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="input name -> the only files under its prefix the job reads (names relative to the prefix); "
+                    "an input not named here is staged whole")
     gpu: bool = False
+
+    @model_validator(mode="after")
+    def _input_files_are_relative_names_of_inputs(self) -> JobSpec:
+        """Why the field exists: a rerun's earlier output is an input of which the job reads a few
+        small files (the processing job's pixel maps, not its segments); staging the whole prefix
+        downloads all of it into the container on every rerun. The names must stay under the prefix."""
+        for name, files in self.input_files.items():
+            if name not in self.inputs:
+                raise ValueError(f"input_files names {name!r}, which is not an input of job {self.name} "
+                                 f"(inputs: {sorted(self.inputs)})")
+            for rel in files:
+                parts = rel.split("/")
+                if not rel or rel.startswith("/") or "" in parts or "." in parts or ".." in parts:
+                    raise ValueError(f"input_files[{name!r}] holds {rel!r}: give names relative to the input's "
+                                     "prefix, without empty, '.' or '..' parts")
+        return self
 
 
 class JobResult(BaseModel):
@@ -107,8 +127,13 @@ class LocalJobRunner(JobRunner):
     timeout_seconds: int = 6 * 3600
     num_gpus: int = Field(default=0, description="GPUs offered to training jobs as SM_NUM_GPUS (DERMAOPS_LOCAL_NUM_GPUS)")
 
-    def _channel_dir(self, store: ObjectStore, uri: str, scratch: Path) -> Path:
-        return store.materialize_dir(uri, scratch)
+    def _channel_dir(self, store: ObjectStore, uri: str, scratch: Path, files: list[str] | None = None) -> Path:
+        """The folder a job sees for one input: the prefix's own folder (or a download of it), or,
+        when the spec lists the input's ``files``, a folder holding those alone, as SageMaker stages
+        a manifest input: a job that reads a file it did not declare fails here as it would there."""
+        if files is None:
+            return store.materialize_dir(uri, scratch)
+        return store.materialize_files(uri, files, scratch)
 
     def run(self, spec: JobSpec, store: ObjectStore, on_log: LogFn | None = None,
             on_metric: MetricFn | None = None) -> JobResult:
@@ -128,7 +153,8 @@ class LocalJobRunner(JobRunner):
             private_dir(out_dir / "data")
             private_dir(model_dir)
             for name, uri in spec.inputs.items():
-                env[f"SM_CHANNEL_{name.upper()}"] = str(self._channel_dir(store, uri, work / "input" / name))
+                env[f"SM_CHANNEL_{name.upper()}"] = str(self._channel_dir(store, uri, work / "input" / name,
+                                                                          spec.input_files.get(name)))
             ckpt = work / "checkpoints"
             if spec.checkpoint_uri and spec.checkpoint_uri.startswith("file:"):
                 # Local store: the checkpoint prefix is a folder, so the job writes straight into it.
@@ -154,7 +180,7 @@ class LocalJobRunner(JobRunner):
             private_dir(out_dir)
             for name, uri in spec.inputs.items():
                 env[f"SM_PROCESSING_INPUT_{name.upper()}"] = str(
-                    self._channel_dir(store, uri, work / "input" / name))
+                    self._channel_dir(store, uri, work / "input" / name, spec.input_files.get(name)))
             for name in spec.outputs:
                 output_dirs[name] = work / "processing-output" / name
                 private_dir(output_dirs[name])

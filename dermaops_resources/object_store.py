@@ -260,6 +260,30 @@ class ObjectStore(dg.ConfigurableResource, ABC):
         """A local directory with the prefix's content: the store's own folder when local."""
         return self.local_path(prefix_uri) or self.download_dir(prefix_uri, scratch)
 
+    def materialize_files(self, prefix_uri: str, names: list[str], dest: str | os.PathLike) -> Path:
+        """A local folder ``dest`` holding only ``names`` (relative to ``prefix_uri``, sub-folders
+        kept): hard links to the store's own files when they are local (a copy where a link cannot
+        be made), downloads otherwise. What a job staged from a manifest sees (``JobSpec.input_files``):
+        kilobytes of an earlier output instead of all of it. FileNotFoundError names the first file
+        that is not there."""
+        dest = Path(dest)
+        private_dir(dest)
+        base = prefix_uri.rstrip("/")
+        for rel in names:
+            uri, target = f"{base}/{rel}", dest / rel
+            private_dir(target.parent)
+            local = self.local_path(uri)
+            if local is None or not local.is_file():
+                if not self.exists(uri):
+                    raise FileNotFoundError(f"No object at {uri}: a job's declared input file is missing")
+                self.download_file(uri, target)
+                continue
+            try:
+                os.link(local, target)
+            except OSError:  # another filesystem
+                self.download_file(uri, target)
+        return dest
+
     def put_json(self, bucket: Bucket, key: str, payload: object) -> str:
         import json
 

@@ -253,6 +253,26 @@ class SageMakerJobRunner(JobRunner):
                                  "write S3 only (use the S3 object store with the AWS backend).")
 
     # -- requests -------------------------------------------------------------------------
+    def input_manifest_uri(self, spec: JobSpec, name: str) -> str:
+        """Where the manifest of input ``name`` (``spec.input_files``) is published: beside the job's outputs."""
+        return join_uri(spec.output_uri, f"input-manifests/{spec.name}/{name}.manifest")
+
+    def upload_input_manifests(self, spec: JobSpec, store: ObjectStore) -> None:
+        """Publish one SageMaker manifest file per input that lists its files
+        (``[{"prefix": "s3://bucket/prefix/"}, "relative/name", ...]``, the ``ManifestFile`` format
+        of the ProcessingS3Input / S3DataSource API): SageMaker then downloads those objects, under
+        the input's local path by their relative names, instead of every object under the prefix."""
+        for name, files in spec.input_files.items():
+            bucket, key = store.split_uri(self.input_manifest_uri(spec, name))
+            manifest = [{"prefix": _prefix(spec.inputs[name])}, *files]
+            store.put_bytes(bucket, key, json.dumps(manifest).encode())
+
+    def _s3_source(self, spec: JobSpec, name: str, uri: str) -> tuple[str, str]:
+        """``(S3DataType, S3Uri)`` of one input: its manifest when the spec lists its files, else its prefix."""
+        if name in spec.input_files:
+            return "ManifestFile", self.input_manifest_uri(spec, name)
+        return "S3Prefix", _prefix(uri)
+
     def training_request(self, spec: JobSpec, code_uri: str) -> dict[str, Any]:
         instance_type = self.training_instance_type
         hps = {k: _hp_value(v) for k, v in spec.hyperparameters.items()}
@@ -266,10 +286,11 @@ class SageMakerJobRunner(JobRunner):
             hps["sagemaker_torch_distributed_enabled"] = "true"  # torchrun across the instances
         channels = []
         for name, uri in sorted(spec.inputs.items()):
+            data_type, s3_uri = self._s3_source(spec, name, uri)
             channels.append({
                 "ChannelName": name,
                 "DataSource": {"S3DataSource": {
-                    "S3DataType": "S3Prefix", "S3Uri": _prefix(uri),
+                    "S3DataType": data_type, "S3Uri": s3_uri,
                     "S3DataDistributionType": "ShardedByS3Key" if name in spec.sharded_inputs
                     else "FullyReplicated"}},
                 "InputMode": "File",
@@ -325,8 +346,9 @@ class SageMakerJobRunner(JobRunner):
         for name, uri in sorted(spec.inputs.items()):
             if name == "code":
                 raise ValueError(f"Job {spec.name}: input name 'code' is reserved for the job's source code.")
+            data_type, s3_uri = self._s3_source(spec, name, uri)
             inputs.append({"InputName": name, "S3Input": {
-                "S3Uri": _prefix(uri), "LocalPath": f"{PROC_INPUT}/{name}", "S3DataType": "S3Prefix",
+                "S3Uri": s3_uri, "LocalPath": f"{PROC_INPUT}/{name}", "S3DataType": data_type,
                 "S3InputMode": "File",
                 "S3DataDistributionType": "ShardedByS3Key" if name in spec.sharded_inputs else "FullyReplicated"}})
         outputs = [{"OutputName": name, "S3Output": {"S3Uri": join_uri(spec.output_uri, name),
@@ -387,6 +409,7 @@ class SageMakerJobRunner(JobRunner):
         self._validate(spec)
         training = spec.job_type == "training"
         code_uri = self.upload_code(store)
+        self.upload_input_manifests(spec, store)
         request = self.training_request(spec, code_uri) if training else self.processing_request(spec, code_uri)
         instance_type = (request["ResourceConfig"]["InstanceType"] if training
                          else request["ProcessingResources"]["ClusterConfig"]["InstanceType"])

@@ -165,9 +165,12 @@ class PreviousPixels:
     ``summary.json``'s ``pixels_version`` must equal this job's (:func:`pixels_version`), so a
     change to the decoder, Pillow or the size decodes afresh. A folder that is missing, of
     another version, of the single-file format from before segments, or unreadable offers
-    nothing (never an error: it is only a cache). Only the small maps and indexes are read;
-    segment bytes are read only to link them (``run(link_previous=True)``) or to merge a split
-    (:data:`MAX_SEGMENTS`)."""
+    nothing (never an error: it is only a cache). Only the small maps and indexes are read
+    (:func:`ml_code.data.split_reader.previous_input_files` names them); segment bytes are read only to link them
+    (``run(link_previous=True)``) or to merge a split (:data:`MAX_SEGMENTS`). A folder staged
+    without its segments (the asset stages only those files) is still a complete cache for a rerun:
+    rows are named in segments the caller copies in the store; a split that would have to merge
+    them is decoded afresh instead (:func:`_unstaged_merge`)."""
 
     def __init__(self, folder: Path | None, size: int):
         self.folder = folder
@@ -203,6 +206,10 @@ class PreviousPixels:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self.where, self.segment_rows = {}, {}
             self.reason = f"earlier splits unreadable ({type(exc).__name__}: {exc})"
+
+    def has_segment(self, name: str) -> bool:
+        """Whether segment ``name``'s bytes were staged with the earlier output (only its maps may be)."""
+        return self.folder is not None and (self.folder / name).is_file()
 
     def segment_path(self, name: str) -> Path:
         """The earlier output's file of segment ``name`` (FileNotFoundError when it is not there)."""
@@ -480,6 +487,8 @@ def _write_split(
     n = len(rows)
     shas = rows["sha256"].astype(str).tolist() if "sha256" in rows else [""] * n
     known = [previous.where.get(sha) if sha else None for sha in shas]
+    if _unstaged_merge(known, shas, previous, ahead):
+        known = [None] * n
     reused = sum(k is not None for k in known)
     progress["reused"] += reused
     if ahead.where:
@@ -537,6 +546,21 @@ def _write_split(
              written[c].tolist() if c in written.columns else [""] * len(written) for c in INDEX_COLUMNS]
     write_text_atomic(out_dir / f"{split}_index.csv", csv_text(INDEX_COLUMNS, index), sync_folder=False)
     return written, pixel_map
+
+
+def _unstaged_merge(known: list[tuple[str, int] | None], shas: list[str], previous: PreviousPixels,
+                    ahead: DecodedAhead) -> bool:
+    """Whether a split whose rows ``previous`` holds as ``known`` would span more than
+    :data:`MAX_SEGMENTS` segments (the earlier ones, the rerun's decoded-ahead one, a new one for the
+    rest) while some earlier segment was not staged: merging copies bytes that are not here, so
+    the split is decoded afresh into one segment instead (what a monthly rerun reaches after about
+    eight months when only the maps are staged)."""
+    earlier = {k[0] for k in known if k is not None}
+    if all(previous.has_segment(name) for name in earlier):
+        return False
+    rest = [sha for sha, k in zip(shas, known) if k is None]
+    extra = int(any(sha in ahead.where for sha in rest)) + int(any(sha not in ahead.where for sha in rest))
+    return len(earlier) + extra > MAX_SEGMENTS
 
 
 def _compact_rows(path: Path, keep: np.ndarray, size: int) -> None:
@@ -743,8 +767,11 @@ def run(
     workers = int(num_workers or contract.available_cpus())
     progress = {"done": 0.0, "reused": 0.0, "total": float(len(manifest)), "t0": t0}
     earlier = PreviousPixels(previous_dir, image_size)
+    staged = sum(map(earlier.has_segment, earlier.segment_rows))
     print(f"[preprocess] earlier splits: {len(earlier.where)} images' pixels reusable"
-          + (f" ({earlier.reason})" if earlier.reason else ""), flush=True)
+          + (f" ({earlier.reason})" if earlier.reason else "")
+          + (f"; {staged} of {len(earlier.segment_rows)} earlier segments staged here" if earlier.segment_rows else ""),
+          flush=True)
     # the decoding pool forks first (no thread of this job exists yet); publish renames every
     # segment once all are written and synced, or deletes them if anything fails
     with contextlib.ExitStack() as publish, Decoder(workers) as decoder, EarlySync() as early_sync:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,15 @@ SEGMENT_FOLDER = "pixels"
 def pixels_manifest_name(split: str) -> str:
     """File name of a split's pixel map in the splits folder."""
     return f"{split}_pixels.json"
+
+
+def previous_input_files(splits: Sequence[str]) -> list[str]:
+    """The files of an earlier splits output that the processing job reads to reuse its pixels
+    (:class:`ml_code.data.preprocess.PreviousPixels`), relative to its folder: ``summary.json`` and
+    each split's pixel map and index: one CSV row per image, where the segments hold
+    ``size * size * 3`` bytes per image. The ``previous`` input stages only these
+    (``JobSpec.input_files``); the segments they name stay in the store."""
+    return ["summary.json", *(name for split in splits for name in (pixels_manifest_name(split), f"{split}_index.csv"))]
 
 
 def has_split_pixels(folder: Path, split: str) -> bool:

@@ -16,7 +16,7 @@ from PIL import Image
 from dermaops_resources.object_store import LocalObjectStore
 from dermaops_services.ingestion import ingest_dataset
 from ml_code.data import preprocess
-from ml_code.data.split_reader import SegmentedImages, load_splits, open_split_images
+from ml_code.data.split_reader import SegmentedImages, load_splits, open_split_images, previous_input_files
 from ml_code.package.image_policy import decode_square
 from ml_code.tools.demo_data import generate_demo_dataset
 
@@ -103,6 +103,43 @@ def test_a_rerun_with_new_images_decodes_only_those(manifests, tmp_path: Path, m
     spans = {split: len(json.loads((tmp_path / "again" / f"{split}_pixels.json").read_text())["segments"])
              for split in SPLITS}
     assert max(spans.values()) == (1 if mode.startswith("merged") else 2), spans
+    monkeypatch.undo()
+    _run(manifests, "new", tmp_path / "fresh", num_workers=1)
+    _same_outputs(tmp_path / "again", tmp_path / "fresh")
+
+
+def _staged_maps(first: Path, staged: Path) -> Path:
+    """The earlier output as the asset stages it (``JobSpec.input_files``): its maps and indexes
+    alone, no pixel segment."""
+    for name in previous_input_files(SPLITS):
+        (staged / name).parent.mkdir(parents=True, exist_ok=True)
+        (staged / name).hardlink_to(first / name)
+    return staged
+
+
+@pytest.mark.parametrize("merging", [False, True], ids=["names the earlier pixels", "decodes a split it would merge"])
+def test_a_rerun_given_only_the_earlier_maps_gives_a_fresh_runs_splits(manifests, tmp_path: Path, monkeypatch,
+                                                                        merging: bool) -> None:
+    """A rerun whose ``previous`` input holds the maps but not the segments (how the asset stages
+    it, so SageMaker does not download every earlier pixel) decodes only the new images; a split
+    that would merge earlier segments it does not have (past MAX_SEGMENTS) is decoded afresh
+    instead of failing on a missing file. Either way the folder, with the segments it names copied
+    in as the store does, reads as a fresh run's splits."""
+    if merging:
+        monkeypatch.setattr(preprocess, "MAX_SEGMENTS", 1)
+    first = _run(manifests, "old", tmp_path / "first", num_workers=1)
+    staged = _staged_maps(tmp_path / "first", tmp_path / "staged")
+    assert not (staged / "pixels").exists()
+    again = _run(manifests, "new", tmp_path / "again", num_workers=1, previous_dir=staged, link_previous=False)
+    if merging:  # no split spans more segments than allowed; one was decoded afresh, not merged from absent files
+        spans = [len(json.loads((tmp_path / "again" / f"{split}_pixels.json").read_text())["segments"])
+                 for split in SPLITS]
+        assert max(spans) == 1 and again["decoded"] > NEW, (spans, again["decoded"])
+    else:
+        assert (again["decoded"], again["reused"]) == (NEW, sum(first["images"].values()))
+    for name, meta in again["segments"].items():
+        if not meta["in_output"]:
+            (tmp_path / "again" / name).hardlink_to(tmp_path / "first" / name)
     monkeypatch.undo()
     _run(manifests, "new", tmp_path / "fresh", num_workers=1)
     _same_outputs(tmp_path / "again", tmp_path / "fresh")

@@ -50,6 +50,38 @@ def test_processing_job_outputs_are_published(store: LocalObjectStore, tmp_path:
     assert store.get_json(result.output_uris["splits"] + "/summary.json") == {"rows": 3}
 
 
+def test_a_processing_input_with_listed_files_stages_those_alone(store: LocalObjectStore, tmp_path: Path) -> None:
+    """``input_files``: the job's input folder holds the listed files (sub-folders kept) and
+    nothing else under the prefix, as SageMaker stages a manifest input; the store keeps them all."""
+    store.put_bytes("raw", "manifests/h/manifest.csv", b"a\nb\nc\n")
+    store.put_bytes("raw", "manifests/h/maps/train_pixels.json", b"{}")
+    store.put_bytes("raw", "manifests/h/pixels/segment.npy", b"\0" * 4096)
+    spec = JobSpec(job_type="processing", name="prep-2", entry_point=ENTRY,
+                   inputs={"manifest": store.uri("raw", "manifests/h")}, outputs=["splits"],
+                   input_files={"manifest": ["manifest.csv", "maps/train_pixels.json"]},
+                   output_uri=store.uri("processed", "jobs/prep-2"))
+    result = LocalJobRunner(work_root=str(tmp_path / "jobs")).run(spec, store)
+    assert store.get_json(result.output_uris["splits"] + "/summary.json") == {"rows": 3}
+    assert store.get_json(result.output_uris["splits"] + "/staged.json") == ["manifest.csv", "maps/train_pixels.json"]
+    assert store.exists(store.uri("raw", "manifests/h/pixels/segment.npy"))
+
+
+def test_listed_input_files_are_checked_before_a_job_starts(store: LocalObjectStore, tmp_path: Path) -> None:
+    store.put_bytes("raw", "manifests/h/manifest.csv", b"a\n")
+    base = dict(job_type="processing", name="prep-3", entry_point=ENTRY, outputs=["splits"],
+                inputs={"manifest": store.uri("raw", "manifests/h")}, output_uri=store.uri("processed", "jobs/prep-3"))
+    with pytest.raises(ValueError, match="'splits', which is not an input"):
+        JobSpec(**base, input_files={"splits": ["manifest.csv"]})
+    for bad in ("../secrets.json", "/etc/passwd", "maps//x.json", ""):
+        with pytest.raises(ValueError, match="relative to the input's prefix"):
+            JobSpec(**base, input_files={"manifest": [bad]})
+    logs: list[str] = []
+    spec = JobSpec(**base, input_files={"manifest": ["manifest.csv", "summary.json"]})
+    with pytest.raises(FileNotFoundError, match="manifests/h/summary.json"):
+        LocalJobRunner(work_root=str(tmp_path / "jobs")).run(spec, store, on_log=logs.append)
+    assert not any("starting" in line for line in logs)
+
+
 def test_failure_reason_comes_from_the_job(store: LocalObjectStore, tmp_path: Path) -> None:
     store.put_bytes("processed", "splits/1/data.txt", b"x")
     spec = JobSpec(job_type="training", name="train-bad", entry_point=ENTRY,

@@ -23,6 +23,8 @@ def main() -> None:
         src = contract.processing_input("manifest") / "manifest.csv"
         out = contract.processing_output("splits")
         (out / "summary.json").write_text(json.dumps({"rows": len(src.read_text().splitlines())}))
+        staged = sorted(p.relative_to(src.parent).as_posix() for p in src.parent.rglob("*") if p.is_file())
+        (out / "staged.json").write_text(json.dumps(staged))  # what the job was given to read
         print("processed", flush=True)
 
 

@@ -192,6 +192,21 @@ def execute(runner: Any, spec: Any, request: dict[str, Any], store: Any, client:
                         {"training_time_in_seconds": elapsed, "billable_time_in_seconds": billable})
 
 
+def _stage_input(store: Any, data_type: str, uri: str, dest: Path) -> Path:
+    """An input as SageMaker stages it: every object under an ``S3Prefix``, or the objects a
+    ``ManifestFile`` lists (``[{"prefix": ...}, "relative/name", ...]``) under their relative names;
+    a listed object that is missing fails the job, as it does on SageMaker."""
+    if data_type == "S3Prefix":
+        return store.download_dir(uri, dest)
+    if data_type != "ManifestFile":
+        raise ValueError(f"S3DataType {data_type!r} is not one SageMaker processing or training inputs take")
+    prefix, *names = json.loads(store.get_bytes(uri))
+    for rel in names:
+        store.download_file(prefix["prefix"] + rel, dest / rel)
+    dest.mkdir(parents=True, exist_ok=True)
+    return dest
+
+
 def _train(request: dict[str, Any], store: Any, work: Path, code: Path,
            env: dict[str, str]) -> tuple[int, list[str], str]:
     opt = work / "opt_ml"
@@ -201,7 +216,8 @@ def _train(request: dict[str, Any], store: Any, work: Path, code: Path,
     channels = []
     for channel in request.get("InputDataConfig", []):
         name = channel["ChannelName"]
-        local = store.download_dir(channel["DataSource"]["S3DataSource"]["S3Uri"], opt / "input" / "data" / name)
+        source = channel["DataSource"]["S3DataSource"]
+        local = _stage_input(store, source["S3DataType"], source["S3Uri"], opt / "input" / "data" / name)
         local.mkdir(parents=True, exist_ok=True)
         env[f"SM_CHANNEL_{name.upper()}"] = str(local)
         channels.append(name)
@@ -238,7 +254,8 @@ def _process(request: dict[str, Any], store: Any, work: Path, code: Path,
     for item in request.get("ProcessingInputs", []):
         if item["InputName"] == "code":
             continue
-        local = store.download_dir(item["S3Input"]["S3Uri"], work / "input" / item["InputName"])
+        local = _stage_input(store, item["S3Input"]["S3DataType"], item["S3Input"]["S3Uri"],
+                             work / "input" / item["InputName"])
         local.mkdir(parents=True, exist_ok=True)
         env[f"SM_PROCESSING_INPUT_{item['InputName'].upper()}"] = str(local)
     for item in request.get("ProcessingOutputConfig", {}).get("Outputs", []):

@@ -63,6 +63,9 @@ def main():
     rows = (processing_input("table") / "data.csv").read_text().split()
     out = [str(float(r) * factor) for r in rows]
     (processing_output("scaled") / "scaled.csv").write_text("\\n".join(out))
+    staged = sorted(p.relative_to(processing_input("table")).as_posix()
+                    for p in processing_input("table").rglob("*") if p.is_file())
+    (processing_output("scaled") / "staged.json").write_text(json.dumps(staged))
     emit_metric(rows=len(out))
 
 
@@ -224,6 +227,40 @@ def test_processing_runs_through_the_played_container(store, toy_code):
     result = runner.run(spec, store, on_metric=metrics.append)
     assert store.get_bytes(result.output_uris["scaled"] + "/scaled.csv") == b"2.5\n5.0\n7.5"
     assert metrics == [{"rows": 3}]
+
+
+@pytest.mark.parametrize("job_type", ["processing", "training"])
+def test_an_input_with_listed_files_downloads_those_alone(store, toy_code, job_type):
+    """``input_files`` becomes a SageMaker manifest (``ManifestFile``) listing those objects: the
+    played container, staging the input from the request as SageMaker does, holds the listed
+    files only, and the job's answer is the same."""
+    runner = _runner(code_dir=str(toy_code), player=execute)
+    name = _name("toylisted")
+    if job_type == "processing":
+        folder, listed = "toy/listed-table", ["data.csv"]
+        store.put_bytes("raw", f"{folder}/data.csv", b"1\n2\n3\n")
+        spec = JobSpec(job_type="processing", name=name, entry_point="ml_code.toy_process",
+                       inputs={"table": store.uri("raw", folder)}, outputs=["scaled"], input_files={"table": listed},
+                       output_uri=store.uri("processed", f"jobs/scale/{name}"), hyperparameters={"factor": 2.5})
+    else:
+        folder, listed = "toy/listed-splits", ["data.csv"]
+        store.put_bytes("raw", f"{folder}/data.csv", "\n".join(f"{x},{3 * x + 1}" for x in [0.0, 0.5, 1.0]).encode())
+        spec = JobSpec(job_type="training", name=name, entry_point="ml_code.toy_train",
+                       inputs={"splits": store.uri("raw", folder)}, input_files={"splits": listed},
+                       output_uri=store.uri("models", f"jobs/train/{name}"), hyperparameters={"epochs": 1, "lr": 0.5})
+    store.put_bytes("raw", f"{folder}/pixels/segment.npy", b"\0" * 4096)  # under the prefix, not listed
+    sent = _capture(runner, "CreateProcessingJob" if job_type == "processing" else "CreateTrainingJob")
+    result = runner.run(spec, store)
+    if job_type == "processing":
+        assert store.get_bytes(result.output_uris["scaled"] + "/scaled.csv") == b"2.5\n5.0\n7.5"
+        assert store.get_json(result.output_uris["scaled"] + "/staged.json") == listed
+        source = next(i["S3Input"] for i in sent[0]["ProcessingInputs"] if i["InputName"] == "table")
+    else:
+        assert result.model_uri and store.exists(result.model_uri)
+        source = sent[0]["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert source["S3DataType"] == "ManifestFile"
+    prefix, *names = json.loads(store.get_bytes(source["S3Uri"]))
+    assert prefix == {"prefix": store.uri("raw", folder) + "/"} and names == listed
 
 
 def test_failing_entry_point_raises_job_failed_with_container_reason(store, toy_code):
