@@ -207,6 +207,12 @@ class PreviousPixels:
             self.where, self.segment_rows = {}, {}
             self.reason = f"earlier splits unreadable ({type(exc).__name__}: {exc})"
 
+    def describe(self) -> str:
+        """What the job log says of the earlier splits: images reusable, why none, segments staged."""
+        staged = sum(map(self.has_segment, self.segment_rows))
+        return (f"{len(self.where)} images' pixels reusable" + (f" ({self.reason})" if self.reason else "")
+                + (f"; {staged} of {len(self.segment_rows)} earlier segments staged here" if self.segment_rows else ""))
+
     def has_segment(self, name: str) -> bool:
         """Whether segment ``name``'s bytes were staged with the earlier output (only its maps may be)."""
         return self.folder is not None and (self.folder / name).is_file()
@@ -767,11 +773,7 @@ def run(
     workers = int(num_workers or contract.available_cpus())
     progress = {"done": 0.0, "reused": 0.0, "total": float(len(manifest)), "t0": t0}
     earlier = PreviousPixels(previous_dir, image_size)
-    staged = sum(map(earlier.has_segment, earlier.segment_rows))
-    print(f"[preprocess] earlier splits: {len(earlier.where)} images' pixels reusable"
-          + (f" ({earlier.reason})" if earlier.reason else "")
-          + (f"; {staged} of {len(earlier.segment_rows)} earlier segments staged here" if earlier.segment_rows else ""),
-          flush=True)
+    print(f"[preprocess] earlier splits: {earlier.describe()}", flush=True)
     # the decoding pool forks first (no thread of this job exists yet); publish renames every
     # segment once all are written and synced, or deletes them if anything fails
     with contextlib.ExitStack() as publish, Decoder(workers) as decoder, EarlySync() as early_sync:

@@ -75,13 +75,23 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """``shadow = d * shadow + (1 - d) * current`` for every floating tensor (a copy for the
+        others), ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates. The floating tensors
+        go through one fused multiply and one fused add over the whole list (``torch._foreach_*``,
+        what ``torch.optim`` and ``torch.optim.swa_utils``' EMA use): the same arithmetic as two
+        ops per tensor, without ~500 separate dispatches every training step."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        shadows, currents = [], []
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                shadows.append(self.shadow[k])
+                currents.append(v.detach())
             else:
                 self.shadow[k].copy_(v)
+        if shadows:
+            torch._foreach_mul_(shadows, d)
+            torch._foreach_add_(shadows, currents, alpha=1 - d)
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
