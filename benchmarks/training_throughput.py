@@ -31,6 +31,17 @@ sys.path.insert(0, str(ROOT))
 HAM10000_TRAIN_IMAGES = 7000  # about 70 % of 10,015 images after the lesion-grouped split
 
 
+def _first_batches(split, steps: int, batch_size: int):
+    """The split's first ``steps`` batches as one uint8 NCHW image tensor and its int64 labels, in
+    memory: what the raw loop reads (it has no loader)."""
+    import numpy as np
+    import torch
+
+    n = steps * batch_size
+    return (torch.from_numpy(np.array(split.images[:n])).permute(0, 3, 1, 2),
+            torch.from_numpy(np.asarray(split.labels[:n])).long())
+
+
 def _raw_loop(opts, images, labels, steps: int) -> float:
     """Seconds for ``steps`` steps of a plain PyTorch loop on the recipe's network and batch."""
     import torch
@@ -70,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     steps = args.steps or (3 if args.quick else 20)
 
-    import numpy as np
     import torch
 
     from ml_code.data.split_reader import load_splits
@@ -88,23 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         train = splits["train"]
         if args.warmup_steps:  # untimed, on the first batches: warms the process, not either measurement
             warm = min(args.warmup_steps, len(train.labels) // opts.batch_size)
-            _raw_loop(opts, torch.from_numpy(np.array(train.images[: warm * opts.batch_size])).permute(0, 3, 1, 2),
-                      torch.from_numpy(np.asarray(train.labels[: warm * opts.batch_size])).long(), warm)
-        jobs, raws = [], []
+            _raw_loop(opts, *_first_batches(train, warm, opts.batch_size), warm)
+        norm = Normalizer([127 / 255] * 3, [128 / 255] * 3, rt.device)
+        jobs, raws, raw_batches = [], [], None
         for _ in range(args.repeats):  # the pair again: the best of each, as timeit takes its best
             # the job: its loader, sampler, augmentation, EMA and timers, one epoch of `steps` steps
             torch.manual_seed(0)
             net = build_network(opts, 7, False, rt)
             data = build_train_data(opts, train, 7, rt.device)
-            norm = Normalizer([127 / 255] * 3, [128 / 255] * 3, rt.device)
             timing: dict[str, float] = {}
             train_one_epoch(net, data, norm, opts, 1, opts.epochs, 0, timing)
             jobs.append(timing)
             job_steps = len(data.loader)
-            images = torch.from_numpy(np.array(train.images[: job_steps * opts.batch_size])).permute(0, 3, 1, 2)
-            labels = torch.from_numpy(np.asarray(train.labels[: job_steps * opts.batch_size])).long()
+            raw_batches = raw_batches or _first_batches(train, job_steps, opts.batch_size)
             torch.manual_seed(0)
-            raws.append(_raw_loop(opts, images, labels, job_steps))
+            raws.append(_raw_loop(opts, *raw_batches, job_steps))
     timing = max(jobs, key=lambda t: t["images"] / t["seconds"])
     raw_s = min(raws)
     ours = timing["images"] / timing["seconds"]

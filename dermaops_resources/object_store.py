@@ -273,15 +273,16 @@ class ObjectStore(dg.ConfigurableResource, ABC):
             uri, target = f"{base}/{rel}", dest / rel
             private_dir(target.parent)
             local = self.local_path(uri)
-            if local is None or not local.is_file():
-                if not self.exists(uri):
-                    raise FileNotFoundError(f"No object at {uri}: a job's declared input file is missing")
-                self.download_file(uri, target)
-                continue
+            if local is not None and local.is_file():
+                try:
+                    os.link(local, target)
+                    continue
+                except OSError:  # another filesystem: copied below
+                    pass
             try:
-                os.link(local, target)
-            except OSError:  # another filesystem
                 self.download_file(uri, target)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"No object at {uri}: a job's declared input file is missing") from exc
         return dest
 
     def put_json(self, bucket: Bucket, key: str, payload: object) -> str:
@@ -424,14 +425,20 @@ class LocalObjectStore(ObjectStore):
         return path.read_bytes()
 
     def download_file(self, uri: str, dest: str | os.PathLike) -> Path:
-        """A copy of the object at ``dest``, owner-only (0600) like the object itself."""
+        """A copy of the object at ``dest``, owner-only (0600) like the object itself;
+        FileNotFoundError (``dest`` left untouched) when there is no object at ``uri``."""
         dest = Path(dest)
         src = self._path(uri)
-        private_dir(dest.parent)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
-            os.fchmod(out.fileno(), PRIVATE_FILE_MODE)
-            shutil.copyfileobj(fh, out, 1 << 20)
+        try:
+            fh = open(src, "rb")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"No object at {uri}") from None
+        with fh:
+            private_dir(dest.parent)
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), PRIVATE_FILE_MODE)
+                shutil.copyfileobj(fh, out, 1 << 20)
         return dest
 
     def exists(self, uri: str) -> bool:

@@ -84,6 +84,15 @@ def test_paths_outside_the_store_are_refused(store: LocalObjectStore, tmp_path: 
         store.get_bytes(store.uri("raw", "missing"))
 
 
+def test_downloading_a_missing_object_names_it_and_writes_nothing(store: LocalObjectStore, tmp_path: Path) -> None:
+    """As the S3 store does: the error names the object, and no empty file is left where the copy
+    would have gone (a job's staged input, a scratch folder) to be read as an empty object."""
+    uri = store.uri("processed", "splits/1/summary.json")
+    with pytest.raises(FileNotFoundError, match="No object at .*splits/1/summary.json"):
+        store.download_file(uri, tmp_path / "staged" / "summary.json")
+    assert not (tmp_path / "staged" / "summary.json").exists()
+
+
 def test_get_json_or_default(store: LocalObjectStore) -> None:
     uri = store.uri("logs", "x/cursor.json")
     assert store.get_json_or(uri, {"parts": 0}) == {"parts": 0}
