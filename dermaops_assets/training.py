@@ -46,7 +46,7 @@ class TrainConfigBase(dg.Config):
         config's, else the deployment's (DERMAOPS_TRAIN_RECIPE), else the data's: for real data
         the real-data recipe (``ham10000``: the pretrained network), for the synthetic demo set
         ``synthetic_demo`` (the job's quick defaults with resnet18's own stem, 10 epochs, 100
-        boosting rounds)."""
+        boosting rounds, the whole job within 75 s)."""
         if self.extra_hyperparameters.strip() not in ("", "{}"):
             raise dg.Failure(f"trained_model config extra_hyperparameters is no longer read "
                              f"({self.extra_hyperparameters[:80]!r}): {EXTRA_HINT}")
