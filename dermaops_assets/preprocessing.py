@@ -71,9 +71,16 @@ def _complete_splits(store: ObjectStore, splits_uri: str) -> bool:
     SageMaker), so an upload cut short can leave ``summary.json`` without the arrays it
     describes; reusing such a folder would fail every later training run. An incomplete
     folder is recomputed and overwritten instead."""
+    return _complete_split_files(store, splits_uri) is not None
+
+
+def _complete_split_files(store: ObjectStore, splits_uri: str) -> set[str] | None:
+    """The file names (relative to ``splits_uri``) of a complete splits folder
+    (:func:`_complete_splits`), from one listing; None when the folder is incomplete or absent.
+    A rerun picks the files its job stages from this listing, not from a second one."""
     summary_uri = join_uri(splits_uri, "summary.json")
     if not store.exists(summary_uri):
-        return False
+        return None
     summary = store.get_json(summary_uri)
     splits = summary.get("splits", {})
     if "segments" in summary:  # pixels in content-addressed segments (ml_code.data.split_reader)
@@ -83,10 +90,10 @@ def _complete_splits(store: ObjectStore, splits_uri: str) -> bool:
         names = ["classes.json", *(f"{split}_{part}" for split in splits
                                    for part in ("images.npy", "labels.npy", "index.csv"))]
     if not splits:
-        return False
-    present = store.list_keys(splits_uri)
-    base = store.split_uri(splits_uri)[1]
-    return all(f"{base}/{name}" in present for name in names)
+        return None
+    lead = f"{store.split_uri(splits_uri)[1]}/"
+    present = {key[len(lead):] for key in store.list_keys(splits_uri) if key.startswith(lead)}
+    return present if all(name in present for name in names) else None
 
 
 def complete_from_previous(store: ObjectStore, splits_uri: str, previous_uri: str | None) -> int:
@@ -132,25 +139,25 @@ def _latest_key(image_size: int) -> str:
     return f"splits/latest/{int(image_size)}px.json"
 
 
-def _previous_splits(store: ObjectStore, image_size: int) -> str | None:
-    """URI of the newest complete splits at ``image_size``, for the job's optional ``previous``
-    input: adding 1 % new images then decodes only those (the job checks the pixels version and
-    matches images by content hash). None when there are none or they are incomplete."""
+def _previous_splits(store: ObjectStore, image_size: int) -> tuple[str, set[str]] | None:
+    """URI and file names of the newest complete splits at ``image_size``, for the job's optional
+    ``previous`` input: adding 1 % new images then decodes only those (the job checks the pixels
+    version and matches images by content hash). None when there are none or they are incomplete."""
     pointer = store.uri("processed", _latest_key(image_size))
     if not store.exists(pointer):
         return None
     uri = str(store.get_json(pointer).get("splits_uri", ""))
-    return uri if uri and _complete_splits(store, uri) else None
+    files = _complete_split_files(store, uri) if uri else None
+    return (uri, files) if files is not None else None
 
 
-def _previous_files(store: ObjectStore, previous_uri: str) -> list[str]:
-    """The files of the earlier splits that the job reads (its maps and indexes, not its pixel
-    segments, which stay in the store and are copied there by :func:`complete_from_previous`):
-    staged alone, a rerun on SageMaker downloads kilobytes instead of every earlier pixel. Splits
-    written before segments have no maps; the job then decodes afresh, as it always did for them."""
-    present = store.list_keys(previous_uri)
-    base = store.split_uri(previous_uri)[1]
-    return [name for name in previous_input_files(SPLITS) if f"{base}/{name}" in present]
+def _previous_files(present: set[str]) -> list[str]:
+    """The files of the earlier splits (``present``: its file names) that the job reads: its maps
+    and indexes, not its pixel segments, which stay in the store and are copied there by
+    :func:`complete_from_previous`. Staged alone, a rerun on SageMaker downloads kilobytes instead of
+    every earlier pixel. Splits written before segments have no maps; the job then decodes afresh,
+    as it always did for them."""
+    return [name for name in previous_input_files(SPLITS) if name in present]
 
 
 @dg.asset(
@@ -176,11 +183,12 @@ def processed_splits(context: dg.AssetExecutionContext, config: SplitsConfig, ra
     else:
         on_log, on_metric, _ = job_callbacks(context, "preprocess")
         inputs = {"manifest": raw_images.manifest_uri.rsplit("/", 1)[0], "images": raw_images.images_prefix_uri}
-        previous = _previous_splits(store, opts.image_size)
+        earlier = _previous_splits(store, opts.image_size)
+        previous = earlier[0] if earlier else None
         input_files = {}
-        if previous:  # pixels of images it already decoded are named, not decoded (only a cache)
+        if earlier:  # pixels of images it already decoded are named, not decoded (only a cache)
             inputs["previous"] = previous
-            input_files["previous"] = _previous_files(store, previous)
+            input_files["previous"] = _previous_files(earlier[1])
         spec = JobSpec(job_type="processing", name=f"dermaops-preprocess-{content_hash[:12]}",
                        entry_point="ml_code.data.preprocess", inputs=inputs, input_files=input_files,
                        outputs=["splits"], output_uri=output_uri,
