@@ -41,7 +41,7 @@ from ml_code.monitoring.capture import (
     rows_to_parquet_bytes, validate_rows,
 )
 from ml_code.monitoring.capture_reader import (
-    CHUNK_LINES, PARALLEL_MIN_BYTES, ParsedChunk, default_workers, parse_files,
+    CHUNK_LINES, PARALLEL_ANSWERED_MIN_BYTES, PARALLEL_MIN_BYTES, ParsedChunk, default_workers, parse_files,
 )
 from ml_code.monitoring.casemix import CASE_MIX_COLUMNS
 
@@ -143,9 +143,11 @@ def append_captures(store: ObjectStore, files: list[StoredObject], image_size: i
     repeated.
     ``workers``: parsing processes (``ml_code.monitoring.capture_reader``); None: this process,
     unless the first file's answers lacked image features (captures of older packages, whose
-    images must be decoded) and the rest hold at least ``PARALLEL_MIN_BYTES``, then every CPU.
-    Reading today's captures in one process takes about 14 s for 100,000 requests on a slow 2-core
-    machine (benchmarks/monitoring_volume.py), within the 15 s target without workers.
+    images must be decoded) and the rest hold at least ``PARALLEL_MIN_BYTES``, or the store keeps
+    them on local disk (the workers read them there) and they hold at least
+    ``PARALLEL_ANSWERED_MIN_BYTES``; then every CPU. Reading today's captures in one process took
+    10-14 s for 100,000 requests on this 2-core machine, 16.7 s on a slow spell, against a 15 s
+    target (benchmarks/monitoring_volume.py).
     ``skipped`` (reason -> count) is added to and returned. ``timeline``: the endpoint variant's
     deployment record, which says which package answered SageMaker's lines (they name none);
     without one (local lines carry their version, or no record was kept) ``model_version``."""
@@ -194,16 +196,20 @@ def _parsed_files(store: ObjectStore, files: list[StoredObject], image_size: int
     def blobs(chunk: list[StoredObject]) -> Iterator[tuple[str, bytes]]:
         return ((f.uri, store.get_bytes(f.uri)) for f in chunk)
 
+    local_file = store.local_path  # workers read a local store's files themselves (capture_reader.parse_files)
     if workers is not None or not files:
-        yield from parse_files(blobs(files), image_size, model_version, workers or 1, timeline, chunk_lines)
+        yield from parse_files(blobs(files), image_size, model_version, workers or 1, timeline, chunk_lines,
+                               local_file)
         return
     head = next(parse_files(blobs(files[:1]), image_size, model_version, 1, timeline, chunk_lines))
     yield head
     decoding = head.decoded * 2 > len(head.rows)  # most answers lack image_features: an older package
     rest = files[1:]
-    parallel = decoding and sum(f.size for f in rest) >= PARALLEL_MIN_BYTES
+    size = sum(f.size for f in rest)
+    on_disk = store.local_path(files[0].uri) is not None
+    parallel = size >= PARALLEL_MIN_BYTES if decoding else on_disk and size >= PARALLEL_ANSWERED_MIN_BYTES
     yield from parse_files(blobs(rest), image_size, model_version, default_workers() if parallel else 1, timeline,
-                           chunk_lines)
+                           chunk_lines, local_file)
 
 
 def load_inference_log(store: ObjectStore, cursor: dict[str, Any], max_rows: int | None = None,

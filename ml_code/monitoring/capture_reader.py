@@ -9,9 +9,11 @@ by a few chunks, and results come back in file order, so the log is the same wha
 workers. Files are grouped into chunks (:func:`chunked`) because building a frame per file of 100
 requests was a large share of the read (benchmarks/monitoring_volume.py: 26.5 s for 100,000 requests
 a frame per file, 14.5 s in chunks, with the larger parts below, on the same slow machine).
-Captures that carry their features, and small batches (the hourly incremental case), are parsed in
-this process: starting a worker costs about a second, and one process reads 100,000 answered requests
-in about 14 s on a slow 2-core machine (benchmarks/monitoring_volume.py), within the 15 s target.
+Small batches (the hourly incremental case) are parsed in this process: starting a worker costs
+about a second. Captures that carry their features are parsed in workers only when the workers can
+read the files themselves (a local store) and there are enough of them: one process reads 100,000
+answered requests in 10-14 s on this 2-core machine, close to the 15 s target on a slow spell, and
+sending their bytes to workers through pipes cost more than it saved (benchmarks/monitoring_volume.py).
 
 No Dagster, no object store here: the caller reads the bytes and writes the parts.
 """
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -34,6 +37,11 @@ from .health import health_from_metadata
 PARALLEL_MIN_BYTES = 32 << 20
 """Below this many bytes of captures whose images must be decoded (about 6,000 requests), files are
 parsed in-process: starting workers costs more than it saves."""
+PARALLEL_ANSWERED_MIN_BYTES = 128 << 20
+"""...and below this many bytes of captures whose answers carry their image features (about 20,000
+requests of 6 kB), when the workers can read the files themselves (a local store): each worker's
+start costs about a second, and one process parses such captures at 7,000-10,000 requests a second
+(benchmarks/monitoring_volume.py: 100,000 in 10-14 s before they were shared out)."""
 
 
 CHUNK_LINES = 2048
@@ -90,22 +98,62 @@ def chunked(blobs: Iterable[tuple[str, bytes]], max_lines: int = CHUNK_LINES,
 
 
 def parse_files(blobs: Iterable[tuple[str, bytes]], image_size: int, model_version: int, workers: int = 1,
-                timeline: VersionTimeline | None = None, max_lines: int = CHUNK_LINES) -> Iterator[ParsedChunk]:
+                timeline: VersionTimeline | None = None, max_lines: int = CHUNK_LINES,
+                local_file: Callable[[str], Path | None] | None = None) -> Iterator[ParsedChunk]:
     """``parse_chunk`` of each chunk of the ``(uri, bytes)`` blobs (:func:`chunked`), in the order given.
 
     ``blobs`` is consumed lazily (at most ``2 * workers`` chunks ahead of what was yielded), so a
     generator that reads files from the store keeps only a few of them in memory.
-    ``workers <= 1`` parses in this process."""
+    ``workers <= 1`` parses in this process. ``local_file``: the file on this machine holding a
+    blob's URI's bytes, or None; a chunk whose blobs all have one is sent to its worker as paths,
+    which the worker reads again (:func:`parse_chunk_files`), instead of as bytes: pickling 100,000
+    captured requests (600 MB) through the workers' pipes cost more than the parsing it shared out
+    (benchmarks/monitoring_volume.py). The chunks, and so the results, are the same either way."""
     if workers <= 1:
         for chunk in chunked(blobs, max_lines):
             yield parse_chunk(chunk, image_size, model_version, timeline)
         return
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending: deque[Future] = deque()
+        pending: deque[tuple[Future, list[tuple[str, bytes]]]] = deque()
+
+        def result() -> ParsedChunk:
+            future, chunk = pending.popleft()
+            try:
+                return future.result()
+            except ChangedOnDisk:  # the file is not what this process read: parse the bytes it holds
+                return parse_chunk(chunk, image_size, model_version, timeline)
+
         for chunk in chunked(blobs, max_lines):
-            pending.append(pool.submit(parse_chunk, chunk, image_size, model_version, timeline))
+            files = [local_file(uri) for uri, _ in chunk] if local_file else []
+            if files and all(files):
+                listed = [(uri, str(path), len(data)) for (uri, data), path in zip(chunk, files)]
+                future = pool.submit(parse_chunk_files, listed, image_size, model_version, timeline)
+            else:
+                future = pool.submit(parse_chunk, chunk, image_size, model_version, timeline)
+            pending.append((future, chunk))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
+                yield result()
         while pending:
-            yield pending.popleft().result()
+            yield result()
+
+
+class ChangedOnDisk(Exception):
+    """A file :func:`parse_chunk_files` was given is gone or of another size than the caller read."""
+
+
+def parse_chunk_files(files: list[tuple[str, str, int]], image_size: int, model_version: int,
+                      timeline: VersionTimeline | None = None) -> ParsedChunk:
+    """:func:`parse_chunk` of capture objects read from local files: ``(URI, path, size in bytes)``
+    each, the URI kept with the rows. :class:`ChangedOnDisk` when a file cannot be read or its size
+    is not the one given (the caller parses the bytes it read instead)."""
+    blobs = []
+    for uri, path, size in files:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ChangedOnDisk(f"{uri}: {exc}") from None
+        if len(data) != size:
+            raise ChangedOnDisk(f"{uri}: {len(data)} bytes on disk, {size} read before")
+        blobs.append((uri, data))
+    return parse_chunk(blobs, image_size, model_version, timeline)

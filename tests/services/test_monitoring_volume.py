@@ -76,6 +76,55 @@ def test_incremental_and_parallel_reads_give_the_full_read(tmp_path: Path) -> No
     np.testing.assert_array_equal(np.concatenate(images), views_full[-130:])
 
 
+def test_a_large_answered_backlog_on_local_disk_is_read_by_workers_into_the_same_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Left to choose (``workers=None``), a backlog of answered captures past
+    ``PARALLEL_ANSWERED_MIN_BYTES`` in a local store is parsed by worker processes that read the files
+    themselves: the same log, row for row, as one process gives."""
+    import dermaops_services.monitoring as M
+    from ml_code.monitoring import capture_reader
+
+    store, prefix = _store_with_captures(tmp_path / "a", 200)
+    alone = append_captures(store, list(store.list(prefix)), SIZE, 1, 0, workers=1)
+    shared, shared_prefix = _store_with_captures(tmp_path / "b", 200)
+    monkeypatch.setattr(M, "PARALLEL_ANSWERED_MIN_BYTES", 1)
+    read_by_workers: list[int] = []
+    real = capture_reader.parse_chunk_files
+    monkeypatch.setattr(capture_reader.ProcessPoolExecutor, "submit",
+                        _counting_submit(capture_reader.ProcessPoolExecutor.submit, real, read_by_workers))
+    out = append_captures(shared, list(shared.list(shared_prefix)), SIZE, 1, 0, part_rows=60)
+    assert read_by_workers and sum(read_by_workers) == len(list(shared.list(shared_prefix))) - 1  # all but the first
+    assert out.new_rows == alone.new_rows == 200
+    pd.testing.assert_frame_equal(_read(shared, out.parts)[0], _read(store, alone.parts)[0])
+
+
+def _counting_submit(submit, parse_chunk_files, counts: list[int]):
+    """``ProcessPoolExecutor.submit`` that notes how many files each ``parse_chunk_files`` call was given."""
+    def counting(pool, fn, *args, **kwargs):
+        if fn is parse_chunk_files:
+            counts.append(len(args[0]))
+        return submit(pool, fn, *args, **kwargs)
+    return counting
+
+
+def test_a_worker_parses_the_bytes_read_not_a_file_changed_since(tmp_path: Path) -> None:
+    """Workers re-read local capture files by path; a file that is no longer what the run read (another
+    size, or gone) is parsed from the bytes the run holds, so the rows are those of what was read."""
+    from ml_code.monitoring.capture_reader import parse_files
+
+    store, prefix = _store_with_captures(tmp_path, 100)
+    files = list(store.list(prefix))
+    blobs = [(f.uri, store.get_bytes(f.uri)) for f in files]
+    expected = pd.concat([c.rows for c in parse_files(blobs, SIZE, 1, workers=1)], ignore_index=True)
+    changed = Path(files[1].uri[len("file://"):])
+    changed.write_bytes(blobs[1][1].splitlines(keepends=True)[0])  # one line left of 25
+    Path(files[2].uri[len("file://"):]).unlink()
+    got = pd.concat([c.rows for c in parse_files(blobs, SIZE, 1, workers=2, max_lines=25,
+                                                 local_file=store.local_path)], ignore_index=True)
+    assert len(got) == 100
+    pd.testing.assert_frame_equal(got, expected)
+
+
 def test_older_captures_are_decoded_into_the_same_log(tmp_path: Path) -> None:
     """Lines without ``image_features`` (packages from before the endpoint returned them) fall back to
     decoding the image in the monitor: the same features, geometry, case mix and views as the
