@@ -22,6 +22,8 @@ Every step still gets its own process, logs, retries and isolation; a run may st
 
 from __future__ import annotations
 
+import atexit
+
 import dagster as dg
 
 from dermaops_resources.settings import Settings
@@ -61,9 +63,37 @@ def step_executor(settings: Settings) -> dg.ExecutorDefinition:
         settings), as with Dagster's default executor; what it leaves out is ours."""
         if "in_process" in run_config:
             return {"in_process": run_config["in_process"] or {}}
+        if settings.step_processes == "forkserver":
+            wait_for_step_server_at_exit()
         return {"multiprocess": {**multiprocess_defaults(settings), **(run_config.get("multiprocess") or {})}}
 
     return dg.multi_or_in_process_executor.configured(
         run_choice, name=f"multi_or_in_process_{settings.step_processes}",
         config_schema={"in_process": dg.Field(dg.Permissive(), is_required=False),
                        "multiprocess": dg.Field(dg.Permissive(), is_required=False)})
+
+
+_waits_for_step_server = False
+
+
+def wait_for_step_server_at_exit() -> None:
+    """Stop this process's forkserver, and wait for it, when the process exits (once registered).
+
+    Why: the steps are the forkserver's children, not the run's, and Python leaves the server to
+    exit on its own, unwaited; a parent's view of its children's resources (``getrusage``'s
+    ``RUSAGE_CHILDREN``, what ``/usr/bin/time -v dagster asset materialize ...`` reports as
+    "Maximum resident set size") then never includes a step's. Waited for, the server passes on
+    the steps it reaped, so a user measuring a run from outside sees its steps' peak memory."""
+    global _waits_for_step_server
+    if not _waits_for_step_server:
+        _waits_for_step_server = True
+        atexit.register(_stop_step_server)
+
+
+def _stop_step_server() -> None:
+    from multiprocessing import forkserver
+
+    try:
+        forkserver._forkserver._stop()  # closes its "alive" pipe (it then exits) and waits for it
+    except (OSError, AttributeError):  # never started here, or already gone
+        pass
