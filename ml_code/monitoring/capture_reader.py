@@ -12,8 +12,9 @@ a frame per file, 14.5 s in chunks, with the larger parts below, on the same slo
 Small batches (the hourly incremental case) are parsed in this process: starting a worker costs
 about a second. Captures that carry their features are parsed in workers only when the workers can
 read the files themselves (a local store) and there are enough of them: one process reads 100,000
-answered requests in 10-14 s on this 2-core machine, close to the 15 s target on a slow spell, and
-sending their bytes to workers through pipes cost more than it saved (benchmarks/monitoring_volume.py).
+answered requests in 10-14 s on this 2-core machine (benchmarks/monitoring_volume.py), close to the
+15 s target on a slow spell, and sending their bytes to workers through pipes took longer than one
+process (a trial on 2026-12-03, its figures not kept).
 
 No Dagster, no object store here: the caller reads the bytes and writes the parts.
 """
