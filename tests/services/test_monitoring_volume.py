@@ -88,6 +88,7 @@ def test_a_large_answered_backlog_on_local_disk_is_read_by_workers_into_the_same
     alone = append_captures(store, list(store.list(prefix)), SIZE, 1, 0, workers=1)
     shared, shared_prefix = _store_with_captures(tmp_path / "b", 200)
     monkeypatch.setattr(M, "PARALLEL_ANSWERED_MIN_BYTES", 1)
+    monkeypatch.setattr(M, "default_workers", lambda: 2)  # a test worker may be pinned to one core (conftest.py)
     read_by_workers: list[int] = []
     real = capture_reader.parse_chunk_files
     monkeypatch.setattr(capture_reader.ProcessPoolExecutor, "submit",
