@@ -108,8 +108,8 @@ def parse_files(blobs: Iterable[tuple[str, bytes]], image_size: int, model_versi
     ``workers <= 1`` parses in this process. ``local_file``: the file on this machine holding a
     blob's URI's bytes, or None; a chunk whose blobs all have one is sent to its worker as paths,
     which the worker reads again (:func:`parse_chunk_files`), instead of as bytes: pickling 100,000
-    captured requests (600 MB) through the workers' pipes cost more than the parsing it shared out
-    (benchmarks/monitoring_volume.py). The chunks, and so the results, are the same either way."""
+    captured requests through the workers' pipes took longer than parsing them in one process (a trial
+    on 2026-12-03, its figures not kept). The chunks, and so the results, are the same either way."""
     if workers <= 1:
         for chunk in chunked(blobs, max_lines):
             yield parse_chunk(chunk, image_size, model_version, timeline)
